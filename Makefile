@@ -1,0 +1,24 @@
+# The two set-up commands from README.md: `make demo` and `make test`. Both work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.neuronforge-installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+# torch first, from the pinned CPU wheel: anything else could let pip pull a CUDA build.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/neuronforge run
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,93 @@
+"""NxD's weight quantization grids, re-implemented in pure torch (no NxD code).
+
+These functions decide what an inf2/trn1 will hold in memory, so they must match NxD bit for bit:
+int8 goes through torch's quantized kernels in NxD (fp32 reciprocal multiply, round-half-even);
+fp8 goes through NxD's own code (fp32 divide, cast with round-to-nearest-even). See
+shared/research/nxdi-quantization.md, sections 2 and 10.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+QuantDtype = Literal["int8", "f8e4m3", "f8e5m2"]
+QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
+
+QUANT_DTYPES: tuple[str, ...] = ("int8", "f8e4m3", "f8e5m2")
+QUANT_TYPES: tuple[str, ...] = ("per_channel_symmetric", "per_tensor_symmetric")
+
+INT8_PER_CHANNEL_DIVISOR = 127.0
+INT8_PER_TENSOR_DIVISOR = 127.5  # (qmax - qmin) / 2 in torch's MinMaxObserver
+FP32_EPS = torch.finfo(torch.float32).eps
+FP8_SCALE_FLOOR = 1e-5
+E4M3_NEURON_MAX = 240.0  # Neuron's IEEE-style E4M3, not OCP's 448
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "int8": torch.int8,
+    "f8e4m3": torch.float8_e4m3fn,
+    "f8e5m2": torch.float8_e5m2,
+}
+
+
+def fp8_max(dtype: str) -> float:
+    """Largest magnitude NxD lets a weight take in `dtype` (240 for e4m3 on Neuron)."""
+    if dtype == "f8e4m3":
+        return E4M3_NEURON_MAX
+    if dtype == "f8e5m2":
+        return float(torch.finfo(torch.float8_e5m2).max)
+    raise ValueError(f"{dtype} is not an fp8 dtype")
+
+
+def int8_per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
+    """fp32 `[out, 1]` scale = max(amax_row / 127, fp32 eps)."""
+    amax = weight.float().abs().amax(dim=1, keepdim=True)
+    return torch.clamp(amax / INT8_PER_CHANNEL_DIVISOR, min=FP32_EPS)
+
+
+def int8_codes(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Integer codes as torch's quantize kernels compute them: round_half_even(w * (1/s)), clamped."""
+    inv = torch.ones_like(scale) / scale
+    return torch.clamp(torch.round(weight.float() * inv), -128, 127).to(torch.int8)
+
+
+def fp8_per_channel_scale(weight: torch.Tensor, dtype: str) -> torch.Tensor:
+    amax = weight.float().abs().amax(dim=1, keepdim=True)
+    return torch.clamp(amax / fp8_max(dtype), min=FP8_SCALE_FLOOR)
+
+
+def fp8_codes(weight: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
+    limit = fp8_max(dtype)
+    return torch.clamp(weight.float() / scale, -limit, limit).to(TORCH_DTYPES[dtype])
+
+
+def quantize_weight(
+    weight: torch.Tensor, dtype: str = "int8", qtype: str = "per_channel_symmetric"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, fp32 scale) exactly as NxD's offline quantizer stores them for one Linear weight."""
+    if weight.dim() != 2:
+        raise ValueError(f"expected a 2-D [out, in] Linear weight, got shape {tuple(weight.shape)}")
+    if dtype not in QUANT_DTYPES:
+        raise ValueError(f"unknown quantization dtype {dtype!r}; expected one of {QUANT_DTYPES}")
+    if qtype == "per_channel_symmetric":
+        if dtype == "int8":
+            scale = int8_per_channel_scale(weight)
+            return int8_codes(weight, scale), scale
+        scale = fp8_per_channel_scale(weight, dtype)
+        return fp8_codes(weight, scale, dtype), scale
+    if qtype == "per_tensor_symmetric":
+        if dtype == "int8":
+            amax = weight.float().abs().max()
+            scale = torch.clamp(amax / INT8_PER_TENSOR_DIVISOR, min=FP32_EPS).reshape(1)
+            return int8_codes(weight, scale), scale
+        # NxD computes the fp8 per-tensor scale in the weight's own dtype, without an epsilon.
+        scale = weight.abs().max() / fp8_max(dtype)
+        codes = torch.clamp(weight / scale, -fp8_max(dtype), fp8_max(dtype)).to(TORCH_DTYPES[dtype])
+        return codes, scale.float().reshape(())
+    raise ValueError(f"unknown quantization type {qtype!r}; expected one of {QUANT_TYPES}")
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Reference dequantization (codes * scale in fp32); Neuron itself scales the matmul output instead."""
+    return (codes.float() * scale.float()).to(dtype)

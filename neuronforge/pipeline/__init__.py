@@ -1,0 +1,1 @@
+"""GPU stage (sensitivity, AutoRound, grid-exact export), shared artifacts and orchestration."""

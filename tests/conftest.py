@@ -1,0 +1,77 @@
+"""Shared fixtures: the real SmolLM2 model (fetched once per cache) and tiny Llama folders with a real tokenizer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real embedded model, converted once into the user's cache (about a minute the first time)."""
+    from neuronforge.pipeline.embedded import fetch
+
+    return fetch("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real byte-level BPE tokenizer (vocab 512) trained on the embedded Britannica text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from neuronforge.pipeline.texts import load_embedded_text
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([load_embedded_text("britannica")], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    out = tmp_path_factory.mktemp("tiny-tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory for tiny random Llama folders (dims are multiples of 32 so AutoRound quantizes them).
+
+    A few input channels get large outliers so quantization has something real to damage.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    def build(name: str = "tiny", *, seed: int = 0, dtype: torch.dtype = torch.bfloat16, **overrides: object) -> Path:
+        settings: dict[str, object] = dict(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=1,
+            eos_token_id=2, rope_theta=10000.0,
+        )
+        settings.update(overrides)
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**settings))
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(0.0, 0.08)
+                    module.weight[:, :: max(1, module.in_features // 4)] *= 6.0
+        out = tmp_path_factory.mktemp(name)
+        model.to(dtype).save_pretrained(out)
+        AutoTokenizer.from_pretrained(tiny_tokenizer_dir).save_pretrained(out)
+        return out
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(make_tiny_llama: Callable[..., Path]) -> Path:
+    return make_tiny_llama()
