@@ -1,0 +1,81 @@
+"""A Linear that computes what NxD's QuantizedColumnParallel/RowParallel compute on the device.
+
+Forward: bf16 matmul against the int8/fp8 codes cast to bf16 (exact), then the bf16 output is
+multiplied by the fp32 per-row scale and rounded back to bf16; bias is added last. Only the fp32
+accumulation order of the matmul differs from the hardware.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuronforge.neuron.grid import quantize_weight
+from neuronforge.neuron.module_names import nxdi_path, nxdi_skips
+
+
+class NeuronQuantLinear(nn.Module):
+    """Holds codes (int8 or fp8) and an fp32 scale exactly as NxD's checkpoint stores them."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: str, qtype: str) -> None:
+        super().__init__()
+        self.register_buffer("codes", codes)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        self.quant_dtype = dtype
+        self.quant_type = qtype
+        self.out_features, self.in_features = codes.shape
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric") -> "NeuronQuantLinear":
+        codes, scale = quantize_weight(linear.weight.detach(), dtype, qtype)
+        # NxD's fp8 QuantizedLinear drops Linear biases; int8 keeps them (cast to bf16 at load).
+        bias = None
+        if linear.bias is not None and dtype == "int8":
+            bias = linear.bias.detach().to(torch.bfloat16).clone()
+        return cls(codes, scale, bias, dtype, qtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compute = x.dtype
+        y = nn.functional.linear(x, self.codes.to(compute))
+        scale = self.scale.reshape(1, -1) if self.scale.dim() == 2 else self.scale
+        y = (y.float() * scale).to(compute)
+        return y if self.bias is None else y + self.bias.to(compute)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, dtype={self.quant_dtype}, {self.quant_type}"
+
+
+def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """HF name -> Linear for every layer NxDI's Llama would convert (q/k/v/o, gate/up/down, lm_head)."""
+    found: dict[str, nn.Linear] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            try:
+                nxdi_path(name)
+            except ValueError:
+                continue
+            found[name] = module
+    return found
+
+
+def convert_to_neuron_numerics(
+    model: nn.Module,
+    dtype: str,
+    modules_to_not_convert: list[str] | tuple[str, ...] = (),
+    qtype: str = "per_channel_symmetric",
+) -> list[str]:
+    """Swap, in place, every Linear NxDI would quantize for a NeuronQuantLinear; return the HF names swapped.
+
+    Tied embeddings: lm_head shares the embedding's weight; swapping lm_head here mirrors a device
+    that really quantized it (callers should list lm_head for tied models, as NxDI requires).
+    """
+    swapped = []
+    for name, linear in quantizable_linears(model).items():
+        if nxdi_skips(name, modules_to_not_convert):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, NeuronQuantLinear.from_linear(linear, dtype, qtype))
+        swapped.append(name)
+    return swapped
