@@ -1,0 +1,146 @@
+"""The run directory's `manifest.json`: what each stage consumed, produced, and how it went.
+
+A stage is skipped on a re-run only when its fingerprint (a hash over its parameters, the content
+of every input path and the package versions) equals the recorded one AND its recorded outputs
+still hash to what was written. Content hashes, not timestamps, so a copied or synced run directory
+(e.g. down from S3 on another host) is recognised as the same work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from neuronforge.atomic import atomic_write_json
+from neuronforge.errors import NeuronforgeError
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+CHUNK = 1 << 20
+TRACKED_PACKAGES = ("neuronforge", "torch", "transformers", "auto-round", "safetensors")
+
+Status = Literal["running", "done", "failed", "skipped"]
+
+# (path, size, mtime_ns) -> sha256; a run hashes the same model folder as several stages' input.
+_hash_memo: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of one file, memoised on (path, size, mtime) for the life of the process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hash_memo:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(CHUNK):
+                digest.update(block)
+        _hash_memo[key] = digest.hexdigest()
+    return _hash_memo[key]
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a directory tree (relative names + file hashes), independent of timestamps."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + sha256_file(file).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages whose change should invalidate a stage."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-able form of a stage input: paths become their content hash, everything else stays."""
+    if isinstance(value, Path):
+        return {"content_sha256": content_hash(value)}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def fingerprint(inputs: dict[str, Any], versions: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """(hash, canonical inputs) for a stage's declared inputs; Path values are hashed by content."""
+    canonical = _canonical(inputs)
+    blob = json.dumps({"inputs": canonical, "versions": versions}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest(), canonical
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class StageRecord(BaseModel):
+    """One stage's entry in the manifest."""
+
+    status: Status
+    fingerprint: str = ""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)  # name -> path (relative to the run dir when inside it)
+    output_hashes: dict[str, str] = Field(default_factory=dict)
+    summary: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+    seconds: float | None = None
+    message: str | None = None
+    pid: int | None = None
+
+
+class Manifest(BaseModel):
+    """All stage records of one run directory, saved atomically after every change."""
+
+    schema_version: int = SCHEMA_VERSION
+    created_at: str = Field(default_factory=now)
+    config: dict[str, Any] = Field(default_factory=dict)
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Manifest":
+        """The run's manifest, or an empty one for a new run directory."""
+        path = Path(run_dir) / MANIFEST_FILE
+        if not path.exists():
+            return cls()
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            raise NeuronforgeError(
+                f"{path} is not a neuronforge manifest ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})",
+                f"point --out at a fresh directory, or delete {path} to start this run over",
+            ) from exc
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_json(Path(run_dir) / MANIFEST_FILE, self.model_dump(mode="json"))
+
+    def start(self, run_dir: Path, name: str, fp: str, inputs: dict[str, Any], versions: dict[str, str]) -> None:
+        self.stages[name] = StageRecord(
+            status="running", fingerprint=fp, inputs=inputs, versions=versions, started_at=now(), pid=os.getpid()
+        )
+        self.save(run_dir)
+
+    def finish(self, run_dir: Path, name: str, **fields: Any) -> StageRecord:
+        record = self.stages[name].model_copy(update={"finished_at": now(), "pid": None, **fields})
+        self.stages[name] = record
+        self.save(run_dir)
+        return record
