@@ -125,7 +125,9 @@ def test_fp8_per_channel_grid(qdtype: str, torch_dtype: torch.dtype, limit: floa
         assert torch.all(values.abs().amax(dim=1)[unfloored] == limit)
     # Every code is the round-to-nearest fp8 value of w / s (so dequantizing is within half an fp8 ulp).
     exact = (w.float() / scale).clamp(-limit, limit)
-    step = 2.0 ** (torch.floor(torch.log2(exact.abs().clamp(min=2.0**-9))) - (3 if qdtype == "f8e4m3" else 2))
+    mantissa_bits, subnormal_step_exp = (3, -9) if qdtype == "f8e4m3" else (2, -16)
+    exponent = torch.floor(torch.log2(exact.abs().clamp(min=2.0**subnormal_step_exp)))
+    step = 2.0 ** torch.clamp(exponent - mantissa_bits, min=subnormal_step_exp)
     assert torch.all((values - exact).abs() <= step / 2 + 1e-12)
 
 
