@@ -1,0 +1,410 @@
+"""A validated NxD Inference NeuronConfig for a quantized Llama/Mistral, and the files that carry it.
+
+NxDI's NeuronConfig accepts unknown keys with only a log warning, matches `modules_to_not_convert`
+by substring, silently drops fp8 Linear biases and mis-handles tied lm_heads (research notes
+nxdi-quantization.md sections 1, 4, 5, 9). Every one of those turns into a bad endpoint hours
+later, so this module refuses them up front with a NeuronforgeError that says what to do.
+
+Tensor parallelism (NxDI's GQA rules, modules/attention/gqa.py): we require tp_degree to divide
+num_attention_heads, because otherwise NxDI pads the query heads with zero heads (wasted compute,
+and the pad also pads weight scales). KV heads are kept as they are when tp_degree divides them,
+and replicated once per rank when num_key_value_heads divides tp_degree; in any other case NxDI
+converts GQA to MHA and replicates K/V up to num_attention_heads. That still works, so it is a
+notice (with the KV-cache growth factor), not an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from neuronforge.atomic import atomic_write_json
+from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
+
+QuantDtype = Literal["int8", "f8e4m3", "f8e5m2"]
+QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
+
+NEURON_CONFIG_FILE = "neuron_config.json"
+NOT_CONVERT_FILE = "modules_to_not_convert.json"
+DEFAULT_INSTANCE = "ml.inf2.xlarge"
+
+# NeuronCores per instance (shared/research/sagemaker.md section 3.1).
+NEURON_CORES: dict[str, int] = {
+    "ml.inf2.xlarge": 2,
+    "ml.inf2.8xlarge": 2,
+    "ml.inf2.24xlarge": 12,
+    "ml.inf2.48xlarge": 24,
+    "ml.trn1.2xlarge": 2,
+    "ml.trn1.32xlarge": 32,
+    "ml.trn1n.32xlarge": 32,
+}
+
+_CANONICAL = re.compile(r"^(?:lm_head|layers\.(\d+)\.(?:self_attn|mlp))$")
+_SUBMODULE = re.compile(r"^layers\.(\d+)\.(self_attn|mlp)\..+$")
+_BARE_LAYER = re.compile(r"^layers\.(\d+)$")
+
+
+def _fail(what: str, fix: str) -> NeuronforgeError:
+    return NeuronforgeError(what, fix)
+
+
+def normalize_instance(value: Any) -> str:
+    """'inf2.xlarge' or 'ml.inf2.xlarge' -> 'ml.inf2.xlarge', refusing anything without NeuronCores we know."""
+    name = f"ml.{value}" if isinstance(value, str) and not value.startswith("ml.") else value
+    if name not in NEURON_CORES:
+        raise _fail(
+            f"instance type {value!r} is not an inf2/trn1 type neuronforge knows",
+            f"use one of: {', '.join(NEURON_CORES)}",
+        )
+    return name
+
+
+def entry_problem(entry: str) -> tuple[str, str] | None:
+    """Why one modules_to_not_convert entry is unsafe for NxDI, as (what, fix); None if it is canonical."""
+    if _CANONICAL.match(entry):
+        return None
+    if entry.startswith("model."):
+        return (
+            f"modules_to_not_convert entry {entry!r} is an HF module name",
+            f"drop the 'model.' prefix and name the whole block, e.g. {_block_hint(entry[len('model.'):])!r}: "
+            "NxDI's runtime paths have no 'model.' prefix, so the layer would be quantized anyway",
+        )
+    if m := _SUBMODULE.match(entry):
+        return (
+            f"modules_to_not_convert entry {entry!r} names a single projection",
+            f"exclude the whole block {f'layers.{m[1]}.{m[2]}'!r}: NxDI's path for q/k/v is "
+            "layers.N.self_attn.qkv_proj.q_proj, so a projection name does not match at runtime",
+        )
+    if m := _BARE_LAYER.match(entry):
+        return (
+            f"modules_to_not_convert entry {entry!r} is a bare layer prefix",
+            f"use 'layers.{m[1]}.self_attn' and/or 'layers.{m[1]}.mlp': NxDI matches by substring, so "
+            f"{entry!r} would also match layers.{m[1]}0-{m[1]}9 and beyond",
+        )
+    return (
+        f"modules_to_not_convert entry {entry!r} is not one NxDI matches safely",
+        "use only 'lm_head', 'layers.{i}.self_attn' or 'layers.{i}.mlp'",
+    )
+
+
+def _block_hint(name: str) -> str:
+    m = _SUBMODULE.match(name)
+    return f"layers.{m[1]}.{m[2]}" if m else name
+
+
+class KVQuantSpec(BaseModel):
+    """NxD's KVQuantizationConfig as plain data: direct-cast fp8 e4m3, the only mode NxDI can serve.
+
+    Non-direct modes need per-layer K/V scales that NxDI has no way to load (they stay 1.0), and
+    direct cast requires per-tensor methods (an assert in KVQuantizationConfig).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k_quant_method: Literal["per_tensor_symmetric"] = "per_tensor_symmetric"
+    v_quant_method: Literal["per_tensor_symmetric"] = "per_tensor_symmetric"
+    quant_dtype: Literal["float8_e4m3fn"] = "float8_e4m3fn"
+    direct_cast: Literal[True] = True
+
+
+class NeuronConfigSpec(BaseModel):
+    """The NeuronConfig overrides for one compile, plus the target they were validated against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tp_degree: int = Field(ge=1)
+    batch_size: int = Field(1, ge=1)
+    seq_len: int = Field(ge=1)
+    n_positions: int = Field(ge=1)
+    torch_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    quantized: Literal[True] = True
+    quantized_checkpoints_path: str = Field(min_length=1)
+    quantization_dtype: QuantDtype = "int8"
+    quantization_type: QuantType = "per_channel_symmetric"
+    modules_to_not_convert: list[str] = Field(default_factory=list)
+    kv_cache_quant: bool = True
+    kv_quant_config: KVQuantSpec | None = Field(default_factory=KVQuantSpec)
+    # Not NeuronConfig kwargs: what the spec was validated for.
+    target_instance: str = DEFAULT_INSTANCE
+    sdk: str = DEFAULT_SDK
+    notices: list[str] = Field(default_factory=list, exclude=True)
+
+    @field_validator("quantization_dtype", mode="before")
+    @classmethod
+    def _dtype_spelling(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() == "f8e4m3fn":
+            raise _fail(
+                "quantization_dtype 'f8e4m3fn' is not what NxDI expects",
+                "spell it 'f8e4m3': NxDI adds the fp8 compiler flag only for that exact string, and without it "
+                "the compile fails with NCC_EVRF051",
+            )
+        return value
+
+    @field_validator("modules_to_not_convert")
+    @classmethod
+    def _entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if problem := entry_problem(entry):
+                raise _fail(*problem)
+        duplicates = sorted({e for e in value if value.count(e) > 1})
+        if duplicates:
+            raise _fail(f"modules_to_not_convert lists {duplicates} more than once", "list each block once")
+        return value
+
+    @field_validator("target_instance", mode="before")
+    @classmethod
+    def _instance(cls, value: Any) -> Any:
+        return normalize_instance(value)
+
+    @field_validator("sdk")
+    @classmethod
+    def _sdk(cls, value: str) -> str:
+        if value not in SDKS:
+            raise _fail(f"Neuron SDK {value!r} is not one neuronforge targets", f"use one of: {', '.join(SDKS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _kv_pair(self) -> "NeuronConfigSpec":
+        if self.kv_cache_quant != (self.kv_quant_config is not None):
+            raise _fail(
+                f"kv_cache_quant={self.kv_cache_quant} with kv_quant_config={self.kv_quant_config}",
+                "set both (fp8 KV: kv_cache_quant adds the compiler flag, kv_quant_config quantizes the cache "
+                "from SDK 2.28 on) or neither (bf16 KV); --kv fp8|bf16 does this for you",
+            )
+        return self
+
+    def neuron_config_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for NxDI's NeuronConfig, kv_quant_config still as plain data."""
+        return self.model_dump(exclude={"target_instance", "sdk", "notices"})
+
+    @property
+    def weights_fp8_e4m3(self) -> bool:
+        return self.quantization_dtype == "f8e4m3"
+
+
+class ModelFacts(BaseModel):
+    """The parts of an HF config.json that decide what NxDI can do with the model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_type: str
+    num_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    mlp_bias: bool
+    max_position_embeddings: int | None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ModelFacts":
+        missing = [k for k in ("num_hidden_layers", "num_attention_heads") if k not in config]
+        if missing:
+            raise _fail(f"config.json lacks {missing}", "point at a Llama/Mistral folder written by save_pretrained")
+        heads = int(config["num_attention_heads"])
+        return cls(
+            model_type=str(config.get("model_type", "")),
+            num_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            attention_bias=bool(config.get("attention_bias", False)),
+            mlp_bias=bool(config.get("mlp_bias", False)),
+            max_position_embeddings=config.get("max_position_embeddings"),
+        )
+
+
+def make_spec(**fields: Any) -> NeuronConfigSpec:
+    """Construct a spec, turning pydantic's type errors into a NeuronforgeError."""
+    try:
+        return NeuronConfigSpec(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "neuron config"
+        raise _fail(f"invalid {where}: {first['msg']}", "fix that value (see `neuronforge neuron-config --help`)") from None
+
+
+def choose_tp(facts: ModelFacts, instance: str) -> int:
+    """The largest tp_degree that fits the instance and divides the query heads, preferring GQA-preserving ones."""
+    cores = NEURON_CORES[normalize_instance(instance)]
+    fits = [t for t in range(1, cores + 1) if facts.num_attention_heads % t == 0]
+    return max([t for t in fits if keeps_gqa(t, facts.num_key_value_heads)] or fits)
+
+
+def keeps_gqa(tp_degree: int, num_key_value_heads: int) -> bool:
+    """True unless NxDI would convert GQA to MHA (KV heads neither split evenly nor replicated evenly)."""
+    return num_key_value_heads % tp_degree == 0 or tp_degree % num_key_value_heads == 0
+
+
+def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConfigSpec:
+    """Apply the model-dependent rules; returns the spec with lm_head added for tied models and notices set."""
+    notices = list(spec.notices)
+    entries = list(spec.modules_to_not_convert)
+
+    for entry in entries:
+        if (m := _CANONICAL.match(entry)) and m[1] is not None and int(m[1]) >= facts.num_layers:
+            raise _fail(
+                f"modules_to_not_convert entry {entry!r} names layer {m[1]}, but the model has "
+                f"{facts.num_layers} layers (0-{facts.num_layers - 1})",
+                "remove it or fix the index",
+            )
+
+    if facts.tie_word_embeddings and "lm_head" not in entries:
+        entries.append("lm_head")
+        notices.append(
+            "added 'lm_head' to modules_to_not_convert: the model ties lm_head to embed_tokens, and NxDI would "
+            "load the float embedding into lm_head with an int8/fp8 scale left over"
+        )
+
+    if spec.quantization_type == "per_tensor_symmetric" and entries:
+        raise _fail(
+            f"per_tensor_symmetric cannot keep modules in bf16 (modules_to_not_convert = {entries})",
+            "use --qtype per_channel_symmetric: NxD's per-tensor quantizer ignores the list while the runtime "
+            "honours it, which loads int8 codes into a float layer"
+            + (" (tied-embedding models always need lm_head excluded)" if facts.tie_word_embeddings else ""),
+        )
+
+    if spec.quantization_dtype.startswith("f8"):
+        biased = [(facts.attention_bias, "self_attn", "attention_bias"), (facts.mlp_bias, "mlp", "mlp_bias")]
+        for has_bias, kind, flag in biased:
+            missing = [f"layers.{i}.{kind}" for i in range(facts.num_layers) if f"layers.{i}.{kind}" not in entries]
+            if has_bias and missing:
+                raise _fail(
+                    f"config.json has {flag}=true, and NxD's fp8 path drops Linear biases",
+                    f"use --dtype int8, or keep every biased block in bf16 (add {missing[:3]}"
+                    f"{' ...' if len(missing) > 3 else ''} to modules_to_not_convert)",
+                )
+
+    cores = NEURON_CORES[spec.target_instance]
+    if spec.tp_degree > cores:
+        raise _fail(
+            f"tp_degree {spec.tp_degree} needs {spec.tp_degree} NeuronCores; {spec.target_instance} has {cores}",
+            f"use --tp <= {cores}, or a larger instance ({_larger_instances(spec.tp_degree)})",
+        )
+    if facts.num_attention_heads % spec.tp_degree:
+        divisors = [t for t in range(1, cores + 1) if facts.num_attention_heads % t == 0]
+        raise _fail(
+            f"tp_degree {spec.tp_degree} does not divide num_attention_heads={facts.num_attention_heads}",
+            f"use --tp in {divisors} on {spec.target_instance} (NxDI would otherwise pad zero query heads)",
+        )
+    if not keeps_gqa(spec.tp_degree, facts.num_key_value_heads):
+        factor = facts.num_attention_heads // facts.num_key_value_heads
+        notices.append(
+            f"tp_degree {spec.tp_degree} neither divides nor is a multiple of num_key_value_heads="
+            f"{facts.num_key_value_heads}: "
+            f"NxDI converts GQA to MHA, so the KV cache holds {factor}x more heads"
+        )
+
+    if spec.seq_len > spec.n_positions:
+        raise _fail(f"seq_len {spec.seq_len} exceeds n_positions {spec.n_positions}", "raise --n-positions or lower --seq-len")
+    if facts.max_position_embeddings and spec.n_positions > facts.max_position_embeddings:
+        raise _fail(
+            f"n_positions {spec.n_positions} exceeds the model's max_position_embeddings "
+            f"{facts.max_position_embeddings}",
+            f"use --n-positions <= {facts.max_position_embeddings}",
+        )
+    return spec.model_copy(update={"modules_to_not_convert": entries, "notices": notices})
+
+
+def _larger_instances(tp: int) -> str:
+    return ", ".join(name for name, cores in NEURON_CORES.items() if cores >= tp) or "none has that many cores"
+
+
+def kv_fields(kv: str) -> dict[str, Any]:
+    """fp8 KV needs both flags from SDK 2.28 on: kv_cache_quant adds the compiler flag, kv_quant_config the cache."""
+    if kv == "fp8":
+        return {"kv_cache_quant": True, "kv_quant_config": KVQuantSpec()}
+    if kv == "bf16":
+        return {"kv_cache_quant": False, "kv_quant_config": None}
+    raise _fail(f"KV cache mode {kv!r} is not supported", "use --kv fp8 or --kv bf16")
+
+
+def build_neuron_config_spec(
+    model_dir: Path,
+    *,
+    dtype: str = "int8",
+    modules_to_not_convert: Sequence[str] = (),
+    tp_degree: int | None = None,
+    instance: str = DEFAULT_INSTANCE,
+    kv: str = "fp8",
+    quantization_type: str = "per_channel_symmetric",
+    batch_size: int = 1,
+    seq_len: int = 1024,
+    n_positions: int | None = None,
+    torch_dtype: str = "bfloat16",
+    quantized_checkpoints_path: str = "quantized_checkpoint",
+    sdk: str = DEFAULT_SDK,
+) -> NeuronConfigSpec:
+    """Read the model's config.json and build a NeuronConfigSpec that passes every rule above."""
+    from neuronforge.pipeline.models import read_config, resolve_model
+
+    facts = ModelFacts.from_config(read_config(resolve_model(model_dir)))
+    notices: list[str] = []
+    if tp_degree is None:
+        tp_degree = choose_tp(facts, instance)
+        notices.append(f"tp_degree {tp_degree} chosen: the largest that divides the query heads and fits {instance}")
+    spec = make_spec(
+        tp_degree=tp_degree, batch_size=batch_size, seq_len=seq_len, n_positions=n_positions or seq_len,
+        torch_dtype=torch_dtype, quantized_checkpoints_path=quantized_checkpoints_path, quantization_dtype=dtype,
+        quantization_type=quantization_type, modules_to_not_convert=list(modules_to_not_convert),
+        target_instance=instance, sdk=sdk, notices=notices, **kv_fields(kv),
+    )
+    return check_against_model(spec, facts)
+
+
+def revalidate(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
+    """Check a spec read from disk against the model it will now compile."""
+    from neuronforge.pipeline.models import read_config, resolve_model
+
+    return check_against_model(spec, ModelFacts.from_config(read_config(resolve_model(model_dir))))
+
+
+def write_config_files(spec: NeuronConfigSpec, out_dir: Path) -> tuple[Path, Path]:
+    """Write neuron_config.json (our loadable spec) and modules_to_not_convert.json (inference_demo's format)."""
+    out_dir = Path(out_dir)
+    config_path, not_convert_path = out_dir / NEURON_CONFIG_FILE, out_dir / NOT_CONVERT_FILE
+    atomic_write_json(config_path, spec.model_dump(mode="json"))
+    atomic_write_json(not_convert_path, {"modules_to_not_convert": list(spec.modules_to_not_convert)})
+    return config_path, not_convert_path
+
+
+def read_neuron_config(path: Path) -> NeuronConfigSpec:
+    """Load a neuron_config.json written by write_config_files, validating it again."""
+    return make_spec(**_read_json(path))
+
+
+def read_not_convert(path: Path) -> list[str]:
+    """Read {"modules_to_not_convert": [...]} (inference_demo's format; its {"model": {...}} form too) or a bare list."""
+    payload = _read_json(path)
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        payload = payload["model"]
+    entries = payload.get("modules_to_not_convert") if isinstance(payload, dict) else payload
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise _fail(
+            f"{path} does not hold a list of module names",
+            'write {"modules_to_not_convert": ["lm_head", "layers.0.mlp"]}',
+        )
+    return entries
+
+
+def default_not_convert(model_dir: Path, not_convert_file: Path | None) -> list[str]:
+    """The explicit file if given, else the model folder's modules_to_not_convert.json (stage 1 writes it), else []."""
+    if not_convert_file is not None:
+        return read_not_convert(not_convert_file)
+    candidate = Path(model_dir) / NOT_CONVERT_FILE
+    return read_not_convert(candidate) if candidate.is_file() else []
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise _fail(f"{path} does not exist", "check the path") from None
+    except json.JSONDecodeError as exc:
+        raise _fail(f"{path} is not valid JSON ({exc})", "rewrite it, or regenerate it with `neuronforge neuron-config`") from None
