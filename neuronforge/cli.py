@@ -69,6 +69,11 @@ def run(
     console.print(f"[green]model ready:[/] {path}")
 
 
+from neuronforge.neuron.compile_commands import register as _reg_neuron_compile  # noqa: E402
+
+_reg_neuron_compile(app)
+
+
 def main() -> None:
     app()
 
