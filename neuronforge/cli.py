@@ -73,6 +73,10 @@ from neuronforge.neuron.compile_commands import register as _reg_neuron_compile 
 
 _reg_neuron_compile(app)
 
+from neuronforge.pipeline.commands import register as _reg_quantize  # noqa: E402
+
+_reg_quantize(app)
+
 
 def main() -> None:
     app()

@@ -1,0 +1,54 @@
+"""`neuronforge quantize`: thin CLI wrapper over pipeline.quantize (heavy imports stay inside the command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from neuronforge.console import App, console
+
+
+def register(app: App) -> None:
+    """Add the stage-1 command to the root app."""
+
+    @app.command("quantize")
+    def quantize_cmd(
+        model: str = typer.Option("smollm2", "--model", help="Embedded model name ('smollm2') or HF folder."),
+        out: Path = typer.Option(..., "--out", help="Output folder to create (fails if it exists)."),
+        dtype: str = typer.Option("int8", "--dtype", help="Weight grid: int8 or f8e4m3 (NxD per-channel symmetric)."),
+        iters: int = typer.Option(50, "--iters", help="AutoRound SignRound iterations per block."),
+        nsamples: int = typer.Option(32, "--nsamples", help="Calibration windows."),
+        seqlen: int = typer.Option(256, "--seqlen", help="Tokens per calibration window."),
+        text: Path | None = typer.Option(None, "--text", help="Calibration text (.txt or .jsonl); default: embedded texts."),
+        sensitivity: str = typer.Option(
+            "first_order", "--sensitivity", help="first_order (1 fwd+bwd), measured (KL per block), or variance."
+        ),
+        selection: str = typer.Option("budget", "--selection", help="budget, topk, threshold, or none."),
+        max_extra_memory: float = typer.Option(
+            0.10, "--max-extra-memory", help="Budget rule: extra weight memory allowed for bf16 blocks (fraction)."
+        ),
+        topk: int | None = typer.Option(None, "--topk", help="topk rule: number of blocks kept in bf16."),
+        threshold: float | None = typer.Option(
+            None, "--threshold", help="threshold rule: keep blocks whose share of total sensitivity is >= this."
+        ),
+        not_convert: Path | None = typer.Option(
+            None, "--not-convert", help='JSON {"modules_to_not_convert": [...]}: explicit list, skips selection.'
+        ),
+        autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
+    ) -> None:
+        """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint."""
+        from neuronforge.pipeline.quantize import options_from, quantize, read_not_convert_file
+
+        options = options_from(
+            model=model, out=out, dtype=dtype, iters=iters, nsamples=nsamples, seqlen=seqlen, text=text,
+            sensitivity=sensitivity, selection=selection, max_extra_memory=max_extra_memory, topk=topk,
+            threshold=threshold, autoround=autoround,
+            modules_to_not_convert=read_not_convert_file(not_convert) if not_convert else None,
+        )
+        result = quantize(options)
+        naive = "n/a" if result.naive_agreement is None else f"{100 * result.naive_agreement:.3f}%"
+        console.print(f"[green]wrote:[/] {result.out_dir}")
+        console.print(f"modules_to_not_convert: {result.modules_to_not_convert}")
+        console.print(f"grid agreement (NxD re-quantization): {100 * result.grid_agreement:.3f}%  (naive export: {naive})")
+        console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
