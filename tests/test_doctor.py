@@ -1,0 +1,83 @@
+"""`neuronforge doctor`: each probe on controlled inputs, and the command's JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from neuronforge.cli import app
+from neuronforge.neuron.versions import DEFAULT_SDK, neuron_sdk
+from neuronforge.pipeline import doctor
+
+GIB = 1 << 30
+
+
+def _devices(tmp_path: Path, *names: str) -> Path:
+    root = tmp_path / "dev"
+    root.mkdir()
+    for name in names:
+        (root / name).touch()
+    return root
+
+
+def test_neuron_absent_partial_and_ready(tmp_path: Path) -> None:
+    none = doctor.check_neuron(_devices(tmp_path, "null", "neuron_x"), versions={})
+    assert none.status == "absent" and "no /dev/neuron* devices" in none.detail
+    assert "--stages compile,package" in none.fix
+    dev = tmp_path / "dev"
+    (dev / "neuron0").touch()
+    (dev / "neuron1").touch()
+    no_sdk = doctor.check_neuron(dev, versions={"neuronx-distributed-inference": "absent"})
+    assert no_sdk.status == "warn" and "2 device(s) (neuron0, neuron1)" in no_sdk.detail
+    assert "pip.repos.neuron.amazonaws.com" in no_sdk.fix
+    pins = {name: version for name, version in neuron_sdk(DEFAULT_SDK).pins().items() if version}
+    assert doctor.check_neuron(dev, versions=pins).status == "ok"
+    placeholder = doctor.check_neuron(dev, versions={**pins, "neuronx-distributed-inference": "0.1.0"})
+    assert placeholder.status == "warn" and "not the pinned versions" in placeholder.detail
+    assert doctor.neuron_unavailable(tmp_path / "empty-dev").startswith("no Neuron device")
+    assert "NxD Inference is not installed" in doctor.neuron_unavailable(dev)
+
+
+def test_aws_credentials_and_region(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    creds, region = doctor.check_aws(env={})
+    assert (creds.status, region.status) == ("absent", "warn")
+    assert "aws configure" in creds.fix and "AWS_DEFAULT_REGION" in region.fix
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    checks = doctor.check_aws(env={"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"})
+    assert [(c.name, c.status) for c in checks] == [("AWS credentials", "ok"), ("AWS region", "ok"),
+                                                   ("AWS endpoint", "warn")]
+    assert "env" in checks[0].detail and checks[1].detail == "us-west-2"
+
+
+def test_disk_memory_and_model_size(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    size, note = doctor.model_size(str(tiny_llama_dir))
+    assert size == sum(p.stat().st_size for p in tiny_llama_dir.glob("*.safetensors")) and size > 0
+    assert doctor.model_size("s3://bucket/model")[0] is None
+    assert "no such folder" in doctor.model_size(str(tmp_path / "nope"))[1]
+    assert doctor.check_disk(tmp_path / "not" / "yet", size).status == "ok"
+    huge = doctor.check_disk(tmp_path, 10**18)
+    assert huge.status == "warn" and "NEURONFORGE_CACHE" in huge.fix
+    assert doctor.check_memory(GIB, total=GIB).status == "warn"
+    assert doctor.check_memory(GIB, total=16 * GIB).status == "ok"
+
+
+def test_doctor_command_json(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["doctor", "--json", "--model", str(tiny_llama_dir), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    names = [check["name"] for check in payload["checks"]]
+    assert names[:2] == ["CUDA GPU", "Neuron"] and {"AWS credentials", "Disk", "Memory"} <= set(names)
+    assert any(line.startswith("CPU emulation") for line in payload["can"])
+    human = CliRunner().invoke(app, ["doctor", "--model", str(tiny_llama_dir), "--out", str(tmp_path)])
+    assert human.exit_code == 0 and "neuronforge doctor" in human.output
