@@ -24,10 +24,10 @@ from neuronforge.console import err_console
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.config import (
     DEFAULT_INSTANCE,
-    ModelFacts,
     NeuronConfigSpec,
     build_neuron_config_spec,
     default_not_convert,
+    model_facts,
     read_neuron_config,
     revalidate,
 )
@@ -92,7 +92,7 @@ def scoped_env(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def neuron_config_kwargs(api: NxdiApi, spec: NeuronConfigSpec) -> dict[str, Any]:
+def nxdi_neuron_config_kwargs(api: NxdiApi, spec: NeuronConfigSpec) -> dict[str, Any]:
     """NeuronConfig(**kwargs) arguments, with kv_quant_config as a real KVQuantizationConfig object."""
     import torch
 
@@ -138,13 +138,12 @@ def smoke_generate(api: NxdiApi, model: Any, model_dir: Path, prompt: str, max_n
 
 def compile_model(options: CompileOptions) -> Path:
     """Quantize (NxD), compile, load and smoke-test; the compiled folder appears only if all of it succeeds."""
-    from neuronforge.pipeline.models import load_tokenizer, read_config, resolve_model
+    from neuronforge.pipeline.models import load_tokenizer, resolve_model
 
     if Path(options.out).exists() and not options.overwrite:
         raise NeuronforgeError(f"{options.out} already exists", "choose another --out, or pass --overwrite")
     model_dir = resolve_model(options.model)
-    facts = ModelFacts.from_config(read_config(model_dir))
-    api = load_nxdi(facts.model_type, options.sdk)  # fail fast off a Neuron host
+    api = load_nxdi(model_facts(model_dir).model_type, options.sdk)  # fail fast off a Neuron host
     spec = resolve_spec(options, model_dir)
     print_notices(spec.notices)
     env = compile_env(spec)
@@ -161,7 +160,7 @@ def compile_model(options: CompileOptions) -> Path:
         quantized_dir = tmp / QUANTIZED_DIR
         quantized_dir.mkdir()  # NxDI writes a pickle instead of safetensors if the directory is missing
         spec = spec.model_copy(update={"quantized_checkpoints_path": str(quantized_dir)})
-        neuron_config = api.NeuronConfig(**neuron_config_kwargs(api, spec))
+        neuron_config = api.NeuronConfig(**nxdi_neuron_config_kwargs(api, spec))
         config = api.config_class(neuron_config, load_config=api.load_pretrained_config(str(model_dir)))
         timed("quantize_s", api.model_class.save_quantized_state_dict, str(model_dir), config)
         model = api.model_class(str(model_dir), config)

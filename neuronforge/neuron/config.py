@@ -342,9 +342,7 @@ def build_neuron_config_spec(
     sdk: str = DEFAULT_SDK,
 ) -> NeuronConfigSpec:
     """Read the model's config.json and build a NeuronConfigSpec that passes every rule above."""
-    from neuronforge.pipeline.models import read_config, resolve_model
-
-    facts = ModelFacts.from_config(read_config(resolve_model(model_dir)))
+    facts = model_facts(model_dir)
     notices: list[str] = []
     if tp_degree is None:
         tp_degree = choose_tp(facts, instance)
@@ -360,9 +358,14 @@ def build_neuron_config_spec(
 
 def revalidate(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
     """Check a spec read from disk against the model it will now compile."""
+    return check_against_model(spec, model_facts(model_dir))
+
+
+def model_facts(model_dir: Path) -> ModelFacts:
+    """ModelFacts of a validated model folder (or embedded model name)."""
     from neuronforge.pipeline.models import read_config, resolve_model
 
-    return check_against_model(spec, ModelFacts.from_config(read_config(resolve_model(model_dir))))
+    return ModelFacts.from_config(read_config(resolve_model(model_dir)))
 
 
 def write_config_files(spec: NeuronConfigSpec, out_dir: Path) -> tuple[Path, Path]:
