@@ -28,7 +28,8 @@ class NeuronQuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric") -> "NeuronQuantLinear":
-        codes, scale = quantize_weight(linear.weight.detach(), dtype, qtype)
+        # NxDI quantizes the HF model loaded in fp32 (exact for bf16; the fp8 per-tensor scale depends on it).
+        codes, scale = quantize_weight(linear.weight.detach().float(), dtype, qtype)
         # NxD's fp8 QuantizedLinear drops Linear biases; int8 keeps them (cast to bf16 at load).
         bias = None
         if linear.bias is not None and dtype == "int8":

@@ -1,0 +1,139 @@
+"""CPU emulator of what an inf2/trn1 computes for an NxDI-compiled, quantized Llama.
+
+Weights: every Linear NxDI converts becomes a NeuronQuantLinear (codes on NxD's grid, bf16 matmul, fp32
+per-row scale). KV cache: NxDI's direct-cast fp8 cache (see kv_cache.py). Everything else is the HF model
+in bf16. Only the fp32 accumulation order and values with |K/V| > 240 differ from the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.grid import QUANT_DTYPES, QUANT_TYPES
+from neuronforge.neuron.kv_cache import ATTENTION_NAME, STATE_KWARG, KVRisk, KVState, register_attention
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True)
+class EmulationSpec:
+    """What the device would run: weight dtype (None = bf16), fp8 KV cache, bf16 modules, quantization type."""
+
+    dtype: str | None = None
+    kv_fp8: bool = False
+    modules_to_not_convert: tuple[str, ...] = ()
+    qtype: str = "per_channel_symmetric"
+
+    def validate(self) -> None:
+        if self.dtype is not None and self.dtype not in QUANT_DTYPES:
+            raise NeuronforgeError(f"unknown weight dtype '{self.dtype}'", f"choose one of: {', '.join(QUANT_DTYPES)} or none")
+        if self.qtype not in QUANT_TYPES:
+            raise NeuronforgeError(f"unknown quantization type '{self.qtype}'", f"choose one of: {', '.join(QUANT_TYPES)}")
+        if self.dtype is not None and self.qtype == "per_tensor_symmetric" and self.modules_to_not_convert:
+            raise NeuronforgeError(
+                "per_tensor_symmetric ignores modules_to_not_convert when NxDI writes the checkpoint but honours it at "
+                "runtime, so the listed layers would run on int8/fp8 codes without their scale",
+                "use per_channel_symmetric when excluding modules",
+            )
+
+    def describe(self) -> str:
+        weights = "bf16 weights" if self.dtype is None else f"{self.dtype} {self.qtype} weights"
+        kept = f", {len(self.modules_to_not_convert)} modules kept bf16" if self.dtype and self.modules_to_not_convert else ""
+        return f"{weights}{kept}, {'fp8 e4m3' if self.kv_fp8 else 'bf16'} KV cache"
+
+
+@dataclass
+class EmulatedModel:
+    """An HF model converted in place to Neuron numerics, with teacher-forced logits and greedy decoding."""
+
+    model: "PreTrainedModel"
+    spec: EmulationSpec
+    converted: list[str] = field(default_factory=list)
+    kv_risk: KVRisk = field(default_factory=KVRisk)
+
+    def _kwargs(self, prefill_len: int) -> dict[str, object]:
+        return {STATE_KWARG: KVState(prefill_len, self.kv_risk)} if self.spec.kv_fp8 else {}
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
+        """fp32 [b, s, vocab] logits, teacher-forced. With kv_fp8, positions >= prefill_len (default s // 2)
+        run as decode steps: their past K/V come through the fp8 cache."""
+        seq = input_ids.shape[1]
+        prefill = seq // 2 if prefill_len is None else prefill_len
+        if not 1 <= prefill <= seq:
+            raise NeuronforgeError(f"prefill_len {prefill} is outside 1..{seq}", "pick a prefill length within the sequence")
+        return self.model(input_ids, use_cache=False, **self._kwargs(prefill)).logits.float()
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding like the device: prefill the prompt, then one token per step. Returns [1, s + n]."""
+        from transformers import DynamicCache
+
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
+            raise NeuronforgeError(f"generate takes one non-empty prompt [1, s], got shape {tuple(input_ids.shape)}")
+        eos = self.model.generation_config.eos_token_id
+        stop = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        cache = DynamicCache(config=self.model.config)
+        kwargs = self._kwargs(input_ids.shape[1])
+        sequence, step_input = input_ids, input_ids
+        for _ in range(max_new_tokens):
+            out = self.model(step_input, past_key_values=cache, use_cache=True, **kwargs)
+            step_input = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+            sequence = torch.cat([sequence, step_input], dim=1)
+            if int(step_input) in stop:
+                break
+        return sequence
+
+
+def _untie_lm_head(model: "PreTrainedModel") -> None:
+    """Give lm_head its own weight so quantizing it never touches the embedding."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and embed is not None and head.weight is embed.weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False
+
+
+def emulate(model: "PreTrainedModel", spec: EmulationSpec) -> EmulatedModel:
+    """Convert `model` in place to the numerics `spec` describes."""
+    from neuronforge.neuron.qlinear import convert_to_neuron_numerics
+
+    spec.validate()
+    model.eval()
+    converted: list[str] = []
+    if spec.dtype is not None:
+        _untie_lm_head(model)
+        converted = convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype)
+    if spec.kv_fp8:
+        register_attention()
+        model.set_attn_implementation(ATTENTION_NAME)
+    return EmulatedModel(model, spec, converted)
+
+
+def load_emulated(model_dir: Path, spec: EmulationSpec) -> EmulatedModel:
+    """Load an HF folder in bf16 and convert it (validates the spec before paying for the load)."""
+    from neuronforge.pipeline.models import load_model
+
+    spec.validate()
+    return emulate(load_model(Path(model_dir)), spec)
+
+
+@torch.inference_mode()
+def perplexity(emulated: EmulatedModel, windows: torch.Tensor, prefill_len: int | None = None, batch_size: int = 4) -> float:
+    """exp(mean next-token NLL) over every position of every [n, s] window (logits in fp32)."""
+    if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
+        raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
+    total, count = 0.0, 0
+    for batch in windows.split(batch_size):
+        logits = emulated.logits(batch, prefill_len)[:, :-1]
+        targets = batch[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        total += float(nll)
+        count += targets.numel()
+    return math.exp(total / count)

@@ -1,0 +1,230 @@
+"""The CPU emulator: exact when quantization is off, NeuronQuantLinear weights, NxDI's fp8 KV cache and skip rules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.emulate import EmulationSpec, emulate, load_emulated, perplexity
+from neuronforge.neuron.kv_cache import fp8_roundtrip
+from neuronforge.neuron.qlinear import NeuronQuantLinear
+from neuronforge.pipeline.models import load_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+
+
+def tokens(n: int = 2, seq: int = 24, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 512, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def dequantized_reference(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """Independent int8 reference: every Llama Linear's weight replaced by torch's own per-channel qint8
+    dequantization (torch.quantize_per_channel, scale amax/127), then a plain HF forward."""
+    model = load_model(folder, dtype=dtype)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rpartition(".")[2].endswith("proj") or name == "lm_head":
+                w = module.weight.float()
+                scale = torch.clamp(w.abs().amax(dim=1) / 127.0, min=torch.finfo(torch.float32).eps).double()
+                q = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+                module.weight.copy_(q.dequantize().to(dtype))
+    return model
+
+
+def decode_loop_logits(model: torch.nn.Module, ids: torch.Tensor, prefill_len: int, kv_fp8: bool) -> torch.Tensor:
+    """An explicit device-style run with a plain (sdpa) model: prefill, then one token per step, the
+    cache's stored K/V pushed through fp8 before each step reads them."""
+    rows = []
+    for row in ids:
+        cache = DynamicCache(config=model.config)
+        step = [model(row[None, :prefill_len], past_key_values=cache, use_cache=True).logits.float()]
+        for t in range(prefill_len, ids.shape[1]):
+            if kv_fp8:
+                for layer in cache.layers:
+                    layer.keys, layer.values = fp8_roundtrip(layer.keys), fp8_roundtrip(layer.values)
+            step.append(model(row[None, t : t + 1], past_key_values=cache, use_cache=True).logits.float())
+        rows.append(torch.cat(step, dim=1))
+    return torch.cat(rows)
+
+
+@torch.inference_mode()
+def test_quantization_off_is_exactly_hf(tiny_llama_dir: Path) -> None:
+    ids = tokens()
+    expected = load_model(tiny_llama_dir)(ids).logits.float()
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec())
+    assert emulated.converted == []
+    assert torch.equal(emulated.logits(ids), expected)
+    assert emulated.kv_risk.total == 0
+
+
+@torch.inference_mode()
+def test_int8_matches_dequantized_reference(tiny_llama_dir: Path) -> None:
+    ids = tokens()
+    got, plain = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = load_model(tiny_llama_dir, dtype=dtype)
+        embedding = model.get_input_embeddings().weight.detach().clone()
+        plain[dtype] = model(ids).logits.float()
+        emulated = emulate(model, EmulationSpec(dtype="int8"))
+        got[dtype] = emulated.logits(ids)
+        assert len(emulated.converted) == 15 and isinstance(model.lm_head, NeuronQuantLinear)
+        assert torch.equal(model.get_input_embeddings().weight, embedding)  # untied: the embedding is not quantized
+    ref32 = dequantized_reference(tiny_llama_dir, torch.float32)(ids).logits.float()
+    ref16 = dequantized_reference(tiny_llama_dir, torch.bfloat16)(ids).logits.float()
+    # fp32 activations: scaling the matmul output equals dequantize-then-matmul up to fp32 rounding,
+    # and both are far from the unquantized model.
+    error32 = (got[torch.float32] - ref32).abs().max()
+    assert error32 <= 2e-4
+    assert (plain[torch.float32] - ref32).abs().max() > 100 * error32
+    # bf16 (what Neuron computes in): within the reference's own bf16 noise.
+    noise = (ref16 - ref32).abs()
+    error16 = (got[torch.bfloat16] - ref32).abs()
+    assert error16.mean() <= 2 * noise.mean() and error16.max() <= 2 * noise.max()
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.06)])
+def test_fp8_kv_only_affects_decode_positions_and_matches_decode_loop(
+    make_tiny_llama: Callable[..., Path], dtype: torch.dtype, atol: float
+) -> None:
+    folder = make_tiny_llama("tinykv", seed=3)
+    ids, prefill = tokens(seq=28, seed=1), 11
+    plain_model = load_model(folder, dtype=dtype)
+    plain = plain_model(ids).logits.float()
+    fp8_loop = decode_loop_logits(plain_model, ids, prefill, kv_fp8=True)
+    bf16_loop = decode_loop_logits(plain_model, ids, prefill, kv_fp8=False)
+
+    emulated = emulate(load_model(folder, dtype=dtype), EmulationSpec(kv_fp8=True))
+    got = emulated.logits(ids, prefill_len=prefill)
+    assert torch.equal(got[:, :prefill], plain[:, :prefill])  # context encoding attends over fresh K/V
+    effect = (got[:, prefill:] - plain[:, prefill:]).abs().amax(dim=-1)
+    assert torch.all(effect > 0)  # every decode position reads fp8 K/V
+    assert (got[:, prefill:] - fp8_loop[:, prefill:]).abs().max() <= atol
+    if dtype == torch.float32:  # without bf16 noise, the fp8 effect dwarfs the one-pass vs loop difference
+        assert (bf16_loop - fp8_loop).abs().max() > 100 * (got - fp8_loop).abs().max()
+    assert emulated.kv_risk.total == 2 * 2 * ids.numel() * 2 * 16  # K and V, 2 layers, 2 kv heads, head_dim 16
+    assert emulated.kv_risk.over == 0
+    assert emulated.logits(ids).shape == plain.shape  # default prefill_len = s // 2
+
+
+@torch.inference_mode()
+def test_generate_matches_explicit_greedy_loop(make_tiny_llama: Callable[..., Path]) -> None:
+    folder = make_tiny_llama("tinygen", seed=5)
+    prompt, new = tokens(n=1, seq=9, seed=2), 12
+    model = load_model(folder, dtype=torch.float32)
+    model.generation_config.eos_token_id = None
+    cache, sequence, step = DynamicCache(config=model.config), prompt, prompt
+    for _ in range(new):
+        step = model(step, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat([sequence, step], dim=1)
+        for layer in cache.layers:  # the cache stores fp8; the next step reads it back
+            layer.keys, layer.values = fp8_roundtrip(layer.keys), fp8_roundtrip(layer.values)
+    emulated = emulate(load_model(folder, dtype=torch.float32), EmulationSpec(kv_fp8=True))
+    emulated.model.generation_config.eos_token_id = None
+    out = emulated.generate(prompt, new)
+    assert out.shape == (1, 9 + new)
+    assert torch.equal(out, sequence)
+    assert emulated.kv_risk.total == 2 * 2 * (9 + new - 1) * 2 * 16  # every token written once, the last never fed back
+
+
+@torch.inference_mode()
+def test_generate_stops_at_eos(tiny_llama_dir: Path) -> None:
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True))
+    prompt = tokens(n=1, seq=5)
+    first = int(emulated.generate(prompt, 1)[0, -1])
+    emulated.model.generation_config.eos_token_id = first
+    assert emulated.generate(prompt, 10).shape == (1, 6)
+
+
+@torch.inference_mode()
+def test_kv_risk_counts_values_beyond_240(make_tiny_llama: Callable[..., Path]) -> None:
+    folder = make_tiny_llama("tinyrisk", seed=1)
+    model = load_model(folder)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.v_proj.weight.mul_(400.0)
+    emulated = emulate(model, EmulationSpec(kv_fp8=True))
+    emulated.logits(tokens())
+    assert 0 < emulated.kv_risk.over < emulated.kv_risk.total
+    assert emulated.kv_risk.max_abs > 240
+    assert "exceed" in emulated.kv_risk.describe() and "undefined" in emulated.kv_risk.describe()
+
+
+@torch.inference_mode()
+def test_not_convert_follows_nxdi_runtime_rules(make_tiny_llama: Callable[..., Path]) -> None:
+    folder = make_tiny_llama("tiny12e", num_hidden_layers=12, hidden_size=32, intermediate_size=32)
+    original = {n: m.weight.detach().clone() for n, m in load_model(folder).named_modules() if isinstance(m, torch.nn.Linear)}
+
+    def kept(entries: tuple[str, ...]) -> set[str]:
+        model = load_model(folder)
+        emulate(model, EmulationSpec(dtype="int8", modules_to_not_convert=entries))
+        names = set()
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                assert torch.equal(module.weight, original[name])  # bit-identical bf16 Linear
+                names.add(name)
+            else:
+                assert not (name in original and not isinstance(module, NeuronQuantLinear))
+        return names
+
+    attn = {f"model.layers.1.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    assert kept(("layers.1.self_attn", "lm_head")) == attn | {"lm_head"}
+    # "layers.1" is a substring of layers.10 and layers.11 too
+    assert {n.split(".")[2] for n in kept(("layers.1",))} == {"1", "10", "11"}
+    # exact local-name match: NxDI's o_proj lives at ...o_proj.o_proj, its local name is "o_proj"
+    assert kept(("o_proj",)) == {f"model.layers.{i}.self_attn.o_proj" for i in range(12)}
+    # full HF names never match NxDI's paths (q_proj lives under qkv_proj): the device quantizes it anyway
+    assert kept(("model.layers.0.self_attn.q_proj",)) == set()
+
+
+def test_bad_spec_is_a_clear_error(tiny_llama_dir: Path) -> None:
+    with pytest.raises(NeuronforgeError, match="weight dtype"):
+        load_emulated(tiny_llama_dir, EmulationSpec(dtype="int4"))
+    with pytest.raises(NeuronforgeError, match="quantization type"):
+        load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", qtype="blockwise"))
+    with pytest.raises(NeuronforgeError, match="per_tensor_symmetric ignores"):
+        load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", qtype="per_tensor_symmetric", modules_to_not_convert=("lm_head",)))
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(kv_fp8=True))
+    with pytest.raises(NeuronforgeError, match="prefill_len"):
+        emulated.logits(tokens(), prefill_len=0)
+    with pytest.raises(NeuronforgeError, match="one non-empty prompt"):
+        emulated.generate(tokens(n=2), 3)
+    with pytest.raises(NeuronforgeError, match="windows"):
+        perplexity(emulated, torch.zeros(3, 1, dtype=torch.long))
+
+
+@torch.inference_mode()
+def test_perplexity_is_exp_mean_nll(tiny_llama_dir: Path) -> None:
+    windows = tokens(n=5, seq=16)
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec())
+    logits = load_model(tiny_llama_dir)(windows).logits.float()[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), windows[:, 1:].reshape(-1))
+    assert perplexity(emulated, windows, batch_size=2) == pytest.approx(math.exp(float(nll)), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_quantized_perplexity_close_to_bf16(smollm2_dir: Path) -> None:
+    from neuronforge.pipeline.models import load_tokenizer
+    from neuronforge.pipeline.texts import embedded_splits, evaluation_windows
+
+    tokenizer = load_tokenizer(smollm2_dir)
+    windows = evaluation_windows(tokenizer, embedded_splits().evaluation["britannica"], 256, max_tokens=512)
+    assert windows.shape == (2, 256)
+    ppl = {}
+    for name, spec in {"bf16": EmulationSpec(), "int8": EmulationSpec(dtype="int8", kv_fp8=True),
+                       "f8e4m3": EmulationSpec(dtype="f8e4m3", kv_fp8=True)}.items():
+        emulated = load_emulated(smollm2_dir, spec)
+        ppl[name] = perplexity(emulated, windows)
+        if name == "int8":
+            prompt = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+            text = tokenizer.decode(emulated.generate(prompt, 8)[0, prompt.shape[1]:], skip_special_tokens=True)
+            assert text.strip()
+    assert 1.0 < ppl["bf16"] < 100.0
+    assert ppl["int8"] / ppl["bf16"] < 1.03, ppl
+    assert ppl["f8e4m3"] / ppl["bf16"] < 1.05, ppl
