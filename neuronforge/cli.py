@@ -66,6 +66,10 @@ from neuronforge.neuron.compile_commands import register as _reg_neuron_compile 
 
 _reg_neuron_compile(app)
 
+from neuronforge.sagemaker.commands import register as _reg_sagemaker  # noqa: E402
+
+_reg_sagemaker(app)
+
 from neuronforge.pipeline.commands import register as _reg_quantize  # noqa: E402
 
 _reg_quantize(app)

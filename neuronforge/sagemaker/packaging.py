@@ -1,0 +1,225 @@
+"""`neuronforge package`: lay out the endpoint's model directory, checksum it, upload it and verify the upload.
+
+Layout (copied as-is to /opt/ml/model by SageMaker's uncompressed S3Prefix model data):
+
+    compiled/       NxDI compiled artifacts (model.pt, neuron_config.json, weights/...)
+    checkpoint/     the quantized HF checkpoint with its tokenizer
+    serving.json    what the `serve` wrapper needs (tp_degree, max_model_len, env)
+    manifest.json   sha256 + size of every other file and the versions that made them
+
+The manifest is uploaded last, so a prefix with a manifest is a complete upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from neuronforge import __version__
+from neuronforge.atomic import atomic_dir, atomic_write_json
+from neuronforge.errors import NeuronforgeError
+from neuronforge.sagemaker import s3uri
+from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, COMPILED_SUBDIR, serving_environment
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient as S3Client
+
+MANIFEST = "manifest.json"
+SERVING = "serving.json"
+CHUNK = 8 * 1024 * 1024  # multipart threshold and part size: fixes the ETag we can predict locally
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json", "chat_template.jinja")
+_VERSIONED = ("neuronx-distributed-inference", "neuronx-distributed", "neuronx-cc", "torch-neuronx", "vllm",
+              "torch", "transformers", "boto3")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def s3_etag(path: Path, chunk: int = CHUNK) -> str:
+    """The ETag S3 reports for `path` uploaded with our TransferConfig (md5, or md5-of-part-md5s + '-N')."""
+    parts = []
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            parts.append(hashlib.md5(block).digest())
+    if path.stat().st_size < chunk:
+        return f'"{(parts[0] if parts else hashlib.md5(b"").digest()).hex()}"'
+    return f'"{hashlib.md5(b"".join(parts)).hexdigest()}-{len(parts)}"'
+
+
+def _versions() -> dict[str, str]:
+    found = {"neuronforge": __version__, "python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != MANIFEST)
+
+
+def build_manifest(root: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    files = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _files(root)}
+    return {"format": 1, "files": files, "versions": _versions(), **(extra or {})}
+
+
+def _read_neuron_config(compiled: Path) -> dict[str, Any]:
+    for required in ("model.pt", "neuron_config.json"):
+        if not (compiled / required).is_file():
+            raise NeuronforgeError(f"{compiled} has no {required}: it is not an NxDI compiled directory",
+                                   "pass the --out directory of `neuronforge compile`")
+    raw = json.loads((compiled / "neuron_config.json").read_text())
+    return raw.get("neuron_config", raw)
+
+
+def _check_checkpoint(checkpoint: Path, tokenizer: Path | None) -> list[Path]:
+    if not (checkpoint / "config.json").is_file() or not any(checkpoint.glob("*.safetensors")):
+        raise NeuronforgeError(f"{checkpoint} is not a quantized HF checkpoint (config.json + *.safetensors)",
+                               "pass the --out directory of `neuronforge quantize`")
+    source = tokenizer or checkpoint
+    found = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
+    if not any(p.name in ("tokenizer.json", "tokenizer.model") for p in found):
+        raise NeuronforgeError(f"no tokenizer (tokenizer.json or tokenizer.model) in {source}",
+                               "pass --tokenizer <folder saved with tokenizer.save_pretrained>")
+    return found
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link where possible (large checkpoints), copy across filesystems."""
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
+def serving_config(neuron_config: dict[str, Any], tp_degree: int | None, max_num_seqs: int) -> dict[str, Any]:
+    """serving.json: tp and lengths must match what was compiled, or NxDI refuses to load."""
+    compiled_tp = neuron_config.get("tp_degree")
+    if tp_degree is not None and compiled_tp is not None and tp_degree != compiled_tp:
+        raise NeuronforgeError(f"--tp-degree {tp_degree} differs from the compiled tp_degree {compiled_tp}",
+                               "drop --tp-degree (it is read from compiled/neuron_config.json) or recompile")
+    tp = tp_degree or compiled_tp
+    if not tp:
+        raise NeuronforgeError("compiled/neuron_config.json has no tp_degree", "pass --tp-degree")
+    fp8 = str(neuron_config.get("quantization_dtype", "")).startswith("f8") or bool(neuron_config.get("kv_cache_quant"))
+    return {
+        "tp_degree": int(tp),
+        "max_model_len": int(neuron_config.get("seq_len") or neuron_config.get("n_positions") or 2048),
+        "max_num_seqs": int(neuron_config.get("batch_size") or max_num_seqs),
+        "served_model_name": "neuronforge",
+        "fp8": fp8,
+        "env": serving_environment(fp8),
+    }
+
+
+def package_model(out: Path, *, compiled: Path, checkpoint: Path, tokenizer: Path | None = None,
+                  tp_degree: int | None = None, max_num_seqs: int = 1, overwrite: bool = False) -> Path:
+    """Write the endpoint's model directory at `out` atomically and return it."""
+    out, compiled, checkpoint = Path(out), Path(compiled), Path(checkpoint)
+    if out.exists() and not overwrite:
+        raise NeuronforgeError(f"{out} already exists", "pass --overwrite or choose another output directory")
+    neuron_config = _read_neuron_config(compiled)
+    tokenizer_files = _check_checkpoint(checkpoint, tokenizer)
+    serving = serving_config(neuron_config, tp_degree, max_num_seqs)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        _link_tree(compiled, tmp / COMPILED_SUBDIR)
+        _link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR)
+        for path in tokenizer_files:
+            if not (tmp / CHECKPOINT_SUBDIR / path.name).exists():
+                shutil.copy2(path, tmp / CHECKPOINT_SUBDIR / path.name)
+        atomic_write_json(tmp / SERVING, serving)
+        atomic_write_json(tmp / MANIFEST, build_manifest(tmp, {"serving": serving}))
+    return out
+
+
+def load_manifest(root: Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise NeuronforgeError(f"{root} has no {MANIFEST}: it is not a neuronforge package",
+                               "create it with `neuronforge package DIR --compiled ... --checkpoint ...`")
+    return json.loads(path.read_text())
+
+
+def verify_package(root: Path) -> dict[str, Any]:
+    """Re-hash every file against manifest.json; any missing, extra or changed file is an error."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    expected = manifest["files"]
+    present = {p.relative_to(root).as_posix() for p in _files(root)}
+    problems = [f"missing: {n}" for n in sorted(set(expected) - present)]
+    problems += [f"not in manifest: {n}" for n in sorted(present - set(expected))]
+    problems += [f"checksum mismatch: {n}" for n in sorted(set(expected) & present)
+                 if sha256_file(root / n) != expected[n]["sha256"]]
+    if problems:
+        raise NeuronforgeError(f"{root} does not match its manifest ({'; '.join(problems[:5])})",
+                               "re-run `neuronforge package` to rebuild it; do not edit a package after packaging")
+    return manifest
+
+
+def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
+    """Verify checksums, upload with managed multipart transfers and a progress bar, then check sizes and ETags."""
+    from boto3.s3.transfer import TransferConfig
+
+    from neuronforge.console import progress
+
+    root = Path(root)
+    manifest = verify_package(root)
+    bucket, key_prefix = s3uri.split(s3uri.prefix(s3_uri))
+    names = [*sorted(manifest["files"]), MANIFEST]  # manifest last: its presence marks a complete upload
+    config = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK)
+    total = sum((root / n).stat().st_size for n in names)
+    with progress() as bar:
+        task = bar.add_task(f"upload to s3://{bucket}/{key_prefix}", total=total)
+        for name in names:
+            s3.upload_file(str(root / name), bucket, key_prefix + name, Config=config,
+                           Callback=lambda sent: bar.advance(task, sent))
+    bad = []
+    for name in names:
+        head = s3.head_object(Bucket=bucket, Key=key_prefix + name)
+        if head["ContentLength"] != (root / name).stat().st_size or head["ETag"] != s3_etag(root / name):
+            bad.append(name)
+    if bad:
+        raise NeuronforgeError(f"uploaded objects differ from the local files: {', '.join(bad[:5])}",
+                               "re-run the upload; do not create an endpoint from this prefix")
+    return [key_prefix + n for n in names]
+
+
+def verify_remote_package(s3_uri: str, s3: S3Client) -> dict[str, Any]:
+    """Before any endpoint exists: the prefix holds exactly the manifest's files, with the manifest's sizes."""
+    from botocore.exceptions import ClientError
+
+    bucket, key_prefix = s3uri.split(s3uri.prefix(s3_uri))
+    try:
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=key_prefix + MANIFEST)["Body"].read())
+    except ClientError as exc:
+        raise NeuronforgeError(
+            f"cannot read s3://{bucket}/{key_prefix}{MANIFEST} ({exc.response['Error'].get('Code', exc)})",
+            "upload the package first: neuronforge package DIR --upload " + s3uri.prefix(s3_uri),
+        ) from None
+    remote: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
+        remote |= {obj["Key"][len(key_prefix):]: obj["Size"] for obj in page.get("Contents", [])}
+    problems = [f"missing: {n}" for n, f in manifest["files"].items() if n not in remote]
+    problems += [f"size differs: {n}" for n, f in manifest["files"].items() if n in remote and remote[n] != f["size"]]
+    problems += [f"not in manifest: {n}" for n in sorted(set(remote) - set(manifest["files"]) - {MANIFEST})]
+    if problems:
+        raise NeuronforgeError(f"s3://{bucket}/{key_prefix} does not match its manifest ({'; '.join(problems[:5])})",
+                               "re-upload the package to an empty prefix (SageMaker copies every object under it)")
+    return manifest

@@ -1,0 +1,291 @@
+"""Pure builders of the boto3 request dicts for every SageMaker call neuronforge makes.
+
+Nothing here touches AWS: each function validates its input (instance types against botocore's enums,
+tp_degree against NeuronCores, names, S3 URIs, argument lengths) and returns the exact kwargs for one boto3
+call, so `--dry-run` can print them and golden tests can pin them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuronforge import __version__
+from neuronforge.errors import NeuronforgeError
+from neuronforge.sagemaker import s3uri
+from neuronforge.sagemaker.images import account_of_role, image_uri
+from neuronforge.sagemaker.instances import validate_instance, validate_tp_degree
+
+Request = dict[str, Any]
+
+INFERENCE_AMI = "al2-ami-sagemaker-inference-neuron-2"
+MODEL_DIR = "/opt/ml/model"
+PACKAGE_SUBDIR = "package"  # the compile job writes the endpoint's model directory to /opt/ml/model/package
+COMPILED_SUBDIR = "compiled"  # inside a package: NxDI compiled artifacts (model.pt, neuron_config.json, ...)
+CHECKPOINT_SUBDIR = "checkpoint"  # inside a package: the quantized HF checkpoint + tokenizer
+
+# bash -c SCRIPT $0 "$@": the script stays short (SageMaker caps each argument at 256 chars) and the
+# neuronforge flags travel as separate ContainerArguments.
+QUANTIZE_SCRIPT = 'pip install --quiet "$NEURONFORGE_INSTALL" && exec neuronforge "$@"'
+COMPILE_SCRIPT = (
+    'neuronforge compile "$@" --out /tmp/compiled && '
+    'exec neuronforge package "$NF_PACKAGE_OUT" --compiled /tmp/compiled --checkpoint "$NF_CHECKPOINT"'
+)
+DTYPES = ("int8", "f8e4m3")
+KV_DTYPES = ("fp8", "bf16")
+_MAX_ARG = 256
+_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+
+
+def validate_name(name: str, what: str = "job") -> str:
+    if not _NAME.fullmatch(name):
+        raise NeuronforgeError(
+            f"'{name}' is not a valid SageMaker {what} name",
+            "use 1-63 letters, digits and hyphens, starting and ending with a letter or digit",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What every job shares: who runs it, where, on what, and for how long."""
+
+    name: str
+    role_arn: str
+    region: str
+    instance_type: str
+    volume_gb: int = 200
+    max_runtime_s: int = 4 * 3600
+    spot: bool = False
+    max_wait_s: int | None = None  # spot only: total time including waiting for capacity
+    image: str | None = None  # override the pinned image
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _checked_settings(job: JobSettings, role: str) -> None:
+    validate_name(job.name)
+    validate_instance(role, job.instance_type)  # type: ignore[arg-type]
+    account_of_role(job.role_arn)
+    if job.max_runtime_s <= 0:
+        raise NeuronforgeError(f"max runtime {job.max_runtime_s}s must be positive", "pass --max-runtime in seconds, e.g. 14400")
+    if job.spot and job.max_wait_s is not None and job.max_wait_s < job.max_runtime_s:
+        raise NeuronforgeError(
+            f"spot max wait {job.max_wait_s}s is shorter than max runtime {job.max_runtime_s}s",
+            "SageMaker requires MaxWaitTimeInSeconds >= MaxRuntimeInSeconds; raise --max-wait",
+        )
+    if job.volume_gb < 1:
+        raise NeuronforgeError(f"volume size {job.volume_gb} GB is too small", "pass --volume-gb of at least the model size x3")
+
+
+def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
+    if value not in allowed:
+        raise NeuronforgeError(f"{flag} '{value}' is not supported", f"use one of: {', '.join(allowed)}")
+    return value
+
+
+def _checked_args(args: list[str]) -> list[str]:
+    for arg in args:
+        if len(arg) > _MAX_ARG:
+            raise NeuronforgeError(f"container argument longer than {_MAX_ARG} characters: {arg[:60]}...", "use shorter paths/values")
+    return args
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    """{"iters": 50, "autoround": False} -> ["--iters", "50", "--no-autoround"]; None is dropped."""
+    out: list[str] = []
+    for key, value in options.items():
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(f"--{flag}" if value else f"--no-{flag}")
+        elif value is not None:
+            out += [f"--{flag}", str(value)]
+    return out
+
+
+def _tags(job: JobSettings, stage: str) -> list[dict[str, str]]:
+    tags = {"neuronforge:stage": stage, "neuronforge:version": __version__, **job.tags}
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def _stopping(job: JobSettings) -> dict[str, int]:
+    cond = {"MaxRuntimeInSeconds": job.max_runtime_s}
+    if job.spot:
+        cond["MaxWaitTimeInSeconds"] = job.max_wait_s or 2 * job.max_runtime_s
+    return cond
+
+
+def _training_job(job: JobSettings, stage: str, image: str, script: str, args: list[str],
+                  channels: dict[str, str], output_s3: str, env: dict[str, str]) -> Request:
+    request: Request = {
+        "TrainingJobName": job.name,
+        "RoleArn": job.role_arn,
+        "AlgorithmSpecification": {
+            "TrainingImage": image,
+            "TrainingInputMode": "File",
+            "ContainerEntrypoint": ["/bin/bash", "-c", script, "neuronforge-job"],
+            "ContainerArguments": _checked_args(args),
+        },
+        "InputDataConfig": [
+            {
+                "ChannelName": channel,
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": s3uri.prefix(uri),
+                                                "S3DataDistributionType": "FullyReplicated"}},
+                "InputMode": "File",
+            }
+            for channel, uri in channels.items()
+        ],
+        "OutputDataConfig": {"S3OutputPath": s3uri.prefix(output_s3), "CompressionType": "NONE"},
+        "ResourceConfig": {"InstanceType": job.instance_type, "InstanceCount": 1, "VolumeSizeInGB": job.volume_gb},
+        "StoppingCondition": _stopping(job),
+        "Environment": env,
+        "EnableManagedSpotTraining": job.spot,
+        "Tags": _tags(job, stage),
+    }
+    return request
+
+
+def training_output_prefix(output_s3: str, job_name: str, subdir: str = "") -> str:
+    """Where an uncompressed training job's /opt/ml/model/<subdir> lands in S3."""
+    return s3uri.join(output_s3, job_name, "output", "model", subdir) + ("/" if subdir else "")
+
+
+def quantize_job_request(job: JobSettings, *, model_s3: str, output_s3: str, dtype: str = "int8",
+                         options: dict[str, Any] | None = None, install: str | None = None) -> Request:
+    """GPU training job: `neuronforge quantize` from the model channel to /opt/ml/model/checkpoint (uncompressed)."""
+    _checked_settings(job, "quantize")
+    _choice(dtype, DTYPES, "--dtype")
+    args = ["quantize", "--model", "/opt/ml/input/data/model", "--out", f"{MODEL_DIR}/{CHECKPOINT_SUBDIR}",
+            "--dtype", dtype, *_flags(options or {})]
+    image = job.image or image_uri("quantize", job.region, account_of_role(job.role_arn))
+    env = {"NEURONFORGE_INSTALL": install or f"neuronforge=={__version__}", "HF_HUB_OFFLINE": "1"}
+    return _training_job(job, "quantize", image, QUANTIZE_SCRIPT, args, {"model": model_s3}, output_s3, env)
+
+
+def _compile_args(checkpoint: str, dtype: str, tp_degree: int, kv: str) -> list[str]:
+    _choice(dtype, DTYPES, "--dtype")
+    _choice(kv, KV_DTYPES, "--kv")
+    return ["--model", checkpoint, "--dtype", dtype, "--tp", str(tp_degree), "--kv", kv]
+
+
+def _compile_env(target_instance: str, checkpoint: str, package_out: str) -> dict[str, str]:
+    # Compile for the serving family (inf2) even on trn1: the artifacts must match where they load.
+    return {"NEURON_PLATFORM_TARGET_OVERRIDE": target_instance.split(".")[1], "NF_CHECKPOINT": checkpoint,
+            "NF_PACKAGE_OUT": package_out, "HF_HUB_OFFLINE": "1"}
+
+
+def compile_job_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str, tp_degree: int,
+                        target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8") -> Request:
+    """trn1 training job: `neuronforge compile` for the inf2 target, then `neuronforge package` into /opt/ml/model."""
+    _checked_settings(job, "compile")
+    validate_instance("serve", target_instance)
+    validate_tp_degree(target_instance, tp_degree)
+    checkpoint = "/opt/ml/input/data/checkpoint"
+    image = job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
+    env = _compile_env(target_instance, checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
+    return _training_job(job, "compile", image, COMPILE_SCRIPT, _compile_args(checkpoint, dtype, tp_degree, kv),
+                         {"checkpoint": checkpoint_s3}, output_s3, env)
+
+
+def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str, tp_degree: int,
+                               target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8") -> Request:
+    """CPU processing job that cross-compiles for inf2 (processing jobs cannot use trn1/inf2 instances)."""
+    _checked_settings(job, "compile-cpu")
+    validate_instance("serve", target_instance)
+    validate_tp_degree(target_instance, tp_degree)
+    checkpoint, out = "/opt/ml/processing/input/checkpoint", "/opt/ml/processing/output"
+    image = job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
+    return {
+        "ProcessingJobName": job.name,
+        "RoleArn": job.role_arn,
+        "AppSpecification": {
+            "ImageUri": image,
+            "ContainerEntrypoint": ["/bin/bash", "-c", COMPILE_SCRIPT, "neuronforge-job"],
+            "ContainerArguments": _checked_args(_compile_args(checkpoint, dtype, tp_degree, kv)),
+        },
+        "ProcessingInputs": [{"InputName": "checkpoint", "S3Input": {
+            "S3Uri": s3uri.prefix(checkpoint_s3), "LocalPath": checkpoint, "S3DataType": "S3Prefix", "S3InputMode": "File"}}],
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "package", "S3Output": {
+            "S3Uri": s3uri.join(output_s3, job.name, PACKAGE_SUBDIR) + "/", "LocalPath": f"{out}/{PACKAGE_SUBDIR}",
+            "S3UploadMode": "EndOfJob"}}]},
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1, "InstanceType": job.instance_type,
+                                                  "VolumeSizeInGB": job.volume_gb}},
+        "StoppingCondition": {"MaxRuntimeInSeconds": job.max_runtime_s},
+        "Environment": _compile_env(target_instance, checkpoint, f"{out}/{PACKAGE_SUBDIR}"),
+        "Tags": _tags(job, "compile"),
+    }
+
+
+def serving_environment(fp8: bool = False) -> dict[str, str]:
+    """The serving container's env: vLLM on NxDI, loading the packaged precompiled artifacts."""
+    env = {
+        "VLLM_NEURON_FRAMEWORK": "neuronx-distributed-inference",
+        "NEURON_COMPILED_ARTIFACTS": f"{MODEL_DIR}/{COMPILED_SUBDIR}",
+        "NEURONFORGE_MODEL_DIR": MODEL_DIR,
+    }
+    if fp8:
+        env |= {"XLA_HANDLE_SPECIAL_SCALAR": "1", "UNSAFE_FP8FNCAST": "1"}
+    return env
+
+
+def model_request(name: str, *, role_arn: str, region: str, model_data_s3: str, image: str | None = None) -> Request:
+    """A model whose data is the uncompressed package prefix, copied as-is to /opt/ml/model.
+
+    fp8-specific variables come from the package's serving.json, which the `serve` wrapper applies.
+    """
+    validate_name(name, "model")
+    return {
+        "ModelName": name,
+        "ExecutionRoleArn": role_arn,
+        "PrimaryContainer": {
+            "Image": image or image_uri("neuron", region, account_of_role(role_arn)),
+            "Environment": serving_environment(),
+            "ModelDataSource": {"S3DataSource": {"S3Uri": s3uri.prefix(model_data_s3), "S3DataType": "S3Prefix",
+                                                 "CompressionType": "None"}},
+        },
+        "Tags": [{"Key": "neuronforge:version", "Value": __version__}],
+    }
+
+
+def endpoint_config_request(name: str, *, model_name: str, instance_type: str, tp_degree: int | None = None,
+                            volume_gb: int = 64, startup_timeout_s: int = 3600, download_timeout_s: int = 3600,
+                            instance_count: int = 1) -> Request:
+    """One inf2 production variant with a long startup health check (NxDI loads take minutes)."""
+    validate_name(name, "endpoint config")
+    validate_instance("serve", instance_type)
+    if tp_degree is not None:
+        validate_tp_degree(instance_type, tp_degree)
+    for what, value in (("startup health-check timeout", startup_timeout_s), ("model download timeout", download_timeout_s)):
+        if not 60 <= value <= 3600:
+            raise NeuronforgeError(f"{what} {value}s is outside SageMaker's 60..3600 s range", "pick a value in 60..3600")
+    return {
+        "EndpointConfigName": name,
+        "ProductionVariants": [{
+            "VariantName": "AllTraffic",
+            "ModelName": model_name,
+            "InstanceType": instance_type,
+            "InitialInstanceCount": instance_count,
+            "VolumeSizeInGB": volume_gb,
+            "ContainerStartupHealthCheckTimeoutInSeconds": startup_timeout_s,
+            "ModelDataDownloadTimeoutInSeconds": download_timeout_s,
+            "InferenceAmiVersion": INFERENCE_AMI,
+        }],
+    }
+
+
+def endpoint_request(name: str, *, config_name: str) -> Request:
+    validate_name(name, "endpoint")
+    return {"EndpointName": name, "EndpointConfigName": config_name}
+
+
+def deployment_requests(name: str, *, role_arn: str, region: str, model_data_s3: str, instance_type: str,
+                        tp_degree: int | None = None, image: str | None = None, volume_gb: int = 64, startup_timeout_s: int = 3600) -> dict[str, Request]:
+    """Model, endpoint config and endpoint for one package, all named after `name`."""
+    return {
+        "create_model": model_request(name, role_arn=role_arn, region=region, model_data_s3=model_data_s3,
+                                      image=image),
+        "create_endpoint_config": endpoint_config_request(name, model_name=name, instance_type=instance_type,
+                                                          tp_degree=tp_degree, volume_gb=volume_gb,
+                                                          startup_timeout_s=startup_timeout_s),
+        "create_endpoint": endpoint_request(name, config_name=name),
+    }

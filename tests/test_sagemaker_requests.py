@@ -1,0 +1,177 @@
+"""Request builders: golden request dicts, botocore's own input validation, and bad input failing before AWS."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.sagemaker import images, instances
+from neuronforge.sagemaker.requests import (
+    JobSettings,
+    compile_job_request,
+    compile_processing_request,
+    deployment_requests,
+    quantize_job_request,
+    training_output_prefix,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+ROLE = "arn:aws:iam::123456789012:role/neuronforge-sagemaker"
+REGEN = os.environ.get("NEURONFORGE_REGEN_GOLDEN") == "1"
+
+
+def check_golden(name: str, payload: Any) -> None:
+    """Compare with tests/golden/<name>.json; NEURONFORGE_REGEN_GOLDEN=1 rewrites it."""
+    path = GOLDEN / f"{name}.json"
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    if REGEN:
+        path.write_text(text)
+    assert path.exists(), f"missing golden {path}; run with NEURONFORGE_REGEN_GOLDEN=1"
+    assert json.loads(path.read_text()) == json.loads(text)
+
+
+def check_botocore(operation: str, request: dict[str, Any]) -> None:
+    """botocore's own validation of the request against the SageMaker input shape (types, lengths, keys)."""
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def job(instance: str, name: str = "nf-job", **kw: Any) -> JobSettings:
+    return JobSettings(name=name, role_arn=ROLE, region="us-east-1", instance_type=instance, **kw)
+
+
+def test_quantize_job_golden() -> None:
+    request = quantize_job_request(job("ml.g6e.2xlarge", "nf-quantize", spot=True, max_runtime_s=7200),
+                                   model_s3="s3://nf-bucket/models/smollm2", output_s3="s3://nf-bucket/runs",
+                                   dtype="f8e4m3", options={"iters": 50, "nsamples": 32, "autoround": False})
+    check_botocore("CreateTrainingJob", request)
+    check_golden("sagemaker_quantize_job", request)
+    assert request["OutputDataConfig"]["CompressionType"] == "NONE"
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400}
+    assert request["AlgorithmSpecification"]["ContainerArguments"][-1] == "--no-autoround"
+
+
+def test_compile_job_golden() -> None:
+    request = compile_job_request(job("ml.trn1.32xlarge", "nf-compile"), checkpoint_s3="s3://nf-bucket/ckpt/",
+                                  output_s3="s3://nf-bucket/runs/", tp_degree=24, target_instance="ml.inf2.48xlarge")
+    check_botocore("CreateTrainingJob", request)
+    check_golden("sagemaker_compile_job", request)
+    assert request["Environment"]["NEURON_PLATFORM_TARGET_OVERRIDE"] == "inf2"
+    assert request["AlgorithmSpecification"]["TrainingImage"].endswith("/neuronforge:neuron-sdk2.31.1-vllm0.16.0")
+
+
+def test_compile_processing_golden() -> None:
+    request = compile_processing_request(job("ml.r7i.8xlarge", "nf-compile-cpu"), checkpoint_s3="s3://nf-bucket/ckpt/",
+                                         output_s3="s3://nf-bucket/runs/", tp_degree=2)
+    check_botocore("CreateProcessingJob", request)
+    check_golden("sagemaker_compile_processing_job", request)
+
+
+def test_deployment_golden() -> None:
+    requests = deployment_requests("nf-endpoint", role_arn=ROLE, region="eu-west-1", model_data_s3="s3://nf-bucket/pkg",
+                                   instance_type="ml.inf2.24xlarge", tp_degree=12, volume_gb=128)
+    for call, request in requests.items():
+        check_botocore("".join(p.title() for p in call.split("_")), request)
+    check_golden("sagemaker_deployment", requests)
+    source = requests["create_model"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]
+    assert source == {"S3Uri": "s3://nf-bucket/pkg/", "S3DataType": "S3Prefix", "CompressionType": "None"}
+    variant = requests["create_endpoint_config"]["ProductionVariants"][0]
+    assert variant["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-neuron-2"
+
+
+def test_regional_dlc_account_and_role_account() -> None:
+    request = quantize_job_request(job("ml.g5.xlarge"), model_s3="s3://b-1/m/", output_s3="s3://b-1/o/")
+    assert request["AlgorithmSpecification"]["TrainingImage"].startswith("763104351884.dkr.ecr.us-east-1.")
+    assert images.image_uri("quantize", "af-south-1", "1").startswith("626614931356.dkr.ecr.af-south-1.")
+    assert images.image_uri("neuron", "eu-west-1", "123456789012").startswith("123456789012.dkr.ecr.eu-west-1.")
+
+
+def test_training_output_prefix() -> None:
+    assert training_output_prefix("s3://b-1/runs", "nf-q", "checkpoint") == "s3://b-1/runs/nf-q/output/model/checkpoint/"
+
+
+@pytest.mark.parametrize(
+    ("builder", "instance", "message"),
+    [
+        ("quantize", "ml.inf2.xlarge", "not a valid SageMaker training instance type"),
+        ("quantize", "ml.bogus.xlarge", "not a valid SageMaker training instance type"),
+        ("quantize", "ml.trn1.2xlarge", "cannot run a GPU training job"),
+        ("compile", "ml.g6e.2xlarge", "cannot run a Neuron compile training job"),
+        ("compile-cpu", "ml.trn1.2xlarge", "not a valid SageMaker processing instance type"),
+        ("compile-cpu", "ml.p4d.24xlarge", "not a valid SageMaker processing instance type"),
+        ("quantize", "g6e.2xlarge", "lacks the 'ml.' prefix"),
+    ],
+)
+def test_wrong_instance_for_job_kind(builder: str, instance: str, message: str) -> None:
+    with pytest.raises(NeuronforgeError, match=message):
+        if builder == "quantize":
+            quantize_job_request(job(instance), model_s3="s3://b-1/m/", output_s3="s3://b-1/o/")
+        elif builder == "compile":
+            compile_job_request(job(instance), checkpoint_s3="s3://b-1/c/", output_s3="s3://b-1/o/", tp_degree=2)
+        else:
+            compile_processing_request(job(instance), checkpoint_s3="s3://b-1/c/", output_s3="s3://b-1/o/", tp_degree=2)
+
+
+def test_endpoint_must_be_inf2_and_tp_must_fit() -> None:
+    with pytest.raises(NeuronforgeError, match="cannot run an inf2 endpoint"):
+        deployment_requests("ep", role_arn=ROLE, region="us-east-1", model_data_s3="s3://b-1/p/",
+                            instance_type="ml.g5.xlarge")
+    with pytest.raises(NeuronforgeError, match=r"tp_degree 4 does not fit ml.inf2.8xlarge \(2 NeuronCores\)"):
+        deployment_requests("ep", role_arn=ROLE, region="us-east-1", model_data_s3="s3://b-1/p/",
+                            instance_type="ml.inf2.8xlarge", tp_degree=4)
+    with pytest.raises(NeuronforgeError, match="tp_degree 32 does not fit ml.inf2.48xlarge"):
+        compile_job_request(job("ml.trn1.32xlarge"), checkpoint_s3="s3://b-1/c/", output_s3="s3://b-1/o/",
+                            tp_degree=32, target_instance="ml.inf2.48xlarge")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "bad_name"}, "not a valid SageMaker job name"),
+        ({"role_arn": "neuronforge-role"}, "is not an IAM role ARN"),
+        ({"spot": True, "max_wait_s": 60}, "shorter than max runtime"),
+        ({"max_runtime_s": 0}, "must be positive"),
+    ],
+)
+def test_bad_job_settings(change: dict[str, Any], message: str) -> None:
+    settings = {"name": "nf-q", "role_arn": ROLE, "region": "us-east-1", "instance_type": "ml.g6e.2xlarge", **change}
+    with pytest.raises(NeuronforgeError, match=message):
+        quantize_job_request(JobSettings(**settings), model_s3="s3://b-1/m/", output_s3="s3://b-1/o/")
+
+
+def test_bad_s3_uri_dtype_and_timeout() -> None:
+    with pytest.raises(NeuronforgeError, match="is not an s3:// URI"):
+        quantize_job_request(job("ml.g6e.2xlarge"), model_s3="/local/model", output_s3="s3://b-1/o/")
+    with pytest.raises(NeuronforgeError, match="--dtype 'fp4' is not supported"):
+        quantize_job_request(job("ml.g6e.2xlarge"), model_s3="s3://b-1/m/", output_s3="s3://b-1/o/", dtype="fp4")
+    with pytest.raises(NeuronforgeError, match="outside SageMaker's 60..3600"):
+        deployment_requests("ep", role_arn=ROLE, region="us-east-1", model_data_s3="s3://b-1/p/",
+                            instance_type="ml.inf2.xlarge", startup_timeout_s=7200)
+
+
+def test_neuron_catalogue() -> None:
+    assert instances.neuron_cores("ml.inf2.xlarge") == instances.neuron_cores("inf2.8xlarge") == 2
+    assert instances.neuron_cores("ml.inf2.24xlarge") == 12
+    assert instances.neuron_cores("inf2.48xlarge") == 24
+    assert instances.neuron_cores("ml.trn1.32xlarge") == 32
+    assert instances.accelerator("ml.inf2.xlarge") == "neuron"
+    assert instances.accelerator("ml.p4d.24xlarge") == "gpu"
+    assert instances.accelerator("ml.r7i.8xlarge") == "cpu"
+    with pytest.raises(NeuronforgeError, match="not a known Neuron instance type"):
+        instances.neuron_cores("ml.g5.xlarge")
+    # Every catalogued Neuron type is one SageMaker endpoints accept.
+    assert {f"ml.{n}" for n in instances.NEURON_INSTANCES} <= instances.allowed_instance_types("endpoint")
+
+
+def test_dockerfile_base_matches_pinned_image() -> None:
+    dockerfile = (Path(images.__file__).parent / "serving" / "Dockerfile").read_text()
+    base = images.pinned()["images"]["neuron"]["base"]
+    assert f"ARG BASE={base}\n" in dockerfile
