@@ -245,8 +245,26 @@ def keeps_gqa(tp_degree: int, num_key_value_heads: int) -> bool:
 def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConfigSpec:
     """Apply the model-dependent rules; returns the spec with lm_head added for tied models and notices set."""
     notices = list(spec.notices)
-    entries = list(spec.modules_to_not_convert)
+    entries = _with_tied_lm_head(list(spec.modules_to_not_convert), facts, notices)
+    _check_layer_indices(entries, facts)
+    _check_per_tensor(spec, entries, facts)
+    _check_fp8_biases(spec, entries, facts)
+    _check_tp(spec, facts, notices)
+    _check_lengths(spec, facts)
+    return spec.model_copy(update={"modules_to_not_convert": entries, "notices": notices})
 
+
+def _with_tied_lm_head(entries: list[str], facts: ModelFacts, notices: list[str]) -> list[str]:
+    if not facts.tie_word_embeddings or "lm_head" in entries:
+        return entries
+    notices.append(
+        "added 'lm_head' to modules_to_not_convert: the model ties lm_head to embed_tokens, and NxDI would "
+        "load the float embedding into lm_head with an int8/fp8 scale left over"
+    )
+    return [*entries, "lm_head"]
+
+
+def _check_layer_indices(entries: list[str], facts: ModelFacts) -> None:
     for entry in entries:
         if (m := _CANONICAL.match(entry)) and m[1] is not None and int(m[1]) >= facts.num_layers:
             raise _fail(
@@ -255,13 +273,8 @@ def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConf
                 "remove it or fix the index",
             )
 
-    if facts.tie_word_embeddings and "lm_head" not in entries:
-        entries.append("lm_head")
-        notices.append(
-            "added 'lm_head' to modules_to_not_convert: the model ties lm_head to embed_tokens, and NxDI would "
-            "load the float embedding into lm_head with an int8/fp8 scale left over"
-        )
 
+def _check_per_tensor(spec: NeuronConfigSpec, entries: list[str], facts: ModelFacts) -> None:
     if spec.quantization_type == "per_tensor_symmetric" and entries:
         raise _fail(
             f"per_tensor_symmetric cannot keep modules in bf16 (modules_to_not_convert = {entries})",
@@ -270,17 +283,21 @@ def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConf
             + (" (tied-embedding models always need lm_head excluded)" if facts.tie_word_embeddings else ""),
         )
 
-    if spec.quantization_dtype.startswith("f8"):
-        biased = [(facts.attention_bias, "self_attn", "attention_bias"), (facts.mlp_bias, "mlp", "mlp_bias")]
-        for has_bias, kind, flag in biased:
-            missing = [f"layers.{i}.{kind}" for i in range(facts.num_layers) if f"layers.{i}.{kind}" not in entries]
-            if has_bias and missing:
-                raise _fail(
-                    f"config.json has {flag}=true, and NxD's fp8 path drops Linear biases",
-                    f"use --dtype int8, or keep every biased block in bf16 (add {missing[:3]}"
-                    f"{' ...' if len(missing) > 3 else ''} to modules_to_not_convert)",
-                )
 
+def _check_fp8_biases(spec: NeuronConfigSpec, entries: list[str], facts: ModelFacts) -> None:
+    if not spec.quantization_dtype.startswith("f8"):
+        return
+    for has_bias, kind, flag in ((facts.attention_bias, "self_attn", "attention_bias"), (facts.mlp_bias, "mlp", "mlp_bias")):
+        missing = [f"layers.{i}.{kind}" for i in range(facts.num_layers) if f"layers.{i}.{kind}" not in entries]
+        if has_bias and missing:
+            raise _fail(
+                f"config.json has {flag}=true, and NxD's fp8 path drops Linear biases",
+                f"use --dtype int8, or keep every biased block in bf16 (add {missing[:3]}"
+                f"{' ...' if len(missing) > 3 else ''} to modules_to_not_convert)",
+            )
+
+
+def _check_tp(spec: NeuronConfigSpec, facts: ModelFacts, notices: list[str]) -> None:
     cores = NEURON_CORES[spec.target_instance]
     if spec.tp_degree > cores:
         raise _fail(
@@ -297,10 +314,11 @@ def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConf
         factor = facts.num_attention_heads // facts.num_key_value_heads
         notices.append(
             f"tp_degree {spec.tp_degree} neither divides nor is a multiple of num_key_value_heads="
-            f"{facts.num_key_value_heads}: "
-            f"NxDI converts GQA to MHA, so the KV cache holds {factor}x more heads"
+            f"{facts.num_key_value_heads}: NxDI converts GQA to MHA, so the KV cache holds {factor}x more heads"
         )
 
+
+def _check_lengths(spec: NeuronConfigSpec, facts: ModelFacts) -> None:
     if spec.seq_len > spec.n_positions:
         raise _fail(f"seq_len {spec.seq_len} exceeds n_positions {spec.n_positions}", "raise --n-positions or lower --seq-len")
     if facts.max_position_embeddings and spec.n_positions > facts.max_position_embeddings:
@@ -309,7 +327,6 @@ def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConf
             f"{facts.max_position_embeddings}",
             f"use --n-positions <= {facts.max_position_embeddings}",
         )
-    return spec.model_copy(update={"modules_to_not_convert": entries, "notices": notices})
 
 
 def _larger_instances(tp: int) -> str:
