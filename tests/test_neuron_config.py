@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.config import (
-    NEURON_CORES,
     KVQuantSpec,
     ModelFacts,
     NeuronConfigSpec,
@@ -107,10 +106,13 @@ def test_kv_cache_needs_both_flags() -> None:
 
 def test_instances_and_sdk() -> None:
     assert spec(target_instance="inf2.48xlarge").target_instance == "ml.inf2.48xlarge"
-    refused(r"ml\.inf2\.xlarge", spec, target_instance="ml.g5.xlarge")
+    refused(r"not a known Neuron instance type.*ml\.inf2\.xlarge", spec, target_instance="ml.g5.xlarge")
     refused(r"2\.28", spec, sdk="2.19")
-    assert {NEURON_CORES[k] for k in ("ml.inf2.xlarge", "ml.inf2.8xlarge", "ml.trn1.2xlarge")} == {2}
-    assert (NEURON_CORES["ml.inf2.24xlarge"], NEURON_CORES["ml.inf2.48xlarge"], NEURON_CORES["ml.trn1.32xlarge"]) == (12, 24, 32)
+    cores = {name: choose_tp(facts(num_attention_heads=96, num_key_value_heads=1), name)
+             for name in ("ml.inf2.xlarge", "ml.inf2.8xlarge", "ml.inf2.24xlarge", "ml.inf2.48xlarge",
+                          "ml.trn1.2xlarge", "ml.trn1.32xlarge")}
+    assert cores == {"ml.inf2.xlarge": 2, "ml.inf2.8xlarge": 2, "ml.inf2.24xlarge": 12, "ml.inf2.48xlarge": 24,
+                     "ml.trn1.2xlarge": 2, "ml.trn1.32xlarge": 32}  # research/sagemaker.md section 3.1
 
 
 def test_kwargs_exclude_our_own_fields() -> None:

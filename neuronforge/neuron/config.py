@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from neuronforge.atomic import atomic_write_json
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
+from neuronforge.sagemaker.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
 
 QuantDtype = Literal["int8", "f8e4m3", "f8e5m2"]
 QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
@@ -33,17 +34,6 @@ QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
 NEURON_CONFIG_FILE = "neuron_config.json"
 NOT_CONVERT_FILE = "modules_to_not_convert.json"
 DEFAULT_INSTANCE = "ml.inf2.xlarge"
-
-# NeuronCores per instance (shared/research/sagemaker.md section 3.1).
-NEURON_CORES: dict[str, int] = {
-    "ml.inf2.xlarge": 2,
-    "ml.inf2.8xlarge": 2,
-    "ml.inf2.24xlarge": 12,
-    "ml.inf2.48xlarge": 24,
-    "ml.trn1.2xlarge": 2,
-    "ml.trn1.32xlarge": 32,
-    "ml.trn1n.32xlarge": 32,
-}
 
 _CANONICAL = re.compile(r"^(?:lm_head|layers\.(\d+)\.(?:self_attn|mlp))$")
 _SUBMODULE = re.compile(r"^layers\.(\d+)\.(self_attn|mlp)\..+$")
@@ -56,13 +46,10 @@ def _fail(what: str, fix: str) -> NeuronforgeError:
 
 def normalize_instance(value: Any) -> str:
     """'inf2.xlarge' or 'ml.inf2.xlarge' -> 'ml.inf2.xlarge', refusing anything without NeuronCores we know."""
-    name = f"ml.{value}" if isinstance(value, str) and not value.startswith("ml.") else value
-    if name not in NEURON_CORES:
-        raise _fail(
-            f"instance type {value!r} is not an inf2/trn1 type neuronforge knows",
-            f"use one of: {', '.join(NEURON_CORES)}",
-        )
-    return name
+    if not isinstance(value, str):
+        raise _fail(f"instance type {value!r} is not a string", "pass e.g. ml.inf2.xlarge")
+    neuron_instance(value)  # the catalogue shared with the SageMaker side; raises for unknown types
+    return f"ml.{value.removeprefix('ml.')}"
 
 
 def entry_problem(entry: str) -> tuple[str, str] | None:
@@ -232,7 +219,7 @@ def make_spec(**fields: Any) -> NeuronConfigSpec:
 
 def choose_tp(facts: ModelFacts, instance: str) -> int:
     """The largest tp_degree that fits the instance and divides the query heads, preferring GQA-preserving ones."""
-    cores = NEURON_CORES[normalize_instance(instance)]
+    cores = neuron_cores(instance)
     fits = [t for t in range(1, cores + 1) if facts.num_attention_heads % t == 0]
     return max([t for t in fits if keeps_gqa(t, facts.num_key_value_heads)] or fits)
 
@@ -298,7 +285,7 @@ def _check_fp8_biases(spec: NeuronConfigSpec, entries: list[str], facts: ModelFa
 
 
 def _check_tp(spec: NeuronConfigSpec, facts: ModelFacts, notices: list[str]) -> None:
-    cores = NEURON_CORES[spec.target_instance]
+    cores = neuron_cores(spec.target_instance)
     if spec.tp_degree > cores:
         raise _fail(
             f"tp_degree {spec.tp_degree} needs {spec.tp_degree} NeuronCores; {spec.target_instance} has {cores}",
@@ -330,7 +317,7 @@ def _check_lengths(spec: NeuronConfigSpec, facts: ModelFacts) -> None:
 
 
 def _larger_instances(tp: int) -> str:
-    return ", ".join(name for name, cores in NEURON_CORES.items() if cores >= tp) or "none has that many cores"
+    return ", ".join(f"ml.{name}" for name, entry in NEURON_INSTANCES.items() if entry.neuron_cores >= tp) or "none has that many"
 
 
 def kv_fields(kv: str) -> dict[str, Any]:
