@@ -47,8 +47,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def s3_etag(path: Path, chunk: int = CHUNK) -> str:
+def s3_etag(path: Path, chunk: int | None = None) -> str:
     """The ETag S3 reports for `path` uploaded with our TransferConfig (md5, or md5-of-part-md5s + '-N')."""
+    chunk = chunk or CHUNK
     parts = []
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):

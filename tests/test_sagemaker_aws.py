@@ -1,0 +1,178 @@
+"""Every submitter against moto (real boto3 calls, in-process `mock_aws`).
+
+moto 5.2.5 needs one documented adjustment (research/sagemaker.md §4.4, patch 1): its CreateEndpointConfig checks
+InstanceType against a stale list without ml.inf2, so that check is switched off here. neuronforge validates
+instance types itself against botocore's current enums before any call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from typer.testing import CliRunner
+
+from neuronforge.cli import app
+from neuronforge.errors import NeuronforgeError
+from neuronforge.sagemaker.invoke import completion_body, invoke
+from neuronforge.sagemaker.packaging import package_model, s3_etag, upload_package, verify_remote_package
+from neuronforge.sagemaker.requests import JobSettings, compile_processing_request, deployment_requests, quantize_job_request
+from neuronforge.sagemaker.submit import delete_endpoint, deploy, status, submit_job, wait_for_job
+from test_sagemaker_packaging import make_compiled
+
+REGION = "us-east-1"
+BUCKET = "nf-test-bucket"
+ROLE = "arn:aws:iam::123456789012:role/neuronforge-sagemaker"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+    for key, value in {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    import moto.sagemaker.models as moto_models
+    from moto import mock_aws
+
+    monkeypatch.setattr(moto_models.FakeEndpointConfig, "validate_instance_type", lambda self, instance_type: None)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET)
+        yield boto3.client("sagemaker", region_name=REGION), s3
+
+
+@pytest.fixture
+def package(tmp_path: Path, tiny_llama_dir: Path) -> Path:
+    compiled = make_compiled(tmp_path)
+    # Over the 8 MiB multipart threshold: exercises the managed multipart upload and the "-N" ETag check.
+    (compiled / "weights" / "tp1_sharded_checkpoint.safetensors").write_bytes(os.urandom(9 * 1024 * 1024))
+    return package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+
+
+def test_upload_is_multipart_and_verified(aws: tuple[Any, Any], package: Path) -> None:
+    _, s3 = aws
+    keys = upload_package(package, f"s3://{BUCKET}/pkg", s3)
+    assert keys[-1] == "pkg/manifest.json"
+    big = "pkg/compiled/weights/tp1_sharded_checkpoint.safetensors"
+    etag = s3.head_object(Bucket=BUCKET, Key=big)["ETag"]
+    assert etag.endswith('-2"') and etag == s3_etag(package / "compiled/weights/tp1_sharded_checkpoint.safetensors")
+    manifest = verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+    assert manifest["serving"]["tp_degree"] == 2
+
+
+def test_remote_verification_catches_missing_and_stray_objects(aws: tuple[Any, Any], package: Path) -> None:
+    _, s3 = aws
+    with pytest.raises(NeuronforgeError, match="cannot read .*manifest.json"):
+        verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+    upload_package(package, f"s3://{BUCKET}/pkg", s3)
+    s3.put_object(Bucket=BUCKET, Key="pkg/stray.txt", Body=b"x")
+    with pytest.raises(NeuronforgeError, match="not in manifest: stray.txt"):
+        verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+    s3.delete_object(Bucket=BUCKET, Key="pkg/stray.txt")
+    s3.delete_object(Bucket=BUCKET, Key="pkg/compiled/model.pt")
+    with pytest.raises(NeuronforgeError, match="missing: compiled/model.pt"):
+        verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+
+
+def test_upload_refuses_a_tampered_package(aws: tuple[Any, Any], package: Path) -> None:
+    _, s3 = aws
+    (package / "serving.json").write_text("{}")
+    with pytest.raises(NeuronforgeError, match="checksum mismatch: serving.json"):
+        upload_package(package, f"s3://{BUCKET}/pkg", s3)
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def test_training_and_processing_jobs(aws: tuple[Any, Any], tiny_llama_dir: Path) -> None:
+    sm, s3 = aws
+    job = JobSettings(name="nf-quantize-1", role_arn=ROLE, region=REGION, instance_type="ml.g6e.2xlarge")
+    request = quantize_job_request(job, model_s3=f"s3://{BUCKET}/models/tiny", output_s3=f"s3://{BUCKET}/runs")
+    with pytest.raises(NeuronforgeError, match="no S3 object under s3://nf-test-bucket/models/tiny/"):
+        submit_job(request, sm, s3)
+    assert sm.list_training_jobs()["TrainingJobSummaries"] == []
+    for item in tiny_llama_dir.iterdir():
+        s3.upload_file(str(item), BUCKET, f"models/tiny/{item.name}")
+    arn = submit_job(request, sm, s3)
+    assert arn.endswith(":training-job/nf-quantize-1")
+    described = sm.describe_training_job(TrainingJobName="nf-quantize-1")
+    assert described["ResourceConfig"]["InstanceType"] == "ml.g6e.2xlarge"
+    assert described["OutputDataConfig"] == request["OutputDataConfig"]
+    assert described["AlgorithmSpecification"]["TrainingImage"] == request["AlgorithmSpecification"]["TrainingImage"]
+    assert wait_for_job(request, sm) == "Completed"
+    assert status("nf-quantize-1", sm)["kind"] == "training job"
+
+    processing = compile_processing_request(
+        JobSettings(name="nf-compile-cpu", role_arn=ROLE, region=REGION, instance_type="ml.r7i.8xlarge"),
+        checkpoint_s3=f"s3://{BUCKET}/models/tiny", output_s3=f"s3://{BUCKET}/runs", tp_degree=2)
+    submit_job(processing, sm, s3)
+    assert wait_for_job(processing, sm) == "Completed"
+    assert status("nf-compile-cpu", sm) == {"name": "nf-compile-cpu", "kind": "processing job", "status": "Completed"}
+
+
+def test_deploy_status_invoke_delete(aws: tuple[Any, Any], package: Path) -> None:
+    sm, s3 = aws
+    upload_package(package, f"s3://{BUCKET}/pkg", s3)
+    requests = deployment_requests("nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg",
+                                   instance_type="ml.inf2.xlarge")
+    arn = deploy(requests, sm, s3, wait=True)
+    assert arn.endswith(":endpoint/nf-ep")
+    model = sm.describe_model(ModelName="nf-ep")
+    assert model["PrimaryContainer"]["ModelDataSource"] == requests["create_model"]["PrimaryContainer"]["ModelDataSource"]
+    assert model["PrimaryContainer"]["Environment"]["VLLM_NEURON_FRAMEWORK"] == "neuronx-distributed-inference"
+    variant = sm.describe_endpoint_config(EndpointConfigName="nf-ep")["ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.inf2.xlarge"
+    assert status("nf-ep", sm) == {"name": "nf-ep", "kind": "endpoint", "status": "InService"}
+
+    import requests as http
+
+    canned = {"choices": [{"index": 0, "text": " Paris.", "finish_reason": "stop"}]}
+    http.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results",
+              json={"results": [{"Body": json.dumps(canned), "ContentType": "application/json"}]}, timeout=5)
+    runtime = boto3.client("sagemaker-runtime", region_name=REGION)
+    assert invoke("nf-ep", completion_body("The capital of France is", 8), runtime) == " Paris."
+
+    assert delete_endpoint("nf-ep", sm) == ["endpoint nf-ep", "endpoint config nf-ep", "model nf-ep"]
+    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
+    with pytest.raises(NeuronforgeError, match="no training job, processing job or endpoint named 'nf-ep'"):
+        status("nf-ep", sm)
+    with pytest.raises(NeuronforgeError, match="nothing named 'nf-ep'"):
+        delete_endpoint("nf-ep", sm)
+
+
+def test_deploy_refuses_before_creating_anything(aws: tuple[Any, Any], tmp_path: Path, tiny_llama_dir: Path) -> None:
+    sm, s3 = aws
+    requests = deployment_requests("nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg4",
+                                   instance_type="ml.inf2.xlarge")
+    with pytest.raises(NeuronforgeError, match="cannot read"):
+        deploy(requests, sm, s3)
+    wide = package_model(tmp_path / "pkg4", compiled=make_compiled(tmp_path, tp_degree=4), checkpoint=tiny_llama_dir)
+    upload_package(wide, f"s3://{BUCKET}/pkg4", s3)
+    with pytest.raises(NeuronforgeError, match=r"tp_degree 4 does not fit ml.inf2.xlarge \(2 NeuronCores\)"):
+        deploy(requests, sm, s3)
+    assert sm.list_models()["Models"] == [] and sm.list_endpoint_configs()["EndpointConfigs"] == []
+
+
+def test_cli_package_upload_deploy_status_delete(aws: tuple[Any, Any], tmp_path: Path, tiny_llama_dir: Path) -> None:
+    sm, _ = aws
+    runner = CliRunner()
+    out = tmp_path / "pkg"
+    compiled = make_compiled(tmp_path)
+    result = runner.invoke(app, ["package", str(out), "--compiled", str(compiled), "--checkpoint", str(tiny_llama_dir),
+                                 "--upload", f"s3://{BUCKET}/cli-pkg/"])
+    assert result.exit_code == 0, result.output
+    deploy_args = ["sagemaker", "deploy", "--model-data", f"s3://{BUCKET}/cli-pkg/", "--name", "nf-cli",
+                   "--role", ROLE]
+    dry = runner.invoke(app, [*deploy_args, "--dry-run"])
+    assert dry.exit_code == 0 and json.loads(dry.stdout)["create_endpoint"]["EndpointName"] == "nf-cli"
+    assert sm.list_models()["Models"] == []  # --dry-run calls nothing
+    assert runner.invoke(app, deploy_args).exit_code == 0
+    shown = runner.invoke(app, ["sagemaker", "status", "nf-cli"])
+    assert json.loads(shown.stdout)["status"] == "InService"
+    assert runner.invoke(app, ["sagemaker", "delete", "nf-cli"]).exit_code == 0
+    assert sm.list_endpoints()["Endpoints"] == []
+    bad = runner.invoke(app, [*deploy_args[:-2], "--role", ROLE, "--instance-type", "ml.trn1.2xlarge"])
+    assert bad.exit_code == 2 and "cannot run an inf2 endpoint" in bad.output
