@@ -8,6 +8,7 @@ The SDK (`pip install 'neuronforge[sagemaker]'`) is imported only here, lazily.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,7 @@ def _job_output(step: Any, output_s3: str, subdir: str) -> Any:
 
 def build_pipeline(settings: PipelineSettings) -> Pipeline:
     """The Pipeline object (nothing is created in AWS until `upsert`)."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)  # SDK v3 modules need a region at import time
     _require_sdk()
     import boto3
     from sagemaker.core.workflow.parameters import ParameterString

@@ -1,0 +1,78 @@
+"""SDK v3 Pipeline: golden test of definition() and a moto upsert/start (skipped without the [sagemaker] extra)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from test_sagemaker_requests import ROLE, check_golden
+
+
+
+def _sdk_v3() -> bool:
+    from importlib import metadata
+
+    try:
+        return int(metadata.version("sagemaker").split(".")[0]) >= 3
+    except metadata.PackageNotFoundError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _sdk_v3(), reason="the SageMaker SDK v3 extra is not installed: "
+                                "pip install 'neuronforge[sagemaker]' (the [dev] extra includes it)")
+
+ARGS = ["sagemaker", "pipeline", "--model-s3", "s3://nf-bucket/models/smollm2/", "--output-s3", "s3://nf-bucket/runs/",
+        "--endpoint-name", "nf-endpoint", "--role", ROLE, "--region", "us-east-1", "--name", "nf-pipeline"]
+
+
+@pytest.fixture
+def offline_aws(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
+    for key, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "SAGEMAKER_VALIDATE_ROLE": "false"}.items():
+        monkeypatch.setenv(key, value)
+    config = tmp_path / "sagemaker-config.yaml"  # SDK telemetry opt-out (research/sagemaker.md §1.7)
+    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
+    from moto import mock_aws
+
+    with mock_aws():
+        yield
+
+
+def test_definition_golden_and_dry_run(offline_aws: None) -> None:
+    result = CliRunner().invoke(__import__("neuronforge.cli", fromlist=["app"]).app, [*ARGS, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    definition = json.loads(result.stdout)
+    check_golden("sagemaker_pipeline_definition", definition)
+    steps = {s["Name"]: s for s in definition["Steps"]}
+    assert [s["Type"] for s in definition["Steps"]] == ["Training", "Training", "Model", "EndpointConfig", "Endpoint"]
+    quantize_input = steps["Quantize"]["Arguments"]["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert quantize_input == {"Get": "Parameters.ModelS3Uri"}
+    compile_input = steps["Compile"]["Arguments"]["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert {"Get": "Steps.Quantize.TrainingJobName"} in compile_input["Std:Join"]["Values"]
+    assert steps["Compile"]["Arguments"]["ResourceConfig"]["InstanceType"] == "ml.trn1.2xlarge"
+    variant = steps["EndpointConfig"]["Arguments"]["ProductionVariants"][0]
+    assert variant["ModelName"] == {"Get": "Steps.Model.ModelName"} and variant["InstanceType"] == "ml.inf2.xlarge"
+
+
+def test_pipeline_validates_like_the_boto3_path(offline_aws: None) -> None:
+    from neuronforge.errors import NeuronforgeError
+    from neuronforge.sagemaker.pipeline import PipelineSettings, build_pipeline
+
+    with pytest.raises(NeuronforgeError, match="not a valid SageMaker training instance type"):
+        build_pipeline(PipelineSettings(name="p", role_arn=ROLE, region="us-east-1", model_s3="s3://nf-b/m/",
+                                        output_s3="s3://nf-b/o/", endpoint_name="e", quantize_instance="ml.inf2.xlarge"))
+
+
+def test_upsert_and_start_against_moto(offline_aws: None) -> None:
+    import boto3
+
+    result = CliRunner().invoke(__import__("neuronforge.cli", fromlist=["app"]).app, ARGS)
+    assert result.exit_code == 0, result.output
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    described = sm.describe_pipeline(PipelineName="nf-pipeline")
+    assert [s["Name"] for s in json.loads(described["PipelineDefinition"])["Steps"]][-1] == "Endpoint"
+    assert sm.list_pipeline_executions(PipelineName="nf-pipeline")["PipelineExecutionSummaries"]
