@@ -1,0 +1,96 @@
+"""Per-block sensitivity on the tiny Llama: blocks, forced lm_head, and scores that react to real damage."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.pipeline.models import load_model, load_tokenizer
+from neuronforge.pipeline.sensitivity import analyze, find_blocks, variance_scores
+from neuronforge.pipeline.texts import calibration_samples, embedded_splits
+
+BLOCKS = ["layers.0.self_attn", "layers.0.mlp", "layers.1.self_attn", "layers.1.mlp"]
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_llama_dir: Path) -> list[torch.Tensor]:
+    return calibration_samples(load_tokenizer(tiny_llama_dir), embedded_splits().calibration, 4, 32)
+
+
+def _model_with_zero_block(path: Path, block: str) -> torch.nn.Module:
+    """Zero one block's Linears: quantizing zeros is exact, so that block must score exactly 0."""
+    model = load_model(path)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and f"{block}." in f"{name.removeprefix('model.')}.":
+                module.weight.zero_()
+    return model
+
+
+def test_blocks_of_tied_model(tiny_llama_dir: Path) -> None:
+    blocks = find_blocks(load_model(tiny_llama_dir))
+    assert [b.name for b in blocks] == [*BLOCKS, "lm_head"]
+    assert [b.name for b in blocks if b.forced] == ["lm_head"]
+    mlp = blocks[1]
+    assert mlp.linears == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"]
+    assert (mlp.weights, mlp.rows) == (3 * 64 * 128, 128 + 128 + 64)
+
+
+def test_untied_lm_head_is_scored(make_tiny_llama, samples: list[torch.Tensor]) -> None:
+    model = load_model(make_tiny_llama("untied", tie_word_embeddings=False))
+    result = analyze(model, samples, "int8", "first_order")
+    assert not any(b.forced for b in result.blocks)
+    assert set(result.scores) == {*BLOCKS, "lm_head"}
+
+
+def test_model_without_linear_layers_is_refused() -> None:
+    with pytest.raises(NeuronforgeError, match="no Linear layers"):
+        find_blocks(torch.nn.Sequential(torch.nn.Embedding(10, 4)))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+def test_first_order_is_zero_exactly_where_quantization_is_lossless(tiny_llama_dir: Path, samples, dtype: str) -> None:
+    model = _model_with_zero_block(tiny_llama_dir, "layers.1.mlp")
+    result = analyze(model, samples, dtype, "first_order")
+    assert set(result.scores) == set(BLOCKS)  # tied lm_head is forced, not scored
+    assert result.scores["layers.1.mlp"] == 0.0
+    assert all(result.scores[b] > 0 for b in BLOCKS if b != "layers.1.mlp")
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # flags restored as loaded
+
+
+def test_measured_kl_and_rank_correlations(tiny_llama_dir: Path, samples: list[torch.Tensor]) -> None:
+    model = _model_with_zero_block(tiny_llama_dir, "layers.0.self_attn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    steps = []
+    result = analyze(model, samples, "int8", "measured", step=lambda: steps.append(1))
+    assert len(steps) == len(BLOCKS)
+    assert result.scores["layers.0.self_attn"] == 0.0
+    assert all(result.scores[b] > 0 for b in BLOCKS if b != "layers.0.self_attn")
+    # The model is restored after each block's trial quantization.
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model.model.layers[0].mlp.down_proj, torch.nn.Linear)
+    assert set(result.spearman) == {"first_order", "variance"}
+    assert all(-1.0 <= r <= 1.0 for r in result.spearman.values() if not math.isnan(r))
+    payload = result.to_json()
+    assert payload["spearman_vs_measured"] == result.spearman
+    shares = [b["share"] for b in payload["blocks"] if b["share"] is not None]
+    assert math.isclose(sum(shares), 1.0)
+
+
+def test_variance_score_matches_definition(tiny_llama_dir: Path) -> None:
+    model = load_model(tiny_llama_dir)
+    blocks = find_blocks(model)
+    scores = variance_scores(model, blocks)
+    attn = model.model.layers[1].self_attn
+    expected = sum(m.weight.detach().float().var(dim=1).mean() for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)) / 4
+    assert scores["layers.1.self_attn"] == pytest.approx(float(expected))
+
+
+def test_unknown_method_fails_clearly(tiny_llama_dir: Path, samples) -> None:
+    with pytest.raises(NeuronforgeError, match="unknown sensitivity method"):
+        analyze(load_model(tiny_llama_dir), samples, "int8", "hessian")
