@@ -16,7 +16,7 @@ from rich.table import Table
 
 from neuronforge.console import App, console, err_console
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.runconfig import RunConfig, build_config, default_config_yaml, read_config_file
+from neuronforge.pipeline.runconfig import ALL_STAGES, RunConfig, build_config, default_config_yaml, read_config_file
 from neuronforge.pipeline.runner import StageEvent
 
 
@@ -31,7 +31,8 @@ def _print_event(event: StageEvent) -> None:
     elif event.status == "done":
         err_console.print(f"[green]ok {event.stage}[/] done{took}")
     elif event.status == "up to date":
-        err_console.print(f"[green]ok {event.stage}[/] up to date, inputs unchanged (skipped; first run took{took})")
+        took = f"; it took {event.seconds:.1f} s when it ran" if event.seconds is not None else ""
+        err_console.print(f"[green]ok {event.stage}[/] up to date: inputs unchanged, not run again{took}")
     elif event.status == "skipped":
         err_console.print(f"[yellow]-- {event.stage}[/] skipped: {event.message}")
     else:
@@ -44,7 +45,8 @@ def _summary(outcome: Any, seconds: float) -> None:
     table = Table(title=f"neuronforge run: {outcome.remote or outcome.run_dir}")
     for column in ("stage", "status", "seconds", "note"):
         table.add_column(column)
-    for name, record in records.items():
+    for name in [stage for stage in ALL_STAGES if stage in records]:
+        record = records[name]
         seconds_text = f"{record.seconds:.1f}" if record.seconds is not None else ""
         note = record.message or ""
         if name == "quantize" and record.status == "done":

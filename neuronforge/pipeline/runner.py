@@ -155,8 +155,14 @@ def _check_upstream(stage: Stage, ctx: StageContext, selected: set[str], by_name
         ctx.record(dep)
         if dep in selected or dep not in by_name:
             continue
-        fp, _, _ = _fingerprint(by_name[dep], ctx)
-        if not is_fresh(ctx.manifest.stages[dep], fp, ctx.run_dir):
+        record = ctx.manifest.stages[dep]
+        try:
+            fp, _, _ = _fingerprint(by_name[dep], ctx)
+        except FileNotFoundError:
+            # Its inputs live on the host that ran it (e.g. the GPU host of a shared s3:// run):
+            # trust the record as long as its outputs here are intact.
+            fp = record.fingerprint
+        if not is_fresh(record, fp, ctx.run_dir):
             raise NeuronforgeError(
                 f"stage '{dep}' in {ctx.run_dir} is out of date for this config, and '{stage.name}' needs it",
                 f"add '{dep}' to --stages (or run without --stages)",

@@ -132,7 +132,8 @@ def _emulate_run(ctx: StageContext) -> StageResult:
         emulated = load_emulated(path, spec)
         ppl[variant] = {name: round(perplexity(emulated, ids), 4) for name, ids in windows.items()}
         if spec.kv_fp8:
-            kv_risk = _as_dict(emulated.kv_risk)
+            risk = emulated.kv_risk
+            kv_risk = {"values": risk.total, "over_240": risk.over, "fraction": risk.fraction, "max_abs": risk.max_abs}
         del emulated
     delta = {name: round(100.0 * (ppl["neuron"][name] / ppl["bf16"][name] - 1.0), 3) for name in windows}
     summary = {"perplexity": ppl, "delta_percent": delta, "kv_risk": kv_risk, "dtype": config.dtype, "kv": config.kv,
@@ -141,14 +142,6 @@ def _emulate_run(ctx: StageContext) -> StageResult:
     atomic_write_json(ctx.workdir / "emulation.json", summary)
     atomic_write_text(ctx.workdir / "emulation.md", emulation_markdown(summary))
     return StageResult(summary=summary)
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    if is_dataclass(value):
-        return asdict(value)
-    return dict(value.model_dump()) if hasattr(value, "model_dump") else {"value": str(value)}
 
 
 def emulation_markdown(summary: dict[str, Any]) -> str:
