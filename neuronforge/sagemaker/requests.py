@@ -14,7 +14,7 @@ from typing import Any
 from neuronforge import __version__
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker import s3uri
-from neuronforge.sagemaker.images import account_of_role, image_uri
+from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
 from neuronforge.sagemaker.instances import validate_instance, validate_tp_degree
 
 Request = dict[str, Any]
@@ -162,10 +162,12 @@ def quantize_job_request(job: JobSettings, *, model_s3: str, output_s3: str, dty
     return _training_job(job, "quantize", image, QUANTIZE_SCRIPT, args, {"model": model_s3}, output_s3, env)
 
 
-def _compile_args(checkpoint: str, dtype: str, tp_degree: int, kv: str) -> list[str]:
+def _compile_args(checkpoint: str, dtype: str, tp_degree: int, kv: str, target_instance: str) -> list[str]:
+    """`neuronforge compile` flags; --sdk is the Neuron SDK of the pinned image the job runs in."""
     _choice(dtype, DTYPES, "--dtype")
     _choice(kv, KV_DTYPES, "--kv")
-    return ["--model", checkpoint, "--dtype", dtype, "--tp", str(tp_degree), "--kv", kv]
+    return ["--model", checkpoint, "--dtype", dtype, "--tp", str(tp_degree), "--kv", kv,
+            "--instance", target_instance, "--sdk", pinned()["images"]["neuron"]["neuron_sdk"]]
 
 
 def _compile_env(target_instance: str, checkpoint: str, package_out: str) -> dict[str, str]:
@@ -183,8 +185,8 @@ def compile_job_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str,
     checkpoint = "/opt/ml/input/data/checkpoint"
     image = job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
     env = _compile_env(target_instance, checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
-    return _training_job(job, "compile", image, COMPILE_SCRIPT, _compile_args(checkpoint, dtype, tp_degree, kv),
-                         {"checkpoint": checkpoint_s3}, output_s3, env)
+    args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance)
+    return _training_job(job, "compile", image, COMPILE_SCRIPT, args, {"checkpoint": checkpoint_s3}, output_s3, env)
 
 
 def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str, tp_degree: int,
@@ -201,7 +203,7 @@ def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s
         "AppSpecification": {
             "ImageUri": image,
             "ContainerEntrypoint": ["/bin/bash", "-c", COMPILE_SCRIPT, "neuronforge-job"],
-            "ContainerArguments": _checked_args(_compile_args(checkpoint, dtype, tp_degree, kv)),
+            "ContainerArguments": _checked_args(_compile_args(checkpoint, dtype, tp_degree, kv, target_instance)),
         },
         "ProcessingInputs": [{"InputName": "checkpoint", "S3Input": {
             "S3Uri": s3uri.prefix(checkpoint_s3), "LocalPath": checkpoint, "S3DataType": "S3Prefix", "S3InputMode": "File"}}],
