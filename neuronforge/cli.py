@@ -74,6 +74,10 @@ from neuronforge.pipeline.commands import register as _reg_quantize  # noqa: E40
 
 _reg_quantize(app)
 
+from neuronforge.pipeline.evaluate_commands import register as _reg_evaluate  # noqa: E402
+
+_reg_evaluate(app)
+
 
 def main() -> None:
     app()

@@ -101,12 +101,19 @@ class EmulatedRequests:
         return text
 
 
+def require_lm_eval() -> None:
+    """Fail early, before hours of work, when the `[eval]` extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise NeuronforgeError("lm-evaluation-harness is not installed", "pip install 'neuronforge[eval]'")
+
+
 def emulated_lm(model: LogitsModel, tokenizer: "PreTrainedTokenizerBase", max_length: int = DEFAULT_MAX_LENGTH) -> Any:
     """An `lm_eval.api.model.LM` backed by the emulator (needs the `[eval]` extra)."""
-    try:
-        from lm_eval.api.model import LM
-    except ImportError as exc:
-        raise NeuronforgeError("lm-evaluation-harness is not installed", "pip install 'neuronforge[eval]'") from exc
+    require_lm_eval()
+    from lm_eval.api.model import LM
+
     from neuronforge.console import track
 
     requests = EmulatedRequests(model, tokenizer, max_length)

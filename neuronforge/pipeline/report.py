@@ -38,6 +38,7 @@ class VariantResult(BaseModel):
     task_accuracy: float | None = None
     task_recovery: float | None = None
     kv_out_of_range: float | None = None  # fraction of K/V values with |x| > 240 (fp8 KV only)
+    lm_eval: dict[str, dict[str, float]] = Field(default_factory=dict)  # task -> metric -> value
     flags: list[str] = Field(default_factory=list)
     seconds: float = 0.0
 
@@ -107,11 +108,25 @@ def render_markdown(report: EvaluationReport) -> str:
         lines.append("- fp8 KV: tokens after the prefill read past K/V through a direct cast to e4m3, as NxDI decodes.")
     for v in report.flagged:
         lines.append(f"- **WARNING {v.label}**: {'; '.join(v.flags)}")
+    lines += _lm_eval_table(report)
     if report.command:
         lines += ["", f"Command: `{report.command}`"]
     if report.timings:
         lines.append("Timings (s): " + ", ".join(f"{k} {t:.1f}" for k, t in report.timings.items()))
     return "\n".join(lines) + "\n"
+
+
+def _lm_eval_table(report: EvaluationReport) -> list[str]:
+    """A second table with lm-evaluation-harness scores, when any variant has them."""
+    columns = sorted({(task, metric) for v in report.variants for task, m in v.lm_eval.items() for metric in m})
+    if not columns:
+        return []
+    lines = ["", "lm-evaluation-harness (same emulated variants):", "",
+             "| Variant | " + " | ".join(f"{t} {m}" for t, m in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for v in report.variants:
+        cells = [f"{v.lm_eval[t][m]:.4f}" if m in v.lm_eval.get(t, {}) else "-" for t, m in columns]
+        lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_plot(report: EvaluationReport) -> bytes:

@@ -1,0 +1,56 @@
+"""CLI: `neuronforge evaluate` (the implementation lives in neuronforge.pipeline.evaluate)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from neuronforge.console import App, console
+
+
+def register(app: App) -> None:
+    app.command("evaluate")(evaluate_command)
+
+
+def evaluate_command(
+    model: str = typer.Option("smollm2", "--model", help="Embedded model name or HF folder."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Folder for report.md/json/png and cached stage checkpoints."),
+    dtype: str = typer.Option("int8", "--dtype", help="Weight dtype on Neuron: int8 or f8e4m3."),
+    kv: str = typer.Option("bf16", "--kv", help="KV cache: bf16, or fp8 (NxDI's direct-cast e4m3) for every quantized variant."),
+    text: Optional[Path] = typer.Option(None, "--text", help=".txt/.jsonl to calibrate and evaluate on (default: embedded texts)."),
+    max_tokens: int = typer.Option(1024, "--max-tokens", help="Held-out tokens scored per text."),
+    seqlen: int = typer.Option(256, "--seqlen", help="Evaluation window length (tokens)."),
+    prefill_len: Optional[int] = typer.Option(None, "--prefill-len", help="fp8 KV: positions from here run as decode (default seqlen/2)."),
+    iters: int = typer.Option(50, "--iters", help="AutoRound iterations per block (GPU stage)."),
+    nsamples: int = typer.Option(32, "--nsamples", help="Calibration samples (GPU stage)."),
+    calib_seqlen: int = typer.Option(256, "--calib-seqlen", help="Calibration sample length (GPU stage)."),
+    sensitivity: str = typer.Option("first_order", "--sensitivity", help="first_order, measured or variance."),
+    selection: str = typer.Option("budget", "--selection", help="Which blocks stay bf16: budget, topk or threshold."),
+    max_extra_memory: float = typer.Option(0.10, "--max-extra-memory", help="budget: extra weight memory allowed (fraction)."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="topk: number of blocks kept in bf16."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="threshold: share of total sensitivity."),
+    gsm8k: Optional[Path] = typer.Option(None, "--gsm8k", help="Local GSM8K-style jsonl (question, answer '#### N') for task accuracy."),
+    task_limit: Optional[int] = typer.Option(None, "--task-limit", help="Score only the first N problems."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Greedy tokens generated per problem."),
+    lm_eval_tasks: Optional[str] = typer.Option(None, "--lm-eval-tasks", help="Comma-separated lm-eval tasks (needs neuronforge[eval] and the task data)."),
+    lm_eval_limit: Optional[int] = typer.Option(None, "--lm-eval-limit", help="Examples per lm-eval task."),
+) -> None:
+    """Accuracy and weight memory of bf16, RTN, AutoRound and selective variants, through the Neuron CPU emulator."""
+    from neuronforge.pipeline.evaluate import evaluate, options_from
+    from neuronforge.pipeline.report import REPORT_MD
+
+    options = options_from(
+        model=model, out=out, dtype=dtype, kv=kv, text=text, max_tokens=max_tokens, seqlen=seqlen, prefill_len=prefill_len,
+        iters=iters, nsamples=nsamples, calib_seqlen=calib_seqlen, sensitivity=sensitivity, selection=selection,
+        max_extra_memory=max_extra_memory, topk=topk, threshold=threshold, gsm8k=gsm8k, task_limit=task_limit,
+        max_new_tokens=max_new_tokens, lm_eval_tasks=[t for t in (lm_eval_tasks or "").split(",") if t], lm_eval_limit=lm_eval_limit,
+    )
+    report = evaluate(options, command=shlex.join(["neuronforge", *sys.argv[1:]]))
+    console.print((options.out / REPORT_MD).read_text(), markup=False, highlight=False)
+    if report.flagged:
+        console.print(f"[bold yellow]{len(report.flagged)} variant(s) flagged, see the warnings above.[/]")
+    console.print(f"[green]wrote[/] {options.out}/report.md, report.json, report.png")
