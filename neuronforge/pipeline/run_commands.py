@@ -51,6 +51,8 @@ def _summary(outcome: Any, seconds: float) -> None:
         note = record.message or ""
         if name == "quantize" and record.status == "done":
             note = "bf16 blocks: " + (", ".join(record.summary.get("modules_to_not_convert", [])) or "none")
+        if name == "evaluate" and record.status == "done":
+            note = str(outcome.run_dir / name / record.summary["report"])
         if name == "package" and record.status == "done":
             note = f"{record.summary['kind']}: {outcome.run_dir / name / record.summary['path']}"
         table.add_row(name, record.status, seconds_text, note)

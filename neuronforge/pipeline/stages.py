@@ -161,21 +161,29 @@ def emulation_markdown(summary: dict[str, Any]) -> str:
 
 # --- evaluate ------------------------------------------------------------------------------------
 
+EVALUATE_KEYS = ("dtype", "kv", "eval_tokens", "seqlen", "iters", "nsamples", "sensitivity", "selection",
+                 "max_extra_memory", "topk", "threshold")
+
+
 def _evaluate_inputs(ctx: StageContext) -> dict[str, Any]:
     config = _given(ctx).config
-    return {"model": ctx.output("model", "model"), "quantized": ctx.output("quantize"), "text": _given(ctx).text,
-            "kv": config.kv, "eval_tokens": config.eval_tokens, "seqlen": config.seqlen, "dtype": config.dtype}
+    return {"model": ctx.output("model", "model"), "text": _given(ctx).text,
+            **{key: getattr(config, key) for key in EVALUATE_KEYS}}
 
 
 def _evaluate_run(ctx: StageContext) -> StageResult:
+    """The full table (bf16, RTN, AutoRound, selective variants); it quantizes its own variants."""
     from neuronforge.pipeline.evaluate import EvaluateOptions, evaluate
 
     config = _given(ctx).config
+    selection = {"selection": config.selection} if config.selection != "none" else {}
     report = evaluate(EvaluateOptions(
-        model=str(ctx.output("model", "model")), quantized=str(_quantized(ctx)), out=ctx.workdir / "report",
-        text=_given(ctx).text, seqlen=config.seqlen, max_tokens=config.eval_tokens, kv=config.kv,
-    ))
-    return StageResult(summary=json.loads(report.model_dump_json()))
+        model=str(ctx.output("model", "model")), out=ctx.workdir / "report", dtype=config.dtype, kv=config.kv,
+        text=_given(ctx).text, max_tokens=config.eval_tokens, seqlen=config.seqlen, iters=max(config.iters, 1),
+        nsamples=config.nsamples, calib_seqlen=config.seqlen, sensitivity=config.sensitivity,
+        max_extra_memory=config.max_extra_memory, topk=config.topk, threshold=config.threshold, **selection,
+    ), command="neuronforge run --stages evaluate")
+    return StageResult(summary={"report": "report/report.md", **json.loads(report.model_dump_json())})
 
 
 # --- compile and package -------------------------------------------------------------------------
@@ -257,8 +265,9 @@ STAGES: list[Stage] = [
           needs=("model",), versions=("neuronforge", "torch", "transformers", "auto-round")),
     Stage("emulate", "perplexity, bf16 vs emulated Neuron numerics", _emulate_inputs, _emulate_run,
           needs=("model", "quantize"), versions=("neuronforge", "torch", "transformers")),
-    Stage("evaluate", "full accuracy report", _evaluate_inputs, _evaluate_run,
-          needs=("model", "quantize"), versions=("neuronforge", "torch", "transformers")),
+    Stage("evaluate", "full accuracy report: bf16, RTN, AutoRound, selective (slow: quantizes 3 variants)",
+          _evaluate_inputs, _evaluate_run, needs=("model",),
+          versions=("neuronforge", "torch", "transformers", "auto-round")),
     Stage("compile", "NxD Inference compile + smoke test", _compile_inputs, _compile_run, needs=("quantize",),
           unavailable=lambda ctx: neuron_unavailable(),
           versions=("neuronforge", "neuronx-distributed-inference", "neuronx-cc", "torch-neuronx")),
