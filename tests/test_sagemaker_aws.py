@@ -67,8 +67,9 @@ def test_upload_is_multipart_and_verified(aws: tuple[Any, Any], package: Path) -
 
 def test_remote_verification_catches_missing_and_stray_objects(aws: tuple[Any, Any], package: Path) -> None:
     _, s3 = aws
-    with pytest.raises(NeuronforgeError, match="cannot read .*manifest.json"):
+    with pytest.raises(NeuronforgeError, match="GetObject failed: NoSuchKey") as info:
         verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+    assert info.value.fix and "neuronforge package DIR --upload s3://nf-test-bucket/pkg/" in info.value.fix
     upload_package(package, f"s3://{BUCKET}/pkg", s3)
     s3.put_object(Bucket=BUCKET, Key="pkg/stray.txt", Body=b"x")
     with pytest.raises(NeuronforgeError, match="not in manifest: stray.txt"):
@@ -85,6 +86,17 @@ def test_upload_refuses_a_tampered_package(aws: tuple[Any, Any], package: Path) 
     with pytest.raises(NeuronforgeError, match="checksum mismatch: serving.json"):
         upload_package(package, f"s3://{BUCKET}/pkg", s3)
     assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def test_missing_bucket_fails_clearly(aws: tuple[Any, Any], package: Path) -> None:
+    sm, s3 = aws
+    with pytest.raises(NeuronforgeError, match="S3 upload failed") as info:
+        upload_package(package, "s3://no-such-bucket-nf/pkg/", s3)
+    assert "no-such-bucket-nf" in str(info.value.fix)
+    job = JobSettings(name="nf-q", role_arn=ROLE, region=REGION, instance_type="ml.g6e.2xlarge")
+    request = quantize_job_request(job, model_s3="s3://no-such-bucket-nf/m/", output_s3=f"s3://{BUCKET}/o/")
+    with pytest.raises(NeuronforgeError, match="ListObjectsV2 failed: NoSuchBucket"):
+        submit_job(request, sm, s3)
 
 
 def test_training_and_processing_jobs(aws: tuple[Any, Any], tiny_llama_dir: Path) -> None:
@@ -147,7 +159,7 @@ def test_deploy_refuses_before_creating_anything(aws: tuple[Any, Any], tmp_path:
     sm, s3 = aws
     requests = deployment_requests("nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg4",
                                    instance_type="ml.inf2.xlarge")
-    with pytest.raises(NeuronforgeError, match="cannot read"):
+    with pytest.raises(NeuronforgeError, match="NoSuchKey"):
         deploy(requests, sm, s3)
     wide = package_model(tmp_path / "pkg4", compiled=make_compiled(tmp_path, tp_degree=4), checkpoint=tiny_llama_dir)
     upload_package(wide, f"s3://{BUCKET}/pkg4", s3)

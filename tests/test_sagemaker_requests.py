@@ -175,3 +175,53 @@ def test_dockerfile_base_matches_pinned_image() -> None:
     dockerfile = (Path(images.__file__).parent / "serving" / "Dockerfile").read_text()
     base = images.pinned()["images"]["neuron"]["base"]
     assert f"ARG BASE={base}\n" in dockerfile
+
+
+def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run the CLI with no AWS credentials anywhere: any AWS call would fail, so passing proves none was made."""
+    from typer.testing import CliRunner
+
+    from neuronforge.cli import app
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_dry_run_prints_the_builder_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ["--role", ROLE, "--region", "us-east-1", "--dry-run"]
+    result = _cli(["sagemaker", "quantize", "--model-s3", "s3://nf-b/m/", "--output-s3", "s3://nf-b/o/",
+                   "--name", "nf-q", "--no-autoround", *common], monkeypatch)
+    assert result.exit_code == 0, result.output
+    expected = quantize_job_request(job("ml.g6e.2xlarge", "nf-q"), model_s3="s3://nf-b/m/", output_s3="s3://nf-b/o/",
+                                    options={"iters": 50, "nsamples": 32, "seqlen": 256, "autoround": False})
+    assert json.loads(result.stdout) == {"create_training_job": expected}
+    result = _cli(["sagemaker", "compile", "--checkpoint-s3", "s3://nf-b/c/", "--output-s3", "s3://nf-b/o/",
+                   "--tp-degree", "2", "--processing", "--name", "nf-c", *common], monkeypatch)
+    assert json.loads(result.stdout)["create_processing_job"]["ProcessingResources"]["ClusterConfig"][
+        "InstanceType"] == "ml.r7i.8xlarge"
+    result = _cli(["invoke", "nf-ep", "Hello", "--max-tokens", "4", "--region", "us-east-1", "--dry-run"], monkeypatch)
+    assert json.loads(result.stdout)["invoke_endpoint"]["Body"]["max_tokens"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sagemaker", "quantize", "--model-s3", "s3://nf-b/m/", "--output-s3", "s3://nf-b/o/",
+          "--instance-type", "ml.inf2.xlarge"], "not a valid SageMaker training instance type"),
+        (["sagemaker", "compile", "--checkpoint-s3", "s3://nf-b/c/", "--output-s3", "s3://nf-b/o/", "--tp-degree", "2",
+          "--processing", "--instance-type", "ml.trn1.32xlarge"], "not a valid SageMaker processing instance type"),
+        (["sagemaker", "compile", "--checkpoint-s3", "s3://nf-b/c/", "--output-s3", "s3://nf-b/o/", "--tp-degree", "8",
+          "--target", "ml.inf2.8xlarge"], "tp_degree 8 does not fit ml.inf2.8xlarge"),
+        (["sagemaker", "deploy", "--model-data", "s3://nf-b/p/", "--instance-type", "ml.inf9.xlarge"],
+         "not a valid SageMaker endpoint instance type"),
+    ],
+)
+def test_cli_bad_input_exits_2_before_any_aws_call(args: list[str], message: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _cli([*args, "--role", ROLE, "--region", "us-east-1"], monkeypatch)  # no --dry-run: would call AWS
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())

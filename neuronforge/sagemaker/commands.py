@@ -233,9 +233,9 @@ def invoke_cmd(
         _print_requests({"invoke_endpoint": {"EndpointName": endpoint, "ContentType": "application/json",
                                              "Body": body}})
         return
-    import boto3
+    from neuronforge.sagemaker.aws import client
 
-    typer.echo(invoke(endpoint, body, boto3.client("sagemaker-runtime", region_name=_region(region))))
+    typer.echo(invoke(endpoint, body, client("sagemaker-runtime", _region(region))))
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.sagemaker.submit import call
+from neuronforge.sagemaker.aws import call
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient

@@ -25,6 +25,7 @@ from neuronforge import __version__
 from neuronforge.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker import s3uri
+from neuronforge.sagemaker.aws import call
 from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, COMPILED_SUBDIR, serving_environment
 
 if TYPE_CHECKING:
@@ -189,11 +190,11 @@ def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
     with progress() as bar:
         task = bar.add_task(f"upload to s3://{bucket}/{key_prefix}", total=total)
         for name in names:
-            s3.upload_file(str(root / name), bucket, key_prefix + name, Config=config,
-                           Callback=lambda sent: bar.advance(task, sent))
+            call(s3.upload_file, Filename=str(root / name), Bucket=bucket, Key=key_prefix + name, Config=config,
+                 Callback=lambda sent: bar.advance(task, sent), fix=f"check that bucket {bucket} exists and is writable")
     bad = []
     for name in names:
-        head = s3.head_object(Bucket=bucket, Key=key_prefix + name)
+        head = call(s3.head_object, Bucket=bucket, Key=key_prefix + name)
         if head["ContentLength"] != (root / name).stat().st_size or head["ETag"] != s3_etag(root / name):
             bad.append(name)
     if bad:
@@ -204,16 +205,10 @@ def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
 
 def verify_remote_package(s3_uri: str, s3: S3Client) -> dict[str, Any]:
     """Before any endpoint exists: the prefix holds exactly the manifest's files, with the manifest's sizes."""
-    from botocore.exceptions import ClientError
-
     bucket, key_prefix = s3uri.split(s3uri.prefix(s3_uri))
-    try:
-        manifest = json.loads(s3.get_object(Bucket=bucket, Key=key_prefix + MANIFEST)["Body"].read())
-    except ClientError as exc:
-        raise NeuronforgeError(
-            f"cannot read s3://{bucket}/{key_prefix}{MANIFEST} ({exc.response['Error'].get('Code', exc)})",
-            "upload the package first: neuronforge package DIR --upload " + s3uri.prefix(s3_uri),
-        ) from None
+    fix = "upload the package first: neuronforge package DIR --upload " + s3uri.prefix(s3_uri)
+    obj = call(s3.get_object, Bucket=bucket, Key=key_prefix + MANIFEST, fix=fix)
+    manifest = json.loads(obj["Body"].read())
     remote: dict[str, int] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
         remote |= {obj["Key"][len(key_prefix):]: obj["Size"] for obj in page.get("Contents", [])}

@@ -6,11 +6,11 @@ botocore failures into NeuronforgeError.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker import s3uri
+from neuronforge.sagemaker.aws import call, client
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
 from neuronforge.sagemaker.requests import Request
@@ -21,26 +21,7 @@ if TYPE_CHECKING:
 
 def clients(region: str) -> tuple[BaseClient, BaseClient]:
     """(sagemaker, s3) clients for `region`."""
-    import boto3
-
-    session = boto3.session.Session(region_name=region)
-    return session.client("sagemaker"), session.client("s3")
-
-
-def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
-    """One AWS call; credential and API errors become NeuronforgeError with AWS's own message."""
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
-
-    try:
-        return fn(**kwargs)
-    except NoCredentialsError:
-        raise NeuronforgeError("no AWS credentials found", "run `aws configure` or set AWS_PROFILE") from None
-    except NoRegionError:
-        raise NeuronforgeError("no AWS region set", "pass --region or set AWS_DEFAULT_REGION") from None
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise NeuronforgeError(f"{exc.operation_name} failed: {err.get('Code')}: {err.get('Message')}",
-                               "check the names, the role's permissions and the region") from None
+    return client("sagemaker", region), client("s3", region)
 
 
 def input_uris(request: Request) -> list[str]:
@@ -53,7 +34,8 @@ def check_inputs_exist(request: Request, s3: BaseClient) -> None:
     """Fail before creating a job whose input prefix is empty or whose bucket is missing."""
     for uri in input_uris(request):
         bucket, key = s3uri.split(uri)
-        listing = call(s3.list_objects_v2, Bucket=bucket, Prefix=key, MaxKeys=1)
+        listing = call(s3.list_objects_v2, Bucket=bucket, Prefix=key, MaxKeys=1,
+                       fix=f"check that bucket {bucket} exists and the credentials can list it")
         if not listing.get("KeyCount"):
             raise NeuronforgeError(f"no S3 object under {uri}", "upload the input first (e.g. `aws s3 sync DIR URI`)")
 
