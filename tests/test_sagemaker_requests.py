@@ -17,6 +17,7 @@ from neuronforge.sagemaker.requests import (
     JobSettings,
     compile_job_request,
     compile_processing_request,
+    delete_requests,
     deployment_requests,
     quantize_job_request,
     training_output_prefix,
@@ -73,6 +74,13 @@ def test_compile_processing_golden() -> None:
                                          output_s3="s3://nf-bucket/runs/", tp_degree=2)
     check_botocore("CreateProcessingJob", request)
     check_golden("sagemaker_compile_processing_job", request)
+
+
+def test_status_and_delete_requests_are_valid() -> None:
+    for call, request in delete_requests("nf-ep").items():
+        check_botocore("".join(p.title() for p in call.split("_")), request)
+    with pytest.raises(NeuronforgeError, match="not a valid SageMaker endpoint name"):
+        delete_requests("nf_ep")
 
 
 def test_deployment_golden() -> None:
@@ -203,6 +211,10 @@ def test_cli_dry_run_prints_the_builder_requests(monkeypatch: pytest.MonkeyPatch
                    "--tp-degree", "2", "--processing", "--name", "nf-c", *common], monkeypatch)
     assert json.loads(result.stdout)["create_processing_job"]["ProcessingResources"]["ClusterConfig"][
         "InstanceType"] == "ml.r7i.8xlarge"
+    assert json.loads(_cli(["sagemaker", "delete", "nf-ep", "--region", "us-east-1", "--dry-run"],
+                           monkeypatch).stdout) == delete_requests("nf-ep")
+    assert json.loads(_cli(["sagemaker", "status", "nf-ep", "--region", "us-east-1", "--dry-run"],
+                           monkeypatch).stdout)["describe_endpoint"] == {"EndpointName": "nf-ep"}
     result = _cli(["invoke", "nf-ep", "Hello", "--max-tokens", "4", "--region", "us-east-1", "--dry-run"], monkeypatch)
     assert json.loads(result.stdout)["invoke_endpoint"]["Body"]["max_tokens"] == 4
 

@@ -143,18 +143,28 @@ def deploy_cmd(
 
 
 @sagemaker_app.command("status")
-def status_cmd(name: str = typer.Argument(..., help="Job or endpoint name."), region: str | None = RegionOpt) -> None:
+def status_cmd(name: str = typer.Argument(..., help="Job or endpoint name."), region: str | None = RegionOpt,
+               dry_run: bool = DryRunOpt) -> None:
     """Status of a training job, processing job or endpoint."""
+    from neuronforge.sagemaker.requests import status_requests
     from neuronforge.sagemaker.submit import clients, status
 
+    if dry_run:
+        _print_requests(status_requests(name))
+        return
     typer.echo(json.dumps(status(name, clients(_region(region))[0]), indent=2))
 
 
 @sagemaker_app.command("delete")
 def delete_cmd(name: str = typer.Argument(..., help="Endpoint name used at deploy."),
-               region: str | None = RegionOpt) -> None:
+               region: str | None = RegionOpt, dry_run: bool = DryRunOpt) -> None:
     """Delete an endpoint with its endpoint config and model."""
+    from neuronforge.sagemaker.requests import delete_requests
     from neuronforge.sagemaker.submit import clients, delete_endpoint
+
+    if dry_run:
+        _print_requests(delete_requests(name))
+        return
 
     for item in delete_endpoint(name, clients(_region(region))[0]):
         console.print(f"deleted {item}")

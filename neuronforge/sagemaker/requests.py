@@ -291,3 +291,19 @@ def deployment_requests(name: str, *, role_arn: str, region: str, model_data_s3:
                                                           startup_timeout_s=startup_timeout_s),
         "create_endpoint": endpoint_request(name, config_name=name),
     }
+
+
+def status_requests(name: str) -> dict[str, Request]:
+    """The describe calls `status` tries, in order, for a job or endpoint called `name`."""
+    validate_name(name)
+    return {"describe_training_job": {"TrainingJobName": name},
+            "describe_processing_job": {"ProcessingJobName": name},
+            "describe_endpoint": {"EndpointName": name}}
+
+
+def delete_requests(name: str) -> dict[str, Request]:
+    """Endpoint, endpoint config and model: `deploy` gives all three the same name."""
+    validate_name(name, "endpoint")
+    return {"delete_endpoint": {"EndpointName": name},
+            "delete_endpoint_config": {"EndpointConfigName": name},
+            "delete_model": {"ModelName": name}}

@@ -13,7 +13,7 @@ from neuronforge.sagemaker import s3uri
 from neuronforge.sagemaker.aws import call, client
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
-from neuronforge.sagemaker.requests import Request
+from neuronforge.sagemaker.requests import Request, delete_requests, status_requests
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -76,16 +76,15 @@ def status(name: str, sm: BaseClient) -> dict[str, str]:
     """Status of whatever is called `name`: a training job, a processing job or an endpoint."""
     from botocore.exceptions import ClientError
 
-    probes = (
-        ("training job", sm.describe_training_job, {"TrainingJobName": name}, "TrainingJobStatus"),
-        ("processing job", sm.describe_processing_job, {"ProcessingJobName": name}, "ProcessingJobStatus"),
-        ("endpoint", sm.describe_endpoint, {"EndpointName": name}, "EndpointStatus"),
-    )
-    for kind, fn, kwargs, key in probes:
+    status_keys = {"describe_training_job": ("training job", "TrainingJobStatus"),
+                   "describe_processing_job": ("processing job", "ProcessingJobStatus"),
+                   "describe_endpoint": ("endpoint", "EndpointStatus")}
+    for operation, request in status_requests(name).items():
         try:
-            found = fn(**kwargs)
+            found = getattr(sm, operation)(**request)
         except ClientError:
             continue
+        kind, key = status_keys[operation]
         reason = found.get("FailureReason", "")
         return {"name": name, "kind": kind, "status": found[key], **({"failure_reason": reason} if reason else {})}
     raise NeuronforgeError(f"no training job, processing job or endpoint named '{name}'",
@@ -93,20 +92,16 @@ def status(name: str, sm: BaseClient) -> dict[str, str]:
 
 
 def delete_endpoint(name: str, sm: BaseClient) -> list[str]:
-    """Delete the endpoint, its config and its model (the names `deploy` gave them); return what was deleted."""
+    """Delete the endpoint, its config and its model; return what was deleted (missing ones are skipped)."""
     from botocore.exceptions import ClientError
 
     deleted = []
-    for what, fn, kwargs in (
-        ("endpoint", sm.delete_endpoint, {"EndpointName": name}),
-        ("endpoint config", sm.delete_endpoint_config, {"EndpointConfigName": name}),
-        ("model", sm.delete_model, {"ModelName": name}),
-    ):
+    for operation, request in delete_requests(name).items():
         try:
-            fn(**kwargs)
-            deleted.append(f"{what} {name}")
+            getattr(sm, operation)(**request)
         except ClientError:
             continue
+        deleted.append(f"{operation.removeprefix('delete_').replace('_', ' ')} {name}")
     if not deleted:
         raise NeuronforgeError(f"nothing named '{name}' to delete", "check the name and --region")
     return deleted
