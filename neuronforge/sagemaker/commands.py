@@ -102,6 +102,7 @@ def compile_cmd(
                                                   "(default ml.r7i.8xlarge)."),
     processing: bool = typer.Option(False, "--processing", help="Cross-compile in a CPU processing job instead."),
     dtype: str = typer.Option("int8", "--dtype"), kv: str = typer.Option("fp8", "--kv", help="fp8 | bf16 KV cache."),
+    seq_len: int = typer.Option(1024, "--seq-len", help="Longest prompt + generation the endpoint serves."),
     volume_gb: int = typer.Option(200, "--volume-gb"), max_runtime: int = typer.Option(4 * 3600, "--max-runtime"),
     name: str | None = NameOpt, role: str | None = RoleOpt, region: str | None = RegionOpt,
     image: str | None = ImageOpt, dry_run: bool = DryRunOpt, wait: bool = WaitOpt,
@@ -114,7 +115,7 @@ def compile_cmd(
                       volume_gb=volume_gb, max_runtime_s=max_runtime, image=image)
     build = compile_processing_request if processing else compile_job_request
     request = build(job, checkpoint_s3=checkpoint_s3, output_s3=output_s3, tp_degree=tp_degree,
-                    target_instance=target, dtype=dtype, kv=kv)
+                    target_instance=target, dtype=dtype, kv=kv, seq_len=seq_len)
     _run_job("create_processing_job" if processing else "create_training_job", request, job.region, dry_run, wait)
 
 
@@ -176,7 +177,7 @@ def pipeline_cmd(
     output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for both jobs' output."),
     endpoint_name: str = typer.Option(..., "--endpoint-name"),
     tp_degree: int = typer.Option(2, "--tp-degree"), dtype: str = typer.Option("int8", "--dtype"),
-    kv: str = typer.Option("fp8", "--kv"),
+    kv: str = typer.Option("fp8", "--kv"), seq_len: int = typer.Option(1024, "--seq-len"),
     quantize_instance: str = typer.Option("ml.g6e.2xlarge", "--quantize-instance"),
     compile_instance: str = typer.Option("ml.trn1.2xlarge", "--compile-instance"),
     endpoint_instance: str = typer.Option("ml.inf2.xlarge", "--endpoint-instance"),
@@ -188,7 +189,7 @@ def pipeline_cmd(
 
     settings = PipelineSettings(name=name, role_arn=_role(role), region=_region(region), model_s3=model_s3,
                                 output_s3=output_s3, endpoint_name=endpoint_name, tp_degree=tp_degree, dtype=dtype,
-                                kv=kv, quantize_instance=quantize_instance, compile_instance=compile_instance,
+                                kv=kv, seq_len=seq_len, quantize_instance=quantize_instance, compile_instance=compile_instance,
                                 endpoint_instance=endpoint_instance)
     pipeline = build_pipeline(settings)
     if dry_run:

@@ -39,6 +39,7 @@ class PipelineSettings:
     tp_degree: int = 2
     dtype: str = "int8"
     kv: str = "fp8"
+    seq_len: int = 1024
     quantize_instance: str = "ml.g6e.2xlarge"
     compile_instance: str = "ml.trn1.2xlarge"
     endpoint_instance: str = "ml.inf2.xlarge"
@@ -107,7 +108,7 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
 
     compile_ = compile_job_request(job("compile", s.compile_instance), checkpoint_s3=s.output_s3,
                                    output_s3=s.output_s3, tp_degree=s.tp_degree, target_instance=s.endpoint_instance,
-                                   dtype=s.dtype, kv=s.kv)
+                                   dtype=s.dtype, kv=s.kv, seq_len=s.seq_len)
     compile_.pop("TrainingJobName")
     compile_["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = _job_output(step_q, s.output_s3, CHECKPOINT_SUBDIR)
     step_c = _request_step("Compile", "Training", "DescribeTrainingJobResponse", compile_)

@@ -29,8 +29,8 @@ CHECKPOINT_SUBDIR = "checkpoint"  # inside a package: the quantized HF checkpoin
 # neuronforge flags travel as separate ContainerArguments.
 QUANTIZE_SCRIPT = 'pip install --quiet "$NEURONFORGE_INSTALL" && exec neuronforge "$@"'
 COMPILE_SCRIPT = (
-    'neuronforge compile "$@" --out /tmp/compiled && '
-    'exec neuronforge package "$NF_PACKAGE_OUT" --compiled /tmp/compiled --checkpoint "$NF_CHECKPOINT"'
+    'C="${TMPDIR:-/tmp}/nf-compiled" && neuronforge compile "$@" --out "$C" && '
+    'exec neuronforge package "$NF_PACKAGE_OUT" --compiled "$C" --checkpoint "$NF_CHECKPOINT"'
 )
 DTYPES = ("int8", "f8e4m3")
 KV_DTYPES = ("fp8", "bf16")
@@ -162,11 +162,11 @@ def quantize_job_request(job: JobSettings, *, model_s3: str, output_s3: str, dty
     return _training_job(job, "quantize", image, QUANTIZE_SCRIPT, args, {"model": model_s3}, output_s3, env)
 
 
-def _compile_args(checkpoint: str, dtype: str, tp_degree: int, kv: str, target_instance: str) -> list[str]:
+def _compile_args(checkpoint: str, dtype: str, tp_degree: int, kv: str, target_instance: str, seq_len: int) -> list[str]:
     """`neuronforge compile` flags; --sdk is the Neuron SDK of the pinned image the job runs in."""
     _choice(dtype, DTYPES, "--dtype")
     _choice(kv, KV_DTYPES, "--kv")
-    return ["--model", checkpoint, "--dtype", dtype, "--tp", str(tp_degree), "--kv", kv,
+    return ["--model", checkpoint, "--dtype", dtype, "--tp", str(tp_degree), "--kv", kv, "--seq-len", str(seq_len),
             "--instance", target_instance, "--sdk", pinned()["images"]["neuron"]["neuron_sdk"]]
 
 
@@ -177,7 +177,8 @@ def _compile_env(target_instance: str, checkpoint: str, package_out: str) -> dic
 
 
 def compile_job_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str, tp_degree: int,
-                        target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8") -> Request:
+                        target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8",
+                        seq_len: int = 1024) -> Request:
     """trn1 training job: `neuronforge compile` for the inf2 target, then `neuronforge package` into /opt/ml/model."""
     _checked_settings(job, "compile")
     validate_instance("serve", target_instance)
@@ -185,12 +186,13 @@ def compile_job_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str,
     checkpoint = "/opt/ml/input/data/checkpoint"
     image = job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
     env = _compile_env(target_instance, checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
-    args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance)
+    args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)
     return _training_job(job, "compile", image, COMPILE_SCRIPT, args, {"checkpoint": checkpoint_s3}, output_s3, env)
 
 
 def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str, tp_degree: int,
-                               target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8") -> Request:
+                               target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8",
+                               seq_len: int = 1024) -> Request:
     """CPU processing job that cross-compiles for inf2 (processing jobs cannot use trn1/inf2 instances)."""
     _checked_settings(job, "compile-cpu")
     validate_instance("serve", target_instance)
@@ -203,7 +205,7 @@ def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s
         "AppSpecification": {
             "ImageUri": image,
             "ContainerEntrypoint": ["/bin/bash", "-c", COMPILE_SCRIPT, "neuronforge-job"],
-            "ContainerArguments": _checked_args(_compile_args(checkpoint, dtype, tp_degree, kv, target_instance)),
+            "ContainerArguments": _checked_args(_compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)),
         },
         "ProcessingInputs": [{"InputName": "checkpoint", "S3Input": {
             "S3Uri": s3uri.prefix(checkpoint_s3), "LocalPath": checkpoint, "S3DataType": "S3Prefix", "S3InputMode": "File"}}],
