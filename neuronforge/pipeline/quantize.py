@@ -174,7 +174,8 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         raise NeuronforgeError(f"output folder {out} already exists", "pick a new --out or delete the old folder")
     src = resolve_model(options.model)
     tokenizer = load_tokenizer(src)
-    model = load_model(src, torch.bfloat16)
+    # fp32 holds the bf16 checkpoint exactly and is several times faster than bf16 on CPUs without bf16 units.
+    model = load_model(src, torch.float32)
     blocks = find_blocks(model)
     samples = calibration_samples(tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.seqlen)
     timings["load"] = time.perf_counter() - start

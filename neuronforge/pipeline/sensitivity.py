@@ -152,7 +152,23 @@ def _next_token_logprobs(model: "nn.Module", samples: list["torch.Tensor"]) -> l
 def measured_scores(
     model: "nn.Module", blocks: list[Block], samples: list["torch.Tensor"], dtype: str, step: Callable[[], None] | None = None
 ) -> dict[str, float]:
-    """KL(bf16 || block-quantized) per block, quantizing one block at a time with Neuron numerics."""
+    """KL(bf16 || block-quantized) per block, quantizing one block at a time with Neuron numerics (bf16 compute).
+
+    The model runs in bf16 here and is cast back afterwards (exact for weights loaded from a bf16 checkpoint).
+    """
+    import torch
+
+    dtype_before = next(model.parameters()).dtype
+    model.to(torch.bfloat16)
+    try:
+        return _measured_bf16(model, blocks, samples, dtype, step)
+    finally:
+        model.to(dtype_before)
+
+
+def _measured_bf16(
+    model: "nn.Module", blocks: list[Block], samples: list["torch.Tensor"], dtype: str, step: Callable[[], None] | None
+) -> dict[str, float]:
     import torch
 
     from neuronforge.neuron.qlinear import NeuronQuantLinear, quantizable_linears

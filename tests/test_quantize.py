@@ -1,0 +1,157 @@
+"""End to end on the tiny Llama: grid-exact checkpoints, kept blocks untouched, shards preserved, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from neuronforge.cli import app
+from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.grid import quantize_weight
+from neuronforge.pipeline import grid_export
+from neuronforge.pipeline.quantize import options_from, quantize
+
+FAST = dict(iters=2, nsamples=4, seqlen=32)
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    found: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        found.update(load_file(shard))
+    return found
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+def test_end_to_end_is_grid_exact(tiny_llama_dir: Path, tmp_path: Path, dtype: str) -> None:
+    out = tmp_path / "q"
+    result = quantize(options_from(model=str(tiny_llama_dir), out=out, dtype=dtype, sensitivity="first_order",
+                                   selection="topk", topk=1, **FAST))
+    assert result.grid_agreement == 1.0
+    assert result.naive_agreement is not None and result.naive_agreement < 1.0
+    kept = json.loads((out / "modules_to_not_convert.json").read_text())["modules_to_not_convert"]
+    assert kept == result.modules_to_not_convert and "lm_head" in kept and len(kept) == 2
+    report = json.loads((out / "quantization_report.json").read_text())
+    tuned = 14 - (4 if kept[0].endswith("self_attn") else 3)
+    assert report["grid_agreement"] == 1.0 and report["autoround_tuned_layers"] == tuned and report["rtn_layers"] == []
+    assert set(report["versions"]) == {"neuronforge", "torch", "transformers", "auto-round"}
+    assert {"load", "sensitivity", "autoround", "export", "verify", "total"} <= set(report["timings_s"])
+    sens = json.loads((out / "sensitivity.json").read_text())
+    assert sens["method"] == "first_order" and sens["kept_bf16"] == kept
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (tiny_llama_dir / name).read_bytes()
+
+    before, after = _tensors(tiny_llama_dir), _tensors(out)
+    assert set(before) == set(after)
+    kept_block = kept[0]
+    changed = 0
+    for key, tensor in after.items():
+        assert tensor.dtype == torch.bfloat16
+        if key.endswith("_proj.weight") and f".{kept_block}." not in f".{key.removeprefix('model.')}":
+            # Quantized weights: NxD's quantizer finds them already on its grid (codes * scale within bf16).
+            codes, scale = quantize_weight(tensor, dtype)
+            again = grid_export.exact_bf16(codes, scale, dtype)
+            assert torch.equal(quantize_weight(again, dtype)[0].float(), codes.float())
+            changed += int(not torch.equal(tensor, before[key]))
+        else:
+            assert torch.equal(tensor, before[key]), key  # kept blocks, norms, embeddings: bit-identical
+    assert changed == tuned
+
+
+def test_explicit_list_keeps_blocks_bit_identical_and_rtn_mode(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rtn"
+    result = quantize(options_from(model=str(tiny_llama_dir), out=out, dtype="int8", autoround=False,
+                                   modules_to_not_convert=["layers.1.mlp", "layers.0.self_attn"], **FAST))
+    assert result.modules_to_not_convert == ["layers.0.self_attn", "layers.1.mlp", "lm_head"]
+    assert result.grid_agreement == 1.0
+    assert not (out / "sensitivity.json").exists()
+    before, after = _tensors(tiny_llama_dir), _tensors(out)
+    for key in before:
+        same = torch.equal(before[key], after[key])
+        assert same == (".layers.0.mlp." not in key and ".layers.1.self_attn." not in key or not key.endswith("_proj.weight"))
+    # RTN on NxD's grid: the same codes NxD computes from the original weights.
+    key = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(quantize_weight(after[key])[0], quantize_weight(before[key])[0])
+
+
+def test_sharded_input_gives_the_same_shards(make_tiny_llama, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    src = make_tiny_llama("sharded-src")
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(src).save_pretrained(sharded, max_shard_size="60KB")
+    for item in src.glob("tokenizer*"):
+        (sharded / item.name).write_bytes(item.read_bytes())
+    in_index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(in_index["weight_map"].values())) > 2
+    out = tmp_path / "q"
+    quantize(options_from(model=str(sharded), out=out, autoround=False, selection="none", **FAST))
+    out_index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert out_index["weight_map"] == in_index["weight_map"]
+    for shard in set(in_index["weight_map"].values()):
+        assert set(load_file(out / shard)) == set(load_file(sharded / shard))
+
+
+def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """An exporter that misplaces a single weight by one code must be refused, leaving nothing behind."""
+    real = grid_export.exact_bf16
+
+    def off_by_one(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
+        shifted = codes.float().clone()
+        shifted[0, int(shifted[0].abs().argmin())] += 1  # smallest code of the row: never its maximum
+        return real(shifted, scale, dtype)
+
+    monkeypatch.setattr(grid_export, "exact_bf16", off_by_one)
+    out = tmp_path / "bad"
+    with pytest.raises(NeuronforgeError, match="grid check failed"):
+        quantize(options_from(model=str(tiny_llama_dir), out=out, autoround=False, selection="none", **FAST))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dtype", "int4"], "dtype"),
+        (["--max-extra-memory", "-0.5"], "max-extra-memory"),
+        (["--sensitivity", "hessian"], "sensitivity"),
+    ],
+)
+def test_cli_bad_options_fail_clearly(tiny_llama_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["quantize", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "o"),
+                                      "--no-autoround", "--nsamples", "2", "--seqlen", "16", *args])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and message in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_paths_fail_clearly(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(NeuronforgeError, match="does not exist"):
+        quantize(options_from(model=str(tmp_path / "missing"), out=tmp_path / "o"))
+    unreadable = tmp_path / "not-a-model"
+    unreadable.mkdir()
+    (unreadable / "config.json").write_text("{broken")
+    (unreadable / "model.safetensors").write_bytes(b"")
+    with pytest.raises(NeuronforgeError, match="not valid JSON"):
+        quantize(options_from(model=str(unreadable), out=tmp_path / "o"))
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(NeuronforgeError, match="already exists"):
+        quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "exists"))
+    with pytest.raises(NeuronforgeError, match="not blocks of this model"):
+        quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "o", modules_to_not_convert=["layers.1"], **FAST))
+
+
+def test_cli_end_to_end_no_autoround(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    not_convert = tmp_path / "keep.json"
+    not_convert.write_text(json.dumps({"modules_to_not_convert": ["layers.0.mlp"]}))
+    result = CliRunner().invoke(app, ["quantize", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "o"),
+                                      "--dtype", "f8e4m3", "--no-autoround", "--not-convert", str(not_convert),
+                                      "--nsamples", "2", "--seqlen", "16"])
+    assert result.exit_code == 0, result.output
+    assert "grid agreement (NxD re-quantization): 100.000%" in result.output
+    saved = json.loads((tmp_path / "o" / "modules_to_not_convert.json").read_text())
+    assert saved == {"modules_to_not_convert": ["layers.0.mlp", "lm_head"]}
