@@ -188,3 +188,22 @@ def test_cli_package_upload_deploy_status_delete(aws: tuple[Any, Any], tmp_path:
     assert sm.list_endpoints()["Endpoints"] == []
     bad = runner.invoke(app, [*deploy_args[:-2], "--role", ROLE, "--instance-type", "ml.trn1.2xlarge"])
     assert bad.exit_code == 2 and "cannot run an inf2 endpoint" in bad.output
+
+
+def test_cli_quantize_and_compile_jobs(aws: tuple[Any, Any], tiny_llama_dir: Path) -> None:
+    sm, s3 = aws
+    for item in tiny_llama_dir.iterdir():
+        s3.upload_file(str(item), BUCKET, f"models/tiny/{item.name}")
+    runner = CliRunner()
+    result = runner.invoke(app, ["sagemaker", "quantize", "--model-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3",
+                                 f"s3://{BUCKET}/runs/", "--name", "nf-q-cli", "--role", ROLE, "--wait"])
+    assert result.exit_code == 0, result.output
+    assert f"s3://{BUCKET}/runs/nf-q-cli/output/model/checkpoint/" in result.output
+    assert "finished: Completed" in result.output
+    assert sm.describe_training_job(TrainingJobName="nf-q-cli")["ResourceConfig"]["InstanceType"] == "ml.g6e.2xlarge"
+    result = runner.invoke(app, ["sagemaker", "compile", "--checkpoint-s3", f"s3://{BUCKET}/models/tiny/",
+                                 "--output-s3", f"s3://{BUCKET}/runs/", "--tp-degree", "2", "--name", "nf-c-cli",
+                                 "--role", ROLE])
+    assert result.exit_code == 0, result.output
+    assert f"s3://{BUCKET}/runs/nf-c-cli/output/model/package/" in result.output
+    assert sm.describe_training_job(TrainingJobName="nf-c-cli")["ResourceConfig"]["InstanceType"] == "ml.trn1.2xlarge"

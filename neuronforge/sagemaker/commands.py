@@ -50,7 +50,8 @@ def _print_requests(requests: dict[str, Any]) -> None:
     typer.echo(json.dumps(requests, indent=2, sort_keys=True))
 
 
-def _run_job(call_name: str, request: dict[str, Any], region: str, dry_run: bool, wait: bool) -> None:
+def _run_job(call_name: str, request: dict[str, Any], region: str, dry_run: bool, wait: bool, result: str) -> None:
+    """Print (--dry-run) or submit the job; `result` says where its output will land."""
     from neuronforge.sagemaker.submit import clients, submit_job, wait_for_job
 
     if dry_run:
@@ -58,7 +59,7 @@ def _run_job(call_name: str, request: dict[str, Any], region: str, dry_run: bool
         return
     sm, s3 = clients(region)
     arn = submit_job(request, sm, s3)
-    console.print(f"[green]created:[/] {arn}")
+    console.print(f"[green]created:[/] {arn}\noutput: {result}")
     if wait:
         console.print(f"finished: {wait_for_job(request, sm)}")
 
@@ -80,7 +81,7 @@ def quantize_cmd(
     image: str | None = ImageOpt, dry_run: bool = DryRunOpt, wait: bool = WaitOpt,
 ) -> None:
     """GPU training job running `neuronforge quantize`; output lands in <output-s3>/<name>/output/model/checkpoint/."""
-    from neuronforge.sagemaker.requests import JobSettings, quantize_job_request
+    from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, JobSettings, quantize_job_request, training_output_prefix
 
     job = JobSettings(name=_name(name, "quantize"), role_arn=_role(role), region=_region(region),
                       instance_type=instance_type, volume_gb=volume_gb, max_runtime_s=max_runtime, spot=spot,
@@ -88,7 +89,8 @@ def quantize_cmd(
     options = {"iters": iters, "nsamples": nsamples, "seqlen": seqlen, **({} if autoround else {"autoround": False})}
     request = quantize_job_request(job, model_s3=model_s3, output_s3=output_s3, dtype=dtype, options=options,
                                    install=install)
-    _run_job("create_training_job", request, job.region, dry_run, wait)
+    _run_job("create_training_job", request, job.region, dry_run, wait,
+             training_output_prefix(output_s3, job.name, CHECKPOINT_SUBDIR))
 
 
 @sagemaker_app.command("compile")
@@ -108,7 +110,13 @@ def compile_cmd(
     image: str | None = ImageOpt, dry_run: bool = DryRunOpt, wait: bool = WaitOpt,
 ) -> None:
     """Neuron compile job (`neuronforge compile` + `neuronforge package`) with the pinned Neuron image."""
-    from neuronforge.sagemaker.requests import JobSettings, compile_job_request, compile_processing_request
+    from neuronforge.sagemaker.requests import (
+        PACKAGE_SUBDIR,
+        JobSettings,
+        compile_job_request,
+        compile_processing_request,
+        training_output_prefix,
+    )
 
     job = JobSettings(name=_name(name, "compile"), role_arn=_role(role), region=_region(region),
                       instance_type=instance_type or ("ml.r7i.8xlarge" if processing else "ml.trn1.2xlarge"),
@@ -116,7 +124,12 @@ def compile_cmd(
     build = compile_processing_request if processing else compile_job_request
     request = build(job, checkpoint_s3=checkpoint_s3, output_s3=output_s3, tp_degree=tp_degree,
                     target_instance=target, dtype=dtype, kv=kv, seq_len=seq_len)
-    _run_job("create_processing_job" if processing else "create_training_job", request, job.region, dry_run, wait)
+    if processing:
+        output = request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+        _run_job("create_processing_job", request, job.region, dry_run, wait, output)
+    else:
+        _run_job("create_training_job", request, job.region, dry_run, wait,
+                 training_output_prefix(output_s3, job.name, PACKAGE_SUBDIR))
 
 
 @sagemaker_app.command("deploy")
