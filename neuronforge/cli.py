@@ -78,6 +78,10 @@ from neuronforge.pipeline.evaluate_commands import register as _reg_evaluate  # 
 
 _reg_evaluate(app)
 
+from neuronforge.neuron.commands import register as _reg_emulate  # noqa: E402
+
+_reg_emulate(app)
+
 
 def main() -> None:
     app()

@@ -186,3 +186,26 @@ def test_atomic_and_bad_input(tiny_llama_dir: Path, tmp_path: Path, monkeypatch:
     write_quantized_checkpoint(tiny_llama_dir, out, "int8")
     with pytest.raises(NeuronforgeError, match="already exists"):
         write_quantized_checkpoint(tiny_llama_dir, out, "int8")
+
+
+def test_quantize_nxd_cli(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from neuronforge.cli import app
+
+    skip = tmp_path / "skip.json"
+    skip.write_text('["lm_head", "layers.1.self_attn"]')
+    out = tmp_path / "nxd"
+    runner = CliRunner()
+    result = runner.invoke(app, ["quantize-nxd", "--model", str(tiny_llama_dir), "--out", str(out), "--dtype", "f8e4m3",
+                                 "--not-convert", str(skip)])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "10 Linears f8e4m3 per_channel_symmetric, 5 kept bf16, 1 shard(s)" in output
+    got = out_tensors(out)
+    assert got["layers.0.self_attn.q_proj.weight"].dtype == torch.float8_e4m3fn
+    assert got["layers.1.self_attn.q_proj.weight"].dtype == torch.bfloat16
+    again = runner.invoke(app, ["quantize-nxd", "--model", str(tiny_llama_dir), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    tied = runner.invoke(app, ["quantize-nxd", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "o2")])
+    assert tied.exit_code == 0 and "tied embeddings" in " ".join(tied.output.split())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -217,9 +218,11 @@ def test_smollm2_quantized_perplexity_close_to_bf16(smollm2_dir: Path) -> None:
     windows = evaluation_windows(tokenizer, embedded_splits().evaluation["britannica"], 256, max_tokens=512)
     assert windows.shape == (2, 256)
     ppl = {}
-    for name, spec in {"bf16": EmulationSpec(), "int8": EmulationSpec(dtype="int8", kv_fp8=True),
-                       "f8e4m3": EmulationSpec(dtype="f8e4m3", kv_fp8=True)}.items():
-        emulated = load_emulated(smollm2_dir, spec)
+    base = load_model(smollm2_dir)
+    for name, spec in {"bf16": EmulationSpec(fast_bf16=True),
+                       "int8": EmulationSpec(dtype="int8", kv_fp8=True, fast_bf16=True),
+                       "f8e4m3": EmulationSpec(dtype="f8e4m3", kv_fp8=True, fast_bf16=True)}.items():
+        emulated = emulate(copy.deepcopy(base), spec)
         ppl[name] = perplexity(emulated, windows)
         if name == "int8":
             prompt = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
@@ -228,3 +231,34 @@ def test_smollm2_quantized_perplexity_close_to_bf16(smollm2_dir: Path) -> None:
     assert 1.0 < ppl["bf16"] < 100.0
     assert ppl["int8"] / ppl["bf16"] < 1.03, ppl
     assert ppl["f8e4m3"] / ppl["bf16"] < 1.05, ppl
+
+
+def test_emulate_cli(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from neuronforge.cli import app
+    from neuronforge.pipeline.texts import load_embedded_text
+
+    text = tmp_path / "doc.txt"
+    text.write_text(load_embedded_text("verne")[:20000])
+    skip = tmp_path / "skip.json"
+    skip.write_text('{"modules_to_not_convert": ["lm_head", "layers.0.mlp"]}')
+    runner = CliRunner()
+    args = ["emulate", "--model", str(tiny_llama_dir), "--text", str(text), "--max-tokens", "96", "--seqlen", "32",
+            "--max-new-tokens", "4", "--prompt", "The year"]
+    result = runner.invoke(app, [*args, "--dtype", "f8e4m3", "--kv", "fp8", "--not-convert", str(skip)])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "f8e4m3 per_channel_symmetric weights, 2 modules kept bf16, fp8 e4m3 KV cache" in output
+    assert "11 Linears quantized" in output  # 15 minus lm_head and layers.0's gate/up/down
+    assert "perplexity doc" in output and "(96 tokens, windows of 32)" in output
+    assert "KV risk: 0/" in output and "greedy: The year" in output
+
+    plain = runner.invoke(app, [*args, "--dtype", "none", "--kv", "bf16", "--max-new-tokens", "0"])
+    assert plain.exit_code == 0 and "KV risk" not in plain.output and "greedy" not in plain.output
+
+    bad = runner.invoke(app, [*args, "--dtype", "int4"])
+    assert bad.exit_code == 2 and "error:" in bad.output and "choose one of" in " ".join(bad.output.split())
+    skip.write_text('{"modules_to_not_convert": "lm_head"}')
+    bad = runner.invoke(app, [*args, "--not-convert", str(skip)])
+    assert bad.exit_code == 2 and "list of module names" in " ".join(bad.output.split())

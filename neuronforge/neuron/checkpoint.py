@@ -52,6 +52,25 @@ def input_weight_map(hf_dir: Path) -> dict[str, str]:
     raise NeuronforgeError(f"{hf_dir} has neither {SINGLE_NAME} nor {INDEX_NAME}", "re-save the model with save_pretrained")
 
 
+def read_not_convert_file(path: Path) -> tuple[str, ...]:
+    """Read NxDI's `--modules-to-not-convert-file` JSON ({"modules_to_not_convert": [...]}, optionally under
+    "model"), or a plain JSON list of strings."""
+    path = Path(path).expanduser()
+    fix = 'write {"modules_to_not_convert": ["lm_head", "layers.0.mlp"]} or a plain JSON list of names'
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NeuronforgeError(f"modules-to-not-convert file {path} does not exist", fix) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NeuronforgeError(f"{path} is not valid JSON ({exc})", fix) from exc
+    if isinstance(payload, dict):
+        payload = payload.get("model", payload)
+        payload = payload.get("modules_to_not_convert") if isinstance(payload, dict) else None
+    if not isinstance(payload, list) or not all(isinstance(item, str) and item for item in payload):
+        raise NeuronforgeError(f"{path} does not hold a list of module names", fix)
+    return tuple(payload)
+
+
 def linear_name(key: str) -> str | None:
     """The HF module name if `key` is the weight/bias of a Linear NxDI's Llama converts, else None."""
     module, _, leaf = key.rpartition(".")
