@@ -66,6 +66,8 @@ def test_compile_job_golden() -> None:
     check_botocore("CreateTrainingJob", request)
     check_golden("sagemaker_compile_job", request)
     assert request["Environment"]["NEURON_PLATFORM_TARGET_OVERRIDE"] == "inf2"
+    spec = request["AlgorithmSpecification"]
+    assert all(len(item) <= 256 for item in spec["ContainerEntrypoint"] + spec["ContainerArguments"])  # API limit
     assert request["AlgorithmSpecification"]["TrainingImage"].endswith("/neuronforge:neuron-sdk2.31.1-vllm0.16.0")
 
 

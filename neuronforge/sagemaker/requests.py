@@ -8,14 +8,14 @@ call, so `--dry-run` can print them and golden tests can pin them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from neuronforge import __version__
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker import s3uri
 from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
-from neuronforge.sagemaker.instances import validate_instance, validate_tp_degree
+from neuronforge.sagemaker.instances import Role, validate_instance, validate_tp_degree
 
 Request = dict[str, Any]
 
@@ -60,12 +60,11 @@ class JobSettings:
     spot: bool = False
     max_wait_s: int | None = None  # spot only: total time including waiting for capacity
     image: str | None = None  # override the pinned image
-    tags: dict[str, str] = field(default_factory=dict)
 
 
-def _checked_settings(job: JobSettings, role: str) -> None:
+def _checked_settings(job: JobSettings, role: Role) -> None:
     validate_name(job.name)
-    validate_instance(role, job.instance_type)  # type: ignore[arg-type]
+    validate_instance(role, job.instance_type)
     account_of_role(job.role_arn)
     if job.max_runtime_s <= 0:
         raise NeuronforgeError(f"max runtime {job.max_runtime_s}s must be positive", "pass --max-runtime in seconds, e.g. 14400")
@@ -103,8 +102,8 @@ def _flags(options: dict[str, Any]) -> list[str]:
     return out
 
 
-def _tags(job: JobSettings, stage: str) -> list[dict[str, str]]:
-    tags = {"neuronforge:stage": stage, "neuronforge:version": __version__, **job.tags}
+def _tags(stage: str) -> list[dict[str, str]]:
+    tags = {"neuronforge:stage": stage, "neuronforge:version": __version__}
     return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
@@ -140,7 +139,7 @@ def _training_job(job: JobSettings, stage: str, image: str, script: str, args: l
         "StoppingCondition": _stopping(job),
         "Environment": env,
         "EnableManagedSpotTraining": job.spot,
-        "Tags": _tags(job, stage),
+        "Tags": _tags(stage),
     }
     return request
 
@@ -216,7 +215,7 @@ def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s
                                                   "VolumeSizeInGB": job.volume_gb}},
         "StoppingCondition": {"MaxRuntimeInSeconds": job.max_runtime_s},
         "Environment": _compile_env(target_instance, checkpoint, f"{out}/{PACKAGE_SUBDIR}"),
-        "Tags": _tags(job, "compile"),
+        "Tags": _tags("compile"),
     }
 
 
