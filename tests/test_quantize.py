@@ -155,3 +155,15 @@ def test_cli_end_to_end_no_autoround(tiny_llama_dir: Path, tmp_path: Path) -> No
     assert "grid agreement (NxD re-quantization): 100.000%" in result.output
     saved = json.loads((tmp_path / "o" / "modules_to_not_convert.json").read_text())
     assert saved == {"modules_to_not_convert": ["layers.0.mlp", "lm_head"]}
+
+
+def test_layers_autoround_leaves_alone_are_rounded_on_nxd_grid(make_tiny_llama, tmp_path: Path) -> None:
+    """auto-round never tunes an untied lm_head; we detect that and round it with RTN on NxD's grid."""
+    src = make_tiny_llama("untied-e2e", tie_word_embeddings=False)
+    out = tmp_path / "q"
+    result = quantize(options_from(model=str(src), out=out, selection="none", iters=1, nsamples=2, seqlen=32))
+    report = json.loads((out / "quantization_report.json").read_text())
+    assert report["rtn_layers"] == ["lm_head"] and report["autoround_tuned_layers"] == 14
+    assert result.modules_to_not_convert == [] and result.grid_agreement == 1.0
+    before, after = _tensors(src), _tensors(out)
+    assert torch.equal(quantize_weight(after["lm_head.weight"])[0], quantize_weight(before["lm_head.weight"])[0])
