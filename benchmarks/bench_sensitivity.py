@@ -24,7 +24,7 @@ def main() -> None:
     import torch
 
     from neuronforge.pipeline.models import load_model, load_tokenizer, resolve_model
-    from neuronforge.pipeline.sensitivity import _batches, analyze
+    from neuronforge.pipeline.sensitivity import calibration_batches, analyze
     from neuronforge.pipeline.texts import calibration_samples, embedded_splits
 
     path = resolve_model(args.model)
@@ -33,7 +33,7 @@ def main() -> None:
 
     def forward_backward() -> float:
         start = time.perf_counter()
-        for batch in _batches(samples):
+        for batch in calibration_batches(samples):
             model(input_ids=batch, labels=batch).loss.backward()
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - start

@@ -197,7 +197,7 @@ def run_autoround(
             seqlen=seqlen,
             batch_size=min(8, len(samples)),
             device_map=device,
-            enable_torch_compile=device != "cpu",
+            enable_torch_compile=False,  # compile costs minutes on CPU and our data types are untested under it on GPU
             amp=False,
             low_cpu_mem_usage=False,
         )

@@ -106,7 +106,7 @@ def _rtn_error(weight: "torch.Tensor", dtype: str) -> "torch.Tensor":
     return weight.detach().float() - dequantize(codes, scale)
 
 
-def _batches(samples: list["torch.Tensor"], batch_size: int = 4) -> Iterable["torch.Tensor"]:
+def calibration_batches(samples: list["torch.Tensor"], batch_size: int = 4) -> Iterable["torch.Tensor"]:
     import torch
 
     for i in range(0, len(samples), batch_size):
@@ -130,7 +130,7 @@ def first_order_scores(model: "nn.Module", blocks: list[Block], samples: list["t
         p.requires_grad_(True)
     try:
         total = sum(s.shape[0] for s in samples)
-        for batch in _batches(samples):
+        for batch in calibration_batches(samples):
             loss = model(input_ids=batch, labels=batch).loss * (batch.shape[0] / total)
             loss.backward()
             for n, p in params.items():
@@ -146,7 +146,7 @@ def _next_token_logprobs(model: "nn.Module", samples: list["torch.Tensor"]) -> l
     import torch
 
     with torch.no_grad():
-        return [torch.log_softmax(model(input_ids=b).logits.float(), dim=-1) for b in _batches(samples)]
+        return [torch.log_softmax(model(input_ids=b).logits.float(), dim=-1) for b in calibration_batches(samples)]
 
 
 def measured_scores(
