@@ -53,9 +53,9 @@ class RunConfig(BaseModel):
         None, description="your own .txt/.jsonl (local or s3://) for calibration and evaluation; default: embedded texts"
     )
     dtype: Literal["int8", "f8e4m3"] = Field("int8", description="weight dtype on Neuron: int8 or f8e4m3 (fp8)")
-    iters: int = Field(20, ge=0, description="AutoRound tuning steps per block (the CPU demo keeps this small)")
-    nsamples: int = Field(16, ge=1, description="calibration windows")
-    seqlen: int = Field(256, ge=8, description="tokens per calibration and evaluation window")
+    iters: int = Field(10, ge=0, description="AutoRound tuning steps per block (the CPU demo keeps this small)")
+    nsamples: int = Field(8, ge=1, description="calibration windows")
+    seqlen: int = Field(128, ge=8, description="tokens per calibration and evaluation window")
     sensitivity: Literal["first_order", "measured", "variance"] = Field(
         "first_order", description="how each block's quantization damage is estimated"
     )
@@ -72,7 +72,7 @@ class RunConfig(BaseModel):
     )
     autoround: bool = Field(True, description="false: round-to-nearest on NxD's grid, no tuning")
     kv: Literal["fp8", "bf16"] = Field("fp8", description="KV cache on Neuron (emulated on CPU): fp8 (e4m3) or bf16")
-    eval_tokens: int = Field(8192, ge=16, description="held-out tokens per text scored by the emulation check")
+    eval_tokens: int = Field(4096, ge=16, description="held-out tokens per text scored by the emulation check")
     instance: str | None = Field(None, description="target ml.inf2/ml.trn1 instance; default: the compile step's")
     tp_degree: int | None = Field(None, ge=1, description="tensor-parallel degree; default: largest that fits")
     batch_size: int = Field(1, ge=1, description="compiled batch size")
