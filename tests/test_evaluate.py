@@ -4,6 +4,7 @@ a broken variant flagged, and the CLI's error path."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,8 +96,7 @@ def test_rerun_reuses_cached_stage_checkpoints(tiny_run, monkeypatch):
         "autoround", "autoround_selective", "rtn_selective"]
     assert all("(cached)" in k for k in again.timings if k.startswith("stage"))
     # a different stage option is a different cache key, so the stage runs again
-    ev.stage_checkpoint("rtn_selective", options.model and __import__("pathlib").Path(options.model),
-                        options.model_copy(update={"topk": 2}))
+    ev.stage_checkpoint("rtn_selective", Path(options.model), options.model_copy(update={"topk": 2}))
     assert len(calls) == 1 and len(list((options.out / "stages").glob("rtn_selective-*"))) == 2
 
 
