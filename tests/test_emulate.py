@@ -215,7 +215,7 @@ def test_smollm2_quantized_perplexity_close_to_bf16(smollm2_dir: Path) -> None:
     from neuronforge.pipeline.texts import embedded_splits, evaluation_windows
 
     tokenizer = load_tokenizer(smollm2_dir)
-    windows = evaluation_windows(tokenizer, embedded_splits().evaluation["britannica"], 256, max_tokens=512)
+    windows = evaluation_windows(tokenizer, embedded_splits(("britannica",)).evaluation["britannica"], 256, max_tokens=512)
     assert windows.shape == (2, 256)
     ppl = {}
     base = load_model(smollm2_dir)

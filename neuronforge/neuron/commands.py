@@ -55,6 +55,8 @@ def emulate_command(
     seqlen: int = typer.Option(256, "--seqlen", min=2, help="Window length; the second half of each window decodes."),
     prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", help="Prompt for the greedy sample."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=0, help="Greedy tokens to generate (0: skip)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch (0: torch's default). On a "
+                                "shared machine 1 is often fastest."),
     exact_bf16: bool = typer.Option(False, "--exact-bf16", help="Use torch's bf16 GEMMs for bf16 layers (bit-identical "
                                     "to HF, several times slower on CPUs without bf16)."),
 ) -> None:
@@ -65,6 +67,10 @@ def emulate_command(
     from neuronforge.pipeline.texts import evaluation_windows, resolve_splits
 
     started = time.perf_counter()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     modules = read_not_convert_file(not_convert) if not_convert else ()
     weight = _choice(dtype, WEIGHT_DTYPES, "--dtype")
     spec = EmulationSpec(dtype=None if weight == "none" else weight, kv_fp8=_choice(kv, KV_MODES, "--kv") == "fp8",

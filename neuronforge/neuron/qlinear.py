@@ -65,9 +65,13 @@ class Bf16Linear(nn.Module):
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
+        self._weight_fp32: torch.Tensor | None = None  # exact fp32 copy, made on first use
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._weight_fp32 is None:
+            self._weight_fp32 = self.weight.detach().float()
         bias = None if self.bias is None else self.bias.float()
-        return nn.functional.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+        return nn.functional.linear(x.float(), self._weight_fp32, bias).to(x.dtype)
 
 
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
