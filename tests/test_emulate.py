@@ -14,7 +14,7 @@ from transformers import DynamicCache
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.emulate import EmulationSpec, emulate, load_emulated, perplexity
 from neuronforge.neuron.kv_cache import fp8_roundtrip
-from neuronforge.neuron.qlinear import NeuronQuantLinear
+from neuronforge.neuron.qlinear import Bf16Linear, NeuronQuantLinear
 from neuronforge.pipeline.models import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
@@ -63,6 +63,13 @@ def test_quantization_off_is_exactly_hf(tiny_llama_dir: Path) -> None:
     assert emulated.converted == []
     assert torch.equal(emulated.logits(ids), expected)
     assert emulated.kv_risk.total == 0
+    # fast_bf16: fp32 GEMMs on the same bf16 operands, one bf16 rounding: only summation order differs.
+    fast = load_emulated(tiny_llama_dir, EmulationSpec(fast_bf16=True))
+    assert sum(isinstance(m, Bf16Linear) for m in fast.model.modules()) == 15
+    exact32 = load_model(tiny_llama_dir, dtype=torch.float32)(ids).logits.float()
+    noise = (expected - exact32).abs()
+    error = (fast.logits(ids) - exact32).abs()
+    assert error.mean() <= 1.5 * noise.mean() and error.max() <= 2 * noise.max()
 
 
 @torch.inference_mode()
