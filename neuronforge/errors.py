@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+import pydantic
+
+Model = TypeVar("Model", bound=pydantic.BaseModel)
+
 
 class NeuronforgeError(Exception):
     """A failure the user can act on: `what` went wrong and `fix` says what to do about it."""
@@ -10,3 +16,12 @@ class NeuronforgeError(Exception):
         self.what = what
         self.fix = fix
         super().__init__(what if fix is None else f"{what}\n  fix: {fix}")
+
+
+def validated(schema: type[Model], command: str, /, **values: Any) -> Model:
+    """Build `schema` from keyword values; pydantic's errors become one NeuronforgeError naming every bad field."""
+    try:
+        return schema(**values)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+        raise NeuronforgeError(f"invalid {command} options: {problems}", f"see `neuronforge {command} --help`") from None

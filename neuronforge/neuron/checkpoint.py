@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from neuronforge.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.grid import QUANT_DTYPES, QUANT_TYPES, quantize_weight
-from neuronforge.neuron.module_names import nxdi_path
+from neuronforge.neuron.module_names import linear_name
 from neuronforge.pipeline.models import read_config, validate_hf_folder
 
 if TYPE_CHECKING:
@@ -69,18 +69,6 @@ def read_not_convert_file(path: Path) -> tuple[str, ...]:
     if not isinstance(payload, list) or not all(isinstance(item, str) and item for item in payload):
         raise NeuronforgeError(f"{path} does not hold a list of module names", fix)
     return tuple(payload)
-
-
-def linear_name(key: str) -> str | None:
-    """The HF module name if `key` is the weight/bias of a Linear NxDI's Llama converts, else None."""
-    module, _, leaf = key.rpartition(".")
-    if leaf not in ("weight", "bias"):
-        return None
-    try:
-        nxdi_path(module)
-    except ValueError:
-        return None
-    return module
 
 
 def hf_side_excluded(hf_name: str, modules_to_not_convert: Sequence[str], qtype: str) -> bool:

@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from neuronforge.atomic import atomic_write_json
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
 from neuronforge.sagemaker.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
 
@@ -209,12 +209,7 @@ class ModelFacts(BaseModel):
 
 def make_spec(**fields: Any) -> NeuronConfigSpec:
     """Construct a spec, turning pydantic's type errors into a NeuronforgeError."""
-    try:
-        return NeuronConfigSpec(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "neuron config"
-        raise _fail(f"invalid {where}: {first['msg']}", "fix that value (see `neuronforge neuron-config --help`)") from None
+    return validated(NeuronConfigSpec, "neuron-config", **fields)
 
 
 def choose_tp(facts: ModelFacts, instance: str) -> int:

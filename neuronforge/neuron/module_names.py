@@ -27,6 +27,18 @@ def nxdi_path(hf_name: str) -> str:
     raise ValueError(f"{hf_name!r} is not a Linear layer NxDI's Llama converts")
 
 
+def linear_name(key: str) -> str | None:
+    """The HF module name if `key` is the weight/bias of a Linear NxDI's Llama converts, else None."""
+    module, _, leaf = key.rpartition(".")
+    if leaf not in ("weight", "bias"):
+        return None
+    try:
+        nxdi_path(module)
+    except ValueError:
+        return None
+    return module
+
+
 def nxdi_skips(hf_name: str, modules_to_not_convert: list[str] | tuple[str, ...]) -> bool:
     """True if NxDI's runtime leaves this layer in bf16 given the list."""
     path = nxdi_path(hf_name)

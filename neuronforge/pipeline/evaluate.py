@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import pydantic
 
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import validated
 from neuronforge.pipeline.report import EvaluationReport, VariantResult, write_report
 
 if TYPE_CHECKING:
@@ -72,12 +72,8 @@ class EvaluateOptions(pydantic.BaseModel):
 
 
 def options_from(**values: object) -> EvaluateOptions:
-    """Build options, turning pydantic's validation errors into a NeuronforgeError."""
-    try:
-        return EvaluateOptions(**values)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise NeuronforgeError(f"invalid evaluate options: {problems}", "see `neuronforge evaluate --help`") from None
+    """Options from keyword values; a bad value is a NeuronforgeError, not a pydantic traceback."""
+    return validated(EvaluateOptions, "evaluate", **values)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ number it wrote before starting a new question. Exact match after normalising "1
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.pipeline.texts import read_jsonl
 
 if TYPE_CHECKING:
     import torch
@@ -75,13 +75,7 @@ def load_problems(path: Path, limit: int | None = None) -> list[Problem]:
     if not path.is_file():
         raise NeuronforgeError(f"task file {path} does not exist", 'pass a .jsonl with {"question": ..., "answer": "... #### N"} lines')
     problems = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise NeuronforgeError(f"{path}:{lineno} is not valid JSON ({exc.msg})", "one JSON object per line") from exc
+    for lineno, record in read_jsonl(path):
         if not isinstance(record, dict) or not isinstance(record.get("question"), str) or not isinstance(record.get("answer"), str):
             raise NeuronforgeError(f"{path}:{lineno} needs string fields 'question' and 'answer'", 'e.g. {"question": "2+2?", "answer": "#### 4"}')
         gold = gold_answer(record["answer"])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydantic
 
 from neuronforge.atomic import atomic_dir, atomic_write_json
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, validated
 
 if TYPE_CHECKING:
     import torch
@@ -55,12 +55,8 @@ WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
 
 
 def options_from(**values: Any) -> QuantizeOptions:
-    """Build options, turning pydantic's validation errors into a NeuronforgeError."""
-    try:
-        return QuantizeOptions(**values)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise NeuronforgeError(f"invalid quantize options: {problems}", "see `neuronforge quantize --help`") from None
+    """Options from keyword values; a bad value is a NeuronforgeError, not a pydantic traceback."""
+    return validated(QuantizeOptions, "quantize", **values)
 
 
 def _explicit_kept(entries: list[str], blocks: list["Block"]) -> list[str]:

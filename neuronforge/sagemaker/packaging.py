@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 from importlib import metadata
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuronforge import __version__
-from neuronforge.atomic import atomic_dir, atomic_write_json
+from neuronforge.atomic import atomic_dir, atomic_write_json, link_tree
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker import s3uri
 from neuronforge.sagemaker.aws import call
@@ -100,17 +99,6 @@ def _check_checkpoint(checkpoint: Path, tokenizer: Path | None) -> list[Path]:
     return found
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link where possible (large checkpoints), copy across filesystems."""
-    def link_or_copy(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link_or_copy)
-
-
 def serving_config(neuron_config: dict[str, Any], tp_degree: int | None, max_num_seqs: int) -> dict[str, Any]:
     """serving.json: tp and lengths must match what was compiled, or NxDI refuses to load."""
     compiled_tp = neuron_config.get("tp_degree")
@@ -141,8 +129,8 @@ def package_model(out: Path, *, compiled: Path, checkpoint: Path, tokenizer: Pat
     tokenizer_files = _check_checkpoint(checkpoint, tokenizer)
     serving = serving_config(neuron_config, tp_degree, max_num_seqs)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        _link_tree(compiled, tmp / COMPILED_SUBDIR)
-        _link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR)
+        link_tree(compiled, tmp / COMPILED_SUBDIR)
+        link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR)
         for path in tokenizer_files:
             if not (tmp / CHECKPOINT_SUBDIR / path.name).exists():
                 shutil.copy2(path, tmp / CHECKPOINT_SUBDIR / path.name)
