@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,10 +63,8 @@ def test_cli_run_end_to_end_then_nothing_to_do_then_only_what_changed(tiny: Path
     assert "--stages compile,package" in _flat(result.output)
 
     before = _started(run_dir)
-    started = time.perf_counter()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert time.perf_counter() - started < 30
     assert _flat(again.output).count("up to date: inputs unchanged") == 4
     assert _started(run_dir) == before
 

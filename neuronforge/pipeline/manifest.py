@@ -88,7 +88,7 @@ def fingerprint(inputs: dict[str, Any], versions: dict[str, str]) -> tuple[str, 
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")  # a fast re-run must not look like the same start
 
 
 class StageRecord(BaseModel):
