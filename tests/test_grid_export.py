@@ -116,3 +116,19 @@ def test_naive_autoround_export_is_rerounded_by_nxd() -> None:
     assert int8.total == fp8.total == weight.numel()
     assert int8.fraction < 0.99
     assert fp8.fraction < 0.05
+    # Most int8 codes survive (small codes coincide on the /128 and /127 grids), but the device's scale is
+    # 128/127 of AutoRound's, so most values move by more than bf16 precision.
+    assert int8.value_fraction < 0.2 < int8.fraction
+    assert fp8.value_fraction < 0.5
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+def test_grid_exact_export_keeps_the_tuned_values(dtype: str) -> None:
+    torch.manual_seed(4)
+    weight = torch.randn(48, 96) * 0.02
+    codes, scale = quantize_weight(weight, dtype)
+    tuned = codes.float() * scale
+    result = agreement(exact_bf16(codes, scale, dtype), codes.float(), dtype, intended_values=tuned)
+    assert result == Agreement(weight.numel(), weight.numel(), weight.numel())
+    plain = agreement(tuned.to(torch.bfloat16), codes.float(), dtype, intended_values=tuned * 1.01)
+    assert plain.values_kept < weight.numel() // 10

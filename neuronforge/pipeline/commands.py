@@ -47,8 +47,13 @@ def register(app: App) -> None:
             modules_to_not_convert=read_not_convert_file(not_convert) if not_convert else None,
         )
         result = quantize(options)
-        naive = "n/a" if result.naive_agreement is None else f"{100 * result.naive_agreement:.3f}%"
+        def percent(value: float | None) -> str:
+            return "n/a" if value is None else f"{100 * value:.3f}%"
+
         console.print(f"[green]wrote:[/] {result.out_dir}")
         console.print(f"modules_to_not_convert: {result.modules_to_not_convert}")
-        console.print(f"grid agreement (NxD re-quantization): {100 * result.grid_agreement:.3f}%  (naive export: {naive})")
+        console.print(f"grid agreement (NxD re-quantization): {percent(result.grid_agreement)}  "
+                      f"(naive export: {percent(result.naive_agreement)})")
+        console.print(f"values kept on Neuron (within bf16 precision): {percent(result.value_agreement)}  "
+                      f"(naive export: {percent(result.naive_value_agreement)})")
         console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

@@ -79,32 +79,51 @@ def exact_bf16(codes: "torch.Tensor", scale: "torch.Tensor", dtype: str) -> "tor
     return out
 
 
+# A weight "keeps its value" when the device's value is within bf16 precision of the one the quantizer chose.
+VALUE_TOLERANCE = 2.0**-8
+
+
 @dataclass(frozen=True)
 class Agreement:
-    """How many weights NxD re-quantizes to the intended codes."""
+    """How many weights NxD re-quantizes to the intended codes, and how many keep the intended value."""
 
     matching: int
     total: int
+    values_kept: int = 0
 
     @property
     def fraction(self) -> float:
         return self.matching / self.total if self.total else 1.0
 
+    @property
+    def value_fraction(self) -> float:
+        return self.values_kept / self.total if self.total else 1.0
+
     def __add__(self, other: "Agreement") -> "Agreement":
-        return Agreement(self.matching + other.matching, self.total + other.total)
+        return Agreement(self.matching + other.matching, self.total + other.total, self.values_kept + other.values_kept)
 
 
-def agreement(stored: "torch.Tensor", intended_codes: "torch.Tensor", dtype: str) -> Agreement:
-    """Compare NxD's codes for a stored weight with the codes the quantizer intended."""
-    same = nxd_codes(stored, dtype) == intended_codes.float()
-    return Agreement(int(same.sum()), same.numel())
+def agreement(stored: "torch.Tensor", intended_codes: "torch.Tensor", dtype: str,
+              intended_values: "torch.Tensor | None" = None) -> Agreement:
+    """Compare NxD's codes for a stored weight with the codes the quantizer intended, and optionally
+    the device's dequantized values (code * NxD scale) with the values the quantizer tuned."""
+    from neuronforge.neuron.grid import quantize_weight
+
+    codes, scale = quantize_weight(stored, dtype)
+    same = codes.float() == intended_codes.float()
+    kept = 0
+    if intended_values is not None:
+        target = intended_values.float()
+        kept = int(((codes.float() * scale - target).abs() <= VALUE_TOLERANCE * target.abs()).sum())
+    return Agreement(int(same.sum()), same.numel(), kept)
 
 
 def naive_agreement(weight: "torch.Tensor", dtype: str) -> Agreement:
     """Agreement of AutoRound's stock export (int: qmax 128 + signed scale; fp8: +-448) once NxD re-quantizes it.
 
     Uses auto-round's own registered RTN functions on the weight and stores the result in bf16, as its
-    fake export does on CPU. AutoRound's codes are compared on a positive-scale convention (code * sign(scale)).
+    fake export does on CPU. AutoRound's codes are compared on a positive-scale convention (code * sign(scale)),
+    its values with what the device computes from NxD's own scale.
     """
     import torch
     from auto_round.data_type.register import QUANT_FUNC_WITH_DTYPE
@@ -118,7 +137,7 @@ def naive_agreement(weight: "torch.Tensor", dtype: str) -> Agreement:
         qdq, scale, _ = QUANT_FUNC_WITH_DTYPE["fp8_sym"](w, group_size=-1)
         scale = scale.float().reshape(-1, 1)
         ar_codes = (qdq.float() / scale).to(torch.float8_e4m3fn).float()
-    return agreement(qdq.to(torch.bfloat16), ar_codes, dtype)
+    return agreement(qdq.to(torch.bfloat16), ar_codes, dtype, intended_values=qdq)
 
 
 def require_exact(result: Agreement, where: str) -> None:

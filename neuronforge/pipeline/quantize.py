@@ -48,6 +48,8 @@ class QuantizeResult(pydantic.BaseModel):
     modules_to_not_convert: list[str]
     grid_agreement: float
     naive_agreement: float | None
+    value_agreement: float
+    naive_value_agreement: float | None
     timings: dict[str, float]
 
 
@@ -200,11 +202,12 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
 
     t0 = time.perf_counter()
     codes: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
     stored: dict[str, torch.Tensor] = {}
     for name in track(targets, "grid-exact export"):
         # Tuned weights already sit on NxD's grid in fp32; untouched ones are rounded to it here (RTN).
-        codes[name], scale = quantize_weight(linears[name].weight.detach().float(), options.dtype)
-        stored[f"{name}.weight"] = grid_export.exact_bf16(codes[name], scale, options.dtype)
+        codes[name], scales[name] = quantize_weight(linears[name].weight.detach().float(), options.dtype)
+        stored[f"{name}.weight"] = grid_export.exact_bf16(codes[name], scales[name], options.dtype)
     timings["export"] = time.perf_counter() - t0
 
     with atomic_dir(out) as tmp:
@@ -216,7 +219,8 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         per_block: dict[str, dict[str, float]] = {}
         for name in track(targets, "grid check on written files"):
             weight = written[f"{name}.weight"]
-            ours += grid_export.agreement(weight, codes[name], options.dtype)
+            ours += grid_export.agreement(weight, codes[name], options.dtype,
+                                          intended_values=codes[name].float() * scales[name])
             naive += grid_export.naive_agreement(original[name], options.dtype)
             err = per_block.setdefault(block_of(name), {"sq_err": 0.0, "sq_norm": 0.0})
             err["sq_err"] += float((weight.float() - original[name].float()).pow(2).sum())
@@ -237,7 +241,11 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             "grid_agreement": ours.fraction,
             "grid_matching_weights": ours.matching,
             "quantized_weights": ours.total,
+            "grid_value_agreement": ours.value_fraction,
             "naive_agreement": naive.fraction if targets else None,
+            "naive_value_agreement": naive.value_fraction if targets else None,
+            "value_agreement_definition": "weights whose value on Neuron (NxD code x NxD scale) is within a relative "
+                                          "2^-8 (bf16 precision) of the value the quantizer tuned",
             "naive_definition": "AutoRound's stock export (int: qmax 128, signed scale; fp8: +-448) in bf16, re-quantized by NxD",
             "autoround_tuned_layers": len(targets) - len(untouched) if options.autoround else 0,
             "rtn_layers": untouched,
@@ -251,5 +259,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         modules_to_not_convert=kept,
         grid_agreement=ours.fraction,
         naive_agreement=report["naive_agreement"],
+        value_agreement=ours.value_fraction,
+        naive_value_agreement=report["naive_value_agreement"],
         timings=timings,
     )

@@ -95,7 +95,8 @@ def _quantize_run(ctx: StageContext) -> StageResult:
     result = quantize(options)
     return StageResult(summary={
         "modules_to_not_convert": result.modules_to_not_convert, "grid_agreement": result.grid_agreement,
-        "naive_agreement": result.naive_agreement, "timings": result.timings,
+        "naive_agreement": result.naive_agreement, "value_agreement": result.value_agreement,
+        "naive_value_agreement": result.naive_value_agreement, "timings": result.timings,
     })
 
 
@@ -109,6 +110,7 @@ def _emulate_inputs(ctx: StageContext) -> dict[str, Any]:
 
 def _emulate_run(ctx: StageContext) -> StageResult:
     """Held-out perplexity: bf16 on the CPU vs the quantized checkpoint as Neuron would compute it."""
+    from neuronforge.console import track
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
     from neuronforge.pipeline.models import load_tokenizer
     from neuronforge.pipeline.texts import evaluation_windows, resolve_splits
@@ -128,7 +130,8 @@ def _emulate_run(ctx: StageContext) -> StageResult:
     kv_risk: dict[str, Any] = {}
     for variant, (path, spec) in variants.items():
         emulated = load_emulated(path, spec)
-        ppl[variant] = {name: round(perplexity(emulated, ids), 4) for name, ids in windows.items()}
+        ppl[variant] = {name: round(perplexity(emulated, ids), 4)
+                        for name, ids in track(list(windows.items()), f"perplexity, {variant}")}
         if spec.kv_fp8:
             risk = emulated.kv_risk
             kv_risk = {"values": risk.total, "over_240": risk.over, "fraction": risk.fraction, "max_abs": risk.max_abs}
