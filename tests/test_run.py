@@ -54,6 +54,7 @@ def test_cli_run_end_to_end_then_nothing_to_do_then_only_what_changed(tiny: Path
         assert 1.0 < base < 1e4 and abs(emulation["perplexity"]["neuron"][name] / base - 1.0) < 0.5
     assert emulation["kv_risk"]["values"] > 0 and emulation["modules_to_not_convert"] == kept
     assert "Neuron-emulated ppl" in result.output
+    assert f"model: {tiny}" in result.output
 
     ready = run_dir / "package" / "compile_input"
     neuron_config = json.loads((ready / "neuron_config.json").read_text())

@@ -49,6 +49,8 @@ def _summary(outcome: Any, seconds: float) -> None:
         record = records[name]
         seconds_text = f"{record.seconds:.1f}" if record.seconds is not None else ""
         note = record.message or ""
+        if name == "model" and record.status == "done":
+            note = f"{record.summary['model_type']}, {record.summary['layers']} layers"
         if name == "quantize" and record.status == "done":
             note = "bf16 blocks: " + (", ".join(record.summary.get("modules_to_not_convert", [])) or "none")
         if name == "evaluate" and record.status == "done":
@@ -57,6 +59,9 @@ def _summary(outcome: Any, seconds: float) -> None:
             note = f"{record.summary['kind']}: {outcome.run_dir / name / record.summary['path']}"
         table.add_row(name, record.status, seconds_text, note)
     console.print(table)
+    model = records.get("model")
+    if model is not None and model.status == "done":
+        console.print(f"model: {model.summary['path']}", soft_wrap=True)
     emulate = records.get("emulate")
     if emulate is not None and emulate.status == "done":
         console.print((outcome.run_dir / "emulate" / "emulation.md").read_text(), markup=False, highlight=False)
