@@ -129,7 +129,7 @@ def test_cli_bad_options_fail_clearly(tiny_llama_dir: Path, tmp_path: Path, args
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_paths_fail_clearly(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_bad_paths_fail_clearly(tiny_llama_dir: Path, make_tiny_llama, tmp_path: Path) -> None:
     with pytest.raises(NeuronforgeError, match="does not exist"):
         quantize(options_from(model=str(tmp_path / "missing"), out=tmp_path / "o"))
     unreadable = tmp_path / "not-a-model"
@@ -141,6 +141,10 @@ def test_bad_paths_fail_clearly(tiny_llama_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "exists").mkdir()
     with pytest.raises(NeuronforgeError, match="already exists"):
         quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "exists"))
+    no_layers = make_tiny_llama("no-layers", num_hidden_layers=0)
+    with pytest.raises(NeuronforgeError, match="no decoder Linear layers"):
+        quantize(options_from(model=str(no_layers), out=tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
     with pytest.raises(NeuronforgeError, match="not blocks of this model"):
         quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "o", modules_to_not_convert=["layers.1"], **FAST))
 

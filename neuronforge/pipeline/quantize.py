@@ -174,6 +174,9 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     tokenizer = load_tokenizer(src)
     # fp32 holds the bf16 checkpoint exactly and is several times faster than bf16 on CPUs without bf16 units.
     model = load_model(src, torch.float32)
+    if not [name for name in quantizable_linears(model) if name != "lm_head"]:
+        raise NeuronforgeError(f"{src} has no decoder Linear layers to quantize (attention/MLP projections)",
+                               "pass a Llama/Mistral checkpoint with num_hidden_layers >= 1")
     blocks = find_blocks(model)
     samples = calibration_samples(tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.seqlen)
     timings["load"] = time.perf_counter() - start
