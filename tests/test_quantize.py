@@ -57,6 +57,8 @@ def test_end_to_end_is_grid_exact(tiny_llama_dir: Path, tmp_path: Path, dtype: s
             codes, scale = quantize_weight(tensor, dtype)
             again = grid_export.exact_bf16(codes, scale, dtype)
             assert torch.equal(quantize_weight(again, dtype)[0].float(), codes.float())
+            # No range shrink by default (minmax_tuning off): every row keeps NxD's scale of the original weight.
+            assert torch.equal(scale, quantize_weight(before[key], dtype)[1]), key
             changed += int(not torch.equal(tensor, before[key]))
         else:
             assert torch.equal(tensor, before[key]), key  # kept blocks, norms, embeddings: bit-identical
@@ -171,3 +173,15 @@ def test_layers_autoround_leaves_alone_are_rounded_on_nxd_grid(make_tiny_llama, 
     assert result.modules_to_not_convert == [] and result.grid_agreement == 1.0
     before, after = _tensors(src), _tensors(out)
     assert torch.equal(quantize_weight(after["lm_head.weight"])[0], quantize_weight(before["lm_head.weight"])[0])
+
+
+def test_minmax_tuning_is_opt_in_and_shrinks_row_ranges(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """With --minmax-tuning AutoRound may clip rows (smaller NxD scale); the grid stays exact either way."""
+    result = quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "q", selection="none",
+                                   minmax_tuning=True, **{**FAST, "iters": 8}))
+    assert result.grid_agreement == 1.0
+    before, after = _tensors(tiny_llama_dir), _tensors(tmp_path / "q")
+    ratios = [quantize_weight(after[k], "int8")[1] / quantize_weight(before[k], "int8")[1]
+              for k in after if k.endswith("_proj.weight")]
+    assert all(bool((r <= 1.0).all()) for r in ratios)
+    assert any(bool((r < 0.99).any()) for r in ratios)

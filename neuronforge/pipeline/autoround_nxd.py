@@ -168,6 +168,8 @@ def run_autoround(
     iters: int,
     seqlen: int,
     targets: list[str],
+    *,
+    minmax_tuning: bool = False,
 ) -> TuneResult:
     """Tune `model` in place (fp32, our data types). `targets` are the HF Linear names we expect quantized.
 
@@ -190,7 +192,7 @@ def run_autoround(
             model,
             tokenizer=tokenizer,
             scheme=nxd_scheme(dtype),
-            alg_configs=SignRoundConfig(iters=iters),
+            alg_configs=SignRoundConfig(iters=iters, enable_minmax_tuning=minmax_tuning),
             layer_config=dict(layer_config) or None,
             dataset=samples,
             nsamples=len(samples),

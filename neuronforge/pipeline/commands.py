@@ -36,6 +36,10 @@ def register(app: App) -> None:
             None, "--not-convert", help='JSON {"modules_to_not_convert": [...]}: explicit list, skips selection.'
         ),
         autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
+        minmax_tuning: bool = typer.Option(
+            False, "--minmax-tuning/--no-minmax-tuning",
+            help="Also tune AutoRound's per-row range shrink (clips outliers; off by default, see README).",
+        ),
     ) -> None:
         """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint."""
         from neuronforge.pipeline.quantize import options_from, quantize, read_not_convert_file
@@ -43,7 +47,7 @@ def register(app: App) -> None:
         options = options_from(
             model=model, out=out, dtype=dtype, iters=iters, nsamples=nsamples, seqlen=seqlen, text=text,
             sensitivity=sensitivity, selection=selection, max_extra_memory=max_extra_memory, topk=topk,
-            threshold=threshold, autoround=autoround,
+            threshold=threshold, autoround=autoround, minmax_tuning=minmax_tuning,
             modules_to_not_convert=read_not_convert_file(not_convert) if not_convert else None,
         )
         result = quantize(options)

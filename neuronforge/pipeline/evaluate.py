@@ -50,6 +50,7 @@ class EvaluateOptions(pydantic.BaseModel):
     iters: int = pydantic.Field(5, ge=1)
     nsamples: int = pydantic.Field(8, ge=1)
     calib_seqlen: int = pydantic.Field(64, ge=2)
+    minmax_tuning: bool = False
     sensitivity: Literal["first_order", "measured", "variance"] = "first_order"
     selection: Literal["budget", "topk", "threshold"] = "budget"
     max_extra_memory: float = 0.10
@@ -114,7 +115,7 @@ def _stage_options(options: EvaluateOptions, stage: str, kept: list[str] | None)
     """QuantizeOptions fields (except model/out) for one stage; these and the inputs make its cache key."""
     common: dict[str, object] = {
         "dtype": options.dtype, "iters": options.iters, "nsamples": options.nsamples, "seqlen": options.calib_seqlen,
-        "sensitivity": options.sensitivity,
+        "sensitivity": options.sensitivity, "minmax_tuning": options.minmax_tuning,
     }
     if stage == "rtn_selective":
         return {**common, "autoround": False, "selection": options.selection, "max_extra_memory": options.max_extra_memory,

@@ -28,6 +28,8 @@ def evaluate_command(
     iters: int = typer.Option(5, "--iters", help="AutoRound iterations per block (GPU stage; 50+ on a GPU)."),
     nsamples: int = typer.Option(8, "--nsamples", help="Calibration samples (GPU stage)."),
     calib_seqlen: int = typer.Option(64, "--calib-seqlen", help="Calibration sample length (GPU stage)."),
+    minmax_tuning: bool = typer.Option(False, "--minmax-tuning/--no-minmax-tuning",
+                                       help="Also tune AutoRound's per-row range shrink (GPU stage)."),
     sensitivity: str = typer.Option("first_order", "--sensitivity", help="first_order, measured or variance."),
     selection: str = typer.Option("budget", "--selection", help="Which blocks stay bf16: budget, topk or threshold."),
     max_extra_memory: float = typer.Option(0.10, "--max-extra-memory", help="budget: extra weight memory allowed (fraction)."),
@@ -45,7 +47,7 @@ def evaluate_command(
 
     options = options_from(
         model=model, out=out, dtype=dtype, kv=kv, text=text, max_tokens=max_tokens, seqlen=seqlen, prefill_len=prefill_len,
-        iters=iters, nsamples=nsamples, calib_seqlen=calib_seqlen, sensitivity=sensitivity, selection=selection,
+        iters=iters, nsamples=nsamples, calib_seqlen=calib_seqlen, minmax_tuning=minmax_tuning, sensitivity=sensitivity, selection=selection,
         max_extra_memory=max_extra_memory, topk=topk, threshold=threshold, gsm8k=gsm8k, task_limit=task_limit,
         max_new_tokens=max_new_tokens, lm_eval_tasks=[t for t in (lm_eval_tasks or "").split(",") if t], lm_eval_limit=lm_eval_limit,
     )

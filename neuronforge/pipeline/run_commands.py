@@ -90,6 +90,7 @@ def run(
     modules_to_not_convert: Optional[str] = typer.Option(None, "--modules-to-not-convert",
                                                          help="comma-separated; " + _h("modules_to_not_convert")),
     autoround: Optional[bool] = typer.Option(None, "--autoround/--no-autoround", help=_h("autoround")),
+    minmax_tuning: Optional[bool] = typer.Option(None, "--minmax-tuning/--no-minmax-tuning", help=_h("minmax_tuning")),
     kv: Optional[str] = typer.Option(None, "--kv", help=_h("kv")),
     eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help=_h("eval_tokens")),
     instance: Optional[str] = typer.Option(None, "--instance", help=_h("instance")),

@@ -71,6 +71,7 @@ class RunConfig(BaseModel):
         None, description="explicit blocks kept bf16 (e.g. lm_head, layers.0.mlp); skips the selection"
     )
     autoround: bool = Field(True, description="false: round-to-nearest on NxD's grid, no tuning")
+    minmax_tuning: bool = Field(False, description="also tune AutoRound's per-row range shrink (clips outliers)")
     kv: Literal["fp8", "bf16"] = Field("fp8", description="KV cache on Neuron (emulated on CPU): fp8 (e4m3) or bf16")
     eval_tokens: int = Field(4096, ge=16, description="held-out tokens per text scored by the emulation check")
     instance: str | None = Field(None, description="target ml.inf2/ml.trn1 instance; default: the compile step's")

@@ -77,7 +77,7 @@ def _model_run(ctx: StageContext) -> StageResult:
 # --- quantize ------------------------------------------------------------------------------------
 
 QUANTIZE_KEYS = ("dtype", "iters", "nsamples", "seqlen", "sensitivity", "selection", "max_extra_memory", "topk",
-                 "threshold", "modules_to_not_convert", "autoround")
+                 "threshold", "modules_to_not_convert", "autoround", "minmax_tuning")
 
 
 def _quantize_inputs(ctx: StageContext) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def emulation_markdown(summary: dict[str, Any]) -> str:
 # --- evaluate ------------------------------------------------------------------------------------
 
 EVALUATE_KEYS = ("dtype", "kv", "eval_tokens", "seqlen", "iters", "nsamples", "sensitivity", "selection",
-                 "max_extra_memory", "topk", "threshold")
+                 "max_extra_memory", "topk", "threshold", "minmax_tuning")
 
 
 def _evaluate_inputs(ctx: StageContext) -> dict[str, Any]:
@@ -181,7 +181,7 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
     report = evaluate(EvaluateOptions(
         model=str(ctx.output("model", "model")), out=ctx.workdir / "report", dtype=config.dtype, kv=config.kv,
         text=_given(ctx).text, max_tokens=config.eval_tokens, seqlen=config.seqlen, iters=max(config.iters, 1),
-        nsamples=config.nsamples, calib_seqlen=config.seqlen, sensitivity=config.sensitivity,
+        nsamples=config.nsamples, calib_seqlen=config.seqlen, minmax_tuning=config.minmax_tuning, sensitivity=config.sensitivity,
         max_extra_memory=config.max_extra_memory, topk=config.topk, threshold=config.threshold, **selection,
     ), command="neuronforge run --stages evaluate")
     return StageResult(summary={"report": "report/report.md", **json.loads(report.model_dump_json())})
