@@ -11,6 +11,7 @@ package  -> the SageMaker endpoint package when compiled, else a folder ready fo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,18 +81,24 @@ QUANTIZE_KEYS = ("dtype", "iters", "nsamples", "seqlen", "sensitivity", "selecti
                  "threshold", "modules_to_not_convert", "autoround", "minmax_tuning")
 
 
-def _quantize_inputs(ctx: StageContext) -> dict[str, Any]:
+def _config_values(ctx: StageContext, keys: tuple[str, ...]) -> dict[str, Any]:
     config = _given(ctx).config
-    return {"model": ctx.output("model", "model"), "text": _given(ctx).text,
-            **{key: getattr(config, key) for key in QUANTIZE_KEYS}}
+    return {key: getattr(config, key) for key in keys}
+
+
+def _model_text_inputs(keys: tuple[str, ...]) -> Callable[[StageContext], dict[str, Any]]:
+    """Inputs of a stage that reads the model, the text and these config keys."""
+    def inputs(ctx: StageContext) -> dict[str, Any]:
+        return {"model": ctx.output("model", "model"), "text": _given(ctx).text, **_config_values(ctx, keys)}
+
+    return inputs
 
 
 def _quantize_run(ctx: StageContext) -> StageResult:
     from neuronforge.pipeline.quantize import QuantizeOptions, quantize
 
-    config = _given(ctx).config
     options = QuantizeOptions(model=str(ctx.output("model", "model")), out=ctx.workdir / CHECKPOINT,
-                              text=_given(ctx).text, **{key: getattr(config, key) for key in QUANTIZE_KEYS})
+                              text=_given(ctx).text, **_config_values(ctx, QUANTIZE_KEYS))
     result = quantize(options)
     return StageResult(summary={
         "modules_to_not_convert": result.modules_to_not_convert, "grid_agreement": result.grid_agreement,
@@ -166,12 +173,6 @@ EVALUATE_KEYS = ("dtype", "kv", "eval_tokens", "seqlen", "iters", "nsamples", "s
                  "max_extra_memory", "topk", "threshold", "minmax_tuning")
 
 
-def _evaluate_inputs(ctx: StageContext) -> dict[str, Any]:
-    config = _given(ctx).config
-    return {"model": ctx.output("model", "model"), "text": _given(ctx).text,
-            **{key: getattr(config, key) for key in EVALUATE_KEYS}}
-
-
 def _evaluate_run(ctx: StageContext) -> StageResult:
     """The full table (bf16, RTN, AutoRound, selective variants); it quantizes its own variants."""
     from neuronforge.pipeline.evaluate import EvaluateOptions, evaluate
@@ -206,8 +207,7 @@ def _neuron_spec(ctx: StageContext) -> "NeuronConfigSpec":
 
 
 def _compile_inputs(ctx: StageContext) -> dict[str, Any]:
-    config = _given(ctx).config
-    return {"quantized": ctx.output("quantize"), **{key: getattr(config, key) for key in NEURON_KEYS}}
+    return {"quantized": ctx.output("quantize"), **_config_values(ctx, NEURON_KEYS)}
 
 
 def _compile_run(ctx: StageContext) -> StageResult:
@@ -222,10 +222,8 @@ def _compile_run(ctx: StageContext) -> StageResult:
 
 
 def _package_inputs(ctx: StageContext) -> dict[str, Any]:
-    config = _given(ctx).config
     compiled = ctx.output("compile") if ctx.done("compile") else None
-    return {"quantized": ctx.output("quantize"), "compiled": compiled,
-            **{key: getattr(config, key) for key in NEURON_KEYS}}
+    return {"quantized": ctx.output("quantize"), "compiled": compiled, **_config_values(ctx, NEURON_KEYS)}
 
 
 def _package_run(ctx: StageContext) -> StageResult:
@@ -251,12 +249,12 @@ def _package_run(ctx: StageContext) -> StageResult:
 # The registry, in run order. `needs` are hard dependencies; package also picks up compile when it ran.
 STAGES: list[Stage] = [
     Stage("model", "resolve the model (the embedded default is fetched once)", _model_inputs, _model_run),
-    Stage("quantize", "sensitivity analysis + AutoRound on NxD's grid", _quantize_inputs, _quantize_run,
+    Stage("quantize", "sensitivity analysis + AutoRound on NxD's grid", _model_text_inputs(QUANTIZE_KEYS), _quantize_run,
           needs=("model",), versions=("neuronforge", "torch", "transformers", "auto-round")),
     Stage("emulate", "perplexity, bf16 vs emulated Neuron numerics", _emulate_inputs, _emulate_run,
           needs=("model", "quantize"), versions=("neuronforge", "torch", "transformers")),
     Stage("evaluate", "full accuracy report: bf16, RTN, AutoRound, selective (slow: quantizes 3 variants)",
-          _evaluate_inputs, _evaluate_run, needs=("model",),
+          _model_text_inputs(EVALUATE_KEYS), _evaluate_run, needs=("model",),
           versions=("neuronforge", "torch", "transformers", "auto-round")),
     Stage("compile", "NxD Inference compile + smoke test", _compile_inputs, _compile_run, needs=("quantize",),
           unavailable=lambda ctx: neuron_unavailable(),

@@ -175,15 +175,20 @@ def _compile_env(target_instance: str, checkpoint: str, package_out: str) -> dic
             "NF_PACKAGE_OUT": package_out, "HF_HUB_OFFLINE": "1"}
 
 
+def _compile_image(job: JobSettings, kind: str, target_instance: str, tp_degree: int) -> str:
+    """Validate a compile job (its instance, the inf2 target, tp for that target) and pick its Neuron image."""
+    _checked_settings(job, kind)
+    validate_instance("serve", target_instance)
+    validate_tp_degree(target_instance, tp_degree)
+    return job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
+
+
 def compile_job_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str, tp_degree: int,
                         target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8",
                         seq_len: int = 1024) -> Request:
     """trn1 training job: `neuronforge compile` for the inf2 target, then `neuronforge package` into /opt/ml/model."""
-    _checked_settings(job, "compile")
-    validate_instance("serve", target_instance)
-    validate_tp_degree(target_instance, tp_degree)
+    image = _compile_image(job, "compile", target_instance, tp_degree)
     checkpoint = "/opt/ml/input/data/checkpoint"
-    image = job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
     env = _compile_env(target_instance, checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
     args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)
     return _training_job(job, "compile", image, COMPILE_SCRIPT, args, {"checkpoint": checkpoint_s3}, output_s3, env)
@@ -193,11 +198,8 @@ def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s
                                target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8",
                                seq_len: int = 1024) -> Request:
     """CPU processing job that cross-compiles for inf2 (processing jobs cannot use trn1/inf2 instances)."""
-    _checked_settings(job, "compile-cpu")
-    validate_instance("serve", target_instance)
-    validate_tp_degree(target_instance, tp_degree)
+    image = _compile_image(job, "compile-cpu", target_instance, tp_degree)
     checkpoint, out = "/opt/ml/processing/input/checkpoint", "/opt/ml/processing/output"
-    image = job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
     return {
         "ProcessingJobName": job.name,
         "RoleArn": job.role_arn,
