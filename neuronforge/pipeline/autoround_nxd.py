@@ -4,7 +4,7 @@ Stock AutoRound int8 is "full-range" (qmax 128, signed scale) and its fp8 uses +
 per-row scales as amax/127 (int8) and amax/240 (e4m3). Instead of patching auto-round internals we
 register two new data types, `nxd_int_sym` and `nxd_fp8_sym`, selected by the scheme's `data_type`
 ("nxd_int" / "nxd_fp8" with sym=True). They keep auto-round's signature and `(qdq, scale, zp)` return,
-tune the same learned rounding offset `v` and range shrink `max_scale`, but:
+tune the same learned rounding offset `v` (and, only with `minmax_tuning`, the range shrink `max_scale`), but:
 
 * scale = max(amax * max_scale / qmax, NxD's floor) in fp32, qmax = 127 or 240;
 * the element holding a row's |max| is pinned to +-qmax, so the row max of the fake-quantized
