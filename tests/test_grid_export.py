@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.grid import quantize_weight
-from neuronforge.pipeline.grid_export import Agreement, agreement, exact_bf16, naive_agreement, nxd_codes, require_exact
+from neuronforge.pipeline.grid_export import Agreement, agreement, exact_bf16, naive_agreement, require_exact
+
+
+def nxd_codes(weight: torch.Tensor, dtype: str) -> torch.Tensor:
+    """NxD's codes for a stored weight, as fp32 values for exact comparison."""
+    return quantize_weight(weight, dtype)[0].float()
+
 
 E4M3_VALUES = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
 E4M3_NEURON = E4M3_VALUES[torch.isfinite(E4M3_VALUES) & (E4M3_VALUES.abs() <= 240)]

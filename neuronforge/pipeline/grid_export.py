@@ -28,13 +28,6 @@ def nxd_scale_from_amax(amax: "torch.Tensor", dtype: str) -> "torch.Tensor":
     return fp8_per_channel_scale(amax, dtype)
 
 
-def nxd_codes(weight: "torch.Tensor", dtype: str) -> "torch.Tensor":
-    """NxD's codes for a weight as fp32 values (int8 codes or fp8 values), for exact comparison."""
-    from neuronforge.neuron.grid import quantize_weight
-
-    return quantize_weight(weight, dtype)[0].float()
-
-
 def _codes_under(weight: "torch.Tensor", scale: "torch.Tensor", dtype: str) -> "torch.Tensor":
     from neuronforge.neuron.grid import fp8_codes, int8_codes
 
