@@ -59,7 +59,7 @@ def decode_loop_logits(model: torch.nn.Module, ids: torch.Tensor, prefill_len: i
 def test_quantization_off_is_exactly_hf(tiny_llama_dir: Path) -> None:
     ids = tokens()
     expected = load_model(tiny_llama_dir)(ids).logits.float()
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec())
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(fast_bf16=False))
     assert emulated.converted == []
     assert torch.equal(emulated.logits(ids), expected)
     assert emulated.kv_risk.total == 0
@@ -80,7 +80,7 @@ def test_int8_matches_dequantized_reference(tiny_llama_dir: Path) -> None:
         model = load_model(tiny_llama_dir, dtype=dtype)
         embedding = model.get_input_embeddings().weight.detach().clone()
         plain[dtype] = model(ids).logits.float()
-        emulated = emulate(model, EmulationSpec(dtype="int8"))
+        emulated = emulate(model, EmulationSpec(dtype="int8", fast_bf16=False))
         got[dtype] = emulated.logits(ids)
         assert len(emulated.converted) == 15 and isinstance(model.lm_head, NeuronQuantLinear)
         assert torch.equal(model.get_input_embeddings().weight, embedding)  # untied: the embedding is not quantized
@@ -109,7 +109,7 @@ def test_fp8_kv_only_affects_decode_positions_and_matches_decode_loop(
     fp8_loop = decode_loop_logits(plain_model, ids, prefill, kv_fp8=True)
     bf16_loop = decode_loop_logits(plain_model, ids, prefill, kv_fp8=False)
 
-    emulated = emulate(load_model(folder, dtype=dtype), EmulationSpec(kv_fp8=True))
+    emulated = emulate(load_model(folder, dtype=dtype), EmulationSpec(kv_fp8=True, fast_bf16=False))
     got = emulated.logits(ids, prefill_len=prefill)
     assert torch.equal(got[:, :prefill], plain[:, :prefill])  # context encoding attends over fresh K/V
     effect = (got[:, prefill:] - plain[:, prefill:]).abs().amax(dim=-1)
@@ -134,7 +134,7 @@ def test_generate_matches_explicit_greedy_loop(make_tiny_llama: Callable[..., Pa
         sequence = torch.cat([sequence, step], dim=1)
         for layer in cache.layers:  # the cache stores fp8; the next step reads it back
             layer.keys, layer.values = fp8_roundtrip(layer.keys), fp8_roundtrip(layer.values)
-    emulated = emulate(load_model(folder, dtype=torch.float32), EmulationSpec(kv_fp8=True))
+    emulated = emulate(load_model(folder, dtype=torch.float32), EmulationSpec(kv_fp8=True, fast_bf16=False))
     emulated.model.generation_config.eos_token_id = None
     out = emulated.generate(prompt, new)
     assert out.shape == (1, 9 + new)
@@ -144,7 +144,7 @@ def test_generate_matches_explicit_greedy_loop(make_tiny_llama: Callable[..., Pa
 
 @torch.inference_mode()
 def test_generate_stops_at_eos(tiny_llama_dir: Path) -> None:
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True))
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, fast_bf16=False))
     prompt = tokens(n=1, seq=5)
     first = int(emulated.generate(prompt, 1)[0, -1])
     emulated.model.generation_config.eos_token_id = first
@@ -157,7 +157,7 @@ def test_kv_risk_counts_values_beyond_240(make_tiny_llama: Callable[..., Path]) 
     model = load_model(folder)
     with torch.no_grad():
         model.model.layers[0].self_attn.v_proj.weight.mul_(400.0)
-    emulated = emulate(model, EmulationSpec(kv_fp8=True))
+    emulated = emulate(model, EmulationSpec(kv_fp8=True, fast_bf16=False))
     emulated.logits(tokens())
     assert 0 < emulated.kv_risk.over < emulated.kv_risk.total
     assert emulated.kv_risk.max_abs > 240
@@ -171,7 +171,7 @@ def test_not_convert_follows_nxdi_runtime_rules(make_tiny_llama: Callable[..., P
 
     def kept(entries: tuple[str, ...]) -> set[str]:
         model = load_model(folder)
-        emulate(model, EmulationSpec(dtype="int8", modules_to_not_convert=entries))
+        emulate(model, EmulationSpec(dtype="int8", modules_to_not_convert=entries, fast_bf16=False))
         names = set()
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear):
@@ -198,7 +198,7 @@ def test_bad_spec_is_a_clear_error(tiny_llama_dir: Path) -> None:
         load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", qtype="blockwise"))
     with pytest.raises(NeuronforgeError, match="per_tensor_symmetric ignores"):
         load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", qtype="per_tensor_symmetric", modules_to_not_convert=("lm_head",)))
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec(kv_fp8=True))
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(kv_fp8=True, fast_bf16=False))
     with pytest.raises(NeuronforgeError, match="prefill_len"):
         emulated.logits(tokens(), prefill_len=0)
     with pytest.raises(NeuronforgeError, match="one non-empty prompt"):
@@ -210,7 +210,7 @@ def test_bad_spec_is_a_clear_error(tiny_llama_dir: Path) -> None:
 @torch.inference_mode()
 def test_perplexity_is_exp_mean_nll(tiny_llama_dir: Path) -> None:
     windows = tokens(n=5, seq=16)
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec())
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(fast_bf16=False))
     logits = load_model(tiny_llama_dir)(windows).logits.float()[:, :-1]
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), windows[:, 1:].reshape(-1))
     assert perplexity(emulated, windows, batch_size=2) == pytest.approx(math.exp(float(nll)), rel=1e-5)

@@ -105,10 +105,10 @@ def test_a_zeroed_layer_is_flagged_as_broken(tiny_llama_dir):
     from neuronforge.pipeline.metrics import perplexity_from_logits
 
     windows = {"t": torch.randint(3, 512, (2, 48), generator=torch.Generator().manual_seed(1))}
-    bf16 = load_emulated(tiny_llama_dir, EmulationSpec())
+    bf16 = load_emulated(tiny_llama_dir, EmulationSpec(fast_bf16=False))
     ref_logits = {"t": bf16.logits(windows["t"])}
     reference = ev.Reference(windows, ref_logits, {"t": perplexity_from_logits(ref_logits["t"], windows["t"])})
-    broken = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", modules_to_not_convert=("lm_head",)))
+    broken = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", modules_to_not_convert=("lm_head",), fast_bf16=False))
     healthy = ev.compare(reference, {"t": broken.logits(windows["t"])}, quantized=True)
     with torch.no_grad():
         broken.model.model.layers[0].mlp.down_proj.scale.zero_()

@@ -31,8 +31,8 @@ class EmulationSpec:
     modules_to_not_convert: tuple[str, ...] = ()
     qtype: str = "per_channel_symmetric"
     # bf16 Linears as fp32 GEMMs rounded once to bf16 (device-like fp32 accumulation, ~6x faster on CPUs
-    # without native bf16). Off: HF's own bf16 kernels, bit-identical to the unmodified model.
-    fast_bf16: bool = False
+    # without native bf16); every command uses it. Off: HF's own bf16 kernels, bit-identical to the unmodified model.
+    fast_bf16: bool = True
 
     def validate(self) -> None:
         if self.dtype is not None and self.dtype not in QUANT_DTYPES:

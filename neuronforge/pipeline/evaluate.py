@@ -255,7 +255,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
             t0 = time.perf_counter()
             mtnc = kept.get(plan.stage or "rtn", []) if plan.weights else []
             spec = EmulationSpec(dtype=options.dtype if plan.weights else None, kv_fp8=plan.kv_fp8,
-                                 modules_to_not_convert=tuple(mtnc), fast_bf16=True)
+                                 modules_to_not_convert=tuple(mtnc))
             emulated = load_emulated(checkpoints.get(plan.stage, source) if plan.stage else source, spec)
             windows_task = bar.add_task(f"  {plan.label}", total=total_windows)
             logits = {t: text_logits(emulated, w, options.prefill_len, options.batch_size,

@@ -129,8 +129,8 @@ def _emulate_run(ctx: StageContext) -> StageResult:
     windows = {name: evaluation_windows(tokenizer, text, config.seqlen, config.eval_tokens)
                for name, text in splits.evaluation.items()}
     variants = {
-        "bf16": (source, EmulationSpec(fast_bf16=True)),
-        "neuron": (_quantized(ctx), EmulationSpec(dtype=config.dtype, kv_fp8=config.kv == "fp8", fast_bf16=True,
+        "bf16": (source, EmulationSpec()),
+        "neuron": (_quantized(ctx), EmulationSpec(dtype=config.dtype, kv_fp8=config.kv == "fp8",
                                                   modules_to_not_convert=tuple(_not_converted(ctx)))),
     }
     ppl: dict[str, dict[str, float]] = {}
