@@ -23,9 +23,10 @@ def main() -> None:
 
     import torch
 
-    from neuronforge.pipeline.models import load_model, load_tokenizer, resolve_model
-    from neuronforge.pipeline.sensitivity import calibration_batches, analyze
-    from neuronforge.pipeline.texts import calibration_samples, embedded_splits
+    from neuronforge.assets.models import resolve_model
+    from neuronforge.assets.texts import calibration_samples, embedded_splits
+    from neuronforge.hf.folders import load_model, load_tokenizer
+    from neuronforge.pipeline.quantize.sensitivity import analyze, calibration_batches
 
     path = resolve_model(args.model)
     model = load_model(path, torch.float32)

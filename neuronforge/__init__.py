@@ -1,8 +1,97 @@
 """neuronforge: quantize a Hugging Face causal LM and ship it to AWS Inferentia2/Trainium.
 
+The Python API, one verb per step (like `torchao.quantize_` and `llmcompressor.oneshot`):
+
+    import neuronforge as nf
+    result = nf.quantize(nf.QuantizeOptions(model="smollm2", out="q-int8", dtype="int8"))
+
 Stage 1 (GPU or CPU) writes a fake-quantized bf16 checkpoint on NxD's exact grid plus the list of
 blocks that stay bf16; stage 2 (inf2/trn1) compiles it with NxD Inference. The CPU reference path
 emulates Neuron numerics so CI can check stage 2's output without Neuron hardware.
+
+Attributes load lazily (PEP 562), so `import neuronforge` imports neither torch nor transformers.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.version import __version__
+
+# public name -> (module, attribute)
+_LAZY: dict[str, tuple[str, str]] = {
+    "quantize": ("neuronforge.pipeline.quantize.api", "quantize"),
+    "QuantizeOptions": ("neuronforge.pipeline.quantize.api", "QuantizeOptions"),
+    "QuantizeResult": ("neuronforge.pipeline.quantize.api", "QuantizeResult"),
+    "emulate": ("neuronforge.neuron.emulate", "emulate"),
+    "load_emulated": ("neuronforge.neuron.emulate", "load_emulated"),
+    "EmulationSpec": ("neuronforge.neuron.emulate", "EmulationSpec"),
+    "EmulatedModel": ("neuronforge.neuron.emulate", "EmulatedModel"),
+    "evaluate": ("neuronforge.pipeline.evaluate.api", "evaluate"),
+    "EvaluateOptions": ("neuronforge.pipeline.evaluate.api", "EvaluateOptions"),
+    "EvaluationReport": ("neuronforge.pipeline.evaluate.report", "EvaluationReport"),
+    "neuron_config": ("neuronforge.neuron.config", "build_neuron_config_spec"),
+    "NeuronConfigSpec": ("neuronforge.neuron.config", "NeuronConfigSpec"),
+    "compile": ("neuronforge.neuron.compile", "compile_model"),
+    "CompileOptions": ("neuronforge.neuron.compile", "CompileOptions"),
+    "package": ("neuronforge.sagemaker.packaging", "package_model"),
+    "run": ("neuronforge.pipeline.run.api", "run_pipeline"),
+    "RunConfig": ("neuronforge.pipeline.run.config", "RunConfig"),
+    "RunOutcome": ("neuronforge.pipeline.run.api", "RunOutcome"),
+    "fetch_model": ("neuronforge.assets.models", "fetch"),
+}
+
+__all__ = [
+    "NeuronforgeError",
+    "__version__",
+    "quantize",
+    "QuantizeOptions",
+    "QuantizeResult",
+    "emulate",
+    "load_emulated",
+    "EmulationSpec",
+    "EmulatedModel",
+    "evaluate",
+    "EvaluateOptions",
+    "EvaluationReport",
+    "neuron_config",
+    "NeuronConfigSpec",
+    "compile",
+    "CompileOptions",
+    "package",
+    "run",
+    "RunConfig",
+    "RunOutcome",
+    "fetch_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'neuronforge' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from neuronforge.assets.models import fetch as fetch_model
+    from neuronforge.neuron.compile import CompileOptions
+    from neuronforge.neuron.compile import compile_model as compile
+    from neuronforge.neuron.config import NeuronConfigSpec
+    from neuronforge.neuron.config import build_neuron_config_spec as neuron_config
+    from neuronforge.neuron.emulate import EmulatedModel, EmulationSpec, emulate, load_emulated
+    from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
+    from neuronforge.pipeline.evaluate.report import EvaluationReport
+    from neuronforge.pipeline.quantize.api import QuantizeOptions, QuantizeResult, quantize
+    from neuronforge.pipeline.run.api import RunOutcome
+    from neuronforge.pipeline.run.api import run_pipeline as run
+    from neuronforge.pipeline.run.config import RunConfig
+    from neuronforge.sagemaker.packaging import package_model as package

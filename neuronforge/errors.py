@@ -24,4 +24,6 @@ def validated(schema: type[Model], command: str, /, **values: Any) -> Model:
         return schema(**values)
     except pydantic.ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise NeuronforgeError(f"invalid {command} options: {problems}", f"see `neuronforge {command} --help`") from None
+        raise NeuronforgeError(
+            f"invalid {command} options: {problems}", f"see `neuronforge {command} --help`"
+        ) from None

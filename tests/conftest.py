@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real embedded model, converted once into the user's cache (about a minute the first time)."""
-    from neuronforge.pipeline.embedded import fetch
+    from neuronforge.assets.models import fetch
 
     return fetch("smollm2")
 
@@ -27,13 +27,17 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from neuronforge.pipeline.texts import load_embedded_text
+    from neuronforge.assets.texts import load_embedded_text
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([load_embedded_text("britannica")], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     out = tmp_path_factory.mktemp("tiny-tokenizer")
@@ -52,9 +56,17 @@ def make_tiny_llama(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathF
 
     def build(name: str = "tiny", *, seed: int = 0, dtype: torch.dtype = torch.bfloat16, **overrides: object) -> Path:
         settings: dict[str, object] = dict(
-            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=1,
-            eos_token_id=2, rope_theta=10000.0,
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            rope_theta=10000.0,
         )
         settings.update(overrides)
         torch.manual_seed(seed)

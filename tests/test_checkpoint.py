@@ -17,8 +17,15 @@ from neuronforge.neuron.checkpoint import INDEX_NAME, NOT_CONVERT_NAME, write_qu
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+LINEARS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 
 
 def hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -84,7 +91,9 @@ def test_excluded_modules_stay_bf16(make_tiny_llama: Callable[..., Path], tmp_pa
         # layers.10 / layers.11 do not collide with the canonical ".self_attn"-suffixed entry
         assert got[f"layers.10.{name}.weight"].dtype == torch.int8
     assert set(result.kept) == {"lm_head", *(f"model.layers.1.{n}" for n in LINEARS[:4])}
-    assert json.loads((out / NOT_CONVERT_NAME).read_text()) == {"modules_to_not_convert": ["layers.1.self_attn", "lm_head"]}
+    assert json.loads((out / NOT_CONVERT_NAME).read_text()) == {
+        "modules_to_not_convert": ["layers.1.self_attn", "lm_head"]
+    }
 
     # A bare "layers.1" is a plain substring on the HF side: it also catches layers.10 and layers.11.
     loose = write_quantized_checkpoint(folder, tmp_path / "loose", "int8", modules_to_not_convert=["layers.1"])
@@ -94,8 +103,13 @@ def test_excluded_modules_stay_bf16(make_tiny_llama: Callable[..., Path], tmp_pa
 def test_fp8_drops_biases_and_uses_240_grid(make_tiny_llama: Callable[..., Path], tmp_path: Path) -> None:
     folder = make_tiny_llama("tinybias", attention_bias=True, mlp_bias=True)
     src = hf_tensors(folder)
-    fp8 = out_tensors(Path(write_quantized_checkpoint(folder, tmp_path / "fp8", "f8e4m3",
-                                                      modules_to_not_convert=["layers.0.mlp"]).out_dir))
+    fp8 = out_tensors(
+        Path(
+            write_quantized_checkpoint(
+                folder, tmp_path / "fp8", "f8e4m3", modules_to_not_convert=["layers.0.mlp"]
+            ).out_dir
+        )
+    )
     int8 = out_tensors(Path(write_quantized_checkpoint(folder, tmp_path / "int8", "int8").out_dir))
     assert "layers.0.self_attn.q_proj.bias" in int8 and int8["layers.0.self_attn.q_proj.bias"].dtype == torch.bfloat16
     assert "layers.0.self_attn.q_proj.bias" not in fp8 and "layers.1.mlp.up_proj.bias" not in fp8
@@ -114,8 +128,9 @@ def test_per_tensor_ignores_list_like_nxdi(tiny_llama_dir: Path, tmp_path: Path)
     assert got["layers.0.mlp.up_proj.scale"].shape == (1,)
 
 
-def test_streams_one_shard_at_a_time(make_tiny_llama: Callable[..., Path], tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streams_one_shard_at_a_time(
+    make_tiny_llama: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = make_tiny_llama("tinyshards")
     model_dir = tmp_path / "sharded"
     from transformers import AutoModelForCausalLM
@@ -197,8 +212,20 @@ def test_quantize_nxd_cli(tiny_llama_dir: Path, tmp_path: Path) -> None:
     skip.write_text('["lm_head", "layers.1.self_attn"]')
     out = tmp_path / "nxd"
     runner = CliRunner()
-    result = runner.invoke(app, ["quantize-nxd", "--model", str(tiny_llama_dir), "--out", str(out), "--dtype", "f8e4m3",
-                                 "--not-convert", str(skip)])
+    result = runner.invoke(
+        app,
+        [
+            "quantize-nxd",
+            "--model",
+            str(tiny_llama_dir),
+            "--out",
+            str(out),
+            "--dtype",
+            "f8e4m3",
+            "--not-convert",
+            str(skip),
+        ],
+    )
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # rich wraps long lines
     assert "10 Linears f8e4m3 per_channel_symmetric, 5 kept bf16, 1 shard(s)" in output

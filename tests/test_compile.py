@@ -23,8 +23,15 @@ from neuronforge.neuron.versions import neuron_sdk
 
 STANDIN = Path(__file__).parent / "nxdi_standin"
 EXPECTED_ORDER = [
-    "NeuronConfig", "load_pretrained_config", "InferenceConfig", "save_quantized_state_dict",
-    "NeuronLlamaForCausalLM", "compile", "load", "HuggingFaceGenerationAdapter", "generate",
+    "NeuronConfig",
+    "load_pretrained_config",
+    "InferenceConfig",
+    "save_quantized_state_dict",
+    "NeuronLlamaForCausalLM",
+    "compile",
+    "load",
+    "HuggingFaceGenerationAdapter",
+    "generate",
 ]
 
 
@@ -75,8 +82,9 @@ def test_fp8_call_sequence_env_and_config(nxdi: ModuleType, tiny_llama_dir: Path
 
     out = tmp_path / "compiled"
     assert not set(FP8_ENV) & os.environ.keys()
-    compile_model(CompileOptions(model=str(tiny_llama_dir), out=out, dtype="f8e4m3", kv="fp8", seq_len=128,
-                                 smoke_tokens=5))
+    compile_model(
+        CompileOptions(model=str(tiny_llama_dir), out=out, dtype="f8e4m3", kv="fp8", seq_len=128, smoke_tokens=5)
+    )
 
     assert [name for name, _ in nxdi.CALLS] == EXPECTED_ORDER
     for name in ("save_quantized_state_dict", "compile", "load", "generate"):
@@ -130,8 +138,14 @@ def test_reads_stage1_not_convert_file(nxdi: ModuleType, tiny_llama_dir: Path, t
 
 
 def test_neuron_config_file_drives_the_compile(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
-    spec = build_neuron_config_spec(tiny_llama_dir, dtype="f8e5m2", kv="bf16", tp_degree=1, seq_len=64,
-                                    modules_to_not_convert=["layers.0.self_attn"])
+    spec = build_neuron_config_spec(
+        tiny_llama_dir,
+        dtype="f8e5m2",
+        kv="bf16",
+        tp_degree=1,
+        seq_len=64,
+        modules_to_not_convert=["layers.0.self_attn"],
+    )
     config_path, _ = write_config_files(spec, tmp_path / "cfg")
     compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", neuron_config=config_path))
     kwargs = calls(nxdi, "NeuronConfig")[0]["kwargs"]
@@ -148,8 +162,9 @@ def test_bad_config_stops_before_any_nxdi_work(nxdi: ModuleType, tiny_llama_dir:
     assert nxdi.CALLS == [] and not (tmp_path / "c").exists()
 
 
-def test_failed_compile_leaves_no_output(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_compile_leaves_no_output(
+    nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from neuronx_distributed_inference.models.llama.modeling_llama import NeuronLlamaForCausalLM
 
     def broken(self: Any, path: str) -> None:
@@ -172,8 +187,24 @@ def test_existing_output_needs_overwrite(nxdi: ModuleType, tiny_llama_dir: Path,
 
 
 def test_cli_compile_with_standin(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["compile", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "c"),
-                                      "--dtype", "f8e4m3", "--tp", "1", "--kv", "fp8", "--seq-len", "128"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "compile",
+            "--model",
+            str(tiny_llama_dir),
+            "--out",
+            str(tmp_path / "c"),
+            "--dtype",
+            "f8e4m3",
+            "--tp-degree",
+            "1",
+            "--kv",
+            "fp8",
+            "--seq-len",
+            "128",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "notice:" in result.output and "added 'lm_head'" in result.output and "compiled:" in result.output
     assert calls(nxdi, "NeuronConfig")[0]["kwargs"]["tp_degree"] == 1

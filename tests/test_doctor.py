@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from neuronforge import doctor
 from neuronforge.cli import app
+from neuronforge.neuron import host
 from neuronforge.neuron.versions import DEFAULT_SDK, neuron_sdk
-from neuronforge.pipeline import doctor
 
 GIB = 1 << 30
 
@@ -37,13 +38,20 @@ def test_neuron_absent_partial_and_ready(tmp_path: Path) -> None:
     assert doctor.check_neuron(dev, versions=pins).status == "ok"
     placeholder = doctor.check_neuron(dev, versions={**pins, "neuronx-distributed-inference": "0.1.0"})
     assert placeholder.status == "warn" and "not the pinned versions" in placeholder.detail
-    assert doctor.neuron_unavailable(tmp_path / "empty-dev").startswith("no Neuron device")
-    assert "NxD Inference is not installed" in doctor.neuron_unavailable(dev)
+    assert host.neuron_unavailable(tmp_path / "empty-dev").startswith("no Neuron device")
+    assert "NxD Inference is not installed" in host.neuron_unavailable(dev)
 
 
 def test_aws_credentials_and_region(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
@@ -55,8 +63,11 @@ def test_aws_credentials_and_region(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
     checks = doctor.check_aws(env={"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"})
-    assert [(c.name, c.status) for c in checks] == [("AWS credentials", "ok"), ("AWS region", "ok"),
-                                                   ("AWS endpoint", "warn")]
+    assert [(c.name, c.status) for c in checks] == [
+        ("AWS credentials", "ok"),
+        ("AWS region", "ok"),
+        ("AWS endpoint", "warn"),
+    ]
     assert "env" in checks[0].detail and checks[1].detail == "us-west-2"
 
 

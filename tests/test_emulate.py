@@ -12,10 +12,10 @@ import torch
 from transformers import DynamicCache
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.folders import load_model
 from neuronforge.neuron.emulate import EmulationSpec, emulate, load_emulated, perplexity
 from neuronforge.neuron.kv_cache import fp8_roundtrip
 from neuronforge.neuron.qlinear import Bf16Linear, NeuronQuantLinear
-from neuronforge.pipeline.models import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 
@@ -167,7 +167,9 @@ def test_kv_risk_counts_values_beyond_240(make_tiny_llama: Callable[..., Path]) 
 @torch.inference_mode()
 def test_not_convert_follows_nxdi_runtime_rules(make_tiny_llama: Callable[..., Path]) -> None:
     folder = make_tiny_llama("tiny12e", num_hidden_layers=12, hidden_size=32, intermediate_size=32)
-    original = {n: m.weight.detach().clone() for n, m in load_model(folder).named_modules() if isinstance(m, torch.nn.Linear)}
+    original = {
+        n: m.weight.detach().clone() for n, m in load_model(folder).named_modules() if isinstance(m, torch.nn.Linear)
+    }
 
     def kept(entries: tuple[str, ...]) -> set[str]:
         model = load_model(folder)
@@ -197,7 +199,10 @@ def test_bad_spec_is_a_clear_error(tiny_llama_dir: Path) -> None:
     with pytest.raises(NeuronforgeError, match="quantization type"):
         load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", qtype="blockwise"))
     with pytest.raises(NeuronforgeError, match="per_tensor_symmetric ignores"):
-        load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", qtype="per_tensor_symmetric", modules_to_not_convert=("lm_head",)))
+        load_emulated(
+            tiny_llama_dir,
+            EmulationSpec(dtype="int8", qtype="per_tensor_symmetric", modules_to_not_convert=("lm_head",)),
+        )
     emulated = load_emulated(tiny_llama_dir, EmulationSpec(kv_fp8=True, fast_bf16=False))
     with pytest.raises(NeuronforgeError, match="prefill_len"):
         emulated.logits(tokens(), prefill_len=0)
@@ -218,22 +223,26 @@ def test_perplexity_is_exp_mean_nll(tiny_llama_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_smollm2_quantized_perplexity_close_to_bf16(smollm2_dir: Path) -> None:
-    from neuronforge.pipeline.models import load_tokenizer
-    from neuronforge.pipeline.texts import embedded_splits, evaluation_windows
+    from neuronforge.assets.texts import embedded_splits, evaluation_windows
+    from neuronforge.hf.folders import load_tokenizer
 
     tokenizer = load_tokenizer(smollm2_dir)
-    windows = evaluation_windows(tokenizer, embedded_splits(("britannica",)).evaluation["britannica"], 256, max_tokens=512)
+    windows = evaluation_windows(
+        tokenizer, embedded_splits(("britannica",)).evaluation["britannica"], 256, max_tokens=512
+    )
     assert windows.shape == (2, 256)
     ppl = {}
     base = load_model(smollm2_dir)
-    for name, spec in {"bf16": EmulationSpec(fast_bf16=True),
-                       "int8": EmulationSpec(dtype="int8", kv_fp8=True, fast_bf16=True),
-                       "f8e4m3": EmulationSpec(dtype="f8e4m3", kv_fp8=True, fast_bf16=True)}.items():
+    for name, spec in {
+        "bf16": EmulationSpec(fast_bf16=True),
+        "int8": EmulationSpec(dtype="int8", kv_fp8=True, fast_bf16=True),
+        "f8e4m3": EmulationSpec(dtype="f8e4m3", kv_fp8=True, fast_bf16=True),
+    }.items():
         emulated = emulate(copy.deepcopy(base), spec)
         ppl[name] = perplexity(emulated, windows)
         if name == "int8":
             prompt = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
-            text = tokenizer.decode(emulated.generate(prompt, 8)[0, prompt.shape[1]:], skip_special_tokens=True)
+            text = tokenizer.decode(emulated.generate(prompt, 8)[0, prompt.shape[1] :], skip_special_tokens=True)
             assert text.strip()
     assert 1.0 < ppl["bf16"] < 100.0
     assert ppl["int8"] / ppl["bf16"] < 1.03, ppl
@@ -243,16 +252,29 @@ def test_smollm2_quantized_perplexity_close_to_bf16(smollm2_dir: Path) -> None:
 def test_emulate_cli(tiny_llama_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
+    from neuronforge.assets.texts import load_embedded_text
     from neuronforge.cli import app
-    from neuronforge.pipeline.texts import load_embedded_text
 
     text = tmp_path / "doc.txt"
     text.write_text(load_embedded_text("verne")[:20000])
     skip = tmp_path / "skip.json"
     skip.write_text('{"modules_to_not_convert": ["lm_head", "layers.0.mlp"]}')
     runner = CliRunner()
-    args = ["emulate", "--model", str(tiny_llama_dir), "--text", str(text), "--max-tokens", "96", "--seqlen", "32",
-            "--max-new-tokens", "4", "--prompt", "The year"]
+    args = [
+        "emulate",
+        "--model",
+        str(tiny_llama_dir),
+        "--text",
+        str(text),
+        "--max-tokens",
+        "96",
+        "--eval-seq-len",
+        "32",
+        "--max-new-tokens",
+        "4",
+        "--prompt",
+        "The year",
+    ]
     result = runner.invoke(app, [*args, "--dtype", "f8e4m3", "--kv", "fp8", "--not-convert", str(skip)])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # rich wraps long lines

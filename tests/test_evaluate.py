@@ -11,11 +11,17 @@ import torch
 from typer.testing import CliRunner
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline import evaluate as ev
+from neuronforge.pipeline.evaluate import api as ev
 
 
 def test_plan_variants_adds_a_kv_only_row_for_fp8_kv():
-    assert [p.key for p in ev.plan_variants("int8", False)] == ["bf16", "rtn", "autoround", "rtn_selective", "autoround_selective"]
+    assert [p.key for p in ev.plan_variants("int8", False)] == [
+        "bf16",
+        "rtn",
+        "autoround",
+        "rtn_selective",
+        "autoround_selective",
+    ]
     fp8 = ev.plan_variants("f8e4m3", True)
     assert [p.key for p in fp8][:2] == ["bf16", "bf16_kv"]
     assert not fp8[0].kv_fp8 and all(p.kv_fp8 for p in fp8[1:])
@@ -23,7 +29,7 @@ def test_plan_variants_adds_a_kv_only_row_for_fp8_kv():
 
 
 def test_bad_options_are_clear_errors(tmp_path):
-    with pytest.raises(NeuronforgeError, match="prefill_len 300 must be <= seqlen 256"):
+    with pytest.raises(NeuronforgeError, match="prefill_len 300 must be <= eval_seq_len 256"):
         ev.options_from(out=tmp_path, prefill_len=300)
     with pytest.raises(NeuronforgeError, match="dtype"):
         ev.options_from(out=tmp_path, dtype="int4")
@@ -34,9 +40,19 @@ def tiny_run(tiny_llama_dir, tmp_path_factory):
     gsm = tmp_path_factory.mktemp("task") / "gsm.jsonl"
     gsm.write_text("\n".join(json.dumps({"question": q, "answer": f"#### {a}"}) for q, a in [("2+2?", 4), ("3+3?", 6)]))
     options = ev.options_from(
-        model=str(tiny_llama_dir), out=tmp_path_factory.mktemp("eval") / "report", dtype="int8", kv="fp8",
-        max_tokens=128, seqlen=64, iters=2, nsamples=4, calib_seqlen=32, selection="topk", topk=1,
-        gsm8k=gsm, max_new_tokens=4,
+        model=str(tiny_llama_dir),
+        out=tmp_path_factory.mktemp("eval") / "report",
+        dtype="int8",
+        kv="fp8",
+        max_tokens=128,
+        eval_seq_len=64,
+        iters=2,
+        nsamples=4,
+        calib_seq_len=32,
+        selection="topk",
+        topk=1,
+        gsm8k=gsm,
+        max_new_tokens=4,
     )
     return options, ev.evaluate(options, command="neuronforge evaluate (test)")
 
@@ -60,7 +76,12 @@ def test_every_variant_is_measured_and_written(tiny_run):
     selective = by_key["rtn_selective"].modules_to_not_convert
     assert len(selective) == 2 and "lm_head" in selective
     assert by_key["autoround_selective"].modules_to_not_convert == selective
-    assert by_key["rtn"].weight_bytes == by_key["autoround"].weight_bytes < by_key["rtn_selective"].weight_bytes < ref.weight_bytes
+    assert (
+        by_key["rtn"].weight_bytes
+        == by_key["autoround"].weight_bytes
+        < by_key["rtn_selective"].weight_bytes
+        < ref.weight_bytes
+    )
     assert by_key["bf16_kv"].weight_bytes == ref.weight_bytes
     assert all(v.kv_out_of_range == 0.0 for v in report.variants[1:])
     md = (out / "report.md").read_text()
@@ -69,21 +90,23 @@ def test_every_variant_is_measured_and_written(tiny_run):
 
 
 def test_perplexity_agrees_with_the_emulator_s_own(tiny_run, tiny_llama_dir):
+    from neuronforge.assets.texts import embedded_splits, evaluation_windows
+    from neuronforge.hf.folders import load_tokenizer
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
-    from neuronforge.pipeline.models import load_tokenizer
-    from neuronforge.pipeline.texts import embedded_splits, evaluation_windows
 
     options, report = tiny_run
     tok = load_tokenizer(tiny_llama_dir)
     name, text = next(iter(embedded_splits().evaluation.items()))
-    windows = evaluation_windows(tok, text, options.seqlen, options.max_tokens)
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=True))
+    windows = evaluation_windows(tok, text, options.eval_seq_len, options.max_tokens)
+    emulated = load_emulated(
+        tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=True)
+    )
     rtn = next(v for v in report.variants if v.key == "rtn")
     assert rtn.perplexity[name] == pytest.approx(perplexity(emulated, windows), rel=1e-4)
 
 
 def test_rerun_reuses_cached_stage_checkpoints(tiny_run, monkeypatch):
-    import neuronforge.pipeline.quantize as quantize_module
+    import neuronforge.pipeline.quantize.api as quantize_module
 
     options, first = tiny_run
     calls = []
@@ -93,7 +116,10 @@ def test_rerun_reuses_cached_stage_checkpoints(tiny_run, monkeypatch):
     assert calls == []
     assert [v.perplexity for v in again.variants] == [v.perplexity for v in first.variants]
     assert sorted(p.name.split("-")[0] for p in (options.out / "stages").iterdir()) == [
-        "autoround", "autoround_selective", "rtn_selective"]
+        "autoround",
+        "autoround_selective",
+        "rtn_selective",
+    ]
     assert all("(cached)" in k for k in again.timings if k.startswith("stage"))
     # a different stage option is a different cache key, so the stage runs again
     ev.stage_checkpoint("rtn_selective", Path(options.model), options.model_copy(update={"topk": 2}))
@@ -102,13 +128,15 @@ def test_rerun_reuses_cached_stage_checkpoints(tiny_run, monkeypatch):
 
 def test_a_zeroed_layer_is_flagged_as_broken(tiny_llama_dir):
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated
-    from neuronforge.pipeline.metrics import perplexity_from_logits
+    from neuronforge.pipeline.evaluate.metrics import perplexity_from_logits
 
     windows = {"t": torch.randint(3, 512, (2, 48), generator=torch.Generator().manual_seed(1))}
     bf16 = load_emulated(tiny_llama_dir, EmulationSpec(fast_bf16=False))
     ref_logits = {"t": bf16.logits(windows["t"])}
     reference = ev.Reference(windows, ref_logits, {"t": perplexity_from_logits(ref_logits["t"], windows["t"])})
-    broken = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", modules_to_not_convert=("lm_head",), fast_bf16=False))
+    broken = load_emulated(
+        tiny_llama_dir, EmulationSpec(dtype="int8", modules_to_not_convert=("lm_head",), fast_bf16=False)
+    )
     healthy = ev.compare(reference, {"t": broken.logits(windows["t"])}, quantized=True)
     with torch.no_grad():
         broken.model.model.layers[0].mlp.down_proj.scale.zero_()

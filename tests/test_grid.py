@@ -104,13 +104,15 @@ def test_int8_per_tensor_uses_127_5_divisor() -> None:
     assert codes.tolist() == [[-128, 2], [127, 4]]  # +amax lands on 127.5 -> 128 -> clipped to 127
 
 
-@pytest.mark.parametrize("qdtype, torch_dtype, limit", [("f8e4m3", torch.float8_e4m3fn, 240.0),
-                                                        ("f8e5m2", torch.float8_e5m2, 57344.0)])
+@pytest.mark.parametrize(
+    "qdtype, torch_dtype, limit", [("f8e4m3", torch.float8_e4m3fn, 240.0), ("f8e5m2", torch.float8_e5m2, 57344.0)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @given(data=st.data())
 @settings(max_examples=100, deadline=None)
-def test_fp8_per_channel_grid(qdtype: str, torch_dtype: torch.dtype, limit: float, dtype: torch.dtype,
-                              data: st.DataObject) -> None:
+def test_fp8_per_channel_grid(
+    qdtype: str, torch_dtype: torch.dtype, limit: float, dtype: torch.dtype, data: st.DataObject
+) -> None:
     w = data.draw(weights(dtype))
     codes, scale = quantize_weight(w, qdtype, "per_channel_symmetric")
     assert fp8_max(qdtype) == limit

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.grid import quantize_weight
-from neuronforge.pipeline.grid_export import Agreement, agreement, exact_bf16, naive_agreement, require_exact
+from neuronforge.pipeline.quantize.grid_export import Agreement, agreement, exact_bf16, naive_agreement, require_exact
 
 
 def nxd_codes(weight: torch.Tensor, dtype: str) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.gsm8k import (
+from neuronforge.pipeline.evaluate.gsm8k import (
     Problem,
     gold_answer,
     load_problems,
@@ -19,7 +19,9 @@ from neuronforge.pipeline.gsm8k import (
 )
 
 
-@pytest.mark.parametrize(("raw", "norm"), [("1,000", "1000"), ("$5", "5"), ("3.0", "3"), ("-3.50", "-3.5"), ("72.", "72")])
+@pytest.mark.parametrize(
+    ("raw", "norm"), [("1,000", "1000"), ("$5", "5"), ("3.0", "3"), ("-3.50", "-3.5"), ("72.", "72")]
+)
 def test_normalize_number(raw, norm):
     assert normalize_number(raw) == norm
 
@@ -39,7 +41,9 @@ def _write(path, records):
 
 
 def test_load_problems_validates_lines(tmp_path):
-    good = _write(tmp_path / "g.jsonl", [{"question": "2+2?", "answer": "#### 4"}, {"question": "1+1?", "answer": "so #### 2"}])
+    good = _write(
+        tmp_path / "g.jsonl", [{"question": "2+2?", "answer": "#### 4"}, {"question": "1+1?", "answer": "so #### 2"}]
+    )
     assert load_problems(good) == [Problem("2+2?", "4"), Problem("1+1?", "2")]
     assert load_problems(good, limit=1) == [Problem("2+2?", "4")]
     with pytest.raises(NeuronforgeError, match="does not exist"):
@@ -60,7 +64,7 @@ def test_new_tokens_handles_both_generate_conventions():
 
 
 def test_scoring_counts_exact_matches(tiny_llama_dir):
-    from neuronforge.pipeline.models import load_tokenizer
+    from neuronforge.hf.folders import load_tokenizer
 
     tok = load_tokenizer(tiny_llama_dir)
     problems = [Problem("What is 2+2?", "4"), Problem("What is 3+3?", "6"), Problem("What is 5+5?", "10")]
@@ -76,7 +80,7 @@ def test_scoring_counts_exact_matches(tiny_llama_dir):
 
 
 def test_scoring_a_real_model_generates_greedily(tiny_llama_dir):
-    from neuronforge.pipeline.models import load_model, load_tokenizer
+    from neuronforge.hf.folders import load_model, load_tokenizer
 
     tok, model = load_tokenizer(tiny_llama_dir), load_model(tiny_llama_dir)
     calls = []

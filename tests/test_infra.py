@@ -60,15 +60,18 @@ def test_bucket_is_encrypted_versioned_and_private(stack: dict[str, Any]) -> Non
     bucket = stack["Resources"]["ArtifactBucket"]["Properties"]
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert bucket["VersioningConfiguration"]["Status"] == "Enabled"
-    assert all(bucket["PublicAccessBlockConfiguration"][k] is True for k in
-               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    assert all(
+        bucket["PublicAccessBlockConfiguration"][k] is True
+        for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
+    )
 
 
 def test_ecr_repository_matches_pinned_image_and_hosts_install_neuronforge(stack: dict[str, Any]) -> None:
     resources = stack["Resources"]
     assert resources["ImageRepository"]["Properties"]["RepositoryName"] == pinned()["ecr_repository"]
     assert resources["SageMakerExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0][
-        "Principal"] == {"Service": "sagemaker.amazonaws.com"}
+        "Principal"
+    ] == {"Service": "sagemaker.amazonaws.com"}
     for name, ami in (("GpuLaunchTemplate", "GpuAmiId"), ("InfLaunchTemplate", "NeuronAmiId")):
         data = resources[name]["Properties"]["LaunchTemplateData"]
         assert data["ImageId"] == {"Ref": ami}

@@ -6,17 +6,19 @@ import pytest
 import torch
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.lm_eval_adapter import EmulatedRequests, emulated_lm
+from neuronforge.pipeline.evaluate.lm_eval_adapter import EmulatedRequests, emulated_lm
 
 lm_eval = pytest.importorskip("lm_eval")
 
 
 @pytest.fixture(scope="module")
 def emulated_and_tokenizer(tiny_llama_dir):
+    from neuronforge.hf.folders import load_tokenizer
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated
-    from neuronforge.pipeline.models import load_tokenizer
 
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=False))
+    emulated = load_emulated(
+        tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=False)
+    )
     return emulated, load_tokenizer(tiny_llama_dir)
 
 
@@ -62,7 +64,9 @@ def test_rolling_loglikelihood_predicts_every_token_once(emulated_and_tokenizer)
     logp = torch.log_softmax(emulated.logits(torch.tensor([seq[:-1]])), dim=-1)[0]
     one_window = sum(float(logp[i, seq[i + 1]]) for i in range(len(seq) - 1))
     assert full.loglikelihood_rolling(text) == pytest.approx(one_window, rel=1e-5)
-    windowed = emulated_lm(emulated, tok, max_length=8).loglikelihood_rolling([_instance("loglikelihood_rolling", (text,))])
+    windowed = emulated_lm(emulated, tok, max_length=8).loglikelihood_rolling(
+        [_instance("loglikelihood_rolling", (text,))]
+    )
     assert windowed[0] < 0 and windowed[0] != pytest.approx(one_window, rel=1e-6)  # less context per window
 
 

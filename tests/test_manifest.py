@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from neuronforge.core.hashing import content_hash, fingerprint
+from neuronforge.core.package_versions import package_versions
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.manifest import MANIFEST_FILE, Manifest, content_hash, fingerprint, package_versions
+from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:

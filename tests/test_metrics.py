@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from neuronforge.pipeline.metrics import (
+from neuronforge.pipeline.evaluate.metrics import (
     Divergence,
     kl_divergence,
     perplexity_from_logits,
@@ -71,7 +71,7 @@ def test_sanity_flags_healthy_broken_and_unquantized():
 
 
 def test_zeroed_layer_is_flagged_on_the_tiny_model(tiny_llama_dir):
-    from neuronforge.pipeline.models import load_model
+    from neuronforge.hf.folders import load_model
 
     ids = torch.randint(3, 512, (2, 32), generator=torch.Generator().manual_seed(0))
     model = load_model(tiny_llama_dir)

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from neuronforge.assets.archives import OFFLINE_ENV, SMOLLM2_WHEEL, RegistryArchive, ensure_archive
+from neuronforge.assets.models import resolve_model
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline import embedded
-from neuronforge.pipeline.assets import OFFLINE_ENV, SMOLLM2_WHEEL, RegistryArchive, ensure_archive
-from neuronforge.pipeline.models import load_model, load_tokenizer, resolve_model, validate_hf_folder
+from neuronforge.hf.folders import load_model, load_tokenizer, validate_hf_folder
+from neuronforge.assets import models as embedded
 
 
 @pytest.fixture
@@ -17,7 +18,9 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def test_missing_wheel_with_downloads_disabled_says_how_to_fetch(empty_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_wheel_with_downloads_disabled_says_how_to_fetch(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(OFFLINE_ENV, "1")
     with pytest.raises(NeuronforgeError) as info:
         embedded.fetch("smollm2")
@@ -68,7 +71,9 @@ def test_non_llama_architecture_names_the_supported_ones(tmp_path: Path) -> None
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(tmp_path)
     with pytest.raises(NeuronforgeError) as info:
         resolve_model(tmp_path)
-    assert "'gpt2'" in info.value.what and "llama (LlamaForCausalLM)" in info.value.what and "mistral" in info.value.what
+    assert (
+        "'gpt2'" in info.value.what and "llama (LlamaForCausalLM)" in info.value.what and "mistral" in info.value.what
+    )
 
 
 def test_any_hf_folder_is_accepted(tiny_llama_dir: Path) -> None:

@@ -32,15 +32,22 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def facts(**overrides: Any) -> ModelFacts:
-    config = dict(model_type="llama", num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                  tie_word_embeddings=False, max_position_embeddings=4096)
+    config = dict(
+        model_type="llama",
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+    )
     config.update(overrides)
     return ModelFacts.from_config(config)
 
 
 def spec(**overrides: Any) -> NeuronConfigSpec:
-    fields: dict[str, Any] = dict(tp_degree=2, seq_len=512, n_positions=512, quantized_checkpoints_path="q",
-                                  target_instance="ml.inf2.xlarge")
+    fields: dict[str, Any] = dict(
+        tp_degree=2, seq_len=512, n_positions=512, quantized_checkpoints_path="q", target_instance="ml.inf2.xlarge"
+    )
     fields.update(overrides)
     return make_spec(**fields)
 
@@ -54,6 +61,7 @@ def refused(match: str, fn: Any, *args: Any, **kwargs: Any) -> NeuronforgeError:
 
 
 # --- field rules -----------------------------------------------------------------------------------------------
+
 
 def test_dtype_spellings() -> None:
     for dtype in ("int8", "f8e4m3", "f8e5m2"):
@@ -95,8 +103,10 @@ def test_kv_cache_needs_both_flags() -> None:
     assert fp8 == {"kv_cache_quant": True, "kv_quant_config": KVQuantSpec()}
     assert bf16 == {"kv_cache_quant": False, "kv_quant_config": None}
     assert spec(**fp8).neuron_config_kwargs()["kv_quant_config"] == {
-        "k_quant_method": "per_tensor_symmetric", "v_quant_method": "per_tensor_symmetric",
-        "quant_dtype": "float8_e4m3fn", "direct_cast": True,
+        "k_quant_method": "per_tensor_symmetric",
+        "v_quant_method": "per_tensor_symmetric",
+        "quant_dtype": "float8_e4m3fn",
+        "direct_cast": True,
     }
     refused(r"set both", spec, kv_cache_quant=True, kv_quant_config=None)
     refused(r"set both", spec, kv_cache_quant=False, kv_quant_config=KVQuantSpec())
@@ -108,11 +118,25 @@ def test_instances_and_sdk() -> None:
     assert spec(target_instance="inf2.48xlarge").target_instance == "ml.inf2.48xlarge"
     refused(r"not a known Neuron instance type.*ml\.inf2\.xlarge", spec, target_instance="ml.g5.xlarge")
     refused(r"2\.28", spec, sdk="2.19")
-    cores = {name: choose_tp(facts(num_attention_heads=96, num_key_value_heads=1), name)
-             for name in ("ml.inf2.xlarge", "ml.inf2.8xlarge", "ml.inf2.24xlarge", "ml.inf2.48xlarge",
-                          "ml.trn1.2xlarge", "ml.trn1.32xlarge")}
-    assert cores == {"ml.inf2.xlarge": 2, "ml.inf2.8xlarge": 2, "ml.inf2.24xlarge": 12, "ml.inf2.48xlarge": 24,
-                     "ml.trn1.2xlarge": 2, "ml.trn1.32xlarge": 32}  # research/sagemaker.md section 3.1
+    cores = {
+        name: choose_tp(facts(num_attention_heads=96, num_key_value_heads=1), name)
+        for name in (
+            "ml.inf2.xlarge",
+            "ml.inf2.8xlarge",
+            "ml.inf2.24xlarge",
+            "ml.inf2.48xlarge",
+            "ml.trn1.2xlarge",
+            "ml.trn1.32xlarge",
+        )
+    }
+    assert cores == {
+        "ml.inf2.xlarge": 2,
+        "ml.inf2.8xlarge": 2,
+        "ml.inf2.24xlarge": 12,
+        "ml.inf2.48xlarge": 24,
+        "ml.trn1.2xlarge": 2,
+        "ml.trn1.32xlarge": 32,
+    }  # research/sagemaker.md section 3.1
 
 
 def test_kwargs_exclude_our_own_fields() -> None:
@@ -123,9 +147,14 @@ def test_kwargs_exclude_our_own_fields() -> None:
 
 # --- model-dependent rules -------------------------------------------------------------------------------------
 
+
 def test_layer_index_must_exist() -> None:
-    refused(r"layer 16.*16 layers \(0-15\)", check_against_model, spec(modules_to_not_convert=["layers.16.mlp"]), facts())
-    assert check_against_model(spec(modules_to_not_convert=["layers.15.mlp"]), facts()).modules_to_not_convert == ["layers.15.mlp"]
+    refused(
+        r"layer 16.*16 layers \(0-15\)", check_against_model, spec(modules_to_not_convert=["layers.16.mlp"]), facts()
+    )
+    assert check_against_model(spec(modules_to_not_convert=["layers.15.mlp"]), facts()).modules_to_not_convert == [
+        "layers.15.mlp"
+    ]
 
 
 def test_tied_model_gets_lm_head_with_notice() -> None:
@@ -139,32 +168,56 @@ def test_tied_model_gets_lm_head_with_notice() -> None:
 
 
 def test_per_tensor_refuses_a_skip_list() -> None:
-    refused(r"per_channel_symmetric", check_against_model,
-            spec(quantization_type="per_tensor_symmetric", modules_to_not_convert=["layers.0.mlp"]), facts())
-    refused(r"tied-embedding", check_against_model, spec(quantization_type="per_tensor_symmetric"),
-            facts(tie_word_embeddings=True))
+    refused(
+        r"per_channel_symmetric",
+        check_against_model,
+        spec(quantization_type="per_tensor_symmetric", modules_to_not_convert=["layers.0.mlp"]),
+        facts(),
+    )
+    refused(
+        r"tied-embedding",
+        check_against_model,
+        spec(quantization_type="per_tensor_symmetric"),
+        facts(tie_word_embeddings=True),
+    )
     ok = check_against_model(spec(quantization_type="per_tensor_symmetric"), facts())
     assert ok.modules_to_not_convert == []
 
 
 def test_fp8_with_biases_must_keep_those_blocks_bf16() -> None:
     biased = facts(num_hidden_layers=2, attention_bias=True)
-    refused(r"attention_bias=true.*drops Linear biases.*layers\.0\.self_attn", check_against_model,
-            spec(quantization_dtype="f8e4m3"), biased)
-    refused(r"layers\.1\.self_attn", check_against_model,
-            spec(quantization_dtype="f8e5m2", modules_to_not_convert=["layers.0.self_attn"]), biased)
+    refused(
+        r"attention_bias=true.*drops Linear biases.*layers\.0\.self_attn",
+        check_against_model,
+        spec(quantization_dtype="f8e4m3"),
+        biased,
+    )
+    refused(
+        r"layers\.1\.self_attn",
+        check_against_model,
+        spec(quantization_dtype="f8e5m2", modules_to_not_convert=["layers.0.self_attn"]),
+        biased,
+    )
     both = ["layers.0.self_attn", "layers.1.self_attn"]
     assert check_against_model(spec(quantization_dtype="f8e4m3", modules_to_not_convert=both), biased)
     assert check_against_model(spec(quantization_dtype="int8"), biased)
-    refused(r"mlp_bias=true", check_against_model, spec(quantization_dtype="f8e4m3", modules_to_not_convert=both),
-            facts(num_hidden_layers=2, attention_bias=True, mlp_bias=True))
+    refused(
+        r"mlp_bias=true",
+        check_against_model,
+        spec(quantization_dtype="f8e4m3", modules_to_not_convert=both),
+        facts(num_hidden_layers=2, attention_bias=True, mlp_bias=True),
+    )
 
 
 def test_tp_must_fit_the_instance_and_divide_the_heads() -> None:
     err = refused(r"needs 4 NeuronCores; ml\.inf2\.xlarge has 2", check_against_model, spec(tp_degree=4), facts())
     assert "ml.inf2.24xlarge" in err.fix and "ml.inf2.8xlarge" not in err.fix
-    refused(r"does not divide num_attention_heads=9.*\[1, 3, 9\]", check_against_model,
-            spec(tp_degree=2, target_instance="ml.inf2.24xlarge"), facts(num_attention_heads=9, num_key_value_heads=3))
+    refused(
+        r"does not divide num_attention_heads=9.*\[1, 3, 9\]",
+        check_against_model,
+        spec(tp_degree=2, target_instance="ml.inf2.24xlarge"),
+        facts(num_attention_heads=9, num_key_value_heads=3),
+    )
     for tp in (1, 2, 8):  # 8 KV heads split evenly (tp 1, 2, 8) or are replicated (tp 16): GQA kept
         assert check_against_model(spec(tp_degree=tp, target_instance="ml.trn1.32xlarge"), facts()).notices == []
     assert check_against_model(spec(tp_degree=16, target_instance="ml.trn1.32xlarge"), facts()).notices == []
@@ -187,9 +240,11 @@ def test_sequence_lengths() -> None:
 
 # --- builder, files, CLI ---------------------------------------------------------------------------------------
 
+
 def test_builder_on_tiny_model_writes_both_files(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    built = build_neuron_config_spec(tiny_llama_dir, dtype="f8e4m3", modules_to_not_convert=["layers.1.mlp"],
-                                     seq_len=128)
+    built = build_neuron_config_spec(
+        tiny_llama_dir, dtype="f8e4m3", modules_to_not_convert=["layers.1.mlp"], seq_len=128
+    )
     assert built.tp_degree == 2 and built.modules_to_not_convert == ["layers.1.mlp", "lm_head"]
     assert len(built.notices) == 2  # tp chosen, lm_head added
     config_path, not_convert_path = write_config_files(built, tmp_path / "cfg")
@@ -204,8 +259,11 @@ def test_builder_on_tiny_model_writes_both_files(tiny_llama_dir: Path, tmp_path:
 
 
 def test_not_convert_file_formats(tmp_path: Path, tiny_llama_dir: Path) -> None:
-    formats = {"plain": {"modules_to_not_convert": ["lm_head"]}, "demo": {"model": {"modules_to_not_convert": ["lm_head"]}},
-               "bare": ["lm_head"]}
+    formats = {
+        "plain": {"modules_to_not_convert": ["lm_head"]},
+        "demo": {"model": {"modules_to_not_convert": ["lm_head"]}},
+        "bare": ["lm_head"],
+    }
     for name, payload in formats.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(payload))
         assert read_not_convert(tmp_path / f"{name}.json") == ["lm_head"]
@@ -220,9 +278,26 @@ def test_not_convert_file_formats(tmp_path: Path, tiny_llama_dir: Path) -> None:
 
 def test_cli_writes_files_and_reports_notices(tiny_llama_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "skip.json").write_text(json.dumps({"modules_to_not_convert": ["layers.0.self_attn"]}))
-    result = CliRunner().invoke(app, ["neuron-config", "--model", str(tiny_llama_dir), "--dtype", "int8",
-                                      "--not-convert", str(tmp_path / "skip.json"), "--tp", "2",
-                                      "--instance", "ml.inf2.xlarge", "--seq-len", "128", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "neuron-config",
+            "--model",
+            str(tiny_llama_dir),
+            "--dtype",
+            "int8",
+            "--not-convert",
+            str(tmp_path / "skip.json"),
+            "--tp-degree",
+            "2",
+            "--instance",
+            "ml.inf2.xlarge",
+            "--seq-len",
+            "128",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "added 'lm_head'" in result.output
     written = json.loads((tmp_path / "o" / "modules_to_not_convert.json").read_text())
@@ -231,13 +306,24 @@ def test_cli_writes_files_and_reports_notices(tiny_llama_dir: Path, tmp_path: Pa
 
 def test_cli_bad_input_is_a_clean_error(tiny_llama_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "skip.json").write_text(json.dumps(["layers.0.self_attn.q_proj"]))
-    result = CliRunner().invoke(app, ["neuron-config", "--model", str(tiny_llama_dir), "--not-convert",
-                                      str(tmp_path / "skip.json"), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "neuron-config",
+            "--model",
+            str(tiny_llama_dir),
+            "--not-convert",
+            str(tmp_path / "skip.json"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 2
     assert "error:" in result.output and "fix:" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
-    result = CliRunner().invoke(app, ["neuron-config", "--model", str(tiny_llama_dir), "--dtype", "f8e4m3fn",
-                                      "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["neuron-config", "--model", str(tiny_llama_dir), "--dtype", "f8e4m3fn", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "f8e4m3" in result.output
 
 
@@ -251,6 +337,7 @@ def test_real_smollm2_config(smollm2_dir: Path) -> None:
 
 
 # --- versions --------------------------------------------------------------------------------------------------
+
 
 def test_sdk_pins_and_install_hint() -> None:
     assert DEFAULT_SDK == "2.28" and set(SDKS) == {"2.28", "2.31"}

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.grid import quantize_weight
-from neuronforge.pipeline import grid_export
-from neuronforge.pipeline.quantize import options_from, quantize
+from neuronforge.pipeline.quantize import grid_export
+from neuronforge.pipeline.quantize.api import options_from, quantize
 
-FAST = dict(iters=2, nsamples=4, seqlen=32)
+FAST = dict(iters=2, nsamples=4, calib_seq_len=32)
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -29,8 +29,11 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
 def test_end_to_end_is_grid_exact(tiny_llama_dir: Path, tmp_path: Path, dtype: str) -> None:
     out = tmp_path / "q"
-    result = quantize(options_from(model=str(tiny_llama_dir), out=out, dtype=dtype, sensitivity="first_order",
-                                   selection="topk", topk=1, **FAST))
+    result = quantize(
+        options_from(
+            model=str(tiny_llama_dir), out=out, dtype=dtype, sensitivity="first_order", selection="topk", topk=1, **FAST
+        )
+    )
     assert result.grid_agreement == 1.0
     assert result.naive_agreement is not None and result.naive_agreement < 1.0
     kept = json.loads((out / "modules_to_not_convert.json").read_text())["modules_to_not_convert"]
@@ -67,15 +70,25 @@ def test_end_to_end_is_grid_exact(tiny_llama_dir: Path, tmp_path: Path, dtype: s
 
 def test_explicit_list_keeps_blocks_bit_identical_and_rtn_mode(tiny_llama_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rtn"
-    result = quantize(options_from(model=str(tiny_llama_dir), out=out, dtype="int8", autoround=False,
-                                   modules_to_not_convert=["layers.1.mlp", "layers.0.self_attn"], **FAST))
+    result = quantize(
+        options_from(
+            model=str(tiny_llama_dir),
+            out=out,
+            dtype="int8",
+            autoround=False,
+            modules_to_not_convert=["layers.1.mlp", "layers.0.self_attn"],
+            **FAST,
+        )
+    )
     assert result.modules_to_not_convert == ["layers.0.self_attn", "layers.1.mlp", "lm_head"]
     assert result.grid_agreement == 1.0
     assert not (out / "sensitivity.json").exists()
     before, after = _tensors(tiny_llama_dir), _tensors(out)
     for key in before:
         same = torch.equal(before[key], after[key])
-        assert same == (".layers.0.mlp." not in key and ".layers.1.self_attn." not in key or not key.endswith("_proj.weight"))
+        assert same == (
+            ".layers.0.mlp." not in key and ".layers.1.self_attn." not in key or not key.endswith("_proj.weight")
+        )
     # RTN on NxD's grid: the same codes NxD computes from the original weights.
     key = "model.layers.0.mlp.down_proj.weight"
     assert torch.equal(quantize_weight(after[key])[0], quantize_weight(before[key])[0])
@@ -124,8 +137,22 @@ def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path
     ],
 )
 def test_cli_bad_options_fail_clearly(tiny_llama_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    result = CliRunner().invoke(app, ["quantize", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "o"),
-                                      "--no-autoround", "--nsamples", "2", "--seqlen", "16", *args])
+    result = CliRunner().invoke(
+        app,
+        [
+            "quantize",
+            "--model",
+            str(tiny_llama_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-autoround",
+            "--nsamples",
+            "2",
+            "--calib-seq-len",
+            "16",
+            *args,
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and message in result.output
     assert not (tmp_path / "o").exists()
@@ -148,15 +175,33 @@ def test_bad_paths_fail_clearly(tiny_llama_dir: Path, make_tiny_llama, tmp_path:
         quantize(options_from(model=str(no_layers), out=tmp_path / "o"))
     assert not (tmp_path / "o").exists()
     with pytest.raises(NeuronforgeError, match="not blocks of this model"):
-        quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "o", modules_to_not_convert=["layers.1"], **FAST))
+        quantize(
+            options_from(model=str(tiny_llama_dir), out=tmp_path / "o", modules_to_not_convert=["layers.1"], **FAST)
+        )
 
 
 def test_cli_end_to_end_no_autoround(tiny_llama_dir: Path, tmp_path: Path) -> None:
     not_convert = tmp_path / "keep.json"
     not_convert.write_text(json.dumps({"modules_to_not_convert": ["layers.0.mlp"]}))
-    result = CliRunner().invoke(app, ["quantize", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "o"),
-                                      "--dtype", "f8e4m3", "--no-autoround", "--not-convert", str(not_convert),
-                                      "--nsamples", "2", "--seqlen", "16"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "quantize",
+            "--model",
+            str(tiny_llama_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--dtype",
+            "f8e4m3",
+            "--no-autoround",
+            "--not-convert",
+            str(not_convert),
+            "--nsamples",
+            "2",
+            "--calib-seq-len",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "grid agreement (NxD re-quantization): 100.000%" in result.output
     saved = json.loads((tmp_path / "o" / "modules_to_not_convert.json").read_text())
@@ -167,7 +212,7 @@ def test_layers_autoround_leaves_alone_are_rounded_on_nxd_grid(make_tiny_llama, 
     """auto-round never tunes an untied lm_head; we detect that and round it with RTN on NxD's grid."""
     src = make_tiny_llama("untied-e2e", tie_word_embeddings=False)
     out = tmp_path / "q"
-    result = quantize(options_from(model=str(src), out=out, selection="none", iters=1, nsamples=2, seqlen=32))
+    result = quantize(options_from(model=str(src), out=out, selection="none", iters=1, nsamples=2, calib_seq_len=32))
     report = json.loads((out / "quantization_report.json").read_text())
     assert report["rtn_layers"] == ["lm_head"] and report["autoround_tuned_layers"] == 14
     assert result.modules_to_not_convert == [] and result.grid_agreement == 1.0
@@ -177,11 +222,17 @@ def test_layers_autoround_leaves_alone_are_rounded_on_nxd_grid(make_tiny_llama, 
 
 def test_minmax_tuning_is_opt_in_and_shrinks_row_ranges(tiny_llama_dir: Path, tmp_path: Path) -> None:
     """With --minmax-tuning AutoRound may clip rows (smaller NxD scale); the grid stays exact either way."""
-    result = quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "q", selection="none",
-                                   minmax_tuning=True, **{**FAST, "iters": 8}))
+    result = quantize(
+        options_from(
+            model=str(tiny_llama_dir), out=tmp_path / "q", selection="none", minmax_tuning=True, **{**FAST, "iters": 8}
+        )
+    )
     assert result.grid_agreement == 1.0
     before, after = _tensors(tiny_llama_dir), _tensors(tmp_path / "q")
-    ratios = [quantize_weight(after[k], "int8")[1] / quantize_weight(before[k], "int8")[1]
-              for k in after if k.endswith("_proj.weight")]
+    ratios = [
+        quantize_weight(after[k], "int8")[1] / quantize_weight(before[k], "int8")[1]
+        for k in after
+        if k.endswith("_proj.weight")
+    ]
     assert all(bool((r <= 1.0).all()) for r in ratios)
     assert any(bool((r < 0.99).any()) for r in ratios)

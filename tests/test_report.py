@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
-from neuronforge.pipeline.report import EvaluationReport, VariantResult, read_report, render_markdown, write_report
+from neuronforge.pipeline.evaluate.report import (
+    EvaluationReport,
+    VariantResult,
+    read_report,
+    render_markdown,
+    write_report,
+)
 
 
 def _variant(key: str, label: str, weights: str | None, ppl: float, **kw: object) -> VariantResult:
     return VariantResult(
-        key=key, label=label, weights=weights, perplexity={"hamlet": ppl, "verne": ppl + 1},
-        ppl_recovery={"hamlet": 100 * 20.0 / ppl, "verne": 100 * 21.0 / (ppl + 1)}, kl=0.0 if weights is None else 0.012,
-        agreement=1.0 if weights is None else 0.95, weight_bytes=270_000_000 if weights is None else 160_000_000,
-        weight_percent=100.0 if weights is None else 59.3, **kw,
+        key=key,
+        label=label,
+        weights=weights,
+        perplexity={"hamlet": ppl, "verne": ppl + 1},
+        ppl_recovery={"hamlet": 100 * 20.0 / ppl, "verne": 100 * 21.0 / (ppl + 1)},
+        kl=0.0 if weights is None else 0.012,
+        agreement=1.0 if weights is None else 0.95,
+        weight_bytes=270_000_000 if weights is None else 160_000_000,
+        weight_percent=100.0 if weights is None else 59.3,
+        **kw,
     )
 
 
 def _report(**kw: object) -> EvaluationReport:
     return EvaluationReport(
-        model="tiny", dtype="int8", kv="fp8", eval_tokens={"hamlet": 1024, "verne": 1024}, settings={"seqlen": 256},
+        model="tiny",
+        dtype="int8",
+        kv="fp8",
+        eval_tokens={"hamlet": 1024, "verne": 1024},
+        settings={"seqlen": 256},
         variants=[
             _variant("bf16", "bf16 (reference)", None, 20.0, task_accuracy=0.5, task_recovery=100.0),
-            _variant("rtn", "RTN int8", "int8", 21.0, modules_to_not_convert=["lm_head"], task_accuracy=0.4,
-                     task_recovery=80.0, flags=["KL 2.000 nats > 0.25: variant looks broken"]),
+            _variant(
+                "rtn",
+                "RTN int8",
+                "int8",
+                21.0,
+                modules_to_not_convert=["lm_head"],
+                task_accuracy=0.4,
+                task_recovery=80.0,
+                flags=["KL 2.000 nats > 0.25: variant looks broken"],
+            ),
         ],
-        task="gsm8k.jsonl (10 problems)", command="neuronforge evaluate --model tiny", **kw,
+        task="gsm8k.jsonl (10 problems)",
+        command="neuronforge evaluate --model tiny",
+        **kw,
     )
 
 

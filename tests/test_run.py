@@ -16,11 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
-from neuronforge.pipeline.manifest import Manifest, content_hash
-from neuronforge.pipeline.runconfig import RunConfig
+from neuronforge.core.hashing import content_hash
+from neuronforge.pipeline.run.config import RunConfig
+from neuronforge.pipeline.run.manifest import Manifest
 
 # Small enough for 2 shared cores; the compile stage needs a Neuron device and is skipped here.
-QUICK = ["--nsamples", "2", "--seqlen", "32", "--eval-tokens", "128", "--neuron-seq-len", "128"]
+QUICK = ["--nsamples", "2", "--calib-seq-len", "32", "--eval-tokens", "128", "--seq-len", "128"]
 
 
 def _flat(text: str) -> str:
@@ -43,7 +44,12 @@ def test_cli_run_end_to_end_then_nothing_to_do_then_only_what_changed(tiny: Path
     assert result.exit_code == 0, result.output
     manifest = Manifest.load(run_dir)
     assert {n: r.status for n, r in manifest.stages.items()} == {
-        "model": "done", "quantize": "done", "emulate": "done", "compile": "skipped", "package": "done"}
+        "model": "done",
+        "quantize": "done",
+        "emulate": "done",
+        "compile": "skipped",
+        "package": "done",
+    }
     assert "no Neuron device" in manifest.stages["compile"].message
     assert manifest.config["iters"] == 2 and manifest.stages["quantize"].versions["auto-round"] != "absent"
 
@@ -78,8 +84,21 @@ def test_cli_run_end_to_end_then_nothing_to_do_then_only_what_changed(tiny: Path
 
 def test_sigkill_mid_autoround_then_rerun_resumes_without_partial_output(tiny: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "neuronforge.cli", "run", "--model", str(tiny), "--out", str(run_dir),
-           "--stages", "model,quantize", "--iters", "8", *QUICK]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neuronforge.cli",
+        "run",
+        "--model",
+        str(tiny),
+        "--out",
+        str(run_dir),
+        "--stages",
+        "model,quantize",
+        "--iters",
+        "8",
+        *QUICK,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     tuning = threading.Event()
 
@@ -118,8 +137,8 @@ def test_s3_paths_end_to_end_and_a_second_host_continues(
 ) -> None:
     from moto import mock_aws
 
-    from neuronforge.pipeline import storage
-    from neuronforge.pipeline.run import run_pipeline
+    from neuronforge.pipeline.run import storage
+    from neuronforge.pipeline.run.api import run_pipeline
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -134,14 +153,28 @@ def test_s3_paths_end_to_end_and_a_second_host_continues(
         s3.create_bucket(Bucket="nf-runs")
         storage.upload_dir(tiny, "s3://nf-runs/models/tiny")
         storage.upload_file(text, "s3://nf-runs/texts/notes.txt")
-        config = RunConfig(model="s3://nf-runs/models/tiny", text="s3://nf-runs/texts/notes.txt", out="s3://nf-runs/runs/r1",
-                           stages=["model", "quantize", "emulate"], autoround=False, nsamples=2, seqlen=32,
-                           eval_tokens=128, neuron_seq_len=128)
+        config = RunConfig(
+            model="s3://nf-runs/models/tiny",
+            text="s3://nf-runs/texts/notes.txt",
+            out="s3://nf-runs/runs/r1",
+            stages=["model", "quantize", "emulate"],
+            autoround=False,
+            nsamples=2,
+            calib_seq_len=32,
+            eval_tokens=128,
+            seq_len=128,
+        )
         first = run_pipeline(config)
-        assert first.remote == "s3://nf-runs/runs/r1" and first.run_dir == tmp_path / "gpu-host" / "s3" / "nf-runs" / "runs" / "r1"
+        assert (
+            first.remote == "s3://nf-runs/runs/r1"
+            and first.run_dir == tmp_path / "gpu-host" / "s3" / "nf-runs" / "runs" / "r1"
+        )
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="nf-runs", Prefix="runs/r1/")["Contents"]}
-        assert {"runs/r1/manifest.json", "runs/r1/quantize/checkpoint/model.safetensors",
-                "runs/r1/emulate/emulation.json"} <= keys
+        assert {
+            "runs/r1/manifest.json",
+            "runs/r1/quantize/checkpoint/model.safetensors",
+            "runs/r1/emulate/emulation.json",
+        } <= keys
         assert not [k for k in keys if "/." in k]  # no lock or partial files uploaded
         emulation = json.loads(s3.get_object(Bucket="nf-runs", Key="runs/r1/emulate/emulation.json")["Body"].read())
         assert set(emulation["perplexity"]["bf16"]) == {"notes"}
@@ -157,4 +190,7 @@ def test_s3_paths_end_to_end_and_a_second_host_continues(
         assert (second.run_dir / "package" / "compile_input" / "checkpoint" / "model.safetensors").is_file()
         remote_manifest = json.loads(s3.get_object(Bucket="nf-runs", Key="runs/r1/manifest.json")["Body"].read())
         assert remote_manifest["stages"]["package"]["status"] == "done"
-        assert s3.head_object(Bucket="nf-runs", Key="runs/r1/package/compile_input/neuron_config.json")["ContentLength"] > 0
+        assert (
+            s3.head_object(Bucket="nf-runs", Key="runs/r1/package/compile_input/neuron_config.json")["ContentLength"]
+            > 0
+        )

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.runconfig import (
+from neuronforge.pipeline.run.config import (
     DEFAULT_STAGES,
     RunConfig,
     build_config,
@@ -45,8 +45,12 @@ def test_every_run_flag_has_a_config_key_and_back() -> None:
 
 
 def test_yaml_and_toml_files_and_cli_precedence(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text("iters: 3\nstages: [emulate, model, quantize]\nmodules_to_not_convert: [lm_head]\n")
-    (tmp_path / "a.toml").write_text('iters = 3\nstages = "model,quantize,emulate"\nmodules_to_not_convert = ["lm_head"]\n')
+    (tmp_path / "a.yaml").write_text(
+        "iters: 3\nstages: [emulate, model, quantize]\nmodules_to_not_convert: [lm_head]\n"
+    )
+    (tmp_path / "a.toml").write_text(
+        'iters = 3\nstages = "model,quantize,emulate"\nmodules_to_not_convert = ["lm_head"]\n'
+    )
     from_yaml = build_config(read_config_file(tmp_path / "a.yaml"), {})
     from_toml = build_config(read_config_file(tmp_path / "a.toml"), {})
     assert from_yaml == from_toml

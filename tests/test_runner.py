@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.manifest import Manifest
-from neuronforge.pipeline.runner import Stage, StageContext, StageEvent, StageResult, run_lock, run_stages
+from neuronforge.pipeline.run.manifest import Manifest
+from neuronforge.pipeline.run.runner import Stage, StageContext, StageEvent, StageResult, run_lock, run_stages
 
 
 def _count(ctx: StageContext, name: str) -> None:
@@ -113,8 +113,16 @@ def test_selected_stages_and_stale_upstream(tmp_path: Path) -> None:
 
 def test_unavailable_stage_is_skipped_every_time_and_never_cached(tmp_path: Path) -> None:
     here = {"neuron": False}
-    stages = [*STAGES, Stage("device", "needs hardware", inputs=lambda ctx: {}, run=lambda ctx: StageResult(),
-                             unavailable=lambda ctx: None if here["neuron"] else "no Neuron device on this host")]
+    stages = [
+        *STAGES,
+        Stage(
+            "device",
+            "needs hardware",
+            inputs=lambda ctx: {},
+            run=lambda ctx: StageResult(),
+            unavailable=lambda ctx: None if here["neuron"] else "no Neuron device on this host",
+        ),
+    ]
     events: list[StageEvent] = []
     run_stages(tmp_path / "run", stages, _config(tmp_path), listener=events.append)
     assert events[-1] == StageEvent("device", "skipped", "no Neuron device on this host")

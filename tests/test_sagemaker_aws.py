@@ -15,15 +15,20 @@ from typing import Any
 
 import boto3
 import pytest
+from test_sagemaker_packaging import make_compiled
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker.invoke import completion_body, invoke
 from neuronforge.sagemaker.packaging import package_model, s3_etag, upload_package, verify_remote_package
-from neuronforge.sagemaker.requests import JobSettings, compile_processing_request, deployment_requests, quantize_job_request
+from neuronforge.sagemaker.requests import (
+    JobSettings,
+    compile_processing_request,
+    deployment_requests,
+    quantize_job_request,
+)
 from neuronforge.sagemaker.submit import delete_endpoint, deploy, status, submit_job, wait_for_job
-from test_sagemaker_packaging import make_compiled
 
 REGION = "us-east-1"
 BUCKET = "nf-test-bucket"
@@ -32,8 +37,12 @@ ROLE = "arn:aws:iam::123456789012:role/neuronforge-sagemaker"
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    for key, value in {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}.items():
+    for key, value in {
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     import moto.sagemaker.models as moto_models
@@ -119,7 +128,10 @@ def test_training_and_processing_jobs(aws: tuple[Any, Any], tiny_llama_dir: Path
 
     processing = compile_processing_request(
         JobSettings(name="nf-compile-cpu", role_arn=ROLE, region=REGION, instance_type="ml.r7i.8xlarge"),
-        checkpoint_s3=f"s3://{BUCKET}/models/tiny", output_s3=f"s3://{BUCKET}/runs", tp_degree=2)
+        checkpoint_s3=f"s3://{BUCKET}/models/tiny",
+        output_s3=f"s3://{BUCKET}/runs",
+        tp_degree=2,
+    )
     submit_job(processing, sm, s3)
     assert wait_for_job(processing, sm) == "Completed"
     assert status("nf-compile-cpu", sm) == {"name": "nf-compile-cpu", "kind": "processing job", "status": "Completed"}
@@ -128,12 +140,15 @@ def test_training_and_processing_jobs(aws: tuple[Any, Any], tiny_llama_dir: Path
 def test_deploy_status_invoke_delete(aws: tuple[Any, Any], package: Path) -> None:
     sm, s3 = aws
     upload_package(package, f"s3://{BUCKET}/pkg", s3)
-    requests = deployment_requests("nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg",
-                                   instance_type="ml.inf2.xlarge")
+    requests = deployment_requests(
+        "nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg", instance_type="ml.inf2.xlarge"
+    )
     arn = deploy(requests, sm, s3, wait=True)
     assert arn.endswith(":endpoint/nf-ep")
     model = sm.describe_model(ModelName="nf-ep")
-    assert model["PrimaryContainer"]["ModelDataSource"] == requests["create_model"]["PrimaryContainer"]["ModelDataSource"]
+    assert (
+        model["PrimaryContainer"]["ModelDataSource"] == requests["create_model"]["PrimaryContainer"]["ModelDataSource"]
+    )
     assert model["PrimaryContainer"]["Environment"]["VLLM_NEURON_FRAMEWORK"] == "neuronx-distributed-inference"
     variant = sm.describe_endpoint_config(EndpointConfigName="nf-ep")["ProductionVariants"][0]
     assert variant["InstanceType"] == "ml.inf2.xlarge"
@@ -142,8 +157,11 @@ def test_deploy_status_invoke_delete(aws: tuple[Any, Any], package: Path) -> Non
     import requests as http
 
     canned = {"choices": [{"index": 0, "text": " Paris.", "finish_reason": "stop"}]}
-    http.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results",
-              json={"results": [{"Body": json.dumps(canned), "ContentType": "application/json"}]}, timeout=5)
+    http.post(
+        "http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results",
+        json={"results": [{"Body": json.dumps(canned), "ContentType": "application/json"}]},
+        timeout=5,
+    )
     runtime = boto3.client("sagemaker-runtime", region_name=REGION)
     assert invoke("nf-ep", completion_body("The capital of France is", 8), runtime) == " Paris."
 
@@ -157,8 +175,9 @@ def test_deploy_status_invoke_delete(aws: tuple[Any, Any], package: Path) -> Non
 
 def test_deploy_refuses_before_creating_anything(aws: tuple[Any, Any], tmp_path: Path, tiny_llama_dir: Path) -> None:
     sm, s3 = aws
-    requests = deployment_requests("nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg4",
-                                   instance_type="ml.inf2.xlarge")
+    requests = deployment_requests(
+        "nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg4", instance_type="ml.inf2.xlarge"
+    )
     with pytest.raises(NeuronforgeError, match="NoSuchKey"):
         deploy(requests, sm, s3)
     wide = package_model(tmp_path / "pkg4", compiled=make_compiled(tmp_path, tp_degree=4), checkpoint=tiny_llama_dir)
@@ -173,11 +192,21 @@ def test_cli_package_upload_deploy_status_delete(aws: tuple[Any, Any], tmp_path:
     runner = CliRunner()
     out = tmp_path / "pkg"
     compiled = make_compiled(tmp_path)
-    result = runner.invoke(app, ["package", str(out), "--compiled", str(compiled), "--checkpoint", str(tiny_llama_dir),
-                                 "--upload", f"s3://{BUCKET}/cli-pkg/"])
+    result = runner.invoke(
+        app,
+        [
+            "package",
+            str(out),
+            "--compiled",
+            str(compiled),
+            "--checkpoint",
+            str(tiny_llama_dir),
+            "--upload",
+            f"s3://{BUCKET}/cli-pkg/",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    deploy_args = ["sagemaker", "deploy", "--model-data", f"s3://{BUCKET}/cli-pkg/", "--name", "nf-cli",
-                   "--role", ROLE]
+    deploy_args = ["sagemaker", "deploy", "--model-data", f"s3://{BUCKET}/cli-pkg/", "--name", "nf-cli", "--role", ROLE]
     dry = runner.invoke(app, [*deploy_args, "--dry-run"])
     assert dry.exit_code == 0 and json.loads(dry.stdout)["create_endpoint"]["EndpointName"] == "nf-cli"
     assert sm.list_models()["Models"] == []  # --dry-run calls nothing
@@ -195,15 +224,43 @@ def test_cli_quantize_and_compile_jobs(aws: tuple[Any, Any], tiny_llama_dir: Pat
     for item in tiny_llama_dir.iterdir():
         s3.upload_file(str(item), BUCKET, f"models/tiny/{item.name}")
     runner = CliRunner()
-    result = runner.invoke(app, ["sagemaker", "quantize", "--model-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3",
-                                 f"s3://{BUCKET}/runs/", "--name", "nf-q-cli", "--role", ROLE, "--wait"])
+    result = runner.invoke(
+        app,
+        [
+            "sagemaker",
+            "quantize",
+            "--model-s3",
+            f"s3://{BUCKET}/models/tiny/",
+            "--output-s3",
+            f"s3://{BUCKET}/runs/",
+            "--name",
+            "nf-q-cli",
+            "--role",
+            ROLE,
+            "--wait",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"s3://{BUCKET}/runs/nf-q-cli/output/model/checkpoint/" in result.output
     assert "finished: Completed" in result.output
     assert sm.describe_training_job(TrainingJobName="nf-q-cli")["ResourceConfig"]["InstanceType"] == "ml.g6e.2xlarge"
-    result = runner.invoke(app, ["sagemaker", "compile", "--checkpoint-s3", f"s3://{BUCKET}/models/tiny/",
-                                 "--output-s3", f"s3://{BUCKET}/runs/", "--tp-degree", "2", "--name", "nf-c-cli",
-                                 "--role", ROLE])
+    result = runner.invoke(
+        app,
+        [
+            "sagemaker",
+            "compile",
+            "--checkpoint-s3",
+            f"s3://{BUCKET}/models/tiny/",
+            "--output-s3",
+            f"s3://{BUCKET}/runs/",
+            "--tp-degree",
+            "2",
+            "--name",
+            "nf-c-cli",
+            "--role",
+            ROLE,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"s3://{BUCKET}/runs/nf-c-cli/output/model/package/" in result.output
     assert sm.describe_training_job(TrainingJobName="nf-c-cli")["ResourceConfig"]["InstanceType"] == "ml.trn1.2xlarge"

@@ -23,8 +23,9 @@ print(json.dumps(out))
 def test_top_level_names_do_not_resolve_into_the_repo(cwd: Path) -> None:
     import json
 
-    found = json.loads(subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, capture_output=True, text=True,
-                                      check=True).stdout)
+    found = json.loads(
+        subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, capture_output=True, text=True, check=True).stdout
+    )
     for name, origin in found.items():
         assert origin is None or str(REPO / "neuronforge") not in origin, f"`import {name}` resolves to {origin}"
     assert found["neuron"] is None

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from neuronforge.core.hashing import sha256_file
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker import packaging
-from neuronforge.sagemaker.packaging import package_model, sha256_file, verify_package
+from neuronforge.sagemaker.packaging import package_model, verify_package
 
 SERVE = Path(packaging.__file__).parent / "serving" / "serve"
 
@@ -24,8 +25,16 @@ def make_compiled(root: Path, tp_degree: int = 2, dtype: str = "int8") -> Path:
     (compiled / "weights").mkdir(parents=True)
     (compiled / "model.pt").write_bytes(os.urandom(3000))
     (compiled / "weights" / "tp0_sharded_checkpoint.safetensors").write_bytes(os.urandom(5000))
-    config = {"neuron_config": {"tp_degree": tp_degree, "seq_len": 256, "batch_size": 1,
-                                "quantized": True, "quantization_dtype": dtype, "kv_cache_quant": True}}
+    config = {
+        "neuron_config": {
+            "tp_degree": tp_degree,
+            "seq_len": 256,
+            "batch_size": 1,
+            "quantized": True,
+            "quantization_dtype": dtype,
+            "kv_cache_quant": True,
+        }
+    }
     (compiled / "neuron_config.json").write_text(json.dumps(config))
     return compiled
 
@@ -38,8 +47,13 @@ def package(tmp_path: Path, tiny_llama_dir: Path) -> Path:
 def test_layout_and_manifest(package: Path, tiny_llama_dir: Path) -> None:
     manifest = json.loads((package / "manifest.json").read_text())
     files = manifest["files"]
-    assert {"compiled/model.pt", "compiled/neuron_config.json", "checkpoint/config.json", "checkpoint/tokenizer.json",
-            "serving.json"} <= set(files)
+    assert {
+        "compiled/model.pt",
+        "compiled/neuron_config.json",
+        "checkpoint/config.json",
+        "checkpoint/tokenizer.json",
+        "serving.json",
+    } <= set(files)
     assert "manifest.json" not in files
     for name, entry in files.items():
         assert entry["sha256"] == sha256_file(package / name)
@@ -106,8 +120,13 @@ def test_bad_inputs(tmp_path: Path, tiny_llama_dir: Path, tiny_tokenizer_dir: Pa
 
 
 def test_serve_wrapper_builds_vllm_command(package: Path) -> None:
-    result = subprocess.run([sys.executable, str(SERVE), "--print"], capture_output=True, text=True, check=True,
-                            env={**os.environ, "NEURONFORGE_MODEL_DIR": str(package)})
+    result = subprocess.run(
+        [sys.executable, str(SERVE), "--print"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "NEURONFORGE_MODEL_DIR": str(package)},
+    )
     plan = json.loads(result.stdout)
     argv = plan["argv"]
     assert argv[:3] == ["vllm", "serve", str(package / "checkpoint")]
@@ -116,4 +135,3 @@ def test_serve_wrapper_builds_vllm_command(package: Path) -> None:
     assert argv[argv.index("--served-model-name") + 1] == "neuronforge"
     assert plan["env"]["VLLM_NEURON_FRAMEWORK"] == "neuronx-distributed-inference"
     assert plan["env"]["NEURON_COMPILED_ARTIFACTS"] == str(package / "compiled")
-

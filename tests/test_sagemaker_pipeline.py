@@ -6,10 +6,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from typer.testing import CliRunner
-
 from test_sagemaker_requests import ROLE, check_golden
-
+from typer.testing import CliRunner
 
 
 def _sdk_v3() -> bool:
@@ -21,17 +19,38 @@ def _sdk_v3() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _sdk_v3(), reason="the SageMaker SDK v3 extra is not installed: "
-                                "pip install 'neuronforge[sagemaker]' (the [dev] extra includes it)")
+pytestmark = pytest.mark.skipif(
+    not _sdk_v3(),
+    reason="the SageMaker SDK v3 extra is not installed: "
+    "pip install 'neuronforge[sagemaker]' (the [dev] extra includes it)",
+)
 
-ARGS = ["sagemaker", "pipeline", "--model-s3", "s3://nf-bucket/models/smollm2/", "--output-s3", "s3://nf-bucket/runs/",
-        "--endpoint-name", "nf-endpoint", "--role", ROLE, "--region", "us-east-1", "--name", "nf-pipeline"]
+ARGS = [
+    "sagemaker",
+    "pipeline",
+    "--model-s3",
+    "s3://nf-bucket/models/smollm2/",
+    "--output-s3",
+    "s3://nf-bucket/runs/",
+    "--endpoint-name",
+    "nf-endpoint",
+    "--role",
+    ROLE,
+    "--region",
+    "us-east-1",
+    "--name",
+    "nf-pipeline",
+]
 
 
 @pytest.fixture
 def offline_aws(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
-    for key, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "SAGEMAKER_VALIDATE_ROLE": "false"}.items():
+    for key, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "SAGEMAKER_VALIDATE_ROLE": "false",
+    }.items():
         monkeypatch.setenv(key, value)
     config = tmp_path / "sagemaker-config.yaml"  # SDK telemetry opt-out (research/sagemaker.md §1.7)
     config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
@@ -60,11 +79,20 @@ def test_definition_golden_and_dry_run(offline_aws: None) -> None:
 
 def test_pipeline_validates_like_the_boto3_path(offline_aws: None) -> None:
     from neuronforge.errors import NeuronforgeError
-    from neuronforge.sagemaker.pipeline import PipelineSettings, build_pipeline
+    from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline
 
     with pytest.raises(NeuronforgeError, match="not a valid SageMaker training instance type"):
-        build_pipeline(PipelineSettings(name="p", role_arn=ROLE, region="us-east-1", model_s3="s3://nf-b/m/",
-                                        output_s3="s3://nf-b/o/", endpoint_name="e", quantize_instance="ml.inf2.xlarge"))
+        build_pipeline(
+            PipelineSettings(
+                name="p",
+                role_arn=ROLE,
+                region="us-east-1",
+                model_s3="s3://nf-b/m/",
+                output_s3="s3://nf-b/o/",
+                endpoint_name="e",
+                quantize_instance="ml.inf2.xlarge",
+            )
+        )
 
 
 def test_upsert_and_start_against_moto(offline_aws: None) -> None:

@@ -50,9 +50,13 @@ def job(instance: str, name: str = "nf-job", **kw: Any) -> JobSettings:
 
 
 def test_quantize_job_golden() -> None:
-    request = quantize_job_request(job("ml.g6e.2xlarge", "nf-quantize", spot=True, max_runtime_s=7200),
-                                   model_s3="s3://nf-bucket/models/smollm2", output_s3="s3://nf-bucket/runs",
-                                   dtype="f8e4m3", options={"iters": 50, "nsamples": 32, "autoround": False})
+    request = quantize_job_request(
+        job("ml.g6e.2xlarge", "nf-quantize", spot=True, max_runtime_s=7200),
+        model_s3="s3://nf-bucket/models/smollm2",
+        output_s3="s3://nf-bucket/runs",
+        dtype="f8e4m3",
+        options={"iters": 50, "nsamples": 32, "autoround": False},
+    )
     check_botocore("CreateTrainingJob", request)
     check_golden("sagemaker_quantize_job", request)
     assert request["OutputDataConfig"]["CompressionType"] == "NONE"
@@ -61,8 +65,13 @@ def test_quantize_job_golden() -> None:
 
 
 def test_compile_job_golden() -> None:
-    request = compile_job_request(job("ml.trn1.32xlarge", "nf-compile"), checkpoint_s3="s3://nf-bucket/ckpt/",
-                                  output_s3="s3://nf-bucket/runs/", tp_degree=24, target_instance="ml.inf2.48xlarge")
+    request = compile_job_request(
+        job("ml.trn1.32xlarge", "nf-compile"),
+        checkpoint_s3="s3://nf-bucket/ckpt/",
+        output_s3="s3://nf-bucket/runs/",
+        tp_degree=24,
+        target_instance="ml.inf2.48xlarge",
+    )
     check_botocore("CreateTrainingJob", request)
     check_golden("sagemaker_compile_job", request)
     assert request["Environment"]["NEURON_PLATFORM_TARGET_OVERRIDE"] == "inf2"
@@ -72,8 +81,12 @@ def test_compile_job_golden() -> None:
 
 
 def test_compile_processing_golden() -> None:
-    request = compile_processing_request(job("ml.r7i.8xlarge", "nf-compile-cpu"), checkpoint_s3="s3://nf-bucket/ckpt/",
-                                         output_s3="s3://nf-bucket/runs/", tp_degree=2)
+    request = compile_processing_request(
+        job("ml.r7i.8xlarge", "nf-compile-cpu"),
+        checkpoint_s3="s3://nf-bucket/ckpt/",
+        output_s3="s3://nf-bucket/runs/",
+        tp_degree=2,
+    )
     check_botocore("CreateProcessingJob", request)
     check_golden("sagemaker_compile_processing_job", request)
 
@@ -86,8 +99,15 @@ def test_status_and_delete_requests_are_valid() -> None:
 
 
 def test_deployment_golden() -> None:
-    requests = deployment_requests("nf-endpoint", role_arn=ROLE, region="eu-west-1", model_data_s3="s3://nf-bucket/pkg",
-                                   instance_type="ml.inf2.24xlarge", tp_degree=12, volume_gb=128)
+    requests = deployment_requests(
+        "nf-endpoint",
+        role_arn=ROLE,
+        region="eu-west-1",
+        model_data_s3="s3://nf-bucket/pkg",
+        instance_type="ml.inf2.24xlarge",
+        tp_degree=12,
+        volume_gb=128,
+    )
     for call, request in requests.items():
         check_botocore("".join(p.title() for p in call.split("_")), request)
     check_golden("sagemaker_deployment", requests)
@@ -105,7 +125,9 @@ def test_regional_dlc_account_and_role_account() -> None:
 
 
 def test_training_output_prefix() -> None:
-    assert training_output_prefix("s3://b-1/runs", "nf-q", "checkpoint") == "s3://b-1/runs/nf-q/output/model/checkpoint/"
+    assert (
+        training_output_prefix("s3://b-1/runs", "nf-q", "checkpoint") == "s3://b-1/runs/nf-q/output/model/checkpoint/"
+    )
 
 
 @pytest.mark.parametrize(
@@ -132,14 +154,26 @@ def test_wrong_instance_for_job_kind(builder: str, instance: str, message: str) 
 
 def test_endpoint_must_be_inf2_and_tp_must_fit() -> None:
     with pytest.raises(NeuronforgeError, match="cannot run an inf2 endpoint"):
-        deployment_requests("ep", role_arn=ROLE, region="us-east-1", model_data_s3="s3://b-1/p/",
-                            instance_type="ml.g5.xlarge")
+        deployment_requests(
+            "ep", role_arn=ROLE, region="us-east-1", model_data_s3="s3://b-1/p/", instance_type="ml.g5.xlarge"
+        )
     with pytest.raises(NeuronforgeError, match=r"tp_degree 4 does not fit ml.inf2.8xlarge \(2 NeuronCores\)"):
-        deployment_requests("ep", role_arn=ROLE, region="us-east-1", model_data_s3="s3://b-1/p/",
-                            instance_type="ml.inf2.8xlarge", tp_degree=4)
+        deployment_requests(
+            "ep",
+            role_arn=ROLE,
+            region="us-east-1",
+            model_data_s3="s3://b-1/p/",
+            instance_type="ml.inf2.8xlarge",
+            tp_degree=4,
+        )
     with pytest.raises(NeuronforgeError, match="tp_degree 32 does not fit ml.inf2.48xlarge"):
-        compile_job_request(job("ml.trn1.32xlarge"), checkpoint_s3="s3://b-1/c/", output_s3="s3://b-1/o/",
-                            tp_degree=32, target_instance="ml.inf2.48xlarge")
+        compile_job_request(
+            job("ml.trn1.32xlarge"),
+            checkpoint_s3="s3://b-1/c/",
+            output_s3="s3://b-1/o/",
+            tp_degree=32,
+            target_instance="ml.inf2.48xlarge",
+        )
 
 
 @pytest.mark.parametrize(
@@ -163,8 +197,14 @@ def test_bad_s3_uri_dtype_and_timeout() -> None:
     with pytest.raises(NeuronforgeError, match="--dtype 'fp4' is not supported"):
         quantize_job_request(job("ml.g6e.2xlarge"), model_s3="s3://b-1/m/", output_s3="s3://b-1/o/", dtype="fp4")
     with pytest.raises(NeuronforgeError, match="outside SageMaker's 60..3600"):
-        deployment_requests("ep", role_arn=ROLE, region="us-east-1", model_data_s3="s3://b-1/p/",
-                            instance_type="ml.inf2.xlarge", startup_timeout_s=7200)
+        deployment_requests(
+            "ep",
+            role_arn=ROLE,
+            region="us-east-1",
+            model_data_s3="s3://b-1/p/",
+            instance_type="ml.inf2.xlarge",
+            startup_timeout_s=7200,
+        )
 
 
 def test_neuron_catalogue() -> None:
@@ -203,20 +243,56 @@ def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def test_cli_dry_run_prints_the_builder_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     common = ["--role", ROLE, "--region", "us-east-1", "--dry-run"]
-    result = _cli(["sagemaker", "quantize", "--model-s3", "s3://nf-b/m/", "--output-s3", "s3://nf-b/o/",
-                   "--name", "nf-q", "--no-autoround", *common], monkeypatch)
+    result = _cli(
+        [
+            "sagemaker",
+            "quantize",
+            "--model-s3",
+            "s3://nf-b/m/",
+            "--output-s3",
+            "s3://nf-b/o/",
+            "--name",
+            "nf-q",
+            "--no-autoround",
+            *common,
+        ],
+        monkeypatch,
+    )
     assert result.exit_code == 0, result.output
-    expected = quantize_job_request(job("ml.g6e.2xlarge", "nf-q"), model_s3="s3://nf-b/m/", output_s3="s3://nf-b/o/",
-                                    options={"iters": 50, "nsamples": 32, "seqlen": 256, "autoround": False})
+    expected = quantize_job_request(
+        job("ml.g6e.2xlarge", "nf-q"),
+        model_s3="s3://nf-b/m/",
+        output_s3="s3://nf-b/o/",
+        options={"iters": 50, "nsamples": 32, "calib_seq_len": 256, "autoround": False},
+    )
     assert json.loads(result.stdout) == {"create_training_job": expected}
-    result = _cli(["sagemaker", "compile", "--checkpoint-s3", "s3://nf-b/c/", "--output-s3", "s3://nf-b/o/",
-                   "--tp-degree", "2", "--processing", "--name", "nf-c", *common], monkeypatch)
-    assert json.loads(result.stdout)["create_processing_job"]["ProcessingResources"]["ClusterConfig"][
-        "InstanceType"] == "ml.r7i.8xlarge"
-    assert json.loads(_cli(["sagemaker", "delete", "nf-ep", "--region", "us-east-1", "--dry-run"],
-                           monkeypatch).stdout) == delete_requests("nf-ep")
-    assert json.loads(_cli(["sagemaker", "status", "nf-ep", "--region", "us-east-1", "--dry-run"],
-                           monkeypatch).stdout)["describe_endpoint"] == {"EndpointName": "nf-ep"}
+    result = _cli(
+        [
+            "sagemaker",
+            "compile",
+            "--checkpoint-s3",
+            "s3://nf-b/c/",
+            "--output-s3",
+            "s3://nf-b/o/",
+            "--tp-degree",
+            "2",
+            "--processing",
+            "--name",
+            "nf-c",
+            *common,
+        ],
+        monkeypatch,
+    )
+    assert (
+        json.loads(result.stdout)["create_processing_job"]["ProcessingResources"]["ClusterConfig"]["InstanceType"]
+        == "ml.r7i.8xlarge"
+    )
+    assert json.loads(
+        _cli(["sagemaker", "delete", "nf-ep", "--region", "us-east-1", "--dry-run"], monkeypatch).stdout
+    ) == delete_requests("nf-ep")
+    assert json.loads(_cli(["sagemaker", "status", "nf-ep", "--region", "us-east-1", "--dry-run"], monkeypatch).stdout)[
+        "describe_endpoint"
+    ] == {"EndpointName": "nf-ep"}
     result = _cli(["invoke", "nf-ep", "Hello", "--max-tokens", "4", "--region", "us-east-1", "--dry-run"], monkeypatch)
     assert json.loads(result.stdout)["invoke_endpoint"]["Body"]["max_tokens"] == 4
 
@@ -224,18 +300,59 @@ def test_cli_dry_run_prints_the_builder_requests(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["sagemaker", "quantize", "--model-s3", "s3://nf-b/m/", "--output-s3", "s3://nf-b/o/",
-          "--instance-type", "ml.inf2.xlarge"], "not a valid SageMaker training instance type"),
-        (["sagemaker", "compile", "--checkpoint-s3", "s3://nf-b/c/", "--output-s3", "s3://nf-b/o/", "--tp-degree", "2",
-          "--processing", "--instance-type", "ml.trn1.32xlarge"], "not a valid SageMaker processing instance type"),
-        (["sagemaker", "compile", "--checkpoint-s3", "s3://nf-b/c/", "--output-s3", "s3://nf-b/o/", "--tp-degree", "8",
-          "--target", "ml.inf2.8xlarge"], "tp_degree 8 does not fit ml.inf2.8xlarge"),
-        (["sagemaker", "deploy", "--model-data", "s3://nf-b/p/", "--instance-type", "ml.inf9.xlarge"],
-         "not a valid SageMaker endpoint instance type"),
+        (
+            [
+                "sagemaker",
+                "quantize",
+                "--model-s3",
+                "s3://nf-b/m/",
+                "--output-s3",
+                "s3://nf-b/o/",
+                "--instance-type",
+                "ml.inf2.xlarge",
+            ],
+            "not a valid SageMaker training instance type",
+        ),
+        (
+            [
+                "sagemaker",
+                "compile",
+                "--checkpoint-s3",
+                "s3://nf-b/c/",
+                "--output-s3",
+                "s3://nf-b/o/",
+                "--tp-degree",
+                "2",
+                "--processing",
+                "--instance-type",
+                "ml.trn1.32xlarge",
+            ],
+            "not a valid SageMaker processing instance type",
+        ),
+        (
+            [
+                "sagemaker",
+                "compile",
+                "--checkpoint-s3",
+                "s3://nf-b/c/",
+                "--output-s3",
+                "s3://nf-b/o/",
+                "--tp-degree",
+                "8",
+                "--target",
+                "ml.inf2.8xlarge",
+            ],
+            "tp_degree 8 does not fit ml.inf2.8xlarge",
+        ),
+        (
+            ["sagemaker", "deploy", "--model-data", "s3://nf-b/p/", "--instance-type", "ml.inf9.xlarge"],
+            "not a valid SageMaker endpoint instance type",
+        ),
     ],
 )
-def test_cli_bad_input_exits_2_before_any_aws_call(args: list[str], message: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_bad_input_exits_2_before_any_aws_call(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     result = _cli([*args, "--role", ROLE, "--region", "us-east-1"], monkeypatch)  # no --dry-run: would call AWS
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.selection import extra_bytes, quantized_bytes, select
-from neuronforge.pipeline.sensitivity import Block
+from neuronforge.pipeline.quantize.selection import extra_bytes, quantized_bytes, select
+from neuronforge.pipeline.quantize.sensitivity import Block
 
 
 @st.composite
@@ -42,8 +42,12 @@ def test_budget_is_respected_and_filled_greedily(case: tuple[list[Block], dict[s
 
 
 def _blocks() -> tuple[list[Block], dict[str, float]]:
-    blocks = [Block("layers.0.self_attn", [], 1000, 10), Block("layers.0.mlp", [], 3000, 10),
-              Block("layers.1.self_attn", [], 1000, 10), Block("lm_head", [], 5000, 50, forced=True)]
+    blocks = [
+        Block("layers.0.self_attn", [], 1000, 10),
+        Block("layers.0.mlp", [], 3000, 10),
+        Block("layers.1.self_attn", [], 1000, 10),
+        Block("lm_head", [], 5000, 50, forced=True),
+    ]
     return blocks, {"layers.0.self_attn": 5.0, "layers.0.mlp": 9.0, "layers.1.self_attn": 1.0}
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from neuronforge.assets.texts import calibration_samples, embedded_splits
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.models import load_model, load_tokenizer
-from neuronforge.pipeline.sensitivity import analyze, find_blocks, variance_scores
-from neuronforge.pipeline.texts import calibration_samples, embedded_splits
+from neuronforge.hf.folders import load_model, load_tokenizer
+from neuronforge.pipeline.quantize.sensitivity import analyze, find_blocks, variance_scores
 
 BLOCKS = ["layers.0.self_attn", "layers.0.mlp", "layers.1.self_attn", "layers.1.mlp"]
 
@@ -87,7 +87,10 @@ def test_variance_score_matches_definition(tiny_llama_dir: Path) -> None:
     blocks = find_blocks(model)
     scores = variance_scores(model, blocks)
     attn = model.model.layers[1].self_attn
-    expected = sum(m.weight.detach().float().var(dim=1).mean() for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)) / 4
+    expected = (
+        sum(m.weight.detach().float().var(dim=1).mean() for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
+        / 4
+    )
     assert scores["layers.1.self_attn"] == pytest.approx(float(expected))
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
+from neuronforge.core.hashing import content_hash
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline import storage
-from neuronforge.pipeline.manifest import content_hash
+from neuronforge.pipeline.run import storage
 
 BUCKET = "nf-test"
 

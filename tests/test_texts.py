@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.texts import (
+from neuronforge.assets.texts import (
     EMBEDDED_TEXTS,
     calibration_samples,
     embedded_splits,
@@ -13,6 +12,7 @@ from neuronforge.pipeline.texts import (
     load_local_texts,
     split_document,
 )
+from neuronforge.errors import NeuronforgeError
 
 
 def _shingles(text: str, width: int = 80) -> set[str]:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neuronforge.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.folders import read_config, validate_hf_folder
 from neuronforge.neuron.grid import QUANT_DTYPES, QUANT_TYPES, quantize_weight
 from neuronforge.neuron.module_names import linear_name
-from neuronforge.pipeline.models import read_config, validate_hf_folder
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +49,9 @@ def input_weight_map(hf_dir: Path) -> dict[str, str]:
     if (hf_dir / SINGLE_NAME).exists():
         with safe_open(hf_dir / SINGLE_NAME, framework="pt") as handle:
             return {key: SINGLE_NAME for key in handle.keys()}
-    raise NeuronforgeError(f"{hf_dir} has neither {SINGLE_NAME} nor {INDEX_NAME}", "re-save the model with save_pretrained")
+    raise NeuronforgeError(
+        f"{hf_dir} has neither {SINGLE_NAME} nor {INDEX_NAME}", "re-save the model with save_pretrained"
+    )
 
 
 def read_not_convert_file(path: Path) -> tuple[str, ...]:
@@ -85,13 +87,17 @@ def per_tensor_list_ignored(qtype: str, modules_to_not_convert: Sequence[str]) -
 
 
 def _nxd_key(key: str) -> str:
-    return key[len(_MODEL_PREFIX):] if key.startswith(_MODEL_PREFIX) else key
+    return key[len(_MODEL_PREFIX) :] if key.startswith(_MODEL_PREFIX) else key
 
 
 def convert_shard(
-    tensors: dict[str, "torch.Tensor"], dtype: str, qtype: str, modules_to_not_convert: Sequence[str],
-    tied_lm_head: bool, record: NxdCheckpoint,
-) -> dict[str, "torch.Tensor"]:
+    tensors: dict[str, torch.Tensor],
+    dtype: str,
+    qtype: str,
+    modules_to_not_convert: Sequence[str],
+    tied_lm_head: bool,
+    record: NxdCheckpoint,
+) -> dict[str, torch.Tensor]:
     """Map one input shard's tensors to NxD's layout; pure apart from appending names to `record`."""
     out: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
@@ -108,9 +114,13 @@ def convert_shard(
 
 
 def _linear_entries(
-    module: str, weight: "torch.Tensor", dtype: str, qtype: str, modules_to_not_convert: Sequence[str],
+    module: str,
+    weight: torch.Tensor,
+    dtype: str,
+    qtype: str,
+    modules_to_not_convert: Sequence[str],
     record: NxdCheckpoint,
-) -> dict[str, "torch.Tensor"]:
+) -> dict[str, torch.Tensor]:
     name = _nxd_key(module)
     if hf_side_excluded(module, modules_to_not_convert, qtype):
         record.kept.append(module)
@@ -164,7 +174,7 @@ def write_quantized_checkpoint(
     total_size = 0
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         record = NxdCheckpoint(out_dir=out_dir, shards=names)
-        for source, name in zip(sources, names):
+        for source, name in zip(sources, names, strict=True):
             with safe_open(hf_dir / source, framework="pt") as handle:
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
             converted = convert_shard(tensors, dtype, qtype, modules_to_not_convert, tied, record)

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from neuronforge.atomic import atomic_dir, atomic_write_json
-from neuronforge.console import err_console
+from neuronforge.core.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.config import (
     DEFAULT_INSTANCE,
@@ -114,15 +114,23 @@ def resolve_spec(options: CompileOptions, model_dir: Path) -> NeuronConfigSpec:
     if options.neuron_config is not None:
         return revalidate(read_neuron_config(options.neuron_config), model_dir)
     return build_neuron_config_spec(
-        model_dir, dtype=options.dtype, modules_to_not_convert=default_not_convert(model_dir, options.not_convert),
-        tp_degree=options.tp, instance=options.instance, kv=options.kv, quantization_type=options.qtype,
-        batch_size=options.batch_size, seq_len=options.seq_len, n_positions=options.n_positions, sdk=options.sdk,
+        model_dir,
+        dtype=options.dtype,
+        modules_to_not_convert=default_not_convert(model_dir, options.not_convert),
+        tp_degree=options.tp,
+        instance=options.instance,
+        kv=options.kv,
+        quantization_type=options.qtype,
+        batch_size=options.batch_size,
+        seq_len=options.seq_len,
+        n_positions=options.n_positions,
+        sdk=options.sdk,
     )
 
 
 def smoke_generate(api: NxdiApi, model: Any, model_dir: Path, prompt: str, max_new_tokens: int) -> str:
     """Greedy-generate a few tokens through NxDI's HF adapter; an empty completion is a failed compile."""
-    from neuronforge.pipeline.models import load_tokenizer
+    from neuronforge.hf.folders import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     inputs = tokenizer(prompt, return_tensors="pt")
@@ -130,19 +138,21 @@ def smoke_generate(api: NxdiApi, model: Any, model_dir: Path, prompt: str, max_n
     output = adapter.generate(
         inputs.input_ids, attention_mask=inputs.attention_mask, max_new_tokens=max_new_tokens, do_sample=False
     )
-    new_tokens = output[0, inputs.input_ids.shape[1]:]
+    new_tokens = output[0, inputs.input_ids.shape[1] :]
     if new_tokens.numel() == 0:
-        raise NeuronforgeError("the compiled model generated no tokens in the smoke test", "check the compile log above")
+        raise NeuronforgeError(
+            "the compiled model generated no tokens in the smoke test", "check the compile log above"
+        )
     return tokenizer.decode(new_tokens, skip_special_tokens=True)
 
 
 def compile_model(options: CompileOptions) -> Path:
     """Quantize (NxD), compile, load and smoke-test; the compiled folder appears only if all of it succeeds."""
-    from neuronforge.pipeline.models import load_tokenizer, resolve_model
+    from neuronforge.hf.folders import load_tokenizer, validate_hf_folder
 
     if Path(options.out).exists() and not options.overwrite:
         raise NeuronforgeError(f"{options.out} already exists", "choose another --out, or pass --overwrite")
-    model_dir = resolve_model(options.model)
+    model_dir = validate_hf_folder(Path(options.model))
     api = load_nxdi(model_facts(model_dir).model_type, options.sdk)  # fail fast off a Neuron host
     spec = resolve_spec(options, model_dir)
     print_notices(spec.notices)
@@ -171,14 +181,19 @@ def compile_model(options: CompileOptions) -> Path:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         load_tokenizer(model_dir).save_pretrained(tmp)
-        atomic_write_json(tmp / RECORD_FILE, {
-            "source_model": str(model_dir),
-            "sdk": spec.sdk,
-            "pins": neuron_sdk(spec.sdk).pins(),
-            "spec": spec.model_copy(update={"quantized_checkpoints_path": str(final_quantized)}).model_dump(mode="json"),
-            "notices": spec.notices,
-            "env": env,
-            "smoke": {"prompt": options.smoke_prompt, "completion": completion},
-            "timings": timings,
-        })
+        atomic_write_json(
+            tmp / RECORD_FILE,
+            {
+                "source_model": str(model_dir),
+                "sdk": spec.sdk,
+                "pins": neuron_sdk(spec.sdk).pins(),
+                "spec": spec.model_copy(update={"quantized_checkpoints_path": str(final_quantized)}).model_dump(
+                    mode="json"
+                ),
+                "notices": spec.notices,
+                "env": env,
+                "smoke": {"prompt": options.smoke_prompt, "completion": completion},
+                "timings": timings,
+            },
+        )
     return options.out

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from neuronforge.atomic import atomic_write_json
+from neuronforge.core.atomic import atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.neuron.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
-from neuronforge.sagemaker.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
 
 QuantDtype = Literal["int8", "f8e4m3", "f8e5m2"]
 QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
@@ -59,7 +59,7 @@ def entry_problem(entry: str) -> tuple[str, str] | None:
     if entry.startswith("model."):
         return (
             f"modules_to_not_convert entry {entry!r} is an HF module name",
-            f"drop the 'model.' prefix and name the whole block, e.g. {_block_hint(entry[len('model.'):])!r}: "
+            f"drop the 'model.' prefix and name the whole block, e.g. {_block_hint(entry[len('model.') :])!r}: "
             "NxDI's runtime paths have no 'model.' prefix, so the layer would be quantized anyway",
         )
     if m := _SUBMODULE.match(entry):
@@ -157,7 +157,7 @@ class NeuronConfigSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _kv_pair(self) -> "NeuronConfigSpec":
+    def _kv_pair(self) -> NeuronConfigSpec:
         if self.kv_cache_quant != (self.kv_quant_config is not None):
             raise _fail(
                 f"kv_cache_quant={self.kv_cache_quant} with kv_quant_config={self.kv_quant_config}",
@@ -190,7 +190,7 @@ class ModelFacts(BaseModel):
     max_position_embeddings: int | None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "ModelFacts":
+    def from_config(cls, config: Mapping[str, Any]) -> ModelFacts:
         missing = [k for k in ("num_hidden_layers", "num_attention_heads") if k not in config]
         if missing:
             raise _fail(f"config.json lacks {missing}", "point at a Llama/Mistral folder written by save_pretrained")
@@ -269,7 +269,10 @@ def _check_per_tensor(spec: NeuronConfigSpec, entries: list[str], facts: ModelFa
 def _check_fp8_biases(spec: NeuronConfigSpec, entries: list[str], facts: ModelFacts) -> None:
     if not spec.quantization_dtype.startswith("f8"):
         return
-    for has_bias, kind, flag in ((facts.attention_bias, "self_attn", "attention_bias"), (facts.mlp_bias, "mlp", "mlp_bias")):
+    for has_bias, kind, flag in (
+        (facts.attention_bias, "self_attn", "attention_bias"),
+        (facts.mlp_bias, "mlp", "mlp_bias"),
+    ):
         missing = [f"layers.{i}.{kind}" for i in range(facts.num_layers) if f"layers.{i}.{kind}" not in entries]
         if has_bias and missing:
             raise _fail(
@@ -284,13 +287,13 @@ def _check_tp(spec: NeuronConfigSpec, facts: ModelFacts, notices: list[str]) -> 
     if spec.tp_degree > cores:
         raise _fail(
             f"tp_degree {spec.tp_degree} needs {spec.tp_degree} NeuronCores; {spec.target_instance} has {cores}",
-            f"use --tp <= {cores}, or a larger instance ({_larger_instances(spec.tp_degree)})",
+            f"use --tp-degree <= {cores}, or a larger instance ({_larger_instances(spec.tp_degree)})",
         )
     if facts.num_attention_heads % spec.tp_degree:
         divisors = [t for t in range(1, cores + 1) if facts.num_attention_heads % t == 0]
         raise _fail(
             f"tp_degree {spec.tp_degree} does not divide num_attention_heads={facts.num_attention_heads}",
-            f"use --tp in {divisors} on {spec.target_instance} (NxDI would otherwise pad zero query heads)",
+            f"use --tp-degree in {divisors} on {spec.target_instance} (NxDI would otherwise pad zero query heads)",
         )
     if not keeps_gqa(spec.tp_degree, facts.num_key_value_heads):
         factor = facts.num_attention_heads // facts.num_key_value_heads
@@ -302,7 +305,9 @@ def _check_tp(spec: NeuronConfigSpec, facts: ModelFacts, notices: list[str]) -> 
 
 def _check_lengths(spec: NeuronConfigSpec, facts: ModelFacts) -> None:
     if spec.seq_len > spec.n_positions:
-        raise _fail(f"seq_len {spec.seq_len} exceeds n_positions {spec.n_positions}", "raise --n-positions or lower --seq-len")
+        raise _fail(
+            f"seq_len {spec.seq_len} exceeds n_positions {spec.n_positions}", "raise --n-positions or lower --seq-len"
+        )
     if facts.max_position_embeddings and spec.n_positions > facts.max_position_embeddings:
         raise _fail(
             f"n_positions {spec.n_positions} exceeds the model's max_position_embeddings "
@@ -312,7 +317,10 @@ def _check_lengths(spec: NeuronConfigSpec, facts: ModelFacts) -> None:
 
 
 def _larger_instances(tp: int) -> str:
-    return ", ".join(f"ml.{name}" for name, entry in NEURON_INSTANCES.items() if entry.neuron_cores >= tp) or "none has that many"
+    return (
+        ", ".join(f"ml.{name}" for name, entry in NEURON_INSTANCES.items() if entry.neuron_cores >= tp)
+        or "none has that many"
+    )
 
 
 def kv_fields(kv: str) -> dict[str, Any]:
@@ -347,10 +355,19 @@ def build_neuron_config_spec(
         tp_degree = choose_tp(facts, instance)
         notices.append(f"tp_degree {tp_degree} chosen: the largest that divides the query heads and fits {instance}")
     spec = make_spec(
-        tp_degree=tp_degree, batch_size=batch_size, seq_len=seq_len, n_positions=n_positions or seq_len,
-        torch_dtype=torch_dtype, quantized_checkpoints_path=quantized_checkpoints_path, quantization_dtype=dtype,
-        quantization_type=quantization_type, modules_to_not_convert=list(modules_to_not_convert),
-        target_instance=instance, sdk=sdk, notices=notices, **kv_fields(kv),
+        tp_degree=tp_degree,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        n_positions=n_positions or seq_len,
+        torch_dtype=torch_dtype,
+        quantized_checkpoints_path=quantized_checkpoints_path,
+        quantization_dtype=dtype,
+        quantization_type=quantization_type,
+        modules_to_not_convert=list(modules_to_not_convert),
+        target_instance=instance,
+        sdk=sdk,
+        notices=notices,
+        **kv_fields(kv),
     )
     return check_against_model(spec, facts)
 
@@ -361,10 +378,10 @@ def revalidate(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
 
 
 def model_facts(model_dir: Path) -> ModelFacts:
-    """ModelFacts of a validated model folder (or embedded model name)."""
-    from neuronforge.pipeline.models import read_config, resolve_model
+    """ModelFacts of a validated model folder."""
+    from neuronforge.hf.folders import read_config, validate_hf_folder
 
-    return ModelFacts.from_config(read_config(resolve_model(model_dir)))
+    return ModelFacts.from_config(read_config(validate_hf_folder(Path(model_dir))))
 
 
 def write_config_files(spec: NeuronConfigSpec, out_dir: Path) -> tuple[Path, Path]:
@@ -409,4 +426,6 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise _fail(f"{path} does not exist", "check the path") from None
     except json.JSONDecodeError as exc:
-        raise _fail(f"{path} is not valid JSON ({exc})", "rewrite it, or regenerate it with `neuronforge neuron-config`") from None
+        raise _fail(
+            f"{path} is not valid JSON ({exc})", "rewrite it, or regenerate it with `neuronforge neuron-config`"
+        ) from None

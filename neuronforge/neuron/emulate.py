@@ -36,9 +36,13 @@ class EmulationSpec:
 
     def validate(self) -> None:
         if self.dtype is not None and self.dtype not in QUANT_DTYPES:
-            raise NeuronforgeError(f"unknown weight dtype '{self.dtype}'", f"choose one of: {', '.join(QUANT_DTYPES)} or none")
+            raise NeuronforgeError(
+                f"unknown weight dtype '{self.dtype}'", f"choose one of: {', '.join(QUANT_DTYPES)} or none"
+            )
         if self.qtype not in QUANT_TYPES:
-            raise NeuronforgeError(f"unknown quantization type '{self.qtype}'", f"choose one of: {', '.join(QUANT_TYPES)}")
+            raise NeuronforgeError(
+                f"unknown quantization type '{self.qtype}'", f"choose one of: {', '.join(QUANT_TYPES)}"
+            )
         if self.dtype is not None and self.qtype == "per_tensor_symmetric" and self.modules_to_not_convert:
             raise NeuronforgeError(
                 "per_tensor_symmetric ignores modules_to_not_convert when NxDI writes the checkpoint but honours it at "
@@ -48,7 +52,11 @@ class EmulationSpec:
 
     def describe(self) -> str:
         weights = "bf16 weights" if self.dtype is None else f"{self.dtype} {self.qtype} weights"
-        kept = f", {len(self.modules_to_not_convert)} modules kept bf16" if self.dtype and self.modules_to_not_convert else ""
+        kept = (
+            f", {len(self.modules_to_not_convert)} modules kept bf16"
+            if self.dtype and self.modules_to_not_convert
+            else ""
+        )
         return f"{weights}{kept}, {'fp8 e4m3' if self.kv_fp8 else 'bf16'} KV cache"
 
 
@@ -56,7 +64,7 @@ class EmulationSpec:
 class EmulatedModel:
     """An HF model converted in place to Neuron numerics, with teacher-forced logits and greedy decoding."""
 
-    model: "PreTrainedModel"
+    model: PreTrainedModel
     spec: EmulationSpec
     converted: list[str] = field(default_factory=list)
     kv_risk: KVRisk = field(default_factory=KVRisk)
@@ -71,7 +79,9 @@ class EmulatedModel:
         seq = input_ids.shape[1]
         prefill = seq // 2 if prefill_len is None else prefill_len
         if not 1 <= prefill <= seq:
-            raise NeuronforgeError(f"prefill_len {prefill} is outside 1..{seq}", "pick a prefill length within the sequence")
+            raise NeuronforgeError(
+                f"prefill_len {prefill} is outside 1..{seq}", "pick a prefill length within the sequence"
+            )
         return self.model(input_ids, use_cache=False, **self._kwargs(prefill)).logits.float()
 
     @torch.inference_mode()
@@ -95,7 +105,7 @@ class EmulatedModel:
         return sequence
 
 
-def _untie_lm_head(model: "PreTrainedModel") -> None:
+def _untie_lm_head(model: PreTrainedModel) -> None:
     """Give lm_head its own weight so quantizing it never touches the embedding."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     if head is not None and embed is not None and head.weight is embed.weight:
@@ -103,7 +113,7 @@ def _untie_lm_head(model: "PreTrainedModel") -> None:
         model.config.tie_word_embeddings = False
 
 
-def emulate(model: "PreTrainedModel", spec: EmulationSpec) -> EmulatedModel:
+def emulate(model: PreTrainedModel, spec: EmulationSpec) -> EmulatedModel:
     """Convert `model` in place to the numerics `spec` describes."""
     from neuronforge.neuron.qlinear import Bf16Linear, convert_to_neuron_numerics, quantizable_linears, replace_module
 
@@ -124,14 +134,16 @@ def emulate(model: "PreTrainedModel", spec: EmulationSpec) -> EmulatedModel:
 
 def load_emulated(model_dir: Path, spec: EmulationSpec) -> EmulatedModel:
     """Load an HF folder in bf16 and convert it (validates the spec before paying for the load)."""
-    from neuronforge.pipeline.models import load_model
+    from neuronforge.hf.folders import load_model
 
     spec.validate()
     return emulate(load_model(Path(model_dir)), spec)
 
 
 @torch.inference_mode()
-def perplexity(emulated: EmulatedModel, windows: torch.Tensor, prefill_len: int | None = None, batch_size: int = 4) -> float:
+def perplexity(
+    emulated: EmulatedModel, windows: torch.Tensor, prefill_len: int | None = None, batch_size: int = 4
+) -> float:
     """exp(mean next-token NLL) over every position of every [n, s] window (logits in fp32)."""
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
@@ -139,7 +151,9 @@ def perplexity(emulated: EmulatedModel, windows: torch.Tensor, prefill_len: int 
     for batch in windows.split(batch_size):
         logits = emulated.logits(batch, prefill_len)[:, :-1]
         targets = batch[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+        )
         total += float(nll)
         count += targets.numel()
     return math.exp(total / count)

@@ -47,8 +47,10 @@ class KVRisk:
                 self.max_abs = max(self.max_abs, float(magnitude.max()))
 
     def describe(self) -> str:
-        return (f"{self.over}/{self.total} K/V values ({self.fraction:.2e}) exceed |240| (max |x| {self.max_abs:.1f}); "
-                + ("emulation exact" if self.over == 0 else "Neuron behaviour is undefined for those values"))
+        return (
+            f"{self.over}/{self.total} K/V values ({self.fraction:.2e}) exceed |240| (max |x| {self.max_abs:.1f}); "
+            + ("emulation exact" if self.over == 0 else "Neuron behaviour is undefined for those values")
+        )
 
 
 @dataclass
@@ -65,8 +67,12 @@ def fp8_roundtrip(x: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_rows(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor,
-    attention_mask: torch.Tensor | None, scaling: float,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    positions: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
 ) -> torch.Tensor:
     """Attention for query rows that run as decode steps: past K/V via fp8, each row's own K/V exact.
 
@@ -107,7 +113,9 @@ def fp8_kv_attention(
     state = kwargs.pop(STATE_KWARG, None)
     if not isinstance(state, KVState):
         raise RuntimeError(f"{ATTENTION_NAME} needs a KVState in the '{STATE_KWARG}' forward kwarg")
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
     q_len, kv_len = query.shape[2], key.shape[2]
     state.risk.observe(key[:, :, -q_len:], value[:, :, -q_len:])  # what this call writes to the cache
     first = kv_len - q_len  # absolute position of query row 0
@@ -117,8 +125,14 @@ def fp8_kv_attention(
     groups = query.shape[1] // key.shape[1]
     positions = torch.arange(first + start, kv_len, device=query.device)
     mask = attention_mask[:, :, start:] if attention_mask is not None else None
-    rows = _decode_rows(query[:, :, start:], repeat_kv(key, groups), repeat_kv(value, groups), positions, mask,
-                        scaling if scaling is not None else query.shape[-1] ** -0.5)
+    rows = _decode_rows(
+        query[:, :, start:],
+        repeat_kv(key, groups),
+        repeat_kv(value, groups),
+        positions,
+        mask,
+        scaling if scaling is not None else query.shape[-1] ** -0.5,
+    )
     out = out.clone()
     out[:, start:] = rows
     return out, None

@@ -17,8 +17,16 @@ from neuronforge.neuron.versions import DEFAULT_SDK, install_hint
 
 # HF model_type -> (module, causal-LM class, InferenceConfig subclass).
 MODEL_CLASSES: dict[str, tuple[str, str, str]] = {
-    "llama": ("neuronx_distributed_inference.models.llama.modeling_llama", "NeuronLlamaForCausalLM", "LlamaInferenceConfig"),
-    "mistral": ("neuronx_distributed_inference.models.llama.modeling_llama", "NeuronLlamaForCausalLM", "LlamaInferenceConfig"),
+    "llama": (
+        "neuronx_distributed_inference.models.llama.modeling_llama",
+        "NeuronLlamaForCausalLM",
+        "LlamaInferenceConfig",
+    ),
+    "mistral": (
+        "neuronx_distributed_inference.models.llama.modeling_llama",
+        "NeuronLlamaForCausalLM",
+        "LlamaInferenceConfig",
+    ),
 }
 
 

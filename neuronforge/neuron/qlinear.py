@@ -17,7 +17,9 @@ from neuronforge.neuron.module_names import nxdi_path, nxdi_skips
 class NeuronQuantLinear(nn.Module):
     """Holds codes (int8 or fp8) and an fp32 scale exactly as NxD's checkpoint stores them."""
 
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: str, qtype: str) -> None:
+    def __init__(
+        self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: str, qtype: str
+    ) -> None:
         super().__init__()
         self.register_buffer("codes", codes)
         self.register_buffer("scale", scale)
@@ -28,7 +30,7 @@ class NeuronQuantLinear(nn.Module):
         self._codes_fp32: torch.Tensor | None = None  # exact fp32 copy of the codes, made on first use
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric") -> "NeuronQuantLinear":
+    def from_linear(cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric") -> NeuronQuantLinear:
         # NxDI quantizes the HF model loaded in fp32 (exact for bf16; the fp8 per-tensor scale depends on it).
         codes, scale = quantize_weight(linear.weight.detach().float(), dtype, qtype)
         # NxD's fp8 QuantizedLinear drops Linear biases; int8 keeps them (cast to bf16 at load).

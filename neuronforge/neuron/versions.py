@@ -89,6 +89,4 @@ def neuron_sdk(version: str = DEFAULT_SDK) -> NeuronSdk:
 def install_hint(version: str = DEFAULT_SDK) -> str:
     """What to tell a user whose host lacks NxD Inference."""
     sdk = neuron_sdk(version)
-    return (
-        f"on an inf2/trn1 host, use the Neuron DLAMI for SDK {sdk.sdk} or run: {sdk.pip_install_command()}"
-    )
+    return f"on an inf2/trn1 host, use the Neuron DLAMI for SDK {sdk.sdk} or run: {sdk.pip_install_command()}"

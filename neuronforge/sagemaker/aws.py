@@ -34,7 +34,9 @@ def call(fn: Callable[..., Any], *, fix: str = DEFAULT_FIX, **kwargs: Any) -> An
         err = exc.response.get("Error", {})
         raise NeuronforgeError(f"{exc.operation_name} failed: {err.get('Code')}: {err.get('Message')}", fix) from None
     except WaiterError as exc:
-        raise NeuronforgeError(f"stopped waiting: {exc}", "see `neuronforge sagemaker status NAME` and the "
-                               "CloudWatch logs under /aws/sagemaker/") from None
+        raise NeuronforgeError(
+            f"stopped waiting: {exc}",
+            "see `neuronforge sagemaker status NAME` and the CloudWatch logs under /aws/sagemaker/",
+        ) from None
     except S3UploadFailedError as exc:
         raise NeuronforgeError(f"S3 upload failed: {exc}", fix) from None

@@ -1,18 +1,18 @@
-"""The instance catalogue (accelerator, NeuronCores) and per-job-kind instance validation.
+"""Which instance types each SageMaker job kind may use, checked before any AWS call.
 
-This module is the single source of truth for NeuronCore counts: `neuronforge.neuron.config` imports
-`neuron_cores` from here for tp_degree checks. Which instance types each SageMaker API accepts comes from
-botocore's own service model, because neither botocore nor moto rejects a wrong type before AWS does.
+NeuronCore counts come from the hardware catalogue (`neuronforge.neuron.instances`). Which instance types each
+SageMaker API accepts comes from botocore's own service model, because neither botocore nor moto rejects a
+wrong type before AWS does.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from typing import Literal
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.instances import NEURON_INSTANCES, bare_type, family, neuron_cores
 
 JobKind = Literal["training", "processing", "endpoint"]
 Role = Literal["quantize", "compile", "compile-cpu", "serve"]
@@ -24,24 +24,6 @@ _ENUM_SHAPES: dict[str, str] = {
     "endpoint": "ProductionVariantInstanceType",
 }
 
-
-@dataclass(frozen=True)
-class NeuronInstance:
-    family: str  # "inf2" | "trn1"
-    chips: int
-    neuron_cores: int  # NeuronCore-v2: 2 per Inferentia2/Trainium chip, 16 GiB HBM each
-
-
-# research/sagemaker.md §3.1 (Neuron inferentia2/trainium architecture pages).
-NEURON_INSTANCES: dict[str, NeuronInstance] = {
-    "inf2.xlarge": NeuronInstance("inf2", 1, 2),
-    "inf2.8xlarge": NeuronInstance("inf2", 1, 2),
-    "inf2.24xlarge": NeuronInstance("inf2", 6, 12),
-    "inf2.48xlarge": NeuronInstance("inf2", 12, 24),
-    "trn1.2xlarge": NeuronInstance("trn1", 1, 2),
-    "trn1.32xlarge": NeuronInstance("trn1", 16, 32),
-    "trn1n.32xlarge": NeuronInstance("trn1", 16, 32),
-}
 
 # GPU families that can run the quantize stage as a training job (research §3.2).
 GPU_FAMILIES = ("g5", "g6", "g6e", "p4d", "p4de", "p5")
@@ -63,39 +45,16 @@ _EXAMPLES = {
 }
 
 
-def _bare(instance_type: str) -> str:
-    return instance_type.removeprefix("ml.")
-
-
-def family(instance_type: str) -> str:
-    """`ml.inf2.xlarge` -> `inf2`."""
-    return _bare(instance_type).split(".")[0]
-
-
-def neuron_instance(instance_type: str) -> NeuronInstance:
-    """The catalogue entry for an inf2/trn1 type, with or without the `ml.` prefix."""
-    entry = NEURON_INSTANCES.get(_bare(instance_type))
-    if entry is None:
-        known = ", ".join(f"ml.{name}" for name in NEURON_INSTANCES)
-        raise NeuronforgeError(f"{instance_type} is not a known Neuron instance type", f"use one of: {known}")
-    return entry
-
-
-def neuron_cores(instance_type: str) -> int:
-    """NeuronCores on an inf2/trn1 instance (`ml.` prefix optional)."""
-    return neuron_instance(instance_type).neuron_cores
-
-
 def accelerator(instance_type: str) -> Literal["neuron", "gpu", "cpu"]:
     fam = family(instance_type)
-    if _bare(instance_type) in NEURON_INSTANCES or fam.startswith(("inf", "trn")):
+    if bare_type(instance_type) in NEURON_INSTANCES or fam.startswith(("inf", "trn")):
         return "neuron"
     if re.fullmatch(r"(g|p)\d+[a-z]*", fam):
         return "gpu"
     return "cpu"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def allowed_instance_types(kind: JobKind) -> frozenset[str]:
     """Instance types the SageMaker API for `kind` accepts, read from botocore's service model."""
     import botocore.session
@@ -109,7 +68,9 @@ def validate_instance(role: Role, instance_type: str) -> str:
     kind, families, what = ROLES[role]
     example = _EXAMPLES[role]
     if not instance_type.startswith("ml."):
-        raise NeuronforgeError(f"instance type '{instance_type}' lacks the 'ml.' prefix", f"SageMaker names it like {example}")
+        raise NeuronforgeError(
+            f"instance type '{instance_type}' lacks the 'ml.' prefix", f"SageMaker names it like {example}"
+        )
     if instance_type not in allowed_instance_types(kind):
         if any(instance_type in allowed_instance_types(other) for other in _ENUM_SHAPES):
             fix = f"{instance_type} exists but SageMaker {kind} jobs cannot use it; use e.g. {example} for {what}"
@@ -127,6 +88,8 @@ def validate_tp_degree(instance_type: str, tp_degree: int) -> int:
     cores = neuron_cores(instance_type)
     if not 1 <= tp_degree <= cores:
         bigger = [f"ml.{n}" for n, e in NEURON_INSTANCES.items() if e.family == "inf2" and e.neuron_cores >= tp_degree]
-        fix = f"use --tp-degree between 1 and {cores}" + (f", or a larger instance: {', '.join(bigger)}" if bigger else "")
+        fix = f"use --tp-degree between 1 and {cores}" + (
+            f", or a larger instance: {', '.join(bigger)}" if bigger else ""
+        )
         raise NeuronforgeError(f"tp_degree {tp_degree} does not fit {instance_type} ({cores} NeuronCores)", fix)
     return tp_degree

@@ -16,7 +16,9 @@ SERVED_MODEL_NAME = "neuronforge"  # the serve wrapper passes it to vLLM as --se
 
 def completion_body(prompt: str, max_tokens: int = 32, temperature: float = 0.0) -> dict[str, Any]:
     if not prompt:
-        raise NeuronforgeError("the prompt is empty", "pass a prompt, e.g. neuronforge invoke ENDPOINT 'The capital of France is'")
+        raise NeuronforgeError(
+            "the prompt is empty", "pass a prompt, e.g. neuronforge invoke ENDPOINT 'The capital of France is'"
+        )
     if max_tokens < 1:
         raise NeuronforgeError(f"max_tokens {max_tokens} must be at least 1", "pass --max-tokens 32")
     return {"model": SERVED_MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
@@ -28,11 +30,18 @@ def completion_text(raw: bytes) -> str:
         choice = json.loads(raw)["choices"][0]
         return choice["text"] if "text" in choice else choice["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise NeuronforgeError(f"the endpoint answered something that is not a completion: {raw[:200]!r}",
-                               "check the endpoint's CloudWatch logs (/aws/sagemaker/Endpoints/<name>)") from None
+        raise NeuronforgeError(
+            f"the endpoint answered something that is not a completion: {raw[:200]!r}",
+            "check the endpoint's CloudWatch logs (/aws/sagemaker/Endpoints/<name>)",
+        ) from None
 
 
 def invoke(endpoint: str, body: dict[str, Any], runtime: BaseClient) -> str:
-    response = call(runtime.invoke_endpoint, EndpointName=endpoint, ContentType="application/json",
-                    Accept="application/json", Body=json.dumps(body))
+    response = call(
+        runtime.invoke_endpoint,
+        EndpointName=endpoint,
+        ContentType="application/json",
+        Accept="application/json",
+        Body=json.dumps(body),
+    )
     return completion_text(response["Body"].read())

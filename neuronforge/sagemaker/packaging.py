@@ -16,16 +16,17 @@ import hashlib
 import json
 import platform
 import shutil
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neuronforge import __version__
-from neuronforge.atomic import atomic_dir, atomic_write_json, link_tree
+from neuronforge.core import s3uri
+from neuronforge.core.atomic import atomic_dir, atomic_write_json, link_tree
+from neuronforge.core.hashing import sha256_file
+from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
-from neuronforge.sagemaker import s3uri
 from neuronforge.sagemaker.aws import call
 from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, COMPILED_SUBDIR, serving_environment
+from neuronforge.version import __version__
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient as S3Client
@@ -33,18 +34,24 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 SERVING = "serving.json"
 CHUNK = 8 * 1024 * 1024  # multipart threshold and part size: fixes the ETag we can predict locally
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "generation_config.json", "chat_template.jinja")
-_VERSIONED = ("neuronx-distributed-inference", "neuronx-distributed", "neuronx-cc", "torch-neuronx", "vllm",
-              "torch", "transformers", "boto3")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+    "chat_template.jinja",
+)
+_VERSIONED = (
+    "neuronx-distributed-inference",
+    "neuronx-distributed",
+    "neuronx-cc",
+    "torch-neuronx",
+    "vllm",
+    "torch",
+    "transformers",
+    "boto3",
+)
 
 
 def s3_etag(path: Path, chunk: int | None = None) -> str:
@@ -60,13 +67,7 @@ def s3_etag(path: Path, chunk: int | None = None) -> str:
 
 
 def _versions() -> dict[str, str]:
-    found = {"neuronforge": __version__, "python": platform.python_version()}
-    for dist in _VERSIONED:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    return {"neuronforge": __version__, "python": platform.python_version(), **installed_versions(_VERSIONED)}
 
 
 def _files(root: Path) -> list[Path]:
@@ -81,21 +82,27 @@ def build_manifest(root: Path, extra: dict[str, Any] | None = None) -> dict[str,
 def _read_neuron_config(compiled: Path) -> dict[str, Any]:
     for required in ("model.pt", "neuron_config.json"):
         if not (compiled / required).is_file():
-            raise NeuronforgeError(f"{compiled} has no {required}: it is not an NxDI compiled directory",
-                                   "pass the --out directory of `neuronforge compile`")
+            raise NeuronforgeError(
+                f"{compiled} has no {required}: it is not an NxDI compiled directory",
+                "pass the --out directory of `neuronforge compile`",
+            )
     raw = json.loads((compiled / "neuron_config.json").read_text())
     return raw.get("neuron_config", raw)
 
 
 def _check_checkpoint(checkpoint: Path, tokenizer: Path | None) -> list[Path]:
     if not (checkpoint / "config.json").is_file() or not any(checkpoint.glob("*.safetensors")):
-        raise NeuronforgeError(f"{checkpoint} is not a quantized HF checkpoint (config.json + *.safetensors)",
-                               "pass the --out directory of `neuronforge quantize`")
+        raise NeuronforgeError(
+            f"{checkpoint} is not a quantized HF checkpoint (config.json + *.safetensors)",
+            "pass the --out directory of `neuronforge quantize`",
+        )
     source = tokenizer or checkpoint
     found = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
     if not any(p.name in ("tokenizer.json", "tokenizer.model") for p in found):
-        raise NeuronforgeError(f"no tokenizer (tokenizer.json or tokenizer.model) in {source}",
-                               "pass --tokenizer <folder saved with tokenizer.save_pretrained>")
+        raise NeuronforgeError(
+            f"no tokenizer (tokenizer.json or tokenizer.model) in {source}",
+            "pass --tokenizer <folder saved with tokenizer.save_pretrained>",
+        )
     return found
 
 
@@ -103,8 +110,10 @@ def serving_config(neuron_config: dict[str, Any], tp_degree: int | None, max_num
     """serving.json: tp and lengths must match what was compiled, or NxDI refuses to load."""
     compiled_tp = neuron_config.get("tp_degree")
     if tp_degree is not None and compiled_tp is not None and tp_degree != compiled_tp:
-        raise NeuronforgeError(f"--tp-degree {tp_degree} differs from the compiled tp_degree {compiled_tp}",
-                               "drop --tp-degree (it is read from compiled/neuron_config.json) or recompile")
+        raise NeuronforgeError(
+            f"--tp-degree {tp_degree} differs from the compiled tp_degree {compiled_tp}",
+            "drop --tp-degree (it is read from compiled/neuron_config.json) or recompile",
+        )
     tp = tp_degree or compiled_tp
     if not tp:
         raise NeuronforgeError("compiled/neuron_config.json has no tp_degree", "pass --tp-degree")
@@ -119,8 +128,16 @@ def serving_config(neuron_config: dict[str, Any], tp_degree: int | None, max_num
     }
 
 
-def package_model(out: Path, *, compiled: Path, checkpoint: Path, tokenizer: Path | None = None,
-                  tp_degree: int | None = None, max_num_seqs: int = 1, overwrite: bool = False) -> Path:
+def package_model(
+    out: Path,
+    *,
+    compiled: Path,
+    checkpoint: Path,
+    tokenizer: Path | None = None,
+    tp_degree: int | None = None,
+    max_num_seqs: int = 1,
+    overwrite: bool = False,
+) -> Path:
     """Write the endpoint's model directory at `out` atomically and return it."""
     out, compiled, checkpoint = Path(out), Path(compiled), Path(checkpoint)
     if out.exists() and not overwrite:
@@ -142,8 +159,10 @@ def package_model(out: Path, *, compiled: Path, checkpoint: Path, tokenizer: Pat
 def load_manifest(root: Path) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.is_file():
-        raise NeuronforgeError(f"{root} has no {MANIFEST}: it is not a neuronforge package",
-                               "create it with `neuronforge package DIR --compiled ... --checkpoint ...`")
+        raise NeuronforgeError(
+            f"{root} has no {MANIFEST}: it is not a neuronforge package",
+            "create it with `neuronforge package DIR --compiled ... --checkpoint ...`",
+        )
     return json.loads(path.read_text())
 
 
@@ -155,11 +174,16 @@ def verify_package(root: Path) -> dict[str, Any]:
     present = {p.relative_to(root).as_posix() for p in _files(root)}
     problems = [f"missing: {n}" for n in sorted(set(expected) - present)]
     problems += [f"not in manifest: {n}" for n in sorted(present - set(expected))]
-    problems += [f"checksum mismatch: {n}" for n in sorted(set(expected) & present)
-                 if sha256_file(root / n) != expected[n]["sha256"]]
+    problems += [
+        f"checksum mismatch: {n}"
+        for n in sorted(set(expected) & present)
+        if sha256_file(root / n) != expected[n]["sha256"]
+    ]
     if problems:
-        raise NeuronforgeError(f"{root} does not match its manifest ({'; '.join(problems[:5])})",
-                               "re-run `neuronforge package` to rebuild it; do not edit a package after packaging")
+        raise NeuronforgeError(
+            f"{root} does not match its manifest ({'; '.join(problems[:5])})",
+            "re-run `neuronforge package` to rebuild it; do not edit a package after packaging",
+        )
     return manifest
 
 
@@ -167,7 +191,7 @@ def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
     """Verify checksums, upload with managed multipart transfers and a progress bar, then check sizes and ETags."""
     from boto3.s3.transfer import TransferConfig
 
-    from neuronforge.console import progress
+    from neuronforge.core.progress import progress
 
     root = Path(root)
     manifest = verify_package(root)
@@ -178,16 +202,25 @@ def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
     with progress() as bar:
         task = bar.add_task(f"upload to s3://{bucket}/{key_prefix}", total=total)
         for name in names:
-            call(s3.upload_file, Filename=str(root / name), Bucket=bucket, Key=key_prefix + name, Config=config,
-                 Callback=lambda sent: bar.advance(task, sent), fix=f"check that bucket {bucket} exists and is writable")
+            call(
+                s3.upload_file,
+                Filename=str(root / name),
+                Bucket=bucket,
+                Key=key_prefix + name,
+                Config=config,
+                Callback=lambda sent: bar.advance(task, sent),
+                fix=f"check that bucket {bucket} exists and is writable",
+            )
     bad = []
     for name in names:
         head = call(s3.head_object, Bucket=bucket, Key=key_prefix + name)
         if head["ContentLength"] != (root / name).stat().st_size or head["ETag"] != s3_etag(root / name):
             bad.append(name)
     if bad:
-        raise NeuronforgeError(f"uploaded objects differ from the local files: {', '.join(bad[:5])}",
-                               "re-run the upload; do not create an endpoint from this prefix")
+        raise NeuronforgeError(
+            f"uploaded objects differ from the local files: {', '.join(bad[:5])}",
+            "re-run the upload; do not create an endpoint from this prefix",
+        )
     return [key_prefix + n for n in names]
 
 
@@ -199,11 +232,13 @@ def verify_remote_package(s3_uri: str, s3: S3Client) -> dict[str, Any]:
     manifest = json.loads(obj["Body"].read())
     remote: dict[str, int] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
-        remote |= {obj["Key"][len(key_prefix):]: obj["Size"] for obj in page.get("Contents", [])}
+        remote |= {obj["Key"][len(key_prefix) :]: obj["Size"] for obj in page.get("Contents", [])}
     problems = [f"missing: {n}" for n, f in manifest["files"].items() if n not in remote]
     problems += [f"size differs: {n}" for n, f in manifest["files"].items() if n in remote and remote[n] != f["size"]]
     problems += [f"not in manifest: {n}" for n in sorted(set(remote) - set(manifest["files"]) - {MANIFEST})]
     if problems:
-        raise NeuronforgeError(f"s3://{bucket}/{key_prefix} does not match its manifest ({'; '.join(problems[:5])})",
-                               "re-upload the package to an empty prefix (SageMaker copies every object under it)")
+        raise NeuronforgeError(
+            f"s3://{bucket}/{key_prefix} does not match its manifest ({'; '.join(problems[:5])})",
+            "re-upload the package to an empty prefix (SageMaker copies every object under it)",
+        )
     return manifest

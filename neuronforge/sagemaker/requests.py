@@ -11,11 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from neuronforge import __version__
+from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError
-from neuronforge.sagemaker import s3uri
 from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
 from neuronforge.sagemaker.instances import Role, validate_instance, validate_tp_degree
+from neuronforge.version import __version__
 
 Request = dict[str, Any]
 
@@ -67,14 +67,18 @@ def _checked_settings(job: JobSettings, role: Role) -> None:
     validate_instance(role, job.instance_type)
     account_of_role(job.role_arn)
     if job.max_runtime_s <= 0:
-        raise NeuronforgeError(f"max runtime {job.max_runtime_s}s must be positive", "pass --max-runtime in seconds, e.g. 14400")
+        raise NeuronforgeError(
+            f"max runtime {job.max_runtime_s}s must be positive", "pass --max-runtime in seconds, e.g. 14400"
+        )
     if job.spot and job.max_wait_s is not None and job.max_wait_s < job.max_runtime_s:
         raise NeuronforgeError(
             f"spot max wait {job.max_wait_s}s is shorter than max runtime {job.max_runtime_s}s",
             "SageMaker requires MaxWaitTimeInSeconds >= MaxRuntimeInSeconds; raise --max-wait",
         )
     if job.volume_gb < 1:
-        raise NeuronforgeError(f"volume size {job.volume_gb} GB is too small", "pass --volume-gb of at least the model size x3")
+        raise NeuronforgeError(
+            f"volume size {job.volume_gb} GB is too small", "pass --volume-gb of at least the model size x3"
+        )
 
 
 def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
@@ -86,7 +90,9 @@ def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
 def _checked_args(args: list[str]) -> list[str]:
     for arg in args:
         if len(arg) > _MAX_ARG:
-            raise NeuronforgeError(f"container argument longer than {_MAX_ARG} characters: {arg[:60]}...", "use shorter paths/values")
+            raise NeuronforgeError(
+                f"container argument longer than {_MAX_ARG} characters: {arg[:60]}...", "use shorter paths/values"
+            )
     return args
 
 
@@ -114,8 +120,16 @@ def _stopping(job: JobSettings) -> dict[str, int]:
     return cond
 
 
-def _training_job(job: JobSettings, stage: str, image: str, script: str, args: list[str],
-                  channels: dict[str, str], output_s3: str, env: dict[str, str]) -> Request:
+def _training_job(
+    job: JobSettings,
+    stage: str,
+    image: str,
+    script: str,
+    args: list[str],
+    channels: dict[str, str],
+    output_s3: str,
+    env: dict[str, str],
+) -> Request:
     request: Request = {
         "TrainingJobName": job.name,
         "RoleArn": job.role_arn,
@@ -128,8 +142,13 @@ def _training_job(job: JobSettings, stage: str, image: str, script: str, args: l
         "InputDataConfig": [
             {
                 "ChannelName": channel,
-                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": s3uri.prefix(uri),
-                                                "S3DataDistributionType": "FullyReplicated"}},
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": s3uri.prefix(uri),
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
                 "InputMode": "File",
             }
             for channel, uri in channels.items()
@@ -149,30 +168,65 @@ def training_output_prefix(output_s3: str, job_name: str, subdir: str = "") -> s
     return s3uri.join(output_s3, job_name, "output", "model", subdir) + ("/" if subdir else "")
 
 
-def quantize_job_request(job: JobSettings, *, model_s3: str, output_s3: str, dtype: str = "int8",
-                         options: dict[str, Any] | None = None, install: str | None = None) -> Request:
+def quantize_job_request(
+    job: JobSettings,
+    *,
+    model_s3: str,
+    output_s3: str,
+    dtype: str = "int8",
+    options: dict[str, Any] | None = None,
+    install: str | None = None,
+) -> Request:
     """GPU training job: `neuronforge quantize` from the model channel to /opt/ml/model/checkpoint (uncompressed)."""
     _checked_settings(job, "quantize")
     _choice(dtype, DTYPES, "--dtype")
-    args = ["quantize", "--model", "/opt/ml/input/data/model", "--out", f"{MODEL_DIR}/{CHECKPOINT_SUBDIR}",
-            "--dtype", dtype, *_flags(options or {})]
+    args = [
+        "quantize",
+        "--model",
+        "/opt/ml/input/data/model",
+        "--out",
+        f"{MODEL_DIR}/{CHECKPOINT_SUBDIR}",
+        "--dtype",
+        dtype,
+        *_flags(options or {}),
+    ]
     image = job.image or image_uri("quantize", job.region, account_of_role(job.role_arn))
     env = {"NEURONFORGE_INSTALL": install or f"neuronforge=={__version__}", "HF_HUB_OFFLINE": "1"}
     return _training_job(job, "quantize", image, QUANTIZE_SCRIPT, args, {"model": model_s3}, output_s3, env)
 
 
-def _compile_args(checkpoint: str, dtype: str, tp_degree: int, kv: str, target_instance: str, seq_len: int) -> list[str]:
+def _compile_args(
+    checkpoint: str, dtype: str, tp_degree: int, kv: str, target_instance: str, seq_len: int
+) -> list[str]:
     """`neuronforge compile` flags; --sdk is the Neuron SDK of the pinned image the job runs in."""
     _choice(dtype, DTYPES, "--dtype")
     _choice(kv, KV_DTYPES, "--kv")
-    return ["--model", checkpoint, "--dtype", dtype, "--tp", str(tp_degree), "--kv", kv, "--seq-len", str(seq_len),
-            "--instance", target_instance, "--sdk", pinned()["images"]["neuron"]["neuron_sdk"]]
+    return [
+        "--model",
+        checkpoint,
+        "--dtype",
+        dtype,
+        "--tp-degree",
+        str(tp_degree),
+        "--kv",
+        kv,
+        "--seq-len",
+        str(seq_len),
+        "--instance",
+        target_instance,
+        "--sdk",
+        pinned()["images"]["neuron"]["neuron_sdk"],
+    ]
 
 
 def _compile_env(target_instance: str, checkpoint: str, package_out: str) -> dict[str, str]:
     # Compile for the serving family (inf2) even on trn1: the artifacts must match where they load.
-    return {"NEURON_PLATFORM_TARGET_OVERRIDE": target_instance.split(".")[1], "NF_CHECKPOINT": checkpoint,
-            "NF_PACKAGE_OUT": package_out, "HF_HUB_OFFLINE": "1"}
+    return {
+        "NEURON_PLATFORM_TARGET_OVERRIDE": target_instance.split(".")[1],
+        "NF_CHECKPOINT": checkpoint,
+        "NF_PACKAGE_OUT": package_out,
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def _compile_image(job: JobSettings, kind: str, target_instance: str, tp_degree: int) -> str:
@@ -183,9 +237,17 @@ def _compile_image(job: JobSettings, kind: str, target_instance: str, tp_degree:
     return job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
 
 
-def compile_job_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str, tp_degree: int,
-                        target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8",
-                        seq_len: int = 1024) -> Request:
+def compile_job_request(
+    job: JobSettings,
+    *,
+    checkpoint_s3: str,
+    output_s3: str,
+    tp_degree: int,
+    target_instance: str = "ml.inf2.xlarge",
+    dtype: str = "int8",
+    kv: str = "fp8",
+    seq_len: int = 1024,
+) -> Request:
     """trn1 training job: `neuronforge compile` for the inf2 target, then `neuronforge package` into /opt/ml/model."""
     image = _compile_image(job, "compile", target_instance, tp_degree)
     checkpoint = "/opt/ml/input/data/checkpoint"
@@ -194,9 +256,17 @@ def compile_job_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str,
     return _training_job(job, "compile", image, COMPILE_SCRIPT, args, {"checkpoint": checkpoint_s3}, output_s3, env)
 
 
-def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s3: str, tp_degree: int,
-                               target_instance: str = "ml.inf2.xlarge", dtype: str = "int8", kv: str = "fp8",
-                               seq_len: int = 1024) -> Request:
+def compile_processing_request(
+    job: JobSettings,
+    *,
+    checkpoint_s3: str,
+    output_s3: str,
+    tp_degree: int,
+    target_instance: str = "ml.inf2.xlarge",
+    dtype: str = "int8",
+    kv: str = "fp8",
+    seq_len: int = 1024,
+) -> Request:
     """CPU processing job that cross-compiles for inf2 (processing jobs cannot use trn1/inf2 instances)."""
     image = _compile_image(job, "compile-cpu", target_instance, tp_degree)
     checkpoint, out = "/opt/ml/processing/input/checkpoint", "/opt/ml/processing/output"
@@ -206,15 +276,36 @@ def compile_processing_request(job: JobSettings, *, checkpoint_s3: str, output_s
         "AppSpecification": {
             "ImageUri": image,
             "ContainerEntrypoint": ["/bin/bash", "-c", COMPILE_SCRIPT, "neuronforge-job"],
-            "ContainerArguments": _checked_args(_compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)),
+            "ContainerArguments": _checked_args(
+                _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)
+            ),
         },
-        "ProcessingInputs": [{"InputName": "checkpoint", "S3Input": {
-            "S3Uri": s3uri.prefix(checkpoint_s3), "LocalPath": checkpoint, "S3DataType": "S3Prefix", "S3InputMode": "File"}}],
-        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "package", "S3Output": {
-            "S3Uri": s3uri.join(output_s3, job.name, PACKAGE_SUBDIR) + "/", "LocalPath": f"{out}/{PACKAGE_SUBDIR}",
-            "S3UploadMode": "EndOfJob"}}]},
-        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1, "InstanceType": job.instance_type,
-                                                  "VolumeSizeInGB": job.volume_gb}},
+        "ProcessingInputs": [
+            {
+                "InputName": "checkpoint",
+                "S3Input": {
+                    "S3Uri": s3uri.prefix(checkpoint_s3),
+                    "LocalPath": checkpoint,
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                },
+            }
+        ],
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": "package",
+                    "S3Output": {
+                        "S3Uri": s3uri.join(output_s3, job.name, PACKAGE_SUBDIR) + "/",
+                        "LocalPath": f"{out}/{PACKAGE_SUBDIR}",
+                        "S3UploadMode": "EndOfJob",
+                    },
+                }
+            ]
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {"InstanceCount": 1, "InstanceType": job.instance_type, "VolumeSizeInGB": job.volume_gb}
+        },
         "StoppingCondition": {"MaxRuntimeInSeconds": job.max_runtime_s},
         "Environment": _compile_env(target_instance, checkpoint, f"{out}/{PACKAGE_SUBDIR}"),
         "Tags": _tags("compile"),
@@ -245,36 +336,56 @@ def model_request(name: str, *, role_arn: str, region: str, model_data_s3: str, 
         "PrimaryContainer": {
             "Image": image or image_uri("neuron", region, account_of_role(role_arn)),
             "Environment": serving_environment(),
-            "ModelDataSource": {"S3DataSource": {"S3Uri": s3uri.prefix(model_data_s3), "S3DataType": "S3Prefix",
-                                                 "CompressionType": "None"}},
+            "ModelDataSource": {
+                "S3DataSource": {
+                    "S3Uri": s3uri.prefix(model_data_s3),
+                    "S3DataType": "S3Prefix",
+                    "CompressionType": "None",
+                }
+            },
         },
         "Tags": [{"Key": "neuronforge:version", "Value": __version__}],
     }
 
 
-def endpoint_config_request(name: str, *, model_name: str, instance_type: str, tp_degree: int | None = None,
-                            volume_gb: int = 64, startup_timeout_s: int = 3600, download_timeout_s: int = 3600,
-                            instance_count: int = 1) -> Request:
+def endpoint_config_request(
+    name: str,
+    *,
+    model_name: str,
+    instance_type: str,
+    tp_degree: int | None = None,
+    volume_gb: int = 64,
+    startup_timeout_s: int = 3600,
+    download_timeout_s: int = 3600,
+    instance_count: int = 1,
+) -> Request:
     """One inf2 production variant with a long startup health check (NxDI loads take minutes)."""
     validate_name(name, "endpoint config")
     validate_instance("serve", instance_type)
     if tp_degree is not None:
         validate_tp_degree(instance_type, tp_degree)
-    for what, value in (("startup health-check timeout", startup_timeout_s), ("model download timeout", download_timeout_s)):
+    for what, value in (
+        ("startup health-check timeout", startup_timeout_s),
+        ("model download timeout", download_timeout_s),
+    ):
         if not 60 <= value <= 3600:
-            raise NeuronforgeError(f"{what} {value}s is outside SageMaker's 60..3600 s range", "pick a value in 60..3600")
+            raise NeuronforgeError(
+                f"{what} {value}s is outside SageMaker's 60..3600 s range", "pick a value in 60..3600"
+            )
     return {
         "EndpointConfigName": name,
-        "ProductionVariants": [{
-            "VariantName": "AllTraffic",
-            "ModelName": model_name,
-            "InstanceType": instance_type,
-            "InitialInstanceCount": instance_count,
-            "VolumeSizeInGB": volume_gb,
-            "ContainerStartupHealthCheckTimeoutInSeconds": startup_timeout_s,
-            "ModelDataDownloadTimeoutInSeconds": download_timeout_s,
-            "InferenceAmiVersion": INFERENCE_AMI,
-        }],
+        "ProductionVariants": [
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": model_name,
+                "InstanceType": instance_type,
+                "InitialInstanceCount": instance_count,
+                "VolumeSizeInGB": volume_gb,
+                "ContainerStartupHealthCheckTimeoutInSeconds": startup_timeout_s,
+                "ModelDataDownloadTimeoutInSeconds": download_timeout_s,
+                "InferenceAmiVersion": INFERENCE_AMI,
+            }
+        ],
     }
 
 
@@ -283,15 +394,29 @@ def endpoint_request(name: str, *, config_name: str) -> Request:
     return {"EndpointName": name, "EndpointConfigName": config_name}
 
 
-def deployment_requests(name: str, *, role_arn: str, region: str, model_data_s3: str, instance_type: str,
-                        tp_degree: int | None = None, image: str | None = None, volume_gb: int = 64, startup_timeout_s: int = 3600) -> dict[str, Request]:
+def deployment_requests(
+    name: str,
+    *,
+    role_arn: str,
+    region: str,
+    model_data_s3: str,
+    instance_type: str,
+    tp_degree: int | None = None,
+    image: str | None = None,
+    volume_gb: int = 64,
+    startup_timeout_s: int = 3600,
+) -> dict[str, Request]:
     """Model, endpoint config and endpoint for one package, all named after `name`."""
     return {
-        "create_model": model_request(name, role_arn=role_arn, region=region, model_data_s3=model_data_s3,
-                                      image=image),
-        "create_endpoint_config": endpoint_config_request(name, model_name=name, instance_type=instance_type,
-                                                          tp_degree=tp_degree, volume_gb=volume_gb,
-                                                          startup_timeout_s=startup_timeout_s),
+        "create_model": model_request(name, role_arn=role_arn, region=region, model_data_s3=model_data_s3, image=image),
+        "create_endpoint_config": endpoint_config_request(
+            name,
+            model_name=name,
+            instance_type=instance_type,
+            tp_degree=tp_degree,
+            volume_gb=volume_gb,
+            startup_timeout_s=startup_timeout_s,
+        ),
         "create_endpoint": endpoint_request(name, config_name=name),
     }
 
@@ -299,14 +424,18 @@ def deployment_requests(name: str, *, role_arn: str, region: str, model_data_s3:
 def status_requests(name: str) -> dict[str, Request]:
     """The describe calls `status` tries, in order, for a job or endpoint called `name`."""
     validate_name(name)
-    return {"describe_training_job": {"TrainingJobName": name},
-            "describe_processing_job": {"ProcessingJobName": name},
-            "describe_endpoint": {"EndpointName": name}}
+    return {
+        "describe_training_job": {"TrainingJobName": name},
+        "describe_processing_job": {"ProcessingJobName": name},
+        "describe_endpoint": {"EndpointName": name},
+    }
 
 
 def delete_requests(name: str) -> dict[str, Request]:
     """Endpoint, endpoint config and model: `deploy` gives all three the same name."""
     validate_name(name, "endpoint")
-    return {"delete_endpoint": {"EndpointName": name},
-            "delete_endpoint_config": {"EndpointConfigName": name},
-            "delete_model": {"ModelName": name}}
+    return {
+        "delete_endpoint": {"EndpointName": name},
+        "delete_endpoint_config": {"EndpointConfigName": name},
+        "delete_model": {"ModelName": name},
+    }

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError
-from neuronforge.sagemaker import s3uri
 from neuronforge.sagemaker.aws import call, client
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
@@ -34,8 +34,13 @@ def check_inputs_exist(request: Request, s3: BaseClient) -> None:
     """Fail before creating a job whose input prefix is empty or whose bucket is missing."""
     for uri in input_uris(request):
         bucket, key = s3uri.split(uri)
-        listing = call(s3.list_objects_v2, Bucket=bucket, Prefix=key, MaxKeys=1,
-                       fix=f"check that bucket {bucket} exists and the credentials can list it")
+        listing = call(
+            s3.list_objects_v2,
+            Bucket=bucket,
+            Prefix=key,
+            MaxKeys=1,
+            fix=f"check that bucket {bucket} exists and the credentials can list it",
+        )
         if not listing.get("KeyCount"):
             raise NeuronforgeError(f"no S3 object under {uri}", "upload the input first (e.g. `aws s3 sync DIR URI`)")
 
@@ -76,9 +81,11 @@ def status(name: str, sm: BaseClient) -> dict[str, str]:
     """Status of whatever is called `name`: a training job, a processing job or an endpoint."""
     from botocore.exceptions import ClientError
 
-    status_keys = {"describe_training_job": ("training job", "TrainingJobStatus"),
-                   "describe_processing_job": ("processing job", "ProcessingJobStatus"),
-                   "describe_endpoint": ("endpoint", "EndpointStatus")}
+    status_keys = {
+        "describe_training_job": ("training job", "TrainingJobStatus"),
+        "describe_processing_job": ("processing job", "ProcessingJobStatus"),
+        "describe_endpoint": ("endpoint", "EndpointStatus"),
+    }
     for operation, request in status_requests(name).items():
         try:
             found = getattr(sm, operation)(**request)
@@ -87,8 +94,10 @@ def status(name: str, sm: BaseClient) -> dict[str, str]:
         kind, key = status_keys[operation]
         reason = found.get("FailureReason", "")
         return {"name": name, "kind": kind, "status": found[key], **({"failure_reason": reason} if reason else {})}
-    raise NeuronforgeError(f"no training job, processing job or endpoint named '{name}'",
-                           "check the name and --region (`aws sagemaker list-endpoints`)")
+    raise NeuronforgeError(
+        f"no training job, processing job or endpoint named '{name}'",
+        "check the name and --region (`aws sagemaker list-endpoints`)",
+    )
 
 
 def delete_endpoint(name: str, sm: BaseClient) -> list[str]:

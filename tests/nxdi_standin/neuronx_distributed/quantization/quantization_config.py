@@ -15,9 +15,13 @@ class QuantizationType(Enum):
 class KVQuantizationConfig:
     """Same signature and direct-cast assertion as NxD's; refuses strings where Enums/dtypes belong."""
 
-    def __init__(self, k_quant_method: QuantizationType = QuantizationType.PER_TENSOR_SYMMETRIC,
-                 v_quant_method: QuantizationType = QuantizationType.PER_TENSOR_SYMMETRIC,
-                 quant_dtype: torch.dtype = torch.float8_e4m3fn, direct_cast: bool = True) -> None:
+    def __init__(
+        self,
+        k_quant_method: QuantizationType = QuantizationType.PER_TENSOR_SYMMETRIC,
+        v_quant_method: QuantizationType = QuantizationType.PER_TENSOR_SYMMETRIC,
+        quant_dtype: torch.dtype = torch.float8_e4m3fn,
+        direct_cast: bool = True,
+    ) -> None:
         if not isinstance(k_quant_method, QuantizationType) or not isinstance(v_quant_method, QuantizationType):
             raise TypeError("k/v_quant_method must be QuantizationType members")
         if not isinstance(quant_dtype, torch.dtype):

@@ -15,7 +15,9 @@ class NeuronConfig:
 
 
 class InferenceConfig:
-    def __init__(self, neuron_config: NeuronConfig, load_config: Callable[["InferenceConfig"], None] | None = None) -> None:
+    def __init__(
+        self, neuron_config: NeuronConfig, load_config: Callable[[InferenceConfig], None] | None = None
+    ) -> None:
         record("InferenceConfig", neuron_config=neuron_config)
         self.neuron_config = neuron_config
         if load_config is not None:

@@ -28,7 +28,12 @@ class HuggingFaceGenerationAdapter:
         record("HuggingFaceGenerationAdapter", model=model)
         self.model = model
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 max_new_tokens: int = 16, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 16,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         record("generate", input_ids=input_ids, max_new_tokens=max_new_tokens, kwargs=kwargs)
         return self.model.generate_tokens(input_ids, max_new_tokens)

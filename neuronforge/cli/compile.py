@@ -1,0 +1,102 @@
+"""`neuronforge neuron-config` and `neuronforge compile`: thin CLI wrappers over config.py and compile.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from neuronforge.cli.app import console
+from neuronforge.cli.options import (
+    BatchSizeOpt,
+    InstanceOpt,
+    KvOpt,
+    NotConvertOpt,
+    OverwriteOpt,
+    QtypeOpt,
+    SdkOpt,
+    SeqLenOpt,
+    TpDegreeOpt,
+)
+
+DTYPE_HELP = "Weight dtype on the device: int8, f8e4m3 or f8e5m2 (spelled as NxDI expects)."
+
+
+def neuron_config_command(
+    model: str = typer.Option(..., "--model", help="Stage-1 output folder (or any Llama/Mistral HF folder)."),
+    out: Path = typer.Option(..., "--out", help="Folder for neuron_config.json and modules_to_not_convert.json."),
+    dtype: str = typer.Option("int8", "--dtype", help=DTYPE_HELP),
+    not_convert: NotConvertOpt = None,
+    tp_degree: TpDegreeOpt = None,
+    instance: InstanceOpt = "ml.inf2.xlarge",
+    kv: KvOpt = "fp8",
+    qtype: QtypeOpt = "per_channel_symmetric",
+    batch_size: BatchSizeOpt = 1,
+    seq_len: SeqLenOpt = 1024,
+    n_positions: int | None = typer.Option(None, "--n-positions", help="KV cache length; default --seq-len."),
+    sdk: SdkOpt = "2.28",
+) -> None:
+    """Validate a NeuronConfig for NxD Inference and write it (runs anywhere, no Neuron SDK needed)."""
+    from neuronforge.assets.models import resolve_model
+    from neuronforge.neuron.compile import print_notices
+    from neuronforge.neuron.config import build_neuron_config_spec, default_not_convert, write_config_files
+
+    model_dir = resolve_model(model)
+    spec = build_neuron_config_spec(
+        model_dir,
+        dtype=dtype,
+        modules_to_not_convert=default_not_convert(model_dir, not_convert),
+        tp_degree=tp_degree,
+        instance=instance,
+        kv=kv,
+        quantization_type=qtype,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        seq_len=seq_len,
+        n_positions=n_positions,
+        sdk=sdk,
+    )
+    print_notices(spec.notices)
+    for path in write_config_files(spec, out):
+        console.print(f"[green]wrote:[/] {path}")
+
+
+def compile_command(
+    model: str = typer.Option(..., "--model", help="Stage-1 output folder (fake-quantized bf16 checkpoint)."),
+    out: Path = typer.Option(..., "--out", help="Compiled folder to create (model.pt, presharded weights, ...)."),
+    dtype: str = typer.Option("int8", "--dtype", help=DTYPE_HELP),
+    tp_degree: TpDegreeOpt = None,
+    kv: KvOpt = "fp8",
+    instance: InstanceOpt = "ml.inf2.xlarge",
+    qtype: QtypeOpt = "per_channel_symmetric",
+    not_convert: NotConvertOpt = None,
+    neuron_config: Path | None = typer.Option(
+        None, "--neuron-config", help="A neuron_config.json from `neuron-config`; replaces the flags above."
+    ),
+    batch_size: BatchSizeOpt = 1,
+    seq_len: SeqLenOpt = 1024,
+    n_positions: int | None = typer.Option(None, "--n-positions", help="Default: --seq-len."),
+    sdk: SdkOpt = "2.28",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Quantize with NxD, compile, load and smoke-test on an inf2/trn1 host (needs NxD Inference)."""
+    from neuronforge.assets.models import resolve_model
+    from neuronforge.neuron.compile import CompileOptions, compile_model
+
+    options = CompileOptions(
+        model=str(resolve_model(model)),
+        out=out,
+        dtype=dtype,
+        tp=tp_degree,
+        kv=kv,
+        instance=instance,
+        qtype=qtype,  # type: ignore[arg-type]
+        not_convert=not_convert,
+        neuron_config=neuron_config,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        n_positions=n_positions,
+        sdk=sdk,
+        overwrite=overwrite,
+    )
+    path = compile_model(options)
+    console.print(f"[green]compiled:[/] {path}")

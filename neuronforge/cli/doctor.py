@@ -1,0 +1,40 @@
+"""`neuronforge doctor`: what this host can do, each gap with a fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from neuronforge.cli.app import console
+from neuronforge.cli.options import JsonOpt
+
+
+def doctor_command(
+    model: str = typer.Option("smollm2", "--model", help="model whose size to check disk and memory against"),
+    out: str = typer.Option("runs", "--out", help="where runs will write (disk check)"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Report what this host can do: CUDA GPU, Neuron devices and SDK, AWS credentials/region, disk, memory."""
+    from neuronforge.doctor import as_json as checks_json
+    from neuronforge.doctor import capabilities, diagnose
+
+    checks, note = diagnose(model, Path(out))
+    if as_json:
+        typer.echo(json.dumps({"checks": checks_json(checks), "model": note, "can": capabilities(checks)}, indent=2))
+        return
+    colors = {"ok": "green", "warn": "yellow", "absent": "dim"}
+    table = Table(title="neuronforge doctor")
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(check.name, f"[{colors[check.status]}]{check.status}[/]", check.detail)
+    console.print(table)
+    console.print(f"model: {note}")
+    for line in capabilities(checks):
+        console.print(f"  can run {line}")
+    for check in checks:
+        if check.fix:
+            console.print(f"[bold]fix ({check.name}):[/] {check.fix}", highlight=False)

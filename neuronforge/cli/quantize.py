@@ -1,0 +1,75 @@
+"""`neuronforge quantize`: stage 1 from the command line (heavy imports stay inside the command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from neuronforge.cli.app import console
+from neuronforge.cli.options import CalibSeqLenOpt, IterOpt, ModelOpt, NotConvertOpt, NsamplesOpt, TextOpt
+
+
+def quantize_command(
+    out: Path = typer.Option(..., "--out", help="Output folder to create (fails if it exists)."),
+    model: ModelOpt = "smollm2",
+    dtype: str = typer.Option("int8", "--dtype", help="Weight grid: int8 or f8e4m3 (NxD per-channel symmetric)."),
+    iters: IterOpt = 50,
+    nsamples: NsamplesOpt = 32,
+    calib_seq_len: CalibSeqLenOpt = 256,
+    text: TextOpt = None,
+    sensitivity: str = typer.Option(
+        "first_order", "--sensitivity", help="first_order (1 fwd+bwd), measured (KL per block), or variance."
+    ),
+    selection: str = typer.Option("budget", "--selection", help="budget, topk, threshold, or none."),
+    max_extra_memory: float = typer.Option(
+        0.10, "--max-extra-memory", help="Budget rule: extra weight memory allowed for bf16 blocks (fraction)."
+    ),
+    topk: int | None = typer.Option(None, "--topk", help="topk rule: number of blocks kept in bf16."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="threshold rule: keep blocks whose share of total sensitivity is >= this."
+    ),
+    not_convert: NotConvertOpt = None,
+    autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
+    minmax_tuning: bool = typer.Option(
+        False,
+        "--minmax-tuning/--no-minmax-tuning",
+        help="Also tune AutoRound's per-row range shrink (clips outliers; off by default, see README).",
+    ),
+) -> None:
+    """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint."""
+    from neuronforge.pipeline.quantize.api import options_from, quantize, read_not_convert_file
+
+    options = options_from(
+        model=model,
+        out=out,
+        dtype=dtype,
+        iters=iters,
+        nsamples=nsamples,
+        calib_seq_len=calib_seq_len,
+        text=text,
+        sensitivity=sensitivity,
+        selection=selection,
+        max_extra_memory=max_extra_memory,
+        topk=topk,
+        threshold=threshold,
+        autoround=autoround,
+        minmax_tuning=minmax_tuning,
+        modules_to_not_convert=read_not_convert_file(not_convert) if not_convert else None,
+    )
+    result = quantize(options)
+
+    def percent(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.3f}%"
+
+    console.print(f"[green]wrote:[/] {result.out_dir}")
+    console.print(f"modules_to_not_convert: {result.modules_to_not_convert}")
+    console.print(
+        f"grid agreement (NxD re-quantization): {percent(result.grid_agreement)}  "
+        f"(naive export: {percent(result.naive_agreement)})"
+    )
+    console.print(
+        f"values kept on Neuron (within bf16 precision): {percent(result.value_agreement)}  "
+        f"(naive export: {percent(result.naive_value_agreement)})"
+    )
+    console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

@@ -1,0 +1,149 @@
+"""CLI: `neuronforge run` and `neuronforge config init`.
+
+Every `run` flag is a RunConfig field of the same name (help text included), defaulting to None
+so that only flags actually given override the config file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from neuronforge.cli.app import App, console
+from neuronforge.cli.options import OverwriteOpt
+from neuronforge.core.progress import err_console
+from neuronforge.errors import NeuronforgeError
+from neuronforge.pipeline.run.config import ALL_STAGES, RunConfig, build_config, default_config_yaml, read_config_file
+from neuronforge.pipeline.run.runner import StageEvent
+
+
+def _h(field: str) -> str:
+    return RunConfig.model_fields[field].description or ""
+
+
+def _print_event(event: StageEvent) -> None:
+    took = f" in {event.seconds:.1f} s" if event.seconds is not None else ""
+    if event.status == "running":
+        err_console.print(f"[bold cyan]>> {event.stage}[/]: {event.message}")
+    elif event.status == "done":
+        err_console.print(f"[green]ok {event.stage}[/] done{took}")
+    elif event.status == "up to date":
+        took = f"; it took {event.seconds:.1f} s when it ran" if event.seconds is not None else ""
+        err_console.print(f"[green]ok {event.stage}[/] up to date: inputs unchanged, not run again{took}")
+    elif event.status == "skipped":
+        err_console.print(f"[yellow]-- {event.stage}[/] skipped: {event.message}")
+    else:
+        err_console.print(f"[red]xx {event.stage}[/] failed{took}: {event.message}")
+
+
+def _summary(outcome: Any, seconds: float) -> None:
+    """Stage table, the emulated accuracy, and where the outputs are."""
+    records = outcome.manifest.stages
+    table = Table(title=f"neuronforge run: {outcome.remote or outcome.run_dir}")
+    for column in ("stage", "status", "seconds", "note"):
+        table.add_column(column)
+    for name in [stage for stage in ALL_STAGES if stage in records]:
+        record = records[name]
+        seconds_text = f"{record.seconds:.1f}" if record.seconds is not None else ""
+        note = record.message or ""
+        if name == "model" and record.status == "done":
+            note = f"{record.summary['model_type']}, {record.summary['layers']} layers"
+        if name == "quantize" and record.status == "done":
+            note = "bf16 blocks: " + (", ".join(record.summary.get("modules_to_not_convert", [])) or "none")
+        if name == "evaluate" and record.status == "done":
+            note = str(outcome.run_dir / name / record.summary["report"])
+        if name == "package" and record.status == "done":
+            note = f"{record.summary['kind']}: {outcome.run_dir / name / record.summary['path']}"
+        table.add_row(name, record.status, seconds_text, note)
+    console.print(table)
+    model = records.get("model")
+    if model is not None and model.status == "done":
+        console.print(f"model: {model.summary['path']}", soft_wrap=True)
+    emulate = records.get("emulate")
+    if emulate is not None and emulate.status == "done":
+        console.print((outcome.run_dir / "emulate" / "emulation.md").read_text(), markup=False, highlight=False)
+    package = records.get("package")
+    if package is not None and package.status == "done":
+        console.print(f"next: {package.summary['next']}")
+    console.print(f"manifest: {outcome.run_dir / 'manifest.json'}  (wall time {seconds:.1f} s)")
+
+
+def run_command(
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML/TOML config file (local or s3://); "
+        "flags override its keys. Write one with `neuronforge config init`.",
+    ),
+    model: str | None = typer.Option(None, "--model", help=_h("model") + " [default: smollm2]"),
+    out: str | None = typer.Option(None, "--out", help=_h("out")),
+    stages: str | None = typer.Option(None, "--stages", help="comma-separated subset; " + _h("stages")),
+    text: str | None = typer.Option(None, "--text", help=_h("text")),
+    dtype: str | None = typer.Option(None, "--dtype", help=_h("dtype")),
+    iters: int | None = typer.Option(None, "--iters", help=_h("iters")),
+    nsamples: int | None = typer.Option(None, "--nsamples", help=_h("nsamples")),
+    calib_seq_len: int | None = typer.Option(None, "--calib-seq-len", help=_h("calib_seq_len")),
+    sensitivity: str | None = typer.Option(None, "--sensitivity", help=_h("sensitivity")),
+    selection: str | None = typer.Option(None, "--selection", help=_h("selection")),
+    max_extra_memory: float | None = typer.Option(None, "--max-extra-memory", help=_h("max_extra_memory")),
+    topk: int | None = typer.Option(None, "--topk", help=_h("topk")),
+    threshold: float | None = typer.Option(None, "--threshold", help=_h("threshold")),
+    modules_to_not_convert: str | None = typer.Option(
+        None, "--modules-to-not-convert", help="comma-separated; " + _h("modules_to_not_convert")
+    ),
+    autoround: bool | None = typer.Option(None, "--autoround/--no-autoround", help=_h("autoround")),
+    minmax_tuning: bool | None = typer.Option(None, "--minmax-tuning/--no-minmax-tuning", help=_h("minmax_tuning")),
+    kv: str | None = typer.Option(None, "--kv", help=_h("kv")),
+    eval_tokens: int | None = typer.Option(None, "--eval-tokens", help=_h("eval_tokens")),
+    instance: str | None = typer.Option(None, "--instance", help=_h("instance")),
+    tp_degree: int | None = typer.Option(None, "--tp-degree", help=_h("tp_degree")),
+    batch_size: int | None = typer.Option(None, "--batch-size", help=_h("batch_size")),
+    seq_len: int | None = typer.Option(None, "--seq-len", help=_h("seq_len")),
+    sdk: str | None = typer.Option(None, "--sdk", help=_h("sdk")),
+) -> None:
+    """Run the pipeline end to end: model -> quantize -> emulate -> (Neuron host) compile -> package.
+
+    Outputs go to a run directory with a manifest.json; a re-run skips every stage whose inputs are
+    unchanged and resumes at the first stage that did not finish.
+    """
+    from neuronforge.pipeline.run.api import run_pipeline
+    from neuronforge.pipeline.run.storage import is_s3, localize
+
+    overrides = {name: value for name, value in locals().items() if name in RunConfig.model_fields}
+    file_values, source = {}, "the command line"
+    if config is not None:
+        file_values = read_config_file(localize(config, what="config file"))
+        source = f"{config} and the command line"
+    settings = build_config(file_values, overrides, source)
+    started = time.perf_counter()
+    target = settings.run_dir()
+    console.print(f"run directory: {target}{'' if is_s3(target) else f' ({Path(target).resolve()})'}")
+    outcome = run_pipeline(settings, listener=_print_event)
+    _summary(outcome, time.perf_counter() - started)
+
+
+config_cli = App(help="Write the run configuration file.")
+
+
+@config_cli.command("init")
+def config_init(
+    path: str = typer.Argument("neuronforge.yaml", help="where to write it ('-' prints it)"),
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write the default run configuration as commented YAML (every key `neuronforge run` accepts)."""
+    from neuronforge.core.atomic import atomic_write_text
+
+    text = default_config_yaml()
+    if path == "-":
+        typer.echo(text, nl=False)
+        return
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise NeuronforgeError(f"{target} already exists", "pass --overwrite to replace it, or choose another path")
+    atomic_write_text(target, text)
+    console.print(f"wrote {target}; run it with: neuronforge run --config {target}")

@@ -1,0 +1,359 @@
+"""CLI: `neuronforge sagemaker quantize|compile|deploy|status|delete|pipeline`, `package`, `invoke`.
+
+Every command that creates something takes --dry-run, which prints the exact boto3 requests as JSON and makes
+no AWS call. Validation (instance types, tp_degree, names, S3 URIs) runs before any AWS call either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from neuronforge.cli.app import App, console
+from neuronforge.cli.options import (
+    CalibSeqLenOpt,
+    DryRunOpt,
+    ImageOpt,
+    NameOpt,
+    OverwriteOpt,
+    RegionOpt,
+    RoleOpt,
+    WaitOpt,
+)
+from neuronforge.errors import NeuronforgeError
+
+sagemaker_cli = App(help="Run the stages as SageMaker jobs and serve the result on an ml.inf2 endpoint (boto3).")
+
+
+def _region(region: str | None) -> str:
+    found = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not found:
+        raise NeuronforgeError("no AWS region given", "pass --region us-east-1 or set AWS_DEFAULT_REGION")
+    return found
+
+
+def _role(role: str | None) -> str:
+    found = role or os.environ.get("NEURONFORGE_SAGEMAKER_ROLE")
+    if not found:
+        raise NeuronforgeError(
+            "no SageMaker execution role given",
+            "pass --role arn:aws:iam::<account>:role/<name> (the infra stack's ExecutionRoleArn)",
+        )
+    return found
+
+
+def _name(name: str | None, stage: str) -> str:
+    return name or f"nf-{stage}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def _print_requests(requests: dict[str, Any]) -> None:
+    typer.echo(json.dumps(requests, indent=2, sort_keys=True))
+
+
+def _run_job(call_name: str, request: dict[str, Any], region: str, dry_run: bool, wait: bool, result: str) -> None:
+    """Print (--dry-run) or submit the job; `result` says where its output will land."""
+    from neuronforge.sagemaker.submit import clients, submit_job, wait_for_job
+
+    if dry_run:
+        _print_requests({call_name: request})
+        return
+    sm, s3 = clients(region)
+    arn = submit_job(request, sm, s3)
+    console.print(f"[green]created:[/] {arn}\noutput: {result}")
+    if wait:
+        console.print(f"finished: {wait_for_job(request, sm)}")
+
+
+@sagemaker_cli.command("quantize")
+def quantize_command(
+    model_s3: str = typer.Option(..., "--model-s3", help="s3:// prefix of the HF model folder."),
+    output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for job output (uncompressed)."),
+    instance_type: str = typer.Option("ml.g6e.2xlarge", "--instance-type", help="GPU training instance."),
+    dtype: str = typer.Option("int8", "--dtype", help="int8 | f8e4m3"),
+    iters: int = typer.Option(50, "--iters"),
+    nsamples: int = typer.Option(32, "--nsamples"),
+    calib_seq_len: CalibSeqLenOpt = 256,
+    autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
+    volume_gb: int = typer.Option(200, "--volume-gb"),
+    max_runtime: int = typer.Option(4 * 3600, "--max-runtime"),
+    spot: bool = typer.Option(False, "--spot", help="Managed spot training."),
+    max_wait: int | None = typer.Option(None, "--max-wait", help="Spot: max seconds incl. waiting (>= --max-runtime)."),
+    install: str | None = typer.Option(None, "--install", help="pip spec of neuronforge to install in the job."),
+    name: NameOpt = None,
+    role: RoleOpt = None,
+    region: RegionOpt = None,
+    image: ImageOpt = None,
+    dry_run: DryRunOpt = False,
+    wait: WaitOpt = False,
+) -> None:
+    """GPU training job running `neuronforge quantize`; output lands in <output-s3>/<name>/output/model/checkpoint/."""
+    from neuronforge.sagemaker.requests import (
+        CHECKPOINT_SUBDIR,
+        JobSettings,
+        quantize_job_request,
+        training_output_prefix,
+    )
+
+    job = JobSettings(
+        name=_name(name, "quantize"),
+        role_arn=_role(role),
+        region=_region(region),
+        instance_type=instance_type,
+        volume_gb=volume_gb,
+        max_runtime_s=max_runtime,
+        spot=spot,
+        max_wait_s=max_wait,
+        image=image,
+    )
+    options = {
+        "iters": iters,
+        "nsamples": nsamples,
+        "calib_seq_len": calib_seq_len,
+        **({} if autoround else {"autoround": False}),
+    }
+    request = quantize_job_request(
+        job, model_s3=model_s3, output_s3=output_s3, dtype=dtype, options=options, install=install
+    )
+    _run_job(
+        "create_training_job",
+        request,
+        job.region,
+        dry_run,
+        wait,
+        training_output_prefix(output_s3, job.name, CHECKPOINT_SUBDIR),
+    )
+
+
+@sagemaker_cli.command("compile")
+def compile_command(
+    checkpoint_s3: str = typer.Option(..., "--checkpoint-s3", help="s3:// prefix of the quantized checkpoint."),
+    output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for the packaged model."),
+    tp_degree: int = typer.Option(..., "--tp-degree", help="Tensor-parallel degree (<= target NeuronCores)."),
+    target: str = typer.Option("ml.inf2.xlarge", "--target", help="Endpoint instance the artifacts are for."),
+    instance_type: str | None = typer.Option(
+        None,
+        "--instance-type",
+        help="ml.trn1.* (default ml.trn1.2xlarge); with --processing a CPU type (default ml.r7i.8xlarge).",
+    ),
+    processing: bool = typer.Option(False, "--processing", help="Cross-compile in a CPU processing job instead."),
+    dtype: str = typer.Option("int8", "--dtype"),
+    kv: str = typer.Option("fp8", "--kv", help="fp8 | bf16 KV cache."),
+    seq_len: int = typer.Option(1024, "--seq-len", help="Longest prompt + generation the endpoint serves."),
+    volume_gb: int = typer.Option(200, "--volume-gb"),
+    max_runtime: int = typer.Option(4 * 3600, "--max-runtime"),
+    name: NameOpt = None,
+    role: RoleOpt = None,
+    region: RegionOpt = None,
+    image: ImageOpt = None,
+    dry_run: DryRunOpt = False,
+    wait: WaitOpt = False,
+) -> None:
+    """Neuron compile job (`neuronforge compile` + `neuronforge package`) with the pinned Neuron image."""
+    from neuronforge.sagemaker.requests import (
+        PACKAGE_SUBDIR,
+        JobSettings,
+        compile_job_request,
+        compile_processing_request,
+        training_output_prefix,
+    )
+
+    job = JobSettings(
+        name=_name(name, "compile"),
+        role_arn=_role(role),
+        region=_region(region),
+        instance_type=instance_type or ("ml.r7i.8xlarge" if processing else "ml.trn1.2xlarge"),
+        volume_gb=volume_gb,
+        max_runtime_s=max_runtime,
+        image=image,
+    )
+    build = compile_processing_request if processing else compile_job_request
+    request = build(
+        job,
+        checkpoint_s3=checkpoint_s3,
+        output_s3=output_s3,
+        tp_degree=tp_degree,
+        target_instance=target,
+        dtype=dtype,
+        kv=kv,
+        seq_len=seq_len,
+    )
+    if processing:
+        output = request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+        _run_job("create_processing_job", request, job.region, dry_run, wait, output)
+    else:
+        _run_job(
+            "create_training_job",
+            request,
+            job.region,
+            dry_run,
+            wait,
+            training_output_prefix(output_s3, job.name, PACKAGE_SUBDIR),
+        )
+
+
+@sagemaker_cli.command("deploy")
+def deploy_command(
+    model_data: str = typer.Option(..., "--model-data", help="s3:// prefix of an uploaded package."),
+    instance_type: str = typer.Option("ml.inf2.xlarge", "--instance-type", help="ml.inf2.* endpoint instance."),
+    volume_gb: int = typer.Option(64, "--volume-gb", help="Endpoint EBS volume (>= package size)."),
+    startup_timeout: int = typer.Option(3600, "--startup-timeout", help="Container startup health check, 60..3600 s."),
+    name: NameOpt = None,
+    role: RoleOpt = None,
+    region: RegionOpt = None,
+    image: ImageOpt = None,
+    dry_run: DryRunOpt = False,
+    wait: WaitOpt = False,
+) -> None:
+    """Model (uncompressed S3 prefix) -> endpoint config (inf2) -> endpoint, after verifying the package in S3."""
+    from neuronforge.sagemaker.requests import deployment_requests
+
+    requests = deployment_requests(
+        _name(name, "endpoint"),
+        role_arn=_role(role),
+        region=_region(region),
+        model_data_s3=model_data,
+        instance_type=instance_type,
+        image=image,
+        volume_gb=volume_gb,
+        startup_timeout_s=startup_timeout,
+    )
+    if dry_run:
+        _print_requests(requests)
+        return
+    from neuronforge.sagemaker.submit import clients, deploy
+
+    sm, s3 = clients(_region(region))
+    console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait)}")
+
+
+@sagemaker_cli.command("status")
+def status_command(
+    name: str = typer.Argument(..., help="Job or endpoint name."), region: RegionOpt = None, dry_run: DryRunOpt = False
+) -> None:
+    """Status of a training job, processing job or endpoint."""
+    from neuronforge.sagemaker.requests import status_requests
+    from neuronforge.sagemaker.submit import clients, status
+
+    if dry_run:
+        _print_requests(status_requests(name))
+        return
+    typer.echo(json.dumps(status(name, clients(_region(region))[0]), indent=2))
+
+
+@sagemaker_cli.command("delete")
+def delete_command(
+    name: str = typer.Argument(..., help="Endpoint name used at deploy."),
+    region: RegionOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Delete an endpoint with its endpoint config and model."""
+    from neuronforge.sagemaker.requests import delete_requests
+    from neuronforge.sagemaker.submit import clients, delete_endpoint
+
+    if dry_run:
+        _print_requests(delete_requests(name))
+        return
+
+    for item in delete_endpoint(name, clients(_region(region))[0]):
+        console.print(f"deleted {item}")
+
+
+@sagemaker_cli.command("pipeline")
+def pipeline_command(
+    model_s3: str = typer.Option(..., "--model-s3", help="Default of the ModelS3Uri pipeline parameter."),
+    output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for both jobs' output."),
+    endpoint_name: str = typer.Option(..., "--endpoint-name"),
+    tp_degree: int = typer.Option(2, "--tp-degree"),
+    dtype: str = typer.Option("int8", "--dtype"),
+    kv: str = typer.Option("fp8", "--kv"),
+    seq_len: int = typer.Option(1024, "--seq-len"),
+    quantize_instance: str = typer.Option("ml.g6e.2xlarge", "--quantize-instance"),
+    compile_instance: str = typer.Option("ml.trn1.2xlarge", "--compile-instance"),
+    endpoint_instance: str = typer.Option("ml.inf2.xlarge", "--endpoint-instance"),
+    name: str = typer.Option("neuronforge", "--name", help="Pipeline name."),
+    role: RoleOpt = None,
+    region: RegionOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """SDK v3 Pipeline quantize -> compile -> model -> endpoint; --dry-run prints its definition() JSON."""
+    from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline
+
+    settings = PipelineSettings(
+        name=name,
+        role_arn=_role(role),
+        region=_region(region),
+        model_s3=model_s3,
+        output_s3=output_s3,
+        endpoint_name=endpoint_name,
+        tp_degree=tp_degree,
+        dtype=dtype,
+        kv=kv,
+        seq_len=seq_len,
+        quantize_instance=quantize_instance,
+        compile_instance=compile_instance,
+        endpoint_instance=endpoint_instance,
+    )
+    pipeline = build_pipeline(settings)
+    if dry_run:
+        typer.echo(json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True))
+        return
+    arn = pipeline.upsert(role_arn=settings.role_arn)["PipelineArn"]
+    console.print(f"[green]upserted:[/] {arn}")
+    console.print(f"started: {pipeline.start().arn}")
+
+
+def package_command(
+    out: Path = typer.Argument(..., help="Package directory to write (or an existing one to upload)."),
+    compiled: Path | None = typer.Option(None, "--compiled", help="`neuronforge compile` output directory."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="`neuronforge quantize` output directory."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder if the checkpoint lacks one."),
+    tp_degree: int | None = typer.Option(None, "--tp-degree", help="Default: read from compiled/neuron_config.json."),
+    overwrite: OverwriteOpt = False,
+    upload: str | None = typer.Option(None, "--upload", help="s3:// prefix to upload to (multipart, verified)."),
+    region: RegionOpt = None,
+) -> None:
+    """Lay out the endpoint's model directory with manifest.json; optionally upload it to S3 and verify."""
+    from neuronforge.sagemaker.packaging import package_model, verify_package
+
+    if compiled is None and checkpoint is None:
+        verify_package(out)
+        console.print(f"[green]verified:[/] {out} matches its manifest")
+    elif compiled is None or checkpoint is None:
+        raise NeuronforgeError("--compiled and --checkpoint go together", "pass both, or neither to re-upload OUT")
+    else:
+        package_model(
+            out, compiled=compiled, checkpoint=checkpoint, tokenizer=tokenizer, tp_degree=tp_degree, overwrite=overwrite
+        )
+        console.print(f"[green]packaged:[/] {out}")
+    if upload:
+        from neuronforge.sagemaker.packaging import upload_package
+        from neuronforge.sagemaker.submit import clients
+
+        keys = upload_package(out, upload, clients(_region(region))[1])
+        console.print(f"[green]uploaded and verified:[/] {len(keys)} objects under {upload}")
+
+
+def invoke_command(
+    endpoint: str = typer.Argument(..., help="Endpoint name."),
+    prompt: str = typer.Argument("The capital of France is", help="Prompt text."),
+    max_tokens: int = typer.Option(32, "--max-tokens"),
+    region: RegionOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Send one completion request to the endpoint and print the generated text."""
+    from neuronforge.sagemaker.invoke import completion_body, invoke
+
+    body = completion_body(prompt, max_tokens)
+    if dry_run:
+        _print_requests(
+            {"invoke_endpoint": {"EndpointName": endpoint, "ContentType": "application/json", "Body": body}}
+        )
+        return
+    from neuronforge.sagemaker.aws import client
+
+    typer.echo(invoke(endpoint, body, client("sagemaker-runtime", _region(region))))

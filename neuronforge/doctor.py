@@ -1,0 +1,214 @@
+"""`neuronforge doctor`: what this host can do (GPU, Neuron, AWS, disk, memory), each gap with a fix.
+
+Every probe is a small function whose inputs (device folder, package versions, environment) can be
+swapped in tests; nothing here contacts AWS or any network: credentials are located, not verified.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from neuronforge.core.package_versions import package_versions
+from neuronforge.neuron.host import neuron_devices
+
+Status = Literal["ok", "warn", "absent"]
+NEURON_PACKAGES = ("neuronx-distributed-inference", "neuronx-distributed", "neuronx-cc", "torch-neuronx")
+# Stage 1 keeps the bf16 source, writes a bf16 fake-quantized copy, and stage 2 adds compiled weights.
+DISK_FACTOR = 3.0
+# Loading bf16 weights plus AutoRound's per-block working copies on CPU.
+MEMORY_FACTOR = 2.5
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+
+def check_cuda() -> Check:
+    """A CUDA GPU makes stage 1 fast; without one it runs on CPU (fine for small models)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return Check(
+            "CUDA GPU",
+            "absent",
+            f"none visible to torch {torch.__version__} (stage 1 runs on CPU)",
+            "fine for small models; for 7B+ run stage 1 on a GPU host (ml.g6e/g5, or EC2 g6e) with a CUDA "
+            "build of torch",
+        )
+    names = [
+        f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / GIB:.0f} GiB)"
+        for i in range(torch.cuda.device_count())
+    ]
+    return Check("CUDA GPU", "ok", ", ".join(names))
+
+
+def check_neuron(dev_root: Path = Path("/dev"), versions: dict[str, str] | None = None) -> Check:
+    """Neuron devices and the SDK packages compile needs (PyPI holds only placeholders for them)."""
+    from neuronforge.neuron.versions import DEFAULT_SDK, install_hint, neuron_sdk
+
+    devices = neuron_devices(dev_root)
+    versions = versions if versions is not None else package_versions(NEURON_PACKAGES)
+    installed = {name: v for name, v in versions.items() if v != "absent"}
+    pins = neuron_sdk(DEFAULT_SDK).pins()
+    mismatched = [
+        f"{name} {v} (SDK {DEFAULT_SDK} pins {pins[name]})"
+        for name, v in installed.items()
+        if pins.get(name) and v != pins[name]
+    ]
+    packages = ", ".join(f"{n} {v}" for n, v in installed.items()) or "no Neuron SDK packages"
+    where = f"{len(devices)} device(s) ({', '.join(devices)})" if devices else "no /dev/neuron* devices"
+    detail = f"{where}; {packages}"
+    if not devices:
+        return Check(
+            "Neuron",
+            "absent",
+            detail + " (compile is skipped; the run ends with a package ready for a Neuron compile job)",
+            "to compile, run `neuronforge run --stages compile,package` on an "
+            "inf2/trn1 host sharing the run directory (e.g. an s3:// --out)",
+        )
+    if "neuronx-distributed-inference" not in installed or mismatched:
+        problem = f"; not the pinned versions: {', '.join(mismatched)}" if mismatched else ""
+        return Check("Neuron", "warn", detail + problem, install_hint(DEFAULT_SDK))
+    return Check("Neuron", "ok", detail)
+
+
+def check_aws(env: dict[str, str] | None = None) -> list[Check]:
+    """Credentials (located, not verified) and region, needed for s3:// paths and SageMaker jobs."""
+    import boto3
+
+    session = boto3.Session()
+    credentials = session.get_credentials()
+    env = env if env is not None else dict(os.environ)
+    checks = []
+    if credentials is None:
+        checks.append(
+            Check(
+                "AWS credentials",
+                "absent",
+                "none found (needed only for s3:// paths and SageMaker)",
+                "run `aws configure`, set AWS_PROFILE, or use an instance role",
+            )
+        )
+    else:
+        checks.append(Check("AWS credentials", "ok", f"found via {credentials.method} (not verified offline)"))
+    region = session.region_name
+    if region:
+        checks.append(Check("AWS region", "ok", region))
+    else:
+        checks.append(
+            Check(
+                "AWS region",
+                "warn",
+                "not set",
+                "export AWS_DEFAULT_REGION=us-east-1 "
+                "(or `aws configure set region ...`); use the region of your bucket and inf2 capacity",
+            )
+        )
+    if env.get("AWS_ENDPOINT_URL"):
+        checks.append(
+            Check(
+                "AWS endpoint",
+                "warn",
+                f"AWS_ENDPOINT_URL={env['AWS_ENDPOINT_URL']} redirects every AWS call",
+                "unset it unless you are testing against a local S3/SageMaker stand-in",
+            )
+        )
+    return checks
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_disk(where: Path, model_bytes: int | None) -> Check:
+    """Free space where the run writes vs roughly DISK_FACTOR x the model's size."""
+    free = shutil.disk_usage(_existing_ancestor(where)).free
+    if model_bytes is None:
+        return Check("Disk", "ok", f"{free / GIB:.1f} GiB free at {where} (model size unknown)")
+    need = int(model_bytes * DISK_FACTOR)
+    detail = f"{free / GIB:.1f} GiB free at {where}; a run needs about {need / GIB:.1f} GiB ({DISK_FACTOR:g} x model)"
+    if free < need:
+        return Check(
+            "Disk",
+            "warn",
+            detail,
+            f"free {(need - free) / GIB:.1f} GiB, or point --out / NEURONFORGE_CACHE at a larger volume",
+        )
+    return Check("Disk", "ok", detail)
+
+
+def check_memory(model_bytes: int | None, total: int | None = None) -> Check:
+    """Host RAM vs what loading and tuning the model on CPU takes."""
+    total = total if total is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    detail = f"{total / GIB:.1f} GiB RAM, {os.cpu_count()} CPU cores"
+    if model_bytes is None:
+        return Check("Memory", "ok", detail)
+    need = int(model_bytes * MEMORY_FACTOR)
+    if total < need:
+        return Check(
+            "Memory",
+            "warn",
+            f"{detail}; the model needs about {need / GIB:.1f} GiB",
+            "use a host with more memory (or a GPU host for stage 1)",
+        )
+    return Check("Memory", "ok", f"{detail}; enough for this model (~{need / GIB:.1f} GiB)")
+
+
+def model_size(model: str) -> tuple[int | None, str]:
+    """(bytes, note) of the model's weights when it is on this host; never downloads anything."""
+    from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir
+    from neuronforge.core.s3uri import is_s3
+
+    if is_s3(model):
+        return None, f"{model} is remote; its size is checked when the run downloads it"
+    path = embedded_model_dir(model) if model in EMBEDDED_MODELS else Path(model).expanduser()
+    if not path.is_dir():
+        hint = f"run `neuronforge model fetch {model}`" if model in EMBEDDED_MODELS else "no such folder"
+        return None, f"{model} not on this host yet ({hint})"
+    weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    return weights or folder_size(path), f"{model}: {(weights or folder_size(path)) / GIB:.2f} GiB of weights"
+
+
+def diagnose(model: str, where: Path) -> tuple[list[Check], str]:
+    """All checks for running `model` with outputs under `where`, plus the model-size note."""
+    size, note = model_size(model)
+    checks = [check_cuda(), check_neuron(), *check_aws(), check_disk(where, size), check_memory(size)]
+    return checks, note
+
+
+def capabilities(checks: list[Check]) -> list[str]:
+    """One line per thing this host can do, derived from the checks."""
+    by_name = {c.name: c for c in checks}
+    gpu = by_name["CUDA GPU"].status == "ok"
+    lines = [
+        f"stage 1 (sensitivity + AutoRound): yes, on {'GPU' if gpu else 'CPU (small models)'}",
+        "CPU emulation of Neuron numerics: yes",
+    ]
+    neuron = by_name["Neuron"].status
+    lines.append(
+        "stage 2 (NxD compile): "
+        + {"ok": "yes", "warn": "not until the fix below", "absent": "no (no Neuron device)"}[neuron]
+    )
+    aws = by_name["AWS credentials"].status == "ok"
+    lines.append(f"s3:// paths and SageMaker jobs: {'yes' if aws else 'no (no AWS credentials)'}")
+    return lines
+
+
+def as_json(checks: list[Check]) -> list[dict[str, str | None]]:
+    return [asdict(check) for check in checks]

@@ -1,0 +1,74 @@
+"""Accuracy metrics of a quantized variant against the bf16 reference, computed from logits.
+
+All functions are pure: they take fp32 logits `[n, s, vocab]` (what the emulator returns) and token ids,
+so the same forward pass feeds perplexity, KL divergence and top-1 agreement without running twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# A weight-only 8-bit variant of a healthy model stays far inside these bounds (measured: KL < 0.05 nats,
+# agreement > 0.9 on SmolLM2); a zeroed layer or a mis-scaled checkpoint lands far outside them.
+MAX_PLAUSIBLE_KL = 0.25
+MIN_PLAUSIBLE_AGREEMENT = 0.80
+
+
+def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood `[n, s-1]` of ids[:, 1:] under logits[:, :-1] (fp32)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def perplexity_from_logits(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """exp(mean next-token NLL) over every predicted position of every window (inf when it overflows)."""
+    return torch.exp(token_nll(logits, ids).double().mean()).item()
+
+
+def kl_divergence(reference: torch.Tensor, variant: torch.Tensor) -> float:
+    """Mean over positions of KL(P_reference || P_variant) in nats; 0 for identical distributions."""
+    ref_logp = torch.log_softmax(reference.float(), dim=-1)
+    var_logp = torch.log_softmax(variant.float(), dim=-1)
+    per_position = (ref_logp.exp() * (ref_logp - var_logp)).sum(dim=-1)
+    return max(per_position.double().mean().item(), 0.0)
+
+
+def top1_agreement(reference: torch.Tensor, variant: torch.Tensor) -> float:
+    """Fraction of positions where the variant's argmax token equals the reference's."""
+    return (reference.argmax(dim=-1) == variant.argmax(dim=-1)).double().mean().item()
+
+
+def recovery(reference: float, variant: float, *, higher_is_better: bool) -> float:
+    """Percent of the reference score kept: variant/reference, or reference/variant when lower is better
+    (perplexity), so 100 means no loss and higher is always better."""
+    if reference <= 0 or variant <= 0:
+        raise ValueError(f"recovery needs positive scores, got reference={reference}, variant={variant}")
+    return 100.0 * (variant / reference if higher_is_better else reference / variant)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """How far one variant's next-token distributions are from the reference's."""
+
+    kl: float
+    agreement: float
+
+
+def sanity_flags(divergence: Divergence, *, quantized: bool) -> list[str]:
+    """Reasons a variant's numbers are implausible (empty when they look healthy).
+
+    A quantized variant identical to bf16 was not really quantized; one far from bf16 is broken
+    (a zeroed layer, wrong scales, a checkpoint off the grid) rather than merely lossy.
+    """
+    flags = []
+    if divergence.kl > MAX_PLAUSIBLE_KL:
+        flags.append(
+            f"KL {divergence.kl:.3f} nats > {MAX_PLAUSIBLE_KL}: far beyond 8-bit weight error, variant looks broken"
+        )
+    if divergence.agreement < MIN_PLAUSIBLE_AGREEMENT:
+        flags.append(f"top-1 agreement {divergence.agreement:.3f} < {MIN_PLAUSIBLE_AGREEMENT}: variant looks broken")
+    if quantized and divergence.kl == 0.0 and divergence.agreement == 1.0:
+        flags.append("identical to bf16: the variant was not quantized")
+    return flags

@@ -1,0 +1,219 @@
+"""AutoRound tuned directly on NxD's grids, through auto-round's own data-type registry.
+
+Stock AutoRound int8 is "full-range" (qmax 128, signed scale) and its fp8 uses +-448; NxD recomputes
+per-row scales as amax/127 (int8) and amax/240 (e4m3). Instead of patching auto-round internals we
+register two new data types, `nxd_int_sym` and `nxd_fp8_sym`, selected by the scheme's `data_type`
+("nxd_int" / "nxd_fp8" with sym=True). They keep auto-round's signature and `(qdq, scale, zp)` return,
+tune the same learned rounding offset `v` (and, only with `minmax_tuning`, the range shrink `max_scale`), but:
+
+* scale = max(amax * max_scale / qmax, NxD's floor) in fp32, qmax = 127 or 240;
+* the element holding a row's |max| is pinned to +-qmax, so the row max of the fake-quantized
+  weights is exactly qmax * scale and NxD re-derives the very same scale from it.
+
+Tuning runs in fp32 (`amp=False`), so after `quantize()` every tuned weight w satisfies
+`neuron.grid.quantize_weight(w)` == the tuned codes; `grid_export` then picks bf16 values for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.grid import E4M3_NEURON_MAX, FP8_SCALE_FLOOR, FP32_EPS, INT8_PER_CHANNEL_DIVISOR
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+NXD_INT = "nxd_int"
+NXD_FP8 = "nxd_fp8"
+# auto-round looks up f"{data_type}_sym" for sym=True schemes (data_type/utils.py::get_quant_func).
+REGISTERED_NAMES = {"int8": f"{NXD_INT}_sym", "f8e4m3": f"{NXD_FP8}_sym"}
+SCHEME_DATA_TYPES = {"int8": NXD_INT, "f8e4m3": NXD_FP8}
+
+
+def _row_amax(tensor: torch.Tensor, tensor_min: Any, tensor_max: Any) -> torch.Tensor:
+    """Per-row |max| from auto-round's cached min/max when given (wrapper.py), else from the tensor."""
+    import torch
+
+    if tensor_min is None or tensor_max is None:
+        return tensor.abs().amax(dim=-1)
+    lo = torch.as_tensor(tensor_min, device=tensor.device)
+    hi = torch.as_tensor(tensor_max, device=tensor.device)
+    return torch.maximum(lo.abs(), hi.abs())
+
+
+def _pin_row_extreme(tensor: torch.Tensor, q: torch.Tensor, qmax: float, active: torch.Tensor) -> torch.Tensor:
+    """Set the code of each active row's largest-magnitude weight to +-qmax (keeps the gradient path of the rest)."""
+    import torch
+
+    idx = tensor.detach().abs().argmax(dim=-1, keepdim=True)
+    sign = torch.where(torch.gather(tensor.detach(), -1, idx) < 0, -1.0, 1.0).to(q.dtype)
+    pinned = torch.scatter(q, -1, idx, sign * qmax)
+    return torch.where(active.unsqueeze(-1), pinned, q)
+
+
+def nxd_int_sym(
+    tensor: torch.Tensor,
+    bits: int = 8,
+    group_size: int = -1,
+    v: Any = 0,
+    min_scale: Any = 1.0,
+    max_scale: Any = 1.0,
+    scale_dtype: Any = None,
+    tensor_min: Any = None,
+    tensor_max: Any = None,
+    q_scale_thresh: float = 0.0,
+    init_scale: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """int8 symmetric on NxD's per-channel grid: scale = amax/127 (fp32, floor fp32 eps), codes in [-127, 127]."""
+    import torch
+    from auto_round.data_type.utils import reshape_pad_tensor_by_group_size, revert_tensor_by_pad, round_ste
+
+    if bits != 8 or group_size != -1:
+        raise ValueError(f"{NXD_INT} supports bits=8, group_size=-1 only (got bits={bits}, group_size={group_size})")
+    tensor, orig_shape, pad_len = reshape_pad_tensor_by_group_size(tensor, group_size)
+    amax = _row_amax(tensor, tensor_min, tensor_max).float() * max_scale
+    scale = torch.clamp(amax / INT8_PER_CHANNEL_DIVISOR, min=FP32_EPS)
+    active = amax / INT8_PER_CHANNEL_DIVISOR > FP32_EPS
+    scale = scale.unsqueeze(-1)
+    q = torch.clamp(round_ste(tensor.float() / scale + v), -INT8_PER_CHANNEL_DIVISOR, INT8_PER_CHANNEL_DIVISOR)
+    q = _pin_row_extreme(tensor, q, INT8_PER_CHANNEL_DIVISOR, active)
+    qdq = revert_tensor_by_pad((q * scale).to(tensor.dtype), orig_shape=orig_shape, pad_len=pad_len)
+    return qdq, scale, 0
+
+
+def nxd_fp8_sym(
+    tensor: torch.Tensor,
+    max_scale: Any = 1.0,
+    tensor_max: Any = None,
+    group_size: int = -1,
+    v: Any = 0,
+    tensor_min: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """fp8 e4m3 on Neuron's grid: scale = max(amax/240, 1e-5) in fp32, values cast to e4m3 with RNE, |x| <= 240."""
+    import torch
+    from auto_round.data_type.utils import float8_e4m3fn_ste, reshape_pad_tensor_by_group_size, revert_tensor_by_pad
+
+    if group_size != -1:
+        raise ValueError(f"{NXD_FP8} supports per-channel (group_size=-1) only, got {group_size}")
+    tensor, orig_shape, pad_len = reshape_pad_tensor_by_group_size(tensor, group_size)
+    if isinstance(max_scale, torch.Tensor):
+        max_scale = max_scale.to(tensor.device)
+    amax = _row_amax(tensor, tensor_min, tensor_max).float() * max_scale
+    active = amax / E4M3_NEURON_MAX > FP8_SCALE_FLOOR
+    scale = torch.clamp(amax / E4M3_NEURON_MAX, min=FP8_SCALE_FLOOR).unsqueeze(-1)
+    x = torch.clamp(tensor.float() / scale + v, -E4M3_NEURON_MAX, E4M3_NEURON_MAX)
+    q = _pin_row_extreme(tensor, float8_e4m3fn_ste(x), E4M3_NEURON_MAX, active)
+    qdq = revert_tensor_by_pad((q * scale).to(tensor.dtype), orig_shape=orig_shape, pad_len=pad_len)
+    return qdq, scale, None
+
+
+def register_nxd_dtypes() -> None:
+    """Add our data types to auto-round's registry (idempotent); stock entries stay untouched."""
+    from auto_round.data_type.register import QUANT_FUNC_WITH_DTYPE
+
+    QUANT_FUNC_WITH_DTYPE[REGISTERED_NAMES["int8"]] = nxd_int_sym
+    QUANT_FUNC_WITH_DTYPE[REGISTERED_NAMES["f8e4m3"]] = nxd_fp8_sym
+
+
+def nxd_scheme(dtype: str) -> Any:
+    """The auto-round QuantizationScheme that selects our data type: weight-only, 8 bits, per-channel."""
+    from auto_round import QuantizationScheme
+
+    if dtype not in SCHEME_DATA_TYPES:
+        raise NeuronforgeError(f"unknown dtype {dtype!r}", f"use one of: {', '.join(SCHEME_DATA_TYPES)}")
+    return QuantizationScheme(bits=8, group_size=-1, sym=True, data_type=SCHEME_DATA_TYPES[dtype], act_bits=16)
+
+
+def keep_bf16_layer_config(model: nn.Module, blocks_kept: list[str], block_of: Callable[[str], str]) -> dict[str, dict]:
+    """layer_config entries keeping every Linear of the kept blocks at 16 bits, keyed by exact full names.
+
+    Exact module names are matched as-is by auto-round; short names like `layers.1.` would be
+    turned into substring regexes that also hit `layers.10.`.
+    """
+    from neuronforge.neuron.qlinear import quantizable_linears
+
+    kept = set(blocks_kept)
+    return {name: {"bits": 16} for name in quantizable_linears(model) if name != "lm_head" and block_of(name) in kept}
+
+
+@dataclass
+class TuneResult:
+    """Which Linears auto-round tuned on our grid, and which it left alone (dims not multiple of 32 etc.)."""
+
+    tuned: list[str] = field(default_factory=list)
+    untouched: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _tuning_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def run_autoround(
+    model: nn.Module,
+    tokenizer: Any,
+    samples: list[torch.Tensor],
+    dtype: str,
+    layer_config: dict[str, dict],
+    iters: int,
+    seqlen: int,
+    targets: list[str],
+    *,
+    minmax_tuning: bool = False,
+) -> TuneResult:
+    """Tune `model` in place (fp32, our data types). `targets` are the HF Linear names we expect quantized.
+
+    Returns which of `targets` auto-round actually quantized; the caller rounds the rest with RTN.
+    """
+    import torch
+    from auto_round import AutoRound, SignRoundConfig
+
+    if iters < 1:
+        raise NeuronforgeError(
+            f"iters must be >= 1 for AutoRound, got {iters}", "use --no-autoround for plain rounding"
+        )
+    if any(s.shape[-1] < seqlen for s in samples):
+        raise NeuronforgeError(
+            "a calibration sample is shorter than seqlen", "lower --calib-seq-len or supply more text"
+        )
+    register_nxd_dtypes()
+    model.to(torch.float32)
+    logging.getLogger("auto_round").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    device = _tuning_device()
+    try:
+        rounder = AutoRound(
+            model,
+            tokenizer=tokenizer,
+            scheme=nxd_scheme(dtype),
+            alg_configs=SignRoundConfig(iters=iters, enable_minmax_tuning=minmax_tuning),
+            layer_config=dict(layer_config) or None,
+            dataset=samples,
+            nsamples=len(samples),
+            seqlen=seqlen,
+            batch_size=min(8, len(samples)),
+            device_map=device,
+            enable_torch_compile=False,  # compile costs minutes on CPU and our data types are untested under it on GPU
+            amp=False,
+            low_cpu_mem_usage=False,
+        )
+        _, resolved = rounder.quantize()
+    except SystemExit as exc:  # auto-round calls sys.exit when no sample is long enough
+        raise NeuronforgeError(
+            f"AutoRound found no usable calibration data (exit code {exc.code})",
+            "supply more text (--text) or lower --calib-seq-len",
+        ) from None
+    model.to("cpu")
+    tuned = [n for n in targets if int((resolved.get(n) or {}).get("bits", 16)) <= 8]
+    untouched = [n for n in targets if n not in tuned]
+    return TuneResult(tuned=tuned, untouched=untouched, seconds=time.perf_counter() - start)

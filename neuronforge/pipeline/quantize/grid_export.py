@@ -1,0 +1,144 @@
+"""Pick bf16 weights that NxD re-quantizes to exactly the codes we tuned, and prove it.
+
+bf16 cannot hold code * scale exactly, and NxD recomputes the scale from the stored row max, so
+a plain `bf16(q * s)` export drifts. Per row we first fix the stored |max| (the value whose code is
++-qmax), derive NxD's scale from it exactly as NxD does (fp32), then for each code pick the bf16
+value nearest q * s' that rounds back to q under NxD's math, nudging by one bf16 ulp when needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from neuronforge.errors import NeuronforgeError
+
+if TYPE_CHECKING:
+    import torch
+
+_NUDGES = (0, 1, -1, 2, -2)  # bf16 ulps tried around bf16(q * s'), nearest first
+
+
+def nxd_scale_from_amax(amax: torch.Tensor, dtype: str) -> torch.Tensor:
+    """NxD's per-channel scale for rows whose |max| is `amax` ([out, 1]), in fp32."""
+    from neuronforge.neuron.grid import fp8_per_channel_scale, int8_per_channel_scale
+
+    if dtype == "int8":
+        return int8_per_channel_scale(amax)
+    return fp8_per_channel_scale(amax, dtype)
+
+
+def _codes_under(weight: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
+    from neuronforge.neuron.grid import fp8_codes, int8_codes
+
+    return (int8_codes(weight, scale) if dtype == "int8" else fp8_codes(weight, scale, dtype)).float()
+
+
+def _nudge(values: torch.Tensor, ulps: int) -> torch.Tensor:
+    """Move bf16 values by `ulps` units in the last place (in magnitude order of the bit pattern)."""
+    import torch
+
+    if ulps == 0:
+        return values
+    bits = values.view(torch.int16).to(torch.int32) + ulps
+    moved = bits.clamp(-(2**15), 2**15 - 1).to(torch.int16).view(torch.bfloat16)
+    return torch.where(torch.isfinite(moved) & (values != 0), moved, values)
+
+
+def exact_bf16(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
+    """bf16 weights whose NxD re-quantization equals `codes` (int8 codes or fp8 values, [out, in]).
+
+    `scale` ([out, 1], fp32) is the grid the codes were tuned on; rows must use their extreme
+    code for their largest element (true for NxD's own grid, which our data types preserve).
+    """
+    import torch
+
+    q = codes.float()
+    q_abs_max = q.abs().amax(dim=1, keepdim=True)
+    stored_amax = (q_abs_max * scale.float()).to(torch.bfloat16)
+    nxd_scale = nxd_scale_from_amax(stored_amax.float(), dtype)
+    is_extreme = (q.abs() == q_abs_max) & (q_abs_max > 0)
+    out = torch.where(is_extreme, torch.sign(q) * stored_amax.float(), q * nxd_scale).to(torch.bfloat16)
+    pending = _codes_under(out, nxd_scale, dtype) != q
+    base = out
+    for ulps in _NUDGES[1:]:
+        if not pending.any():
+            break
+        candidate = _nudge(base, ulps)
+        fits = (_codes_under(candidate, nxd_scale, dtype) == q) & (candidate.float().abs() <= stored_amax.float())
+        fix = pending & fits
+        out = torch.where(fix, candidate, out)
+        pending = pending & ~fix
+    return out
+
+
+# A weight "keeps its value" when the device's value is within bf16 precision of the one the quantizer chose.
+VALUE_TOLERANCE = 2.0**-8
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How many weights NxD re-quantizes to the intended codes, and how many keep the intended value."""
+
+    matching: int
+    total: int
+    values_kept: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.matching / self.total if self.total else 1.0
+
+    @property
+    def value_fraction(self) -> float:
+        return self.values_kept / self.total if self.total else 1.0
+
+    def __add__(self, other: Agreement) -> Agreement:
+        return Agreement(self.matching + other.matching, self.total + other.total, self.values_kept + other.values_kept)
+
+
+def agreement(
+    stored: torch.Tensor, intended_codes: torch.Tensor, dtype: str, intended_values: torch.Tensor | None = None
+) -> Agreement:
+    """Compare NxD's codes for a stored weight with the codes the quantizer intended, and optionally
+    the device's dequantized values (code * NxD scale) with the values the quantizer tuned."""
+    from neuronforge.neuron.grid import quantize_weight
+
+    codes, scale = quantize_weight(stored, dtype)
+    same = codes.float() == intended_codes.float()
+    kept = 0
+    if intended_values is not None:
+        target = intended_values.float()
+        kept = int(((codes.float() * scale - target).abs() <= VALUE_TOLERANCE * target.abs()).sum())
+    return Agreement(int(same.sum()), same.numel(), kept)
+
+
+def naive_agreement(weight: torch.Tensor, dtype: str) -> Agreement:
+    """Agreement of AutoRound's stock export (int: qmax 128 + signed scale; fp8: +-448) once NxD re-quantizes it.
+
+    Uses auto-round's own registered RTN functions on the weight and stores the result in bf16, as its
+    fake export does on CPU. AutoRound's codes are compared on a positive-scale convention (code * sign(scale)),
+    its values with what the device computes from NxD's own scale.
+    """
+    import torch
+    from auto_round.data_type.register import QUANT_FUNC_WITH_DTYPE
+
+    w = weight.detach().to(torch.bfloat16)
+    if dtype == "int8":
+        qdq, scale, _ = QUANT_FUNC_WITH_DTYPE["int_sym"](w, bits=8, group_size=-1)
+        scale = scale.float().reshape(-1, 1)
+        ar_codes = torch.round(qdq.float() / scale) * torch.sign(scale)
+    else:
+        qdq, scale, _ = QUANT_FUNC_WITH_DTYPE["fp8_sym"](w, group_size=-1)
+        scale = scale.float().reshape(-1, 1)
+        ar_codes = (qdq.float() / scale).to(torch.float8_e4m3fn).float()
+    return agreement(qdq.to(torch.bfloat16), ar_codes, dtype, intended_values=qdq)
+
+
+def require_exact(result: Agreement, where: str) -> None:
+    """Refuse to finalize a checkpoint NxD would re-round."""
+    if result.matching != result.total:
+        raise NeuronforgeError(
+            f"grid check failed for {where}: NxD re-quantizes {result.total - result.matching} of {result.total} "
+            f"weights to different codes ({100 * result.fraction:.4f}% agreement)",
+            "this is a bug in the grid-exact export; please report it with the model and flags used",
+        )

@@ -1,0 +1,88 @@
+"""Choose which blocks stay bf16 (NxDI's `modules_to_not_convert`) from their sensitivity scores.
+
+Memory model (per Linear, what NxD stores): quantized = 1 byte per weight + 4 bytes per output row
+(fp32 scale); bf16 = 2 bytes per weight. Keeping a block costs `weights - 4 * rows` extra bytes.
+
+The budget (`max_extra_memory`) is a fraction of the all-quantized weight bytes of the *choosable*
+blocks. Forced blocks (lm_head of a tied-embedding model, which NxDI must keep bf16 anyway) are
+always listed, and neither count toward the base nor spend the budget: they are not a choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.pipeline.quantize.sensitivity import Block
+
+Selection = Literal["budget", "topk", "threshold", "none"]
+SELECTIONS: tuple[str, ...] = ("budget", "topk", "threshold", "none")
+
+
+def quantized_bytes(block: Block) -> int:
+    return block.weights + 4 * block.rows
+
+
+def extra_bytes(block: Block) -> int:
+    """Extra bytes when `block` stays bf16 instead of 8-bit + fp32 scales."""
+    return 2 * block.weights - quantized_bytes(block)
+
+
+@dataclass(frozen=True)
+class Choice:
+    kept: list[str]  # blocks kept in bf16, forced ones included, canonical NxDI names
+    extra_bytes: int  # bytes spent on choosable kept blocks
+    budget_bytes: int | None  # only for the budget rule
+
+
+def _ordered(kept: set[str], blocks: list[Block]) -> list[str]:
+    return [b.name for b in blocks if b.name in kept]
+
+
+def select(
+    blocks: list[Block],
+    scores: dict[str, float],
+    rule: str = "budget",
+    max_extra_memory: float = 0.10,
+    topk: int | None = None,
+    threshold: float | None = None,
+) -> Choice:
+    """Apply one selection rule. `threshold` is a share of the total score (0..1); `topk` a block count."""
+    if rule not in SELECTIONS:
+        raise NeuronforgeError(f"unknown selection rule {rule!r}", f"use one of: {', '.join(SELECTIONS)}")
+    choosable = [b for b in blocks if not b.forced]
+    missing = [b.name for b in choosable if b.name not in scores or not math.isfinite(scores[b.name])]
+    if missing:
+        raise NeuronforgeError(f"no finite sensitivity score for blocks {missing}", "re-run the sensitivity analysis")
+    kept = {b.name for b in blocks if b.forced}
+    by_score = sorted(choosable, key=lambda b: scores[b.name], reverse=True)
+    budget: int | None = None
+    if rule == "budget":
+        if not math.isfinite(max_extra_memory) or max_extra_memory < 0:
+            raise NeuronforgeError(
+                f"--max-extra-memory must be a fraction >= 0, got {max_extra_memory}",
+                "e.g. 0.10 allows 10% more weight memory than an all-quantized model",
+            )
+        budget = int(max_extra_memory * sum(quantized_bytes(b) for b in choosable))
+        spent = 0
+        # Best damage avoided per extra byte first; skip what does not fit, keep filling with smaller blocks.
+        for block in sorted(choosable, key=lambda b: scores[b.name] / max(extra_bytes(b), 1), reverse=True):
+            if scores[block.name] > 0 and spent + extra_bytes(block) <= budget:
+                kept.add(block.name)
+                spent += extra_bytes(block)
+    elif rule == "topk":
+        if topk is None or topk < 0:
+            raise NeuronforgeError(f"--topk must be an integer >= 0 with --selection topk, got {topk}", "e.g. --topk 2")
+        kept |= {b.name for b in by_score[:topk]}
+    elif rule == "threshold":
+        if threshold is None or not 0 <= threshold <= 1:
+            raise NeuronforgeError(
+                f"--threshold must be a share of the total sensitivity in [0, 1], got {threshold}",
+                "e.g. --threshold 0.2",
+            )
+        total = sum(scores[b.name] for b in choosable) or 1.0
+        kept |= {b.name for b in choosable if scores[b.name] / total >= threshold and scores[b.name] > 0}
+    spent = sum(extra_bytes(b) for b in choosable if b.name in kept)
+    return Choice(_ordered(kept, blocks), spent, budget)

@@ -1,0 +1,258 @@
+"""How much each NxD-skippable block (lm_head, layers.{i}.self_attn, layers.{i}.mlp) suffers from quantization.
+
+Three scores, all "higher = keep in bf16 first":
+
+* `measured`: quantize one block alone with Neuron numerics (NeuronQuantLinear swap, then restore)
+  and measure KL(bf16 || quantized) of next-token distributions. Ground truth; one forward pass
+  over the calibration set per block.
+* `first_order`: sum over the block of |dL/dW * (W - Q(W))|, with L the LM cross-entropy and Q NxD's
+  RTN grid. One forward+backward pass in total, whatever the number of blocks. We use the LM loss,
+  not KL to bf16: KL(p || p_W) has zero gradient at W itself, so its first-order term vanishes.
+* `variance`: mean per-output-channel weight variance of the block (the seed recipe's proxy; free).
+
+For tied embeddings lm_head shares the embedding matrix; NxDI keeps it bf16 then, so it is
+reported as forced and never scored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from neuronforge.errors import NeuronforgeError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Method = Literal["first_order", "measured", "variance"]
+METHODS: tuple[str, ...] = ("first_order", "measured", "variance")
+
+
+@dataclass
+class Block:
+    """One safe-granularity block and its Linear layers (HF names)."""
+
+    name: str
+    linears: list[str]
+    weights: int  # number of weight elements
+    rows: int  # output channels (one fp32 scale each)
+    forced: bool = False  # always kept in bf16 (tied lm_head)
+
+
+@dataclass
+class SensitivityResult:
+    method: str
+    blocks: list[Block]
+    scores: dict[str, float]  # block -> score, forced blocks absent
+    seconds: float
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)  # other methods' scores (when measured)
+    spearman: dict[str, float] = field(default_factory=dict)  # cheap method -> rank correlation with measured
+
+    def to_json(self) -> dict:
+        total = sum(self.scores.values()) or 1.0
+        return {
+            "method": self.method,
+            "seconds": round(self.seconds, 3),
+            "blocks": [
+                {
+                    "block": b.name,
+                    "forced_bf16": b.forced,
+                    "score": self.scores.get(b.name),
+                    "share": (self.scores[b.name] / total) if b.name in self.scores else None,
+                    "weights": b.weights,
+                    "linears": b.linears,
+                    **{f"score_{m}": s.get(b.name) for m, s in self.extra.items()},
+                }
+                for b in self.blocks
+            ],
+            "spearman_vs_measured": self.spearman,
+        }
+
+
+def is_tied(model: nn.Module) -> bool:
+    return bool(getattr(model.config, "tie_word_embeddings", False))
+
+
+def find_blocks(model: nn.Module) -> list[Block]:
+    """Group the Linears NxDI would quantize into blocks, in model order."""
+    from neuronforge.neuron.module_names import block_of
+    from neuronforge.neuron.qlinear import quantizable_linears
+
+    linears = quantizable_linears(model)
+    if not linears:
+        raise NeuronforgeError(
+            "the model has no Linear layers NxD Inference would quantize (q/k/v/o, gate/up/down, lm_head)",
+            "pass a Llama- or Mistral-family causal LM",
+        )
+    blocks: dict[str, Block] = {}
+    for name, linear in linears.items():
+        block = blocks.setdefault(block_of(name), Block(block_of(name), [], 0, 0))
+        block.linears.append(name)
+        block.weights += linear.weight.numel()
+        block.rows += linear.weight.shape[0]
+    if "lm_head" in blocks and is_tied(model):
+        blocks["lm_head"].forced = True
+    return list(blocks.values())
+
+
+def _rtn_error(weight: torch.Tensor, dtype: str) -> torch.Tensor:
+    """W - Q(W) on NxD's per-channel grid, fp32."""
+    from neuronforge.neuron.grid import dequantize, quantize_weight
+
+    codes, scale = quantize_weight(weight.detach(), dtype)
+    return weight.detach().float() - dequantize(codes, scale)
+
+
+def calibration_batches(samples: list[torch.Tensor], batch_size: int = 4) -> Iterable[torch.Tensor]:
+    import torch
+
+    for i in range(0, len(samples), batch_size):
+        yield torch.cat(samples[i : i + batch_size], dim=0)
+
+
+def first_order_scores(
+    model: nn.Module, blocks: list[Block], samples: list[torch.Tensor], dtype: str
+) -> dict[str, float]:
+    """sum |dL/dW * (W - Q(W))| per block from one forward+backward pass of the calibration set."""
+    import torch
+
+    from neuronforge.neuron.qlinear import quantizable_linears
+
+    linears = quantizable_linears(model)
+    scored = [b for b in blocks if not b.forced]
+    params = {n: linears[n].weight for b in scored for n in b.linears}
+    grads = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()}
+    was_training = [(p, p.requires_grad) for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    try:
+        total = sum(s.shape[0] for s in samples)
+        for batch in calibration_batches(samples):
+            loss = model(input_ids=batch, labels=batch).loss * (batch.shape[0] / total)
+            loss.backward()
+            for n, p in params.items():
+                grads[n] += p.grad.float()
+                p.grad = None
+    finally:
+        for p, flag in was_training:
+            p.requires_grad_(flag)
+    return {
+        b.name: float(sum((grads[n] * _rtn_error(linears[n].weight, dtype)).abs().sum() for n in b.linears))
+        for b in scored
+    }
+
+
+def _next_token_logprobs(model: nn.Module, samples: list[torch.Tensor]) -> list[torch.Tensor]:
+    import torch
+
+    with torch.no_grad():
+        return [torch.log_softmax(model(input_ids=b).logits.float(), dim=-1) for b in calibration_batches(samples)]
+
+
+def measured_scores(
+    model: nn.Module,
+    blocks: list[Block],
+    samples: list[torch.Tensor],
+    dtype: str,
+    step: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """KL(bf16 || block-quantized) per block, quantizing one block at a time with Neuron numerics (bf16 compute).
+
+    The model runs in bf16 here and is cast back afterwards (exact for weights loaded from a bf16 checkpoint).
+    """
+    import torch
+
+    dtype_before = next(model.parameters()).dtype
+    model.to(torch.bfloat16)
+    try:
+        return _measured_bf16(model, blocks, samples, dtype, step)
+    finally:
+        model.to(dtype_before)
+
+
+def _measured_bf16(
+    model: nn.Module, blocks: list[Block], samples: list[torch.Tensor], dtype: str, step: Callable[[], None] | None
+) -> dict[str, float]:
+    import torch
+
+    from neuronforge.neuron.qlinear import NeuronQuantLinear, quantizable_linears
+
+    reference = _next_token_logprobs(model, samples)
+    linears = quantizable_linears(model)
+    scores = {}
+    for block in blocks:
+        if block.forced:
+            continue
+        swapped = {}
+        for name in block.linears:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            swapped[name] = (parent, child, linears[name])
+            setattr(parent, child, NeuronQuantLinear.from_linear(linears[name], dtype))
+        try:
+            quantized = _next_token_logprobs(model, samples)
+        finally:
+            for parent, child, original in swapped.values():
+                setattr(parent, child, original)
+        kl = [
+            torch.nn.functional.kl_div(q, p, log_target=True, reduction="none").sum(-1).mean()
+            for p, q in zip(reference, quantized, strict=True)
+        ]
+        scores[block.name] = float(torch.stack(kl).mean())
+        if step:
+            step()
+    return scores
+
+
+def variance_scores(model: nn.Module, blocks: list[Block]) -> dict[str, float]:
+    """Mean per-output-channel variance of the block's weights (cheap proxy, no data)."""
+    from neuronforge.neuron.qlinear import quantizable_linears
+
+    linears = quantizable_linears(model)
+    return {
+        b.name: float(sum(linears[n].weight.detach().float().var(dim=1).mean() for n in b.linears) / len(b.linears))
+        for b in blocks
+        if not b.forced
+    }
+
+
+def spearman(a: dict[str, float], b: dict[str, float]) -> float:
+    """Spearman rank correlation over the blocks both score."""
+    from scipy.stats import spearmanr
+
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 2:
+        return float("nan")
+    return float(spearmanr([a[k] for k in keys], [b[k] for k in keys]).statistic)
+
+
+def analyze(
+    model: nn.Module,
+    samples: list[torch.Tensor],
+    dtype: str,
+    method: str = "first_order",
+    step: Callable[[], None] | None = None,
+) -> SensitivityResult:
+    """Score every block with `method`; with `measured`, also score the cheap methods and correlate them."""
+    if method not in METHODS:
+        raise NeuronforgeError(f"unknown sensitivity method {method!r}", f"use one of: {', '.join(METHODS)}")
+    blocks = find_blocks(model)
+    start = time.perf_counter()
+    if method == "variance":
+        return SensitivityResult(method, blocks, variance_scores(model, blocks), time.perf_counter() - start)
+    if method == "first_order":
+        return SensitivityResult(
+            method, blocks, first_order_scores(model, blocks, samples, dtype), time.perf_counter() - start
+        )
+    scores = measured_scores(model, blocks, samples, dtype, step)
+    seconds = time.perf_counter() - start
+    extra = {
+        "first_order": first_order_scores(model, blocks, samples, dtype),
+        "variance": variance_scores(model, blocks),
+    }
+    return SensitivityResult(method, blocks, scores, seconds, extra, {m: spearman(s, scores) for m, s in extra.items()})

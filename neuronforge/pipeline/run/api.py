@@ -1,0 +1,68 @@
+"""`neuronforge run`: resolve inputs (mirroring s3:// ones), run the stages, sync the run directory up.
+
+With an s3:// `out`, the run directory lives in the local cache and is mirrored from the bucket
+first, so a run started on a GPU host (quantize, emulate) and continued on an inf2 host (compile,
+package) shares one manifest: each host skips what the other already finished. Every finished or
+failed stage is pushed back before the next one starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuronforge.pipeline.run import storage
+from neuronforge.pipeline.run.config import RunConfig
+from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest
+from neuronforge.pipeline.run.runner import Listener, Stage, run_stages
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_dir: Path  # local run directory (the mirror, for an s3:// out)
+    remote: str | None  # the s3:// run directory, if any
+    manifest: Manifest
+
+
+def resolve_model_input(model: str) -> str:
+    """An embedded name or local folder as given; an s3:// prefix mirrored into the cache first."""
+    return str(storage.download(model)) if storage.is_s3(model) else model
+
+
+def run_pipeline(
+    config: RunConfig, *, listener: Listener = lambda event: None, stages: list[Stage] | None = None
+) -> RunOutcome:
+    """Run `config.stages` in the run directory, skipping what is already done with the same inputs."""
+    from neuronforge.pipeline.run.stages import STAGES, RunInputs
+
+    target = config.run_dir()
+    remote = target if storage.is_s3(target) else None
+    run_dir = storage.local_mirror(target) if remote else Path(target).expanduser()
+    if remote:
+        storage.download(remote, run_dir, missing_ok=True)
+    inputs = RunInputs(
+        config=config, model=resolve_model_input(config.model), text=storage.localize(config.text, what="text file")
+    )
+
+    def push(name: str) -> None:
+        if remote is None:
+            return
+        if (run_dir / name).is_dir():
+            storage.upload_dir(run_dir / name, f"{remote.rstrip('/')}/{name}")
+        storage.upload_file(run_dir / MANIFEST_FILE, f"{remote.rstrip('/')}/{MANIFEST_FILE}")
+
+    try:
+        manifest = run_stages(
+            run_dir,
+            stages or STAGES,
+            inputs,
+            selected=config.stages,
+            listener=listener,
+            after_stage=push,
+            config_record=config.model_dump(mode="json"),
+        )
+    except BaseException:
+        if remote and (run_dir / MANIFEST_FILE).exists():
+            push(MANIFEST_FILE)  # let the other host see where this run stopped
+        raise
+    return RunOutcome(run_dir=run_dir, remote=remote, manifest=manifest)

@@ -1,0 +1,171 @@
+"""The `neuronforge run` configuration: one flat model, loadable from YAML or TOML, every CLI flag a key.
+
+Precedence: field defaults < config file < flags given on the command line. `default_config_yaml`
+renders the defaults with each field's description as a comment, so `neuronforge config init`
+always writes exactly the keys this model accepts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from neuronforge.errors import NeuronforgeError
+
+# Stage order; `evaluate` (the full accuracy report) is opt-in, `emulate` is the quick CPU check.
+ALL_STAGES = ("model", "quantize", "emulate", "evaluate", "compile", "package")
+DEFAULT_STAGES = ("model", "quantize", "emulate", "compile", "package")
+
+# The commented default is grouped under these headings, each starting at the named field.
+SECTIONS = {
+    "model": "What to run and where",
+    "dtype": "Stage 1: sensitivity analysis + AutoRound on NxD's grid (the 'quantize' stage)",
+    "kv": "CPU emulation of Neuron numerics (the 'emulate' stage)",
+    "instance": "Stage 2: Neuron config and compile (the 'compile' stage; skipped without a Neuron device)",
+}
+
+
+def _split_list(value: Any) -> Any:
+    """Accept `a,b,c` (a CLI flag) as well as a YAML/TOML list."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class RunConfig(BaseModel):
+    """Every setting of `neuronforge run`. Paths may be local or s3:// URIs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("smollm2", description="embedded model name, Hugging Face model folder, or s3:// prefix of one")
+    out: str | None = Field(
+        None, description="run directory (local or s3://); default: runs/<model>-<dtype> in the current directory"
+    )
+    stages: list[str] = Field(
+        list(DEFAULT_STAGES), description=f"stages to run, in this order: {', '.join(ALL_STAGES)}"
+    )
+    text: str | None = Field(
+        None,
+        description="your own .txt/.jsonl (local or s3://) for calibration and evaluation; default: embedded texts",
+    )
+    dtype: Literal["int8", "f8e4m3"] = Field("int8", description="weight dtype on Neuron: int8 or f8e4m3 (fp8)")
+    iters: int = Field(10, ge=0, description="AutoRound tuning steps per block (the CPU demo keeps this small)")
+    nsamples: int = Field(8, ge=1, description="calibration windows")
+    calib_seq_len: int = Field(
+        128, ge=8, description="tokens per calibration window (the emulate check scores windows of this length too)"
+    )
+    sensitivity: Literal["first_order", "measured", "variance"] = Field(
+        "first_order", description="how each block's quantization damage is estimated"
+    )
+    selection: Literal["budget", "topk", "threshold", "none"] = Field(
+        "budget", description="how modules_to_not_convert is chosen from the sensitivities"
+    )
+    max_extra_memory: float = Field(
+        0.10, ge=0.0, description="budget selection: extra weight memory allowed for bf16 blocks (fraction)"
+    )
+    topk: int | None = Field(None, ge=0, description="topk selection: how many blocks stay bf16")
+    threshold: float | None = Field(None, description="threshold selection: blocks above this sensitivity stay bf16")
+    modules_to_not_convert: list[str] | None = Field(
+        None, description="explicit blocks kept bf16 (e.g. lm_head, layers.0.mlp); skips the selection"
+    )
+    autoround: bool = Field(True, description="false: round-to-nearest on NxD's grid, no tuning")
+    minmax_tuning: bool = Field(False, description="also tune AutoRound's per-row range shrink (clips outliers)")
+    kv: Literal["fp8", "bf16"] = Field("fp8", description="KV cache on Neuron (emulated on CPU): fp8 (e4m3) or bf16")
+    eval_tokens: int = Field(4096, ge=16, description="held-out tokens per text scored by the emulation check")
+    instance: str | None = Field(None, description="target ml.inf2/ml.trn1 instance; default: the compile step's")
+    tp_degree: int | None = Field(None, ge=1, description="tensor-parallel degree; default: largest that fits")
+    batch_size: int = Field(1, ge=1, description="compiled batch size")
+    seq_len: int | None = Field(None, ge=1, description="compiled sequence length; default: the compile step's")
+    sdk: str | None = Field(None, description="Neuron SDK release to target; default: the compile step's")
+
+    @field_validator("stages", "modules_to_not_convert", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in ALL_STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(ALL_STAGES)}")
+        if not value:
+            raise ValueError("at least one stage is needed")
+        return [name for name in ALL_STAGES if name in value]
+
+    def run_dir(self) -> str:
+        """`out`, or runs/<model name>-<dtype>."""
+        if self.out:
+            return self.out
+        name = self.model.rstrip("/").rsplit("/", 1)[-1] or "model"
+        return f"runs/{name}-{self.dtype}"
+
+
+def _format_problems(exc: ValidationError, source: str) -> NeuronforgeError:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, RunConfig.model_fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"unknown key '{key}'{hint}")
+        else:
+            problems.append(f"{key}: {error['msg']}")
+    return NeuronforgeError(
+        f"invalid run configuration from {source}: " + "; ".join(problems),
+        "fix those keys; `neuronforge config init` writes every valid key with its default",
+    )
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Raw key/values of a .yaml/.yml or .toml config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NeuronforgeError(f"config file {path} does not exist", "create one with: neuronforge config init")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise NeuronforgeError(f"unsupported config file type '{path.suffix}' ({path})", "use .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise NeuronforgeError(f"{path} is not valid {path.suffix[1:].upper()}: {exc}", "fix the syntax") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise NeuronforgeError(f"{path} must hold key: value pairs at the top level", "see `neuronforge config init`")
+    return data
+
+
+def build_config(file_values: dict[str, Any], overrides: dict[str, Any], source: str = "the command line") -> RunConfig:
+    """Defaults, then the file's values, then the flags that were actually given (None = not given)."""
+    merged = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return RunConfig(**merged)
+    except ValidationError as exc:
+        raise _format_problems(exc, source) from None
+
+
+def default_config_yaml() -> str:
+    """The defaults as YAML, one commented key per field, grouped into sections."""
+    lines = [
+        "# neuronforge run configuration. Use it with: neuronforge run --config <this file>",
+        "# Flags given on the command line override these values. Paths may be local or s3:// URIs.",
+    ]
+    for name, field in RunConfig.model_fields.items():
+        if name in SECTIONS:
+            lines += ["", f"# --- {SECTIONS[name]} ---"]
+        lines.append(f"# {field.description}")
+        lines.append(
+            yaml.safe_dump(
+                {name: field.get_default(call_default_factory=True)}, default_flow_style=True, width=1000
+            ).strip()[1:-1]
+        )
+    return "\n".join(lines) + "\n"

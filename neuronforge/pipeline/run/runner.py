@@ -1,0 +1,243 @@
+"""Generic stage runner: fingerprint, skip-if-unchanged, resume-after-kill, atomic outputs.
+
+Each stage writes into a temporary directory that is renamed to `<run_dir>/<stage>` only when the
+stage returns, so a killed run leaves either the previous complete output or none. The manifest
+marks the stage `running` before it starts; a record still `running` (or `failed`) on the next
+invocation is simply re-run, and the stale `.partial-`/`.old-` directories are removed first. An
+exclusive lock on the run directory keeps two processes from running stages in it at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neuronforge.core.atomic import atomic_dir
+from neuronforge.core.hashing import content_hash, fingerprint
+from neuronforge.core.package_versions import package_versions
+from neuronforge.errors import NeuronforgeError
+from neuronforge.pipeline.run.manifest import Manifest, StageRecord
+
+LOCK_FILE = ".lock"
+STAGE_DIR_OUTPUT = "dir"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage hands back: JSON-able figures for the manifest and any outputs outside its own directory."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    """What a stage may look at: the run's config, earlier stages' records and outputs, and its own workdir."""
+
+    run_dir: Path
+    config: Any
+    manifest: Manifest
+    workdir: Path | None = None
+
+    def record(self, stage: str) -> StageRecord:
+        record = self.manifest.stages.get(stage)
+        if record is None or record.status != "done":
+            raise NeuronforgeError(
+                f"stage '{stage}' has no finished output in {self.run_dir}",
+                f"run it first: add '{stage}' to --stages (or run without --stages)",
+            )
+        return record
+
+    def done(self, stage: str) -> bool:
+        record = self.manifest.stages.get(stage)
+        return record is not None and record.status == "done"
+
+    def output(self, stage: str, name: str = STAGE_DIR_OUTPUT) -> Path:
+        """A finished stage's output path (its directory by default)."""
+        path = Path(self.record(stage).outputs[name])
+        return path if path.is_absolute() else self.run_dir / path
+
+    def summary(self, stage: str) -> dict[str, Any]:
+        return self.record(stage).summary
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline step. `inputs` lists what it depends on (Path values are content-hashed);
+    `unavailable` returns why it cannot run on this host (it is then reported as skipped, never cached)."""
+
+    name: str
+    help: str
+    inputs: Callable[[StageContext], dict[str, Any]]
+    run: Callable[[StageContext], StageResult]
+    needs: tuple[str, ...] = ()
+    unavailable: Callable[[StageContext], str | None] = lambda ctx: None
+    versions: tuple[str, ...] = ("neuronforge",)
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    stage: str
+    status: str  # "up to date" | "running" | "done" | "failed" | "skipped"
+    message: str = ""
+    seconds: float | None = None
+
+
+Listener = Callable[[StageEvent], None]
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory (released by the OS even on SIGKILL)."""
+    path = run_dir / LOCK_FILE
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise NeuronforgeError(
+                f"another neuronforge run (pid {holder}) is using {run_dir}",
+                "wait for it to finish, or choose another --out",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def clean_partials(run_dir: Path) -> list[Path]:
+    """Remove what a killed atomic write left behind (`.<name>.partial-*`, `.<name>.old-*`)."""
+    removed = []
+    for path in run_dir.iterdir():
+        if path.name.startswith(".") and (".partial-" in path.name or ".old-" in path.name):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _relative(path: Path, run_dir: Path) -> str:
+    try:
+        return path.relative_to(run_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def is_fresh(record: StageRecord | None, fp: str, run_dir: Path) -> bool:
+    """Done with the same fingerprint, and every recorded output still has the content that was written."""
+    if record is None or record.status != "done" or record.fingerprint != fp:
+        return False
+    for name, stored in record.outputs.items():
+        path = Path(stored) if Path(stored).is_absolute() else run_dir / stored
+        if not path.exists() or content_hash(path) != record.output_hashes.get(name):
+            return False
+    return True
+
+
+def _fingerprint(stage: Stage, ctx: StageContext) -> tuple[str, dict[str, Any], dict[str, str]]:
+    versions = package_versions(stage.versions)
+    fp, canonical = fingerprint(stage.inputs(ctx), versions)
+    return fp, canonical, versions
+
+
+def _check_upstream(stage: Stage, ctx: StageContext, selected: set[str], by_name: dict[str, Stage]) -> None:
+    """A stage run on its own must not silently consume an upstream output made for a different config."""
+    for dep in stage.needs:
+        ctx.record(dep)
+        if dep in selected or dep not in by_name:
+            continue
+        record = ctx.manifest.stages[dep]
+        try:
+            fp, _, _ = _fingerprint(by_name[dep], ctx)
+        except FileNotFoundError:
+            # Its inputs live on the host that ran it (e.g. the GPU host of a shared s3:// run):
+            # trust the record as long as its outputs here are intact.
+            fp = record.fingerprint
+        if not is_fresh(record, fp, ctx.run_dir):
+            raise NeuronforgeError(
+                f"stage '{dep}' in {ctx.run_dir} is out of date for this config, and '{stage.name}' needs it",
+                f"add '{dep}' to --stages (or run without --stages)",
+            )
+
+
+def run_stages(
+    run_dir: Path,
+    stages: list[Stage],
+    config: Any,
+    *,
+    selected: list[str] | None = None,
+    listener: Listener = lambda event: None,
+    after_stage: Callable[[str], None] = lambda name: None,
+    config_record: dict[str, Any] | None = None,
+) -> Manifest:
+    """Run `stages` in order (only `selected` ones if given), skipping those whose inputs are unchanged."""
+    by_name = {stage.name: stage for stage in stages}
+    unknown = [name for name in selected or [] if name not in by_name]
+    if unknown:
+        raise NeuronforgeError(f"unknown stage(s): {', '.join(unknown)}", f"choose from: {', '.join(by_name)}")
+    chosen = set(selected or by_name)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        clean_partials(run_dir)
+        manifest = Manifest.load(run_dir)
+        if config_record is not None:
+            manifest.config = config_record
+            manifest.save(run_dir)
+        for stage in stages:
+            if stage.name not in chosen:
+                continue
+            _run_one(stage, StageContext(run_dir, config, manifest), chosen, by_name, listener)
+            after_stage(stage.name)
+    return manifest
+
+
+def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[str, Stage], listener: Listener) -> None:
+    run_dir, manifest = ctx.run_dir, ctx.manifest
+    reason = stage.unavailable(ctx)
+    if reason:
+        manifest.stages[stage.name] = StageRecord(status="skipped", message=reason)
+        manifest.save(run_dir)
+        listener(StageEvent(stage.name, "skipped", reason))
+        return
+    _check_upstream(stage, ctx, chosen, by_name)
+    fp, canonical, versions = _fingerprint(stage, ctx)
+    if is_fresh(manifest.stages.get(stage.name), fp, run_dir):
+        listener(StageEvent(stage.name, "up to date", seconds=manifest.stages[stage.name].seconds))
+        return
+    manifest.start(run_dir, stage.name, fp, canonical, versions)
+    listener(StageEvent(stage.name, "running", stage.help))
+    started = time.perf_counter()
+    final = run_dir / stage.name
+    try:
+        with atomic_dir(final, overwrite=True) as tmp:
+            ctx.workdir = tmp
+            result = stage.run(ctx)
+    except BaseException as exc:
+        message = exc.what if isinstance(exc, NeuronforgeError) else f"{type(exc).__name__}: {exc}"
+        seconds = time.perf_counter() - started
+        manifest.finish(run_dir, stage.name, status="failed", message=message, seconds=seconds)
+        listener(StageEvent(stage.name, "failed", message, seconds))
+        raise
+    outputs = {"dir": final, **result.outputs}
+    manifest.finish(
+        run_dir,
+        stage.name,
+        status="done",
+        outputs={name: _relative(path, run_dir) for name, path in outputs.items()},
+        output_hashes={name: content_hash(path) for name, path in outputs.items()},
+        summary=result.summary,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    listener(StageEvent(stage.name, "done", seconds=manifest.stages[stage.name].seconds))
