@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -87,3 +87,31 @@ def make_tiny_llama(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def tiny_llama_dir(make_tiny_llama: Callable[..., Path]) -> Path:
     return make_tiny_llama()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The one AWS fake: test credentials, us-east-1, no profile, SDK telemetry off, inside moto's mock_aws().
+
+    moto validates endpoint instance types against an older list than botocore's; our own validation (against
+    botocore's service model) is what is under test, so moto's copy is switched off. Yields the region.
+    """
+    import moto.sagemaker.models as moto_models
+    from moto import mock_aws
+
+    region = "us-east-1"
+    for key, value in {
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "SAGEMAKER_VALIDATE_ROLE": "false",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    config = tmp_path_factory.mktemp("sagemaker-config") / "config.yaml"  # SDK v3 telemetry opt-out
+    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
+    monkeypatch.setattr(moto_models.FakeEndpointConfig, "validate_instance_type", lambda self, instance_type: None)
+    with mock_aws():
+        yield region

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
+from testkit.golden import ROLE, check_golden
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker import images, instances
@@ -22,20 +22,6 @@ from neuronforge.sagemaker.requests import (
     quantize_job_request,
     training_output_prefix,
 )
-
-GOLDEN = Path(__file__).parent / "golden"
-ROLE = "arn:aws:iam::123456789012:role/neuronforge-sagemaker"
-REGEN = os.environ.get("NEURONFORGE_REGEN_GOLDEN") == "1"
-
-
-def check_golden(name: str, payload: Any) -> None:
-    """Compare with tests/golden/<name>.json; NEURONFORGE_REGEN_GOLDEN=1 rewrites it."""
-    path = GOLDEN / f"{name}.json"
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    if REGEN:
-        path.write_text(text)
-    assert path.exists(), f"missing golden {path}; run with NEURONFORGE_REGEN_GOLDEN=1"
-    assert json.loads(path.read_text()) == json.loads(text)
 
 
 def check_botocore(operation: str, request: dict[str, Any]) -> None:

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from neuronforge.assets import models as embedded
 from neuronforge.assets.archives import OFFLINE_ENV, SMOLLM2_WHEEL, RegistryArchive, ensure_archive
 from neuronforge.assets.models import resolve_model
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import load_model, load_tokenizer, validate_hf_folder
-from neuronforge.assets import models as embedded
 
 
 @pytest.fixture

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moto import mock_aws
 
 from neuronforge.core.hashing import content_hash
 from neuronforge.errors import NeuronforgeError
@@ -16,17 +14,13 @@ BUCKET = "nf-test"
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[object]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("NEURONFORGE_CACHE", str(tmp_path / "cache"))
-    with mock_aws():
-        import boto3
+def s3(aws_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
+    import boto3
 
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+    monkeypatch.setenv("NEURONFORGE_CACHE", str(tmp_path / "cache"))
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    return client
 
 
 def _tree(root: Path) -> Path:

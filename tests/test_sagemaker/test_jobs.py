@@ -11,14 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_sagemaker_packaging import make_compiled
+from testkit.fakes import make_compiled
+from testkit.golden import ROLE
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
 from neuronforge.sagemaker.packaging import package_model, verify_package
 from neuronforge.sagemaker.requests import JobSettings, compile_job_request, quantize_job_request
-
-ROLE = "arn:aws:iam::123456789012:role/r"
 
 
 def test_quantize_job_arguments_run_neuronforge_quantize(tmp_path: Path, tiny_llama_dir: Path) -> None:
@@ -51,7 +50,7 @@ def test_compile_job_command_runs_and_packages(tmp_path: Path, tiny_llama_dir: P
     spec = request["AlgorithmSpecification"]
     channel = "/opt/ml/input/data/checkpoint"
     args = [str(tiny_llama_dir) if a == channel else a for a in spec["ContainerArguments"]]
-    standin = Path(__file__).parent / "nxdi_standin"
+    standin = Path(__file__).resolve().parents[1] / "nxdi_standin"
     env = {
         **os.environ,
         **request["Environment"],

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-from test_sagemaker_requests import ROLE, check_golden
+from testkit.golden import ROLE, check_golden
 from typer.testing import CliRunner
 
 
@@ -43,25 +42,7 @@ ARGS = [
 ]
 
 
-@pytest.fixture
-def offline_aws(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
-    for key, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "SAGEMAKER_VALIDATE_ROLE": "false",
-    }.items():
-        monkeypatch.setenv(key, value)
-    config = tmp_path / "sagemaker-config.yaml"  # SDK telemetry opt-out (research/sagemaker.md §1.7)
-    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
-    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
-    from moto import mock_aws
-
-    with mock_aws():
-        yield
-
-
-def test_definition_golden_and_dry_run(offline_aws: None) -> None:
+def test_definition_golden_and_dry_run(aws_env: str) -> None:
     result = CliRunner().invoke(__import__("neuronforge.cli", fromlist=["app"]).app, [*ARGS, "--dry-run"])
     assert result.exit_code == 0, result.output
     definition = json.loads(result.stdout)
@@ -77,7 +58,7 @@ def test_definition_golden_and_dry_run(offline_aws: None) -> None:
     assert variant["ModelName"] == {"Get": "Steps.Model.ModelName"} and variant["InstanceType"] == "ml.inf2.xlarge"
 
 
-def test_pipeline_validates_like_the_boto3_path(offline_aws: None) -> None:
+def test_pipeline_validates_like_the_boto3_path(aws_env: str) -> None:
     from neuronforge.errors import NeuronforgeError
     from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline
 
@@ -95,7 +76,7 @@ def test_pipeline_validates_like_the_boto3_path(offline_aws: None) -> None:
         )
 
 
-def test_upsert_and_start_against_moto(offline_aws: None) -> None:
+def test_upsert_and_start_against_moto(aws_env: str) -> None:
     import boto3
 
     result = CliRunner().invoke(__import__("neuronforge.cli", fromlist=["app"]).app, ARGS)

@@ -21,7 +21,7 @@ from neuronforge.neuron.compile import FP8_ENV, QUANTIZED_DIR, RECORD_FILE, Comp
 from neuronforge.neuron.config import build_neuron_config_spec, write_config_files
 from neuronforge.neuron.versions import neuron_sdk
 
-STANDIN = Path(__file__).parent / "nxdi_standin"
+STANDIN = Path(__file__).resolve().parents[1] / "nxdi_standin"
 EXPECTED_ORDER = [
     "NeuronConfig",
     "load_pretrained_config",

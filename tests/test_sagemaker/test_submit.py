@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from test_sagemaker_packaging import make_compiled
+from testkit.fakes import make_compiled
+from testkit.golden import ROLE
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
@@ -32,27 +32,13 @@ from neuronforge.sagemaker.submit import delete_endpoint, deploy, status, submit
 
 REGION = "us-east-1"
 BUCKET = "nf-test-bucket"
-ROLE = "arn:aws:iam::123456789012:role/neuronforge-sagemaker"
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    for key, value in {
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    import moto.sagemaker.models as moto_models
-    from moto import mock_aws
-
-    monkeypatch.setattr(moto_models.FakeEndpointConfig, "validate_instance_type", lambda self, instance_type: None)
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET)
-        yield boto3.client("sagemaker", region_name=REGION), s3
+def aws(aws_env: str) -> tuple[Any, Any]:
+    s3 = boto3.client("s3", region_name=aws_env)
+    s3.create_bucket(Bucket=BUCKET)
+    return boto3.client("sagemaker", region_name=aws_env), s3
 
 
 @pytest.fixture

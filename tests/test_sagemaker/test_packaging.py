@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit.fakes import make_compiled
 
 from neuronforge.core.hashing import sha256_file
 from neuronforge.errors import NeuronforgeError
@@ -17,26 +18,6 @@ from neuronforge.sagemaker import packaging
 from neuronforge.sagemaker.packaging import package_model, verify_package
 
 SERVE = Path(packaging.__file__).parent / "serving" / "serve"
-
-
-def make_compiled(root: Path, tp_degree: int = 2, dtype: str = "int8") -> Path:
-    """An NxDI-shaped compiled directory: model.pt, neuron_config.json (NxDI's nested form) and sharded weights."""
-    compiled = root / "compiled-src"
-    (compiled / "weights").mkdir(parents=True)
-    (compiled / "model.pt").write_bytes(os.urandom(3000))
-    (compiled / "weights" / "tp0_sharded_checkpoint.safetensors").write_bytes(os.urandom(5000))
-    config = {
-        "neuron_config": {
-            "tp_degree": tp_degree,
-            "seq_len": 256,
-            "batch_size": 1,
-            "quantized": True,
-            "quantization_dtype": dtype,
-            "kv_cache_quant": True,
-        }
-    }
-    (compiled / "neuron_config.json").write_text(json.dumps(config))
-    return compiled
 
 
 @pytest.fixture

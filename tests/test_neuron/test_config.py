@@ -28,7 +28,7 @@ from neuronforge.neuron.config import (
 )
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def facts(**overrides: Any) -> ModelFacts:
