@@ -1,4 +1,4 @@
-# The two set-up commands from README.md: `make demo` and `make test`. Both work on a fresh machine.
+# The two set-up commands from README.md: `make demo` and `make test` (`make lint` is ruff). All work on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neuronforge-installed
@@ -19,6 +19,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache
