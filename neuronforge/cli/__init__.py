@@ -6,6 +6,7 @@ This package is the only one that imports typer, and nothing in neuronforge impo
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from neuronforge.cli import compile, doctor, emulate, evaluate, model, quantize, run, sagemaker
 from neuronforge.cli.app import App, console
@@ -21,7 +22,32 @@ HELP = (
     "Without Neuron hardware, the CPU reference path emulates Neuron numerics bit-faithfully."
 )
 
-app = App(help=HELP, rich_markup_mode="rich")
+# The order a user follows; `neuronforge --help` lists commands and groups in it.
+WORKFLOW = (
+    "model",
+    "quantize",
+    "emulate",
+    "quantize-nxd",
+    "evaluate",
+    "neuron-config",
+    "compile",
+    "package",
+    "run",
+    "config",
+    "sagemaker",
+    "invoke",
+    "doctor",
+)
+
+
+class WorkflowGroup(TyperGroup):
+    """Typer lists single commands before groups; list everything in WORKFLOW order instead."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return sorted(super().list_commands(ctx), key=lambda name: WORKFLOW.index(name))
+
+
+app = App(help=HELP, rich_markup_mode="rich", cls=WorkflowGroup)
 
 
 @app.callback(invoke_without_command=True)
@@ -31,8 +57,8 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
         raise typer.Exit()
 
 
-# In the order a user follows: model -> quantize -> emulate -> evaluate -> neuron-config -> compile -> package
-# -> run (all of it) -> sagemaker -> doctor.
+# Wired in WORKFLOW order: model -> quantize -> emulate -> evaluate -> neuron-config -> compile -> package -> run
+# (all of it) -> sagemaker -> doctor.
 app.add_typer(model.model_cli, name="model")
 app.command("quantize")(quantize.quantize_command)
 app.command("emulate")(emulate.emulate_command)
