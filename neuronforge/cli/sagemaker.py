@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -27,14 +29,43 @@ from neuronforge.cli.options import (
 )
 from neuronforge.errors import NeuronforgeError
 
+if TYPE_CHECKING:
+    from neuronforge.sagemaker.code import CodeBundle
+
 sagemaker_cli = App(help="Run the stages as SageMaker jobs and serve the result on an ml.inf2 endpoint (boto3).")
 
 
+WheelOpt = typer.Option(
+    None, "--wheel", help="neuronforge wheel to ship to the job (default: build one from the running source)."
+)
+InstallOpt = typer.Option(
+    None, "--install", help="Install this pip spec in the job instead of shipping the running code (a release)."
+)
+
+
 def _region(region: str | None) -> str:
+    """The region, which must be one SageMaker runs in (botocore's endpoint data) and neuronforge has images for."""
+    from neuronforge.sagemaker.images import partition_of
+
     found = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not found:
         raise NeuronforgeError("no AWS region given", "pass --region us-east-1 or set AWS_DEFAULT_REGION")
+    partition_of(found)
     return found
+
+
+@contextmanager
+def _shipped(wheel: Path | None, install: str | None, output_s3: str) -> Iterator[tuple[Path, CodeBundle] | None]:
+    """The wheel the job installs (built from the running source unless --wheel), or None with --install."""
+    if install is not None:
+        if wheel is not None:
+            raise NeuronforgeError("--wheel and --install both say where neuronforge comes from", "pass only one")
+        yield None
+        return
+    from neuronforge.sagemaker.code import prepared
+
+    with prepared(wheel, output_s3) as found:
+        yield found
 
 
 def _role(role: str | None) -> str:
@@ -55,14 +86,26 @@ def _print_requests(requests: dict[str, Any]) -> None:
     typer.echo(json.dumps(requests, indent=2, sort_keys=True))
 
 
-def _run_job(call_name: str, request: dict[str, Any], region: str, dry_run: bool, wait: bool, result: str) -> None:
-    """Print (--dry-run) or submit the job; `result` says where its output will land."""
+def _run_job(
+    call_name: str,
+    request: dict[str, Any],
+    region: str,
+    dry_run: bool,
+    wait: bool,
+    result: str,
+    shipped: tuple[Path, CodeBundle] | None,
+) -> None:
+    """Print (--dry-run) or upload the shipped wheel and submit the job; `result` says where its output will land."""
+    from neuronforge.sagemaker.code import upload
     from neuronforge.sagemaker.submit import clients, submit_job, wait_for_job
 
     if dry_run:
         _print_requests({call_name: request})
         return
     sm, s3 = clients(region)
+    if shipped:
+        upload(*shipped, s3)
+        console.print(f"shipped: {shipped[1].s3_uri} (sha256 {shipped[1].sha256})")
     arn = submit_job(request, sm, s3)
     console.print(f"[green]created:[/] {arn}\noutput: {result}")
     if wait:
@@ -83,7 +126,8 @@ def quantize_command(
     max_runtime: int = typer.Option(4 * 3600, "--max-runtime"),
     spot: bool = typer.Option(False, "--spot", help="Managed spot training."),
     max_wait: int | None = typer.Option(None, "--max-wait", help="Spot: max seconds incl. waiting (>= --max-runtime)."),
-    install: str | None = typer.Option(None, "--install", help="pip spec of neuronforge to install in the job."),
+    wheel: Path | None = WheelOpt,
+    install: str | None = InstallOpt,
     name: NameOpt = None,
     role: RoleOpt = None,
     region: RegionOpt = None,
@@ -116,17 +160,13 @@ def quantize_command(
         "calib_seq_len": calib_seq_len,
         **({} if autoround else {"autoround": False}),
     }
-    request = quantize_job_request(
-        job, model_s3=model_s3, output_s3=output_s3, dtype=dtype, options=options, install=install
-    )
-    _run_job(
-        "create_training_job",
-        request,
-        job.region,
-        dry_run,
-        wait,
-        training_output_prefix(output_s3, job.name, CHECKPOINT_SUBDIR),
-    )
+    with _shipped(wheel, install, output_s3) as shipped:
+        code = shipped[1] if shipped else None
+        request = quantize_job_request(
+            job, model_s3=model_s3, output_s3=output_s3, dtype=dtype, options=options, code=code, install=install
+        )
+        output = training_output_prefix(output_s3, job.name, CHECKPOINT_SUBDIR)
+        _run_job("create_training_job", request, job.region, dry_run, wait, output, shipped)
 
 
 @sagemaker_cli.command("compile")
@@ -146,6 +186,8 @@ def compile_command(
     seq_len: int = typer.Option(1024, "--seq-len", help="Longest prompt + generation the endpoint serves."),
     volume_gb: int = typer.Option(200, "--volume-gb"),
     max_runtime: int = typer.Option(4 * 3600, "--max-runtime"),
+    wheel: Path | None = WheelOpt,
+    install: str | None = InstallOpt,
     name: NameOpt = None,
     role: RoleOpt = None,
     region: RegionOpt = None,
@@ -172,28 +214,25 @@ def compile_command(
         image=image,
     )
     build = compile_processing_request if processing else compile_job_request
-    request = build(
-        job,
-        checkpoint_s3=checkpoint_s3,
-        output_s3=output_s3,
-        tp_degree=tp_degree,
-        target_instance=target,
-        dtype=dtype,
-        kv=kv,
-        seq_len=seq_len,
-    )
-    if processing:
-        output = request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
-        _run_job("create_processing_job", request, job.region, dry_run, wait, output)
-    else:
-        _run_job(
-            "create_training_job",
-            request,
-            job.region,
-            dry_run,
-            wait,
-            training_output_prefix(output_s3, job.name, PACKAGE_SUBDIR),
+    with _shipped(wheel, install, output_s3) as shipped:
+        request = build(
+            job,
+            checkpoint_s3=checkpoint_s3,
+            output_s3=output_s3,
+            tp_degree=tp_degree,
+            target_instance=target,
+            dtype=dtype,
+            kv=kv,
+            seq_len=seq_len,
+            code=shipped[1] if shipped else None,
+            install=install,
         )
+        if processing:
+            output = request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+            _run_job("create_processing_job", request, job.region, dry_run, wait, output, shipped)
+        else:
+            output = training_output_prefix(output_s3, job.name, PACKAGE_SUBDIR)
+            _run_job("create_training_job", request, job.region, dry_run, wait, output, shipped)
 
 
 @sagemaker_cli.command("deploy")
@@ -276,35 +315,53 @@ def pipeline_command(
     compile_instance: str = typer.Option("ml.trn1.2xlarge", "--compile-instance"),
     endpoint_instance: str = typer.Option("ml.inf2.xlarge", "--endpoint-instance"),
     name: str = typer.Option("neuronforge", "--name", help="Pipeline name."),
+    wheel: Path | None = WheelOpt,
+    install: str | None = InstallOpt,
     role: RoleOpt = None,
     region: RegionOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """SDK v3 Pipeline quantize -> compile -> model -> endpoint; --dry-run prints its definition() JSON."""
-    from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline
+    with _shipped(wheel, install, output_s3) as shipped:
+        _pipeline(locals(), shipped)
+
+
+def _pipeline(args: dict[str, Any], shipped: tuple[Path, CodeBundle] | None) -> None:
+    from neuronforge.sagemaker.aws import call
+    from neuronforge.sagemaker.code import upload
+    from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline, sdk_errors
+
+    a = args
 
     settings = PipelineSettings(
-        name=name,
-        role_arn=_role(role),
-        region=_region(region),
-        model_s3=model_s3,
-        output_s3=output_s3,
-        endpoint_name=endpoint_name,
-        tp_degree=tp_degree,
-        dtype=dtype,
-        kv=kv,
-        seq_len=seq_len,
-        quantize_instance=quantize_instance,
-        compile_instance=compile_instance,
-        endpoint_instance=endpoint_instance,
+        name=a["name"],
+        role_arn=_role(a["role"]),
+        region=_region(a["region"]),
+        model_s3=a["model_s3"],
+        output_s3=a["output_s3"],
+        endpoint_name=a["endpoint_name"],
+        tp_degree=a["tp_degree"],
+        dtype=a["dtype"],
+        kv=a["kv"],
+        seq_len=a["seq_len"],
+        quantize_instance=a["quantize_instance"],
+        compile_instance=a["compile_instance"],
+        endpoint_instance=a["endpoint_instance"],
+        code=shipped[1] if shipped else None,
+        install=a["install"],
     )
     pipeline = build_pipeline(settings)
-    if dry_run:
+    if a["dry_run"]:
         typer.echo(json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True))
         return
-    arn = pipeline.upsert(role_arn=settings.role_arn)["PipelineArn"]
-    console.print(f"[green]upserted:[/] {arn}")
-    console.print(f"started: {pipeline.start().arn}")
+    if shipped:
+        from neuronforge.sagemaker.submit import clients
+
+        upload(*shipped, clients(settings.region)[1])
+    with sdk_errors():
+        arn = call(pipeline.upsert, role_arn=settings.role_arn)["PipelineArn"]
+        console.print(f"[green]upserted:[/] {arn}")
+        console.print(f"started: {call(pipeline.start).arn}")
 
 
 def package_command(
@@ -346,13 +403,11 @@ def invoke_command(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Send one completion request to the endpoint and print the generated text."""
-    from neuronforge.sagemaker.invoke import completion_body, invoke
+    from neuronforge.sagemaker.invoke import completion_body, invoke, invoke_request
 
     body = completion_body(prompt, max_tokens)
     if dry_run:
-        _print_requests(
-            {"invoke_endpoint": {"EndpointName": endpoint, "ContentType": "application/json", "Body": body}}
-        )
+        _print_requests({"invoke_endpoint": invoke_request(endpoint, body)})
         return
     from neuronforge.sagemaker.aws import client
 

@@ -1,7 +1,8 @@
-"""The one place boto3 clients are made and AWS failures become NeuronforgeError."""
+"""The one place boto3 clients are made and AWS failures become NeuronforgeError (never a traceback)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,21 @@ if TYPE_CHECKING:
     from botocore.client import BaseClient
 
 DEFAULT_FIX = "check the names, the role's permissions and the region"
+CREDENTIALS_FIX = "run `aws configure` (or `aws sso login`), or set AWS_PROFILE / AWS_ACCESS_KEY_ID"
+# Error codes that mean "who you are" or "what you may do", not "what you named".
+AUTH_CODES = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidToken",
+    "UnauthorizedOperation",
+}
+NOT_FOUND_CODES = {"ResourceNotFound", "ResourceNotFoundException", "NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 
 
 def client(service: str, region: str) -> BaseClient:
@@ -19,24 +35,88 @@ def client(service: str, region: str) -> BaseClient:
     return boto3.session.Session(region_name=region).client(service)  # type: ignore[no-any-return]
 
 
-def call(fn: Callable[..., Any], *, fix: str = DEFAULT_FIX, **kwargs: Any) -> Any:
-    """One AWS call; credential and API errors become NeuronforgeError with AWS's own message."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, WaiterError
+def is_not_found(exc: BaseException) -> bool:
+    """A ClientError saying the named resource does not exist (SageMaker answers ValidationException 'Could not find')."""
+    from botocore.exceptions import ClientError
 
-    try:
-        return fn(**kwargs)
-    except NoCredentialsError:
-        raise NeuronforgeError("no AWS credentials found", "run `aws configure` or set AWS_PROFILE") from None
-    except NoRegionError:
-        raise NeuronforgeError("no AWS region set", "pass --region or set AWS_DEFAULT_REGION") from None
-    except ClientError as exc:
+    if not isinstance(exc, ClientError):
+        return False
+    err = exc.response.get("Error", {})
+    code, message = str(err.get("Code", "")), str(err.get("Message", ""))
+    return code in NOT_FOUND_CODES or (
+        code == "ValidationException" and bool(re.search(r"(?i)could not find|not found|does not exist", message))
+    )
+
+
+def translate(exc: BaseException, fix: str = DEFAULT_FIX) -> NeuronforgeError | None:
+    """The NeuronforgeError for an AWS SDK failure, or None if `exc` is not one."""
+    from boto3.exceptions import Boto3Error, S3UploadFailedError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+        PartialCredentialsError,
+        ProfileNotFound,
+        WaiterError,
+    )
+
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
+        return NeuronforgeError(f"no usable AWS credentials: {exc}", CREDENTIALS_FIX)
+    if isinstance(exc, NoRegionError):
+        return NeuronforgeError("no AWS region set", "pass --region or set AWS_DEFAULT_REGION")
+    if isinstance(exc, EndpointConnectionError | ConnectionError):
+        return NeuronforgeError(
+            f"could not reach AWS: {exc}",
+            "check the network, the --region spelling and AWS_ENDPOINT_URL if it is set",
+        )
+    if isinstance(exc, ParamValidationError):
+        return NeuronforgeError(f"boto3 refused the request: {exc}", "this is a neuronforge bug; please report it")
+    if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
-        raise NeuronforgeError(f"{exc.operation_name} failed: {err.get('Code')}: {err.get('Message')}", fix) from None
-    except WaiterError as exc:
-        raise NeuronforgeError(
+        code = err.get("Code")
+        what = f"{exc.operation_name} failed: {code}: {err.get('Message')}"
+        if code in AUTH_CODES:
+            return NeuronforgeError(
+                what,
+                "check the AWS credentials in use (`aws sts get-caller-identity`) and that they have the "
+                "permissions README lists (the stack's OperatorPolicy)",
+            )
+        return NeuronforgeError(what, fix)
+    if isinstance(exc, WaiterError):
+        return NeuronforgeError(
             f"stopped waiting: {exc}",
             "see `neuronforge sagemaker status NAME` and the CloudWatch logs under /aws/sagemaker/",
-        ) from None
-    except S3UploadFailedError as exc:
-        raise NeuronforgeError(f"S3 upload failed: {exc}", fix) from None
+        )
+    if isinstance(exc, S3UploadFailedError):
+        return NeuronforgeError(f"S3 upload failed: {exc}", fix)
+    if isinstance(exc, BotoCoreError | Boto3Error):
+        return NeuronforgeError(f"AWS SDK error: {exc}", fix)
+    return None
+
+
+def call(fn: Callable[..., Any], *, fix: str = DEFAULT_FIX, **kwargs: Any) -> Any:
+    """One AWS call; every botocore/boto3 failure becomes NeuronforgeError with AWS's own message."""
+    try:
+        return fn(**kwargs)
+    except Exception as exc:
+        error = translate(exc, fix)
+        if error is None:
+            raise
+        raise error from None
+
+
+def call_or_none(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Like `call`, but a not-found answer returns None; credentials and access errors still raise."""
+    try:
+        return fn(**kwargs)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        error = translate(exc)
+        if error is None:
+            raise
+        raise error from None

@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.sagemaker import limits
 from neuronforge.sagemaker.aws import call
 
 if TYPE_CHECKING:
@@ -36,12 +37,17 @@ def completion_text(raw: bytes) -> str:
         ) from None
 
 
+def invoke_request(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The exact InvokeEndpoint kwargs (`--dry-run` prints these): the body travels as a JSON string."""
+    request = {
+        "EndpointName": endpoint,
+        "ContentType": "application/json",
+        "Accept": "application/json",
+        "Body": json.dumps(body),
+    }
+    return limits.check("sagemaker-runtime", "InvokeEndpoint", request)
+
+
 def invoke(endpoint: str, body: dict[str, Any], runtime: BaseClient) -> str:
-    response = call(
-        runtime.invoke_endpoint,
-        EndpointName=endpoint,
-        ContentType="application/json",
-        Accept="application/json",
-        Body=json.dumps(body),
-    )
+    response = call(runtime.invoke_endpoint, **invoke_request(endpoint, body))
     return completion_text(response["Body"].read())

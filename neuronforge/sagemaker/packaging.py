@@ -12,6 +12,7 @@ The manifest is uploaded last, so a prefix with a manifest is a complete upload.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import platform
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 SERVING = "serving.json"
-CHUNK = 8 * 1024 * 1024  # multipart threshold and part size: fixes the ETag we can predict locally
+CHUNK = 8 * 1024 * 1024  # multipart threshold and part size: fixes the checksum we can predict locally
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -54,16 +55,30 @@ _VERSIONED = (
 )
 
 
-def s3_etag(path: Path, chunk: int | None = None) -> str:
-    """The ETag S3 reports for `path` uploaded with our TransferConfig (md5, or md5-of-part-md5s + '-N')."""
+def s3_sha256(path: Path, chunk: int | None = None) -> str:
+    """The ChecksumSHA256 S3 reports for `path` uploaded with our TransferConfig and ChecksumAlgorithm=SHA256.
+
+    One part: base64 of the file's SHA-256. Multipart: base64 of the SHA-256 of the parts' SHA-256 digests, with
+    "-<parts>" (S3's composite checksum). Unlike the ETag this holds under SSE-KMS, the stack bucket's default,
+    where ETags are not MD5 digests of the data (S3 API reference, Object.ETag).
+    """
     chunk = chunk or CHUNK
     parts = []
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):
-            parts.append(hashlib.md5(block).digest())
+            parts.append(hashlib.sha256(block).digest())
     if path.stat().st_size < chunk:
-        return f'"{(parts[0] if parts else hashlib.md5(b"").digest()).hex()}"'
-    return f'"{hashlib.md5(b"".join(parts)).hexdigest()}-{len(parts)}"'
+        return base64.b64encode(parts[0] if parts else hashlib.sha256(b"").digest()).decode()
+    return f"{base64.b64encode(hashlib.sha256(b''.join(parts)).digest()).decode()}-{len(parts)}"
+
+
+def _same_checksum(reported: str | None, expected: str) -> bool:
+    """S3 reports composite checksums with "-N"; some S3-compatible stores (moto) leave the suffix off."""
+    if not reported:
+        return False
+    digest, _, parts = expected.partition("-")
+    got, _, got_parts = reported.partition("-")
+    return got == digest and (not got_parts or got_parts == parts)
 
 
 def _versions() -> dict[str, str]:
@@ -138,14 +153,20 @@ def package_model(
     max_num_seqs: int = 1,
     overwrite: bool = False,
 ) -> Path:
-    """Write the endpoint's model directory at `out` atomically and return it."""
+    """Write the endpoint's model directory at `out` atomically and return it.
+
+    An existing empty directory is filled (SageMaker creates a processing job's output LocalPath before the
+    entrypoint runs); anything else that exists needs `overwrite`.
+    """
     out, compiled, checkpoint = Path(out), Path(compiled), Path(checkpoint)
-    if out.exists() and not overwrite:
+    empty_dir = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not overwrite and not empty_dir:
         raise NeuronforgeError(f"{out} already exists", "pass --overwrite or choose another output directory")
     neuron_config = _read_neuron_config(compiled)
     tokenizer_files = _check_checkpoint(checkpoint, tokenizer)
     serving = serving_config(neuron_config, tp_degree, max_num_seqs)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    target = out.with_name(f".{out.name}.package") if empty_dir else out
+    with atomic_dir(target, overwrite=overwrite) as tmp:
         link_tree(compiled, tmp / COMPILED_SUBDIR)
         link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR)
         for path in tokenizer_files:
@@ -153,6 +174,10 @@ def package_model(
                 shutil.copy2(path, tmp / CHECKPOINT_SUBDIR / path.name)
         atomic_write_json(tmp / SERVING, serving)
         atomic_write_json(tmp / MANIFEST, build_manifest(tmp, {"serving": serving}))
+    if empty_dir:  # the directory may be a mount point: move the entries in, the manifest last
+        for entry in sorted(target.iterdir(), key=lambda p: p.name == MANIFEST):
+            shutil.move(entry, out / entry.name)
+        target.rmdir()
     return out
 
 
@@ -188,7 +213,7 @@ def verify_package(root: Path) -> dict[str, Any]:
 
 
 def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
-    """Verify checksums, upload with managed multipart transfers and a progress bar, then check sizes and ETags."""
+    """Verify checksums, upload with managed multipart transfers and a progress bar, then check S3's SHA-256."""
     from boto3.s3.transfer import TransferConfig
 
     from neuronforge.core.progress import progress
@@ -208,13 +233,15 @@ def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
                 Bucket=bucket,
                 Key=key_prefix + name,
                 Config=config,
+                ExtraArgs={"ChecksumAlgorithm": "SHA256"},
                 Callback=lambda sent: bar.advance(task, sent),
                 fix=f"check that bucket {bucket} exists and is writable",
             )
     bad = []
     for name in names:
-        head = call(s3.head_object, Bucket=bucket, Key=key_prefix + name)
-        if head["ContentLength"] != (root / name).stat().st_size or head["ETag"] != s3_etag(root / name):
+        head = call(s3.head_object, Bucket=bucket, Key=key_prefix + name, ChecksumMode="ENABLED")
+        size_ok = head["ContentLength"] == (root / name).stat().st_size
+        if not size_ok or not _same_checksum(head.get("ChecksumSHA256"), s3_sha256(root / name)):
             bad.append(name)
     if bad:
         raise NeuronforgeError(

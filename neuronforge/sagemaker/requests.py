@@ -13,6 +13,8 @@ from typing import Any
 
 from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError
+from neuronforge.sagemaker import limits
+from neuronforge.sagemaker.code import CHANNEL, CHANNEL_DIR, PROCESSING_DIR, CodeBundle
 from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
 from neuronforge.sagemaker.instances import Role, validate_instance, validate_tp_degree
 from neuronforge.version import __version__
@@ -25,16 +27,17 @@ PACKAGE_SUBDIR = "package"  # the compile job writes the endpoint's model direct
 COMPILED_SUBDIR = "compiled"  # inside a package: NxDI compiled artifacts (model.pt, neuron_config.json, ...)
 CHECKPOINT_SUBDIR = "checkpoint"  # inside a package: the quantized HF checkpoint + tokenizer
 
-# bash -c SCRIPT $0 "$@": the script stays short (SageMaker caps each argument at 256 chars) and the
-# neuronforge flags travel as separate ContainerArguments.
-QUANTIZE_SCRIPT = 'pip install --quiet "$NEURONFORGE_INSTALL" && exec neuronforge "$@"'
-COMPILE_SCRIPT = (
-    'C="${TMPDIR:-/tmp}/nf-compiled" && neuronforge compile "$@" --out "$C" && '
-    'exec neuronforge package "$NF_PACKAGE_OUT" --compiled "$C" --checkpoint "$NF_CHECKPOINT"'
+# bash -c SCRIPT $0 "$@": one script string (SageMaker caps each entrypoint string at 256 characters), the
+# neuronforge flags travel as separate ContainerArguments. INSTALL checks the shipped wheel's sha256, then installs
+# it (or an explicit --install spec); compile jobs add --no-deps (NF_PIP): the Neuron image has the dependencies.
+INSTALL_SCRIPT = 'set -e;[ -z "$NF_SHA256" ]||echo "$NF_SHA256  $NF_INSTALL"|sha256sum -c --status;pip install -q $NF_PIP "$NF_INSTALL";'
+QUANTIZE_SCRIPT = INSTALL_SCRIPT + 'exec neuronforge "$@"'
+COMPILE_SCRIPT = INSTALL_SCRIPT + (
+    'C=${TMPDIR:-/tmp}/nfc;neuronforge compile "$@" --out $C;'
+    'exec neuronforge package "$NF_OUT" --compiled $C --checkpoint "$NF_CKPT"'
 )
 DTYPES = ("int8", "f8e4m3")
 KV_DTYPES = ("fp8", "bf16")
-_MAX_ARG = 256
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 
 
@@ -63,37 +66,31 @@ class JobSettings:
 
 
 def _checked_settings(job: JobSettings, role: Role) -> None:
+    """What the API limits cannot see: the name, the role's account and partition, instance family, spot timing."""
     validate_name(job.name)
     validate_instance(role, job.instance_type)
-    account_of_role(job.role_arn)
-    if job.max_runtime_s <= 0:
-        raise NeuronforgeError(
-            f"max runtime {job.max_runtime_s}s must be positive", "pass --max-runtime in seconds, e.g. 14400"
-        )
+    account_of_role(job.role_arn, job.region)
     if job.spot and job.max_wait_s is not None and job.max_wait_s < job.max_runtime_s:
         raise NeuronforgeError(
             f"spot max wait {job.max_wait_s}s is shorter than max runtime {job.max_runtime_s}s",
             "SageMaker requires MaxWaitTimeInSeconds >= MaxRuntimeInSeconds; raise --max-wait",
         )
-    if job.volume_gb < 1:
+
+
+def install_environment(code: CodeBundle | None, install: str | None, directory: str, no_deps: bool) -> dict[str, str]:
+    """How a job gets neuronforge: the shipped wheel (checked against its sha256) or an explicit pip spec."""
+    if (code is None) == (install is None):
         raise NeuronforgeError(
-            f"volume size {job.volume_gb} GB is too small", "pass --volume-gb of at least the model size x3"
+            "a job needs exactly one source of neuronforge", "ship the running code (default) or pass --install SPEC"
         )
+    env = {"NF_INSTALL": f"{directory}/{code.filename}", "NF_SHA256": code.sha256} if code else {"NF_INSTALL": install}
+    return env | ({"NF_PIP": "--no-deps"} if no_deps else {})
 
 
 def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
     if value not in allowed:
         raise NeuronforgeError(f"{flag} '{value}' is not supported", f"use one of: {', '.join(allowed)}")
     return value
-
-
-def _checked_args(args: list[str]) -> list[str]:
-    for arg in args:
-        if len(arg) > _MAX_ARG:
-            raise NeuronforgeError(
-                f"container argument longer than {_MAX_ARG} characters: {arg[:60]}...", "use shorter paths/values"
-            )
-    return args
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
@@ -108,8 +105,10 @@ def _flags(options: dict[str, Any]) -> list[str]:
     return out
 
 
-def _tags(stage: str) -> list[dict[str, str]]:
+def _tags(stage: str, code: CodeBundle | None = None) -> list[dict[str, str]]:
     tags = {"neuronforge:stage": stage, "neuronforge:version": __version__}
+    if code:
+        tags["neuronforge:wheel-sha256"] = code.sha256
     return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
@@ -129,7 +128,10 @@ def _training_job(
     channels: dict[str, str],
     output_s3: str,
     env: dict[str, str],
+    code: CodeBundle | None,
 ) -> Request:
+    if code:
+        channels = {**channels, CHANNEL: code.s3_prefix}
     request: Request = {
         "TrainingJobName": job.name,
         "RoleArn": job.role_arn,
@@ -137,7 +139,7 @@ def _training_job(
             "TrainingImage": image,
             "TrainingInputMode": "File",
             "ContainerEntrypoint": ["/bin/bash", "-c", script, "neuronforge-job"],
-            "ContainerArguments": _checked_args(args),
+            "ContainerArguments": args,
         },
         "InputDataConfig": [
             {
@@ -158,9 +160,9 @@ def _training_job(
         "StoppingCondition": _stopping(job),
         "Environment": env,
         "EnableManagedSpotTraining": job.spot,
-        "Tags": _tags(stage),
+        "Tags": _tags(stage, code),
     }
-    return request
+    return limits.check("sagemaker", "CreateTrainingJob", request)
 
 
 def training_output_prefix(output_s3: str, job_name: str, subdir: str = "") -> str:
@@ -175,9 +177,13 @@ def quantize_job_request(
     output_s3: str,
     dtype: str = "int8",
     options: dict[str, Any] | None = None,
+    code: CodeBundle | None = None,
     install: str | None = None,
 ) -> Request:
-    """GPU training job: `neuronforge quantize` from the model channel to /opt/ml/model/checkpoint (uncompressed)."""
+    """GPU training job: `neuronforge quantize` from the model channel to /opt/ml/model/checkpoint (uncompressed).
+
+    neuronforge comes from `code` (the shipped wheel, see code.py) or, explicitly, a pip spec `install`.
+    """
     _checked_settings(job, "quantize")
     _choice(dtype, DTYPES, "--dtype")
     args = [
@@ -191,8 +197,8 @@ def quantize_job_request(
         *_flags(options or {}),
     ]
     image = job.image or image_uri("quantize", job.region, account_of_role(job.role_arn))
-    env = {"NEURONFORGE_INSTALL": install or f"neuronforge=={__version__}", "HF_HUB_OFFLINE": "1"}
-    return _training_job(job, "quantize", image, QUANTIZE_SCRIPT, args, {"model": model_s3}, output_s3, env)
+    env = install_environment(code, install, CHANNEL_DIR, no_deps=False) | {"HF_HUB_OFFLINE": "1"}
+    return _training_job(job, "quantize", image, QUANTIZE_SCRIPT, args, {"model": model_s3}, output_s3, env, code)
 
 
 def _compile_args(
@@ -223,13 +229,13 @@ def _compile_env(target_instance: str, checkpoint: str, package_out: str) -> dic
     # Compile for the serving family (inf2) even on trn1: the artifacts must match where they load.
     return {
         "NEURON_PLATFORM_TARGET_OVERRIDE": target_instance.split(".")[1],
-        "NF_CHECKPOINT": checkpoint,
-        "NF_PACKAGE_OUT": package_out,
+        "NF_CKPT": checkpoint,
+        "NF_OUT": package_out,
         "HF_HUB_OFFLINE": "1",
     }
 
 
-def _compile_image(job: JobSettings, kind: str, target_instance: str, tp_degree: int) -> str:
+def _compile_image(job: JobSettings, kind: Role, target_instance: str, tp_degree: int) -> str:
     """Validate a compile job (its instance, the inf2 target, tp for that target) and pick its Neuron image."""
     _checked_settings(job, kind)
     validate_instance("serve", target_instance)
@@ -247,13 +253,27 @@ def compile_job_request(
     dtype: str = "int8",
     kv: str = "fp8",
     seq_len: int = 1024,
+    code: CodeBundle | None = None,
+    install: str | None = None,
 ) -> Request:
-    """trn1 training job: `neuronforge compile` for the inf2 target, then `neuronforge package` into /opt/ml/model."""
+    """trn1 training job: `neuronforge compile` for the inf2 target, then `neuronforge package` into /opt/ml/model.
+
+    The compile loads and smoke-tests the model on the trn1 host itself, so tp_degree must fit its NeuronCores too.
+    """
     image = _compile_image(job, "compile", target_instance, tp_degree)
+    try:
+        validate_tp_degree(job.instance_type, tp_degree)
+    except NeuronforgeError as exc:
+        raise NeuronforgeError(
+            f"{exc.what}: the compile job loads the model on its own host",
+            "use --instance-type ml.trn1.32xlarge (32 NeuronCores), or --processing to cross-compile without loading",
+        ) from None
     checkpoint = "/opt/ml/input/data/checkpoint"
     env = _compile_env(target_instance, checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
+    env |= install_environment(code, install, CHANNEL_DIR, no_deps=True)
     args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)
-    return _training_job(job, "compile", image, COMPILE_SCRIPT, args, {"checkpoint": checkpoint_s3}, output_s3, env)
+    channels = {"checkpoint": checkpoint_s3}
+    return _training_job(job, "compile", image, COMPILE_SCRIPT, args, channels, output_s3, env, code)
 
 
 def compile_processing_request(
@@ -266,30 +286,39 @@ def compile_processing_request(
     dtype: str = "int8",
     kv: str = "fp8",
     seq_len: int = 1024,
+    code: CodeBundle | None = None,
+    install: str | None = None,
 ) -> Request:
-    """CPU processing job that cross-compiles for inf2 (processing jobs cannot use trn1/inf2 instances)."""
+    """CPU processing job that cross-compiles for inf2 (processing jobs cannot use trn1/inf2 instances).
+
+    A CPU host has no NeuronCores, so the compile runs with --compile-only (no load, no smoke test), and the
+    package goes into the output directory SageMaker creates before the entrypoint runs.
+    """
     image = _compile_image(job, "compile-cpu", target_instance, tp_degree)
     checkpoint, out = "/opt/ml/processing/input/checkpoint", "/opt/ml/processing/output"
-    return {
+    args = [*_compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len), "--compile-only"]
+    inputs = [("checkpoint", checkpoint_s3, checkpoint)] + ([(CHANNEL, code.s3_prefix, PROCESSING_DIR)] if code else [])
+    env = _compile_env(target_instance, checkpoint, f"{out}/{PACKAGE_SUBDIR}")
+    env |= install_environment(code, install, PROCESSING_DIR, no_deps=True)
+    request = {
         "ProcessingJobName": job.name,
         "RoleArn": job.role_arn,
         "AppSpecification": {
             "ImageUri": image,
             "ContainerEntrypoint": ["/bin/bash", "-c", COMPILE_SCRIPT, "neuronforge-job"],
-            "ContainerArguments": _checked_args(
-                _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)
-            ),
+            "ContainerArguments": args,
         },
         "ProcessingInputs": [
             {
-                "InputName": "checkpoint",
+                "InputName": name,
                 "S3Input": {
-                    "S3Uri": s3uri.prefix(checkpoint_s3),
-                    "LocalPath": checkpoint,
+                    "S3Uri": s3uri.prefix(uri),
+                    "LocalPath": local,
                     "S3DataType": "S3Prefix",
                     "S3InputMode": "File",
                 },
             }
+            for name, uri, local in inputs
         ],
         "ProcessingOutputConfig": {
             "Outputs": [
@@ -307,9 +336,10 @@ def compile_processing_request(
             "ClusterConfig": {"InstanceCount": 1, "InstanceType": job.instance_type, "VolumeSizeInGB": job.volume_gb}
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": job.max_runtime_s},
-        "Environment": _compile_env(target_instance, checkpoint, f"{out}/{PACKAGE_SUBDIR}"),
-        "Tags": _tags("compile"),
+        "Environment": env,
+        "Tags": _tags("compile", code),
     }
+    return limits.check("sagemaker", "CreateProcessingJob", request)
 
 
 def serving_environment(fp8: bool = False) -> dict[str, str]:
@@ -330,11 +360,12 @@ def model_request(name: str, *, role_arn: str, region: str, model_data_s3: str, 
     fp8-specific variables come from the package's serving.json, which the `serve` wrapper applies.
     """
     validate_name(name, "model")
-    return {
+    account = account_of_role(role_arn, region)
+    request = {
         "ModelName": name,
         "ExecutionRoleArn": role_arn,
         "PrimaryContainer": {
-            "Image": image or image_uri("neuron", region, account_of_role(role_arn)),
+            "Image": image or image_uri("neuron", region, account),
             "Environment": serving_environment(),
             "ModelDataSource": {
                 "S3DataSource": {
@@ -346,6 +377,7 @@ def model_request(name: str, *, role_arn: str, region: str, model_data_s3: str, 
         },
         "Tags": [{"Key": "neuronforge:version", "Value": __version__}],
     }
+    return limits.check("sagemaker", "CreateModel", request)
 
 
 def endpoint_config_request(
@@ -364,15 +396,7 @@ def endpoint_config_request(
     validate_instance("serve", instance_type)
     if tp_degree is not None:
         validate_tp_degree(instance_type, tp_degree)
-    for what, value in (
-        ("startup health-check timeout", startup_timeout_s),
-        ("model download timeout", download_timeout_s),
-    ):
-        if not 60 <= value <= 3600:
-            raise NeuronforgeError(
-                f"{what} {value}s is outside SageMaker's 60..3600 s range", "pick a value in 60..3600"
-            )
-    return {
+    request = {
         "EndpointConfigName": name,
         "ProductionVariants": [
             {
@@ -387,11 +411,12 @@ def endpoint_config_request(
             }
         ],
     }
+    return limits.check("sagemaker", "CreateEndpointConfig", request)
 
 
 def endpoint_request(name: str, *, config_name: str) -> Request:
     validate_name(name, "endpoint")
-    return {"EndpointName": name, "EndpointConfigName": config_name}
+    return limits.check("sagemaker", "CreateEndpoint", {"EndpointName": name, "EndpointConfigName": config_name})
 
 
 def deployment_requests(

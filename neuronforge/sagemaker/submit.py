@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError
-from neuronforge.sagemaker.aws import call, client
+from neuronforge.sagemaker.aws import call, call_or_none, client
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
 from neuronforge.sagemaker.requests import Request, delete_requests, status_requests
@@ -45,9 +45,27 @@ def check_inputs_exist(request: Request, s3: BaseClient) -> None:
             raise NeuronforgeError(f"no S3 object under {uri}", "upload the input first (e.g. `aws s3 sync DIR URI`)")
 
 
+def output_uris(request: Request) -> list[str]:
+    """S3 prefixes a training or processing job will write."""
+    uris = [request["OutputDataConfig"]["S3OutputPath"]] if "OutputDataConfig" in request else []
+    outputs = request.get("ProcessingOutputConfig", {}).get("Outputs", [])
+    return uris + [o["S3Output"]["S3Uri"] for o in outputs]
+
+
+def check_output_buckets(request: Request, s3: BaseClient) -> None:
+    """A job whose output bucket is missing would run for hours and then fail to upload: refuse it up front."""
+    for bucket in sorted({s3uri.split(uri)[0] for uri in output_uris(request)}):
+        call(
+            s3.head_bucket,
+            Bucket=bucket,
+            fix=f"create bucket {bucket} (the infra stack's BucketName) or fix --output-s3",
+        )
+
+
 def submit_job(request: Request, sm: BaseClient, s3: BaseClient) -> str:
-    """Create the training or processing job in `request`; return its ARN."""
+    """Create the training or processing job in `request` after checking its S3 inputs and outputs; return its ARN."""
     check_inputs_exist(request, s3)
+    check_output_buckets(request, s3)
     if "TrainingJobName" in request:
         return call(sm.create_training_job, **request)["TrainingJobArn"]
     return call(sm.create_processing_job, **request)["ProcessingJobArn"]
@@ -64,32 +82,58 @@ def wait_for_job(request: Request, sm: BaseClient) -> str:
 
 
 def deploy(requests: dict[str, Request], sm: BaseClient, s3: BaseClient, wait: bool = False) -> str:
-    """Verify the package in S3 (manifest, sizes, tp vs NeuronCores), then model -> endpoint config -> endpoint."""
+    """Verify the package in S3 (manifest, sizes, tp vs NeuronCores), then model -> endpoint config -> endpoint.
+
+    If a later step fails, what this call created is deleted again (newest first), so a re-run with the same name
+    starts clean instead of failing on "Cannot create already existing model".
+    """
     model_data = requests["create_model"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
     manifest = verify_remote_package(model_data, s3)
     variant = requests["create_endpoint_config"]["ProductionVariants"][0]
     validate_tp_degree(variant["InstanceType"], manifest["serving"]["tp_degree"])
-    call(sm.create_model, **requests["create_model"])
-    call(sm.create_endpoint_config, **requests["create_endpoint_config"])
-    arn = call(sm.create_endpoint, **requests["create_endpoint"])["EndpointArn"]
-    if wait:
-        call(sm.get_waiter("endpoint_in_service").wait, EndpointName=requests["create_endpoint"]["EndpointName"])
-    return arn
+    steps = [
+        ("create_model", "delete_model", {"ModelName": requests["create_model"]["ModelName"]}),
+        (
+            "create_endpoint_config",
+            "delete_endpoint_config",
+            {"EndpointConfigName": requests["create_endpoint_config"]["EndpointConfigName"]},
+        ),
+        ("create_endpoint", "delete_endpoint", {"EndpointName": requests["create_endpoint"]["EndpointName"]}),
+    ]
+    created: list[tuple[str, dict[str, str]]] = []
+    try:
+        for create, delete, key in steps:
+            answer = call(getattr(sm, create), **requests[create])
+            created.append((delete, key))
+        if wait:
+            call(sm.get_waiter("endpoint_in_service").wait, EndpointName=requests["create_endpoint"]["EndpointName"])
+    except NeuronforgeError as exc:
+        if wait and len(created) == len(steps):
+            raise  # the endpoint exists; `status`/`delete` handle it, rolling back would hide the failure reason
+        undone = [_undo(sm, delete, key) for delete, key in reversed(created)]
+        note = f" (rolled back: {', '.join(undone)})" if undone else ""
+        raise NeuronforgeError(exc.what + note, exc.fix) from None
+    return str(answer["EndpointArn"])
+
+
+def _undo(sm: BaseClient, delete: str, key: dict[str, str]) -> str:
+    call_or_none(getattr(sm, delete), **key)
+    return f"{delete.removeprefix('delete_').replace('_', ' ')} {next(iter(key.values()))}"
 
 
 def status(name: str, sm: BaseClient) -> dict[str, str]:
-    """Status of whatever is called `name`: a training job, a processing job or an endpoint."""
-    from botocore.exceptions import ClientError
+    """Status of whatever is called `name`: a training job, a processing job or an endpoint.
 
+    Only a not-found answer moves on to the next kind; bad credentials or a denied Describe* are errors.
+    """
     status_keys = {
         "describe_training_job": ("training job", "TrainingJobStatus"),
         "describe_processing_job": ("processing job", "ProcessingJobStatus"),
         "describe_endpoint": ("endpoint", "EndpointStatus"),
     }
     for operation, request in status_requests(name).items():
-        try:
-            found = getattr(sm, operation)(**request)
-        except ClientError:
+        found = call_or_none(getattr(sm, operation), **request)
+        if found is None:
             continue
         kind, key = status_keys[operation]
         reason = found.get("FailureReason", "")
@@ -101,14 +145,10 @@ def status(name: str, sm: BaseClient) -> dict[str, str]:
 
 
 def delete_endpoint(name: str, sm: BaseClient) -> list[str]:
-    """Delete the endpoint, its config and its model; return what was deleted (missing ones are skipped)."""
-    from botocore.exceptions import ClientError
-
+    """Delete the endpoint, its config and its model; return what was deleted (only missing ones are skipped)."""
     deleted = []
     for operation, request in delete_requests(name).items():
-        try:
-            getattr(sm, operation)(**request)
-        except ClientError:
+        if call_or_none(getattr(sm, operation), **request) is None:
             continue
         deleted.append(f"{operation.removeprefix('delete_').replace('_', ' ')} {name}")
     if not deleted:

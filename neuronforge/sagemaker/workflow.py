@@ -2,18 +2,24 @@
 
 Each step's arguments are the same validated request dicts the boto3 path sends (requests.py), with the job
 names dropped (the pipeline names its jobs) and the hand-offs between steps expressed as step properties.
-The SDK (`pip install 'neuronforge[sagemaker]'`) is imported only here, lazily.
+The endpoint config is named per execution (`<endpoint>-<execution id>`) and the Endpoint step is the
+pipeline's create-or-update step (sagemaker.mlops.workflow.endpoint_step.EndpointStep docstring), so the
+pipeline can run again. The SDK (`pip install 'neuronforge[sagemaker]'`) is imported only here, lazily.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError
+from neuronforge.sagemaker.code import CodeBundle
 from neuronforge.sagemaker.requests import (
     CHECKPOINT_SUBDIR,
     PACKAGE_SUBDIR,
@@ -23,6 +29,8 @@ from neuronforge.sagemaker.requests import (
     deployment_requests,
     quantize_job_request,
 )
+
+EXECUTION_SUFFIX = 13  # "-" + the 12-character pipeline execution id appended to the endpoint config name
 
 if TYPE_CHECKING:
     from sagemaker.mlops.workflow.pipeline import Pipeline
@@ -46,38 +54,84 @@ class PipelineSettings:
     iters: int = 50
     nsamples: int = 32
     calib_seq_len: int = 256
+    code: CodeBundle | None = None  # the shipped wheel (code.py); or `install`, an explicit pip spec
+    install: str | None = None
 
 
-def _require_sdk() -> None:
+@contextmanager
+def _region_env(region: str) -> Iterator[None]:
+    """SDK v3 modules need a region at import time; set one only for the import, then restore the caller's env."""
+    before = os.environ.get("AWS_DEFAULT_REGION")
+    os.environ.setdefault("AWS_DEFAULT_REGION", region)
     try:
-        import sagemaker.mlops.workflow  # noqa: F401
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("AWS_DEFAULT_REGION", None)
+
+
+def _require_sdk(region: str) -> None:
+    try:
+        with _region_env(region):
+            import sagemaker.mlops.workflow  # noqa: F401
     except ImportError:
         raise NeuronforgeError(
             "the SageMaker Python SDK v3 is not installed", "pip install 'neuronforge[sagemaker]' (sagemaker>=3.27)"
         ) from None
 
 
-def _request_step(
-    name: str, step_type: str, shape: str, arguments: Request, depends_on: list[Any] | None = None
-) -> Any:
-    """A pipeline step whose arguments are one of our request dicts (pipeline variables allowed inside)."""
+@functools.cache
+def step_classes() -> tuple[type, type]:
+    """(RequestStep, EndpointRequestStep), built once after the SDK import and published on this module (picklable).
+
+    RequestStep takes cache_config and retry_policies like the SDK's own steps; the Endpoint step, like the
+    SDK's EndpointStep, is not retryable at the pipeline level.
+    """
     from sagemaker.core.workflow.properties import Properties
-    from sagemaker.mlops.workflow.steps import ConfigurableRetryStep, StepTypeEnum
+    from sagemaker.mlops.workflow.steps import ConfigurableRetryStep, Step, StepTypeEnum
 
     class RequestStep(ConfigurableRetryStep):
-        def __init__(self) -> None:
-            super().__init__(name=name, step_type=StepTypeEnum(step_type), depends_on=depends_on)
+        """A pipeline step whose arguments are one of our request dicts (pipeline variables allowed inside)."""
+
+        def __init__(self, name: str, step_type: str, shape: str, arguments: Request, **kwargs: Any) -> None:
+            cache_config = kwargs.pop("cache_config", None)
+            super().__init__(name=name, step_type=StepTypeEnum(step_type), **kwargs)
+            self.cache_config = cache_config
+            self.request = arguments
             self._properties = Properties(step_name=name, step=self, shape_name=shape)
 
         @property
         def arguments(self) -> Request:
-            return arguments
+            return self.request
 
         @property
         def properties(self) -> Any:
             return self._properties
 
-    return RequestStep()
+        def to_request(self) -> Request:
+            request = super().to_request()
+            return request | (self.cache_config.config if self.cache_config else {})
+
+    class EndpointRequestStep(Step):
+        """Create-or-update of the endpoint (the pipeline service picks UpdateEndpoint when it exists)."""
+
+        def __init__(self, name: str, arguments: Request, **kwargs: Any) -> None:
+            super().__init__(name=name, step_type=StepTypeEnum.ENDPOINT, **kwargs)
+            self.request = arguments
+            self._properties = Properties(step_name=name, step=self, shape_name="DescribeEndpointOutput")
+
+        @property
+        def arguments(self) -> Request:
+            return self.request
+
+        @property
+        def properties(self) -> Any:
+            return self._properties
+
+    for cls in (RequestStep, EndpointRequestStep):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        globals()[cls.__name__] = cls
+    return RequestStep, EndpointRequestStep
 
 
 def _job_output(step: Any, output_s3: str, subdir: str) -> Any:
@@ -92,14 +146,21 @@ def _job_output(step: Any, output_s3: str, subdir: str) -> Any:
 
 def build_pipeline(settings: PipelineSettings) -> Pipeline:
     """The Pipeline object (nothing is created in AWS until `upsert`)."""
-    os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)  # SDK v3 modules need a region at import time
-    _require_sdk()
+    _require_sdk(settings.region)
     import boto3
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join
     from sagemaker.core.workflow.parameters import ParameterString
     from sagemaker.core.workflow.pipeline_context import PipelineSession
     from sagemaker.mlops.workflow.pipeline import Pipeline
 
     s = settings
+    if len(s.endpoint_name) > 63 - EXECUTION_SUFFIX:
+        raise NeuronforgeError(
+            f"endpoint name '{s.endpoint_name}' is longer than {63 - EXECUTION_SUFFIX} characters",
+            "the pipeline appends '-<execution id>' to name each execution's endpoint config; shorten --endpoint-name",
+        )
+    request_step, endpoint_step = step_classes()
     model_s3 = ParameterString(name="ModelS3Uri", default_value=s3uri.prefix(s.model_s3))
 
     def job(stage: str, instance: str) -> JobSettings:
@@ -111,10 +172,12 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
         output_s3=s.output_s3,
         dtype=s.dtype,
         options={"iters": s.iters, "nsamples": s.nsamples, "calib_seq_len": s.calib_seq_len},
+        code=s.code,
+        install=s.install,
     )
     quantize.pop("TrainingJobName")
     quantize["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = model_s3
-    step_q = _request_step("Quantize", "Training", "DescribeTrainingJobResponse", quantize)
+    step_q = request_step("Quantize", "Training", "DescribeTrainingJobResponse", quantize)
 
     compile_ = compile_job_request(
         job("compile", s.compile_instance),
@@ -125,12 +188,14 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
         dtype=s.dtype,
         kv=s.kv,
         seq_len=s.seq_len,
+        code=s.code,
+        install=s.install,
     )
     compile_.pop("TrainingJobName")
     compile_["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = _job_output(
         step_q, s.output_s3, CHECKPOINT_SUBDIR
     )
-    step_c = _request_step("Compile", "Training", "DescribeTrainingJobResponse", compile_)
+    step_c = request_step("Compile", "Training", "DescribeTrainingJobResponse", compile_)
 
     deploy = deployment_requests(
         s.endpoint_name,
@@ -145,15 +210,16 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
     model["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"] = _job_output(
         step_c, s.output_s3, PACKAGE_SUBDIR
     )
-    step_m = _request_step("Model", "Model", "DescribeModelOutput", model)
+    step_m = request_step("Model", "Model", "DescribeModelOutput", model)
 
     config = deploy["create_endpoint_config"]
     config["ProductionVariants"][0]["ModelName"] = step_m.properties.ModelName
-    step_ec = _request_step("EndpointConfig", "EndpointConfig", "DescribeEndpointConfigOutput", config)
+    config["EndpointConfigName"] = Join(on="-", values=[s.endpoint_name, ExecutionVariables.PIPELINE_EXECUTION_ID])
+    step_ec = request_step("EndpointConfig", "EndpointConfig", "DescribeEndpointConfigOutput", config)
 
     endpoint = deploy["create_endpoint"]
     endpoint["EndpointConfigName"] = step_ec.properties.EndpointConfigName
-    step_e = _request_step("Endpoint", "Endpoint", "DescribeEndpointOutput", endpoint)
+    step_e = endpoint_step("Endpoint", endpoint)
 
     session = PipelineSession(
         boto_session=boto3.session.Session(region_name=s.region), default_bucket=s3uri.split(s.output_s3)[0]
@@ -165,3 +231,20 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
 
 def pipeline_definition(settings: PipelineSettings) -> dict[str, Any]:
     return json.loads(build_pipeline(settings).definition())
+
+
+@contextmanager
+def sdk_errors() -> Iterator[None]:
+    """SDK v3 failures (role validation, pydantic validation of our arguments) become error:/fix:, not tracebacks."""
+    try:
+        yield
+    except NeuronforgeError:
+        raise
+    except Exception as exc:
+        module = type(exc).__module__
+        if not module.startswith(("sagemaker", "pydantic")):
+            raise
+        raise NeuronforgeError(
+            f"the SageMaker SDK refused: {type(exc).__name__}: {str(exc)[:500]}",
+            "check --role (it must exist and trust sagemaker.amazonaws.com) and the region",
+        ) from None

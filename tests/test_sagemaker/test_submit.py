@@ -7,6 +7,7 @@ instance types itself against botocore's current enums before any call.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker.invoke import completion_body, invoke
-from neuronforge.sagemaker.packaging import package_model, s3_etag, upload_package, verify_remote_package
+from neuronforge.sagemaker.packaging import package_model, s3_sha256, upload_package, verify_remote_package
 from neuronforge.sagemaker.requests import (
     JobSettings,
     compile_processing_request,
@@ -32,6 +33,7 @@ from neuronforge.sagemaker.submit import delete_endpoint, deploy, status, submit
 
 REGION = "us-east-1"
 BUCKET = "nf-test-bucket"
+RELEASE = "neuronforge==0.1.0"  # an explicit --install spec where shipping the code is not under test
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ def aws(aws_env: str) -> tuple[Any, Any]:
 @pytest.fixture
 def package(tmp_path: Path, tiny_llama_dir: Path) -> Path:
     compiled = make_compiled(tmp_path)
-    # Over the 8 MiB multipart threshold: exercises the managed multipart upload and the "-N" ETag check.
+    # Over the 8 MiB multipart threshold: exercises the managed multipart upload and the composite checksum.
     (compiled / "weights" / "tp1_sharded_checkpoint.safetensors").write_bytes(os.urandom(9 * 1024 * 1024))
     return package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
 
@@ -54,10 +56,54 @@ def test_upload_is_multipart_and_verified(aws: tuple[Any, Any], package: Path) -
     keys = upload_package(package, f"s3://{BUCKET}/pkg", s3)
     assert keys[-1] == "pkg/manifest.json"
     big = "pkg/compiled/weights/tp1_sharded_checkpoint.safetensors"
-    etag = s3.head_object(Bucket=BUCKET, Key=big)["ETag"]
-    assert etag.endswith('-2"') and etag == s3_etag(package / "compiled/weights/tp1_sharded_checkpoint.safetensors")
+    head = s3.head_object(Bucket=BUCKET, Key=big, ChecksumMode="ENABLED")
+    expected = s3_sha256(package / "compiled/weights/tp1_sharded_checkpoint.safetensors")
+    assert expected.endswith("-2") and head["ChecksumSHA256"] == expected.removesuffix("-2")
     manifest = verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
     assert manifest["serving"]["tp_degree"] == 2
+
+
+@pytest.fixture
+def kms_bucket(aws: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The stack's bucket: SSE-KMS by default. S3 documents that such objects' ETags are not MD5 digests of the data;
+    moto still returns the MD5, so its ETag is made opaque for KMS objects as real S3's is."""
+    import hashlib
+
+    import moto.s3.models as moto_s3
+
+    real_etag = moto_s3.FakeKey.etag
+
+    def kms_etag(key: Any) -> str:
+        if key.encryption == "aws:kms":
+            return '"' + hashlib.md5(f"kms:{key.name}:{key.size}".encode()).hexdigest() + '"'
+        return real_etag.fget(key)
+
+    monkeypatch.setattr(moto_s3.FakeKey, "etag", property(kms_etag))
+    _, s3 = aws
+    s3.create_bucket(Bucket="nf-kms-bucket")
+    rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}, "BucketKeyEnabled": True}
+    s3.put_bucket_encryption(Bucket="nf-kms-bucket", ServerSideEncryptionConfiguration={"Rules": [rule]})
+    return "nf-kms-bucket"
+
+
+def test_upload_verifies_sha256_on_an_sse_kms_bucket(aws: tuple[Any, Any], kms_bucket: str, package: Path) -> None:
+    _, s3 = aws
+    keys = upload_package(package, f"s3://{kms_bucket}/pkg/", s3)
+    head = s3.head_object(Bucket=kms_bucket, Key=keys[0], ChecksumMode="ENABLED")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["ChecksumSHA256"]
+    assert verify_remote_package(f"s3://{kms_bucket}/pkg/", s3)["serving"]["tp_degree"] == 2
+
+
+def test_upload_refuses_an_object_whose_checksum_differs(
+    aws: tuple[Any, Any], package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neuronforge.sagemaker import packaging
+
+    _, s3 = aws
+    real = packaging.s3_sha256
+    monkeypatch.setattr(packaging, "s3_sha256", lambda path: real(path) if path.name != "serving.json" else "AAAA")
+    with pytest.raises(NeuronforgeError, match="uploaded objects differ from the local files: serving.json"):
+        upload_package(package, f"s3://{BUCKET}/pkg", s3)
 
 
 def test_remote_verification_catches_missing_and_stray_objects(aws: tuple[Any, Any], package: Path) -> None:
@@ -89,15 +135,26 @@ def test_missing_bucket_fails_clearly(aws: tuple[Any, Any], package: Path) -> No
         upload_package(package, "s3://no-such-bucket-nf/pkg/", s3)
     assert "no-such-bucket-nf" in str(info.value.fix)
     job = JobSettings(name="nf-q", role_arn=ROLE, region=REGION, instance_type="ml.g6e.2xlarge")
-    request = quantize_job_request(job, model_s3="s3://no-such-bucket-nf/m/", output_s3=f"s3://{BUCKET}/o/")
+    request = quantize_job_request(
+        job, model_s3="s3://no-such-bucket-nf/m/", output_s3=f"s3://{BUCKET}/o/", install=RELEASE
+    )
     with pytest.raises(NeuronforgeError, match="ListObjectsV2 failed: NoSuchBucket"):
         submit_job(request, sm, s3)
+    s3.put_object(Bucket=BUCKET, Key="m/config.json", Body=b"{}")
+    request = quantize_job_request(
+        job, model_s3=f"s3://{BUCKET}/m/", output_s3="s3://no-such-bucket-nf/o/", install=RELEASE
+    )
+    with pytest.raises(NeuronforgeError, match="HeadBucket failed") as info:
+        submit_job(request, sm, s3)
+    assert "no-such-bucket-nf" in str(info.value.fix) and sm.list_training_jobs()["TrainingJobSummaries"] == []
 
 
 def test_training_and_processing_jobs(aws: tuple[Any, Any], tiny_llama_dir: Path) -> None:
     sm, s3 = aws
     job = JobSettings(name="nf-quantize-1", role_arn=ROLE, region=REGION, instance_type="ml.g6e.2xlarge")
-    request = quantize_job_request(job, model_s3=f"s3://{BUCKET}/models/tiny", output_s3=f"s3://{BUCKET}/runs")
+    request = quantize_job_request(
+        job, model_s3=f"s3://{BUCKET}/models/tiny", output_s3=f"s3://{BUCKET}/runs", install=RELEASE
+    )
     with pytest.raises(NeuronforgeError, match="no S3 object under s3://nf-test-bucket/models/tiny/"):
         submit_job(request, sm, s3)
     assert sm.list_training_jobs()["TrainingJobSummaries"] == []
@@ -117,6 +174,7 @@ def test_training_and_processing_jobs(aws: tuple[Any, Any], tiny_llama_dir: Path
         checkpoint_s3=f"s3://{BUCKET}/models/tiny",
         output_s3=f"s3://{BUCKET}/runs",
         tp_degree=2,
+        install=RELEASE,
     )
     submit_job(processing, sm, s3)
     assert wait_for_job(processing, sm) == "Completed"
@@ -173,6 +231,59 @@ def test_deploy_refuses_before_creating_anything(aws: tuple[Any, Any], tmp_path:
     assert sm.list_models()["Models"] == [] and sm.list_endpoint_configs()["EndpointConfigs"] == []
 
 
+def test_deploy_rolls_back_what_it_created(
+    aws: tuple[Any, Any], package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real AWS refuses a second CreateModel with the same name, so a failed deploy must not leave its model behind."""
+    import moto.sagemaker.models as moto_models
+
+    sm, s3 = aws
+    upload_package(package, f"s3://{BUCKET}/pkg", s3)
+    requests = deployment_requests(
+        "nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg", instance_type="ml.inf2.xlarge"
+    )
+    monkeypatch.undo()  # moto's own (stale) instance list: CreateEndpointConfig now fails after CreateModel
+    assert moto_models.FakeEndpointConfig.validate_instance_type is not None
+    with pytest.raises(NeuronforgeError, match=r"CreateEndpointConfig failed.*rolled back: model nf-ep"):
+        deploy(requests, sm, s3)
+    assert sm.list_models()["Models"] == [] and sm.list_endpoint_configs()["EndpointConfigs"] == []
+
+
+def test_status_and_delete_tell_not_found_from_access_denied(aws: tuple[Any, Any]) -> None:
+    from botocore.stub import Stubber
+
+    sm, _ = aws
+    with pytest.raises(NeuronforgeError, match="no training job, processing job or endpoint named 'nf-x'"):
+        status("nf-x", sm)
+    for code in ("AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"):
+        with Stubber(sm) as stub:
+            stub.add_client_error("describe_training_job", service_error_code=code, service_message="no")
+            with pytest.raises(NeuronforgeError, match=f"DescribeTrainingJob failed: {code}") as info:
+                status("nf-x", sm)
+            assert "credentials" in str(info.value.fix)
+        with Stubber(sm) as stub:
+            stub.add_client_error("delete_endpoint", service_error_code=code, service_message="no")
+            with pytest.raises(NeuronforgeError, match=f"DeleteEndpoint failed: {code}"):
+                delete_endpoint("nf-x", sm)
+
+
+def test_cli_aws_failures_are_errors_not_tracebacks(aws: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: a connection error
+    for args in (["sagemaker", "status", "nf-x"], ["sagemaker", "delete", "nf-x"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "could not reach AWS" in result.output, result.output
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for args in (["sagemaker", "status", "nf-x"], ["sagemaker", "delete", "nf-x"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "no usable AWS credentials" in result.output, result.output
+
+
 def test_cli_package_upload_deploy_status_delete(aws: tuple[Any, Any], tmp_path: Path, tiny_llama_dir: Path) -> None:
     sm, _ = aws
     runner = CliRunner()
@@ -227,6 +338,17 @@ def test_cli_quantize_and_compile_jobs(aws: tuple[Any, Any], tiny_llama_dir: Pat
         ],
     )
     assert result.exit_code == 0, result.output
+    # The running neuronforge went up as a wheel next to the job's output, and the job installs that file.
+    job = sm.describe_training_job(TrainingJobName="nf-q-cli")
+    wheel = next(o for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/code/")["Contents"])
+    digest = wheel["Key"].split("/")[2]
+    assert wheel["Key"].endswith(".whl") and f"sha256 {digest}" in " ".join(result.output.split())
+    body = s3.get_object(Bucket=BUCKET, Key=wheel["Key"])["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == digest
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    assert channels["wheel"] == f"s3://{BUCKET}/runs/code/{digest}/"
+    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]}
+    assert tags["neuronforge:wheel-sha256"] == digest
     assert f"s3://{BUCKET}/runs/nf-q-cli/output/model/checkpoint/" in result.output
     assert "finished: Completed" in result.output
     assert sm.describe_training_job(TrainingJobName="nf-q-cli")["ResourceConfig"]["InstanceType"] == "ml.g6e.2xlarge"
