@@ -91,10 +91,10 @@ def problems(service: str, operation: str, params: dict[str, Any]) -> list[tuple
 
     shape = _model(service).operation_model(operation).input_shape
     found: list[tuple[str, str]] = []
-    report = ParamValidator().validate(params, shape)
-    if report.has_errors():
-        found.append(("", report.generate_report()))
     _walk(shape, params, "", found)
+    report = ParamValidator().validate(params, shape)  # types, required members, unknown keys
+    if not found and report.has_errors():
+        found.append(("", report.generate_report()))
     return found
 
 

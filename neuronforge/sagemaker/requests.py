@@ -75,6 +75,10 @@ def _checked_settings(job: JobSettings, role: Role) -> None:
             f"spot max wait {job.max_wait_s}s is shorter than max runtime {job.max_runtime_s}s",
             "SageMaker requires MaxWaitTimeInSeconds >= MaxRuntimeInSeconds; raise --max-wait",
         )
+    if job.volume_gb < 1:  # the training model's OptionalVolumeSizeInGB allows 0 (instance groups); a job needs disk
+        raise NeuronforgeError(
+            f"volume size {job.volume_gb} GB is too small", "pass --volume-gb of at least the model size x3"
+        )
 
 
 def install_environment(code: CodeBundle | None, install: str | None, directory: str, no_deps: bool) -> dict[str, str]:

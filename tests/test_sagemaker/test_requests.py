@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,20 @@ from botocore.validate import ParamValidator
 from testkit.golden import ROLE, check_golden
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.sagemaker import images, instances
+from neuronforge.sagemaker import images, instances, requests
+from neuronforge.sagemaker.code import CodeBundle
 from neuronforge.sagemaker.requests import (
     JobSettings,
-    compile_job_request,
-    compile_processing_request,
     delete_requests,
     deployment_requests,
-    quantize_job_request,
     training_output_prefix,
 )
+
+# A shipped wheel (code.py) as the builders receive it; its sha256 is a stand-in value.
+CODE = CodeBundle(f"s3://nf-bucket/runs/code/{'ab' * 32}/", "neuronforge-0.1.0-py3-none-any.whl", "ab" * 32)
+quantize_job_request = functools.partial(requests.quantize_job_request, code=CODE)
+compile_job_request = functools.partial(requests.compile_job_request, code=CODE)
+compile_processing_request = functools.partial(requests.compile_processing_request, code=CODE)
 
 
 def check_botocore(operation: str, request: dict[str, Any]) -> None:
@@ -63,7 +68,9 @@ def test_compile_job_golden() -> None:
     assert request["Environment"]["NEURON_PLATFORM_TARGET_OVERRIDE"] == "inf2"
     spec = request["AlgorithmSpecification"]
     assert all(len(item) <= 256 for item in spec["ContainerEntrypoint"] + spec["ContainerArguments"])  # API limit
-    assert request["AlgorithmSpecification"]["TrainingImage"].endswith("/neuronforge:neuron-sdk2.31.1-vllm0.16.0")
+    assert request["AlgorithmSpecification"]["TrainingImage"].endswith(
+        "/neuronforge:neuron-sdk2.31.1-vllm0.16.0-nf0.1.0"
+    )
 
 
 def test_compile_processing_golden() -> None:
@@ -108,6 +115,76 @@ def test_regional_dlc_account_and_role_account() -> None:
     assert request["AlgorithmSpecification"]["TrainingImage"].startswith("763104351884.dkr.ecr.us-east-1.")
     assert images.image_uri("quantize", "af-south-1", "1").startswith("626614931356.dkr.ecr.af-south-1.")
     assert images.image_uri("neuron", "eu-west-1", "123456789012").startswith("123456789012.dkr.ecr.eu-west-1.")
+
+
+# aws/deep-learning-containers docs/reference/region_availability.md; GovCloud from the SDK's pytorch.json.
+DLC_ACCOUNTS = {
+    "us-east-1": "763104351884",
+    "ap-southeast-5": "550225433462",
+    "eu-south-1": "692866216735",
+    "il-central-1": "780543022126",
+    "mx-central-1": "637423239942",
+    "ca-west-1": "204538143572",
+    "cn-north-1": "727897471807",
+    "us-gov-west-1": "442386744353",
+}
+
+
+@pytest.mark.parametrize("region", sorted(images.sagemaker_regions()))
+def test_every_sagemaker_region_gets_its_dlc_account_and_domain(region: str) -> None:
+    partition = images.sagemaker_regions()[region]
+    if partition not in images.SUPPORTED_PARTITIONS:
+        with pytest.raises(NeuronforgeError, match="no AWS Deep Learning Container registry"):
+            images.image_uri("quantize", region, "123456789012")
+        return
+    uri = images.image_uri("quantize", region, "123456789012")
+    account, _, rest = uri.partition(".dkr.ecr.")
+    assert account == images.pinned()["dlc_registry_accounts"][region]
+    assert account == DLC_ACCOUNTS.get(region, account)
+    assert rest.startswith(f"{region}.amazonaws.com{'.cn' if partition == 'aws-cn' else ''}/pytorch:")
+    role = f"arn:{partition}:iam::123456789012:role/nf"
+    request = quantize_job_request(
+        JobSettings(name="nf-q", role_arn=role, region=region, instance_type="ml.g6e.2xlarge"),
+        model_s3="s3://b-1/m/",
+        output_s3="s3://b-1/o/",
+    )
+    assert request["AlgorithmSpecification"]["TrainingImage"] == uri
+
+
+def test_region_and_partition_are_checked() -> None:
+    with pytest.raises(NeuronforgeError, match="'us-east-7' is not a region where SageMaker runs"):
+        quantize_job_request(
+            JobSettings(name="nf-q", role_arn=ROLE, region="us-east-7", instance_type="ml.g6e.2xlarge"),
+            model_s3="s3://b-1/m/",
+            output_s3="s3://b-1/o/",
+        )
+    with pytest.raises(NeuronforgeError, match="partition aws but region cn-north-1 is in aws-cn"):
+        deployment_requests(
+            "ep", role_arn=ROLE, region="cn-north-1", model_data_s3="s3://b-1/p/", instance_type="ml.inf2.xlarge"
+        )
+
+
+def test_quantize_image_keeps_the_torch_neuronforge_pins() -> None:
+    """The DLC's torch (2.13.0+cu130) satisfies our torch==X pin, so pip keeps it instead of replacing it."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    torch_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("torch=="))
+    assert torch_pin == f"torch=={images.pinned()['images']['quantize']['torch']}"
+    assert images.pinned()["images"]["quantize"]["eop"] >= "2027-01-01"
+
+
+def test_neuron_image_tag_is_per_version_and_repository_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuronforge.version import __version__
+
+    uri = images.image_uri("neuron", "us-east-1", "123456789012")
+    assert (
+        uri == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/neuronforge:neuron-sdk2.31.1-vllm0.16.0-nf{__version__}"
+    )
+    monkeypatch.setenv(images.REPOSITORY_ENV, "123456789012.dkr.ecr.us-east-1.amazonaws.com/nf-stack-2")
+    assert images.image_uri("neuron", "us-east-1", "1").startswith(
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/nf-stack-2:"
+    )
 
 
 def test_training_output_prefix() -> None:
@@ -168,7 +245,10 @@ def test_endpoint_must_be_inf2_and_tp_must_fit() -> None:
         ({"name": "bad_name"}, "not a valid SageMaker job name"),
         ({"role_arn": "neuronforge-role"}, "is not an IAM role ARN"),
         ({"spot": True, "max_wait_s": 60}, "shorter than max runtime"),
-        ({"max_runtime_s": 0}, "must be positive"),
+        ({"max_runtime_s": 0}, "MaxRuntimeInSeconds is 0, below the minimum 1"),
+        ({"max_runtime_s": 29 * 24 * 3600}, "MaxRuntimeInSeconds is 2505600, above the maximum 2419200"),
+        ({"volume_gb": 0}, "volume size 0 GB is too small"),
+        ({"name": "x" * 64}, "not a valid SageMaker job name"),
     ],
 )
 def test_bad_job_settings(change: dict[str, Any], message: str) -> None:
@@ -182,7 +262,7 @@ def test_bad_s3_uri_dtype_and_timeout() -> None:
         quantize_job_request(job("ml.g6e.2xlarge"), model_s3="/local/model", output_s3="s3://b-1/o/")
     with pytest.raises(NeuronforgeError, match="--dtype 'fp4' is not supported"):
         quantize_job_request(job("ml.g6e.2xlarge"), model_s3="s3://b-1/m/", output_s3="s3://b-1/o/", dtype="fp4")
-    with pytest.raises(NeuronforgeError, match="outside SageMaker's 60..3600"):
+    with pytest.raises(NeuronforgeError, match="ContainerStartupHealthCheckTimeoutInSeconds is 7200, above the max"):
         deployment_requests(
             "ep",
             role_arn=ROLE,
@@ -228,7 +308,7 @@ def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_cli_dry_run_prints_the_builder_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    common = ["--role", ROLE, "--region", "us-east-1", "--dry-run"]
+    common = ["--role", ROLE, "--region", "us-east-1", "--dry-run", "--install", "neuronforge==0.1.0"]
     result = _cli(
         [
             "sagemaker",
@@ -245,11 +325,12 @@ def test_cli_dry_run_prints_the_builder_requests(monkeypatch: pytest.MonkeyPatch
         monkeypatch,
     )
     assert result.exit_code == 0, result.output
-    expected = quantize_job_request(
+    expected = requests.quantize_job_request(
         job("ml.g6e.2xlarge", "nf-q"),
         model_s3="s3://nf-b/m/",
         output_s3="s3://nf-b/o/",
         options={"iters": 50, "nsamples": 32, "calib_seq_len": 256, "autoround": False},
+        install="neuronforge==0.1.0",
     )
     assert json.loads(result.stdout) == {"create_training_job": expected}
     result = _cli(
@@ -280,7 +361,8 @@ def test_cli_dry_run_prints_the_builder_requests(monkeypatch: pytest.MonkeyPatch
         "describe_endpoint"
     ] == {"EndpointName": "nf-ep"}
     result = _cli(["invoke", "nf-ep", "Hello", "--max-tokens", "4", "--region", "us-east-1", "--dry-run"], monkeypatch)
-    assert json.loads(result.stdout)["invoke_endpoint"]["Body"]["max_tokens"] == 4
+    invoke = json.loads(result.stdout)["invoke_endpoint"]
+    assert json.loads(invoke["Body"])["max_tokens"] == 4 and invoke["Accept"] == "application/json"
 
 
 @pytest.mark.parametrize(
@@ -334,6 +416,24 @@ def test_cli_dry_run_prints_the_builder_requests(monkeypatch: pytest.MonkeyPatch
             ["sagemaker", "deploy", "--model-data", "s3://nf-b/p/", "--instance-type", "ml.inf9.xlarge"],
             "not a valid SageMaker endpoint instance type",
         ),
+        (["sagemaker", "deploy", "--model-data", "s3://nf-b/p/", "--volume-gb", "0"], "below the minimum 1"),
+        (["sagemaker", "deploy", "--model-data", "s3://nf-b/p/", "--volume-gb", "1000"], "above the maximum 512"),
+        (["sagemaker", "deploy", "--model-data", "s3://nf-b/" + "p" * 1020], "above the maximum 1024"),
+        (
+            ["sagemaker", "quantize", "--model-s3", "s3://nf-b/m/", "--output-s3", "s3://nf-b/o/"]
+            + ["--install", "neuronforge @ https://example.com/" + "x" * 600],
+            "NF_INSTALL'] is 634 characters, above the maximum 512",
+        ),
+        (
+            ["sagemaker", "quantize", "--model-s3", "s3://nf-b/m/", "--output-s3", "s3://nf-b/o/"]
+            + ["--max-runtime", "5000000", "--install", "neuronforge==0.1.0"],
+            "above the maximum 2419200",
+        ),
+        (
+            ["sagemaker", "compile", "--checkpoint-s3", "s3://nf-b/c/", "--output-s3", "s3://nf-b/o/"]
+            + ["--tp-degree", "12", "--target", "ml.inf2.24xlarge", "--install", "neuronforge==0.1.0"],
+            "tp_degree 12 does not fit ml.trn1.2xlarge (2 NeuronCores): the compile job loads",
+        ),
     ],
 )
 def test_cli_bad_input_exits_2_before_any_aws_call(
@@ -342,3 +442,10 @@ def test_cli_bad_input_exits_2_before_any_aws_call(
     result = _cli([*args, "--role", ROLE, "--region", "us-east-1"], monkeypatch)  # no --dry-run: would call AWS
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_cli_refuses_an_unknown_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    for args in (["sagemaker", "status", "nf-x"], ["invoke", "nf-x", "hi"]):
+        result = _cli([*args, "--region", "us-east-7"], monkeypatch)
+        assert result.exit_code == 2
+        assert "'us-east-7' is not a region where SageMaker runs" in " ".join(result.output.split())
