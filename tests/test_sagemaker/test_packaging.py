@@ -116,3 +116,14 @@ def test_serve_wrapper_builds_vllm_command(package: Path) -> None:
     assert argv[argv.index("--served-model-name") + 1] == "neuronforge"
     assert plan["env"]["VLLM_NEURON_FRAMEWORK"] == "neuronx-distributed-inference"
     assert plan["env"]["NEURON_COMPILED_ARTIFACTS"] == str(package / "compiled")
+
+
+def test_package_fills_an_existing_empty_directory_but_not_a_full_one(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """SageMaker creates a processing output LocalPath before the entrypoint runs; packaging into it must work."""
+    out = tmp_path / "opt-ml-processing-output-package"
+    out.mkdir()
+    package_model(out, compiled=make_compiled(tmp_path), checkpoint=tiny_llama_dir)
+    assert verify_package(out)["serving"]["tp_degree"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(NeuronforgeError, match="already exists"):
+        package_model(out, compiled=make_compiled(tmp_path / "again"), checkpoint=tiny_llama_dir)
