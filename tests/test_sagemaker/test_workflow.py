@@ -43,7 +43,9 @@ ARGS = [
 
 
 def test_definition_golden_and_dry_run(aws_env: str) -> None:
-    result = CliRunner().invoke(__import__("neuronforge.cli", fromlist=["app"]).app, [*ARGS, "--dry-run"])
+    result = CliRunner().invoke(
+        __import__("neuronforge.cli", fromlist=["app"]).app, [*ARGS, "--dry-run", "--install", "neuronforge==0.1.0"]
+    )
     assert result.exit_code == 0, result.output
     definition = json.loads(result.stdout)
     check_golden("sagemaker_pipeline_definition", definition)
@@ -56,6 +58,11 @@ def test_definition_golden_and_dry_run(aws_env: str) -> None:
     assert steps["Compile"]["Arguments"]["ResourceConfig"]["InstanceType"] == "ml.trn1.2xlarge"
     variant = steps["EndpointConfig"]["Arguments"]["ProductionVariants"][0]
     assert variant["ModelName"] == {"Get": "Steps.Model.ModelName"} and variant["InstanceType"] == "ml.inf2.xlarge"
+    # Each execution names its own endpoint config; the Endpoint step (create-or-update) points at it.
+    config_name = steps["EndpointConfig"]["Arguments"]["EndpointConfigName"]
+    assert config_name == {"Std:Join": {"On": "-", "Values": ["nf-endpoint", {"Get": "Execution.PipelineExecutionId"}]}}
+    assert steps["Endpoint"]["Arguments"]["EndpointConfigName"] == {"Get": "Steps.EndpointConfig.EndpointConfigName"}
+    assert "RetryPolicies" not in steps["Endpoint"]
 
 
 def test_pipeline_validates_like_the_boto3_path(aws_env: str) -> None:
@@ -76,12 +83,50 @@ def test_pipeline_validates_like_the_boto3_path(aws_env: str) -> None:
         )
 
 
-def test_upsert_and_start_against_moto(aws_env: str) -> None:
+def test_upsert_and_start_twice_against_moto_ships_the_wheel(aws_env: str) -> None:
     import boto3
 
-    result = CliRunner().invoke(__import__("neuronforge.cli", fromlist=["app"]).app, ARGS)
-    assert result.exit_code == 0, result.output
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="nf-bucket")
+    app = __import__("neuronforge.cli", fromlist=["app"]).app
+    for _ in range(2):
+        result = CliRunner().invoke(app, ARGS)
+        assert result.exit_code == 0, result.output
     sm = boto3.client("sagemaker", region_name="us-east-1")
-    described = sm.describe_pipeline(PipelineName="nf-pipeline")
-    assert [s["Name"] for s in json.loads(described["PipelineDefinition"])["Steps"]][-1] == "Endpoint"
-    assert sm.list_pipeline_executions(PipelineName="nf-pipeline")["PipelineExecutionSummaries"]
+    definition = json.loads(sm.describe_pipeline(PipelineName="nf-pipeline")["PipelineDefinition"])
+    assert [s["Name"] for s in definition["Steps"]][-1] == "Endpoint"
+    assert len(sm.list_pipeline_executions(PipelineName="nf-pipeline")["PipelineExecutionSummaries"]) == 2
+    quantize = definition["Steps"][0]["Arguments"]
+    wheel_prefix = next(c for c in quantize["InputDataConfig"] if c["ChannelName"] == "wheel")
+    key = wheel_prefix["DataSource"]["S3DataSource"]["S3Uri"].removeprefix("s3://nf-bucket/")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="nf-bucket", Prefix=key)["Contents"]][0].endswith(".whl")
+    assert quantize["Environment"]["NF_SHA256"] == key.split("/")[-2]
+
+
+def test_steps_are_picklable_sdk_steps_and_the_env_is_left_alone(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import pickle
+
+    from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    settings = PipelineSettings(
+        name="p",
+        role_arn=ROLE,
+        region="eu-west-1",
+        model_s3="s3://nf-b/m/",
+        output_s3="s3://nf-b/o/",
+        endpoint_name="e",
+        install="neuronforge==0.1.0",
+    )
+    pipeline = build_pipeline(settings)
+    assert "AWS_DEFAULT_REGION" not in os.environ
+    step = pickle.loads(pickle.dumps(pipeline.steps[0]))
+    assert step.name == "Quantize" and step.arguments["ResourceConfig"]["InstanceType"] == "ml.g6e.2xlarge"
+
+
+def test_endpoint_name_leaves_room_for_the_execution_id(aws_env: str) -> None:
+    app = __import__("neuronforge.cli", fromlist=["app"]).app
+    args = [*ARGS, "--install", "neuronforge==0.1.0", "--endpoint-name", "e" * 55]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "shorten --endpoint-name" in " ".join(result.output.split())
