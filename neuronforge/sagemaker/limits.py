@@ -118,6 +118,11 @@ def to_snake_kwargs(service: str, operation: str, params: dict[str, Any]) -> dic
     return _snake(_model(service).operation_model(operation).input_shape, params)
 
 
+def to_snake(service: str, shape_name: str, value: dict[str, Any]) -> dict[str, Any]:
+    """Like to_snake_kwargs for one named shape (e.g. "S3DataSource")."""
+    return _snake(_model(service).shape_for(shape_name), value)
+
+
 def _snake(shape: Any, value: Any) -> Any:
     if shape.type_name == "structure" and isinstance(value, dict):
         return {_snake_name(k): _snake(shape.members[k], v) for k, v in value.items()}

@@ -81,16 +81,21 @@ def wait_for_job(request: Request, sm: BaseClient) -> str:
     return call(sm.describe_processing_job, ProcessingJobName=name)["ProcessingJobStatus"]
 
 
+def check_package(requests: dict[str, Request], s3: BaseClient) -> None:
+    """Before anything is created: the package in S3 matches its manifest and its tp_degree fits the instance."""
+    model_data = requests["create_model"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
+    manifest = verify_remote_package(model_data, s3)
+    variant = requests["create_endpoint_config"]["ProductionVariants"][0]
+    validate_tp_degree(variant["InstanceType"], manifest["serving"]["tp_degree"])
+
+
 def deploy(requests: dict[str, Request], sm: BaseClient, s3: BaseClient, wait: bool = False) -> str:
     """Verify the package in S3 (manifest, sizes, tp vs NeuronCores), then model -> endpoint config -> endpoint.
 
     If a later step fails, what this call created is deleted again (newest first), so a re-run with the same name
     starts clean instead of failing on "Cannot create already existing model".
     """
-    model_data = requests["create_model"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
-    manifest = verify_remote_package(model_data, s3)
-    variant = requests["create_endpoint_config"]["ProductionVariants"][0]
-    validate_tp_degree(variant["InstanceType"], manifest["serving"]["tp_degree"])
+    check_package(requests, s3)
     steps = [
         ("create_model", "delete_model", {"ModelName": requests["create_model"]["ModelName"]}),
         (
