@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,17 +67,78 @@ def test_bucket_is_encrypted_versioned_and_private(stack: dict[str, Any]) -> Non
     )
 
 
-def test_ecr_repository_matches_pinned_image_and_hosts_install_neuronforge(stack: dict[str, Any]) -> None:
+def _user_data(stack: dict[str, Any], template: str) -> str:
+    data = stack["Resources"][template]["Properties"]["LaunchTemplateData"]
+    return data["UserData"]["Fn::Base64"]["Fn::Sub"]
+
+
+def test_hosts_install_the_shipped_wheel_or_an_explicit_spec(stack: dict[str, Any]) -> None:
+    assert "Default" not in stack["Parameters"]["NeuronforgeSource"]  # neuronforge is on no index: no default
+    for name, ami in (("GpuLaunchTemplate", "GpuAmiId"), ("InfLaunchTemplate", "NeuronAmiId")):
+        assert stack["Resources"][name]["Properties"]["LaunchTemplateData"]["ImageId"] == {"Ref": ami}
+        script = _user_data(stack, name)
+        assert (
+            'SRC="${NeuronforgeSource}"' in script
+            and 'aws s3 cp "$SRC"' in script
+            and re.search(r'install (--no-deps )?"\$SRC"', script)
+        )
+        assert "neuronforge==" not in script
+        rendered = script.replace("${NeuronforgeSource}", "s3://b/code/x/neuronforge-0.1.0-py3-none-any.whl")
+        rendered = rendered.replace("${ArtifactBucket}", "b")
+        result = subprocess.run(["bash", "-n"], input=rendered, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_gpu_host_gets_python_3_11_or_newer(stack: dict[str, Any]) -> None:
+    """The Ubuntu 22.04 DLAMI ships Python 3.10 (pyproject requires >= 3.11); 24.04 ships 3.12. The user data
+    refuses an older Python with a message instead of a pip resolution error."""
+    assert "ubuntu-24.04" in stack["Parameters"]["GpuAmiId"]["Default"]
+    script = _user_data(stack, "GpuLaunchTemplate")
+    guard = next(line for line in script.splitlines() if "sys.version_info" in line)
+    for version, ok in (((3, 10, 12), False), ((3, 12, 3), True)):
+        code = guard.split("'")[1].replace("sys.version_info", repr(version))  # the guard, on that Python
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert (result.returncode == 0) == ok, result.stderr
+        assert ok or "neuronforge needs Python >= 3.11" in result.stderr
+
+
+def test_inf2_host_is_pinned_to_the_serving_images_neuron_sdk(stack: dict[str, Any]) -> None:
+    """Neuron SSM has no per-SDK path; the vLLM 0.16 single-framework DLAMI is SDK 2.31, as the serving image."""
+    assert pinned()["images"]["neuron"]["neuron_sdk"] == "2.31" and "vllm0.16.0" in pinned()["images"]["neuron"]["uri"]
+    assert stack["Parameters"]["NeuronAmiId"]["Default"] == (
+        "/aws/service/neuron/dlami/pytorch-inference-vllm-0.16/ubuntu-24.04/latest/image_id"
+    )
+    assert "VENV=/opt/aws_neuronx_venv_pytorch_inference_vllm_0_16\n" in _user_data(stack, "InfLaunchTemplate")
+
+
+def test_second_stack_does_not_collide_and_dlc_accounts_match_images_json(stack: dict[str, Any]) -> None:
     resources = stack["Resources"]
-    assert resources["ImageRepository"]["Properties"]["RepositoryName"] == pinned()["ecr_repository"]
+    assert "RepositoryName" not in resources["ImageRepository"]["Properties"]
+    assert resources["ImageRepository"]["Properties"]["ImageTagMutability"] == "IMMUTABLE"
+    for resource in resources.values():
+        props = resource.get("Properties", {})
+        for key in ("RoleName", "BucketName", "ManagedPolicyName", "InstanceProfileName"):
+            assert key not in props or "AWS::StackName" in str(props[key]), (key, props[key])
+    mapping = {region: row["Account"] for region, row in stack["Mappings"]["DlcRegistry"].items()}
+    assert mapping == pinned()["dlc_registry_accounts"]
     assert resources["SageMakerExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0][
         "Principal"
     ] == {"Service": "sagemaker.amazonaws.com"}
-    for name, ami in (("GpuLaunchTemplate", "GpuAmiId"), ("InfLaunchTemplate", "NeuronAmiId")):
-        data = resources[name]["Properties"]["LaunchTemplateData"]
-        assert data["ImageId"] == {"Ref": ami}
-        user_data = data["UserData"]["Fn::Base64"]["Fn::Sub"]
-        assert 'pip" install' in user_data or "pip install" in user_data
-        assert '"${NeuronforgeSpec}"' in user_data
-    assert "neuron" in stack["Parameters"]["NeuronAmiId"]["Default"]
-    assert "deeplearning" in stack["Parameters"]["GpuAmiId"]["Default"]
+
+
+def _statement(stack: dict[str, Any], resource: str, sid: str) -> dict[str, Any]:
+    props = stack["Resources"][resource]["Properties"]
+    docs = [p["PolicyDocument"] for p in props.get("Policies", [])] + [props.get("PolicyDocument", {"Statement": []})]
+    return next(s for doc in docs for s in doc["Statement"] if s.get("Sid") == sid)
+
+
+def test_host_role_can_mirror_run_outputs_to_s3(stack: dict[str, Any]) -> None:
+    """pipeline/run/storage.upload_dir deletes remote files that no longer exist locally."""
+    assert "s3:DeleteObject" in _statement(stack, "HostRole", "ArtifactObjects")["Action"]
+    assert "s3:ListBucket" in _as_list(_statement(stack, "HostRole", "ArtifactBucket")["Action"])
+
+
+def test_operator_may_pass_only_the_execution_role(stack: dict[str, Any]) -> None:
+    statement = _statement(stack, "OperatorPolicy", "PassOnlyTheExecutionRole")
+    assert "iam:PassRole" in statement["Action"]
+    assert statement["Resource"] == {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}

@@ -235,6 +235,23 @@ def compile_command(
             _run_job("create_training_job", request, job.region, dry_run, wait, output, shipped)
 
 
+@sagemaker_cli.command("upload-code")
+def upload_code_command(
+    output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix; the wheel goes to <prefix>/code/<sha256>/."),
+    wheel: Path | None = WheelOpt,
+    region: RegionOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Upload a wheel of the running neuronforge and print its s3:// URI (the stack's NeuronforgeSource)."""
+    from neuronforge.sagemaker.code import prepared, upload
+    from neuronforge.sagemaker.submit import clients
+
+    with prepared(wheel, output_s3) as (path, bundle):
+        if not dry_run:
+            upload(path, bundle, clients(_region(region))[1])
+    typer.echo(json.dumps({"s3_uri": bundle.s3_uri, "sha256": bundle.sha256}, indent=2))
+
+
 @sagemaker_cli.command("deploy")
 def deploy_command(
     model_data: str = typer.Option(..., "--model-data", help="s3:// prefix of an uploaded package."),
