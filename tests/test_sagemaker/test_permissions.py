@@ -91,6 +91,11 @@ def test_operator_policy_allows_every_call_of_the_readme_flow(
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     }
     needed = {_action(service, operation) for service, operation in recorded}
-    assert {"sagemaker:CreateTrainingJob", "sagemaker:CreateEndpoint", "s3:PutObject", "sagemaker:CreatePipeline"} <= needed
+    assert {
+        "sagemaker:CreateTrainingJob",
+        "sagemaker:CreateEndpoint",
+        "s3:PutObject",
+        "sagemaker:CreatePipeline",
+    } <= needed
     missing = sorted(a for a in needed if not any(fnmatch.fnmatch(a, pattern) for pattern in allowed))
     assert not missing, (missing, json.dumps(sorted(set(recorded))))
