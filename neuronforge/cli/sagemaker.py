@@ -96,6 +96,7 @@ def _run_job(
     shipped: tuple[Path, CodeBundle] | None,
 ) -> None:
     """Print (--dry-run) or upload the shipped wheel and submit the job; `result` says where its output will land."""
+    from neuronforge.sagemaker.aws import client
     from neuronforge.sagemaker.code import upload
     from neuronforge.sagemaker.submit import clients, submit_job, wait_for_job
 
@@ -106,7 +107,7 @@ def _run_job(
     if shipped:
         upload(*shipped, s3)
         console.print(f"shipped: {shipped[1].s3_uri} (sha256 {shipped[1].sha256})")
-    arn = submit_job(request, sm, s3)
+    arn = submit_job(request, sm, s3, client("ecr", region))
     console.print(f"[green]created:[/] {arn}\noutput: {result}")
     if wait:
         console.print(f"finished: {wait_for_job(request, sm)}")
@@ -281,10 +282,11 @@ def deploy_command(
     if dry_run:
         _print_requests(requests)
         return
+    from neuronforge.sagemaker.aws import client
     from neuronforge.sagemaker.submit import clients, deploy
 
     sm, s3 = clients(_region(region))
-    console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait)}")
+    console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait, ecr=client('ecr', _region(region)))}")
 
 
 @sagemaker_cli.command("status")

@@ -6,11 +6,13 @@ botocore failures into NeuronforgeError.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker.aws import call, call_or_none, client
+from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
 from neuronforge.sagemaker.requests import Request, delete_requests, status_requests
@@ -22,6 +24,25 @@ if TYPE_CHECKING:
 def clients(region: str) -> tuple[BaseClient, BaseClient]:
     """(sagemaker, s3) clients for `region`."""
     return client("sagemaker", region), client("s3", region)
+
+
+_ECR_IMAGE = re.compile(r"(\d{12})\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/([^:@]+):(.+)")
+
+
+def check_private_image(image: str, ecr: BaseClient) -> None:
+    """A private ECR image (the Neuron image) must be pushed before a job or model names it: SageMaker would only
+    fail when the job starts. AWS's own DLC registries are not ours to list and are skipped."""
+    match = _ECR_IMAGE.fullmatch(image)
+    if not match or match.group(1) in pinned()["dlc_registry_accounts"].values():
+        return
+    account, repository, tag = match.groups()
+    call(
+        ecr.describe_images,
+        registryId=account,
+        repositoryName=repository,
+        imageIds=[{"imageTag": tag}],
+        fix=f"build and push {image} (README, 'Images'), set NEURONFORGE_IMAGE_REPOSITORY, or pass --image",
+    )
 
 
 def input_uris(request: Request) -> list[str]:
@@ -62,10 +83,14 @@ def check_output_buckets(request: Request, s3: BaseClient) -> None:
         )
 
 
-def submit_job(request: Request, sm: BaseClient, s3: BaseClient) -> str:
-    """Create the training or processing job in `request` after checking its S3 inputs and outputs; return its ARN."""
+def submit_job(request: Request, sm: BaseClient, s3: BaseClient, ecr: BaseClient | None = None) -> str:
+    """Create the training or processing job in `request` after checking its S3 inputs, outputs and (with `ecr`)
+    its private image; return its ARN."""
     check_inputs_exist(request, s3)
     check_output_buckets(request, s3)
+    if ecr is not None:
+        spec = request.get("AlgorithmSpecification") or request["AppSpecification"]
+        check_private_image(spec.get("TrainingImage") or spec["ImageUri"], ecr)
     if "TrainingJobName" in request:
         return call(sm.create_training_job, **request)["TrainingJobArn"]
     return call(sm.create_processing_job, **request)["ProcessingJobArn"]
@@ -89,13 +114,17 @@ def check_package(requests: dict[str, Request], s3: BaseClient) -> None:
     validate_tp_degree(variant["InstanceType"], manifest["serving"]["tp_degree"])
 
 
-def deploy(requests: dict[str, Request], sm: BaseClient, s3: BaseClient, wait: bool = False) -> str:
+def deploy(
+    requests: dict[str, Request], sm: BaseClient, s3: BaseClient, wait: bool = False, ecr: BaseClient | None = None
+) -> str:
     """Verify the package in S3 (manifest, sizes, tp vs NeuronCores), then model -> endpoint config -> endpoint.
 
     If a later step fails, what this call created is deleted again (newest first), so a re-run with the same name
     starts clean instead of failing on "Cannot create already existing model".
     """
     check_package(requests, s3)
+    if ecr is not None:
+        check_private_image(requests["create_model"]["PrimaryContainer"]["Image"], ecr)
     steps = [
         ("create_model", "delete_model", {"ModelName": requests["create_model"]["ModelName"]}),
         (

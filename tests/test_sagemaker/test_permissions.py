@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from cfnlint.decode.cfn_yaml import load
-from testkit.fakes import make_compiled
+from testkit.fakes import make_compiled, push_neuron_image
 from testkit.golden import ROLE
 from typer.testing import CliRunner
 
@@ -59,6 +59,7 @@ def test_operator_policy_allows_every_call_of_the_readme_flow(
     s3 = boto3.client("s3", region_name="us-east-1")
     for item in tiny_llama_dir.iterdir():
         s3.upload_file(str(item), BUCKET, f"models/tiny/{item.name}")
+    push_neuron_image()
     recorded.clear()  # the test's own setup is not the operator's
     out, role = f"s3://{BUCKET}/runs/", ["--role", ROLE]
     commands = [

@@ -15,7 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
-from testkit.fakes import make_compiled
+from testkit.fakes import make_compiled, push_neuron_image
 from testkit.golden import ROLE
 from typer.testing import CliRunner
 
@@ -287,6 +287,7 @@ def test_cli_aws_failures_are_errors_not_tracebacks(aws: tuple[Any, Any], monkey
 def test_cli_package_upload_deploy_status_delete(aws: tuple[Any, Any], tmp_path: Path, tiny_llama_dir: Path) -> None:
     sm, _ = aws
     runner = CliRunner()
+    push_neuron_image()
     out = tmp_path / "pkg"
     compiled = make_compiled(tmp_path)
     result = runner.invoke(
@@ -316,8 +317,18 @@ def test_cli_package_upload_deploy_status_delete(aws: tuple[Any, Any], tmp_path:
     assert bad.exit_code == 2 and "cannot run an inf2 endpoint" in bad.output
 
 
+def test_cli_refuses_a_neuron_image_that_was_never_pushed(aws: tuple[Any, Any], tiny_llama_dir: Path) -> None:
+    sm, s3 = aws
+    s3.put_object(Bucket=BUCKET, Key="ckpt/config.json", Body=b"{}")
+    args = ["sagemaker", "compile", "--checkpoint-s3", f"s3://{BUCKET}/ckpt/", "--output-s3", f"s3://{BUCKET}/runs/"]
+    result = CliRunner().invoke(app, [*args, "--tp-degree", "2", "--role", ROLE, "--install", RELEASE])
+    assert result.exit_code == 2 and "RepositoryNotFoundException" in result.output, result.output
+    assert "push" in " ".join(result.output.split()) and sm.list_training_jobs()["TrainingJobSummaries"] == []
+
+
 def test_cli_quantize_and_compile_jobs(aws: tuple[Any, Any], tiny_llama_dir: Path) -> None:
     sm, s3 = aws
+    push_neuron_image()
     for item in tiny_llama_dir.iterdir():
         s3.upload_file(str(item), BUCKET, f"models/tiny/{item.name}")
     runner = CliRunner()

@@ -25,3 +25,21 @@ def make_compiled(root: Path, tp_degree: int = 2, dtype: str = "int8") -> Path:
     }
     (compiled / "neuron_config.json").write_text(json.dumps(config))
     return compiled
+
+
+def push_neuron_image(region: str = "us-east-1") -> str:
+    """Put the pinned Neuron image's tag into (moto's) ECR, as `docker push` would; return its URI."""
+    import boto3
+
+    from neuronforge.sagemaker.images import image_uri
+
+    uri = image_uri("neuron", region, "123456789012")
+    repository, tag = uri.split("/", 1)[1].split(":")
+    ecr = boto3.client("ecr", region_name=region)
+    ecr.create_repository(repositoryName=repository)
+    config = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1, "digest": "sha256:" + "0" * 64}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
+    ecr.put_image(
+        repositoryName=repository, imageManifest=json.dumps(manifest | {"config": config, "layers": []}), imageTag=tag
+    )
+    return uri
