@@ -341,46 +341,39 @@ def pipeline_command(
     dry_run: DryRunOpt = False,
 ) -> None:
     """SDK v3 Pipeline quantize -> compile -> model -> endpoint; --dry-run prints its definition() JSON."""
-    with _shipped(wheel, install, output_s3) as shipped:
-        _pipeline(locals(), shipped)
-
-
-def _pipeline(args: dict[str, Any], shipped: tuple[Path, CodeBundle] | None) -> None:
     from neuronforge.sagemaker.aws import call
     from neuronforge.sagemaker.code import upload
+    from neuronforge.sagemaker.submit import clients
     from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline, sdk_errors
 
-    a = args
-
-    settings = PipelineSettings(
-        name=a["name"],
-        role_arn=_role(a["role"]),
-        region=_region(a["region"]),
-        model_s3=a["model_s3"],
-        output_s3=a["output_s3"],
-        endpoint_name=a["endpoint_name"],
-        tp_degree=a["tp_degree"],
-        dtype=a["dtype"],
-        kv=a["kv"],
-        seq_len=a["seq_len"],
-        quantize_instance=a["quantize_instance"],
-        compile_instance=a["compile_instance"],
-        endpoint_instance=a["endpoint_instance"],
-        code=shipped[1] if shipped else None,
-        install=a["install"],
-    )
-    pipeline = build_pipeline(settings)
-    if a["dry_run"]:
-        typer.echo(json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True))
-        return
-    if shipped:
-        from neuronforge.sagemaker.submit import clients
-
-        upload(*shipped, clients(settings.region)[1])
-    with sdk_errors():
-        arn = call(pipeline.upsert, role_arn=settings.role_arn)["PipelineArn"]
-        console.print(f"[green]upserted:[/] {arn}")
-        console.print(f"started: {call(pipeline.start).arn}")
+    with _shipped(wheel, install, output_s3) as shipped:
+        settings = PipelineSettings(
+            name=name,
+            role_arn=_role(role),
+            region=_region(region),
+            model_s3=model_s3,
+            output_s3=output_s3,
+            endpoint_name=endpoint_name,
+            tp_degree=tp_degree,
+            dtype=dtype,
+            kv=kv,
+            seq_len=seq_len,
+            quantize_instance=quantize_instance,
+            compile_instance=compile_instance,
+            endpoint_instance=endpoint_instance,
+            code=shipped[1] if shipped else None,
+            install=install,
+        )
+        with sdk_errors():
+            pipeline = build_pipeline(settings)
+            if dry_run:
+                typer.echo(json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True))
+                return
+            if shipped:
+                upload(*shipped, clients(settings.region)[1])
+            arn = call(pipeline.upsert, role_arn=settings.role_arn)["PipelineArn"]
+            console.print(f"[green]upserted:[/] {arn}")
+            console.print(f"started: {call(pipeline.start).arn}")
 
 
 def package_command(

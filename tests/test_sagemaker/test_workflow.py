@@ -130,3 +130,18 @@ def test_endpoint_name_leaves_room_for_the_execution_id(aws_env: str) -> None:
     args = [*ARGS, "--install", "neuronforge==0.1.0", "--endpoint-name", "e" * 55]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "shorten --endpoint-name" in " ".join(result.output.split())
+
+
+def test_sdk_refusals_become_error_fix(aws_env: str) -> None:
+    from sagemaker.core.helper.iam_role_resolver import RoleValidationError
+
+    from neuronforge.errors import NeuronforgeError
+    from neuronforge.sagemaker.workflow import sdk_errors
+
+    with pytest.raises(NeuronforgeError, match="the SageMaker SDK refused: RoleValidationError") as info:
+        with sdk_errors():
+            raise RoleValidationError("role nf does not exist")
+    assert "--role" in str(info.value.fix)
+    with pytest.raises(KeyError):  # not the SDK's: a bug, left as a traceback
+        with sdk_errors():
+            raise KeyError("x")
