@@ -113,7 +113,7 @@ def test_inf2_host_is_pinned_to_the_serving_images_neuron_sdk(stack: dict[str, A
 
 def test_second_stack_does_not_collide_and_dlc_accounts_match_images_json(stack: dict[str, Any]) -> None:
     resources = stack["Resources"]
-    assert "RepositoryName" not in resources["ImageRepository"]["Properties"]
+    assert "AWS::StackId" in str(resources["ImageRepository"]["Properties"]["RepositoryName"])
     assert resources["ImageRepository"]["Properties"]["ImageTagMutability"] == "IMMUTABLE"
     for resource in resources.values():
         props = resource.get("Properties", {})
@@ -142,3 +142,34 @@ def test_operator_may_pass_only_the_execution_role(stack: dict[str, Any]) -> Non
     statement = _statement(stack, "OperatorPolicy", "PassOnlyTheExecutionRole")
     assert "iam:PassRole" in statement["Action"]
     assert statement["Resource"] == {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}
+
+
+def test_two_stacks_deploy_side_by_side(aws_env: str) -> None:
+    """moto's CloudFormation: the same template twice in one account and region (fixed names would collide).
+
+    moto resolves SSM-typed parameter defaults before overrides and holds no /aws/service/* parameters, so the two
+    AMI defaults point at test parameters in this copy of the template."""
+    import boto3
+
+    body = (INFRA / "neuronforge.yaml").read_text()
+    ec2, ssm = boto3.client("ec2", region_name=aws_env), boto3.client("ssm", region_name=aws_env)
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    load_template = load(str(INFRA / "neuronforge.yaml"))
+    for key in ("GpuAmiId", "NeuronAmiId"):
+        name = f"/test/{key}"
+        body = body.replace(load_template["Parameters"][key]["Default"], name)
+        ssm.put_parameter(Name=name, Value=ami, Type="String")
+    cfn = boto3.client("cloudformation", region_name=aws_env)
+    outputs = []
+    for stack in ("nf-one", "nf-two"):
+        cfn.create_stack(
+            StackName=stack,
+            TemplateBody=body,
+            Capabilities=["CAPABILITY_NAMED_IAM"],
+            Parameters=[{"ParameterKey": "NeuronforgeSource", "ParameterValue": "s3://b/code/x/neuronforge.whl"}],
+        )
+        described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+        assert described["StackStatus"] == "CREATE_COMPLETE"
+        outputs.append({o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]})
+    for key in ("RepositoryUri", "ExecutionRoleArn", "BucketName", "OperatorPolicyArn"):
+        assert outputs[0][key] != outputs[1][key]
