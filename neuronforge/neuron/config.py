@@ -369,12 +369,20 @@ def build_neuron_config_spec(
         notices=notices,
         **kv_fields(kv),
     )
-    return check_against_model(spec, facts)
+    return _require_fits(check_against_model(spec, facts), model_dir)
 
 
 def revalidate(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
     """Check a spec read from disk against the model it will now compile."""
-    return check_against_model(spec, model_facts(model_dir))
+    return _require_fits(check_against_model(spec, model_facts(model_dir)), model_dir)
+
+
+def _require_fits(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
+    """Refuse a spec whose weights and KV cache will not fit its target instance (neuron/plan.py)."""
+    from neuronforge.neuron.plan import require_spec_fits
+
+    require_spec_fits(spec, model_dir)
+    return spec
 
 
 def model_facts(model_dir: Path) -> ModelFacts:

@@ -5,15 +5,28 @@ NxD keeps each converted Linear as int8/fp8 codes (1 byte each) plus an fp32 sca
 else (embeddings, norms, Linears in `modules_to_not_convert`) stays bf16. NxDI's lm_head is its own
 tensor even when the HF model ties it to the embedding (it copies the embedding at load), so lm_head
 is always counted separately, in the bf16 reference too.
+
+Per NeuronCore (`rank_shapes`), what NxDI places on each tensor-parallel rank, read from NxDI 0.8
+(SDK 2.28, commit cd3abf3) and NxD 0.17 (73ab227); file:line in docs/deployment-planner.md:
+- q/k/v and gate/up and lm_head are column-parallel: rows split over tp, their per-channel scales and
+  biases split with them; o_proj and down_proj are row-parallel: columns split, scales and biases
+  replicated on every rank. Sizes are padded to a multiple of tp (q heads, intermediate, vocab).
+- the embedding is split along the hidden dimension (shard_across_embedding), norms are replicated.
+- GQA (`gqa_layout`): KV heads kept when tp divides them, replicated to one per rank when they divide
+  tp, otherwise converted to MHA (as many KV heads as query heads); k/v weights, their scales and the
+  KV cache grow with the replication.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.module_names import linear_name, nxdi_skips
@@ -76,6 +89,104 @@ def weight_memory(
         elif dtype == "int8":  # a converted Linear's bias: kept in bf16 by int8, dropped by fp8
             kinds["bf16"] += numel * BF16_BYTES
     return WeightMemory(sum(kinds.values()), bf16_total, len(converted), len(kept), kinds)
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Attention heads as NxDI shards them for one tp degree (modules/attention/gqa.py)."""
+
+    q_heads: int  # padded to a multiple of tp
+    kv_heads: int  # after the GQA rule, a multiple of tp
+    strategy: str  # "kept" | "replicated" | "mha"
+    head_dim: int
+
+    def kv_heads_per_rank(self, tp: int) -> int:
+        return self.kv_heads // tp
+
+
+def gqa_layout(num_attention_heads: int, num_key_value_heads: int, tp: int, head_dim: int) -> HeadLayout:
+    """NxDI's determine_sharding_strategy + get_shardable_head_counts (gqa.py:89-127)."""
+    q_heads = num_attention_heads + (-num_attention_heads) % tp
+    kv = num_key_value_heads
+    if kv == num_attention_heads:
+        return HeadLayout(q_heads, q_heads, "kept" if q_heads == kv else "mha", head_dim)
+    if kv >= tp and kv % tp == 0:
+        return HeadLayout(q_heads, kv, "kept", head_dim)
+    if tp % kv == 0:
+        return HeadLayout(q_heads, tp, "replicated", head_dim)
+    return HeadLayout(q_heads, q_heads, "mha", head_dim)
+
+
+def _ceil_to(n: int, multiple: int) -> int:
+    return n + (-n) % multiple
+
+
+_COLUMN = re.compile(r"\.(?:self_attn\.([qkv])_proj|mlp\.(?:gate|up)_proj)\.(weight|bias)$")
+_ROW = re.compile(r"\.(?:self_attn\.o_proj|mlp\.down_proj)\.(weight|bias)$")
+
+
+def rank_shapes(shapes: dict[str, tuple[int, ...]], layout: HeadLayout, tp: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor on one tensor-parallel rank (see the module docstring); lm_head included."""
+    per_rank: dict[str, tuple[int, ...]] = {}
+    heads_out = {"q": layout.q_heads, "k": layout.kv_heads, "v": layout.kv_heads}
+    for name, shape in with_device_lm_head(shapes).items():
+        if name.endswith("embed_tokens.weight"):
+            per_rank[name] = (shape[0], _ceil_to(shape[1], tp) // tp)
+        elif name == "lm_head.weight":
+            per_rank[name] = (_ceil_to(shape[0], tp) // tp, shape[1])
+        elif m := _COLUMN.search(name):
+            rows = heads_out[m[1]] * layout.head_dim if m[1] else _ceil_to(shape[0], tp)
+            per_rank[name] = (rows // tp, *shape[1:])
+        elif (m := _ROW.search(name)) and m[1] == "weight":
+            cols = layout.q_heads * layout.head_dim if ".self_attn." in name else _ceil_to(shape[1], tp)
+            per_rank[name] = (shape[0], cols // tp)
+        else:  # norms and row-parallel biases: the whole tensor on every rank
+            per_rank[name] = shape
+    return per_rank
+
+
+def kv_cache_bytes(layout: HeadLayout, num_layers: int, tp: int, batch_size: int, seq_len: int, kv_fp8: bool) -> int:
+    """One rank's KV cache: a K and a V of (batch, kv heads per rank, seq_len, head_dim) per layer
+    (kv_cache_manager.py:159-237); fp8 direct cast stores 1 byte per value, bf16 2."""
+    values = num_layers * 2 * batch_size * layout.kv_heads_per_rank(tp) * seq_len * layout.head_dim
+    return values * (CODE_BYTES if kv_fp8 else BF16_BYTES)
+
+
+def config_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The HF parameter shapes of a Llama/Mistral from its config.json alone (for planning without weights)."""
+    required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise NeuronforgeError(
+            f"config.json lacks {missing}", "pass the config.json of a Llama/Mistral model (written by save_pretrained)"
+        )
+    hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
+    heads = int(config["num_attention_heads"])
+    kv = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    vocab = int(config["vocab_size"])
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    linears = {
+        "self_attn.q_proj": (heads * head_dim, hidden),
+        "self_attn.k_proj": (kv * head_dim, hidden),
+        "self_attn.v_proj": (kv * head_dim, hidden),
+        "self_attn.o_proj": (hidden, heads * head_dim),
+        "mlp.gate_proj": (inter, hidden),
+        "mlp.up_proj": (inter, hidden),
+        "mlp.down_proj": (hidden, inter),
+    }
+    biased = {"self_attn": bool(config.get("attention_bias")), "mlp": bool(config.get("mlp_bias"))}
+    for i in range(int(config["num_hidden_layers"])):
+        prefix = f"model.layers.{i}"
+        shapes[f"{prefix}.input_layernorm.weight"] = (hidden,)
+        shapes[f"{prefix}.post_attention_layernorm.weight"] = (hidden,)
+        for module, shape in linears.items():
+            shapes[f"{prefix}.{module}.weight"] = shape
+            if biased[module.split(".")[0]]:
+                shapes[f"{prefix}.{module}.bias"] = (shape[0],)
+    if not config.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (vocab, hidden)
+    return shapes
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
