@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from neuronforge.cli import compile, doctor, emulate, evaluate, model, quantize, run, sagemaker
+from neuronforge.cli import compile, doctor, emulate, evaluate, model, plan, quantize, run, sagemaker
 from neuronforge.cli.app import App, console
 from neuronforge.version import __version__
 
@@ -29,6 +29,7 @@ WORKFLOW = (
     "emulate",
     "quantize-nxd",
     "evaluate",
+    "plan",
     "neuron-config",
     "compile",
     "package",
@@ -57,13 +58,14 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
         raise typer.Exit()
 
 
-# Wired in WORKFLOW order: model -> quantize -> emulate -> evaluate -> neuron-config -> compile -> package -> run
-# (all of it) -> sagemaker -> doctor.
+# Wired in WORKFLOW order: model -> quantize -> emulate -> evaluate -> plan -> neuron-config -> compile -> package
+# -> run (all of it) -> sagemaker -> doctor.
 app.add_typer(model.model_cli, name="model")
 app.command("quantize")(quantize.quantize_command)
 app.command("emulate")(emulate.emulate_command)
 app.command("quantize-nxd")(emulate.quantize_nxd_command)
 app.command("evaluate")(evaluate.evaluate_command)
+app.command("plan")(plan.plan_command)
 app.command("neuron-config")(compile.neuron_config_command)
 app.command("compile")(compile.compile_command)
 app.command("package")(sagemaker.package_command)

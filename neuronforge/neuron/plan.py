@@ -65,7 +65,7 @@ class ModelShape:
         return cls(name, ModelFacts.from_config(config), head_dim, config_shapes(config), False)
 
 
-def load_model_shape(path: Path) -> ModelShape:
+def load_model_shape(path: Path, name: str | None = None) -> ModelShape:
     """A model folder (config.json, with or without *.safetensors) or a bare config.json file."""
     path = Path(path)
     config_file = path if path.is_file() else path / "config.json"
@@ -79,7 +79,7 @@ def load_model_shape(path: Path) -> ModelShape:
         raise NeuronforgeError(f"{config_file} is not valid JSON ({exc})", "pass the model's config.json") from None
     if not isinstance(config, dict):
         raise NeuronforgeError(f"{config_file} does not hold a JSON object", "pass the model's config.json")
-    shape = ModelShape.from_config(config, path.stem if path.is_file() else path.name)
+    shape = ModelShape.from_config(config, name or (path.stem if path.is_file() else path.name))
     if path.is_dir() and any(path.glob("*.safetensors")):
         return ModelShape(shape.name, shape.facts, shape.head_dim, checkpoint_shapes(path), True)
     return shape
@@ -282,7 +282,8 @@ def render_markdown(result: Plan) -> str:
 
 def nothing_fits(result: Plan) -> NeuronforgeError:
     """The error for a model no inf2 instance can hold, with the closest row and what would help."""
-    best = min(result.rows, key=lambda r: r.per_core_bytes / r.usable_bytes)
+    serving = [r for r in result.rows if neuron_instance(r.instance).family == SERVING_FAMILY]
+    best = min(serving, key=lambda r: (r.per_core_bytes / r.usable_bytes, r.host_bytes / r.host_usable_bytes))
     trn1 = result.smallest_of_family("trn1")
     also = f"; {describe(trn1)} would, but neuronforge serves on inf2 only" if trn1 else ""
     return NeuronforgeError(

@@ -1,0 +1,55 @@
+"""CLI: `neuronforge plan` (the memory model lives in neuronforge.neuron.plan)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from neuronforge.cli.app import console
+from neuronforge.cli.options import BatchSizeOpt, JsonOpt, KvOpt, NotConvertOpt, SeqLenOpt
+
+
+def plan_command(
+    model: str = typer.Option(
+        "smollm2", "--model", help="Embedded model name, a Hugging Face folder, or just its config.json (no weights)."
+    ),
+    dtype: str = typer.Option("int8", "--dtype", help="Weights on Neuron: bf16 (not quantized), int8, f8e4m3, f8e5m2."),
+    kv: KvOpt = "fp8",
+    seq_len: SeqLenOpt = 1024,
+    batch_size: BatchSizeOpt = 1,
+    not_convert: NotConvertOpt = None,
+    headroom: float = typer.Option(
+        0.10, "--headroom", help="Share of each NeuronCore's 16 GiB kept free for code, scratchpad and runtime."
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Which inf2/trn1 instance (and tp degree) the model fits on, per NeuronCore, with on-demand prices.
+
+    Default blocks kept in bf16: <model>/modules_to_not_convert.json when the folder has one (stage 1 writes it).
+    """
+    from neuronforge.assets.models import resolve_model
+    from neuronforge.neuron.config import default_not_convert
+    from neuronforge.neuron.plan import deployment_from, load_model_shape, nothing_fits, plan, render_markdown
+
+    path = Path(model)
+    source = path if path.exists() else resolve_model(model)
+    entries = (
+        default_not_convert(source, not_convert) if source.is_dir() else default_not_convert(source.parent, not_convert)
+    )
+    deployment = deployment_from(
+        dtype=dtype,
+        kv=kv,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        modules_to_not_convert=tuple(entries),
+        headroom=headroom,
+    )
+    result = plan(load_model_shape(source, name=None if path.exists() else model), deployment)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        console.print(render_markdown(result), markup=False, highlight=False, soft_wrap=True)
+    if result.smallest is None:
+        raise nothing_fits(result)
