@@ -21,7 +21,7 @@ rows are shown too. Evidence and the price sources: docs/deployment-planner.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -334,6 +334,23 @@ def require_spec_fits(spec: NeuronConfigSpec, model_dir: Path) -> PlanRow:
         qtype=spec.quantization_type,
     )
     return require_fits(load_model_shape(model_dir), deployment, spec.target_instance, spec.tp_degree)
+
+
+def instance_budget(
+    model_dir: Path, instance: str, deployment: Deployment, tp: int | None = None
+) -> Callable[[Sequence[str]], bool]:
+    """Whether a model with these blocks kept bf16 fits `instance` (at `tp`, default neuron-config's choice).
+
+    Refuses up front, naming the smallest instance that fits, when even the all-quantized model does not."""
+    model = load_model_shape(model_dir)
+    tp = tp or choose_tp(model.facts, instance)
+    require_fits(model, deployment, instance, tp)
+
+    def fits(kept: Sequence[str]) -> bool:
+        chosen = deployment.model_copy(update={"modules_to_not_convert": tuple(kept)})
+        return plan_row(model, chosen, instance, tp).fits
+
+    return fits
 
 
 def smallest_for(

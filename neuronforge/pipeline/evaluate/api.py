@@ -58,8 +58,11 @@ class EvaluateOptions(pydantic.BaseModel):
     sensitivity: Literal["first_order", "measured", "variance"] = "first_order"
     selection: Literal["budget", "topk", "threshold"] = "budget"
     max_extra_memory: float = 0.10
+    budget_instance: str | None = None  # budget selection by instance (replaces max_extra_memory)
     topk: int | None = None
     threshold: float | None = None
+    # the deployment the instance column and budget_instance assume (batch 1, like compile's default)
+    seq_len: int = pydantic.Field(1024, ge=1)
     # optional task accuracy
     gsm8k: Path | None = None
     task_limit: int | None = pydantic.Field(None, ge=1)
@@ -137,10 +140,18 @@ def _stage_options(options: EvaluateOptions, stage: str, kept: list[str] | None)
             "max_extra_memory": options.max_extra_memory,
             "topk": options.topk,
             "threshold": options.threshold,
+            **_budget_instance_options(options),
         }
     if stage == "autoround":
         return {**common, "autoround": True, "selection": "none"}
     return {**common, "autoround": True, "modules_to_not_convert": kept}
+
+
+def _budget_instance_options(options: EvaluateOptions) -> dict[str, object]:
+    """The QuantizeOptions of an instance budget (none without one, so other stages' cache keys stay put)."""
+    if options.budget_instance is None:
+        return {}
+    return {"budget_instance": options.budget_instance, "kv": options.kv, "seq_len": options.seq_len}
 
 
 def stage_checkpoint(
@@ -254,7 +265,8 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     from neuronforge.core.progress import err_console, progress
     from neuronforge.hf.folders import force_offline, load_model, load_tokenizer
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated
-    from neuronforge.neuron.weight_memory import checkpoint_shapes, weight_memory
+    from neuronforge.neuron.plan import load_model_shape, smallest_for
+    from neuronforge.neuron.weight_memory import weight_memory
     from neuronforge.pipeline.evaluate.gsm8k import load_problems
     from neuronforge.pipeline.evaluate.metrics import perplexity_from_logits
     from neuronforge.pipeline.quantize.sensitivity import find_blocks
@@ -274,7 +286,8 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
         name: evaluation_windows(tokenizer, text, options.eval_seq_len, options.max_tokens)
         for name, text in held_out.items()
     }
-    shapes = checkpoint_shapes(source)
+    model_shape = load_model_shape(source, name=str(options.model))
+    shapes = model_shape.shapes
     model = load_model(source)
     forced = [b.name for b in find_blocks(model) if b.forced]  # tied lm_head: NxDI cannot quantize it
     del model
@@ -325,6 +338,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
             if plan.kv_fp8 and emulated.kv_risk.over:
                 figures["flags"].append(emulated.kv_risk.describe())
             memory = weight_memory(shapes, spec.dtype, mtnc)
+            instance = smallest_for(model_shape, spec.dtype, plan.kv_fp8, mtnc, seq_len=options.seq_len)
             results.append(
                 VariantResult(
                     key=plan.key,
@@ -336,6 +350,9 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
                     modules_to_not_convert=mtnc,
                     weight_bytes=memory.total_bytes,
                     weight_percent=memory.percent_of_bf16,
+                    instance=instance.instance if instance else None,
+                    instance_tp=instance.tp if instance else None,
+                    instance_usd_per_hour=instance.price.ec2 if instance else None,
                     task_accuracy=accuracy,
                     task_recovery=_task_recovery(reference.task_accuracy, accuracy),
                     kv_out_of_range=emulated.kv_risk.fraction if plan.kv_fp8 else None,

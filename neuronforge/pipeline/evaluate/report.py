@@ -35,6 +35,9 @@ class VariantResult(BaseModel):
     agreement: float  # top-1 next-token agreement with bf16
     weight_bytes: int
     weight_percent: float  # of the bf16 model's bytes
+    instance: str | None = None  # smallest inf2 instance it fits (neuron/plan.py); None = none fits
+    instance_tp: int | None = None
+    instance_usd_per_hour: float | None = None  # EC2 on-demand, pinned table
     task_accuracy: float | None = None
     task_recovery: float | None = None
     kv_out_of_range: float | None = None  # fraction of K/V values with |x| > 240 (fp8 KV only)
@@ -69,6 +72,12 @@ def _kept(v: VariantResult) -> str:
     return ", ".join(v.modules_to_not_convert) if v.modules_to_not_convert else "none"
 
 
+def instance_label(v: VariantResult) -> str:
+    if v.instance is None:
+        return "none fits"
+    return f"{v.instance.removeprefix('ml.')} (tp {v.instance_tp}, ${v.instance_usd_per_hour:.2f})"
+
+
 def render_markdown(report: EvaluationReport) -> str:
     """The table, with units and the direction of every column spelled out."""
     texts = list(report.eval_tokens)
@@ -76,7 +85,7 @@ def render_markdown(report: EvaluationReport) -> str:
     head = ["Variant", *(f"ppl {t}" for t in texts), "ppl recovery %", "KL to bf16", "top-1 agree"]
     if has_task:
         head += ["task acc", "task recovery %"]
-    head += ["weights", "% of bf16", "bf16 blocks kept"]
+    head += ["weights", "% of bf16", "smallest inf2 (tp, $/h)", "bf16 blocks kept"]
     rows = []
     for v in report.variants:
         row = [
@@ -91,7 +100,7 @@ def render_markdown(report: EvaluationReport) -> str:
                 "-" if v.task_accuracy is None else f"{100 * v.task_accuracy:.1f}",
                 "-" if v.task_recovery is None else f"{v.task_recovery:.1f}",
             ]
-        row += [format_bytes(v.weight_bytes), f"{v.weight_percent:.1f}", _kept(v)]
+        row += [format_bytes(v.weight_bytes), f"{v.weight_percent:.1f}", instance_label(v), _kept(v)]
         rows.append(row)
     lines = [
         f"# Accuracy report: {report.model}, {report.dtype} weights, {report.kv} KV cache",
@@ -108,6 +117,9 @@ def render_markdown(report: EvaluationReport) -> str:
         "  positions whose greedy next token equals bf16's.",
         "- weights = bytes as Neuron stores them: int8/fp8 codes + fp32 per-channel scales + bf16 for excluded",
         "  blocks, embeddings, norms and the device's own lm_head copy.",
+        "- smallest inf2 = the cheapest ml.inf2 instance (and tp degree) whose NeuronCores hold the variant's weights",
+        f"  and KV cache at batch 1, seq-len {report.settings.get('seq_len', 1024)} (`neuronforge plan` shows every "
+        "instance); $/h = EC2 on-demand, pinned table.",
     ]
     if report.task:
         lines.append(f"- task acc = exact-match accuracy on {report.task}; task recovery % = variant / bf16 x 100.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +45,21 @@ class QuantizeOptions(pydantic.BaseModel):
     # AutoRound's per-row range shrink (max_scale). Off by default: at 8 bits it clips far more than it saves
     # (measured on SmolLM2: row ranges cut to 0.44x and held-out KL 2x worse than RTN; see README).
     minmax_tuning: bool = False
+    # Budget selection by instance: keep as many blocks bf16 as still fit this instance, for the deployment below
+    # (compile's defaults); replaces max_extra_memory.
+    budget_instance: str | None = None
+    kv: Literal["fp8", "bf16"] = "fp8"
+    seq_len: int = pydantic.Field(1024, ge=1)
+    batch_size: int = pydantic.Field(1, ge=1)
+    tp_degree: int | None = pydantic.Field(None, ge=1)
+
+    @pydantic.model_validator(mode="after")
+    def _budget_instance_needs_budget(self) -> QuantizeOptions:
+        if self.budget_instance is not None and (self.selection != "budget" or self.modules_to_not_convert is not None):
+            raise ValueError(
+                "budget_instance chooses the bf16 blocks: use it with selection 'budget' and no explicit list"
+            )
+        return self
 
 
 class QuantizeResult(pydantic.BaseModel):
@@ -152,6 +168,17 @@ def _analyze(model: nn.Module, samples: list[torch.Tensor], options: QuantizeOpt
     return result
 
 
+def _instance_budget(options: QuantizeOptions, src: Path) -> Callable[[Sequence[str]], bool]:
+    """Does the model, with these blocks kept bf16, fit options.budget_instance (neuron/plan.py)?"""
+    from neuronforge.neuron.config import normalize_instance
+    from neuronforge.neuron.plan import deployment_from, instance_budget
+
+    deployment = deployment_from(
+        dtype=options.dtype, kv=options.kv, seq_len=options.seq_len, batch_size=options.batch_size
+    )
+    return instance_budget(src, normalize_instance(options.budget_instance), deployment, options.tp_degree)
+
+
 def quantize(options: QuantizeOptions) -> QuantizeResult:
     """Run stage 1 and write `options.out` atomically. See the module docstring."""
     import torch
@@ -195,7 +222,13 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         sensitivity = _analyze(model, samples, options)
         timings["sensitivity"] = sensitivity.seconds
         kept = select(
-            blocks, sensitivity.scores, options.selection, options.max_extra_memory, options.topk, options.threshold
+            blocks,
+            sensitivity.scores,
+            options.selection,
+            options.max_extra_memory,
+            options.topk,
+            options.threshold,
+            fits=_instance_budget(options, src) if options.budget_instance else None,
         ).kept
 
     linears = quantizable_linears(model)

@@ -6,11 +6,15 @@ Memory model (per Linear, what NxD stores): quantized = 1 byte per weight + 4 by
 The budget (`max_extra_memory`) is a fraction of the all-quantized weight bytes of the *choosable*
 blocks. Forced blocks (lm_head of a tied-embedding model, which NxDI must keep bf16 anyway) are
 always listed, and neither count toward the base nor spend the budget: they are not a choice.
+
+Or the budget is an instance (`--budget-instance ml.inf2.xlarge`): keep as many blocks bf16 as still fit
+on it, checked per NeuronCore by neuron/plan.py (weights, KV cache and host RAM, at the deployment's tp).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,8 +52,13 @@ def select(
     max_extra_memory: float = 0.10,
     topk: int | None = None,
     threshold: float | None = None,
+    fits: Callable[[list[str]], bool] | None = None,
 ) -> Choice:
-    """Apply one selection rule. `threshold` is a share of the total score (0..1); `topk` a block count."""
+    """Apply one selection rule. `threshold` is a share of the total score (0..1); `topk` a block count.
+
+    With `fits` (an instance budget: neuron/plan.py's per-NeuronCore check of a kept list), the budget rule
+    keeps blocks while the whole model still fits instead of spending a share of the weight bytes.
+    """
     if rule not in SELECTIONS:
         raise NeuronforgeError(f"unknown selection rule {rule!r}", f"use one of: {', '.join(SELECTIONS)}")
     choosable = [b for b in blocks if not b.forced]
@@ -59,7 +68,12 @@ def select(
     kept = {b.name for b in blocks if b.forced}
     by_score = sorted(choosable, key=lambda b: scores[b.name], reverse=True)
     budget: int | None = None
-    if rule == "budget":
+    if rule == "budget" and fits is not None:
+        # Best damage avoided per extra byte first; skip a block that would no longer fit, try smaller ones.
+        for block in sorted(choosable, key=lambda b: scores[b.name] / max(extra_bytes(b), 1), reverse=True):
+            if scores[block.name] > 0 and fits(_ordered(kept | {block.name}, blocks)):
+                kept.add(block.name)
+    elif rule == "budget":
         if not math.isfinite(max_extra_memory) or max_extra_memory < 0:
             raise NeuronforgeError(
                 f"--max-extra-memory must be a fraction >= 0, got {max_extra_memory}",

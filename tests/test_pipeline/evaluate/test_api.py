@@ -83,9 +83,14 @@ def test_every_variant_is_measured_and_written(tiny_run):
         < ref.weight_bytes
     )
     assert by_key["bf16_kv"].weight_bytes == ref.weight_bytes
+    # the tiny model fits the smallest inf2 at neuron-config's tp (4 heads, 2 KV heads on 2 cores)
+    assert {(v.instance, v.instance_tp, v.instance_usd_per_hour) for v in report.variants} == {
+        ("ml.inf2.xlarge", 2, 0.7582)
+    }
     assert all(v.kv_out_of_range == 0.0 for v in report.variants[1:])
     md = (out / "report.md").read_text()
     assert md.count("\n| ") == 1 + len(report.variants) and "AutoRound int8 + selective" in md
+    assert "| inf2.xlarge (tp 2, $0.76) |" in md and "seq-len 1024" in md
     assert json.loads((out / "report.json").read_text())["variants"][2]["key"] == "rtn"
 
 

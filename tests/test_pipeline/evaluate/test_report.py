@@ -34,7 +34,7 @@ def _report(**kw: object) -> EvaluationReport:
         eval_tokens={"hamlet": 1024, "verne": 1024},
         settings={"seqlen": 256},
         variants=[
-            _variant("bf16", "bf16 (reference)", None, 20.0, task_accuracy=0.5, task_recovery=100.0),
+            _variant("bf16", "bf16 (reference)", None, 20.0, task_accuracy=0.5, task_recovery=100.0, instance=None),
             _variant(
                 "rtn",
                 "RTN int8",
@@ -44,6 +44,9 @@ def _report(**kw: object) -> EvaluationReport:
                 task_accuracy=0.4,
                 task_recovery=80.0,
                 flags=["KL 2.000 nats > 0.25: variant looks broken"],
+                instance="ml.inf2.xlarge",
+                instance_tp=2,
+                instance_usd_per_hour=0.7582,
             ),
         ],
         task="gsm8k.jsonl (10 problems)",
@@ -61,6 +64,8 @@ def test_markdown_table_has_every_variant_and_column():
     assert "| bf16 (reference) | 20.000 | 21.000 | 100.00 |" in table[2]
     assert "| 95.35 |" in table[3]  # (20/21 + 21/22) / 2 = 0.95346
     assert "lm_head" in table[3] and "160.00 MB" in table[3] and "80.0" in table[3]
+    assert "smallest inf2 (tp, $/h)" in table[0]
+    assert "| none fits |" in table[2] and "| inf2.xlarge (tp 2, $0.76) |" in table[3]
     assert "**WARNING RTN int8**" in md and "higher is better" in md
     assert "`neuronforge evaluate --model tiny`" in md
 

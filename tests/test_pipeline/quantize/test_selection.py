@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.plan import deployment_from, instance_budget, load_model_shape, plan_row
 from neuronforge.pipeline.quantize.selection import extra_bytes, quantized_bytes, select
 from neuronforge.pipeline.quantize.sensitivity import Block
+
+CONFIGS = Path(__file__).parents[2] / "fixtures" / "configs"
 
 
 @st.composite
@@ -87,3 +92,45 @@ def test_missing_score_is_an_error() -> None:
     del scores["layers.0.mlp"]
     with pytest.raises(NeuronforgeError, match="no finite sensitivity score"):
         select(blocks, scores)
+
+
+def _llama3_8b_blocks() -> list[Block]:
+    """Llama-3-8B's 65 blocks (32 attention, 32 MLP, lm_head) with their weight and output-row counts."""
+    attention = Block("", [], 2 * 4096 * 4096 + 2 * 1024 * 4096, 4096 + 1024 + 1024 + 4096)
+    mlp = Block("", [], 3 * 14336 * 4096, 14336 + 14336 + 4096)
+    blocks = []
+    for i in range(32):
+        blocks += [
+            Block(f"layers.{i}.self_attn", [], attention.weights, attention.rows),
+            Block(f"layers.{i}.mlp", [], mlp.weights, mlp.rows),
+        ]
+    return [*blocks, Block("lm_head", [], 128256 * 4096, 128256)]
+
+
+def test_instance_budget_keeps_as_many_blocks_as_still_fit(tmp_path: Path) -> None:
+    config = CONFIGS / "llama-3-8b.json"
+    (tmp_path / "config.json").write_text(config.read_text())  # a config-only model folder
+    deployment = deployment_from(dtype="int8")
+    fits = instance_budget(tmp_path, "ml.inf2.xlarge", deployment)  # tp 2: neuron-config's choice
+    blocks = _llama3_8b_blocks()
+    scores = {b.name: float(len(blocks) - i) for i, b in enumerate(blocks)}
+    choice = select(blocks, scores, "budget", fits=fits)
+    assert choice.budget_bytes is None
+    assert fits(choice.kept) and 0 < len(choice.kept) < len(blocks)
+    for block in blocks:  # maximal: any block left out would no longer fit
+        if block.name not in choice.kept:
+            assert not fits([*choice.kept, block.name])
+    model = load_model_shape(tmp_path)
+    chosen = deployment.model_copy(update={"modules_to_not_convert": tuple(choice.kept)})
+    row = plan_row(model, chosen, "ml.inf2.xlarge", 2)
+    assert row.fits_hbm and row.host_bytes <= row.host_usable_bytes  # host RAM is what binds on inf2.xlarge
+    bigger = select(blocks, scores, "budget", fits=instance_budget(tmp_path, "ml.inf2.8xlarge", deployment))
+    assert len(bigger.kept) > len(choice.kept)
+
+
+def test_instance_budget_refuses_when_nothing_fits(tmp_path: Path) -> None:
+    config = CONFIGS / "mistral-nemo-12b.json"
+    (tmp_path / "config.json").write_text(config.read_text())
+    with pytest.raises(NeuronforgeError, match=r"will not fit ml\.inf2\.xlarge") as err:
+        instance_budget(tmp_path, "ml.inf2.xlarge", deployment_from(dtype="int8"))
+    assert "--instance ml.inf2.8xlarge" in err.value.fix
