@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from neuronforge.cli.app import console
-from neuronforge.cli.options import ModelOpt
+from neuronforge.cli.options import BudgetInstanceOpt, ModelOpt, SeqLenOpt
 
 
 def evaluate_command(
@@ -38,6 +38,8 @@ def evaluate_command(
     max_extra_memory: float = typer.Option(
         0.10, "--max-extra-memory", help="budget: extra weight memory allowed (fraction)."
     ),
+    budget_instance: BudgetInstanceOpt = None,
+    seq_len: SeqLenOpt = 1024,
     topk: int | None = typer.Option(None, "--topk", help="topk: number of blocks kept in bf16."),
     threshold: float | None = typer.Option(None, "--threshold", help="threshold: share of total sensitivity."),
     gsm8k: Path | None = typer.Option(
@@ -50,7 +52,11 @@ def evaluate_command(
     ),
     lm_eval_limit: int | None = typer.Option(None, "--lm-eval-limit", help="Examples per lm-eval task."),
 ) -> None:
-    """Accuracy and weight memory of bf16, RTN, AutoRound and selective variants, through the Neuron CPU emulator."""
+    """Accuracy, weight memory and smallest inf2 instance of bf16, RTN, AutoRound and selective variants.
+
+    Accuracy comes from the Neuron CPU emulator; the instance from `neuronforge plan`'s memory model at batch 1
+    and --seq-len.
+    """
     from neuronforge.pipeline.evaluate.api import evaluate, options_from
     from neuronforge.pipeline.evaluate.report import REPORT_MD
 
@@ -70,6 +76,8 @@ def evaluate_command(
         sensitivity=sensitivity,
         selection=selection,
         max_extra_memory=max_extra_memory,
+        budget_instance=budget_instance,
+        seq_len=seq_len,
         topk=topk,
         threshold=threshold,
         gsm8k=gsm8k,

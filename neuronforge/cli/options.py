@@ -31,6 +31,14 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Compiled batch 
 InstanceOpt = Annotated[
     str, typer.Option("--instance", help="Target instance: ml.inf2.{xlarge,8xlarge,24xlarge,48xlarge} or ml.trn1.*")
 ]
+BudgetInstanceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--budget-instance",
+        help="Budget selection by instance: keep as many blocks bf16 as still fit this ml.inf2/ml.trn1 instance "
+        "(replaces --max-extra-memory; `neuronforge plan` shows the memory model).",
+    ),
+]
 SdkOpt = Annotated[str, typer.Option("--sdk", help="Neuron SDK release to target (2.28 or 2.31).")]
 CalibSeqLenOpt = Annotated[int, typer.Option("--calib-seq-len", help="Tokens per calibration window.")]
 EvalSeqLenOpt = Annotated[int, typer.Option("--eval-seq-len", help="Tokens per evaluation window.")]

@@ -7,7 +7,19 @@ from pathlib import Path
 import typer
 
 from neuronforge.cli.app import console
-from neuronforge.cli.options import CalibSeqLenOpt, IterOpt, ModelOpt, NotConvertOpt, NsamplesOpt, TextOpt
+from neuronforge.cli.options import (
+    BatchSizeOpt,
+    BudgetInstanceOpt,
+    CalibSeqLenOpt,
+    IterOpt,
+    KvOpt,
+    ModelOpt,
+    NotConvertOpt,
+    NsamplesOpt,
+    SeqLenOpt,
+    TextOpt,
+    TpDegreeOpt,
+)
 
 
 def quantize_command(
@@ -29,6 +41,11 @@ def quantize_command(
     threshold: float | None = typer.Option(
         None, "--threshold", help="threshold rule: keep blocks whose share of total sensitivity is >= this."
     ),
+    budget_instance: BudgetInstanceOpt = None,
+    kv: KvOpt = "fp8",
+    seq_len: SeqLenOpt = 1024,
+    batch_size: BatchSizeOpt = 1,
+    tp_degree: TpDegreeOpt = None,
     not_convert: NotConvertOpt = None,
     autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
     minmax_tuning: bool = typer.Option(
@@ -37,7 +54,10 @@ def quantize_command(
         help="Also tune AutoRound's per-row range shrink (clips outliers; off by default, see README).",
     ),
 ) -> None:
-    """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint."""
+    """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint.
+
+    --kv, --seq-len, --batch-size and --tp-degree describe the deployment --budget-instance is checked against.
+    """
     from neuronforge.pipeline.quantize.api import options_from, quantize, read_not_convert_file
 
     options = options_from(
@@ -51,6 +71,11 @@ def quantize_command(
         sensitivity=sensitivity,
         selection=selection,
         max_extra_memory=max_extra_memory,
+        budget_instance=budget_instance,
+        kv=kv,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        tp_degree=tp_degree,
         topk=topk,
         threshold=threshold,
         autoround=autoround,

@@ -40,7 +40,22 @@ def _print_event(event: StageEvent) -> None:
         err_console.print(f"[red]xx {event.stage}[/] failed{took}: {event.message}")
 
 
-def _summary(outcome: Any, seconds: float) -> None:
+def _variants_table(outcome: Any, config: RunConfig) -> None:
+    """Accuracy next to the smallest inf2 instance, per variant (evaluate's when it ran, else emulate's)."""
+    from neuronforge.pipeline.run.api import variant_lines
+
+    lines = variant_lines(outcome, config)
+    if not lines:
+        return
+    table = Table(title="variants: accuracy and the smallest inf2 instance that fits (neuronforge plan)")
+    for column in ("variant", "ppl recovery %", "smallest inf2 (tp, on-demand EC2)"):
+        table.add_column(column)
+    for line in lines:
+        table.add_row(line.label, f"{line.ppl_recovery:.2f}", line.instance or "none fits")
+    console.print(table)
+
+
+def _summary(outcome: Any, seconds: float, config: RunConfig) -> None:
     """Stage table, the emulated accuracy, and where the outputs are."""
     records = outcome.manifest.stages
     table = Table(title=f"neuronforge run: {outcome.remote or outcome.run_dir}")
@@ -66,6 +81,7 @@ def _summary(outcome: Any, seconds: float) -> None:
     emulate = records.get("emulate")
     if emulate is not None and emulate.status == "done":
         console.print((outcome.run_dir / "emulate" / "emulation.md").read_text(), markup=False, highlight=False)
+    _variants_table(outcome, config)
     package = records.get("package")
     if package is not None and package.status == "done":
         console.print(f"next: {package.summary['next']}")
@@ -91,6 +107,7 @@ def run_command(
     sensitivity: str | None = typer.Option(None, "--sensitivity", help=_h("sensitivity")),
     selection: str | None = typer.Option(None, "--selection", help=_h("selection")),
     max_extra_memory: float | None = typer.Option(None, "--max-extra-memory", help=_h("max_extra_memory")),
+    budget_instance: str | None = typer.Option(None, "--budget-instance", help=_h("budget_instance")),
     topk: int | None = typer.Option(None, "--topk", help=_h("topk")),
     threshold: float | None = typer.Option(None, "--threshold", help=_h("threshold")),
     modules_to_not_convert: str | None = typer.Option(
@@ -124,7 +141,7 @@ def run_command(
     target = settings.run_dir()
     console.print(f"run directory: {target}{'' if is_s3(target) else f' ({Path(target).resolve()})'}")
     outcome = run_pipeline(settings, listener=_print_event)
-    _summary(outcome, time.perf_counter() - started)
+    _summary(outcome, time.perf_counter() - started, settings)
 
 
 config_cli = App(help="Write the run configuration file.")

@@ -201,6 +201,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     if out.exists():
         raise NeuronforgeError(f"output folder {out} already exists", "pick a new --out or delete the old folder")
     src = resolve_model(options.model)
+    fits = _instance_budget(options, src) if options.budget_instance else None  # refuses before any heavy work
     tokenizer = load_tokenizer(src)
     # fp32 holds the bf16 checkpoint exactly and is several times faster than bf16 on CPUs without bf16 units.
     model = load_model(src, torch.float32)
@@ -228,7 +229,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             options.max_extra_memory,
             options.topk,
             options.threshold,
-            fits=_instance_budget(options, src) if options.budget_instance else None,
+            fits=fits,
         ).kept
 
     linears = quantizable_linears(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neuronforge.pipeline.run import storage
 from neuronforge.pipeline.run.config import RunConfig
@@ -66,3 +67,53 @@ def run_pipeline(
             push(MANIFEST_FILE)  # let the other host see where this run stopped
         raise
     return RunOutcome(run_dir=run_dir, remote=remote, manifest=manifest)
+
+
+@dataclass(frozen=True)
+class VariantLine:
+    """One row of the run summary: a variant, its measured accuracy and the smallest inf2 it fits."""
+
+    label: str
+    ppl_recovery: float  # mean over texts of bf16_ppl / variant_ppl x 100
+    instance: str | None  # e.g. "ml.inf2.xlarge (tp 2, $0.76/h)"; None = no inf2 instance fits
+
+
+def variant_lines(outcome: RunOutcome, config: RunConfig) -> list[VariantLine]:
+    """bf16, all-quantized and selective variants from the evaluate report; else bf16 vs the run's quantized
+    checkpoint from the emulate check, planned for the run's deployment (neuron/plan.py). Empty when neither ran."""
+    records = outcome.manifest.stages
+    evaluate = records.get("evaluate")
+    if evaluate is not None and evaluate.status == "done":
+        return [_from_report(variant) for variant in evaluate.summary["variants"]]
+    emulate, model = records.get("emulate"), records.get("model")
+    if emulate is None or emulate.status != "done" or model is None:
+        return []
+    from neuronforge.neuron.plan import describe, load_model_shape, smallest_for
+
+    shape = load_model_shape(Path(model.summary["path"]), name=config.model)
+    deployment = {"seq_len": config.seq_len or 1024, "batch_size": config.batch_size}
+    ppl = emulate.summary["perplexity"]
+    kept = emulate.summary["modules_to_not_convert"]
+    lines = []
+    for key, label, dtype, kv_fp8, blocks in (
+        ("bf16", "bf16 (reference)", None, False, []),
+        (
+            "neuron",
+            f"{config.dtype} + {'selective' if kept else 'all quantized'}",
+            config.dtype,
+            config.kv == "fp8",
+            kept,
+        ),
+    ):
+        recovery = sum(100.0 * ppl["bf16"][t] / ppl[key][t] for t in ppl["bf16"]) / len(ppl["bf16"])
+        row = smallest_for(shape, dtype, kv_fp8, blocks, **deployment)
+        lines.append(VariantLine(label, recovery, describe(row) if row else None))
+    return lines
+
+
+def _from_report(variant: dict[str, Any]) -> VariantLine:
+    recovery = sum(variant["ppl_recovery"].values()) / len(variant["ppl_recovery"])
+    instance = variant.get("instance")
+    if instance is not None:
+        instance = f"{instance} (tp {variant['instance_tp']}, ${variant['instance_usd_per_hour']:.2f}/h)"
+    return VariantLine(variant["label"], recovery, instance)

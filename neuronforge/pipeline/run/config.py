@@ -68,6 +68,11 @@ class RunConfig(BaseModel):
     max_extra_memory: float = Field(
         0.10, ge=0.0, description="budget selection: extra weight memory allowed for bf16 blocks (fraction)"
     )
+    budget_instance: str | None = Field(
+        None,
+        description="budget selection by instance: keep as many blocks bf16 as still fit this ml.inf2/ml.trn1 "
+        "instance at kv, tp_degree, batch_size and seq_len below (replaces max_extra_memory)",
+    )
     topk: int | None = Field(None, ge=0, description="topk selection: how many blocks stay bf16")
     threshold: float | None = Field(None, description="threshold selection: blocks above this sensitivity stay bf16")
     modules_to_not_convert: list[str] | None = Field(

@@ -91,6 +91,7 @@ QUANTIZE_KEYS = (
     "sensitivity",
     "selection",
     "max_extra_memory",
+    "budget_instance",
     "topk",
     "threshold",
     "modules_to_not_convert",
@@ -113,6 +114,19 @@ def _model_text_inputs(keys: tuple[str, ...]) -> Callable[[StageContext], dict[s
     return inputs
 
 
+def _budget_deployment(ctx: StageContext) -> dict[str, Any]:
+    """The deployment an instance budget is checked against (nothing without one: cache keys stay put)."""
+    config = _given(ctx).config
+    if config.budget_instance is None:
+        return {}
+    given = {"kv": config.kv, "batch_size": config.batch_size, "tp_degree": config.tp_degree, "seq_len": config.seq_len}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _quantize_inputs(ctx: StageContext) -> dict[str, Any]:
+    return {**_model_text_inputs(QUANTIZE_KEYS)(ctx), **_budget_deployment(ctx)}
+
+
 def _quantize_run(ctx: StageContext) -> StageResult:
     from neuronforge.pipeline.quantize.api import QuantizeOptions, quantize
 
@@ -121,6 +135,7 @@ def _quantize_run(ctx: StageContext) -> StageResult:
         out=ctx.workdir / CHECKPOINT,
         text=_given(ctx).text,
         **_config_values(ctx, QUANTIZE_KEYS),
+        **_budget_deployment(ctx),
     )
     result = quantize(options)
     return StageResult(
@@ -235,9 +250,11 @@ EVALUATE_KEYS = (
     "sensitivity",
     "selection",
     "max_extra_memory",
+    "budget_instance",
     "topk",
     "threshold",
     "minmax_tuning",
+    "seq_len",
 )
 
 
@@ -262,8 +279,10 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
             minmax_tuning=config.minmax_tuning,
             sensitivity=config.sensitivity,
             max_extra_memory=config.max_extra_memory,
+            budget_instance=config.budget_instance,
             topk=config.topk,
             threshold=config.threshold,
+            **({"seq_len": config.seq_len} if config.seq_len else {}),
             **selection,
         ),
         command="neuronforge run --stages evaluate",
@@ -353,7 +372,7 @@ STAGES: list[Stage] = [
     Stage(
         "quantize",
         "sensitivity analysis + AutoRound on NxD's grid",
-        _model_text_inputs(QUANTIZE_KEYS),
+        _quantize_inputs,
         _quantize_run,
         needs=("model",),
         versions=("neuronforge", "torch", "transformers", "auto-round"),

@@ -236,3 +236,32 @@ def test_minmax_tuning_is_opt_in_and_shrinks_row_ranges(tiny_llama_dir: Path, tm
     ]
     assert all(bool((r <= 1.0).all()) for r in ratios)
     assert any(bool((r < 0.99).any()) for r in ratios)
+
+
+def test_budget_instance_keeps_blocks_while_the_model_fits(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    result = quantize(
+        options_from(
+            model=str(tiny_llama_dir), out=tmp_path / "q", autoround=False, budget_instance="ml.inf2.xlarge", **FAST
+        )
+    )
+    # The tiny model fits inf2.xlarge even in bf16: every block that quantization damages stays bf16.
+    scores = json.loads((tmp_path / "q" / "sensitivity.json").read_text())["blocks"]
+    damaged = {b["block"] for b in scores if b["score"] and b["score"] > 0}
+    assert set(result.modules_to_not_convert) == damaged | {"lm_head"}
+
+
+def test_budget_instance_refuses_before_loading_when_nothing_fits(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    options = options_from(
+        model=str(tiny_llama_dir),
+        out=tmp_path / "q",
+        budget_instance="ml.inf2.xlarge",
+        kv="bf16",
+        seq_len=2**22,
+        batch_size=64,
+        **FAST,
+    )
+    with pytest.raises(NeuronforgeError, match="fits on no inf2 instance"):
+        quantize(options)
+    assert not (tmp_path / "q").exists()
+    with pytest.raises(NeuronforgeError, match="budget_instance"):
+        options_from(model="smollm2", out=tmp_path / "o", budget_instance="ml.inf2.xlarge", selection="topk", topk=1)

@@ -61,6 +61,10 @@ def test_cli_run_end_to_end_then_nothing_to_do_then_only_what_changed(tiny: Path
     assert emulation["kv_risk"]["values"] > 0 and emulation["modules_to_not_convert"] == kept
     assert "Neuron-emulated ppl" in result.output
     assert f"model: {tiny}" in result.output
+    summary = _flat(result.output)
+    assert "accuracy and the smallest inf2 instance" in summary
+    assert "bf16 (reference) │ 100.00 │ ml.inf2.xlarge (tp 2, $0.76/h)" in summary
+    assert "int8 + selective" in summary or "int8 + all quantized" in summary
 
     ready = run_dir / "package" / "compile_input"
     neuron_config = json.loads((ready / "neuron_config.json").read_text())
