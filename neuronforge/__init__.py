@@ -32,6 +32,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "evaluate": ("neuronforge.pipeline.evaluate.api", "evaluate"),
     "EvaluateOptions": ("neuronforge.pipeline.evaluate.api", "EvaluateOptions"),
     "EvaluationReport": ("neuronforge.pipeline.evaluate.report", "EvaluationReport"),
+    "plan": ("neuronforge.neuron.plan", "plan"),
+    "Deployment": ("neuronforge.neuron.plan", "Deployment"),
+    "load_model_shape": ("neuronforge.neuron.plan", "load_model_shape"),
     "neuron_config": ("neuronforge.neuron.config", "build_neuron_config_spec"),
     "NeuronConfigSpec": ("neuronforge.neuron.config", "NeuronConfigSpec"),
     "compile": ("neuronforge.neuron.compile", "compile_model"),
@@ -56,6 +59,9 @@ __all__ = [
     "evaluate",
     "EvaluateOptions",
     "EvaluationReport",
+    "plan",
+    "Deployment",
+    "load_model_shape",
     "neuron_config",
     "NeuronConfigSpec",
     "compile",
@@ -88,6 +94,7 @@ if TYPE_CHECKING:
     from neuronforge.neuron.config import NeuronConfigSpec
     from neuronforge.neuron.config import build_neuron_config_spec as neuron_config
     from neuronforge.neuron.emulate import EmulatedModel, EmulationSpec, emulate, load_emulated
+    from neuronforge.neuron.plan import Deployment, load_model_shape, plan
     from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
     from neuronforge.pipeline.evaluate.report import EvaluationReport
     from neuronforge.pipeline.quantize.api import QuantizeOptions, QuantizeResult, quantize
