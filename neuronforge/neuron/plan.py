@@ -208,6 +208,13 @@ def plan_row(model: ModelShape, deployment: Deployment, instance: str, tp: int) 
     """One rank's bytes for `instance` at `tp`."""
     entry = neuron_instance(instance)
     facts = model.facts
+    allowed = allowed_tps(facts, entry.neuron_cores)
+    if tp not in allowed:
+        raise NeuronforgeError(
+            f"tp degree {tp} does not suit {model.name} on {instance} ({entry.neuron_cores} NeuronCores, "
+            f"{facts.num_attention_heads} query heads)",
+            f"use --tp-degree in {allowed}: at most the NeuronCores, and dividing the query heads",
+        )
     layout = gqa_layout(facts.num_attention_heads, facts.num_key_value_heads, tp, model.head_dim)
     weights = weight_memory(
         rank_shapes(model.shapes, layout, tp),

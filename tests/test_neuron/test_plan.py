@@ -194,3 +194,11 @@ def test_neuron_config_refuses_what_will_not_fit_and_names_the_smallest(make_tin
     with pytest.raises(NeuronforgeError, match=r"will not fit ml\.inf2\.xlarge at tp 2") as err:
         build_neuron_config_spec(mha, kv="bf16", seq_len=2**20, batch_size=64, tp_degree=2)
     assert "--instance ml.inf2.24xlarge --tp-degree 4" in err.value.fix
+
+
+def test_a_tp_degree_the_instance_cannot_run_is_refused() -> None:
+    llama = load_model_shape(CONFIGS / "llama-3-8b.json")
+    with pytest.raises(NeuronforgeError, match=r"tp degree 4 does not suit llama-3-8b on ml\.inf2\.xlarge"):
+        plan_row(llama, deployment_from(), "ml.inf2.xlarge", 4)
+    with pytest.raises(NeuronforgeError, match=r"use --tp-degree in \[1, 2, 4, 8\]"):
+        plan_row(llama, deployment_from(), "ml.inf2.24xlarge", 12)  # 12 cores, but 12 does not divide 32 heads
