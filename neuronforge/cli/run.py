@@ -47,8 +47,8 @@ def _variants_table(outcome: Any, config: RunConfig) -> None:
     lines = variant_lines(outcome, config)
     if not lines:
         return
-    table = Table(title="variants: accuracy and the smallest inf2 instance that fits (neuronforge plan)")
-    for column in ("variant", "ppl recovery %", "smallest inf2 (tp, on-demand EC2)"):
+    table = Table(title="variants: perplexity recovery and the smallest inf2 instance that fits (neuronforge plan)")
+    for column in ("variant", "recovery %", "smallest inf2 (tp, $/h)"):
         table.add_column(column)
     for line in lines:
         table.add_row(line.label, f"{line.ppl_recovery:.2f}", line.instance or "none fits")

@@ -99,7 +99,7 @@ def variant_lines(outcome: RunOutcome, config: RunConfig) -> list[VariantLine]:
         ("bf16", "bf16 (reference)", None, False, []),
         (
             "neuron",
-            f"{config.dtype} + {'selective' if kept else 'all quantized'}",
+            f"{config.dtype} (this run)",
             config.dtype,
             config.kv == "fp8",
             kept,

@@ -62,9 +62,9 @@ def test_cli_run_end_to_end_then_nothing_to_do_then_only_what_changed(tiny: Path
     assert "Neuron-emulated ppl" in result.output
     assert f"model: {tiny}" in result.output
     summary = _flat(result.output)
-    assert "accuracy and the smallest inf2 instance" in summary
-    assert "bf16 (reference) │ 100.00 │ ml.inf2.xlarge (tp 2, $0.76/h)" in summary
-    assert "int8 + selective" in summary or "int8 + all quantized" in summary
+    assert "recovery and the smallest inf2 instance" in summary
+    assert "│ bf16 (reference) │ 100.00 │ ml.inf2.xlarge (tp 2, $0.76/h) │" in summary
+    assert "│ int8 (this run) │" in summary and summary.count("ml.inf2.xlarge (tp 2, $0.76/h)") == 2
 
     ready = run_dir / "package" / "compile_input"
     neuron_config = json.loads((ready / "neuron_config.json").read_text())
