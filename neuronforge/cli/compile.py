@@ -19,7 +19,10 @@ from neuronforge.cli.options import (
     TpDegreeOpt,
 )
 
-DTYPE_HELP = "Weight dtype on the device: int8, f8e4m3 or f8e5m2 (spelled as NxDI expects)."
+DTYPE_HELP = "Weight dtype on the device: int8 or f8e4m3 (spelled as NxDI expects; f8e5m2 is refused)."
+COMPILE_ONLY_HELP = (
+    "Quantize, compile and preshard only: no load or smoke test, so no NeuronCores are needed (CPU cross-compile)."
+)
 
 
 def neuron_config_command(
@@ -33,7 +36,6 @@ def neuron_config_command(
     qtype: QtypeOpt = "per_channel_symmetric",
     batch_size: BatchSizeOpt = 1,
     seq_len: SeqLenOpt = 1024,
-    n_positions: int | None = typer.Option(None, "--n-positions", help="KV cache length; default --seq-len."),
     sdk: SdkOpt = "2.28",
 ) -> None:
     """Validate a NeuronConfig for NxD Inference and write it (runs anywhere, no Neuron SDK needed)."""
@@ -52,7 +54,6 @@ def neuron_config_command(
         quantization_type=qtype,  # type: ignore[arg-type]
         batch_size=batch_size,
         seq_len=seq_len,
-        n_positions=n_positions,
         sdk=sdk,
     )
     print_notices(spec.notices)
@@ -74,11 +75,11 @@ def compile_command(
     ),
     batch_size: BatchSizeOpt = 1,
     seq_len: SeqLenOpt = 1024,
-    n_positions: int | None = typer.Option(None, "--n-positions", help="Default: --seq-len."),
     sdk: SdkOpt = "2.28",
     overwrite: OverwriteOpt = False,
+    compile_only: bool = typer.Option(False, "--compile-only", help=COMPILE_ONLY_HELP),
 ) -> None:
-    """Quantize with NxD, compile, load and smoke-test on an inf2/trn1 host (needs NxD Inference)."""
+    """Quantize with NxD and compile; then load and smoke-test on the host's NeuronCores (needs NxD Inference)."""
     from neuronforge.assets.models import resolve_model
     from neuronforge.neuron.compile import CompileOptions, compile_model
 
@@ -94,9 +95,9 @@ def compile_command(
         neuron_config=neuron_config,
         batch_size=batch_size,
         seq_len=seq_len,
-        n_positions=n_positions,
         sdk=sdk,
         overwrite=overwrite,
+        compile_only=compile_only,
     )
     path = compile_model(options)
     console.print(f"[green]compiled:[/] {path}")

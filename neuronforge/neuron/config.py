@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from neuronforge.core.atomic import atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
+from neuronforge.neuron.nxdi_api import model_class_problem
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
 
 QuantDtype = Literal["int8", "f8e4m3", "f8e5m2"]
@@ -133,6 +134,19 @@ class NeuronConfigSpec(BaseModel):
             )
         return value
 
+    @field_validator("quantization_dtype")
+    @classmethod
+    def _no_e5m2(cls, value: str) -> str:
+        if value == "f8e5m2":
+            raise _fail(
+                "f8e5m2 weights are not supported on Neuron by neuronforge",
+                "use --dtype f8e4m3 or int8: NxDI casts every floating checkpoint tensor except float8_e4m3fn to "
+                "the model dtype before sharding (application_base.py:643-656), so e5m2 codes reach sharding as bf16, "
+                "and NxDI adds no fp8 compiler flag for e5m2 (model_wrapper.py:149-157); unverified on a device, so "
+                "refused",
+            )
+        return value
+
     @field_validator("modules_to_not_convert")
     @classmethod
     def _entries(cls, value: list[str]) -> list[str]:
@@ -155,6 +169,28 @@ class NeuronConfigSpec(BaseModel):
         if value not in SDKS:
             raise _fail(f"Neuron SDK {value!r} is not one neuronforge targets", f"use one of: {', '.join(SDKS)}")
         return value
+
+    @model_validator(mode="after")
+    def _fp8_per_tensor(self) -> NeuronConfigSpec:
+        if self.quantization_dtype.startswith("f8") and self.quantization_type == "per_tensor_symmetric":
+            raise _fail(
+                f"{self.quantization_dtype} per_tensor_symmetric weights cannot be sharded by NxDI",
+                "use --qtype per_channel_symmetric: NxD's fp8 per-tensor quantizer stores a 0-dim scale "
+                "(quantization_utils.py:144-152), which NxDI's GQA sharding takes for a per-channel scale and then "
+                "fails with 'Cannot get channel axis for the scale' (gqa.py:130-155)",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _positions(self) -> NeuronConfigSpec:
+        if self.n_positions != self.seq_len:
+            raise _fail(
+                f"n_positions {self.n_positions} differs from seq_len {self.seq_len}",
+                "set only --seq-len: NxDI overwrites n_positions with the bucket length (= seq_len) when it traces "
+                "(model_wrapper.py:1684-1686) and sizes the KV cache by max_length = seq_len "
+                "(kv_cache_manager.py:198-203), so a different n_positions would have no effect",
+            )
+        return self
 
     @model_validator(mode="after")
     def _kv_pair(self) -> NeuronConfigSpec:
@@ -233,6 +269,7 @@ def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConf
     _check_fp8_biases(spec, entries, facts)
     _check_tp(spec, facts, notices)
     _check_lengths(spec, facts)
+    _check_model_class(spec, facts)
     return spec.model_copy(update={"modules_to_not_convert": entries, "notices": notices})
 
 
@@ -304,16 +341,16 @@ def _check_tp(spec: NeuronConfigSpec, facts: ModelFacts, notices: list[str]) -> 
 
 
 def _check_lengths(spec: NeuronConfigSpec, facts: ModelFacts) -> None:
-    if spec.seq_len > spec.n_positions:
+    if facts.max_position_embeddings and spec.seq_len > facts.max_position_embeddings:
         raise _fail(
-            f"seq_len {spec.seq_len} exceeds n_positions {spec.n_positions}", "raise --n-positions or lower --seq-len"
+            f"seq_len {spec.seq_len} exceeds the model's max_position_embeddings {facts.max_position_embeddings}",
+            f"use --seq-len <= {facts.max_position_embeddings}",
         )
-    if facts.max_position_embeddings and spec.n_positions > facts.max_position_embeddings:
-        raise _fail(
-            f"n_positions {spec.n_positions} exceeds the model's max_position_embeddings "
-            f"{facts.max_position_embeddings}",
-            f"use --n-positions <= {facts.max_position_embeddings}",
-        )
+
+
+def _check_model_class(spec: NeuronConfigSpec, facts: ModelFacts) -> None:
+    if problem := model_class_problem(facts.model_type, spec.sdk):
+        raise _fail(*problem)
 
 
 def _larger_instances(tp: int) -> str:
@@ -343,7 +380,6 @@ def build_neuron_config_spec(
     quantization_type: str = "per_channel_symmetric",
     batch_size: int = 1,
     seq_len: int = 1024,
-    n_positions: int | None = None,
     torch_dtype: str = "bfloat16",
     quantized_checkpoints_path: str = "quantized_checkpoint",
     sdk: str = DEFAULT_SDK,
@@ -358,7 +394,7 @@ def build_neuron_config_spec(
         tp_degree=tp_degree,
         batch_size=batch_size,
         seq_len=seq_len,
-        n_positions=n_positions or seq_len,
+        n_positions=seq_len,
         torch_dtype=torch_dtype,
         quantized_checkpoints_path=quantized_checkpoints_path,
         quantization_dtype=dtype,

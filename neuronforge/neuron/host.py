@@ -18,3 +18,22 @@ def neuron_unavailable(dev_root: Path = Path("/dev")) -> str | None:
     if importlib.util.find_spec("neuronx_distributed_inference") is None:
         return "NxD Inference is not installed; see `neuronforge doctor` for the install command"
     return None
+
+
+CORES_PER_DEVICE = 2  # NeuronCore-v2: each /dev/neuronN is one Inferentia2/Trainium chip with 2 cores (instances.py)
+
+
+def host_neuron_cores(dev_root: Path = Path("/dev")) -> int:
+    """NeuronCores this host can load a model on (0 on a CPU host)."""
+    return CORES_PER_DEVICE * len(neuron_devices(dev_root))
+
+
+def host_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Physical RAM of this host (MemTotal), or None where /proc/meminfo is missing."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

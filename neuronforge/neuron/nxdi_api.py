@@ -2,32 +2,72 @@
 
 NxDI and NxD core exist only in AWS's Neuron pip repository (PyPI has placeholders), and importing
 them pulls torch-neuronx and torch_xla. Without them we fail fast with the pinned install command.
-Import paths are those of NxDI 0.8 (SDK 2.28); Mistral checkpoints use NxDI's Llama classes, which
-share the architecture.
+
+The NxDI class a model compiles with must be the class vLLM loads it with: vllm-neuron picks it from the
+checkpoint's `architectures` through NxDI's MODEL_TYPES (vllm_neuron/worker/neuronx_distributed_model_loader.py
+:639-653). NxDI 0.8 (SDK 2.28) has no "mistral" entry and no models/mistral (utils/constants.py:47-63), so its vLLM
+cannot serve Mistral at all; NxDI 0.9 maps "mistral" to models/mistral/modeling_mistral.NeuronMistralForCausalLM
+(constants.py:7,55 at ef2731e), which SDK 2.31 (NxDI 0.10) is assumed to keep (its source was not available).
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.versions import DEFAULT_SDK, install_hint
+from neuronforge.neuron.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
 
-# HF model_type -> (module, causal-LM class, InferenceConfig subclass).
-MODEL_CLASSES: dict[str, tuple[str, str, str]] = {
-    "llama": (
-        "neuronx_distributed_inference.models.llama.modeling_llama",
-        "NeuronLlamaForCausalLM",
-        "LlamaInferenceConfig",
-    ),
-    "mistral": (
-        "neuronx_distributed_inference.models.llama.modeling_llama",
-        "NeuronLlamaForCausalLM",
-        "LlamaInferenceConfig",
-    ),
+_LLAMA = ("neuronx_distributed_inference.models.llama.modeling_llama", "NeuronLlamaForCausalLM", "LlamaInferenceConfig")
+_MISTRAL = (
+    "neuronx_distributed_inference.models.mistral.modeling_mistral",
+    "NeuronMistralForCausalLM",
+    "MistralInferenceConfig",
+)
+# HF model_type -> SDK -> (module, causal-LM class, InferenceConfig subclass); a missing SDK is unsupported.
+MODEL_CLASSES: dict[str, dict[str, tuple[str, str, str]]] = {
+    "llama": {"2.28": _LLAMA, "2.31": _LLAMA},
+    "mistral": {"2.31": _MISTRAL},
 }
+
+
+def model_class_problem(model_type: str, sdk: str) -> tuple[str, str] | None:
+    """(what, fix) when no NxDI class both compiles `model_type` on `sdk` and is the one vLLM serves it with."""
+    if model_type not in MODEL_CLASSES:
+        return f"no NxDI model class for model_type {model_type!r}", f"use one of: {', '.join(MODEL_CLASSES)}"
+    if sdk not in MODEL_CLASSES[model_type]:
+        sdks = ", ".join(MODEL_CLASSES[model_type])
+        return (
+            f"Neuron SDK {sdk} cannot serve model_type {model_type!r}: its vLLM (vllm-neuron on NxDI "
+            f"{neuron_sdk(sdk).nxdi}) has no NxDI class for it",
+            f"use --sdk {sdks}",
+        )
+    return None
+
+
+def installed_nxdi_version() -> str | None:
+    """The installed neuronx-distributed-inference version (None when pip metadata is absent)."""
+    try:
+        return metadata.version("neuronx-distributed-inference")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> list[str]:
+    return version.split(".")[:2]
+
+
+def check_installed_sdk(sdk: str, installed: str | None) -> None:
+    """Refuse to compile for `sdk` with another NxDI release installed: the record would name the wrong SDK."""
+    pinned = neuron_sdk(sdk).nxdi
+    if installed is not None and _release(installed) != _release(pinned):
+        matching = [entry.sdk for entry in SDKS.values() if _release(entry.nxdi) == _release(installed)]
+        raise NeuronforgeError(
+            f"--sdk {sdk} expects NxD Inference {pinned}, but this host has {installed}",
+            f"pass --sdk {matching[0]}" if matching else install_hint(sdk),
+        )
 
 
 @dataclass(frozen=True)
@@ -45,11 +85,9 @@ class NxdiApi:
 
 def load_nxdi(model_type: str, sdk: str = DEFAULT_SDK) -> NxdiApi:
     """Import NxDI for `model_type`, or raise a NeuronforgeError that says how to install it."""
-    if model_type not in MODEL_CLASSES:
-        raise NeuronforgeError(
-            f"no NxDI model class for model_type {model_type!r}", f"use one of: {', '.join(MODEL_CLASSES)}"
-        )
-    module_name, model_cls, config_cls = MODEL_CLASSES[model_type]
+    if problem := model_class_problem(model_type, sdk):
+        raise NeuronforgeError(*problem)
+    module_name, model_cls, config_cls = MODEL_CLASSES[model_type][sdk]
     try:
         nxdi_config = importlib.import_module("neuronx_distributed_inference.models.config")
         hf_adapter = importlib.import_module("neuronx_distributed_inference.utils.hf_adapter")

@@ -1,4 +1,5 @@
-"""The compile step's call sequence against the in-repo NxDI stand-in, and its fail-fast without NxDI."""
+"""The compile step against the in-repo NxDI stand-in (tests/nxdi_standin, which copies NxDI's config round trip,
+NxD's KV assert and GQA scale checks), and its fail-fast paths without NxDI or without a Neuron device."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,10 +16,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import neuronforge.neuron.compile as compile_module
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.config_compat import make_config_portable
 from neuronforge.neuron.compile import FP8_ENV, QUANTIZED_DIR, RECORD_FILE, CompileOptions, compile_model
 from neuronforge.neuron.config import build_neuron_config_spec, write_config_files
+from neuronforge.neuron.host import host_neuron_cores
 from neuronforge.neuron.versions import neuron_sdk
 
 STANDIN = Path(__file__).resolve().parents[1] / "nxdi_standin"
@@ -29,15 +33,44 @@ EXPECTED_ORDER = [
     "save_quantized_state_dict",
     "NeuronLlamaForCausalLM",
     "compile",
+    "NeuronConfig",  # make_loadable re-reads neuron_config.json with NxDI's loader
+    "InferenceConfig",
     "load",
     "HuggingFaceGenerationAdapter",
     "generate",
 ]
+GIB = 2**30
 
 
 def _drop_standin_modules() -> None:
     for name in [m for m in sys.modules if m.split(".")[0] in ("neuronx_distributed", "neuronx_distributed_inference")]:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama as stage 1 writes it: config.json readable by transformers 4.57 and 5 alike."""
+    out = tmp_path_factory.mktemp("stage1") / "model"
+    shutil.copytree(tiny_llama_dir, out)
+    make_config_portable(out)
+    return out
+
+
+@pytest.fixture()
+def set_host(nxdi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
+    """Pretend this host has `devices` Neuron devices (2 NeuronCores each) and `ram_gib` of RAM."""
+    from neuronx_distributed_inference.models.llama import modeling_llama
+
+    def set_to(devices: int, ram_gib: float = 64) -> None:
+        dev = tmp_path / f"dev{devices}"
+        dev.mkdir(exist_ok=True)
+        for i in range(devices):
+            (dev / f"neuron{i}").touch()
+        monkeypatch.setattr(modeling_llama, "DEVICE_ROOT", dev)  # the stand-in's load() looks here
+        monkeypatch.setattr(compile_module, "host_neuron_cores", lambda: host_neuron_cores(dev))
+        monkeypatch.setattr(compile_module, "host_memory_bytes", lambda: int(ram_gib * GIB))
+
+    return set_to
 
 
 @pytest.fixture()
@@ -52,51 +85,60 @@ def nxdi(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     _drop_standin_modules()
 
 
+@pytest.fixture()
+def inf2(nxdi: ModuleType, set_host: Callable[..., None]) -> ModuleType:
+    """The stand-in on an inf2.xlarge-like host: one device, 2 NeuronCores, 64 GiB of RAM."""
+    set_host(1)
+    return nxdi
+
+
 def calls(nxdi: ModuleType, name: str) -> list[dict[str, Any]]:
     return [details for call, details in nxdi.CALLS if call == name]
 
 
-def test_missing_nxdi_fails_fast_with_install_hint(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_missing_nxdi_fails_fast_with_install_hint(model_dir: Path, tmp_path: Path) -> None:
     _drop_standin_modules()
     with pytest.raises(NeuronforgeError) as info:
-        compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "compiled"))
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "compiled", seq_len=128))
     assert "NxD Inference is not installed" in info.value.what
     assert neuron_sdk("2.28").pip_install_command() in (info.value.fix or "")
     assert not (tmp_path / "compiled").exists()
 
     with pytest.raises(NeuronforgeError) as info:
-        compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "compiled", sdk="2.31"))
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "compiled", seq_len=128, sdk="2.31"))
     assert '"neuronx-distributed-inference==0.10.18399"' in (info.value.fix or "")
 
 
-def test_cli_compile_without_nxdi_exits_cleanly(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_cli_compile_without_nxdi_exits_cleanly(model_dir: Path, tmp_path: Path) -> None:
     _drop_standin_modules()
-    result = CliRunner().invoke(app, ["compile", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "c")])
+    result = CliRunner().invoke(
+        app, ["compile", "--model", str(model_dir), "--out", str(tmp_path / "c"), "--seq-len", "128"]
+    )
     assert result.exit_code == 2
     assert "pip install --extra-index-url https://pip.repos.neuron.amazonaws.com" in " ".join(result.output.split())
     assert "Traceback" not in result.output
 
 
-def test_fp8_call_sequence_env_and_config(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_fp8_call_sequence_env_and_config(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
     from neuronx_distributed.quantization.quantization_config import KVQuantizationConfig, QuantizationType
 
     out = tmp_path / "compiled"
     assert not set(FP8_ENV) & os.environ.keys()
-    compile_model(
-        CompileOptions(model=str(tiny_llama_dir), out=out, dtype="f8e4m3", kv="fp8", seq_len=128, smoke_tokens=5)
-    )
+    compile_model(CompileOptions(model=str(model_dir), out=out, dtype="f8e4m3", kv="fp8", seq_len=128, smoke_tokens=5))
 
-    assert [name for name, _ in nxdi.CALLS] == EXPECTED_ORDER
+    assert [name for name, _ in inf2.CALLS] == EXPECTED_ORDER
     for name in ("save_quantized_state_dict", "compile", "load", "generate"):
-        assert calls(nxdi, name)[0]["env"] == {**FP8_ENV, "NEURON_PLATFORM_TARGET_OVERRIDE": "inf2"}, name
+        # "trn1" for an inf2 target: both are NeuronCore-v2, and NxD/NxDI only recognise "trn1" (compile.py)
+        assert calls(inf2, name)[0]["env"] == {**FP8_ENV, "NEURON_PLATFORM_TARGET_OVERRIDE": "trn1"}, name
     assert not set(FP8_ENV) & os.environ.keys(), "the fp8 variables are scoped to the compile"
 
-    save = calls(nxdi, "save_quantized_state_dict")[0]
-    assert save["target_is_dir"] and save["model_path"] == str(tiny_llama_dir)
-    assert calls(nxdi, "load")[0]["compiled"]
+    save = calls(inf2, "save_quantized_state_dict")[0]
+    assert save["target_is_dir"] and save["model_path"] == str(model_dir)
+    assert save["hf_dtype"] == torch.float32  # NxDI quantizes the HF model loaded in fp32 (host RAM, R4)
+    assert calls(inf2, "load")[0]["compiled"]
 
-    kwargs = calls(nxdi, "NeuronConfig")[0]["kwargs"]
-    expected = build_neuron_config_spec(tiny_llama_dir, dtype="f8e4m3", kv="fp8", seq_len=128).neuron_config_kwargs()
+    kwargs = calls(inf2, "NeuronConfig")[0]["kwargs"]
+    expected = build_neuron_config_spec(model_dir, dtype="f8e4m3", kv="fp8", seq_len=128).neuron_config_kwargs()
     kv = kwargs.pop("kv_quant_config")
     assert isinstance(kv, KVQuantizationConfig)
     assert kv.k_quant_method is kv.v_quant_method is QuantizationType.PER_TENSOR_SYMMETRIC
@@ -107,63 +149,112 @@ def test_fp8_call_sequence_env_and_config(nxdi: ModuleType, tiny_llama_dir: Path
     assert kwargs == expected
     assert kwargs["modules_to_not_convert"] == ["lm_head"] and kwargs["kv_cache_quant"] is True
 
-    config = calls(nxdi, "NeuronLlamaForCausalLM")[0]["config"]
+    config = calls(inf2, "NeuronLlamaForCausalLM")[0]["config"]
     assert type(config).__name__ == "LlamaInferenceConfig" and config.num_hidden_layers == 2  # HF config loaded
+    assert config.rope_theta == 10000.0  # read through the stand-in's transformers-4.57 defaults
 
     assert (out / "model.pt").is_file() and (out / QUANTIZED_DIR / "model.safetensors").is_file()
+    assert (out / "weights" / "tp0_sharded_checkpoint.safetensors").is_file()
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not list(tmp_path.glob(".compiled.partial-*"))
     record = json.loads((out / RECORD_FILE).read_text())
     assert record["spec"]["quantized_checkpoints_path"] == str(out.resolve() / QUANTIZED_DIR)
     assert record["env"]["UNSAFE_FP8FNCAST"] == "1" and record["smoke"]["completion"]
+    assert record["compile_only"] is False
     assert set(record["timings"]) == {"quantize_s", "compile_s", "load_s", "smoke_s"}
-    assert calls(nxdi, "generate")[0]["max_new_tokens"] == 5
+    assert calls(inf2, "generate")[0]["max_new_tokens"] == 5
 
 
-def test_int8_with_bf16_kv_sets_no_fp8_flags(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
-    compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", dtype="int8", kv="bf16", seq_len=128))
-    kwargs = calls(nxdi, "NeuronConfig")[0]["kwargs"]
+def test_fp8_kv_model_reloads_the_way_vllm_neuron_loads_it(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
+    """B1: compile -> NeuronLlamaForCausalLM(compiled_path) (vllm-neuron loader:216) -> the same KV settings."""
+    from neuronx_distributed.quantization.quantization_config import QuantizationType
+    from neuronx_distributed_inference.models.llama.modeling_llama import NeuronLlamaForCausalLM
+
+    out = tmp_path / "compiled"
+    compile_model(CompileOptions(model=str(model_dir), out=out, dtype="int8", kv="fp8", seq_len=128))
+    written = json.loads((out / "neuron_config.json").read_text())["neuron_config"]
+    assert written["kv_quant_config"] == {"direct_cast": True}
+    kv = NeuronLlamaForCausalLM(str(out)).config.neuron_config.kv_quant_config
+    assert kv.k_quant_method is kv.v_quant_method is QuantizationType.PER_TENSOR_SYMMETRIC
+    assert kv.quant_dtype is torch.float8_e4m3fn and kv.direct_cast is True
+    assert written["kv_cache_quant"] is True and written["quantization_dtype"] == "int8"
+
+
+def test_standin_fails_on_the_json_nxdi_writes_unless_rewritten(inf2: ModuleType, tmp_path: Path) -> None:
+    """The stand-in reproduces the real failure: NxDI's own to_dict JSON trips KVQuantizationConfig's assert."""
+    from neuronx_distributed.quantization.quantization_config import KVQuantizationConfig
+    from neuronx_distributed_inference.models.config import InferenceConfig, NeuronConfig
+
+    config = InferenceConfig(NeuronConfig(kv_cache_quant=True, kv_quant_config=KVQuantizationConfig()))
+    config.save(str(tmp_path))
+    with pytest.raises(AssertionError, match="PER_TENSOR_SYMMETRIC"):
+        InferenceConfig.load(str(tmp_path))
+
+
+def test_int8_with_bf16_kv_sets_no_fp8_flags(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
+    compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", dtype="int8", kv="bf16", seq_len=128))
+    kwargs = calls(inf2, "NeuronConfig")[0]["kwargs"]
     assert kwargs["kv_cache_quant"] is False and "kv_quant_config" not in kwargs
     assert kwargs["quantization_dtype"] == "int8"
-    for _, details in nxdi.CALLS:
+    assert json.loads((tmp_path / "c" / "neuron_config.json").read_text())["neuron_config"]["kv_quant_config"] is None
+    for _, details in inf2.CALLS:
         assert details["env"]["XLA_HANDLE_SPECIAL_SCALAR"] is None and details["env"]["UNSAFE_FP8FNCAST"] is None
 
 
-def test_reads_stage1_not_convert_file(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_reads_stage1_not_convert_file(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
     model = tmp_path / "stage1"
-    shutil.copytree(tiny_llama_dir, model)
+    shutil.copytree(model_dir, model)
     (model / "modules_to_not_convert.json").write_text(json.dumps({"modules_to_not_convert": ["layers.1.mlp"]}))
     compile_model(CompileOptions(model=str(model), out=tmp_path / "c", seq_len=128))
-    assert calls(nxdi, "NeuronConfig")[0]["kwargs"]["modules_to_not_convert"] == ["layers.1.mlp", "lm_head"]
+    assert calls(inf2, "NeuronConfig")[0]["kwargs"]["modules_to_not_convert"] == ["layers.1.mlp", "lm_head"]
 
 
-def test_neuron_config_file_drives_the_compile(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_neuron_config_file_drives_the_compile(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
     spec = build_neuron_config_spec(
-        tiny_llama_dir,
-        dtype="f8e5m2",
-        kv="bf16",
-        tp_degree=1,
-        seq_len=64,
-        modules_to_not_convert=["layers.0.self_attn"],
+        model_dir, dtype="int8", kv="bf16", tp_degree=1, seq_len=64, modules_to_not_convert=["layers.0.self_attn"]
     )
     config_path, _ = write_config_files(spec, tmp_path / "cfg")
-    compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", neuron_config=config_path))
-    kwargs = calls(nxdi, "NeuronConfig")[0]["kwargs"]
-    assert (kwargs["quantization_dtype"], kwargs["tp_degree"], kwargs["seq_len"]) == ("f8e5m2", 1, 64)
+    compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", neuron_config=config_path))
+    kwargs = calls(inf2, "NeuronConfig")[0]["kwargs"]
+    assert (kwargs["quantization_dtype"], kwargs["tp_degree"], kwargs["seq_len"]) == ("int8", 1, 64)
     assert kwargs["modules_to_not_convert"] == ["layers.0.self_attn", "lm_head"]
-    assert calls(nxdi, "compile")[0]["env"]["UNSAFE_FP8FNCAST"] is None  # e5m2 weights, bf16 KV: no e4m3 cast
+    assert calls(inf2, "compile")[0]["env"]["UNSAFE_FP8FNCAST"] is None  # int8 weights, bf16 KV: no e4m3 cast
 
 
-def test_bad_config_stops_before_any_nxdi_work(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_bad_config_stops_before_any_nxdi_work(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(NeuronforgeError, match="f8e4m3"):
-        compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", dtype="f8e4m3fn"))
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", dtype="f8e4m3fn"))
     with pytest.raises(NeuronforgeError, match="NeuronCores"):
-        compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", tp=4))
-    assert nxdi.CALLS == [] and not (tmp_path / "c").exists()
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", tp=4))
+    with pytest.raises(NeuronforgeError, match="f8e5m2 weights are not supported"):
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", dtype="f8e5m2", kv="bf16"))
+    with pytest.raises(NeuronforgeError, match="cannot be sharded") as info:
+        compile_model(
+            CompileOptions(model=str(model_dir), out=tmp_path / "c", dtype="f8e4m3", qtype="per_tensor_symmetric")
+        )
+    assert "Cannot get channel axis" in (info.value.fix or "")
+    assert inf2.CALLS == [] and not (tmp_path / "c").exists()
+
+
+def test_standin_rejects_the_fp8_per_tensor_scale_like_nxdi(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
+    """Why B3 is refused: the 0-dim scale of NxD's fp8 per-tensor quantizer breaks NxDI's GQA sharding."""
+    from neuronx_distributed_inference.models.config import NeuronConfig
+    from neuronx_distributed_inference.models.llama.modeling_llama import LlamaInferenceConfig, NeuronLlamaForCausalLM
+    from neuronx_distributed_inference.utils.hf_adapter import load_pretrained_config
+
+    (tmp_path / "q").mkdir()
+    neuron_config = NeuronConfig(
+        quantized=True, quantized_checkpoints_path=str(tmp_path / "q"), quantization_dtype="f8e4m3",
+        quantization_type="per_tensor_symmetric", torch_dtype="bfloat16",
+    )  # fmt: skip
+    config = LlamaInferenceConfig(neuron_config, load_config=load_pretrained_config(str(model_dir)))
+    NeuronLlamaForCausalLM.save_quantized_state_dict(str(model_dir), config)
+    with pytest.raises(RuntimeError, match="Cannot get channel axis"):
+        NeuronLlamaForCausalLM(str(model_dir), config).compile(str(tmp_path / "out"))
 
 
 def test_failed_compile_leaves_no_output(
-    nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    inf2: ModuleType, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from neuronx_distributed_inference.models.llama.modeling_llama import NeuronLlamaForCausalLM
 
@@ -172,39 +263,120 @@ def test_failed_compile_leaves_no_output(
 
     monkeypatch.setattr(NeuronLlamaForCausalLM, "compile", broken)
     with pytest.raises(RuntimeError, match="neuronx-cc"):
-        compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", seq_len=128))
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128))
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.partial-*"))
     assert not set(FP8_ENV) & os.environ.keys()
 
 
-def test_existing_output_needs_overwrite(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_existing_output_needs_overwrite(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
     with pytest.raises(NeuronforgeError, match="already exists"):
-        compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c"))
-    assert nxdi.CALLS == []
-    compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", seq_len=128, overwrite=True))
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c"))
+    assert inf2.CALLS == []
+    compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128, overwrite=True))
     assert (tmp_path / "c" / "model.pt").is_file()
 
 
-def test_cli_compile_with_standin(nxdi: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "compile",
-            "--model",
-            str(tiny_llama_dir),
-            "--out",
-            str(tmp_path / "c"),
-            "--dtype",
-            "f8e4m3",
-            "--tp-degree",
-            "1",
-            "--kv",
-            "fp8",
-            "--seq-len",
-            "128",
-        ],
-    )
+def test_compile_only_never_loads_and_needs_no_device(
+    nxdi: ModuleType, set_host: Callable[..., None], model_dir: Path, tmp_path: Path
+) -> None:
+    """B2: a CPU host (the SageMaker cross-compile processing job) quantizes, compiles and preshards only."""
+    set_host(0)
+    out = tmp_path / "c"
+    compile_model(CompileOptions(model=str(model_dir), out=out, seq_len=128, compile_only=True))
+    names = [name for name, _ in nxdi.CALLS]
+    assert "compile" in names and "load" not in names and "generate" not in names
+    assert (out / "weights" / "tp0_sharded_checkpoint.safetensors").is_file() and (out / "model.pt").is_file()
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["compile_only"] is True and record["smoke"] is None
+    assert set(record["timings"]) == {"quantize_s", "compile_s"}
+
+
+def test_without_neuron_cores_compile_refuses_before_any_work(
+    nxdi: ModuleType, set_host: Callable[..., None], model_dir: Path, tmp_path: Path
+) -> None:
+    set_host(0)
+    with pytest.raises(NeuronforgeError, match="no NeuronCores") as info:
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128))
+    assert "--compile-only" in (info.value.fix or "")
+    assert nxdi.CALLS == [] and not (tmp_path / "c").exists()
+
+
+def test_tp_degree_beyond_the_host_cores_is_refused(
+    nxdi: ModuleType, set_host: Callable[..., None], model_dir: Path, tmp_path: Path
+) -> None:
+    set_host(1)  # 2 NeuronCores; the spec targets an inf2.24xlarge with tp 4
+    options = CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128, tp=4, instance="ml.inf2.24xlarge")
+    with pytest.raises(NeuronforgeError, match="this host has 2 NeuronCores") as info:
+        compile_model(options)
+    assert "--tp-degree <= 2" in (info.value.fix or "") and nxdi.CALLS == []
+    compile_model(options.model_copy(update={"compile_only": True}))  # cross-compiling for a bigger target is fine
+    assert calls(nxdi, "NeuronConfig")[0]["kwargs"]["tp_degree"] == 4
+
+
+def test_host_ram_for_the_fp32_load_is_checked(
+    nxdi: ModuleType, set_host: Callable[..., None], model_dir: Path, tmp_path: Path
+) -> None:
+    set_host(1, ram_gib=1)
+    with pytest.raises(NeuronforgeError, match="fp32") as info:
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128))
+    assert "ml.trn1.2xlarge" in (info.value.fix or "") and nxdi.CALLS == []
+
+
+def test_sdk_must_match_the_installed_nxdi(
+    inf2: ModuleType, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compile_module, "installed_nxdi_version", lambda: "0.10.18399")
+    with pytest.raises(NeuronforgeError, match="this host has 0.10.18399") as info:
+        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128, sdk="2.28"))
+    assert info.value.fix == "pass --sdk 2.31"
+    compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128, sdk="2.31"))
+    record = json.loads((tmp_path / "c" / RECORD_FILE).read_text())
+    assert record["sdk"] == "2.31" and record["installed"] == {"neuronx-distributed-inference": "0.10.18399"}
+
+
+def test_config_saved_by_transformers5_is_refused(inf2: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """N1: without top-level rope_theta, NxDI (transformers 4.57) would use RoPE theta 10000 whatever the model says."""
+    assert "rope_theta" not in json.loads((tiny_llama_dir / "config.json").read_text())
+    with pytest.raises(NeuronforgeError, match="rope_theta") as info:
+        compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", seq_len=128))
+    assert "neuronforge quantize" in (info.value.fix or "") and inf2.CALLS == []
+
+
+def _as_mistral(model_dir: Path, out: Path) -> Path:
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_mistral_compiles_with_the_class_vllm_serves_it_with(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
+    """R2: NxDI 0.8's vLLM has no Mistral class (refused on 2.28); from 0.9 on it is NeuronMistralForCausalLM."""
+    mistral = _as_mistral(model_dir, tmp_path / "mistral")
+    with pytest.raises(NeuronforgeError, match="cannot serve model_type 'mistral'") as info:
+        compile_model(CompileOptions(model=str(mistral), out=tmp_path / "c", seq_len=128, sdk="2.28"))
+    assert info.value.fix == "use --sdk 2.31"
+    compile_model(CompileOptions(model=str(mistral), out=tmp_path / "c", seq_len=128, sdk="2.31"))
+    assert calls(inf2, "NeuronMistralForCausalLM") and not calls(inf2, "NeuronLlamaForCausalLM")
+    assert type(calls(inf2, "NeuronMistralForCausalLM")[0]["config"]).__name__ == "MistralInferenceConfig"
+
+
+def test_cli_compile_with_standin(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
+    args = ["compile", "--model", str(model_dir), "--out", str(tmp_path / "c"), "--dtype", "f8e4m3"]
+    result = CliRunner().invoke(app, [*args, "--tp-degree", "1", "--kv", "fp8", "--seq-len", "128"])
     assert result.exit_code == 0, result.output
     assert "notice:" in result.output and "added 'lm_head'" in result.output and "compiled:" in result.output
-    assert calls(nxdi, "NeuronConfig")[0]["kwargs"]["tp_degree"] == 1
+    assert calls(inf2, "NeuronConfig")[0]["kwargs"]["tp_degree"] == 1
+
+
+def test_cli_compile_only_flag(
+    nxdi: ModuleType, set_host: Callable[..., None], model_dir: Path, tmp_path: Path
+) -> None:
+    set_host(0)
+    args = ["compile", "--model", str(model_dir), "--out", str(tmp_path / "c"), "--seq-len", "128"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "--compile-only" in refused.output and "Traceback" not in refused.output
+    result = CliRunner().invoke(app, [*args, "--compile-only"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c" / RECORD_FILE).read_text())["compile_only"] is True

@@ -64,7 +64,7 @@ def refused(match: str, fn: Any, *args: Any, **kwargs: Any) -> NeuronforgeError:
 
 
 def test_dtype_spellings() -> None:
-    for dtype in ("int8", "f8e4m3", "f8e5m2"):
+    for dtype in ("int8", "f8e4m3"):
         assert spec(quantization_dtype=dtype).quantization_dtype == dtype
     err = refused(r"spell it 'f8e4m3'", spec, quantization_dtype="f8e4m3fn")
     assert "f8e4m3fn" in err.what
@@ -74,6 +74,22 @@ def test_dtype_spellings() -> None:
 def test_quantization_type_values() -> None:
     assert spec(quantization_type="per_tensor_symmetric").quantization_type == "per_tensor_symmetric"
     refused(r"quantization_type", spec, quantization_type="blockwise_symmetric")
+
+
+def test_refuses_what_nxdi_cannot_shard_or_serve() -> None:
+    """B3: fp8 per-tensor scales are 0-dim and break NxDI's GQA sharding; R3: e5m2 codes are upcast before sharding."""
+    refused(
+        r"Cannot get channel axis.*gqa\.py", spec, quantization_dtype="f8e4m3", quantization_type="per_tensor_symmetric"
+    )
+    refused(r"f8e5m2 weights are not supported.*application_base\.py:643-656", spec, quantization_dtype="f8e5m2")
+    assert spec(quantization_dtype="int8", quantization_type="per_tensor_symmetric")
+
+
+def test_mistral_needs_an_sdk_whose_vllm_serves_it() -> None:
+    """R2: vLLM on NxDI 0.8 has no Mistral class; compiling it there would give an endpoint that cannot start."""
+    mistral = facts(model_type="mistral")
+    refused(r"SDK 2\.28 cannot serve model_type 'mistral'.*--sdk 2\.31", check_against_model, spec(), mistral)
+    assert check_against_model(spec(sdk="2.31"), mistral).sdk == "2.31"
 
 
 @pytest.mark.parametrize(
@@ -195,7 +211,7 @@ def test_fp8_with_biases_must_keep_those_blocks_bf16() -> None:
     refused(
         r"layers\.1\.self_attn",
         check_against_model,
-        spec(quantization_dtype="f8e5m2", modules_to_not_convert=["layers.0.self_attn"]),
+        spec(quantization_dtype="f8e4m3", modules_to_not_convert=["layers.0.self_attn"]),
         biased,
     )
     both = ["layers.0.self_attn", "layers.1.self_attn"]
@@ -234,8 +250,10 @@ def test_choose_tp_prefers_gqa_preserving_degrees() -> None:
 
 
 def test_sequence_lengths() -> None:
-    refused(r"seq_len 1024 exceeds n_positions 512", check_against_model, spec(seq_len=1024), facts())
-    refused(r"max_position_embeddings 4096", check_against_model, spec(seq_len=512, n_positions=8192), facts())
+    """R7: NxDI overwrites n_positions with the bucket (= seq_len), so only seq_len means anything."""
+    refused(r"n_positions 8192 differs from seq_len 512.*model_wrapper\.py", spec, seq_len=512, n_positions=8192)
+    refused(r"seq_len 8192 exceeds the model's max_position_embeddings 4096", check_against_model,
+            spec(seq_len=8192, n_positions=8192), facts())  # fmt: skip
 
 
 # --- builder, files, CLI ---------------------------------------------------------------------------------------

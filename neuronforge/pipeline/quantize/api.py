@@ -17,6 +17,7 @@ import pydantic
 
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.hf.config_compat import make_config_portable
 
 if TYPE_CHECKING:
     import torch
@@ -118,6 +119,7 @@ def _write_checkpoint(src: Path, dst: Path, replaced: dict[str, torch.Tensor]) -
     for item in src.iterdir():
         if item.is_file() and not any(item.match(p) for p in WEIGHT_FILES):
             shutil.copy2(item, dst / item.name)
+    make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
     remaining = set(replaced)
     total = 0
     for shard in sorted(src.glob("*.safetensors")):

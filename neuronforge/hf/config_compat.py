@@ -1,0 +1,55 @@
+"""config.json files that transformers 4.57 (what NxDI reads them with) and 5 (what we write them with) read alike.
+
+transformers 5 saves RoPE settings only as `rope_parameters` ({"rope_theta": ..., "rope_type": ..., scaling keys}).
+transformers 4.57, which NxDI 0.8 pins (setup.py:43) and reads the model's config with (utils/hf_adapter.py:49),
+knows only top-level `rope_theta` and `rope_scaling`, and silently falls back to rope_theta=10000.0 and no scaling
+(configuration_llama.py defaults in 4.57.6): SmolLM2 (theta 100000) would run with the wrong RoPE on the device.
+Writing both spellings fixes that, and transformers 5 reads the result exactly as it reads its own file (checked:
+AutoConfig(...).to_dict() is identical); tests/test_hf/test_transformers457_contract.py checks it in a 4.57.6 venv.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from neuronforge.core.atomic import atomic_write_text
+
+CONFIG_FILE = "config.json"
+
+
+def legacy_rope(rope_parameters: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) as transformers 4.x spells the same settings; scaling is None for plain RoPE."""
+    scaling = {key: value for key, value in rope_parameters.items() if key != "rope_theta"}
+    plain = scaling.get("rope_type", scaling.get("type", "default")) == "default"
+    return rope_parameters.get("rope_theta"), None if plain else scaling
+
+
+def portable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` with top-level rope_theta/rope_scaling derived from rope_parameters (unchanged without them)."""
+    portable = dict(config)
+    rope = config.get("rope_parameters")
+    if isinstance(rope, Mapping) and "rope_theta" in rope:
+        portable["rope_theta"], portable["rope_scaling"] = legacy_rope(rope)
+    return portable
+
+
+def rope_problem(config: Mapping[str, Any]) -> str | None:
+    """Why transformers 4.57 would read different RoPE settings from this config.json than transformers 5 (or None)."""
+    if portable_config(config) == dict(config):
+        return None
+    theta = config["rope_parameters"]["rope_theta"]
+    return (
+        f"rope_parameters (rope_theta {theta}) is not mirrored by matching top-level rope_theta/rope_scaling, so "
+        "transformers 4.57 (NxD Inference) would read other RoPE settings (rope_theta 10000 and no scaling when absent)"
+    )
+
+
+def make_config_portable(folder: Path) -> None:
+    """Rewrite `folder`/config.json in place when needed; only for folders neuronforge itself wrote."""
+    path = Path(folder) / CONFIG_FILE
+    config = json.loads(path.read_text())
+    if rope_problem(config):
+        atomic_write_text(path, json.dumps(portable_config(config), indent=2, sort_keys=True) + "\n")
