@@ -56,8 +56,11 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def link_tree(src: Path, dst: Path) -> None:
-    """Copy a folder by hard links (free for multi-GB checkpoints); real copies where the filesystem refuses."""
+def link_tree(src: Path, dst: Path, ignore: tuple[str, ...] = ()) -> None:
+    """Copy a folder by hard links (free for multi-GB checkpoints); real copies where the filesystem refuses.
+
+    `ignore`: file or folder names (glob patterns) left out at any depth.
+    """
 
     def link_or_copy(a: str, b: str) -> None:
         try:
@@ -65,4 +68,4 @@ def link_tree(src: Path, dst: Path) -> None:
         except OSError:
             shutil.copy2(a, b)
 
-    shutil.copytree(src, dst, copy_function=link_or_copy)
+    shutil.copytree(src, dst, copy_function=link_or_copy, ignore=shutil.ignore_patterns(*ignore) if ignore else None)

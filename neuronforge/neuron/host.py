@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
-
-def neuron_devices(dev_root: Path = Path("/dev")) -> list[str]:
-    return sorted(p.name for p in dev_root.glob("neuron*") if re.fullmatch(r"neuron\d+", p.name))
+DEV_ROOT_ENV = "NEURONFORGE_DEV_ROOT"  # where neuron<N> device nodes are looked up (default /dev)
 
 
-def neuron_unavailable(dev_root: Path = Path("/dev")) -> str | None:
+def neuron_devices(dev_root: Path | None = None) -> list[str]:
+    root = dev_root if dev_root is not None else Path(os.environ.get(DEV_ROOT_ENV, "/dev"))
+    return sorted(p.name for p in root.glob("neuron*") if re.fullmatch(r"neuron\d+", p.name))
+
+
+def neuron_unavailable(dev_root: Path | None = None) -> str | None:
     """Why the compile stage cannot run here (None when it can): it needs a Neuron device and NxD Inference."""
     if not neuron_devices(dev_root):
         return "no Neuron device on this host (/dev/neuron*); run the compile stage on an inf2/trn1 host"
@@ -23,7 +27,7 @@ def neuron_unavailable(dev_root: Path = Path("/dev")) -> str | None:
 CORES_PER_DEVICE = 2  # NeuronCore-v2: each /dev/neuronN is one Inferentia2/Trainium chip with 2 cores (instances.py)
 
 
-def host_neuron_cores(dev_root: Path = Path("/dev")) -> int:
+def host_neuron_cores(dev_root: Path | None = None) -> int:
     """NeuronCores this host can load a model on (0 on a CPU host)."""
     return CORES_PER_DEVICE * len(neuron_devices(dev_root))
 

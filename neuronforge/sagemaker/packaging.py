@@ -2,10 +2,12 @@
 
 Layout (copied as-is to /opt/ml/model by SageMaker's uncompressed S3Prefix model data):
 
-    compiled/       NxDI compiled artifacts (model.pt, neuron_config.json, weights/...)
+    compiled/       NxDI compiled artifacts (model.pt, neuron_config.json, presharded weights/...), without NxDI's
+                    quantized_checkpoint/ (only a recompile reads it)
     checkpoint/     the quantized HF checkpoint with its tokenizer
     serving.json    what the `serve` wrapper needs (tp_degree, max_model_len, env)
-    manifest.json   sha256 + size of every other file and the versions that made them
+    manifest.json   sha256 + size of every other file, the versions that made them, the compile's Neuron SDK
+                    (which must be the serving image's) and the sizes of the parts
 
 The manifest is uploaded last, so a prefix with a manifest is a complete upload.
 """
@@ -25,7 +27,10 @@ from neuronforge.core.atomic import atomic_dir, atomic_write_json, link_tree
 from neuronforge.core.hashing import sha256_file
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.compile import QUANTIZED_DIR, RECORD_FILE
+from neuronforge.neuron.nxdi_json import unloadable_kv_quant_config
 from neuronforge.sagemaker.aws import call
+from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, COMPILED_SUBDIR, serving_environment
 from neuronforge.version import __version__
 
@@ -102,7 +107,38 @@ def _read_neuron_config(compiled: Path) -> dict[str, Any]:
                 "pass the --out directory of `neuronforge compile`",
             )
     raw = json.loads((compiled / "neuron_config.json").read_text())
-    return raw.get("neuron_config", raw)
+    neuron_config = raw.get("neuron_config", raw)
+    if problem := unloadable_kv_quant_config(neuron_config):
+        raise NeuronforgeError(
+            f"{compiled}/neuron_config.json: {problem}, so the vLLM endpoint would fail to start",
+            "recompile with this neuronforge (`neuronforge compile` rewrites it in a form NxDI re-reads)",
+        )
+    return neuron_config
+
+
+def check_compile_sdk(compiled: Path) -> str:
+    """The compile's Neuron SDK, which must be the serving image's: NEFFs and NxDI configs do not cross SDKs."""
+    image = pinned()["images"]["neuron"]
+    serving_sdk = image["neuron_sdk"]
+    fix = (
+        f"recompile with `neuronforge compile --sdk {serving_sdk}` on a host with that SDK, or with "
+        "`neuronforge sagemaker compile`, which runs the serving image"
+    )
+    record = compiled / RECORD_FILE
+    if not record.is_file():
+        raise NeuronforgeError(f"{compiled} has no {RECORD_FILE}, so its Neuron SDK is unknown", fix)
+    sdk = json.loads(record.read_text()).get("sdk")
+    if sdk != serving_sdk:
+        raise NeuronforgeError(
+            f"{compiled} was compiled with Neuron SDK {sdk}, but the serving image runs SDK {serving_sdk} "
+            f"({image['base']})",
+            fix,
+        )
+    return sdk
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
 
 
 def _check_checkpoint(checkpoint: Path, tokenizer: Path | None) -> list[Path]:
@@ -163,17 +199,26 @@ def package_model(
     if out.exists() and not overwrite and not empty_dir:
         raise NeuronforgeError(f"{out} already exists", "pass --overwrite or choose another output directory")
     neuron_config = _read_neuron_config(compiled)
+    compile_sdk = check_compile_sdk(compiled)
     tokenizer_files = _check_checkpoint(checkpoint, tokenizer)
     serving = serving_config(neuron_config, tp_degree, max_num_seqs)
     target = out.with_name(f".{out.name}.package") if empty_dir else out
     with atomic_dir(target, overwrite=overwrite) as tmp:
-        link_tree(compiled, tmp / COMPILED_SUBDIR)
+        # NxDI's quantized_checkpoint/ (fp32 non-quantized tensors) is not needed: the presharded weights/ serve.
+        link_tree(compiled, tmp / COMPILED_SUBDIR, ignore=(QUANTIZED_DIR,))
         link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR)
         for path in tokenizer_files:
             if not (tmp / CHECKPOINT_SUBDIR / path.name).exists():
                 shutil.copy2(path, tmp / CHECKPOINT_SUBDIR / path.name)
         atomic_write_json(tmp / SERVING, serving)
-        atomic_write_json(tmp / MANIFEST, build_manifest(tmp, {"serving": serving}))
+        sizes = {
+            "package": tree_bytes(tmp),
+            "checkpoint": tree_bytes(tmp / CHECKPOINT_SUBDIR),
+            "compiled": tree_bytes(tmp / COMPILED_SUBDIR),
+            "left_out": {f"{COMPILED_SUBDIR}/{QUANTIZED_DIR}": tree_bytes(compiled / QUANTIZED_DIR)},
+        }
+        extra = {"serving": serving, "compile_sdk": compile_sdk, "sizes": sizes}
+        atomic_write_json(tmp / MANIFEST, build_manifest(tmp, extra))
     if empty_dir:  # the directory may be a mount point: move the entries in, the manifest last
         for entry in sorted(target.iterdir(), key=lambda p: p.name == MANIFEST):
             shutil.move(entry, out / entry.name)
@@ -267,5 +312,12 @@ def verify_remote_package(s3_uri: str, s3: S3Client) -> dict[str, Any]:
         raise NeuronforgeError(
             f"s3://{bucket}/{key_prefix} does not match its manifest ({'; '.join(problems[:5])})",
             "re-upload the package to an empty prefix (SageMaker copies every object under it)",
+        )
+    serving_sdk = pinned()["images"]["neuron"]["neuron_sdk"]
+    if manifest.get("compile_sdk") != serving_sdk:
+        raise NeuronforgeError(
+            f"s3://{bucket}/{key_prefix} was compiled with Neuron SDK {manifest.get('compile_sdk', 'unknown')}, but "
+            f"the endpoint image runs SDK {serving_sdk}",
+            f"recompile with --sdk {serving_sdk} (or `neuronforge sagemaker compile`), package and upload again",
         )
     return manifest

@@ -13,6 +13,7 @@ from typing import Any
 
 from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.compile import PLATFORM_TARGET
 from neuronforge.sagemaker import limits
 from neuronforge.sagemaker.code import CHANNEL, CHANNEL_DIR, PROCESSING_DIR, CodeBundle
 from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
@@ -230,9 +231,10 @@ def _compile_args(
 
 
 def _compile_env(target_instance: str, checkpoint: str, package_out: str) -> dict[str, str]:
-    # Compile for the serving family (inf2) even on trn1: the artifacts must match where they load.
+    # inf2 and trn1 are the same NeuronCore-v2 target, which NxD/NxDI only recognise as "trn1" (neuron/compile.py);
+    # set before NxD is imported, "inf2" would make NxD's hardware enum CUSTOM instead of TRN1.
     return {
-        "NEURON_PLATFORM_TARGET_OVERRIDE": target_instance.split(".")[1],
+        "NEURON_PLATFORM_TARGET_OVERRIDE": PLATFORM_TARGET,
         "NF_CKPT": checkpoint,
         "NF_OUT": package_out,
         "HF_HUB_OFFLINE": "1",

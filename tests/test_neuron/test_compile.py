@@ -19,10 +19,9 @@ from typer.testing import CliRunner
 import neuronforge.neuron.compile as compile_module
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
-from neuronforge.hf.config_compat import make_config_portable
 from neuronforge.neuron.compile import FP8_ENV, QUANTIZED_DIR, RECORD_FILE, CompileOptions, compile_model
 from neuronforge.neuron.config import build_neuron_config_spec, write_config_files
-from neuronforge.neuron.host import host_neuron_cores
+from neuronforge.neuron.host import DEV_ROOT_ENV
 from neuronforge.neuron.versions import neuron_sdk
 
 STANDIN = Path(__file__).resolve().parents[1] / "nxdi_standin"
@@ -47,27 +46,21 @@ def _drop_standin_modules() -> None:
         del sys.modules[name]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama as stage 1 writes it: config.json readable by transformers 4.57 and 5 alike."""
-    out = tmp_path_factory.mktemp("stage1") / "model"
-    shutil.copytree(tiny_llama_dir, out)
-    make_config_portable(out)
-    return out
+@pytest.fixture()
+def model_dir(stage1_llama_dir: Path) -> Path:
+    return stage1_llama_dir
 
 
 @pytest.fixture()
 def set_host(nxdi: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
     """Pretend this host has `devices` Neuron devices (2 NeuronCores each) and `ram_gib` of RAM."""
-    from neuronx_distributed_inference.models.llama import modeling_llama
 
     def set_to(devices: int, ram_gib: float = 64) -> None:
         dev = tmp_path / f"dev{devices}"
         dev.mkdir(exist_ok=True)
         for i in range(devices):
             (dev / f"neuron{i}").touch()
-        monkeypatch.setattr(modeling_llama, "DEVICE_ROOT", dev)  # the stand-in's load() looks here
-        monkeypatch.setattr(compile_module, "host_neuron_cores", lambda: host_neuron_cores(dev))
+        monkeypatch.setenv(DEV_ROOT_ENV, str(dev))  # read by neuronforge's host check and the stand-in's load()
         monkeypatch.setattr(compile_module, "host_memory_bytes", lambda: int(ram_gib * GIB))
 
     return set_to

@@ -83,7 +83,7 @@ def test_job_script_refuses_a_wheel_whose_sha256_differs(tmp_path: Path, wheel: 
 
 
 def test_compile_job_installs_the_shipped_wheel_then_compiles_and_packages(
-    tmp_path: Path, tiny_llama_dir: Path, wheel: Path
+    tmp_path: Path, stage1_llama_dir: Path, wheel: Path
 ) -> None:
     """The compile job's entrypoint script + arguments, with the in-repo NxDI stand-in playing NxDI: it checks the
     shipped wheel's sha256, installs it (--no-deps, into a scratch PIP_TARGET) and runs that neuronforge."""
@@ -97,14 +97,17 @@ def test_compile_job_installs_the_shipped_wheel_then_compiles_and_packages(
     )
     spec = request["AlgorithmSpecification"]
     channel = "/opt/ml/input/data/checkpoint"
-    args = [str(tiny_llama_dir) if a == channel else a for a in spec["ContainerArguments"]]
+    args = [str(stage1_llama_dir) if a == channel else a for a in spec["ContainerArguments"]]
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "neuron0").touch()  # a trn1.2xlarge: one Trainium chip, 2 NeuronCores
     env = _job_env(
         request,
         wheel,
         tmp_path / "site",
-        NF_CKPT=str(tiny_llama_dir),
+        NF_CKPT=str(stage1_llama_dir),
         NF_OUT=str(tmp_path / "package"),
         TMPDIR=str(tmp_path),
+        NEURONFORGE_DEV_ROOT=str(tmp_path / "dev"),
     )
     result = subprocess.run([*spec["ContainerEntrypoint"], *args], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -114,13 +117,8 @@ def test_compile_job_installs_the_shipped_wheel_then_compiles_and_packages(
     assert "compiled/model.pt" in manifest["files"] and "checkpoint/config.json" in manifest["files"]
 
 
-def _compile_only_available() -> bool:
-    return "--compile-only" in CliRunner().invoke(app, ["compile", "--help"], terminal_width=200).output
-
-
-@pytest.mark.skipif(not _compile_only_available(), reason="needs `neuronforge compile --compile-only` (issue 12)")
 def test_processing_compile_fills_the_output_dir_sagemaker_precreated(
-    tmp_path: Path, tiny_llama_dir: Path, wheel: Path
+    tmp_path: Path, stage1_llama_dir: Path, wheel: Path
 ) -> None:
     """A CPU processing host has no NeuronCores (--compile-only) and SageMaker creates the output LocalPath first."""
     request = compile_processing_request(
@@ -134,15 +132,17 @@ def test_processing_compile_fills_the_output_dir_sagemaker_precreated(
     spec = request["AppSpecification"]
     assert "--compile-only" in spec["ContainerArguments"]
     channel = "/opt/ml/processing/input/checkpoint"
-    args = [str(tiny_llama_dir) if a == channel else a for a in spec["ContainerArguments"]]
+    args = [str(stage1_llama_dir) if a == channel else a for a in spec["ContainerArguments"]]
     (tmp_path / "output" / "package").mkdir(parents=True)  # what SageMaker does before the entrypoint runs
+    (tmp_path / "dev").mkdir()  # no /dev/neuron*: the CPU host
     env = _job_env(
         request,
         wheel,
         tmp_path / "site",
-        NF_CKPT=str(tiny_llama_dir),
+        NF_CKPT=str(stage1_llama_dir),
         NF_OUT=str(tmp_path / "output" / "package"),
         TMPDIR=str(tmp_path),
+        NEURONFORGE_DEV_ROOT=str(tmp_path / "dev"),
     )
     result = subprocess.run([*spec["ContainerEntrypoint"], *args], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

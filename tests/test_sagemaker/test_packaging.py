@@ -127,3 +127,52 @@ def test_package_fills_an_existing_empty_directory_but_not_a_full_one(tmp_path: 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(NeuronforgeError, match="already exists"):
         package_model(out, compiled=make_compiled(tmp_path / "again"), checkpoint=tiny_llama_dir)
+
+
+def test_package_leaves_out_nxdi_quantized_checkpoint_and_reports_sizes(package: Path, tmp_path: Path) -> None:
+    """R6: compiled/quantized_checkpoint/ (NxDI's own quantized copy, fp32 extras) is not needed to serve."""
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert not [name for name in manifest["files"] if "quantized_checkpoint" in name]
+    assert not (package / "compiled" / "quantized_checkpoint").exists()
+    sizes = manifest["sizes"]
+    assert sizes["left_out"] == {"compiled/quantized_checkpoint": 7000}
+    assert sizes["package"] == sum(entry["size"] for entry in manifest["files"].values())  # before manifest.json
+    assert sizes["checkpoint"] + sizes["compiled"] + (package / "serving.json").stat().st_size == sizes["package"]
+    assert (tmp_path / "compiled-src" / "quantized_checkpoint" / "model.safetensors").is_file()  # source untouched
+
+
+def test_package_refuses_a_compile_for_another_sdk(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """R5: the serving image runs SDK 2.31 (images.json); a 2.28 compile would not load there."""
+    with pytest.raises(NeuronforgeError, match=r"compiled with Neuron SDK 2\.28, but the serving image runs SDK 2\.31"):
+        package_model(tmp_path / "pkg", compiled=make_compiled(tmp_path, sdk="2.28"), checkpoint=tiny_llama_dir)
+    compiled = make_compiled(tmp_path / "norecord")
+    (compiled / "neuronforge_compile.json").unlink()
+    with pytest.raises(NeuronforgeError, match="Neuron SDK is unknown"):
+        package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_package_refuses_kv_config_nxdi_cannot_reread(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """B1: a compiled folder whose neuron_config.json still holds NxDI's serialized Enums would kill the endpoint."""
+    compiled = make_compiled(tmp_path)
+    raw = json.loads((compiled / "neuron_config.json").read_text())
+    enum = {"_value_": "per_tensor_symmetric", "_name_": "PER_TENSOR_SYMMETRIC", "_sort_order_": 0}
+    raw["neuron_config"]["kv_quant_config"] = {"k_quant_method": enum, "v_quant_method": enum, "direct_cast": True}
+    (compiled / "neuron_config.json").write_text(json.dumps(raw))
+    with pytest.raises(NeuronforgeError, match="k_quant_method, v_quant_method as serialized Enums"):
+        package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+
+
+def test_image_serve_cannot_be_shadowed_on_path() -> None:
+    """R8: `docker run <image> serve` must run our wrapper whatever the base image's PATH dirs hold."""
+    import re
+
+    dockerfile = (SERVE.parent / "Dockerfile").read_text()
+    # The base image's PATH (aws-neuron/deep-learning-containers vllm/inference/0.16.0/Dockerfile.neuronx:19-20).
+    path = "/opt/conda/bin:/opt/aws/neuron/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    path += ":/opt/amazon/efa/bin"
+    for value in re.findall(r"^ENV PATH=(\S+)$", dockerfile, re.M):
+        path = value.replace("${PATH}", path).replace("$PATH", path)
+    (serve_dir,) = re.findall(r"^COPY neuronforge/sagemaker/serving/serve (\S+)/serve$", dockerfile, re.M)
+    assert path.split(":")[0] == serve_dir, "the folder holding our serve must come first on PATH"
+    assert re.search(r"^ENTRYPOINT \[\]$", dockerfile, re.M) and 'CMD ["serve"]' in dockerfile

@@ -65,7 +65,9 @@ def test_compile_job_golden() -> None:
     )
     check_botocore("CreateTrainingJob", request)
     check_golden("sagemaker_compile_job", request)
-    assert request["Environment"]["NEURON_PLATFORM_TARGET_OVERRIDE"] == "inf2"
+    assert (
+        request["Environment"]["NEURON_PLATFORM_TARGET_OVERRIDE"] == "trn1"
+    )  # inf2 and trn1 are both NeuronCore-v2; NxD only knows "trn1"
     spec = request["AlgorithmSpecification"]
     assert all(len(item) <= 256 for item in spec["ContainerEntrypoint"] + spec["ContainerArguments"])  # API limit
     assert request["AlgorithmSpecification"]["TrainingImage"].endswith(

@@ -284,6 +284,24 @@ def test_cli_aws_failures_are_errors_not_tracebacks(aws: tuple[Any, Any], monkey
         assert result.exit_code == 2 and "no usable AWS credentials" in result.output, result.output
 
 
+def test_deploy_refuses_a_package_compiled_for_another_sdk(aws: tuple[Any, Any], package: Path) -> None:
+    """R5: an uploaded package whose compile SDK is not the endpoint image's (here: a pre-R5 manifest) is refused."""
+    sm, s3 = aws
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert manifest["compile_sdk"] == "2.31"
+    manifest.pop("compile_sdk")
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    upload_package(package, f"s3://{BUCKET}/old", s3)
+    requests = deployment_requests(
+        "nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/old", instance_type="ml.inf2.xlarge"
+    )
+    with pytest.raises(
+        NeuronforgeError, match=r"compiled with Neuron SDK unknown, but the endpoint image runs SDK 2\.31"
+    ):
+        deploy(requests, sm, s3)
+    assert sm.list_models()["Models"] == []
+
+
 def test_cli_package_upload_deploy_status_delete(aws: tuple[Any, Any], tmp_path: Path, tiny_llama_dir: Path) -> None:
     sm, _ = aws
     runner = CliRunner()

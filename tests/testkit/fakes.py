@@ -7,10 +7,14 @@ import os
 from pathlib import Path
 
 
-def make_compiled(root: Path, tp_degree: int = 2, dtype: str = "int8") -> Path:
-    """An NxDI-shaped compiled directory: model.pt, neuron_config.json (NxDI's nested form) and sharded weights."""
+def make_compiled(root: Path, tp_degree: int = 2, dtype: str = "int8", sdk: str = "2.31") -> Path:
+    """A compiled directory shaped like `neuronforge compile`'s: model.pt, neuron_config.json (NxDI's nested form,
+    kv_quant_config as neuronforge rewrites it), presharded weights, NxDI's quantized_checkpoint/ and the record."""
     compiled = root / "compiled-src"
     (compiled / "weights").mkdir(parents=True)
+    (compiled / "quantized_checkpoint").mkdir()
+    (compiled / "quantized_checkpoint" / "model.safetensors").write_bytes(os.urandom(7000))
+    (compiled / "neuronforge_compile.json").write_text(json.dumps({"sdk": sdk}))
     (compiled / "model.pt").write_bytes(os.urandom(3000))
     (compiled / "weights" / "tp0_sharded_checkpoint.safetensors").write_bytes(os.urandom(5000))
     config = {
@@ -21,6 +25,7 @@ def make_compiled(root: Path, tp_degree: int = 2, dtype: str = "int8") -> Path:
             "quantized": True,
             "quantization_dtype": dtype,
             "kv_cache_quant": True,
+            "kv_quant_config": {"direct_cast": True},
         }
     }
     (compiled / "neuron_config.json").write_text(json.dumps(config))

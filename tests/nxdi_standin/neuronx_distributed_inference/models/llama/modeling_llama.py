@@ -11,7 +11,8 @@ What it reproduces, each from aws-neuron/neuronx-distributed-inference@cd3abf3 (
   per-channel [out, 1]; int8 per-tensor [1]; fp8 per-tensor 0-dim, NxD quantization_utils.py:126-152) and writes
   safetensors into an existing directory, else a pickle file (application_base.py:754-768).
 - load() needs NeuronCores: the real one runs torch.jit.load and nxd_model.initialize on the device (:317-414).
-  Here a device exists when DEVICE_ROOT holds neuron<N> entries (tests point it at a folder they fill).
+  Here the devices are the neuron<N> entries of $NEURONFORGE_DEV_ROOT (default /dev), the folder neuronforge's
+  own host check reads; tests point it at a folder they fill.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import torch
 from neuronx_distributed_inference import record
 from neuronx_distributed_inference.models.config import InferenceConfig
 
-DEVICE_ROOT = Path("/nonexistent-neuron-dev")  # tests set this to a folder with neuron0, neuron1, ...
 COMPILED_MODEL_FILE_NAME = "model.pt"
 
 
@@ -158,7 +158,8 @@ class NeuronLlamaForCausalLM:
             )
 
     def load(self, path: str) -> None:
-        devices = [p for p in DEVICE_ROOT.glob("neuron*") if re.fullmatch(r"neuron\d+", p.name)]
+        root = Path(os.environ.get("NEURONFORGE_DEV_ROOT", "/dev"))
+        devices = [p for p in root.glob("neuron*") if re.fullmatch(r"neuron\d+", p.name)]
         record("load", path=path, compiled=os.path.exists(Path(path) / COMPILED_MODEL_FILE_NAME))
         if 2 * len(devices) < self.config.neuron_config.tp_degree:
             raise RuntimeError(
