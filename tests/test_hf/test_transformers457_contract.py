@@ -1,0 +1,92 @@
+"""Contract with NxD Inference's transformers: our exported config.json, read by transformers 4.57.6 in its own venv.
+
+NxDI 0.8 pins transformers==4.57.* (setup.py:43) and reads the model's config with AutoConfig (utils/hf_adapter.py:49);
+a config.json written by transformers 5 alone reads there as RoPE theta 10000 with no scaling. The venv is built
+once (torch-free: transformers and its small dependencies from PyPI) under $NEURONFORGE_CACHE/venvs and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from neuronforge.cli import app
+from neuronforge.core.cache import cache_dir
+
+TRANSFORMERS = "transformers==4.57.6"
+READ = """
+import json, sys
+import transformers
+from transformers import AutoConfig
+config = AutoConfig.from_pretrained(sys.argv[1])
+print(json.dumps({"version": transformers.__version__, "rope_theta": config.rope_theta,
+                  "rope_scaling": config.rope_scaling}))
+"""
+
+
+@pytest.fixture(scope="session")
+def transformers457() -> Path:
+    """Python of a venv holding only transformers 4.57.6 (no torch), built once per cache."""
+    venv = cache_dir() / "venvs" / TRANSFORMERS.replace("==", "-")
+    python = venv / "bin" / "python"
+    if (venv / ".complete").is_file():
+        return python
+    partial = venv.with_name(venv.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True, timeout=300)
+    pip = [str(partial / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    result = subprocess.run([*pip, TRANSFORMERS], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"pip install {TRANSFORMERS} failed (needs PyPI):\n{result.stderr[-2000:]}"
+    (partial / ".complete").touch()
+    shutil.rmtree(venv, ignore_errors=True)
+    partial.rename(venv)  # venv scripts keep the .partial path in shebangs; we only ever run `bin/python -c`
+    return python
+
+
+def read_with_457(python: Path, folder: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    out = subprocess.run([str(python), "-c", READ, str(folder)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def read_with_5(folder: Path) -> dict[str, Any]:
+    """The source's RoPE settings as transformers 5 (our side) reads them, in 4.x's spelling."""
+    from transformers import AutoConfig
+
+    rope = dict(AutoConfig.from_pretrained(folder).rope_parameters)
+    theta = rope.pop("rope_theta")
+    return {"rope_theta": theta, "rope_scaling": None if rope.get("rope_type") == "default" else rope}
+
+
+def test_stage1_export_reads_the_same_in_transformers_457(
+    transformers457: Path, make_tiny_llama: Callable[..., Path], tmp_path: Path
+) -> None:
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64}  # fmt: skip
+    source = make_tiny_llama("rope-contract", rope_theta=500000.0, rope_scaling=dict(llama3))  # v5 mutates it
+    assert read_with_457(transformers457, source)["rope_theta"] == 10000.0  # the bug: v5's own file, read by 4.57
+    out = tmp_path / "stage1"
+    args = ["quantize", "--model", str(source), "--out", str(out), "--no-autoround", "--nsamples", "2"]
+    result = CliRunner().invoke(app, [*args, "--calib-seq-len", "32", "--selection", "none"])
+    assert result.exit_code == 0, result.output
+    got = read_with_457(transformers457, out)
+    assert got["version"] == "4.57.6"
+    assert {"rope_theta": got["rope_theta"], "rope_scaling": got["rope_scaling"]} == read_with_5(source)
+    assert got["rope_theta"] == 500000.0 and got["rope_scaling"] == llama3
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_reads_the_same_in_transformers_457(transformers457: Path, smollm2_dir: Path) -> None:
+    got = read_with_457(transformers457, smollm2_dir)
+    assert {"rope_theta": got["rope_theta"], "rope_scaling": got["rope_scaling"]} == read_with_5(smollm2_dir)
+    assert got["rope_theta"] == 100000.0
