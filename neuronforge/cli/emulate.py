@@ -62,6 +62,9 @@ def emulate_command(
         min=0,
         help="CPU threads for torch (0: torch's default). On a shared machine 1 is often fastest.",
     ),
+    tp_degree: int = typer.Option(
+        1, "--tp-degree", min=1, help="NeuronCores the compiled model is sharded over (row-parallel rounding)."
+    ),
     exact_bf16: bool = typer.Option(
         False,
         "--exact-bf16",
@@ -87,6 +90,7 @@ def emulate_command(
         modules_to_not_convert=modules,
         qtype=qtype,
         fast_bf16=not exact_bf16,
+        tp_degree=tp_degree,
     )
     spec.validate()
     texts = resolve_splits(text).evaluation

@@ -1,8 +1,10 @@
 """CPU emulator of what an inf2/trn1 computes for an NxDI-compiled, quantized Llama.
 
 Weights: every Linear NxDI converts becomes a NeuronQuantLinear (codes on NxD's grid, bf16 matmul, fp32
-per-row scale). KV cache: NxDI's direct-cast fp8 cache (see kv_cache.py). Everything else is the HF model
-in bf16. Only the fp32 accumulation order and values with |K/V| > 240 differ from the device.
+per-row scale); with tp_degree > 1 the row-parallel layers round each rank's partial output before the
+all-reduce (qlinear.py). KV cache: NxDI's direct-cast fp8 cache, with decode attention scores rounded as the
+device rounds them (kv_cache.py). Everything else is the HF model in bf16. The fp32 accumulation order, the
+all-reduce's internal precision, prefill attention and values with |K/V| > 240 are not modelled exactly.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ class EmulationSpec:
     # bf16 Linears as fp32 GEMMs rounded once to bf16 (device-like fp32 accumulation, ~6x faster on CPUs
     # without native bf16); every command uses it. Off: HF's own bf16 kernels, bit-identical to the unmodified model.
     fast_bf16: bool = True
+    # NeuronCores the model is sharded over: row-parallel layers (o_proj, down_proj) round per-rank partials (qlinear.py).
+    tp_degree: int = 1
 
     def validate(self) -> None:
+        if self.tp_degree < 1:
+            raise NeuronforgeError(f"tp_degree {self.tp_degree} is not a NeuronCore count", "pass --tp-degree >= 1")
         if self.dtype is not None and self.dtype not in QUANT_DTYPES:
             raise NeuronforgeError(
                 f"unknown weight dtype '{self.dtype}'", f"choose one of: {', '.join(QUANT_DTYPES)} or none"
@@ -57,7 +63,7 @@ class EmulationSpec:
             if self.dtype and self.modules_to_not_convert
             else ""
         )
-        return f"{weights}{kept}, {'fp8 e4m3' if self.kv_fp8 else 'bf16'} KV cache"
+        return f"{weights}{kept}, {'fp8 e4m3' if self.kv_fp8 else 'bf16'} KV cache, tp_degree {self.tp_degree}"
 
 
 @dataclass
@@ -115,17 +121,26 @@ def _untie_lm_head(model: PreTrainedModel) -> None:
 
 def emulate(model: PreTrainedModel, spec: EmulationSpec) -> EmulatedModel:
     """Convert `model` in place to the numerics `spec` describes."""
-    from neuronforge.neuron.qlinear import Bf16Linear, convert_to_neuron_numerics, quantizable_linears, replace_module
+    from neuronforge.neuron.qlinear import (
+        Bf16Linear,
+        convert_to_neuron_numerics,
+        is_row_parallel,
+        quantizable_linears,
+        replace_module,
+    )
 
     spec.validate()
     model.eval()
     converted: list[str] = []
     if spec.dtype is not None:
         _untie_lm_head(model)
-        converted = convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype)
-    if spec.fast_bf16:
-        for name, linear in quantizable_linears(model).items():  # the Linears still in bf16
-            replace_module(model, name, Bf16Linear(linear))
+        converted = convert_to_neuron_numerics(
+            model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree
+        )
+    for name, linear in quantizable_linears(model).items():  # the Linears still in bf16
+        tp = spec.tp_degree if is_row_parallel(name) else 1
+        if spec.fast_bf16 or tp > 1:
+            replace_module(model, name, Bf16Linear(linear, tp))
     if spec.kv_fp8:
         register_attention()
         model.set_attn_implementation(ATTENTION_NAME)

@@ -12,6 +12,7 @@ the same rule is exactly one decode step. See shared/research/nxdi-quantization.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -76,25 +77,35 @@ def _decode_rows(
 ) -> torch.Tensor:
     """Attention for query rows that run as decode steps: past K/V via fp8, each row's own K/V exact.
 
-    Shapes: query [b, h, r, d]; key/value [b, h, kv, d] (already repeated for GQA); positions [r].
-    Math in fp32 from the bf16 operands (the device accumulates in fp32). Returns [b, r, h, d].
+    Rounded as NxDI's token generation rounds it (attention_base.py:2031-2071, attention/utils.py:252-270):
+    Q@K^T as a bf16 matmul, divided by sqrt(head_dim) in bf16, then fp32 for the softmax over the prior
+    (cached) and active (own) keys together; the probabilities go back to bf16, and the prior and active
+    halves are two bf16 matmuls whose bf16 results are added. GEMMs run in fp32 on the bf16 operands and round
+    once (the device's fp32 accumulation, in another order).
+    Shapes: query [b, h, r, d]; key/value [b, h, kv, d] (already repeated for GQA); positions [r]. Returns [b, r, h, d].
     """
+    dtype = query.dtype
+    q, kq, vq = query.float(), fp8_roundtrip(key).float(), fp8_roundtrip(value).float()
     k, v = key.float(), value.float()
-    kq, vq = fp8_roundtrip(key).float(), fp8_roundtrip(value).float()
-    q = query.float()
+    head_dim = query.shape[-1]
+    divisor = math.sqrt(head_dim) if math.isclose(scaling, head_dim**-0.5, rel_tol=1e-12) else 1.0 / scaling
     cols = torch.arange(key.shape[2], device=key.device)
     own = cols[None, :] == positions[:, None]  # [r, kv]
     visible = cols[None, :] <= positions[:, None]
-    scores = torch.where(own, q @ k.transpose(-1, -2), q @ kq.transpose(-1, -2)) * scaling
+    prior = (q @ kq.transpose(-1, -2)).to(dtype) / divisor
+    active = (q @ k.transpose(-1, -2)).to(dtype) / divisor
+    scores = torch.where(own, active, prior).float()
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             visible = visible & attention_mask
         else:
             scores = scores + attention_mask.float()
     scores = scores.masked_fill(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = (probs * own) @ v + (probs * ~own) @ vq
-    return out.to(query.dtype).transpose(1, 2)
+    exp = torch.exp(scores - scores.amax(dim=-1, keepdim=True))  # manual_softmax: one max and one denominator
+    probs = (exp / exp.sum(dim=-1, keepdim=True)).to(dtype).float()
+    out_prior = ((probs * ~own) @ vq).to(dtype)
+    out_active = ((probs * own) @ v).to(dtype)
+    return (out_prior + out_active).transpose(1, 2)
 
 
 def fp8_kv_attention(

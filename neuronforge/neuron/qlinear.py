@@ -1,8 +1,15 @@
 """A Linear that computes what NxD's QuantizedColumnParallel/RowParallel compute on the device.
 
 Forward: bf16 matmul against the int8/fp8 codes cast to bf16 (exact), then the bf16 output is
-multiplied by the fp32 per-row scale and rounded back to bf16; bias is added last. Only the fp32
-accumulation order of the matmul differs from the hardware.
+multiplied by the fp32 per-row scale and rounded back to bf16; bias is added last.
+
+Tensor parallelism: column-parallel layers (q/k/v, gate/up, lm_head) split output features, so every
+output is computed whole on one rank and tp changes nothing. Row-parallel layers (o_proj, down_proj) split
+the input features: each of the tp ranks multiplies its slice, scales and rounds its partial output to bf16,
+and only then are the partials summed by the all-reduce, with the bias added after it (NxD
+quantization_layers.py:937-964; parallel_layers RowParallelLinear pads the input to a multiple of tp, which
+adds zeros). The emulator sums the bf16 partials in fp32 and rounds once: the all-reduce's own accumulation
+precision is not in the sources we have. The fp32 accumulation order within a GEMM also differs from the device.
 """
 
 from __future__ import annotations
@@ -13,14 +20,48 @@ from torch import nn
 from neuronforge.neuron.grid import quantize_weight
 from neuronforge.neuron.module_names import nxdi_path, nxdi_skips
 
+ROW_PARALLEL = ("o_proj", "down_proj")  # NxDI Llama's RowParallelLinear layers (gqa.py:1213, modeling_llama.py:402-433)
+
+
+def is_row_parallel(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ROW_PARALLEL
+
+
+def rank_slices(in_features: int, tp_degree: int) -> list[slice]:
+    """The input-feature slice each rank of a row-parallel layer holds (the last one short where NxD zero-pads)."""
+    width = -(-in_features // tp_degree)
+    return [slice(start, min(start + width, in_features)) for start in range(0, in_features, width)]
+
+
+def row_parallel_matmul(
+    x: torch.Tensor, weight_fp32: torch.Tensor, tp_degree: int, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """sum over ranks of bf16(bf16(x_r @ W_r^T) * scale), in x's dtype; tp_degree 1 is the plain scaled GEMM."""
+    compute = x.dtype
+    total = None
+    for part in rank_slices(weight_fp32.shape[1], tp_degree):
+        y = nn.functional.linear(x[..., part].float(), weight_fp32[:, part]).to(compute)
+        if scale is not None:
+            y = (y.float() * scale).to(compute)
+        total = y.float() if total is None else total + y.float()
+    assert total is not None
+    return total.to(compute)
+
 
 class NeuronQuantLinear(nn.Module):
     """Holds codes (int8 or fp8) and an fp32 scale exactly as NxD's checkpoint stores them."""
 
     def __init__(
-        self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: str, qtype: str
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        dtype: str,
+        qtype: str,
+        tp_degree: int = 1,
     ) -> None:
         super().__init__()
+        self.tp_degree = tp_degree  # > 1 only for row-parallel layers: the ranks that split in_features
         self.register_buffer("codes", codes)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
@@ -30,14 +71,16 @@ class NeuronQuantLinear(nn.Module):
         self._codes_fp32: torch.Tensor | None = None  # exact fp32 copy of the codes, made on first use
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric") -> NeuronQuantLinear:
+    def from_linear(
+        cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric", tp_degree: int = 1
+    ) -> NeuronQuantLinear:
         # NxDI quantizes the HF model loaded in fp32 (exact for bf16; the fp8 per-tensor scale depends on it).
         codes, scale = quantize_weight(linear.weight.detach().float(), dtype, qtype)
         # NxD's fp8 QuantizedLinear drops Linear biases; int8 keeps them (cast to bf16 at load).
         bias = None
         if linear.bias is not None and dtype == "int8":
             bias = linear.bias.detach().to(torch.bfloat16).clone()
-        return cls(codes, scale, bias, dtype, qtype)
+        return cls(codes, scale, bias, dtype, qtype, tp_degree)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         compute = x.dtype
@@ -45,13 +88,13 @@ class NeuronQuantLinear(nn.Module):
         # accumulation gives, and avoids CPU bf16 GEMMs (about 6x slower without native bf16).
         if self._codes_fp32 is None:
             self._codes_fp32 = self.codes.float()
-        y = nn.functional.linear(x.float(), self._codes_fp32).to(compute)
         scale = self.scale.reshape(1, -1) if self.scale.dim() == 2 else self.scale
-        y = (y.float() * scale).to(compute)
+        y = row_parallel_matmul(x, self._codes_fp32, self.tp_degree, scale)
         return y if self.bias is None else y + self.bias.to(compute)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, dtype={self.quant_dtype}, {self.quant_type}"
+        tp = f", row-parallel over {self.tp_degree} ranks" if self.tp_degree > 1 else ""
+        return f"in={self.in_features}, out={self.out_features}, dtype={self.quant_dtype}, {self.quant_type}{tp}"
 
 
 class Bf16Linear(nn.Module):
@@ -61,17 +104,21 @@ class Bf16Linear(nn.Module):
     order differs from torch's own bf16 kernel, which is several times slower on CPUs without bf16.
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, tp_degree: int = 1) -> None:
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.tp_degree = tp_degree  # > 1 only for row-parallel layers
 
         self._weight_fp32: torch.Tensor | None = None  # exact fp32 copy, made on first use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._weight_fp32 is None:
             self._weight_fp32 = self.weight.detach().float()
+        if self.tp_degree > 1:  # bf16 partials summed by the all-reduce, bias after it
+            y = row_parallel_matmul(x, self._weight_fp32, self.tp_degree)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         bias = None if self.bias is None else self.bias.float()
         return nn.functional.linear(x.float(), self._weight_fp32, bias).to(x.dtype)
 
@@ -94,6 +141,7 @@ def convert_to_neuron_numerics(
     dtype: str,
     modules_to_not_convert: list[str] | tuple[str, ...] = (),
     qtype: str = "per_channel_symmetric",
+    tp_degree: int = 1,
 ) -> list[str]:
     """Swap, in place, every Linear NxDI would quantize for a NeuronQuantLinear; return the HF names swapped.
 
@@ -104,7 +152,8 @@ def convert_to_neuron_numerics(
     for name, linear in quantizable_linears(model).items():
         if nxdi_skips(name, modules_to_not_convert):
             continue
-        replace_module(model, name, NeuronQuantLinear.from_linear(linear, dtype, qtype))
+        tp = tp_degree if is_row_parallel(name) else 1
+        replace_module(model, name, NeuronQuantLinear.from_linear(linear, dtype, qtype, tp))
         swapped.append(name)
     return swapped
 

@@ -98,7 +98,9 @@ def test_int8_matches_dequantized_reference(tiny_llama_dir: Path) -> None:
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.06)])
+# bf16: the emulator rounds decode attention scores as NxDI does (bf16 Q@K^T, bf16 probabilities), HF's decode loop
+# as sdpa does; test_emulate_tp.py checks the former against a transcription of NxDI's code.
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.08)])
 def test_fp8_kv_only_affects_decode_positions_and_matches_decode_loop(
     make_tiny_llama: Callable[..., Path], dtype: torch.dtype, atol: float
 ) -> None:

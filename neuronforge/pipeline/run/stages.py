@@ -163,7 +163,17 @@ def _emulate_inputs(ctx: StageContext) -> dict[str, Any]:
         "eval_tokens": config.eval_tokens,
         "calib_seq_len": config.calib_seq_len,
         "dtype": config.dtype,
+        "tp_degree": config.tp_degree,
+        "instance": config.instance,
     }
+
+
+def _emulated_tp(ctx: StageContext) -> int:
+    """The tp_degree the compile stage will use (explicit, or chosen for the target instance as compile chooses it)."""
+    from neuronforge.neuron.config import DEFAULT_INSTANCE, choose_tp, model_facts
+
+    config = _given(ctx).config
+    return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), config.instance or DEFAULT_INSTANCE)
 
 
 def _emulate_run(ctx: StageContext) -> StageResult:
@@ -186,7 +196,10 @@ def _emulate_run(ctx: StageContext) -> StageResult:
         "neuron": (
             _quantized(ctx),
             EmulationSpec(
-                dtype=config.dtype, kv_fp8=config.kv == "fp8", modules_to_not_convert=tuple(_not_converted(ctx))
+                dtype=config.dtype,
+                kv_fp8=config.kv == "fp8",
+                modules_to_not_convert=tuple(_not_converted(ctx)),
+                tp_degree=_emulated_tp(ctx),
             ),
         ),
     }
@@ -209,6 +222,7 @@ def _emulate_run(ctx: StageContext) -> StageResult:
         "kv_risk": kv_risk,
         "dtype": config.dtype,
         "kv": config.kv,
+        "tp_degree": variants["neuron"][1].tp_degree,
         "tokens_per_text": {name: int(ids.numel()) for name, ids in windows.items()},
         "modules_to_not_convert": _not_converted(ctx),
     }
@@ -221,7 +235,7 @@ def emulation_markdown(summary: dict[str, Any]) -> str:
     """A short table: per held-out text, perplexity in bf16 and under emulated Neuron numerics."""
     kv = "fp8 (e4m3) KV cache" if summary["kv"] == "fp8" else "bf16 KV cache"
     lines = [
-        f"# CPU emulation of Neuron numerics: {summary['dtype']} weights, {kv}",
+        f"# CPU emulation of Neuron numerics: {summary['dtype']} weights, {kv}, tp_degree {summary.get('tp_degree', 1)}",
         "",
         "| text | tokens | bf16 ppl | Neuron-emulated ppl | change |",
         "|---|---:|---:|---:|---:|",
