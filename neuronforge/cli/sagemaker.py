@@ -395,10 +395,19 @@ def package_command(
     elif compiled is None or checkpoint is None:
         raise NeuronforgeError("--compiled and --checkpoint go together", "pass both, or neither to re-upload OUT")
     else:
+        from neuronforge.neuron.weight_memory import format_bytes
+        from neuronforge.sagemaker.packaging import load_manifest
+
         package_model(
             out, compiled=compiled, checkpoint=checkpoint, tokenizer=tokenizer, tp_degree=tp_degree, overwrite=overwrite
         )
-        console.print(f"[green]packaged:[/] {out}")
+        sizes = load_manifest(out)["sizes"]
+        left_out = ", ".join(f"{name} {format_bytes(n)}" for name, n in sizes["left_out"].items() if n)
+        console.print(
+            f"[green]packaged:[/] {out} ({format_bytes(sizes['package'])}: checkpoint "
+            f"{format_bytes(sizes['checkpoint'])}, compiled {format_bytes(sizes['compiled'])}"
+            + (f"; left out {left_out})" if left_out else ")")
+        )
     if upload:
         from neuronforge.sagemaker.packaging import upload_package
         from neuronforge.sagemaker.submit import clients

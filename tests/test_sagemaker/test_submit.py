@@ -322,6 +322,7 @@ def test_cli_package_upload_deploy_status_delete(aws: tuple[Any, Any], tmp_path:
         ],
     )
     assert result.exit_code == 0, result.output
+    assert "left out compiled/quantized_checkpoint 7.00 kB" in " ".join(result.output.split())
     deploy_args = ["sagemaker", "deploy", "--model-data", f"s3://{BUCKET}/cli-pkg/", "--name", "nf-cli", "--role", ROLE]
     dry = runner.invoke(app, [*deploy_args, "--dry-run"])
     assert dry.exit_code == 0 and json.loads(dry.stdout)["create_endpoint"]["EndpointName"] == "nf-cli"
