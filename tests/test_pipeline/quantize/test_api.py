@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.config_compat import portable_config
 from neuronforge.neuron.grid import quantize_weight
 from neuronforge.pipeline.quantize import grid_export
 from neuronforge.pipeline.quantize.api import options_from, quantize
@@ -46,8 +47,11 @@ def test_end_to_end_is_grid_exact(tiny_llama_dir: Path, tmp_path: Path, dtype: s
     sens = json.loads((out / "sensitivity.json").read_text())
     assert sens["method"] == "first_order" and sens["kept_bf16"] == kept
     assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (tiny_llama_dir / name).read_bytes()
+    # config.json: the source's, plus the rope_theta/rope_scaling that transformers 4.57 (NxDI) reads
+    source_config = json.loads((tiny_llama_dir / "config.json").read_text())
+    assert json.loads((out / "config.json").read_text()) == portable_config(source_config) != source_config
 
     before, after = _tensors(tiny_llama_dir), _tensors(out)
     assert set(before) == set(after)
