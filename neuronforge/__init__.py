@@ -3,7 +3,8 @@
 The Python API, one verb per step (like `torchao.quantize_` and `llmcompressor.oneshot`):
 
     import neuronforge as nf
-    result = nf.quantize(nf.QuantizeOptions(model="smollm2", out="q-int8", dtype="int8"))
+    result = nf.quantize(nf.QuantizeOptions(model="smollm2", out="q-int8", dtype="int8"))  # folder to folder
+    done = nf.quantize_model(model, tokenizer, nf.QuantizeSettings(dtype="int8"))  # a loaded nn.Module, in place
 
 Stage 1 (GPU or CPU) writes a fake-quantized bf16 checkpoint on NxD's exact grid plus the list of
 blocks that stay bf16; stage 2 (inf2/trn1) compiles it with NxD Inference. The CPU reference path
@@ -23,7 +24,10 @@ from neuronforge.version import __version__
 # public name -> (module, attribute)
 _LAZY: dict[str, tuple[str, str]] = {
     "quantize": ("neuronforge.pipeline.quantize.api", "quantize"),
+    "quantize_model": ("neuronforge.pipeline.quantize.api", "quantize_model"),
     "QuantizeOptions": ("neuronforge.pipeline.quantize.api", "QuantizeOptions"),
+    "QuantizeSettings": ("neuronforge.pipeline.quantize.api", "QuantizeSettings"),
+    "QuantizedModel": ("neuronforge.pipeline.quantize.api", "QuantizedModel"),
     "QuantizeResult": ("neuronforge.pipeline.quantize.api", "QuantizeResult"),
     "emulate": ("neuronforge.neuron.emulate", "emulate"),
     "load_emulated": ("neuronforge.neuron.emulate", "load_emulated"),
@@ -50,7 +54,10 @@ __all__ = [
     "NeuronforgeError",
     "__version__",
     "quantize",
+    "quantize_model",
     "QuantizeOptions",
+    "QuantizeSettings",
+    "QuantizedModel",
     "QuantizeResult",
     "emulate",
     "load_emulated",
@@ -97,7 +104,14 @@ if TYPE_CHECKING:
     from neuronforge.neuron.plan import Deployment, load_model_shape, plan
     from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
     from neuronforge.pipeline.evaluate.report import EvaluationReport
-    from neuronforge.pipeline.quantize.api import QuantizeOptions, QuantizeResult, quantize
+    from neuronforge.pipeline.quantize.api import (
+        QuantizedModel,
+        QuantizeOptions,
+        QuantizeResult,
+        QuantizeSettings,
+        quantize,
+        quantize_model,
+    )
     from neuronforge.pipeline.run.api import RunOutcome
     from neuronforge.pipeline.run.api import run_pipeline as run
     from neuronforge.pipeline.run.config import RunConfig

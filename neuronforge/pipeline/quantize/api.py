@@ -1,8 +1,11 @@
-"""Stage 1 entry point: sensitivity -> selection -> AutoRound on NxD's grid -> grid-exact bf16 checkpoint.
+"""Stage 1 entry points: sensitivity -> selection -> AutoRound on NxD's grid -> grid-exact bf16 weights.
 
-The output folder is an ordinary HF checkpoint (same shards as the input) whose quantized weights
-NxD re-quantizes to exactly the codes AutoRound tuned; the grid check runs on the written files
-and the folder only appears (atomically) when it passes at 100%.
+`quantize_model` works on a model already in memory (like torchao's `quantize_(model, config)`): it
+fake-quantizes the decoder Linears in place so every weight sits on NxD's int8/fp8 grid, and returns the
+NxD codes, scales and the blocks kept in bf16. `quantize` is the folder-to-folder wrapper: it loads the
+model, calls `quantize_model`, and writes an ordinary HF checkpoint (same shards as the input) whose
+quantized weights NxD re-quantizes to exactly the codes AutoRound tuned; the grid check runs on the
+written files and the folder only appears (atomically) when it passes at 100%.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,15 +26,16 @@ from neuronforge.hf.config_compat import make_config_portable
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
     from neuronforge.pipeline.quantize.sensitivity import Block, SensitivityResult
 
 
-class QuantizeOptions(pydantic.BaseModel):
+class QuantizeSettings(pydantic.BaseModel):
+    """How to quantize: every knob except where the model comes from and where it goes (`quantize_model` input)."""
+
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    model: str  # "smollm2" or HF folder (s3:// support is added by the run orchestrator)
-    out: Path
     dtype: Literal["int8", "f8e4m3"] = "int8"
     iters: int = pydantic.Field(50, ge=0)
     nsamples: int = pydantic.Field(32, ge=1)
@@ -47,7 +52,7 @@ class QuantizeOptions(pydantic.BaseModel):
     # (measured on SmolLM2: row ranges cut to 0.44x and held-out KL 2x worse than RTN; see README).
     minmax_tuning: bool = False
     # Budget selection by instance: keep as many blocks bf16 as still fit this instance, for the deployment below
-    # (compile's defaults); replaces max_extra_memory.
+    # (compile's defaults); replaces max_extra_memory. Needs the model folder (`quantize`, not `quantize_model`).
     budget_instance: str | None = None
     kv: Literal["fp8", "bf16"] = "fp8"
     seq_len: int = pydantic.Field(1024, ge=1)
@@ -55,12 +60,19 @@ class QuantizeOptions(pydantic.BaseModel):
     tp_degree: int | None = pydantic.Field(None, ge=1)
 
     @pydantic.model_validator(mode="after")
-    def _budget_instance_needs_budget(self) -> QuantizeOptions:
+    def _budget_instance_needs_budget(self) -> QuantizeSettings:
         if self.budget_instance is not None and (self.selection != "budget" or self.modules_to_not_convert is not None):
             raise ValueError(
                 "budget_instance chooses the bf16 blocks: use it with selection 'budget' and no explicit list"
             )
         return self
+
+
+class QuantizeOptions(QuantizeSettings):
+    """Folder to folder (`quantize`): the settings plus the input model and the output folder."""
+
+    model: str  # "smollm2" or HF folder (s3:// support is added by the run orchestrator)
+    out: Path
 
 
 class QuantizeResult(pydantic.BaseModel):
@@ -71,6 +83,19 @@ class QuantizeResult(pydantic.BaseModel):
     value_agreement: float
     naive_value_agreement: float | None
     timings: dict[str, float]
+
+
+@dataclass
+class QuantizedModel:
+    """What `quantize_model` did to a model (whose quantized Linears now hold NxD-grid values, in place)."""
+
+    modules_to_not_convert: list[str]  # blocks kept in bf16 (NxDI's list for this model)
+    codes: dict[str, torch.Tensor]  # Linear name -> NxD codes (int8 or float8_e4m3fn), one row per output channel
+    scales: dict[str, torch.Tensor]  # Linear name -> fp32 per-row scale (weight on Neuron = codes x scale)
+    rtn_layers: list[str]  # quantized Linears AutoRound left alone: rounded to the grid without tuning
+    sensitivity: SensitivityResult | None  # None when modules_to_not_convert was given explicitly
+    timings: dict[str, float]
+    original: dict[str, torch.Tensor] = field(default_factory=dict)  # weights before, when keep_original=True
 
 
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
@@ -170,7 +195,7 @@ def _analyze(model: nn.Module, samples: list[torch.Tensor], options: QuantizeOpt
     return result
 
 
-def _instance_budget(options: QuantizeOptions, src: Path) -> Callable[[Sequence[str]], bool]:
+def _instance_budget(options: QuantizeSettings, src: Path) -> Callable[[Sequence[str]], bool]:
     """Does the model, with these blocks kept bf16, fit options.budget_instance (neuron/plan.py)?"""
     from neuronforge.neuron.config import normalize_instance
     from neuronforge.neuron.plan import deployment_from, instance_budget
@@ -181,42 +206,49 @@ def _instance_budget(options: QuantizeOptions, src: Path) -> Callable[[Sequence[
     return instance_budget(src, normalize_instance(options.budget_instance), deployment, options.tp_degree)
 
 
-def quantize(options: QuantizeOptions) -> QuantizeResult:
-    """Run stage 1 and write `options.out` atomically. See the module docstring."""
+def quantize_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: QuantizeSettings | None = None,
+    *,
+    keep_original: bool = False,
+    fits: Callable[[Sequence[str]], bool] | None = None,
+) -> QuantizedModel:
+    """Quantize a loaded HF causal LM in place onto NxD's grid; nothing is written to disk.
+
+    Every decoder Linear outside the kept blocks ends up holding the bf16 value NxD re-quantizes to the
+    returned codes (exactly representable in fp32 or bf16 models). fp32 is the fast dtype on CPUs.
+    `keep_original` also returns the pre-quantization weights (the folder wrapper's report needs them);
+    `fits` is the folder wrapper's budget_instance check (it reads the model folder).
+    """
     import torch
 
-    from neuronforge.assets.models import resolve_model
     from neuronforge.assets.texts import calibration_samples, resolve_splits
     from neuronforge.core.progress import track
-    from neuronforge.hf.folders import load_model, load_tokenizer
     from neuronforge.neuron.grid import quantize_weight
     from neuronforge.neuron.module_names import block_of
     from neuronforge.neuron.qlinear import quantizable_linears
     from neuronforge.pipeline.quantize import grid_export
-    from neuronforge.pipeline.quantize.plots import sensitivity_chart
     from neuronforge.pipeline.quantize.selection import select
     from neuronforge.pipeline.quantize.sensitivity import find_blocks
 
+    options = settings if settings is not None else QuantizeSettings()
+    if options.budget_instance is not None and fits is None:
+        raise NeuronforgeError(
+            "budget_instance sizes the model from its folder, and quantize_model has only the loaded model",
+            "use nf.quantize(nf.QuantizeOptions(model=<folder>, ...)), or budget selection with max_extra_memory",
+        )
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    out = Path(options.out).expanduser()
-    if out.exists():
-        raise NeuronforgeError(f"output folder {out} already exists", "pick a new --out or delete the old folder")
-    src = resolve_model(options.model)
-    fits = _instance_budget(options, src) if options.budget_instance else None  # refuses before any heavy work
-    tokenizer = load_tokenizer(src)
-    # fp32 holds the bf16 checkpoint exactly and is several times faster than bf16 on CPUs without bf16 units.
-    model = load_model(src, torch.float32)
     if not [name for name in quantizable_linears(model) if name != "lm_head"]:
         raise NeuronforgeError(
-            f"{src} has no decoder Linear layers to quantize (attention/MLP projections)",
+            f"{getattr(model, 'name_or_path', '') or type(model).__name__} has no decoder Linear layers to quantize "
+            "(attention/MLP projections)",
             "pass a Llama/Mistral checkpoint with num_hidden_layers >= 1",
         )
     blocks = find_blocks(model)
     samples = calibration_samples(
         tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
     )
-    timings["load"] = time.perf_counter() - start
 
     sensitivity = None
     if options.modules_to_not_convert is not None:
@@ -236,7 +268,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
 
     linears = quantizable_linears(model)
     targets = [n for n in linears if block_of(n) not in kept]
-    original = {n: linears[n].weight.detach().clone() for n in targets}
+    original = {n: linears[n].weight.detach().clone() for n in targets} if keep_original else {}
     untouched = list(targets)
     if options.autoround and targets:
         from neuronforge.pipeline.quantize.autoround_nxd import keep_bf16_layer_config, run_autoround
@@ -258,12 +290,46 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     t0 = time.perf_counter()
     codes: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
-    stored: dict[str, torch.Tensor] = {}
-    for name in track(targets, "grid-exact export"):
-        # Tuned weights already sit on NxD's grid in fp32; untouched ones are rounded to it here (RTN).
-        codes[name], scales[name] = quantize_weight(linears[name].weight.detach().float(), options.dtype)
-        stored[f"{name}.weight"] = grid_export.exact_bf16(codes[name], scales[name], options.dtype)
+    with torch.no_grad():
+        for name in track(targets, "grid-exact export"):
+            # Tuned weights already sit on NxD's grid in fp32; untouched ones are rounded to it here (RTN).
+            weight = linears[name].weight
+            codes[name], scales[name] = quantize_weight(weight.detach().float(), options.dtype)
+            weight.copy_(grid_export.exact_bf16(codes[name], scales[name], options.dtype))
     timings["export"] = time.perf_counter() - t0
+    return QuantizedModel(kept, codes, scales, untouched, sensitivity, timings, original)
+
+
+def quantize(options: QuantizeOptions) -> QuantizeResult:
+    """Run stage 1 folder to folder and write `options.out` atomically. See the module docstring."""
+    import torch
+
+    from neuronforge.assets.models import resolve_model
+    from neuronforge.core.progress import track
+    from neuronforge.hf.folders import load_model, load_tokenizer
+    from neuronforge.neuron.module_names import block_of
+    from neuronforge.neuron.qlinear import quantizable_linears
+    from neuronforge.pipeline.quantize import grid_export
+    from neuronforge.pipeline.quantize.plots import sensitivity_chart
+
+    start = time.perf_counter()
+    out = Path(options.out).expanduser()
+    if out.exists():
+        raise NeuronforgeError(f"output folder {out} already exists", "pick a new --out or delete the old folder")
+    src = resolve_model(options.model)
+    fits = _instance_budget(options, src) if options.budget_instance else None  # refuses before any heavy work
+    tokenizer = load_tokenizer(src)
+    # fp32 holds the bf16 checkpoint exactly and is several times faster than bf16 on CPUs without bf16 units.
+    model = load_model(src, torch.float32)
+    load_seconds = time.perf_counter() - start
+    done = quantize_model(model, tokenizer, options, keep_original=True, fits=fits)
+    timings = {"load": load_seconds, **done.timings}
+    kept, sensitivity, original = done.modules_to_not_convert, done.sensitivity, done.original
+    codes, scales = done.codes, done.scales
+    targets, untouched = list(codes), done.rtn_layers
+    linears = quantizable_linears(model)
+    # The fp32 model holds each quantized weight's bf16 value exactly: the cast is lossless.
+    stored = {f"{name}.weight": linears[name].weight.detach().to(torch.bfloat16) for name in targets}
 
     with atomic_dir(out) as tmp:
         t0 = time.perf_counter()

@@ -269,3 +269,40 @@ def test_budget_instance_refuses_before_loading_when_nothing_fits(tiny_llama_dir
     assert not (tmp_path / "q").exists()
     with pytest.raises(NeuronforgeError, match="budget_instance"):
         options_from(model="smollm2", out=tmp_path / "o", budget_instance="ml.inf2.xlarge", selection="topk", topk=1)
+
+
+@pytest.mark.parametrize("autoround", [True, False])
+def test_quantize_model_in_memory_gives_the_folder_path_s_bytes(
+    tiny_llama_dir: Path, tmp_path: Path, autoround: bool
+) -> None:
+    """quantize_model changes a loaded model in place; saving it gives exactly the bytes `quantize` writes."""
+    from safetensors.torch import save_file
+
+    from neuronforge.hf.folders import load_model, load_tokenizer
+    from neuronforge.pipeline.quantize.api import QuantizeSettings, quantize_model
+
+    knobs = dict(selection="topk", topk=1, autoround=autoround, **FAST)
+    folder = quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "q", **knobs))
+
+    model = load_model(tiny_llama_dir, torch.float32)
+    done = quantize_model(model, load_tokenizer(tiny_llama_dir), QuantizeSettings(**knobs))
+    assert done.modules_to_not_convert == folder.modules_to_not_convert and done.original == {}
+    assert (done.rtn_layers == []) == autoround and set(done.timings) >= {"sensitivity", "export"}
+    written = load_file(tmp_path / "q" / "model.safetensors")
+    state = model.state_dict()
+    in_memory = {key: state[key].to(torch.bfloat16) for key in written}
+    save_file(in_memory, tmp_path / "in_memory.safetensors", metadata={"format": "pt"})
+    assert (tmp_path / "in_memory.safetensors").read_bytes() == (tmp_path / "q" / "model.safetensors").read_bytes()
+    for name, codes in done.codes.items():  # the returned codes/scales are what NxD finds in the weights
+        again, scale = quantize_weight(state[f"{name}.weight"], "int8")
+        assert torch.equal(again, codes) and torch.equal(scale, done.scales[name]), name
+    assert len(done.codes) == 14 - (4 if done.modules_to_not_convert[0].endswith("self_attn") else 3)
+
+
+def test_quantize_model_refuses_a_model_without_decoder_linears(tiny_tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from neuronforge.pipeline.quantize.api import quantize_model
+
+    with pytest.raises(NeuronforgeError, match="Linear has no decoder Linear layers"):
+        quantize_model(torch.nn.Linear(4, 4), AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
