@@ -9,7 +9,15 @@ from pathlib import Path
 import typer
 
 from neuronforge.cli.app import console
-from neuronforge.cli.options import BudgetInstanceOpt, ModelOpt, SeqLenOpt
+from neuronforge.cli.options import (
+    BudgetInstanceOpt,
+    ModelOpt,
+    PresetCalibSeqLenOpt,
+    PresetIterOpt,
+    PresetNsamplesOpt,
+    PresetOpt,
+    SeqLenOpt,
+)
 
 
 def evaluate_command(
@@ -27,9 +35,10 @@ def evaluate_command(
     prefill_len: int | None = typer.Option(
         None, "--prefill-len", help="fp8 KV: positions from here run as decode (default --eval-seq-len/2)."
     ),
-    iters: int = typer.Option(5, "--iters", help="AutoRound iterations per block (GPU stage; 50+ on a GPU)."),
-    nsamples: int = typer.Option(8, "--nsamples", help="Calibration samples (GPU stage)."),
-    calib_seq_len: int = typer.Option(64, "--calib-seq-len", help="Calibration sample length (GPU stage)."),
+    preset: PresetOpt = "cpu-fast",
+    iters: PresetIterOpt = None,
+    nsamples: PresetNsamplesOpt = None,
+    calib_seq_len: PresetCalibSeqLenOpt = None,
     minmax_tuning: bool = typer.Option(
         False, "--minmax-tuning/--no-minmax-tuning", help="Also tune AutoRound's per-row range shrink (GPU stage)."
     ),
@@ -69,6 +78,7 @@ def evaluate_command(
         max_tokens=max_tokens,
         eval_seq_len=eval_seq_len,
         prefill_len=prefill_len,
+        preset=preset,
         iters=iters,
         nsamples=nsamples,
         calib_seq_len=calib_seq_len,

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from neuronforge.pipeline.quantize.presets import presets_help
+
 ModelOpt = Annotated[str, typer.Option("--model", help="Embedded model name ('smollm2') or a Hugging Face folder.")]
 KvOpt = Annotated[str, typer.Option("--kv", help="KV cache on Neuron: fp8 (NxDI's direct-cast e4m3) or bf16.")]
 QtypeOpt = Annotated[str, typer.Option("--qtype", help="per_channel_symmetric (recommended) or per_tensor_symmetric.")]
@@ -41,12 +43,24 @@ BudgetInstanceOpt = Annotated[
 ]
 SdkOpt = Annotated[str, typer.Option("--sdk", help="Neuron SDK release to target (2.28 or 2.31).")]
 CalibSeqLenOpt = Annotated[int, typer.Option("--calib-seq-len", help="Tokens per calibration window.")]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preset", help=f"Calibration budget; explicit --iters/--nsamples/--calib-seq-len win. {presets_help()}."
+    ),
+]
+# The three knobs a preset fills: unset (None) means "from --preset".
+PresetIterOpt = Annotated[
+    int | None, typer.Option("--iters", help="AutoRound tuning steps per block [default: preset]")
+]
+PresetNsamplesOpt = Annotated[int | None, typer.Option("--nsamples", help="Calibration windows [default: preset]")]
+PresetCalibSeqLenOpt = Annotated[
+    int | None, typer.Option("--calib-seq-len", help="Tokens per calibration window [default: preset]")
+]
 EvalSeqLenOpt = Annotated[int, typer.Option("--eval-seq-len", help="Tokens per evaluation window.")]
 TextOpt = Annotated[
     Path | None, typer.Option("--text", help="Your .txt/.jsonl (calibration and held-out text); default: embedded.")
 ]
-IterOpt = Annotated[int, typer.Option("--iters", help="AutoRound tuning steps per block.")]
-NsamplesOpt = Annotated[int, typer.Option("--nsamples", help="Calibration windows.")]
 RegionOpt = Annotated[
     str | None, typer.Option("--region", help="AWS region (default: $AWS_REGION / $AWS_DEFAULT_REGION).")
 ]

@@ -17,6 +17,7 @@ from neuronforge.cli.app import App, console
 from neuronforge.cli.options import OverwriteOpt
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
+from neuronforge.pipeline.quantize.presets import presets_help
 from neuronforge.pipeline.run.config import ALL_STAGES, RunConfig, build_config, default_config_yaml, read_config_file
 from neuronforge.pipeline.run.runner import StageEvent
 
@@ -101,6 +102,11 @@ def run_command(
     stages: str | None = typer.Option(None, "--stages", help="comma-separated subset; " + _h("stages")),
     text: str | None = typer.Option(None, "--text", help=_h("text")),
     dtype: str | None = typer.Option(None, "--dtype", help=_h("dtype")),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help=f"calibration budget for unset iters/nsamples/calib_seq_len [default: cpu-demo]; {presets_help()}",
+    ),
     iters: int | None = typer.Option(None, "--iters", help=_h("iters")),
     nsamples: int | None = typer.Option(None, "--nsamples", help=_h("nsamples")),
     calib_seq_len: int | None = typer.Option(None, "--calib-seq-len", help=_h("calib_seq_len")),
@@ -131,7 +137,7 @@ def run_command(
     from neuronforge.pipeline.run.api import run_pipeline
     from neuronforge.pipeline.run.storage import is_s3, localize
 
-    overrides = {name: value for name, value in locals().items() if name in RunConfig.model_fields}
+    overrides = {name: value for name, value in locals().items() if name in RunConfig.model_fields or name == "preset"}
     file_values, source = {}, "the command line"
     if config is not None:
         file_values = read_config_file(localize(config, what="config file"))

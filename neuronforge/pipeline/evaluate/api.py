@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
 
 from neuronforge.errors import validated
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
+from neuronforge.pipeline.quantize.presets import PRESETS, apply_preset
 
 if TYPE_CHECKING:
     import torch
@@ -48,12 +49,12 @@ class EvaluateOptions(pydantic.BaseModel):
         None, ge=1
     )  # fp8 KV: positions from here decode (default eval_seq_len // 2)
     batch_size: int = pydantic.Field(4, ge=1)
-    # GPU stage (forwarded to quantize). Far below quantize's defaults so the default model's report fits in
-    # 20 min on 2 shared CPU cores (AutoRound took ~2 min per block there at iters 20 x 16 x 128); on a GPU host
-    # use quantize's (iters 50, nsamples 32, calib_seq_len 256).
-    iters: int = pydantic.Field(5, ge=1)
-    nsamples: int = pydantic.Field(8, ge=1)
-    calib_seq_len: int = pydantic.Field(64, ge=2)
+    # GPU stage (forwarded to quantize). Default preset cpu-fast, far below quantize's "gpu" so the default model's
+    # report fits in 20 min on 2 shared CPU cores (AutoRound took ~2 min per block there at iters 20 x 16 x 128);
+    # on a GPU host pass preset="gpu". `preset` fills whichever of these three is left unset.
+    iters: int = pydantic.Field(PRESETS["cpu-fast"].iters, ge=1)
+    nsamples: int = pydantic.Field(PRESETS["cpu-fast"].nsamples, ge=1)
+    calib_seq_len: int = pydantic.Field(PRESETS["cpu-fast"].calib_seq_len, ge=2)
     minmax_tuning: bool = False
     sensitivity: Literal["first_order", "measured", "variance"] = "first_order"
     selection: Literal["budget", "topk", "threshold"] = "budget"
@@ -69,6 +70,11 @@ class EvaluateOptions(pydantic.BaseModel):
     max_new_tokens: int = pydantic.Field(256, ge=1)
     lm_eval_tasks: list[str] = pydantic.Field(default_factory=list)
     lm_eval_limit: int | None = pydantic.Field(None, ge=1)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values: Any) -> Any:
+        return apply_preset(values, "cpu-fast")
 
     @pydantic.model_validator(mode="after")
     def _prefill_within_window(self) -> EvaluateOptions:

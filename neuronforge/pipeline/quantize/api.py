@@ -22,6 +22,7 @@ import pydantic
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.config_compat import make_config_portable
+from neuronforge.pipeline.quantize.presets import PRESETS, apply_preset
 
 if TYPE_CHECKING:
     import torch
@@ -32,14 +33,17 @@ if TYPE_CHECKING:
 
 
 class QuantizeSettings(pydantic.BaseModel):
-    """How to quantize: every knob except where the model comes from and where it goes (`quantize_model` input)."""
+    """How to quantize: every knob except where the model comes from and where it goes (`quantize_model` input).
+
+    `preset="cpu-demo"` (or "cpu-fast"; default "gpu") fills iters/nsamples/calib_seq_len left unset (presets.py).
+    """
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
     dtype: Literal["int8", "f8e4m3"] = "int8"
-    iters: int = pydantic.Field(50, ge=0)
-    nsamples: int = pydantic.Field(32, ge=1)
-    calib_seq_len: int = pydantic.Field(256, ge=2)
+    iters: int = pydantic.Field(PRESETS["gpu"].iters, ge=0)
+    nsamples: int = pydantic.Field(PRESETS["gpu"].nsamples, ge=1)
+    calib_seq_len: int = pydantic.Field(PRESETS["gpu"].calib_seq_len, ge=2)
     text: Path | None = None
     sensitivity: Literal["first_order", "measured", "variance"] = "first_order"
     selection: Literal["budget", "topk", "threshold", "none"] = "budget"
@@ -66,6 +70,11 @@ class QuantizeSettings(pydantic.BaseModel):
                 "budget_instance chooses the bf16 blocks: use it with selection 'budget' and no explicit list"
             )
         return self
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values: Any) -> Any:
+        return apply_preset(values, "gpu")
 
 
 class QuantizeOptions(QuantizeSettings):

@@ -1,6 +1,7 @@
 """The `neuronforge run` configuration: one flat model, loadable from YAML or TOML, every CLI flag a key.
 
-Precedence: field defaults < config file < flags given on the command line. `default_config_yaml`
+Precedence: field defaults < config file < flags given on the command line; iters/nsamples/calib_seq_len not
+given in either come from the `preset` (file key or --preset; default cpu-demo). `default_config_yaml`
 renders the defaults with each field's description as a comment, so `neuronforge config init`
 always writes exactly the keys this model accepts.
 """
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.pipeline.quantize.presets import KNOBS, PRESETS, apply_preset, presets_help
+
+DEFAULT_PRESET = "cpu-demo"  # `make demo`'s budget
 
 # Stage order; `evaluate` (the full accuracy report) is opt-in, `emulate` is the quick CPU check.
 ALL_STAGES = ("model", "quantize", "emulate", "evaluate", "compile", "package")
@@ -54,10 +58,12 @@ class RunConfig(BaseModel):
         description="your own .txt/.jsonl (local or s3://) for calibration and evaluation; default: embedded texts",
     )
     dtype: Literal["int8", "f8e4m3"] = Field("int8", description="weight dtype on Neuron: int8 or f8e4m3 (fp8)")
-    iters: int = Field(10, ge=0, description="AutoRound tuning steps per block (the CPU demo keeps this small)")
-    nsamples: int = Field(8, ge=1, description="calibration windows")
+    iters: int = Field(PRESETS[DEFAULT_PRESET].iters, ge=0, description="AutoRound tuning steps per block")
+    nsamples: int = Field(PRESETS[DEFAULT_PRESET].nsamples, ge=1, description="calibration windows")
     calib_seq_len: int = Field(
-        128, ge=8, description="tokens per calibration window (the emulate check scores windows of this length too)"
+        PRESETS[DEFAULT_PRESET].calib_seq_len,
+        ge=8,
+        description="tokens per calibration window (the emulate check scores windows of this length too)",
     )
     sensitivity: Literal["first_order", "measured", "variance"] = Field(
         "first_order", description="how each block's quantization damage is estimated"
@@ -87,6 +93,11 @@ class RunConfig(BaseModel):
     batch_size: int = Field(1, ge=1, description="compiled batch size")
     seq_len: int | None = Field(None, ge=1, description="compiled sequence length; default: the compile step's")
     sdk: str | None = Field(None, description="Neuron SDK release to target; default: the compile step's")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values: Any) -> Any:
+        return apply_preset(values, DEFAULT_PRESET)
 
     @field_validator("stages", "modules_to_not_convert", mode="before")
     @classmethod
@@ -167,10 +178,12 @@ def default_config_yaml() -> str:
     for name, field in RunConfig.model_fields.items():
         if name in SECTIONS:
             lines += ["", f"# --- {SECTIONS[name]} ---"]
+        if name == KNOBS[0]:
+            lines.append(f"# calibration budget preset ({presets_help()}); a knob set below wins over it")
+            lines.append(f"preset: {DEFAULT_PRESET}")
         lines.append(f"# {field.description}")
-        lines.append(
-            yaml.safe_dump(
-                {name: field.get_default(call_default_factory=True)}, default_flow_style=True, width=1000
-            ).strip()[1:-1]
-        )
+        line = yaml.safe_dump(
+            {name: field.get_default(call_default_factory=True)}, default_flow_style=True, width=1000
+        ).strip()[1:-1]
+        lines.append(f"# {line}" if name in KNOBS else line)  # from the preset unless uncommented
     return "\n".join(lines) + "\n"

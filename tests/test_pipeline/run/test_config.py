@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
+from neuronforge.pipeline.quantize.presets import KNOBS, PRESETS
 from neuronforge.pipeline.run.config import (
     DEFAULT_STAGES,
     RunConfig,
@@ -30,7 +31,10 @@ def _flat(text: str) -> str:
 def test_commented_default_loads_back_to_the_defaults(tmp_path: Path) -> None:
     text = default_config_yaml()
     keys = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith("#")]
-    assert keys == list(RunConfig.model_fields)
+    expected = [key for key in RunConfig.model_fields if key not in KNOBS]
+    expected.insert(expected.index("sensitivity"), "preset")  # the knobs it fills are written commented out
+    assert keys == expected
+    assert all(f"\n# {knob}: " in text for knob in KNOBS)
     comments = [line for line in text.splitlines() if line.startswith("# ") and "---" not in line]
     assert len(comments) >= len(RunConfig.model_fields)
     path = tmp_path / "nf.yaml"
@@ -41,7 +45,7 @@ def test_commented_default_loads_back_to_the_defaults(tmp_path: Path) -> None:
 def test_every_run_flag_has_a_config_key_and_back() -> None:
     command = typer.main.get_command(app).commands["run"]
     flags = {param.name for param in command.params} - {"config"}
-    assert flags == set(RunConfig.model_fields)
+    assert flags == set(RunConfig.model_fields) | {"preset"}
 
 
 def test_yaml_and_toml_files_and_cli_precedence(tmp_path: Path) -> None:
@@ -85,7 +89,10 @@ def test_config_init_cli(tmp_path: Path) -> None:
     target = tmp_path / "nf.yaml"
     result = runner.invoke(app, ["config", "init", str(target)])
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load(target.read_text()) == RunConfig().model_dump(mode="json")
+    assert yaml.safe_load(target.read_text()) == {
+        "preset": "cpu-demo",
+        **RunConfig().model_dump(mode="json", exclude=set(KNOBS)),
+    }
     again = runner.invoke(app, ["config", "init", str(target)])
     assert again.exit_code == 2 and "already exists" in _flat(again.output)
     printed = runner.invoke(app, ["config", "init", "-"])
@@ -101,3 +108,15 @@ def test_run_cli_reports_bad_config_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     missing = runner.invoke(app, ["run", "--config", str(tmp_path / "none.yaml")])
     assert missing.exit_code == 2 and "does not exist" in _flat(missing.output)
+
+
+def test_preset_fills_only_the_knobs_not_given_in_the_file_or_flags(tmp_path: Path) -> None:
+    assert (RunConfig().iters, RunConfig().nsamples, RunConfig().calib_seq_len) == tuple(PRESETS["cpu-demo"][:3])
+    path = tmp_path / "gpu.yaml"
+    path.write_text("preset: gpu\nnsamples: 4\n")
+    config = build_config(read_config_file(path), {"calib_seq_len": 64, "preset": None})
+    assert (config.iters, config.nsamples, config.calib_seq_len) == (50, 4, 64)
+    flagged = build_config(read_config_file(path), {"preset": "cpu-fast"})
+    assert (flagged.iters, flagged.nsamples, flagged.calib_seq_len) == (5, 4, 64)
+    with pytest.raises(NeuronforgeError, match="unknown preset 'tpu'; choose one of gpu, cpu-demo, cpu-fast"):
+        build_config({"preset": "tpu"}, {})
