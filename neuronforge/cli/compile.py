@@ -51,7 +51,7 @@ def neuron_config_command(
         tp_degree=tp_degree,
         instance=instance,
         kv=kv,
-        quantization_type=qtype,  # type: ignore[arg-type]
+        quantization_type=qtype,
         batch_size=batch_size,
         seq_len=seq_len,
         sdk=sdk,
@@ -81,16 +81,19 @@ def compile_command(
 ) -> None:
     """Quantize with NxD and compile; then load and smoke-test on the host's NeuronCores (needs NxD Inference)."""
     from neuronforge.assets.models import resolve_model
+    from neuronforge.errors import validated
     from neuronforge.neuron.compile import CompileOptions, compile_model
 
-    options = CompileOptions(
+    options = validated(
+        CompileOptions,
+        "compile",
         model=str(resolve_model(model)),
         out=out,
         dtype=dtype,
         tp=tp_degree,
         kv=kv,
         instance=instance,
-        qtype=qtype,  # type: ignore[arg-type]
+        qtype=qtype,
         not_convert=not_convert,
         neuron_config=neuron_config,
         batch_size=batch_size,

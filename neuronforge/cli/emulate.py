@@ -92,7 +92,6 @@ def emulate_command(
         fast_bf16=not exact_bf16,
         tp_degree=tp_degree,
     )
-    spec.validate()
     texts = resolve_splits(text).evaluation
     model_dir = _model_dir(model)
     _tied_lm_head_warning(model_dir, spec.dtype, modules)

@@ -33,6 +33,7 @@ from neuronforge.neuron.config import (
     read_neuron_config,
     revalidate,
 )
+from neuronforge.neuron.dtypes import KvDtype, QuantDtype, QuantType
 from neuronforge.neuron.host import host_memory_bytes, host_neuron_cores
 from neuronforge.neuron.nxdi_api import NxdiApi, check_installed_sdk, installed_nxdi_version, load_nxdi
 from neuronforge.neuron.nxdi_json import kv_settings, loadable_kv_quant_config
@@ -65,11 +66,11 @@ class CompileOptions(BaseModel):
 
     model: str
     out: Path
-    dtype: str = "int8"
+    dtype: QuantDtype = "int8"
     tp: int | None = None
-    kv: str = "fp8"
+    kv: KvDtype = "fp8"
     instance: str = DEFAULT_INSTANCE
-    qtype: str = "per_channel_symmetric"
+    qtype: QuantType = "per_channel_symmetric"
     batch_size: int = 1
     seq_len: int = 1024
     not_convert: Path | None = None

@@ -25,12 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from neuronforge.core.atomic import atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.neuron.dtypes import QuantDtype, QuantType
 from neuronforge.neuron.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
 from neuronforge.neuron.nxdi_api import model_class_problem
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
-
-QuantDtype = Literal["int8", "f8e4m3", "f8e5m2"]
-QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
 
 NEURON_CONFIG_FILE = "neuron_config.json"
 NOT_CONVERT_FILE = "modules_to_not_convert.json"

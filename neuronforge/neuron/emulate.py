@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.grid import QUANT_DTYPES, QUANT_TYPES
+from neuronforge.neuron.dtypes import QUANT_DTYPES, QUANT_TYPES, QuantDtype, QuantType
 from neuronforge.neuron.kv_cache import ATTENTION_NAME, STATE_KWARG, KVRisk, KVState, register_attention
 
 if TYPE_CHECKING:
@@ -26,19 +26,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EmulationSpec:
-    """What the device would run: weight dtype (None = bf16), fp8 KV cache, bf16 modules, quantization type."""
+    """What the device would run: weight dtype (None = bf16), fp8 KV cache, bf16 modules, quantization type.
 
-    dtype: str | None = None
+    Validated on construction: a spec that exists is one the device can run.
+    """
+
+    dtype: QuantDtype | None = None
     kv_fp8: bool = False
     modules_to_not_convert: tuple[str, ...] = ()
-    qtype: str = "per_channel_symmetric"
+    qtype: QuantType = "per_channel_symmetric"
     # bf16 Linears as fp32 GEMMs rounded once to bf16 (device-like fp32 accumulation, ~6x faster on CPUs
     # without native bf16); every command uses it. Off: HF's own bf16 kernels, bit-identical to the unmodified model.
     fast_bf16: bool = True
     # NeuronCores the model is sharded over: row-parallel layers (o_proj, down_proj) round per-rank partials (qlinear.py).
     tp_degree: int = 1
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.tp_degree < 1:
             raise NeuronforgeError(f"tp_degree {self.tp_degree} is not a NeuronCore count", "pass --tp-degree >= 1")
         if self.dtype is not None and self.dtype not in QUANT_DTYPES:
@@ -129,7 +132,6 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec) -> EmulatedModel:
         replace_module,
     )
 
-    spec.validate()
     model.eval()
     converted: list[str] = []
     if spec.dtype is not None:
@@ -148,10 +150,9 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec) -> EmulatedModel:
 
 
 def load_emulated(model_dir: Path, spec: EmulationSpec) -> EmulatedModel:
-    """Load an HF folder in bf16 and convert it (validates the spec before paying for the load)."""
+    """Load an HF folder in bf16 and convert it (the spec validated itself before the load)."""
     from neuronforge.hf.folders import load_model
 
-    spec.validate()
     return emulate(load_model(Path(model_dir)), spec)
 
 

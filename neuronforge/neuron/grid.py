@@ -8,15 +8,9 @@ shared/research/nxdi-quantization.md, sections 2 and 10.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-QuantDtype = Literal["int8", "f8e4m3", "f8e5m2"]
-QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
-
-QUANT_DTYPES: tuple[str, ...] = ("int8", "f8e4m3", "f8e5m2")
-QUANT_TYPES: tuple[str, ...] = ("per_channel_symmetric", "per_tensor_symmetric")
+from neuronforge.neuron.dtypes import QUANT_DTYPES, QUANT_TYPES
 
 INT8_PER_CHANNEL_DIVISOR = 127.0
 INT8_PER_TENSOR_DIVISOR = 127.5  # (qmax - qmin) / 2 in torch's MinMaxObserver

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.config import ModelFacts, NeuronConfigSpec, choose_tp
+from neuronforge.neuron.dtypes import KvDtype, QuantDtype, QuantType
 from neuronforge.neuron.instances import NEURON_INSTANCES, Price, instance_price, neuron_instance
 from neuronforge.neuron.weight_memory import (
     HeadLayout,
@@ -90,12 +91,12 @@ class Deployment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dtype: Literal["bf16", "int8", "f8e4m3", "f8e5m2"] = "int8"
-    kv: Literal["fp8", "bf16"] = "fp8"
+    dtype: Literal["bf16", QuantDtype] = "int8"
+    kv: KvDtype = "fp8"
     seq_len: int = Field(1024, ge=1)
     batch_size: int = Field(1, ge=1)
     modules_to_not_convert: tuple[str, ...] = ()
-    qtype: Literal["per_channel_symmetric", "per_tensor_symmetric"] = "per_channel_symmetric"
+    qtype: QuantType = "per_channel_symmetric"
     headroom: float = Field(HEADROOM, ge=0.0, lt=1.0)
 
     @property

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import neuronforge.neuron.compile as compile_module
 from neuronforge.cli import app
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.compile import FP8_ENV, QUANTIZED_DIR, RECORD_FILE, CompileOptions, compile_model
 from neuronforge.neuron.config import build_neuron_config_spec, write_config_files
 from neuronforge.neuron.host import DEV_ROOT_ENV
@@ -215,8 +215,8 @@ def test_neuron_config_file_drives_the_compile(inf2: ModuleType, model_dir: Path
 
 
 def test_bad_config_stops_before_any_nxdi_work(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(NeuronforgeError, match="f8e4m3"):
-        compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", dtype="f8e4m3fn"))
+    with pytest.raises(NeuronforgeError, match="dtype: Input should be 'int8', 'f8e4m3' or 'f8e5m2'"):
+        validated(CompileOptions, "compile", model=str(model_dir), out=tmp_path / "c", dtype="f8e4m3fn")
     with pytest.raises(NeuronforgeError, match="NeuronCores"):
         compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", tp=4))
     with pytest.raises(NeuronforgeError, match="f8e5m2 weights are not supported"):

@@ -70,7 +70,7 @@ def test_emulate_shards_only_row_parallel_layers_and_names_the_tp(tiny_llama_dir
     assert layer0.self_attn.q_proj.tp_degree == layer0.mlp.up_proj.tp_degree == 1  # column-parallel: unaffected
     assert "tp_degree 2" in spec.describe()
     with pytest.raises(NeuronforgeError, match="tp_degree 0"):
-        EmulationSpec(tp_degree=0).validate()
+        EmulationSpec(tp_degree=0)
 
 
 def _nxdi_token_generation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

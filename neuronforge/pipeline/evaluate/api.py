@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
 from neuronforge.errors import validated
+from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
 from neuronforge.pipeline.quantize.presets import PRESETS, apply_preset
+from neuronforge.pipeline.quantize.selection import SelectionRule
+from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
 if TYPE_CHECKING:
     import torch
@@ -40,8 +43,8 @@ class EvaluateOptions(pydantic.BaseModel):
 
     model: str = "smollm2"
     out: Path
-    dtype: Literal["int8", "f8e4m3"] = "int8"
-    kv: Literal["bf16", "fp8"] = "bf16"
+    dtype: ExportDtype = "int8"
+    kv: KvDtype = "bf16"
     text: Path | None = None  # .txt/.jsonl split into calibration and held-out evaluation text
     max_tokens: int = pydantic.Field(1024, ge=2)  # held-out tokens scored per text
     eval_seq_len: int = pydantic.Field(256, ge=2)  # evaluation window
@@ -56,8 +59,8 @@ class EvaluateOptions(pydantic.BaseModel):
     nsamples: int = pydantic.Field(PRESETS["cpu-fast"].nsamples, ge=1)
     calib_seq_len: int = pydantic.Field(PRESETS["cpu-fast"].calib_seq_len, ge=2)
     minmax_tuning: bool = False
-    sensitivity: Literal["first_order", "measured", "variance"] = "first_order"
-    selection: Literal["budget", "topk", "threshold"] = "budget"
+    sensitivity: Sensitivity = "first_order"
+    selection: SelectionRule = "budget"
     max_extra_memory: float = 0.10
     budget_instance: str | None = None  # budget selection by instance (replaces max_extra_memory)
     topk: int | None = None

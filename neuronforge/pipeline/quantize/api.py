@@ -15,14 +15,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.config_compat import make_config_portable
+from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.presets import PRESETS, apply_preset
+from neuronforge.pipeline.quantize.selection import Selection
+from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
 if TYPE_CHECKING:
     import torch
@@ -40,13 +43,13 @@ class QuantizeSettings(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    dtype: Literal["int8", "f8e4m3"] = "int8"
+    dtype: ExportDtype = "int8"
     iters: int = pydantic.Field(PRESETS["gpu"].iters, ge=0)
     nsamples: int = pydantic.Field(PRESETS["gpu"].nsamples, ge=1)
     calib_seq_len: int = pydantic.Field(PRESETS["gpu"].calib_seq_len, ge=2)
     text: Path | None = None
-    sensitivity: Literal["first_order", "measured", "variance"] = "first_order"
-    selection: Literal["budget", "topk", "threshold", "none"] = "budget"
+    sensitivity: Sensitivity = "first_order"
+    selection: Selection = "budget"
     max_extra_memory: float = 0.10
     topk: int | None = None
     threshold: float | None = None
@@ -58,7 +61,7 @@ class QuantizeSettings(pydantic.BaseModel):
     # Budget selection by instance: keep as many blocks bf16 as still fit this instance, for the deployment below
     # (compile's defaults); replaces max_extra_memory. Needs the model folder (`quantize`, not `quantize_model`).
     budget_instance: str | None = None
-    kv: Literal["fp8", "bf16"] = "fp8"
+    kv: KvDtype = "fp8"
     seq_len: int = pydantic.Field(1024, ge=1)
     batch_size: int = pydantic.Field(1, ge=1)
     tp_degree: int | None = pydantic.Field(None, ge=1)

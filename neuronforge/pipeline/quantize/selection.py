@@ -21,8 +21,8 @@ from typing import Literal
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.quantize.sensitivity import Block
 
-Selection = Literal["budget", "topk", "threshold", "none"]
-SELECTIONS: tuple[str, ...] = ("budget", "topk", "threshold", "none")
+SelectionRule = Literal["budget", "topk", "threshold"]
+Selection = Literal[SelectionRule, "none"]  # "none": every choosable block is quantized
 
 
 def quantized_bytes(block: Block) -> int:
@@ -48,7 +48,7 @@ def _ordered(kept: set[str], blocks: list[Block]) -> list[str]:
 def select(
     blocks: list[Block],
     scores: dict[str, float],
-    rule: str = "budget",
+    rule: Selection = "budget",
     max_extra_memory: float = 0.10,
     topk: int | None = None,
     threshold: float | None = None,
@@ -59,8 +59,6 @@ def select(
     With `fits` (an instance budget: neuron/plan.py's per-NeuronCore check of a kept list), the budget rule
     keeps blocks while the whole model still fits instead of spending a share of the weight bytes.
     """
-    if rule not in SELECTIONS:
-        raise NeuronforgeError(f"unknown selection rule {rule!r}", f"use one of: {', '.join(SELECTIONS)}")
     choosable = [b for b in blocks if not b.forced]
     missing = [b.name for b in choosable if b.name not in scores or not math.isfinite(scores[b.name])]
     if missing:

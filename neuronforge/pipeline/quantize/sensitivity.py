@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-Method = Literal["first_order", "measured", "variance"]
-METHODS: tuple[str, ...] = ("first_order", "measured", "variance")
+Sensitivity = Literal["first_order", "measured", "variance"]
 
 
 @dataclass
@@ -235,12 +234,10 @@ def analyze(
     model: nn.Module,
     samples: list[torch.Tensor],
     dtype: str,
-    method: str = "first_order",
+    method: Sensitivity = "first_order",
     step: Callable[[], None] | None = None,
 ) -> SensitivityResult:
     """Score every block with `method`; with `measured`, also score the cheap methods and correlate them."""
-    if method not in METHODS:
-        raise NeuronforgeError(f"unknown sensitivity method {method!r}", f"use one of: {', '.join(METHODS)}")
     blocks = find_blocks(model)
     start = time.perf_counter()
     if method == "variance":

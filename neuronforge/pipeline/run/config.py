@@ -11,13 +11,16 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.presets import KNOBS, PRESETS, apply_preset, presets_help
+from neuronforge.pipeline.quantize.selection import Selection
+from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
 DEFAULT_PRESET = "cpu-demo"  # `make demo`'s budget
 
@@ -57,7 +60,7 @@ class RunConfig(BaseModel):
         None,
         description="your own .txt/.jsonl (local or s3://) for calibration and evaluation; default: embedded texts",
     )
-    dtype: Literal["int8", "f8e4m3"] = Field("int8", description="weight dtype on Neuron: int8 or f8e4m3 (fp8)")
+    dtype: ExportDtype = Field("int8", description="weight dtype on Neuron: int8 or f8e4m3 (fp8)")
     iters: int = Field(PRESETS[DEFAULT_PRESET].iters, ge=0, description="AutoRound tuning steps per block")
     nsamples: int = Field(PRESETS[DEFAULT_PRESET].nsamples, ge=1, description="calibration windows")
     calib_seq_len: int = Field(
@@ -65,12 +68,8 @@ class RunConfig(BaseModel):
         ge=8,
         description="tokens per calibration window (the emulate check scores windows of this length too)",
     )
-    sensitivity: Literal["first_order", "measured", "variance"] = Field(
-        "first_order", description="how each block's quantization damage is estimated"
-    )
-    selection: Literal["budget", "topk", "threshold", "none"] = Field(
-        "budget", description="how modules_to_not_convert is chosen from the sensitivities"
-    )
+    sensitivity: Sensitivity = Field("first_order", description="how each block's quantization damage is estimated")
+    selection: Selection = Field("budget", description="how modules_to_not_convert is chosen from the sensitivities")
     max_extra_memory: float = Field(
         0.10, ge=0.0, description="budget selection: extra weight memory allowed for bf16 blocks (fraction)"
     )
@@ -86,7 +85,7 @@ class RunConfig(BaseModel):
     )
     autoround: bool = Field(True, description="false: round-to-nearest on NxD's grid, no tuning")
     minmax_tuning: bool = Field(False, description="also tune AutoRound's per-row range shrink (clips outliers)")
-    kv: Literal["fp8", "bf16"] = Field("fp8", description="KV cache on Neuron (emulated on CPU): fp8 (e4m3) or bf16")
+    kv: KvDtype = Field("fp8", description="KV cache on Neuron (emulated on CPU): fp8 (e4m3) or bf16")
     eval_tokens: int = Field(4096, ge=16, description="held-out tokens per text scored by the emulation check")
     instance: str | None = Field(None, description="target ml.inf2/ml.trn1 instance; default: the compile step's")
     tp_degree: int | None = Field(None, ge=1, description="tensor-parallel degree; default: largest that fits")

@@ -78,7 +78,6 @@ def test_topk_threshold_and_none() -> None:
         ({"rule": "budget", "max_extra_memory": -0.1}, "max-extra-memory"),
         ({"rule": "topk"}, "--topk"),
         ({"rule": "threshold", "threshold": 1.5}, "--threshold"),
-        ({"rule": "greedy"}, "unknown selection rule"),
     ],
 )
 def test_bad_selection_arguments_fail_clearly(kwargs: dict, message: str) -> None:
@@ -134,3 +133,13 @@ def test_instance_budget_refuses_when_nothing_fits(tmp_path: Path) -> None:
     with pytest.raises(NeuronforgeError, match=r"will not fit ml\.inf2\.xlarge") as err:
         instance_budget(tmp_path, "ml.inf2.xlarge", deployment_from(dtype="int8"))
     assert "--instance ml.inf2.8xlarge" in err.value.fix
+
+
+def test_unknown_rule_is_refused_by_the_options(tmp_path: Path) -> None:
+    from neuronforge.pipeline.evaluate.api import options_from as evaluate_options
+    from neuronforge.pipeline.quantize.api import options_from
+
+    with pytest.raises(NeuronforgeError, match="selection: Input should be 'budget', 'topk', 'threshold' or 'none'"):
+        options_from(model="m", out=tmp_path, selection="greedy")
+    with pytest.raises(NeuronforgeError, match="selection: Input should be 'budget', 'topk' or 'threshold'"):
+        evaluate_options(out=tmp_path, selection="none")  # evaluate always selects

@@ -94,6 +94,15 @@ def test_variance_score_matches_definition(tiny_llama_dir: Path) -> None:
     assert scores["layers.1.self_attn"] == pytest.approx(float(expected))
 
 
-def test_unknown_method_fails_clearly(tiny_llama_dir: Path, samples) -> None:
-    with pytest.raises(NeuronforgeError, match="unknown sensitivity method"):
-        analyze(load_model(tiny_llama_dir), samples, "int8", "hessian")
+def test_unknown_method_is_refused_by_the_options(tmp_path: Path) -> None:
+    """Sensitivity is one Literal, checked where options are built (quantize, evaluate and run alike)."""
+    from neuronforge.pipeline.evaluate.api import options_from as evaluate_options
+    from neuronforge.pipeline.quantize.api import options_from
+    from neuronforge.pipeline.run.config import build_config
+
+    with pytest.raises(NeuronforgeError, match="sensitivity: Input should be 'first_order', 'measured' or 'variance'"):
+        options_from(model="m", out=tmp_path, sensitivity="hessian")
+    with pytest.raises(NeuronforgeError, match="sensitivity: Input should be"):
+        evaluate_options(out=tmp_path, sensitivity="hessian")
+    with pytest.raises(NeuronforgeError, match="sensitivity: Input should be"):
+        build_config({"sensitivity": "hessian"}, {})

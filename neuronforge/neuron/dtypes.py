@@ -1,0 +1,18 @@
+"""The dtype and quantization-type names every options model shares, defined once (no torch import).
+
+NxD's weight quantizer takes int8, f8e4m3 or f8e5m2, per channel or per tensor; stage 1 tunes and exports
+grid-exactly for int8 and f8e4m3 (auto-round has no e5m2 grid of ours); the KV cache is NxDI's direct-cast
+fp8 (e4m3) or bf16.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+QuantDtype = Literal["int8", "f8e4m3", "f8e5m2"]
+QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
+ExportDtype = Literal["int8", "f8e4m3"]
+KvDtype = Literal["fp8", "bf16"]
+
+QUANT_DTYPES: tuple[str, ...] = get_args(QuantDtype)
+QUANT_TYPES: tuple[str, ...] = get_args(QuantType)
