@@ -74,7 +74,7 @@ def emulate_command(
     """Perplexity and greedy text as an inf2/trn1 would compute them (int8/fp8 weights, fp8 KV cache), on CPU."""
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
     from neuronforge.hf.folders import load_tokenizer
-    from neuronforge.neuron.checkpoint import read_not_convert_file
+    from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
 
     started = time.perf_counter()
@@ -82,7 +82,7 @@ def emulate_command(
         import torch
 
         torch.set_num_threads(threads)
-    modules = read_not_convert_file(not_convert) if not_convert else ()
+    modules = tuple(read_not_convert(not_convert)) if not_convert else ()
     weight = _choice(dtype, WEIGHT_DTYPES, "--dtype")
     spec = EmulationSpec(
         dtype=None if weight == "none" else weight,
@@ -124,10 +124,11 @@ def quantize_nxd_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write what NxDI's save_quantized_state_dict would write, on CPU, one shard at a time."""
-    from neuronforge.neuron.checkpoint import per_tensor_list_ignored, read_not_convert_file, write_quantized_checkpoint
+    from neuronforge.hf.not_convert import read_not_convert
+    from neuronforge.neuron.checkpoint import per_tensor_list_ignored, write_quantized_checkpoint
 
     started = time.perf_counter()
-    modules = read_not_convert_file(not_convert) if not_convert else ()
+    modules = tuple(read_not_convert(not_convert)) if not_convert else ()
     model_dir = _model_dir(model)
     if per_tensor_list_ignored(qtype, modules):
         err_console.print(

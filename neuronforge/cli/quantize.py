@@ -60,7 +60,8 @@ def quantize_command(
 
     --kv, --seq-len, --batch-size and --tp-degree describe the deployment --budget-instance is checked against.
     """
-    from neuronforge.pipeline.quantize.api import options_from, quantize, read_not_convert_file
+    from neuronforge.hf.not_convert import read_not_convert
+    from neuronforge.pipeline.quantize.api import options_from, quantize
 
     options = options_from(
         model=model,
@@ -83,7 +84,7 @@ def quantize_command(
         threshold=threshold,
         autoround=autoround,
         minmax_tuning=minmax_tuning,
-        modules_to_not_convert=read_not_convert_file(not_convert) if not_convert else None,
+        modules_to_not_convert=read_not_convert(not_convert) if not_convert else None,
     )
     result = quantize(options)
 

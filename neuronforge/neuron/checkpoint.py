@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import read_config, validate_hf_folder
+from neuronforge.hf.not_convert import write_not_convert
 from neuronforge.neuron.grid import QUANT_DTYPES, QUANT_TYPES, quantize_weight
 from neuronforge.neuron.module_names import linear_name
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-NOT_CONVERT_NAME = "modules_to_not_convert.json"
 _MODEL_PREFIX = "model."
 
 
@@ -52,25 +52,6 @@ def input_weight_map(hf_dir: Path) -> dict[str, str]:
     raise NeuronforgeError(
         f"{hf_dir} has neither {SINGLE_NAME} nor {INDEX_NAME}", "re-save the model with save_pretrained"
     )
-
-
-def read_not_convert_file(path: Path) -> tuple[str, ...]:
-    """Read NxDI's `--modules-to-not-convert-file` JSON ({"modules_to_not_convert": [...]}, optionally under
-    "model"), or a plain JSON list of strings."""
-    path = Path(path).expanduser()
-    fix = 'write {"modules_to_not_convert": ["lm_head", "layers.0.mlp"]} or a plain JSON list of names'
-    try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NeuronforgeError(f"modules-to-not-convert file {path} does not exist", fix) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NeuronforgeError(f"{path} is not valid JSON ({exc})", fix) from exc
-    if isinstance(payload, dict):
-        payload = payload.get("model", payload)
-        payload = payload.get("modules_to_not_convert") if isinstance(payload, dict) else None
-    if not isinstance(payload, list) or not all(isinstance(item, str) and item for item in payload):
-        raise NeuronforgeError(f"{path} does not hold a list of module names", fix)
-    return tuple(payload)
 
 
 def hf_side_excluded(hf_name: str, modules_to_not_convert: Sequence[str], qtype: str) -> bool:
@@ -186,5 +167,5 @@ def write_quantized_checkpoint(
             del converted
         if len(names) > 1:
             atomic_write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
-        atomic_write_json(tmp / NOT_CONVERT_NAME, {"modules_to_not_convert": list(modules_to_not_convert)})
+        write_not_convert(tmp, modules_to_not_convert)
     return record

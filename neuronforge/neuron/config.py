@@ -25,13 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from neuronforge.core.atomic import atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.hf.not_convert import NOT_CONVERT_FILE, read_not_convert, write_not_convert
 from neuronforge.neuron.dtypes import QuantDtype, QuantType
 from neuronforge.neuron.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
 from neuronforge.neuron.nxdi_api import model_class_problem
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
 
 NEURON_CONFIG_FILE = "neuron_config.json"
-NOT_CONVERT_FILE = "modules_to_not_convert.json"
 DEFAULT_INSTANCE = "ml.inf2.xlarge"
 
 _CANONICAL = re.compile(r"^(?:lm_head|layers\.(\d+)\.(?:self_attn|mlp))$")
@@ -429,29 +429,14 @@ def model_facts(model_dir: Path) -> ModelFacts:
 def write_config_files(spec: NeuronConfigSpec, out_dir: Path) -> tuple[Path, Path]:
     """Write neuron_config.json (our loadable spec) and modules_to_not_convert.json (inference_demo's format)."""
     out_dir = Path(out_dir)
-    config_path, not_convert_path = out_dir / NEURON_CONFIG_FILE, out_dir / NOT_CONVERT_FILE
+    config_path = out_dir / NEURON_CONFIG_FILE
     atomic_write_json(config_path, spec.model_dump(mode="json"))
-    atomic_write_json(not_convert_path, {"modules_to_not_convert": list(spec.modules_to_not_convert)})
-    return config_path, not_convert_path
+    return config_path, write_not_convert(out_dir, spec.modules_to_not_convert)
 
 
 def read_neuron_config(path: Path) -> NeuronConfigSpec:
     """Load a neuron_config.json written by write_config_files, validating it again."""
     return make_spec(**_read_json(path))
-
-
-def read_not_convert(path: Path) -> list[str]:
-    """Read {"modules_to_not_convert": [...]} (inference_demo's format; its {"model": {...}} form too) or a bare list."""
-    payload = _read_json(path)
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        payload = payload["model"]
-    entries = payload.get("modules_to_not_convert") if isinstance(payload, dict) else payload
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise _fail(
-            f"{path} does not hold a list of module names",
-            'write {"modules_to_not_convert": ["lm_head", "layers.0.mlp"]}',
-        )
-    return entries
 
 
 def default_not_convert(model_dir: Path, not_convert_file: Path | None) -> list[str]:

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.checkpoint import INDEX_NAME, NOT_CONVERT_NAME, write_quantized_checkpoint
+from neuronforge.hf.not_convert import NOT_CONVERT_FILE
+from neuronforge.neuron.checkpoint import INDEX_NAME, write_quantized_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 
@@ -57,7 +58,7 @@ def test_int8_layout_matches_nxdi(tiny_llama_dir: Path, tmp_path: Path) -> None:
         expected |= {f"layers.{i}.input_layernorm.weight", f"layers.{i}.post_attention_layernorm.weight"}
         expected |= {f"layers.{i}.{name}.{leaf}" for name in LINEARS for leaf in ("weight", "scale")}
     assert set(got) == expected
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", NOT_CONVERT_NAME]
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", NOT_CONVERT_FILE]
     for i in range(2):
         for name in LINEARS:
             w = src[f"model.layers.{i}.{name}.weight"]
@@ -91,7 +92,7 @@ def test_excluded_modules_stay_bf16(make_tiny_llama: Callable[..., Path], tmp_pa
         # layers.10 / layers.11 do not collide with the canonical ".self_attn"-suffixed entry
         assert got[f"layers.10.{name}.weight"].dtype == torch.int8
     assert set(result.kept) == {"lm_head", *(f"model.layers.1.{n}" for n in LINEARS[:4])}
-    assert json.loads((out / NOT_CONVERT_NAME).read_text()) == {
+    assert json.loads((out / NOT_CONVERT_FILE).read_text()) == {
         "modules_to_not_convert": ["layers.1.self_attn", "lm_head"]
     }
 

@@ -23,7 +23,6 @@ from neuronforge.neuron.config import (
     kv_fields,
     make_spec,
     read_neuron_config,
-    read_not_convert,
     write_config_files,
 )
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
@@ -276,19 +275,8 @@ def test_builder_on_tiny_model_writes_both_files(tiny_llama_dir: Path, tmp_path:
     refused(r"does not exist", build_neuron_config_spec, tmp_path / "nope")
 
 
-def test_not_convert_file_formats(tmp_path: Path, tiny_llama_dir: Path) -> None:
-    formats = {
-        "plain": {"modules_to_not_convert": ["lm_head"]},
-        "demo": {"model": {"modules_to_not_convert": ["lm_head"]}},
-        "bare": ["lm_head"],
-    }
-    for name, payload in formats.items():
-        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
-        assert read_not_convert(tmp_path / f"{name}.json") == ["lm_head"]
-    (tmp_path / "bad.json").write_text(json.dumps({"modules": "lm_head"}))
-    refused(r"list of module names", read_not_convert, tmp_path / "bad.json")
-    (tmp_path / "broken.json").write_text("{")
-    refused(r"not valid JSON", read_not_convert, tmp_path / "broken.json")
+def test_default_not_convert(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    (tmp_path / "bare.json").write_text(json.dumps(["lm_head"]))
     assert default_not_convert(tiny_llama_dir, None) == []
     assert default_not_convert(tiny_llama_dir, tmp_path / "bare.json") == ["lm_head"]
     refused(r"does not exist", default_not_convert, tiny_llama_dir, tmp_path / "missing.json")

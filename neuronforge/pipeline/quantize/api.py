@@ -131,22 +131,6 @@ def _explicit_kept(entries: list[str], blocks: list[Block]) -> list[str]:
     return [n for n in names if n in wanted]
 
 
-def read_not_convert_file(path: Path) -> list[str]:
-    """Read NxDI's `{"modules_to_not_convert": [...]}` (or a bare JSON list)."""
-    import json
-
-    try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise NeuronforgeError(f"cannot read modules_to_not_convert file {path} ({exc})", "pass a JSON file") from None
-    entries = payload.get("modules_to_not_convert") if isinstance(payload, dict) else payload
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise NeuronforgeError(
-            f"{path} has no list of strings", 'write {"modules_to_not_convert": ["layers.0.mlp", ...]}'
-        )
-    return entries
-
-
 def _write_checkpoint(src: Path, dst: Path, replaced: dict[str, torch.Tensor]) -> None:
     """Copy the input folder, replacing quantized weights shard by shard (same files, same index)."""
     import json
@@ -319,6 +303,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     from neuronforge.assets.models import resolve_model
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import load_model, load_tokenizer
+    from neuronforge.hf.not_convert import write_not_convert
     from neuronforge.neuron.module_names import block_of
     from neuronforge.neuron.qlinear import quantizable_linears
     from neuronforge.pipeline.quantize import grid_export
@@ -363,7 +348,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         timings["verify"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
 
-        atomic_write_json(tmp / "modules_to_not_convert.json", {"modules_to_not_convert": kept})
+        write_not_convert(tmp, kept)
         if sensitivity is not None:
             atomic_write_json(tmp / "sensitivity.json", {**sensitivity.to_json(), "kept_bf16": kept})
             sensitivity_chart(sensitivity.scores, kept, sensitivity.method, tmp / "sensitivity.png")
