@@ -9,7 +9,6 @@ all-reduce's internal precision, prefill attention and values with |K/V| > 240 a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,20 +155,23 @@ def load_emulated(model_dir: Path, spec: EmulationSpec) -> EmulatedModel:
     return emulate(load_model(Path(model_dir)), spec)
 
 
+def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood `[n, s-1]` of ids[:, 1:] under logits[:, :-1] (fp32)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def perplexity_from_logits(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """exp(mean next-token NLL) over every predicted position of every window (inf when it overflows)."""
+    return torch.exp(token_nll(logits, ids).double().mean()).item()
+
+
 @torch.inference_mode()
 def perplexity(
     emulated: EmulatedModel, windows: torch.Tensor, prefill_len: int | None = None, batch_size: int = 4
 ) -> float:
-    """exp(mean next-token NLL) over every position of every [n, s] window (logits in fp32)."""
+    """`perplexity_from_logits` over [n, s] windows, run `batch_size` windows at a time."""
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
-    total, count = 0.0, 0
-    for batch in windows.split(batch_size):
-        logits = emulated.logits(batch, prefill_len)[:, :-1]
-        targets = batch[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-        )
-        total += float(nll)
-        count += targets.numel()
-    return math.exp(total / count)
+    nll = torch.cat([token_nll(emulated.logits(batch, prefill_len), batch) for batch in windows.split(batch_size)])
+    return torch.exp(nll.double().mean()).item()

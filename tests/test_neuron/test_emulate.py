@@ -13,7 +13,7 @@ from transformers import DynamicCache
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import load_model
-from neuronforge.neuron.emulate import EmulationSpec, emulate, load_emulated, perplexity
+from neuronforge.neuron.emulate import EmulationSpec, emulate, load_emulated, perplexity, perplexity_from_logits
 from neuronforge.neuron.kv_cache import fp8_roundtrip
 from neuronforge.neuron.qlinear import Bf16Linear, NeuronQuantLinear
 
@@ -219,6 +219,8 @@ def test_perplexity_is_exp_mean_nll(tiny_llama_dir: Path) -> None:
     logits = load_model(tiny_llama_dir)(windows).logits.float()[:, :-1]
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), windows[:, 1:].reshape(-1))
     assert perplexity(emulated, windows, batch_size=2) == pytest.approx(math.exp(float(nll)), rel=1e-5)
+    # One implementation: batching aside, it is the from-logits perplexity evaluate uses.
+    assert perplexity(emulated, windows, batch_size=5) == perplexity_from_logits(emulated.logits(windows), windows)
 
 
 @pytest.mark.slow

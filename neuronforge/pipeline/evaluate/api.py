@@ -224,10 +224,10 @@ def compare(reference: Reference, logits: dict[str, torch.Tensor], *, quantized:
     """Perplexity, recovery, KL and agreement of one variant's logits against the reference."""
     import torch
 
+    from neuronforge.neuron.emulate import perplexity_from_logits
     from neuronforge.pipeline.evaluate.metrics import (
         Divergence,
         kl_divergence,
-        perplexity_from_logits,
         recovery,
         sanity_flags,
         top1_agreement,
@@ -273,11 +273,10 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
     from neuronforge.core.progress import err_console, progress
     from neuronforge.hf.folders import force_offline, load_model, load_tokenizer
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated
+    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_from_logits
     from neuronforge.neuron.plan import load_model_shape, smallest_for
     from neuronforge.neuron.weight_memory import weight_memory
     from neuronforge.pipeline.evaluate.gsm8k import load_problems
-    from neuronforge.pipeline.evaluate.metrics import perplexity_from_logits
     from neuronforge.pipeline.quantize.sensitivity import find_blocks
 
     force_offline()

@@ -1,7 +1,8 @@
 """Accuracy metrics of a quantized variant against the bf16 reference, computed from logits.
 
-All functions are pure: they take fp32 logits `[n, s, vocab]` (what the emulator returns) and token ids,
-so the same forward pass feeds perplexity, KL divergence and top-1 agreement without running twice.
+All functions are pure: they take fp32 logits `[n, s, vocab]` (what the emulator returns), so the same
+forward pass feeds perplexity (`neuron.emulate.perplexity_from_logits`, the emulator's own), KL divergence
+and top-1 agreement without running twice.
 """
 
 from __future__ import annotations
@@ -14,17 +15,6 @@ import torch
 # agreement > 0.9 on SmolLM2); a zeroed layer or a mis-scaled checkpoint lands far outside them.
 MAX_PLAUSIBLE_KL = 0.25
 MIN_PLAUSIBLE_AGREEMENT = 0.80
-
-
-def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood `[n, s-1]` of ids[:, 1:] under logits[:, :-1] (fp32)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-
-
-def perplexity_from_logits(logits: torch.Tensor, ids: torch.Tensor) -> float:
-    """exp(mean next-token NLL) over every predicted position of every window (inf when it overflows)."""
-    return torch.exp(token_nll(logits, ids).double().mean()).item()
 
 
 def kl_divergence(reference: torch.Tensor, variant: torch.Tensor) -> float:

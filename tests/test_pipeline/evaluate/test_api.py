@@ -132,8 +132,7 @@ def test_rerun_reuses_cached_stage_checkpoints(tiny_run, monkeypatch):
 
 
 def test_a_zeroed_layer_is_flagged_as_broken(tiny_llama_dir):
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated
-    from neuronforge.pipeline.evaluate.metrics import perplexity_from_logits
+    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_from_logits
 
     windows = {"t": torch.randint(3, 512, (2, 48), generator=torch.Generator().manual_seed(1))}
     bf16 = load_emulated(tiny_llama_dir, EmulationSpec(fast_bf16=False))

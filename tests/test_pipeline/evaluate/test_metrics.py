@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
+from neuronforge.neuron.emulate import perplexity_from_logits, token_nll
 from neuronforge.pipeline.evaluate.metrics import (
     Divergence,
     kl_divergence,
-    perplexity_from_logits,
     recovery,
     sanity_flags,
-    token_nll,
     top1_agreement,
 )
 
