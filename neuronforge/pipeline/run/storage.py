@@ -13,44 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from neuronforge.core.cache import cache_dir
-from neuronforge.core.s3uri import SCHEME, is_s3
+from neuronforge.core.s3uri import S3Uri, is_s3
 from neuronforge.errors import NeuronforgeError
 
 CREDENTIALS_FIX = (
     "configure AWS credentials: `aws configure`, AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
     "or an instance role (run `neuronforge doctor` to see what this host has)"
 )
-
-
-@dataclass(frozen=True)
-class S3Uri:
-    bucket: str
-    key: str
-
-    @classmethod
-    def parse(cls, uri: str) -> S3Uri:
-        if not is_s3(uri):
-            raise NeuronforgeError(f"'{uri}' is not an s3:// URI", "write it as s3://bucket/key")
-        bucket, _, key = uri[len(SCHEME) :].partition("/")
-        if not bucket:
-            raise NeuronforgeError(f"'{uri}' names no bucket", "write it as s3://bucket/key")
-        return cls(bucket, key)
-
-    def child(self, name: str) -> S3Uri:
-        return S3Uri(self.bucket, f"{self.key.rstrip('/')}/{name}" if self.key.strip("/") else name)
-
-    @property
-    def prefix(self) -> str:
-        """The key as a folder prefix ('' for the bucket root)."""
-        return self.key.rstrip("/") + "/" if self.key.strip("/") else ""
-
-    def __str__(self) -> str:
-        return f"{SCHEME}{self.bucket}/{self.key}"
 
 
 def local_mirror(uri: str) -> Path:

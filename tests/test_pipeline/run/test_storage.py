@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from neuronforge.core.hashing import content_hash
+from neuronforge.core.s3uri import S3Uri, split
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.run import storage
 
@@ -32,12 +33,17 @@ def _tree(root: Path) -> Path:
 
 
 def test_parse() -> None:
-    uri = storage.S3Uri.parse("s3://b/runs/x/")
-    assert (uri.bucket, uri.prefix, str(uri.child("m.json"))) == ("b", "runs/x/", "s3://b/runs/x/m.json")
-    assert storage.S3Uri.parse("s3://b").prefix == ""
-    for bad in ("/local/path", "s3:///key"):
-        with pytest.raises(NeuronforgeError):
-            storage.S3Uri.parse(bad)
+    uri = S3Uri.parse("s3://bkt/runs/x/")
+    assert (uri.bucket, uri.prefix, str(uri.child("m.json"))) == ("bkt", "runs/x/", "s3://bkt/runs/x/m.json")
+    assert S3Uri.parse("s3://bkt").prefix == ""
+    # One parser for storage and the SageMaker requests: S3's bucket naming rules hold for both.
+    for bad in ("/local/path", "s3:///key", "s3://My_Bucket/key", "s3://b/key"):
+        with pytest.raises(NeuronforgeError, match="is not an s3:// URI"):
+            S3Uri.parse(bad)
+        with pytest.raises(NeuronforgeError, match="is not an s3:// URI"):
+            split(bad)
+        with pytest.raises(NeuronforgeError, match="is not an s3:// URI"):
+            storage.local_mirror(bad)
 
 
 def test_upload_then_download_round_trip_and_resync_is_a_no_op(s3, tmp_path: Path) -> None:
