@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import pydantic
@@ -16,6 +17,13 @@ class NeuronforgeError(Exception):
         self.what = what
         self.fix = fix
         super().__init__(what if fix is None else f"{what}\n  fix: {fix}")
+
+
+def one_of(value: str, allowed: Sequence[str], flag: str) -> str:
+    """`value` when it is one of `allowed`; otherwise an error naming the flag and the choices."""
+    if value not in allowed:
+        raise NeuronforgeError(f"{flag} '{value}' is not supported", f"use one of: {', '.join(allowed)}")
+    return value
 
 
 def validated(schema: type[Model], command: str, /, **values: Any) -> Model:

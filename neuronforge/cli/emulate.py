@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import get_args
 
 import typer
 
 from neuronforge.cli.app import console
 from neuronforge.cli.options import KvOpt, ModelOpt, NotConvertOpt, OverwriteOpt, QtypeOpt, TextOpt
 from neuronforge.core.progress import err_console, track
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, one_of
+from neuronforge.neuron.dtypes import QUANT_DTYPES, KvDtype
 
-WEIGHT_DTYPES = ("int8", "f8e4m3", "f8e5m2", "none")
-KV_MODES = ("fp8", "bf16")
+WEIGHT_DTYPES = (*QUANT_DTYPES, "none")
+KV_MODES: tuple[str, ...] = get_args(KvDtype)
 DEFAULT_PROMPT = "The play Hamlet, by William Shakespeare, is"
-
-
-def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
-    if value not in allowed:
-        raise NeuronforgeError(f"{flag} {value!r} is not supported", f"choose one of: {', '.join(allowed)}")
-    return value
 
 
 def _model_dir(model: str) -> Path:
@@ -83,10 +79,10 @@ def emulate_command(
 
         torch.set_num_threads(threads)
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()
-    weight = _choice(dtype, WEIGHT_DTYPES, "--dtype")
+    weight = one_of(dtype, WEIGHT_DTYPES, "--dtype")
     spec = EmulationSpec(
         dtype=None if weight == "none" else weight,
-        kv_fp8=_choice(kv, KV_MODES, "--kv") == "fp8",
+        kv_fp8=one_of(kv, KV_MODES, "--kv") == "fp8",
         modules_to_not_convert=modules,
         qtype=qtype,
         fast_bf16=not exact_bf16,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from neuronforge.core import s3uri
-from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.compile import PLATFORM_TARGET
+from neuronforge.errors import NeuronforgeError, one_of
+from neuronforge.neuron.compile import FP8_ENV, PLATFORM_TARGET
+from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.sagemaker import limits
 from neuronforge.sagemaker.code import CHANNEL, CHANNEL_DIR, PROCESSING_DIR, CodeBundle
 from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
@@ -37,8 +38,8 @@ COMPILE_SCRIPT = INSTALL_SCRIPT + (
     'C=${TMPDIR:-/tmp}/nfc;neuronforge compile "$@" --out $C;'
     'exec neuronforge package "$NF_OUT" --compiled $C --checkpoint "$NF_CKPT"'
 )
-DTYPES = ("int8", "f8e4m3")
-KV_DTYPES = ("fp8", "bf16")
+DTYPES: tuple[str, ...] = get_args(ExportDtype)
+KV_DTYPES: tuple[str, ...] = get_args(KvDtype)
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 
 
@@ -90,12 +91,6 @@ def install_environment(code: CodeBundle | None, install: str | None, directory:
         )
     env = {"NF_INSTALL": f"{directory}/{code.filename}", "NF_SHA256": code.sha256} if code else {"NF_INSTALL": install}
     return env | ({"NF_PIP": "--no-deps"} if no_deps else {})
-
-
-def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
-    if value not in allowed:
-        raise NeuronforgeError(f"{flag} '{value}' is not supported", f"use one of: {', '.join(allowed)}")
-    return value
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
@@ -190,7 +185,7 @@ def quantize_job_request(
     neuronforge comes from `code` (the shipped wheel, see code.py) or, explicitly, a pip spec `install`.
     """
     _checked_settings(job, "quantize")
-    _choice(dtype, DTYPES, "--dtype")
+    one_of(dtype, DTYPES, "--dtype")
     args = [
         "quantize",
         "--model",
@@ -210,8 +205,8 @@ def _compile_args(
     checkpoint: str, dtype: str, tp_degree: int, kv: str, target_instance: str, seq_len: int
 ) -> list[str]:
     """`neuronforge compile` flags; --sdk is the Neuron SDK of the pinned image the job runs in."""
-    _choice(dtype, DTYPES, "--dtype")
-    _choice(kv, KV_DTYPES, "--kv")
+    one_of(dtype, DTYPES, "--dtype")
+    one_of(kv, KV_DTYPES, "--kv")
     return [
         "--model",
         checkpoint,
@@ -356,7 +351,7 @@ def serving_environment(fp8: bool = False) -> dict[str, str]:
         "NEURONFORGE_MODEL_DIR": MODEL_DIR,
     }
     if fp8:
-        env |= {"XLA_HANDLE_SPECIAL_SCALAR": "1", "UNSAFE_FP8FNCAST": "1"}
+        env |= FP8_ENV
     return env
 
 

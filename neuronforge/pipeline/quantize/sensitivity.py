@@ -179,7 +179,7 @@ def _measured_bf16(
 ) -> dict[str, float]:
     import torch
 
-    from neuronforge.neuron.qlinear import NeuronQuantLinear, quantizable_linears
+    from neuronforge.neuron.qlinear import NeuronQuantLinear, quantizable_linears, replace_module
 
     reference = _next_token_logprobs(model, samples)
     linears = quantizable_linears(model)
@@ -187,17 +187,13 @@ def _measured_bf16(
     for block in blocks:
         if block.forced:
             continue
-        swapped = {}
         for name in block.linears:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            swapped[name] = (parent, child, linears[name])
-            setattr(parent, child, NeuronQuantLinear.from_linear(linears[name], dtype))
+            replace_module(model, name, NeuronQuantLinear.from_linear(linears[name], dtype))
         try:
             quantized = _next_token_logprobs(model, samples)
         finally:
-            for parent, child, original in swapped.values():
-                setattr(parent, child, original)
+            for name in block.linears:
+                replace_module(model, name, linears[name])
         kl = [
             torch.nn.functional.kl_div(q, p, log_target=True, reduction="none").sum(-1).mean()
             for p, q in zip(reference, quantized, strict=True)
