@@ -10,7 +10,6 @@ pipeline can run again. The SDK (`pip install 'neuronforge[sagemaker]'`) is impo
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -227,10 +226,6 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
     return Pipeline(
         name=s.name, parameters=[model_s3], steps=[step_q, step_c, step_m, step_ec, step_e], sagemaker_session=session
     )
-
-
-def pipeline_definition(settings: PipelineSettings) -> dict[str, Any]:
-    return json.loads(build_pipeline(settings).definition())
 
 
 @contextmanager

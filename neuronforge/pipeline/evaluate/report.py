@@ -185,7 +185,3 @@ def write_report(report: EvaluationReport, out_dir: Path) -> dict[str, Path]:
     atomic_write_json(paths[REPORT_JSON], report.model_dump(mode="json"))
     atomic_write_text(paths[REPORT_MD], render_markdown(report))
     return paths
-
-
-def read_report(path: Path) -> EvaluationReport:
-    return EvaluationReport.model_validate_json(Path(path).read_text())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from neuronforge.pipeline.evaluate.report import (
     EvaluationReport,
     VariantResult,
-    read_report,
     render_markdown,
     write_report,
 )
@@ -83,6 +82,6 @@ def test_write_report_outputs_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md", "report.png"]
     assert paths["report.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["report.png"].stat().st_size > 5000
-    back = read_report(paths["report.json"])
+    back = EvaluationReport.model_validate_json(paths["report.json"].read_text())
     assert back == _report()
     assert back.variants[1].mean_ppl_recovery < back.variants[0].mean_ppl_recovery == 100.0
