@@ -2,8 +2,8 @@
 
 NxDI itself loads the whole HF model in fp32 and requantizes it on every compile; this writer produces the
 same tensors (keys without `model.`, int8/fp8 codes + fp32 `.scale`) while holding only one input shard
-in memory, so a user can pre-build `quantized_checkpoints_path` anywhere. See
-shared/research/nxdi-quantization.md, sections 2 and 4.
+in memory, so a user can pre-build `quantized_checkpoints_path` anywhere. See docs/nxd-numerics.md
+("Weight grids", "modules_to_not_convert") for the NxDI/NxD source lines.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A validated NxD Inference NeuronConfig for a quantized Llama/Mistral, and the files that carry it.
 
 NxDI's NeuronConfig accepts unknown keys with only a log warning, matches `modules_to_not_convert`
-by substring, silently drops fp8 Linear biases and mis-handles tied lm_heads (research notes
-nxdi-quantization.md sections 1, 4, 5, 9). Every one of those turns into a bad endpoint hours
+by substring, silently drops fp8 Linear biases and mis-handles tied lm_heads (docs/nxd-numerics.md,
+with the NxDI/NxD source lines). Every one of those turns into a bad endpoint hours
 later, so this module refuses them up front with a NeuronforgeError that says what to do.
 
 Tensor parallelism (NxDI's GQA rules, modules/attention/gqa.py): we require tp_degree to divide

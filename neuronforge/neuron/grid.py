@@ -3,7 +3,7 @@
 These functions decide what an inf2/trn1 will hold in memory, so they must match NxD bit for bit:
 int8 goes through torch's quantized kernels in NxD (fp32 reciprocal multiply, round-half-even);
 fp8 goes through NxD's own code (fp32 divide, cast with round-to-nearest-even). See
-shared/research/nxdi-quantization.md, sections 2 and 10.
+docs/nxd-numerics.md ("Weight grids") for the NxD source lines.
 """
 
 from __future__ import annotations

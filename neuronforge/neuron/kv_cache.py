@@ -7,7 +7,7 @@ each decode step reads the *past* tokens back from the cache (fp8 -> bf16) while
 `fp8_kv_attention` reproduces that for a whole teacher-forced sequence in one pass: query rows at
 absolute positions >= prefill_len see keys j < i through the fp8 round trip and key i exactly; rows
 before prefill_len are plain sdpa (bit-identical to the unmodified model). With a cache and q_len == 1
-the same rule is exactly one decode step. See shared/research/nxdi-quantization.md, section 5.
+the same rule is exactly one decode step. See docs/nxd-numerics.md ("fp8 KV cache") for the NxDI source lines.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ SDKS: dict[str, NeuronSdk] = {
         note="Last release whose NxD Inference supports Inf2/Trn1 (the 2.29 release notes tell Inf2/Trn1 users "
         "to pin 2.28). Default.",
         sources=(
-            "shared/research/nxdi-quantization.md section 0 (NxDI 0.8.16251, 2.28 = commit cd3abf3)",
+            "docs/neuron-stack.md: aws-neuron-sdk release-notes/components/nxd-inference.rst:61,79 (2.28 = NxDI "
+            "0.8.16251, the last for Inf2/Trn1; source commit cd3abf3)",
             "Neuron docs v2.28.1 release-notes/releasecontent.html (neuronx-cc 2.23.6484.0, "
             "neuronx_distributed 0.17.26814)",
         ),
@@ -65,8 +66,10 @@ SDKS: dict[str, NeuronSdk] = {
         note="Final NxDI maintenance release. Inf2/Trn1 support is disputed: the NxDI 2.29 release notes drop "
         "Inf2/Trn1, while the Neuron vLLM DLC sdk2.31.1 still lists inf2. Verify on a device before relying on it.",
         sources=(
-            "shared/research/nxdi-quantization.md section 0 (NxDI 0.10.18399, NxD core 0.19.28492)",
-            "shared/research/sagemaker.md sections 0 and 2.2 (DLC 0.16.0-neuronx-py312-sdk2.31.1 lists inf2)",
+            "docs/neuron-stack.md: aws-neuron-sdk announce-nxdi-maintenance-support-2-31.rst:10 (NxDI 0.10.18399, "
+            "NxD core 0.19.28492)",
+            "docs/neuron-stack.md: aws-neuron/deep-learning-containers README.md:94 (0.16.0-neuronx-py312-sdk2.31.1 "
+            "lists inf2)",
             "Neuron docs v2.31.0 release-notes/components/index.html (neuronx-cc 2.26.6360.0, "
             "torch-neuronx 2.9.0.2.15.32035)",
         ),

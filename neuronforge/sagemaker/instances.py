@@ -25,7 +25,7 @@ _ENUM_SHAPES: dict[str, str] = {
 }
 
 
-# GPU families that can run the quantize stage as a training job (research §3.2).
+# GPU families that can run the quantize stage as a training job (docs/sagemaker.md, "Instance families per job type").
 GPU_FAMILIES = ("g5", "g6", "g6e", "p4d", "p4de", "p5")
 # CPU families for a cross-compiling processing job (plenty of host RAM for tracing and sharding).
 CPU_FAMILIES = ("m5", "m6i", "m7i", "c5", "c6i", "c7i", "r5", "r6i", "r7i")
