@@ -144,3 +144,8 @@ def resolve_model(spec: str | Path) -> Path:
             )
         return validate_hf_folder(path)
     return validate_hf_folder(Path(spec_str).expanduser())
+
+
+def fetch_or_resolve(spec: str | Path) -> Path:
+    """Like `resolve_model`, but an embedded model not fetched yet is fetched (what `run` and `emulate` want)."""
+    return fetch(str(spec)) if str(spec) in EMBEDDED_MODELS else resolve_model(spec)

@@ -19,12 +19,6 @@ KV_MODES: tuple[str, ...] = get_args(KvDtype)
 DEFAULT_PROMPT = "The play Hamlet, by William Shakespeare, is"
 
 
-def _model_dir(model: str) -> Path:
-    from neuronforge.assets.models import EMBEDDED_MODELS, fetch, resolve_model
-
-    return fetch(model) if model in EMBEDDED_MODELS else resolve_model(model)
-
-
 def _tied_lm_head_warning(model_dir: Path, dtype: str | None, not_convert: tuple[str, ...]) -> None:
     from neuronforge.hf.folders import read_config
     from neuronforge.neuron.module_names import nxdi_skips
@@ -68,6 +62,7 @@ def emulate_command(
     ),
 ) -> None:
     """Perplexity and greedy text as an inf2/trn1 would compute them (int8/fp8 weights, fp8 KV cache), on CPU."""
+    from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
     from neuronforge.hf.folders import load_tokenizer
     from neuronforge.hf.not_convert import read_not_convert
@@ -89,7 +84,7 @@ def emulate_command(
         tp_degree=tp_degree,
     )
     texts = resolve_splits(text).evaluation
-    model_dir = _model_dir(model)
+    model_dir = fetch_or_resolve(model)
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
     tokenizer = load_tokenizer(model_dir)
     windows = {name: evaluation_windows(tokenizer, body, eval_seq_len, max_tokens) for name, body in texts.items()}
@@ -120,12 +115,13 @@ def quantize_nxd_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write what NxDI's save_quantized_state_dict would write, on CPU, one shard at a time."""
+    from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.checkpoint import per_tensor_list_ignored, write_quantized_checkpoint
 
     started = time.perf_counter()
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()
-    model_dir = _model_dir(model)
+    model_dir = fetch_or_resolve(model)
     if per_tensor_list_ignored(qtype, modules):
         err_console.print(
             "[yellow]warning:[/] per_tensor_symmetric ignores --not-convert offline (as NxDI does) but "

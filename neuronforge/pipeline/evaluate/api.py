@@ -132,7 +132,7 @@ def plan_variants(dtype: str, kv_fp8: bool) -> list[VariantPlan]:
 
 
 def _stage_options(options: EvaluateOptions, stage: str, kept: list[str] | None) -> dict[str, object]:
-    """QuantizeOptions fields (except model/out) for one stage; these and the inputs make its cache key."""
+    """QuantizeSettings fields for one stage; these and the inputs make its cache key."""
     common: dict[str, object] = {
         "dtype": options.dtype,
         "iters": options.iters,

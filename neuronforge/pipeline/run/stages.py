@@ -64,11 +64,10 @@ def _model_inputs(ctx: StageContext) -> dict[str, Any]:
 
 
 def _model_run(ctx: StageContext) -> StageResult:
-    from neuronforge.assets.models import EMBEDDED_MODELS, fetch, resolve_model
+    from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.hf.folders import read_config
 
-    model = _given(ctx).model
-    path = fetch(model) if model in EMBEDDED_MODELS else resolve_model(model)
+    path = fetch_or_resolve(_given(ctx).model)
     config = read_config(path)
     summary = {
         "path": str(path),
