@@ -51,11 +51,13 @@ PresetOpt = Annotated[
 ]
 # The three knobs a preset fills: unset (None) means "from --preset".
 PresetIterOpt = Annotated[
-    int | None, typer.Option("--iters", help="AutoRound tuning steps per block [default: preset]")
+    int | None, typer.Option("--iters", help="AutoRound tuning steps per block (default: from --preset)")
 ]
-PresetNsamplesOpt = Annotated[int | None, typer.Option("--nsamples", help="Calibration windows [default: preset]")]
+PresetNsamplesOpt = Annotated[
+    int | None, typer.Option("--nsamples", help="Calibration windows (default: from --preset)")
+]
 PresetCalibSeqLenOpt = Annotated[
-    int | None, typer.Option("--calib-seq-len", help="Tokens per calibration window [default: preset]")
+    int | None, typer.Option("--calib-seq-len", help="Tokens per calibration window (default: from --preset)")
 ]
 EvalSeqLenOpt = Annotated[int, typer.Option("--eval-seq-len", help="Tokens per evaluation window.")]
 TextOpt = Annotated[

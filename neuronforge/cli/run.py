@@ -97,7 +97,7 @@ def run_command(
         help="YAML/TOML config file (local or s3://); "
         "flags override its keys. Write one with `neuronforge config init`.",
     ),
-    model: str | None = typer.Option(None, "--model", help=_h("model") + " [default: smollm2]"),
+    model: str | None = typer.Option(None, "--model", help=_h("model") + " (default: smollm2)"),
     out: str | None = typer.Option(None, "--out", help=_h("out")),
     stages: str | None = typer.Option(None, "--stages", help="comma-separated subset; " + _h("stages")),
     text: str | None = typer.Option(None, "--text", help=_h("text")),
@@ -105,7 +105,7 @@ def run_command(
     preset: str | None = typer.Option(
         None,
         "--preset",
-        help=f"calibration budget for unset iters/nsamples/calib_seq_len [default: cpu-demo]; {presets_help()}",
+        help=f"calibration budget for unset iters/nsamples/calib_seq_len (default: cpu-demo); {presets_help()}",
     ),
     iters: int | None = typer.Option(None, "--iters", help=_h("iters")),
     nsamples: int | None = typer.Option(None, "--nsamples", help=_h("nsamples")),

@@ -47,8 +47,10 @@ def test_cli_preset_flag_on_quantize_and_evaluate(tmp_path: Path) -> None:
     commands = typer.main.get_command(app).commands
     defaults = {}
     for command in ("quantize", "evaluate", "run"):
-        preset = {p.name: p for p in commands[command].params}["preset"]
+        params = {p.name: p for p in commands[command].params}
+        preset = params["preset"]
         assert "cpu-demo: iters 10, nsamples 8, calib_seq_len 128" in (preset.help or "")
+        assert params["iters"].default is None  # unset: the preset decides
         defaults[command] = preset.default
     assert defaults == {"quantize": "gpu", "evaluate": "cpu-fast", "run": None}  # run: the config file's, else cpu-demo
     bad = runner.invoke(app, ["quantize", "--out", str(tmp_path / "q"), "--preset", "huge"])
