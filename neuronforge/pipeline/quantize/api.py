@@ -178,7 +178,7 @@ def _versions() -> dict[str, str]:
     return package_versions(("neuronforge", "torch", "transformers", "auto-round"))
 
 
-def _analyze(model: nn.Module, samples: list[torch.Tensor], options: QuantizeOptions) -> SensitivityResult:
+def _analyze(model: nn.Module, samples: list[torch.Tensor], options: QuantizeSettings) -> SensitivityResult:
     from neuronforge.core.progress import progress
     from neuronforge.pipeline.quantize.sensitivity import analyze, find_blocks
 
