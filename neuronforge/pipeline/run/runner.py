@@ -166,17 +166,28 @@ def _check_upstream(stage: Stage, ctx: StageContext, selected: set[str], by_name
             )
 
 
-def _check_dependencies(stages: list[Stage], chosen: set[str], run_dir: Path) -> None:
-    """Before anything is created: every chosen stage's inputs are chosen too, or already finished here."""
+def _check_before_start(stages: list[Stage], chosen: set[str], run_dir: Path) -> None:
+    """Before anything is created or recorded: every chosen stage's inputs are chosen too or already finished
+    here, and no chosen stage would replace a folder this run did not make."""
     manifest = Manifest.load(run_dir) if (run_dir / MANIFEST_FILE).is_file() else Manifest()
-    for stage in stages:
-        for dep in stage.needs if stage.name in chosen else ():
+    for stage in (stage for stage in stages if stage.name in chosen):
+        for dep in stage.needs:
             record = manifest.stages.get(dep)
             if dep not in chosen and (record is None or record.status != "done"):
                 raise NeuronforgeError(
                     f"stage '{dep}' has no finished output in {run_dir}, and '{stage.name}' needs it",
                     f"add '{dep}' to --stages (or run without --stages)",
                 )
+        _check_owned(run_dir / stage.name, manifest)
+
+
+def _check_owned(folder: Path, manifest: Manifest) -> None:
+    """A stage folder may be replaced only when the manifest says this run made it."""
+    if folder.name not in manifest.created and (folder.exists() or folder.is_symlink()):
+        raise NeuronforgeError(
+            f"{folder} was not made by neuronforge (the run manifest does not list it), so it is not replaced",
+            f"move it out of {folder.parent}: a run only ever replaces folders it created",
+        )
 
 
 def run_stages(
@@ -196,7 +207,7 @@ def run_stages(
         raise NeuronforgeError(f"unknown stage(s): {', '.join(unknown)}", f"choose from: {', '.join(by_name)}")
     chosen = set(selected or by_name)
     run_dir = Path(run_dir)
-    _check_dependencies(stages, chosen, run_dir)
+    _check_before_start(stages, chosen, run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -238,12 +249,8 @@ def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[st
         listener(StageEvent(stage.name, "up to date", seconds=manifest.stages[stage.name].seconds))
         return
     final = run_dir / stage.name
+    _check_owned(final, manifest)
     if stage.name not in manifest.created:
-        if final.exists() or final.is_symlink():
-            raise NeuronforgeError(
-                f"{final} was not made by neuronforge (the run manifest does not list it), so it is not replaced",
-                f"move it out of {run_dir}: a run only ever replaces folders it created",
-            )
         manifest.created.append(stage.name)  # saved by start(), before the folder exists
     manifest.start(run_dir, stage.name, fp, canonical, versions)
     listener(StageEvent(stage.name, "running", stage.help))
