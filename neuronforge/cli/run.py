@@ -77,6 +77,9 @@ def _summary(outcome: Any, seconds: float, config: RunConfig) -> None:
             note = f"{record.summary['kind']}: {outcome.run_dir / name / record.summary['path']}"
         table.add_row(name, record.status, seconds_text, note)
     console.print(table)
+    quantized = records.get("quantize")
+    if quantized is not None and quantized.status == "done" and quantized.summary.get("grid_agreement", 0) is None:
+        err_console.print("[yellow]warning:[/] nothing was quantized: every block is in modules_to_not_convert")
     model = records.get("model")
     if model is not None and model.status == "done":
         console.print(f"model: {model.summary['path']}", soft_wrap=True)

@@ -114,7 +114,7 @@ def check_run_dir(out: Path, inputs: Mapping[str, str | Path | None]) -> Path:
     if outer is not None:
         raise NeuronforgeError(f"--out {out} is inside the run directory {outer}", f"choose an --out outside {outer}")
     check_writable(out)
-    if out.is_dir() and not is_run_dir(out) and any(out.iterdir()):
+    if out.is_dir() and not is_run_dir(out) and any(p.name != RUN_LOCK for p in out.iterdir()):
         raise NeuronforgeError(
             f"--out {out} already holds files and is not a neuronforge run directory (it has no run manifest.json)",
             "choose a new or empty folder for --out; neuronforge never writes into a folder it did not create",

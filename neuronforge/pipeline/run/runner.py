@@ -253,9 +253,9 @@ def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[st
     if stage.name not in manifest.created:
         manifest.created.append(stage.name)  # saved by start(), before the folder exists
     manifest.start(run_dir, stage.name, fp, canonical, versions)
-    listener(StageEvent(stage.name, "running", stage.help))
     started = time.perf_counter()
-    try:
+    try:  # from here on, an interruption (Ctrl-C, SIGTERM) is recorded as this stage's failure
+        listener(StageEvent(stage.name, "running", stage.help))
         with atomic_dir(final, overwrite=True) as tmp:
             ctx.workdir = tmp
             result = stage.run(ctx)
