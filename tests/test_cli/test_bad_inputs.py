@@ -464,3 +464,79 @@ def test_model_list_shows_the_fetched_state() -> None:
     """8.7: `[fetched]` was read as rich markup and vanished."""
     result = _invoke(["model", "list"])
     assert result.exit_code == 0 and ("[fetched]" in result.output or "[not fetched]" in result.output)
+
+
+@pytest.mark.parametrize(
+    ("case", "env", "error"),
+    [
+        ("7.7", {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "no usable AWS credentials"),
+        ("7.8", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}, "cannot reach S3"),
+    ],
+)
+def test_aws_unavailable(
+    case: str, env: dict[str, str | None], error: str, fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for name, value in {
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **env,
+    }.items():
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NEURONFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    output = check_clean_error(_invoke(["run", "--model", "s3://nf-test/models/ok/", "--out", "r"]))
+    assert error in output and not (tmp_path / "r").exists()
+
+
+def test_odd_dimensions_untied_mistral_fp8_all_blocks(
+    make_tiny_llama: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1.14-1.19: dims that are not multiples of 32 (AutoRound leaves such layers alone: they are rounded on NxD's
+    grid), untied head, Mistral, fp8, every block quantized; the checkpoint then emulates on its own."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    source = make_tiny_llama("odd-base")
+    model = tmp_path / "mistral_odd"
+    config = MistralConfig(
+        vocab_size=512,
+        hidden_size=96,
+        intermediate_size=200,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    MistralForCausalLM(config).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, model / name)
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", str(model), "--out", "r", "--stages", "model,quantize", "--dtype", "f8e4m3"]
+    result = _invoke([*argv, "--selection", "none", *S])
+    assert result.exit_code == 0, result.output
+    checkpoint = tmp_path / "r" / "quantize" / "checkpoint"
+    report = json.loads((checkpoint / "quantization_report.json").read_text())
+    assert report["grid_agreement"] == 1.0 and report["modules_to_not_convert"] == []
+    emulated = _invoke(
+        [
+            "emulate",
+            "--model",
+            str(checkpoint),
+            "--dtype",
+            "f8e4m3",
+            "--max-tokens",
+            "64",
+            "--eval-seq-len",
+            "32",
+            "--max-new-tokens",
+            "0",
+        ]
+    )
+    assert emulated.exit_code == 0, emulated.output
+    assert "15 of 15 Linears quantized" in _flat(emulated.output)
