@@ -59,7 +59,9 @@ def test_yaml_and_toml_files_and_cli_precedence(tmp_path: Path) -> None:
     assert (overridden.iters, overridden.dtype, overridden.stages) == (7, "int8", ["model"])
     assert RunConfig().stages == list(DEFAULT_STAGES)
     assert RunConfig().run_dir() == str(Path.cwd() / "runs/smollm2-int8")  # relative to where the user stands
-    assert RunConfig(model="s3://b/models/llama-7b/", dtype="f8e4m3").run_dir() == str(Path.cwd() / "runs/llama-7b-f8e4m3")
+    assert RunConfig(model="s3://b/models/llama-7b/", dtype="f8e4m3").run_dir() == str(
+        Path.cwd() / "runs/llama-7b-f8e4m3"
+    )
 
 
 @pytest.mark.parametrize(
