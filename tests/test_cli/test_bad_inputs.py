@@ -186,6 +186,13 @@ CASES = [
     Case("own-out-in-model", "run --model {fx}/ok --out {fx}/ok/runs", "is inside --model"),
     Case("own-quantize-out-model", "quantize --model {fx}/ok --out {fx}/ok/q", "is inside --model"),
     Case("own-nxd-overwrite-model", "quantize-nxd --model {fx}/ok --out {fx}/ok --overwrite", "same location"),
+    Case(
+        "own-evaluate-user-folder",
+        "evaluate --model {fx}/ok --out o-unrel",
+        "is not an evaluate output folder",
+        setup=_user_folders,
+    ),
+    Case("own-evaluate-out-model", "evaluate --model {fx}/ok --out {fx}/ok", "is the same location as --model"),
     # run directory
     Case("6.6", "run --stages emulate,foo", "unknown stage(s) foo"),
     Case("6.5", "run --model {fx}/ok --out r --stages emulate", "stage 'model' has no finished output"),
