@@ -16,6 +16,7 @@ from neuronforge.core.s3uri import is_s3
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.run import storage
 from neuronforge.pipeline.run.config import RunConfig
+from neuronforge.pipeline.run.manifest import Manifest
 
 READS_INPUTS = ("model", "quantize", "emulate", "evaluate")
 
@@ -44,6 +45,17 @@ def check_mirror(run_dir: Path, remote: str) -> None:
         )
 
 
+def _finished_before(config: RunConfig, run_dir: Path) -> bool:
+    """The local run directory already finished every selected stage with exactly this config: the inputs were
+    checked then, and a changed file re-runs its stage, whose own load checks it again. Keeps a no-op re-run fast."""
+    if not (run_dir / storage.RUN_MANIFEST).is_file() or not is_run_dir(run_dir):
+        return False
+    manifest = Manifest.load(run_dir)
+    finished = ("done", "skipped")  # compile is skipped off Neuron hosts
+    done = all(name in manifest.stages and manifest.stages[name].status in finished for name in config.stages)
+    return done and manifest.config == config.model_dump(mode="json")
+
+
 def check_inputs(config: RunConfig, model: str, text: Path | None) -> None:
     """Model folder, tokenizer, module names and text, for the selected stages that read them."""
     from neuronforge.assets.texts import calibration_samples, evaluation_windows, resolve_splits
@@ -51,7 +63,8 @@ def check_inputs(config: RunConfig, model: str, text: Path | None) -> None:
     from neuronforge.pipeline.quantize.api import check_block_names_in
 
     selected = set(config.stages)
-    if not selected & set(READS_INPUTS):
+    target = config.run_dir()
+    if not selected & set(READS_INPUTS) or (not is_s3(target) and _finished_before(config, Path(target))):
         return
     splits = resolve_splits(text)
     folder = embedded_model_dir(model) if model in EMBEDDED_MODELS else Path(model)
