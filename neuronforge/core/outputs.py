@@ -14,11 +14,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from neuronforge.core.s3uri import SCHEME, is_s3
 from neuronforge.errors import NeuronforgeError
 
-RUN_MANIFEST = "manifest.json"
+RUN_MANIFEST = "manifest.json"  # what makes a folder a run directory (with the run's keys in it)
 RUN_LOCK = ".lock"
-S3 = "s3://"
 
 
 def local_path(path: str | Path) -> Path:
@@ -28,8 +28,8 @@ def local_path(path: str | Path) -> Path:
 
 def _parts(location: str | Path) -> tuple[str, ...]:
     """A location as comparable parts: ('s3:', bucket, *key parts) or the parts of its resolved path."""
-    if isinstance(location, str) and location.startswith(S3):
-        return ("s3:", *[part for part in location[len(S3) :].split("/") if part])
+    if is_s3(location):
+        return ("s3:", *[part for part in str(location)[len(SCHEME) :].split("/") if part])
     return local_path(location).parts
 
 

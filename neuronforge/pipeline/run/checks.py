@@ -16,7 +16,7 @@ from neuronforge.core.s3uri import is_s3
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.run import storage
 from neuronforge.pipeline.run.config import RunConfig
-from neuronforge.pipeline.run.manifest import Manifest
+from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest
 
 READS_INPUTS = ("model", "quantize", "emulate", "evaluate")
 
@@ -38,7 +38,7 @@ def check_output(config: RunConfig) -> None:
 
 def check_mirror(run_dir: Path, remote: str) -> None:
     """An s3:// run directory mirrored here holds a run manifest, not some other manifest.json."""
-    if (run_dir / storage.RUN_MANIFEST).exists() and not is_run_dir(run_dir):
+    if (run_dir / MANIFEST_FILE).exists() and not is_run_dir(run_dir):
         raise NeuronforgeError(
             f"--out {remote} holds a manifest.json that is not a neuronforge run manifest",
             "choose a new or empty s3:// prefix for --out",
@@ -48,7 +48,7 @@ def check_mirror(run_dir: Path, remote: str) -> None:
 def _finished_before(config: RunConfig, run_dir: Path) -> bool:
     """The local run directory already finished every selected stage with exactly this config: the inputs were
     checked then, and a changed file re-runs its stage, whose own load checks it again. Keeps a no-op re-run fast."""
-    if not (run_dir / storage.RUN_MANIFEST).is_file() or not is_run_dir(run_dir):
+    if not (run_dir / MANIFEST_FILE).is_file() or not is_run_dir(run_dir):
         return False
     manifest = Manifest.load(run_dir)
     finished = ("done", "skipped")  # compile is skipped off Neuron hosts

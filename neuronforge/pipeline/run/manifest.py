@@ -16,9 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from neuronforge.core.atomic import atomic_write_json
+from neuronforge.core.outputs import RUN_MANIFEST
 from neuronforge.errors import NeuronforgeError
 
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = RUN_MANIFEST
 SCHEMA_VERSION = 1
 
 Status = Literal["running", "done", "failed", "skipped"]

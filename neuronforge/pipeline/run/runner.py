@@ -20,11 +20,12 @@ from typing import Any
 
 from neuronforge.core.atomic import atomic_dir, remove_leftovers
 from neuronforge.core.hashing import content_hash, fingerprint
+from neuronforge.core.outputs import RUN_LOCK
 from neuronforge.core.package_versions import package_versions
 from neuronforge.errors import NeuronforgeError, interrupt_message
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest, StageRecord
 
-LOCK_FILE = ".lock"
+LOCK_FILE = RUN_LOCK
 STAGE_DIR_OUTPUT = "dir"
 
 
