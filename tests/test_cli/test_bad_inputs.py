@@ -483,6 +483,9 @@ def test_model_list_shows_the_fetched_state() -> None:
 def test_aws_unavailable(
     case: str, env: dict[str, str | None], error: str, fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a fresh session here, and the old one back afterwards
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
