@@ -6,6 +6,7 @@ swapped in tests; nothing here contacts AWS or any network: credentials are loca
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -20,7 +21,11 @@ NEURON_PACKAGES = ("neuronx-distributed-inference", "neuronx-distributed", "neur
 # Stage 1 keeps the bf16 source, writes a bf16 fake-quantized copy, and stage 2 adds compiled weights.
 DISK_FACTOR = 3.0
 # Loading bf16 weights plus AutoRound's per-block working copies on CPU.
-MEMORY_FACTOR = 2.5
+# Peak host RAM of stage 1 on CPU: about 15 bytes per parameter over a ~0.5 GiB baseline. Measured: 16.7 GB for
+# `quantize --no-autoround` of a 1.17e9-parameter Llama (the issue-14 measurement) and 2.5-2.6 GB for SmolLM2-135M
+# at the defaults (README); importing torch + transformers + auto-round alone peaks at 0.46 GiB.
+PEAK_BYTES_PER_PARAM = 15
+BASELINE_BYTES = 1 << 29
 GIB = 1 << 30
 
 
@@ -153,31 +158,40 @@ def check_disk(where: Path, model_bytes: int | None) -> Check:
     return Check("Disk", "ok", detail)
 
 
-def check_memory(model_bytes: int | None, total: int | None = None) -> Check:
-    """Host RAM vs what loading and tuning the model on CPU takes."""
+def check_memory(params: int | None, total: int | None = None) -> Check:
+    """Host RAM vs the measured peak of loading and quantizing a model of `params` parameters on CPU."""
     total = total if total is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     detail = f"{total / GIB:.1f} GiB RAM, {os.cpu_count()} CPU cores"
-    if model_bytes is None:
+    if params is None:
         return Check("Memory", "ok", detail)
-    need = int(model_bytes * MEMORY_FACTOR)
+    need = BASELINE_BYTES + params * PEAK_BYTES_PER_PARAM
+    estimate = f"~{need / GIB:.1f} GiB: {params / 1e9:.2f}e9 parameters x {PEAK_BYTES_PER_PARAM} bytes + 0.5 GiB"
     if total < need:
         return Check(
             "Memory",
             "warn",
-            f"{detail}; the model needs about {need / GIB:.1f} GiB",
+            f"{detail}; quantizing this model needs {estimate}",
             "use a host with more memory (or a GPU host for stage 1)",
         )
-    return Check("Memory", "ok", f"{detail}; enough for this model (~{need / GIB:.1f} GiB)")
+    return Check("Memory", "ok", f"{detail}; enough for this model ({estimate})")
+
+
+def _model_path(model: str) -> Path:
+    from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir
+
+    return embedded_model_dir(model) if model in EMBEDDED_MODELS else Path(model).expanduser()
 
 
 def model_size(model: str) -> tuple[int | None, str]:
     """(bytes, note) of the model's weights when it is on this host; never downloads anything."""
-    from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir
+    from neuronforge.assets.models import EMBEDDED_MODELS
     from neuronforge.core.s3uri import is_s3
 
     if is_s3(model):
         return None, f"{model} is remote; its size is checked when the run downloads it"
-    path = embedded_model_dir(model) if model in EMBEDDED_MODELS else Path(model).expanduser()
+    path = _model_path(model)
+    if path.exists() and not path.is_dir():
+        return None, f"{model} is a file, not a model folder"
     if not path.is_dir():
         hint = f"run `neuronforge model fetch {model}`" if model in EMBEDDED_MODELS else "no such folder"
         return None, f"{model} not on this host yet ({hint})"
@@ -185,11 +199,31 @@ def model_size(model: str) -> tuple[int | None, str]:
     return weights or folder_size(path), f"{model}: {(weights or folder_size(path)) / GIB:.2f} GiB of weights"
 
 
+def check_model(model: str) -> tuple[Check | None, int | None]:
+    """(a check of the folder as the run will check it, its parameter count) for a model on this host."""
+    from neuronforge.core.s3uri import is_s3
+    from neuronforge.errors import NeuronforgeError
+    from neuronforge.hf.folders import header_shapes, read_config, validate_hf_folder
+
+    path = _model_path(model)
+    if is_s3(model) or not path.exists():
+        return None, None
+    try:
+        validate_hf_folder(path)
+    except NeuronforgeError as exc:
+        return Check("Model", "warn", exc.what, exc.fix), None
+    params = sum(math.prod(shape) for shape in header_shapes(path).values())
+    config = read_config(path)
+    detail = f"{config.get('model_type')}, {config.get('num_hidden_layers')} layers, {params / 1e9:.3f}e9 parameters"
+    return Check("Model", "ok", detail), params
+
+
 def diagnose(model: str, where: Path) -> tuple[list[Check], str]:
     """All checks for running `model` with outputs under `where`, plus the model-size note."""
     size, note = model_size(model)
-    checks = [check_cuda(), check_neuron(), *check_aws(), check_disk(where, size), check_memory(size)]
-    return checks, note
+    model_check, params = check_model(model)
+    checks = [check_cuda(), check_neuron(), *check_aws(), check_disk(where, size), check_memory(params)]
+    return checks + ([model_check] if model_check else []), note
 
 
 def capabilities(checks: list[Check]) -> list[str]:

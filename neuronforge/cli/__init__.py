@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from neuronforge.cli import compile, doctor, emulate, evaluate, model, plan, quantize, run, sagemaker
-from neuronforge.cli.app import App, console
+from neuronforge.cli.app import App, console, stop_on_sigterm
 from neuronforge.version import __version__
 
 HELP = (
@@ -77,4 +77,5 @@ app.command("doctor")(doctor.doctor_command)
 
 
 def main() -> None:
+    stop_on_sigterm()
     app()

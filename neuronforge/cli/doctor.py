@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from neuronforge.cli.app import console
@@ -30,7 +31,7 @@ def doctor_command(
     for column in ("check", "status", "detail"):
         table.add_column(column)
     for check in checks:
-        table.add_row(check.name, f"[{colors[check.status]}]{check.status}[/]", check.detail)
+        table.add_row(check.name, f"[{colors[check.status]}]{check.status}[/]", escape(check.detail))
     console.print(table)
     console.print(f"model: {note}")
     for line in capabilities(checks):

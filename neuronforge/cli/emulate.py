@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import get_args
 
 import typer
+from rich.markup import escape
 
-from neuronforge.cli.app import console
+from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import KvOpt, ModelOpt, NotConvertOpt, OverwriteOpt, QtypeOpt, TextOpt
 from neuronforge.core.progress import err_console, track
 from neuronforge.errors import NeuronforgeError, one_of
@@ -64,9 +65,10 @@ def emulate_command(
     """Perplexity and greedy text as an inf2/trn1 would compute them (int8/fp8 weights, fp8 KV cache), on CPU."""
     from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
-    from neuronforge.hf.folders import load_tokenizer
+    from neuronforge.hf.folders import header_shapes, load_tokenizer
     from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
+    from neuronforge.neuron.module_names import checkpoint_linears, unmatched
 
     started = time.perf_counter()
     if threads:
@@ -85,11 +87,19 @@ def emulate_command(
     )
     texts = resolve_splits(text).evaluation
     model_dir = fetch_or_resolve(model)
+    linears = checkpoint_linears(header_shapes(model_dir))
+    if spec.dtype and unmatched(modules, linears):
+        raise NeuronforgeError(
+            f"--not-convert entries {unmatched(modules, linears)} match no Linear layer of {model_dir}, so they "
+            "would keep nothing in bf16",
+            "use NxDI's names: lm_head, layers.N.self_attn, layers.N.mlp or a part of them such as q_proj "
+            "(HF names like model.layers.0.mlp.gate_proj never match)",
+        )
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
     tokenizer = load_tokenizer(model_dir)
     windows = {name: evaluation_windows(tokenizer, body, eval_seq_len, max_tokens) for name, body in texts.items()}
     emulated = load_emulated(model_dir, spec)
-    console.print(f"[bold]{model}[/]: {spec.describe()}; {len(emulated.converted)} Linears quantized")
+    console.print(f"[bold]{escape(model)}[/]: {spec.describe(len(emulated.converted), len(linears))}")
     scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), "perplexity")}
     for name, value in scores.items():
         console.print(
@@ -128,6 +138,7 @@ def quantize_nxd_command(
             "NxDI honours it at runtime: those layers would run without a scale. Prefer per_channel."
         )
     _tied_lm_head_warning(model_dir, dtype, modules)
+    out = checked_out(out, model=model_dir, not_convert=not_convert)
     result = write_quantized_checkpoint(model_dir, out, dtype, qtype, modules, overwrite=overwrite)
     size = sum(f.stat().st_size for f in result.out_dir.glob("*.safetensors"))
     console.print(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from neuronforge.cli.app import console
+from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import (
     BudgetInstanceOpt,
     ModelOpt,
@@ -71,7 +71,7 @@ def evaluate_command(
 
     options = options_from(
         model=model,
-        out=out,
+        out=checked_out(out, model=model, text=text, gsm8k=gsm8k),
         dtype=dtype,
         kv=kv,
         text=text,

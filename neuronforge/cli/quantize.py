@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from neuronforge.cli.app import console
+from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import (
     BatchSizeOpt,
     BudgetInstanceOpt,
@@ -21,6 +22,7 @@ from neuronforge.cli.options import (
     TextOpt,
     TpDegreeOpt,
 )
+from neuronforge.core.progress import err_console
 
 
 def quantize_command(
@@ -65,7 +67,7 @@ def quantize_command(
 
     options = options_from(
         model=model,
-        out=out,
+        out=checked_out(out, model=model, text=text, not_convert=not_convert),
         dtype=dtype,
         preset=preset,
         iters=iters,
@@ -91,8 +93,13 @@ def quantize_command(
     def percent(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.3f}%"
 
-    console.print(f"[green]wrote:[/] {result.out_dir}")
-    console.print(f"modules_to_not_convert: {result.modules_to_not_convert}")
+    console.print(f"[green]wrote:[/] {escape(str(result.out_dir))}")
+    console.print(f"modules_to_not_convert: {escape(str(result.modules_to_not_convert))}")
+    if result.grid_agreement is None:
+        err_console.print(
+            "[yellow]warning:[/] nothing was quantized: every block is in modules_to_not_convert, so this "
+            "checkpoint is the bf16 model (lower --max-extra-memory or list fewer blocks)"
+        )
     console.print(
         f"grid agreement (NxD re-quantization): {percent(result.grid_agreement)}  "
         f"(naive export: {percent(result.naive_agreement)})"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from neuronforge.cli.app import App, console
@@ -27,18 +28,19 @@ def _h(field: str) -> str:
 
 
 def _print_event(event: StageEvent) -> None:
+    message = escape(event.message)  # paths and YAML snippets may hold [...]
     took = f" in {event.seconds:.1f} s" if event.seconds is not None else ""
     if event.status == "running":
-        err_console.print(f"[bold cyan]>> {event.stage}[/]: {event.message}")
+        err_console.print(f"[bold cyan]>> {event.stage}[/]: {message}")
     elif event.status == "done":
         err_console.print(f"[green]ok {event.stage}[/] done{took}")
     elif event.status == "up to date":
         took = f"; it took {event.seconds:.1f} s when it ran" if event.seconds is not None else ""
         err_console.print(f"[green]ok {event.stage}[/] up to date: inputs unchanged, not run again{took}")
     elif event.status == "skipped":
-        err_console.print(f"[yellow]-- {event.stage}[/] skipped: {event.message}")
+        err_console.print(f"[yellow]-- {event.stage}[/] skipped: {message}")
     else:
-        err_console.print(f"[red]xx {event.stage}[/] failed{took}: {event.message}")
+        err_console.print(f"[red]xx {event.stage}[/] failed{took}: {message}")
 
 
 def _variants_table(outcome: Any, config: RunConfig) -> None:
@@ -76,6 +78,9 @@ def _summary(outcome: Any, seconds: float, config: RunConfig) -> None:
             note = f"{record.summary['kind']}: {outcome.run_dir / name / record.summary['path']}"
         table.add_row(name, record.status, seconds_text, note)
     console.print(table)
+    quantized = records.get("quantize")
+    if quantized is not None and quantized.status == "done" and quantized.summary.get("grid_agreement", 0) is None:
+        err_console.print("[yellow]warning:[/] nothing was quantized: every block is in modules_to_not_convert")
     model = records.get("model")
     if model is not None and model.status == "done":
         console.print(f"model: {model.summary['path']}", soft_wrap=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from neuronforge.errors import NeuronforgeError
 
@@ -29,13 +29,17 @@ def force_offline() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict[str, Any]:
+    """config.json as a dict; anything else (bad JSON, not an object, not UTF-8) is a clear error."""
+    file = path / "config.json"
+    fix = "re-export the model with save_pretrained"
     try:
-        return json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise NeuronforgeError(
-            f"{path / 'config.json'} is not valid JSON ({exc})", "re-export the model with save_pretrained"
-        ) from exc
+        payload = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NeuronforgeError(f"{file} is not valid JSON ({exc})", fix) from None
+    if not isinstance(payload, dict):
+        raise NeuronforgeError(f"{file} holds a JSON {type(payload).__name__}, not an object of config keys", fix)
+    return payload
 
 
 def validate_hf_folder(path: Path) -> Path:
@@ -62,7 +66,66 @@ def validate_hf_folder(path: Path) -> Path:
             f"{path} holds a '{model_type}' model; neuronforge supports: {supported}",
             "use a Llama- or Mistral-family checkpoint",
         )
+    header_shapes(path)
     return path
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape across a folder's shards, read from the headers by safetensors itself.
+
+    safetensors checks that each header is complete and its offsets cover the file exactly, so a truncated
+    or padded shard is caught here, without reading any weights.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(shard, framework="numpy") as handle:
+                shapes.update({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
+        except (SafetensorError, OSError) as exc:
+            raise NeuronforgeError(
+                f"{shard} is not a readable safetensors file ({exc}); it may be truncated or still downloading",
+                "copy or download the model again",
+            ) from None
+    return shapes
+
+
+def check_weights(path: Path) -> None:
+    """The shards hold every weight the config describes, each with the shape the model class expects.
+
+    The expected shapes come from transformers' own model class built on the meta device (no memory).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    force_offline()
+    found = header_shapes(path)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    tied = set(getattr(skeleton, "_tied_weights_keys", None) or ()) if config.tie_word_embeddings else set()
+    fix = "re-export the model with save_pretrained, or fix config.json to match the weights"
+    for key, tensor in skeleton.state_dict().items():
+        want = tuple(tensor.shape)
+        if key not in found:
+            if key in tied:
+                continue
+            raise NeuronforgeError(f"{path} has no weight {key} (shape {want}) in its *.safetensors", fix)
+        if found[key] != want:
+            raise NeuronforgeError(f"{path}: weight {key} has shape {found[key]} but config.json implies {want}", fix)
+
+
+def check_tokenizer(path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Every token id the tokenizer can produce has a row in the model's embedding (else: IndexError mid-run)."""
+    rows = read_config(path).get("vocab_size") if (path / "config.json").is_file() else None
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise NeuronforgeError(
+            f"the tokenizer in {path} has {len(tokenizer)} tokens but the model's vocab_size is {rows}: token ids "
+            f">= {rows} have no embedding",
+            "save the tokenizer the model was trained with next to its weights "
+            "(or resize the embeddings with model.resize_token_embeddings(len(tokenizer)) and save again)",
+        )
 
 
 def load_model(path: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
@@ -72,6 +135,7 @@ def load_model(path: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
 
     force_offline()
     validate_hf_folder(path)
+    check_weights(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.bfloat16, local_files_only=True)
     model.eval()
     return model
@@ -82,9 +146,11 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 
     force_offline()
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise NeuronforgeError(
             f"no usable tokenizer in {path} ({exc.__class__.__name__})",
             "save the tokenizer next to the weights (tokenizer.save_pretrained(folder))",
         ) from exc
+    check_tokenizer(path, tokenizer)
+    return tokenizer

@@ -58,14 +58,16 @@ class EmulationSpec:
                 "use per_channel_symmetric when excluding modules",
             )
 
-    def describe(self) -> str:
-        weights = "bf16 weights" if self.dtype is None else f"{self.dtype} {self.qtype} weights"
-        kept = (
-            f", {len(self.modules_to_not_convert)} modules kept bf16"
-            if self.dtype and self.modules_to_not_convert
-            else ""
+    def describe(self, quantized: int, linears: int) -> str:
+        """One line for `quantized` of `linears` Linears converted; a conversion that quantized nothing says so."""
+        kv = "fp8 e4m3" if self.kv_fp8 else "bf16"
+        if self.dtype is None or quantized == 0:
+            nothing = "" if self.dtype is None else " (nothing quantized: every Linear is in modules_to_not_convert)"
+            return f"bf16 weights{nothing}, {kv} KV cache, tp_degree {self.tp_degree}"
+        return (
+            f"{self.dtype} {self.qtype} weights: {quantized} of {linears} Linears quantized, "
+            f"{linears - quantized} kept bf16, {kv} KV cache, tp_degree {self.tp_degree}"
         )
-        return f"{weights}{kept}, {'fp8 e4m3' if self.kv_fp8 else 'bf16'} KV cache, tp_degree {self.tp_degree}"
 
 
 @dataclass

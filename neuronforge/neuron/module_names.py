@@ -8,6 +8,7 @@ substring of its path. Matching on HF names instead would disagree with the devi
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _ATTN_QKV = re.compile(r"^(?:model\.)?layers\.(\d+)\.self_attn\.([qkv]_proj)$")
 _ATTN_O = re.compile(r"^(?:model\.)?layers\.(\d+)\.self_attn\.o_proj$")
@@ -53,3 +54,20 @@ def block_of(hf_name: str) -> str:
         return "lm_head"
     layer, kind = path.split(".")[1], path.split(".")[2]
     return f"layers.{layer}.{kind}"
+
+
+def checkpoint_linears(keys: Iterable[str]) -> list[str]:
+    """The Linears NxDI's Llama builds from a checkpoint's tensor names; lm_head always (a tied one is copied)."""
+    names = {name for key in keys if (name := linear_name(key)) is not None} | {"lm_head"}
+    return sorted(names)
+
+
+def canonical_blocks(linears: Iterable[str]) -> list[str]:
+    """The safe-granularity blocks (lm_head, layers.N.self_attn, layers.N.mlp) those Linears belong to."""
+    return sorted({block_of(name) for name in linears})
+
+
+def unmatched(modules_to_not_convert: Iterable[str], linears: Iterable[str]) -> list[str]:
+    """Entries that keep no Linear in bf16 under NxDI's rule: a list that matches nothing is a mistake."""
+    linears = list(linears)
+    return [entry for entry in modules_to_not_convert if not any(nxdi_skips(n, [entry]) for n in linears)]

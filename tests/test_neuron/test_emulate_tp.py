@@ -68,7 +68,7 @@ def test_emulate_shards_only_row_parallel_layers_and_names_the_tp(tiny_llama_dir
         isinstance(layer1.mlp.down_proj, Bf16Linear) and layer1.mlp.down_proj.tp_degree == 2
     )  # kept bf16, still split
     assert layer0.self_attn.q_proj.tp_degree == layer0.mlp.up_proj.tp_degree == 1  # column-parallel: unaffected
-    assert "tp_degree 2" in spec.describe()
+    assert "11 of 15 Linears quantized" in spec.describe(11, 15) and "tp_degree 2" in spec.describe(11, 15)
     with pytest.raises(NeuronforgeError, match="tp_degree 0"):
         EmulationSpec(tp_degree=0)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from neuronforge.errors import validated
+from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
 from neuronforge.pipeline.quantize.presets import PRESETS, apply_preset
@@ -277,8 +277,15 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     from neuronforge.neuron.plan import load_model_shape, smallest_for
     from neuronforge.neuron.weight_memory import weight_memory
     from neuronforge.pipeline.evaluate.gsm8k import load_problems
+    from neuronforge.pipeline.evaluate.report import REPORT_JSON
     from neuronforge.pipeline.quantize.sensitivity import find_blocks
 
+    out = Path(options.out)
+    if out.is_dir() and any(out.iterdir()) and not ((out / REPORT_JSON).is_file() or (out / STAGES_DIR).is_dir()):
+        raise NeuronforgeError(  # its report.md/json/png would replace files of the same name
+            f"--out {out} already holds files and is not an evaluate output folder (no {REPORT_JSON} or {STAGES_DIR}/)",
+            "choose a new or empty folder for --out",
+        )
     force_offline()
     start = time.perf_counter()
     timings: dict[str, float] = {}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.outputs import check_writable
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.config_compat import make_config_portable
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
@@ -44,13 +45,13 @@ class QuantizeSettings(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     dtype: ExportDtype = "int8"
-    iters: int = pydantic.Field(PRESETS["gpu"].iters, ge=0)
+    iters: int = pydantic.Field(PRESETS["gpu"].iters, ge=0)  # >= 1 with autoround (checked below)
     nsamples: int = pydantic.Field(PRESETS["gpu"].nsamples, ge=1)
     calib_seq_len: int = pydantic.Field(PRESETS["gpu"].calib_seq_len, ge=2)
     text: Path | None = None
     sensitivity: Sensitivity = "first_order"
     selection: Selection = "budget"
-    max_extra_memory: float = 0.10
+    max_extra_memory: float = pydantic.Field(0.10, ge=0.0, le=1.0)  # a fraction: 0.05 = 5% more weight memory
     topk: int | None = None
     threshold: float | None = None
     modules_to_not_convert: list[str] | None = None  # explicit list: skips selection
@@ -74,6 +75,14 @@ class QuantizeSettings(pydantic.BaseModel):
             )
         return self
 
+    @pydantic.model_validator(mode="after")
+    def _tuning_steps(self) -> QuantizeSettings:
+        if self.autoround and self.iters < 1:
+            raise ValueError(
+                f"iters must be >= 1 for AutoRound (got {self.iters}); use --no-autoround for plain rounding"
+            )
+        return self
+
     @pydantic.model_validator(mode="before")
     @classmethod
     def _preset(cls, values: Any) -> Any:
@@ -90,9 +99,9 @@ class QuantizeOptions(QuantizeSettings):
 class QuantizeResult(pydantic.BaseModel):
     out_dir: Path
     modules_to_not_convert: list[str]
-    grid_agreement: float
+    grid_agreement: float | None  # None: nothing was quantized (every block kept bf16)
     naive_agreement: float | None
-    value_agreement: float
+    value_agreement: float | None
     naive_value_agreement: float | None
     timings: dict[str, float]
 
@@ -118,15 +127,28 @@ def options_from(**values: Any) -> QuantizeOptions:
     return validated(QuantizeOptions, "quantize", **values)
 
 
-def _explicit_kept(entries: list[str], blocks: list[Block]) -> list[str]:
-    """Validate a user's list against the model's canonical block names (NxDI matches substrings)."""
-    names = [b.name for b in blocks]
+def check_block_names(entries: list[str], names: list[str]) -> None:
+    """A user's list must use the model's canonical block names (NxDI matches substrings: others misfire)."""
     unknown = [e for e in entries if e not in names]
     if unknown:
         raise NeuronforgeError(
             f"modules_to_not_convert entries {unknown} are not blocks of this model",
             f"use canonical names such as {names[:3]} (lm_head, layers.N.self_attn, layers.N.mlp)",
         )
+
+
+def check_block_names_in(entries: list[str], model_dir: Path) -> None:
+    """`check_block_names` against a checkpoint's own blocks, from its safetensors headers (nothing loaded)."""
+    from neuronforge.hf.folders import header_shapes
+    from neuronforge.neuron.module_names import canonical_blocks, checkpoint_linears
+
+    check_block_names(entries, canonical_blocks(checkpoint_linears(header_shapes(model_dir))))
+
+
+def _explicit_kept(entries: list[str], blocks: list[Block]) -> list[str]:
+    """Validate a user's list against the model's canonical block names (NxDI matches substrings)."""
+    names = [b.name for b in blocks]
+    check_block_names(entries, names)
     wanted = set(entries) | {b.name for b in blocks if b.forced}
     return [n for n in names if n in wanted]
 
@@ -209,13 +231,15 @@ def quantize_model(
     *,
     keep_original: bool = False,
     fits: Callable[[Sequence[str]], bool] | None = None,
+    samples: list[torch.Tensor] | None = None,
 ) -> QuantizedModel:
     """Quantize a loaded HF causal LM in place onto NxD's grid; nothing is written to disk.
 
     Every decoder Linear outside the kept blocks ends up holding the bf16 value NxD re-quantizes to the
     returned codes (exactly representable in fp32 or bf16 models). fp32 is the fast dtype on CPUs.
     `keep_original` also returns the pre-quantization weights (the folder wrapper's report needs them);
-    `fits` is the folder wrapper's budget_instance check (it reads the model folder).
+    `fits` is the folder wrapper's budget_instance check (it reads the model folder); `samples` are calibration
+    windows already cut (the folder wrapper cuts them before the model load, so bad text fails fast).
     """
     import torch
 
@@ -242,9 +266,10 @@ def quantize_model(
             "pass a Llama/Mistral checkpoint with num_hidden_layers >= 1",
         )
     blocks = find_blocks(model)
-    samples = calibration_samples(
-        tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
-    )
+    if samples is None:
+        samples = calibration_samples(
+            tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
+        )
 
     sensitivity = None
     if options.modules_to_not_convert is not None:
@@ -301,6 +326,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     import torch
 
     from neuronforge.assets.models import resolve_model
+    from neuronforge.assets.texts import calibration_samples, resolve_splits
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import load_model, load_tokenizer
     from neuronforge.hf.not_convert import write_not_convert
@@ -313,13 +339,20 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     out = Path(options.out).expanduser()
     if out.exists():
         raise NeuronforgeError(f"output folder {out} already exists", "pick a new --out or delete the old folder")
+    check_writable(out)
+    # Everything that can be wrong with the inputs is checked before the (long) model load.
     src = resolve_model(options.model)
     fits = _instance_budget(options, src) if options.budget_instance else None  # refuses before any heavy work
     tokenizer = load_tokenizer(src)
+    if options.modules_to_not_convert is not None:
+        check_block_names_in(options.modules_to_not_convert, src)
+    samples = calibration_samples(
+        tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
+    )
     # fp32 holds the bf16 checkpoint exactly and is several times faster than bf16 on CPUs without bf16 units.
     model = load_model(src, torch.float32)
     load_seconds = time.perf_counter() - start
-    done = quantize_model(model, tokenizer, options, keep_original=True, fits=fits)
+    done = quantize_model(model, tokenizer, options, keep_original=True, fits=fits, samples=samples)
     timings = {"load": load_seconds, **done.timings}
     kept, sensitivity, original = done.modules_to_not_convert, done.sensitivity, done.original
     codes, scales = done.codes, done.scales
@@ -357,10 +390,10 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             "options": options.model_dump(mode="json"),
             "dtype": options.dtype,
             "modules_to_not_convert": kept,
-            "grid_agreement": ours.fraction,
+            "grid_agreement": ours.fraction if targets else None,
             "grid_matching_weights": ours.matching,
             "quantized_weights": ours.total,
-            "grid_value_agreement": ours.value_fraction,
+            "grid_value_agreement": ours.value_fraction if targets else None,
             "naive_agreement": naive.fraction if targets else None,
             "naive_value_agreement": naive.value_fraction if targets else None,
             "value_agreement_definition": "weights whose value on Neuron (NxD code x NxD scale) is within a relative "
@@ -378,9 +411,9 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     return QuantizeResult(
         out_dir=out,
         modules_to_not_convert=kept,
-        grid_agreement=ours.fraction,
+        grid_agreement=report["grid_agreement"],
         naive_agreement=report["naive_agreement"],
-        value_agreement=ours.value_fraction,
+        value_agreement=report["grid_value_agreement"],
         naive_value_agreement=report["naive_value_agreement"],
         timings=timings,
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronforge.pipeline.run import storage
+from neuronforge.pipeline.run.checks import check_inputs, check_mirror, check_output
 from neuronforge.pipeline.run.config import RunConfig
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest
 from neuronforge.pipeline.run.runner import Listener, Stage, run_stages
@@ -33,17 +34,24 @@ def resolve_model_input(model: str) -> str:
 def run_pipeline(
     config: RunConfig, *, listener: Listener = lambda event: None, stages: list[Stage] | None = None
 ) -> RunOutcome:
-    """Run `config.stages` in the run directory, skipping what is already done with the same inputs."""
+    """Run `config.stages` in the run directory, skipping what is already done with the same inputs.
+
+    Every input and the output location are checked first (`checks`), so a bad one fails before anything
+    is written or loaded.
+    """
     from neuronforge.pipeline.run.stages import STAGES, RunInputs
 
+    check_output(config)
     target = config.run_dir()
     remote = target if storage.is_s3(target) else None
-    run_dir = storage.local_mirror(target) if remote else Path(target).expanduser()
-    if remote:
-        storage.download(remote, run_dir, missing_ok=True)
+    run_dir = storage.local_mirror(target) if remote else Path(target)
     inputs = RunInputs(
         config=config, model=resolve_model_input(config.model), text=storage.localize(config.text, what="text file")
     )
+    check_inputs(config, inputs.model, inputs.text)
+    if remote:
+        storage.download(remote, run_dir, missing_ok=True)
+        check_mirror(run_dir, remote)
 
     def push(name: str) -> None:
         if remote is None:

@@ -9,13 +9,17 @@ always writes exactly the keys this model accepts.
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from neuronforge.assets.models import EMBEDDED_MODELS
+from neuronforge.core.s3uri import is_s3
+from neuronforge.core.utf8 import read_utf8
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.presets import KNOBS, PRESETS, apply_preset, presets_help
@@ -47,7 +51,8 @@ def _split_list(value: Any) -> Any:
 class RunConfig(BaseModel):
     """Every setting of `neuronforge run`. Paths may be local or s3:// URIs."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a YAML `iters: yes` or `nsamples: 2.0` is a type error, not 1 or 2.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field("smollm2", description="embedded model name, Hugging Face model folder, or s3:// prefix of one")
     out: str | None = Field(
@@ -71,7 +76,10 @@ class RunConfig(BaseModel):
     sensitivity: Sensitivity = Field("first_order", description="how each block's quantization damage is estimated")
     selection: Selection = Field("budget", description="how modules_to_not_convert is chosen from the sensitivities")
     max_extra_memory: float = Field(
-        0.10, ge=0.0, description="budget selection: extra weight memory allowed for bf16 blocks (fraction)"
+        0.10,
+        ge=0.0,
+        le=1.0,
+        description="budget selection: extra weight memory allowed for bf16 blocks (a fraction: 0.05 = 5%)",
     )
     budget_instance: str | None = Field(
         None,
@@ -113,12 +121,28 @@ class RunConfig(BaseModel):
             raise ValueError("at least one stage is needed")
         return [name for name in ALL_STAGES if name in value]
 
+    @field_validator("model", "text", "out")
+    @classmethod
+    def _from_here(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A local path is relative to the current directory (never to the run directory): made absolute here."""
+        if value is None or is_s3(value) or (info.field_name == "model" and value in EMBEDDED_MODELS):
+            return value
+        return os.path.abspath(Path(value).expanduser())
+
+    @model_validator(mode="after")
+    def _tuning_steps(self) -> RunConfig:
+        if self.autoround and self.iters < 1:
+            raise ValueError(
+                f"iters must be >= 1 for AutoRound (got {self.iters}); use --no-autoround for plain rounding"
+            )
+        return self
+
     def run_dir(self) -> str:
-        """`out`, or runs/<model name>-<dtype>."""
+        """`out`, or runs/<model name>-<dtype> in the current directory (absolute unless s3://)."""
         if self.out:
             return self.out
         name = self.model.rstrip("/").rsplit("/", 1)[-1] or "model"
-        return f"runs/{name}-{self.dtype}"
+        return os.path.abspath(f"runs/{name}-{self.dtype}")
 
 
 def _format_problems(exc: ValidationError, source: str) -> NeuronforgeError:
@@ -142,7 +166,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise NeuronforgeError(f"config file {path} does not exist", "create one with: neuronforge config init")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     try:
         if path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text)

@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from neuronforge.core.atomic import atomic_write_json
+from neuronforge.core.outputs import RUN_MANIFEST
 from neuronforge.errors import NeuronforgeError
 
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = RUN_MANIFEST
 SCHEMA_VERSION = 1
 
 Status = Literal["running", "done", "failed", "skipped"]
@@ -52,6 +53,16 @@ class Manifest(BaseModel):
     created_at: str = Field(default_factory=now)
     config: dict[str, Any] = Field(default_factory=dict)
     stages: dict[str, StageRecord] = Field(default_factory=dict)
+    # Entries of the run directory this run made. Recorded before a stage creates its folder, and the only
+    # folders a run ever replaces: anything else in the run directory is the user's and is never touched.
+    created: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _created_by_older_runs(self) -> Manifest:
+        """Manifests written before `created` existed: their finished stages made their own folders."""
+        if not self.created:
+            self.created = [name for name, record in self.stages.items() if record.outputs.get("dir") == name]
+        return self
 
     @classmethod
     def load(cls, run_dir: Path) -> Manifest:

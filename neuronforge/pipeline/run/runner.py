@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuronforge.core.atomic import atomic_dir
+from neuronforge.core.atomic import atomic_dir, remove_leftovers
 from neuronforge.core.hashing import content_hash, fingerprint
+from neuronforge.core.outputs import RUN_LOCK
 from neuronforge.core.package_versions import package_versions
-from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.run.manifest import Manifest, StageRecord
+from neuronforge.errors import NeuronforgeError, interrupt_message
+from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest, StageRecord
 
-LOCK_FILE = ".lock"
+LOCK_FILE = RUN_LOCK
 STAGE_DIR_OUTPUT = "dir"
 
 
@@ -118,20 +118,16 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def clean_partials(run_dir: Path) -> list[Path]:
-    """Remove what a killed atomic write left behind (`.<name>.partial-*`, `.<name>.old-*`)."""
-    removed = []
-    for path in run_dir.iterdir():
-        if path.name.startswith(".") and (".partial-" in path.name or ".old-" in path.name):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            removed.append(path)
-    return removed
+    """Remove the temp folders a killed stage left (`.<stage>.partial-<pid>-*` of a process that is gone)."""
+    return remove_leftovers(run_dir)
 
 
 def _relative(path: Path, run_dir: Path) -> str:
+    """Relative inside the run directory (it may move or sync to S3); absolute outside it, never cwd-relative."""
     try:
         return path.relative_to(run_dir).as_posix()
     except ValueError:
-        return str(path)
+        return os.path.abspath(path)
 
 
 def is_fresh(record: StageRecord | None, fp: str, run_dir: Path) -> bool:
@@ -171,6 +167,30 @@ def _check_upstream(stage: Stage, ctx: StageContext, selected: set[str], by_name
             )
 
 
+def _check_before_start(stages: list[Stage], chosen: set[str], run_dir: Path) -> None:
+    """Before anything is created or recorded: every chosen stage's inputs are chosen too or already finished
+    here, and no chosen stage would replace a folder this run did not make."""
+    manifest = Manifest.load(run_dir) if (run_dir / MANIFEST_FILE).is_file() else Manifest()
+    for stage in (stage for stage in stages if stage.name in chosen):
+        for dep in stage.needs:
+            record = manifest.stages.get(dep)
+            if dep not in chosen and (record is None or record.status != "done"):
+                raise NeuronforgeError(
+                    f"stage '{dep}' has no finished output in {run_dir}, and '{stage.name}' needs it",
+                    f"add '{dep}' to --stages (or run without --stages)",
+                )
+        _check_owned(run_dir / stage.name, manifest)
+
+
+def _check_owned(folder: Path, manifest: Manifest) -> None:
+    """A stage folder may be replaced only when the manifest says this run made it."""
+    if folder.name not in manifest.created and (folder.exists() or folder.is_symlink()):
+        raise NeuronforgeError(
+            f"{folder} was not made by neuronforge (the run manifest does not list it), so it is not replaced",
+            f"move it out of {folder.parent}: a run only ever replaces folders it created",
+        )
+
+
 def run_stages(
     run_dir: Path,
     stages: list[Stage],
@@ -188,7 +208,14 @@ def run_stages(
         raise NeuronforgeError(f"unknown stage(s): {', '.join(unknown)}", f"choose from: {', '.join(by_name)}")
     chosen = set(selected or by_name)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_before_start(stages, chosen, run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NeuronforgeError(
+            f"cannot create the run directory {run_dir} ({exc.strerror})",
+            "choose a writable --out, or fix its permissions",
+        ) from None
     with run_lock(run_dir):
         clean_partials(run_dir)
         manifest = Manifest.load(run_dir)
@@ -212,20 +239,34 @@ def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[st
         listener(StageEvent(stage.name, "skipped", reason))
         return
     _check_upstream(stage, ctx, chosen, by_name)
-    fp, canonical, versions = _fingerprint(stage, ctx)
+    try:
+        fp, canonical, versions = _fingerprint(stage, ctx)
+    except FileNotFoundError as exc:
+        raise NeuronforgeError(
+            f"an input of stage '{stage.name}' no longer exists: {exc}",
+            "restore it, or run the stages that make it again (run without --stages)",
+        ) from None
     if is_fresh(manifest.stages.get(stage.name), fp, run_dir):
         listener(StageEvent(stage.name, "up to date", seconds=manifest.stages[stage.name].seconds))
         return
-    manifest.start(run_dir, stage.name, fp, canonical, versions)
-    listener(StageEvent(stage.name, "running", stage.help))
-    started = time.perf_counter()
     final = run_dir / stage.name
-    try:
+    _check_owned(final, manifest)
+    if stage.name not in manifest.created:
+        manifest.created.append(stage.name)  # saved by start(), before the folder exists
+    manifest.start(run_dir, stage.name, fp, canonical, versions)
+    started = time.perf_counter()
+    try:  # from here on, an interruption (Ctrl-C, SIGTERM) is recorded as this stage's failure
+        listener(StageEvent(stage.name, "running", stage.help))
         with atomic_dir(final, overwrite=True) as tmp:
             ctx.workdir = tmp
             result = stage.run(ctx)
     except BaseException as exc:
-        message = exc.what if isinstance(exc, NeuronforgeError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, NeuronforgeError):
+            message = exc.what
+        elif isinstance(exc, KeyboardInterrupt):
+            message = interrupt_message(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
         seconds = time.perf_counter() - started
         manifest.finish(run_dir, stage.name, status="failed", message=message, seconds=seconds)
         listener(StageEvent(stage.name, "failed", message, seconds))

@@ -204,8 +204,10 @@ def _emulate_run(ctx: StageContext) -> StageResult:
     }
     ppl: dict[str, dict[str, float]] = {}
     kv_risk: dict[str, Any] = {}
+    quantized_linears = 0
     for variant, (path, spec) in variants.items():
         emulated = load_emulated(path, spec)
+        quantized_linears = max(quantized_linears, len(emulated.converted))
         ppl[variant] = {
             name: round(perplexity(emulated, ids), 4)
             for name, ids in track(list(windows.items()), f"perplexity, {variant}")
@@ -224,6 +226,7 @@ def _emulate_run(ctx: StageContext) -> StageResult:
         "tp_degree": variants["neuron"][1].tp_degree,
         "tokens_per_text": {name: int(ids.numel()) for name, ids in windows.items()},
         "modules_to_not_convert": _not_converted(ctx),
+        "quantized_linears": quantized_linears,
     }
     atomic_write_json(ctx.workdir / "emulation.json", summary)
     atomic_write_text(ctx.workdir / "emulation.md", emulation_markdown(summary))
@@ -233,8 +236,11 @@ def _emulate_run(ctx: StageContext) -> StageResult:
 def emulation_markdown(summary: dict[str, Any]) -> str:
     """A short table: per held-out text, perplexity in bf16 and under emulated Neuron numerics."""
     kv = "fp8 (e4m3) KV cache" if summary["kv"] == "fp8" else "bf16 KV cache"
+    weights = f"{summary['dtype']} weights"
+    if summary.get("quantized_linears") == 0:
+        weights = "bf16 weights (nothing quantized: every block is in modules_to_not_convert)"
     lines = [
-        f"# CPU emulation of Neuron numerics: {summary['dtype']} weights, {kv}, tp_degree {summary.get('tp_degree', 1)}",
+        f"# CPU emulation of Neuron numerics: {weights}, {kv}, tp_degree {summary.get('tp_degree', 1)}",
         "",
         "| text | tokens | bf16 ppl | Neuron-emulated ppl | change |",
         "|---|---:|---:|---:|---:|",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronforge.core.cache import cache_dir
+from neuronforge.core.outputs import RUN_MANIFEST
 from neuronforge.core.s3uri import S3Uri, is_s3
 from neuronforge.errors import NeuronforgeError
 
@@ -50,7 +51,8 @@ def aws_errors(uri: S3Uri | str) -> Iterator[None]:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         bucket = uri.bucket if isinstance(uri, S3Uri) else S3Uri.parse(uri).bucket
-        if code == "NoSuchBucket":
+        # HeadBucket has no error body: a missing bucket comes back as a bare 404.
+        if code == "NoSuchBucket" or (exc.operation_name == "HeadBucket" and code in ("404", "NotFound")):
             raise NeuronforgeError(
                 f"S3 bucket '{bucket}' does not exist ({uri})",
                 "check the bucket name and region, or create it: aws s3 mb s3://" + bucket,
@@ -179,6 +181,20 @@ def upload_dir(local: Path, uri: str) -> int:
         for rel in remote.keys() - files.keys():
             client.delete_object(Bucket=parsed.bucket, Key=parsed.child(rel).key)
     return sent
+
+
+def check_run_prefix(uri: str) -> None:
+    """An s3:// run directory: its bucket exists, and the prefix is empty or already holds a run manifest.json."""
+    parsed = S3Uri.parse(uri)
+    client = _client()
+    with aws_errors(parsed):
+        client.head_bucket(Bucket=parsed.bucket)
+        objects = _list(client, parsed)
+    if objects and RUN_MANIFEST not in objects:
+        raise NeuronforgeError(
+            f"--out {uri} already holds objects and is not a neuronforge run directory (no manifest.json there)",
+            "choose a new or empty s3:// prefix for --out; neuronforge never writes into a prefix it did not create",
+        )
 
 
 def localize(path: str | Path | None, *, what: str) -> Path | None:

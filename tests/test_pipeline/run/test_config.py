@@ -62,8 +62,10 @@ def test_yaml_and_toml_files_and_cli_precedence(tmp_path: Path) -> None:
     overridden = build_config(read_config_file(tmp_path / "a.yaml"), {"iters": 7, "dtype": None, "stages": "model"})
     assert (overridden.iters, overridden.dtype, overridden.stages) == (7, "int8", ["model"])
     assert RunConfig().stages == list(DEFAULT_STAGES)
-    assert RunConfig().run_dir() == "runs/smollm2-int8"
-    assert RunConfig(model="s3://b/models/llama-7b/", dtype="f8e4m3").run_dir() == "runs/llama-7b-f8e4m3"
+    assert RunConfig().run_dir() == str(Path.cwd() / "runs/smollm2-int8")  # relative to where the user stands
+    assert RunConfig(model="s3://b/models/llama-7b/", dtype="f8e4m3").run_dir() == str(
+        Path.cwd() / "runs/llama-7b-f8e4m3"
+    )
 
 
 @pytest.mark.parametrize(

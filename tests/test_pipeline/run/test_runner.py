@@ -101,6 +101,7 @@ def test_selected_stages_and_stale_upstream(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     with pytest.raises(NeuronforgeError, match="stage 'make' has no finished output"):
         run_stages(run_dir, STAGES, _config(tmp_path), selected=["total"])
+    assert not run_dir.exists()  # refused before anything was created
     with pytest.raises(NeuronforgeError, match="unknown stage"):
         run_stages(run_dir, STAGES, _config(tmp_path), selected=["nope"])
     run_stages(run_dir, STAGES, _config(tmp_path), selected=["make"])

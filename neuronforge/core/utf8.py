@@ -1,0 +1,20 @@
+"""Read a user's text file as UTF-8 or say exactly where it is not (never replace bytes silently)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from neuronforge.errors import NeuronforgeError
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text (a UTF-8 byte-order mark is dropped); bytes that are not UTF-8 are an error naming them."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise NeuronforgeError(
+            f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} (byte offset {exc.start})",
+            f"convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > {Path(path).stem}-utf8{Path(path).suffix}`",
+        ) from None

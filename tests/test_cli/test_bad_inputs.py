@@ -1,0 +1,552 @@
+"""Every case of the reliability report (and a few of our own), as a new user would hit them.
+
+One table: the command, the exit code and what the `error:` line must name. For each row the test checks
+exactly one `error:` and one `fix:` line, no traceback, and that nothing on disk changed: the user's inputs
+are byte-identical and no output (not even an empty run directory) was left behind. Tiny models are built
+here; validation happens before any model is loaded, so most rows take milliseconds.
+Row ids are the report's case numbers (shared/research/audit/reliability.md); "own-*" rows are ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from neuronforge.cli import app
+
+S = ["--iters", "1", "--nsamples", "2", "--calib-seq-len", "32", "--eval-tokens", "64"]
+PROSE = (
+    "The play was first printed in a quarto edition, and the folio text that followed it differs in many "
+    "places, so editors have long compared the two in order to recover what the author wrote. "
+)
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models, texts and config files a user might pass, good and broken, under one folder."""
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("fx")
+    ok = make_tiny_llama("bad-inputs-ok")
+    shutil.copytree(ok, root / "ok")
+
+    def variant(name: str) -> Path:
+        return Path(shutil.copytree(ok, root / name))
+
+    (variant("noconfig") / "config.json").unlink()
+    _write(variant("badjson") / "config.json", "{not json")
+    _write(variant("listjson") / "config.json", "[1, 2]")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=512)).save_pretrained(root / "gpt2")
+    _write(root / "afile", "not a model")
+    _write(root / "noweights" / "config.json", (ok / "config.json").read_text())
+    truncated = variant("truncated") / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    shape = variant("shape") / "model.safetensors"
+    tensors = load_file(shape)
+    key = "model.layers.0.mlp.down_proj.weight"
+    tensors[key] = tensors[key][:, :120].contiguous()
+    save_file(tensors, shape, metadata={"format": "pt"})
+    shutil.copytree(make_tiny_llama("bad-inputs-v100", vocab_size=100), root / "vocab100")  # tokenizer has 512
+    notok = variant("notok")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (notok / name).unlink(missing_ok=True)
+
+    _write(root / "tx" / "empty.txt", "")
+    _write(root / "tx" / "short.txt", "one two three four five six seven eight nine ten")
+    _write(root / "tx" / "nonutf8.txt", PROSE.encode() * 20 + b"caf\xe9 \xff\n")
+    _write(root / "tx" / "malformed.jsonl", "".join(json.dumps({"text": PROSE}) + "\n" for _ in range(4)) + "{oops\n")
+    _write(root / "tx" / "notext.jsonl", '{"body": "x"}\n')
+    _write(root / "tx" / "nonutf8.jsonl", json.dumps({"text": PROSE}).encode() + b"\n\xff\xfe\n")
+    _write(root / "tx" / "medium.txt", PROSE * 6 + "\n\nThe end.\n")  # calibrates (32 tokens), cannot evaluate
+    _write(root / "cfg" / "bad.yaml", "iters: 1\nstages: [model, quantize\n")
+    _write(root / "cfg" / "tab.yaml", "iters: 1\n\tnsamples: 2\n")
+    _write(root / "cfg" / "unknown.yaml", "iterations: 5\nfoo: bar\n")
+    _write(root / "cfg" / "ten.yaml", 'iters: "ten"\n')
+    _write(root / "cfg" / "negative.yaml", "iters: -1\nnsamples: 0\ncalib_seq_len: 0\neval_tokens: 0\n")
+    _write(root / "cfg" / "list.yaml", "- iters\n- 1\n")
+    _write(root / "cfg" / "bad.toml", "iters = \n")
+    _write(root / "cfg" / "cfg.json", '{"iters": 1}')
+    _write(root / "cfg" / "yes.yaml", "iters: yes\n")
+    _write(root / "cfg" / "float.yaml", "nsamples: 2.0\n")
+    _write(root / "cfg" / "half.yaml", "calib_seq_len: 32.5\n")
+    _write(root / "cfg" / "nc99.json", '{"modules_to_not_convert": ["layers.99.mlp"]}')
+    _write(root / "cfg" / "nchf.json", '{"modules_to_not_convert": ["model.layers.0.mlp.gate_proj"]}')
+    _write(root / "cfg" / "ncbare.json", '{"modules_to_not_convert": ["layers.0"]}')
+    _write(root / "cfg" / "ncbad.json", '{"modules_to_not_convert": [')
+    _write(root / "afile.out", "a file where a folder should be")
+    return root
+
+
+def _user_folders(tmp: Path, fx: Path) -> None:
+    _write(tmp / "o-unrel" / "notes.txt", "mine")
+    _write(tmp / "o-dl2" / "package" / "notes.txt", "notes")
+    _write(tmp / "o-dl2" / "quantize" / "results.csv", "data")
+
+
+def _project(tmp: Path, fx: Path) -> None:
+    """A project folder holding the user's model (report 4.10: `cd o-dl; run --model ./model --out .`)."""
+    shutil.copytree(fx / "ok", tmp / "o-dl" / "model")
+    _write(tmp / "o-dl" / "model" / "README-mine.txt", "important")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: str  # {fx}: the fixtures, {tmp}: the current directory of this case; split on spaces
+    error: str  # what the error: line must say (whitespace-normalized)
+    cwd: str = ""  # relative to {tmp}
+    setup: Callable[[Path, Path], None] | None = None
+
+
+CASES = [
+    # models
+    Case("1.1", "run --model {fx}/nope --out r " + " ".join(S), "does not exist"),
+    Case("1.2", "quantize --model {fx}/nope --out q", "does not exist"),
+    Case("1.3", "emulate --model {fx}/nope", "does not exist"),
+    Case("1.4", "run --model {fx}/noconfig --out r", "no config.json"),
+    Case("1.5", "run --model {fx}/badjson --out r", "is not valid JSON"),
+    Case("1.6", "run --model {fx}/listjson --out r", "not an object"),
+    Case("1.7", "run --model {fx}/gpt2 --out r", "holds a 'gpt2' model"),
+    Case("1.8", "run --model {fx}/afile --out r", "not a Hugging Face model folder"),
+    Case("1.9", "run --model {fx}/noweights --out r", "no *.safetensors"),
+    Case("1.10", "run --model {fx}/truncated --out r", "truncated"),
+    Case("1.11", "quantize --model {fx}/truncated --out q", "truncated"),
+    Case("1.12", "emulate --model {fx}/truncated", "truncated"),
+    Case("1.13", "run --model {fx}/shape --out r", "model.layers.0.mlp.down_proj.weight has shape (64, 120)"),
+    Case("1.20", "run --model {fx}/vocab100 --out r", "has 512 tokens but the model's vocab_size is 100"),
+    Case("1.22", "emulate --model {fx}/vocab100", "has 512 tokens but the model's vocab_size is 100"),
+    Case("1.23", "run --model {fx}/notok --out r", "no usable tokenizer"),
+    # texts
+    Case("2.1", "run --model {fx}/ok --out r --text {fx}/tx/empty.txt", "contains no text"),
+    Case("2.2", "run --model {fx}/ok --out r --text {fx}/tx/short.txt " + " ".join(S), "fewer than one window"),
+    Case("2.3", "run --model {fx}/ok --out r --text {fx}/tx/nonutf8.txt", "is not UTF-8"),
+    Case("2.4", "run --model {fx}/ok --out r --text {fx}/tx/malformed.jsonl", "malformed.jsonl:5 is not valid JSON"),
+    Case("2.5", "run --model {fx}/ok --out r --text {fx}/tx/notext.jsonl", "notext.jsonl:1 has no text"),
+    Case("2.6", "run --model {fx}/ok --out r --text {fx}/tx/nonutf8.jsonl", "is not UTF-8"),
+    Case("2.7", "run --model {fx}/ok --out r --text {fx}/tx/medium.txt " + " ".join(S), "evaluation text has"),
+    Case("own-text-quantize", "quantize --model {fx}/ok --out q --text {fx}/tx/nonutf8.txt", "is not UTF-8"),
+    Case("own-text-emulate", "emulate --model {fx}/ok --text {fx}/tx/nonutf8.jsonl", "is not UTF-8"),
+    # configuration
+    Case("3.2", "run --config {fx}/cfg/bad.yaml", "expected ',' or ']'"),
+    Case("3.3", "run --config {fx}/cfg/tab.yaml", "is not valid YAML"),
+    Case("3.4", "run --config {fx}/cfg/unknown.yaml", "unknown key 'iterations' (did you mean 'iters'?)"),
+    Case("3.5", "run --config {fx}/cfg/ten.yaml", "iters: Input should be a valid integer"),
+    Case("3.6", "run --config {fx}/cfg/negative.yaml", "eval_tokens"),
+    Case("3.7", "run --config {fx}/cfg/list.yaml", "key: value pairs"),
+    Case("3.8", "run --config {fx}/cfg/bad.toml", "is not valid TOML"),
+    Case("3.9", "run --config {fx}/cfg/cfg.json", "unsupported config file type '.json'"),
+    Case("3.10", "run --config {fx}/cfg/nope.yaml", "does not exist"),
+    Case("3.11a", "run --config {fx}/cfg/yes.yaml", "iters: Input should be a valid integer"),
+    Case("3.11b", "run --config {fx}/cfg/float.yaml", "nsamples: Input should be a valid integer"),
+    Case("3.11c", "run --config {fx}/cfg/half.yaml", "calib_seq_len: Input should be a valid integer"),
+    Case("3.13", "run --iters -1", "iters: Input should be greater than or equal to 0"),
+    Case("3.14", "run --nsamples 0", "nsamples"),
+    Case("3.15", "run --calib-seq-len 0", "calib_seq_len"),
+    Case("3.16", "run --model {fx}/ok --out r --iters 0", "iters must be >= 1"),
+    Case("3.17a", "run --dtype int4", "dtype"),
+    Case("3.17b", "quantize --model {fx}/ok --out q --dtype int4", "dtype"),
+    Case("3.18a", "run --max-extra-memory -1", "max_extra_memory"),
+    Case("3.18b", "quantize --model {fx}/ok --out q --max-extra-memory -1", "max_extra_memory"),
+    Case("3.19", "run --model {fx}/ok --out r --max-extra-memory 5", "max_extra_memory"),
+    Case("3.20", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/nc99.json", "['layers.99.mlp']"),
+    Case("3.21", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/nchf.json", "model.layers.0.mlp.gate_proj"),
+    Case("3.22", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/ncbare.json", "['layers.0']"),
+    Case("3.23a", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/ncbad.json", "Expecting value"),
+    Case("3.23b", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/missing.json", "No such file"),
+    Case("3.25", "run --model {fx}/ok --out r --modules-to-not-convert layers.99.mlp", "['layers.99.mlp']"),
+    Case("3.26a", "emulate --model {fx}/ok --not-convert {fx}/cfg/nchf.json", "match no Linear layer"),
+    Case("3.26b", "emulate --model {fx}/ok --not-convert {fx}/cfg/nc99.json", "match no Linear layer"),
+    # output locations
+    Case("4.1", "run --model {fx}/ok --out {fx}/afile.out", "is a file"),
+    Case("4.2", "quantize --model {fx}/ok --out {fx}/afile.out", "is a file"),
+    Case("4.8", "run --model {fx}/ok --out o-unrel", "is not a neuronforge run directory", setup=_user_folders),
+    Case("4.9", "run --model {fx}/ok --out o-dl2", "is not a neuronforge run directory", setup=_user_folders),
+    Case("4.10", "run --model ./model --out .", "contains --model", cwd="o-dl", setup=_project),
+    Case("4.11", "run --model {fx}/ok --out {fx}/ok", "is the same location as --model"),
+    Case("own-out-in-model", "run --model {fx}/ok --out {fx}/ok/runs", "is inside --model"),
+    Case("own-quantize-out-model", "quantize --model {fx}/ok --out {fx}/ok/q", "is inside --model"),
+    Case("own-nxd-overwrite-model", "quantize-nxd --model {fx}/ok --out {fx}/ok --overwrite", "same location"),
+    Case(
+        "own-evaluate-user-folder",
+        "evaluate --model {fx}/ok --out o-unrel",
+        "is not an evaluate output folder",
+        setup=_user_folders,
+    ),
+    Case("own-evaluate-out-model", "evaluate --model {fx}/ok --out {fx}/ok", "is the same location as --model"),
+    # run directory
+    Case("6.6", "run --stages emulate,foo", "unknown stage(s) foo"),
+    Case("6.5", "run --model {fx}/ok --out r --stages emulate", "stage 'model' has no finished output"),
+]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every entry under `root`: files by sha256, folders and links by kind."""
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            entries[rel] = "link"
+        elif path.is_dir():
+            entries[rel] = "dir"
+        else:
+            entries[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return entries
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_clean_error(result: object, expected_exit: int = 2) -> str:
+    """Exit code, exactly one error: and one fix: line, no traceback; returns the flattened output."""
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == expected_exit, output  # type: ignore[attr-defined]
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info  # type: ignore[attr-defined]
+    assert "Traceback" not in output
+    lines = output.splitlines()
+    assert len([line for line in lines if line.startswith("error: ")]) == 1, output
+    assert len([line for line in lines if line.startswith("fix: ")]) == 1, output
+    return _flat(output)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_a_clean_error_and_changes_nothing(
+    case: Case, fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if case.setup is not None:
+        case.setup(tmp_path, fx)
+    cwd = tmp_path / case.cwd
+    monkeypatch.chdir(cwd)
+    before = (_tree(fx), _tree(tmp_path))
+    argv = [part.format(fx=fx, tmp=tmp_path) for part in case.argv.split()]
+    output = check_clean_error(CliRunner().invoke(app, argv))
+    assert case.error in output
+    assert (_tree(fx), _tree(tmp_path)) == before, "a failed command changed or left files"
+
+
+def _invoke(argv: list[str]) -> object:
+    return CliRunner().invoke(app, argv)
+
+
+@pytest.fixture
+def locked_dir(tmp_path: Path) -> Iterator[Path]:
+    """An existing folder nobody may write in, even root (`chattr +i`), or by mode bits for other users."""
+    folder = tmp_path / "o-immut"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("this file system cannot make a folder immutable for root")
+    else:
+        folder.chmod(0o555)
+    yield folder
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("case", "argv"),
+    [
+        ("4.4", "run --model {fx}/ok --out {locked}/run"),
+        ("4.5", "run --model {fx}/ok --out {locked}"),
+        ("4.6", "quantize --model {fx}/ok --out {locked}/q"),
+    ],
+)
+def test_unwritable_out_is_refused_before_the_model_loads(
+    case: str, argv: str, fx: Path, locked_dir: Path, tmp_path: Path
+) -> None:
+    before = (_tree(fx), _tree(tmp_path))
+    output = check_clean_error(_invoke([p.format(fx=fx, locked=locked_dir) for p in argv.split()]))
+    assert "cannot be written" in output
+    assert (_tree(fx), _tree(tmp_path)) == before
+
+
+def test_run_directory_is_only_ever_changed_where_the_run_made_it(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5.4 (a standalone command writing into a run directory) and a user's folder put into one later."""
+    monkeypatch.chdir(tmp_path)
+    first = _invoke(["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model"])
+    assert first.exit_code == 0, first.output
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["created"] == ["model"]
+    _write(tmp_path / "r" / "quantize" / "mine.txt", "the user's")
+    before = _tree(tmp_path)
+
+    output = check_clean_error(_invoke(["quantize", "--model", str(fx / "ok"), "--out", "r/q2"]))
+    assert "is inside the run directory" in output
+    output = check_clean_error(_invoke(["run", "--model", str(fx / "ok"), "--out", "r/inner", "--stages", "model"]))
+    assert "is inside the run directory" in output
+    output = check_clean_error(
+        _invoke(["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model,quantize", *S, "--no-autoround"])
+    )
+    assert "was not made by neuronforge" in output and "quantize" in output
+    assert _tree(tmp_path) == before
+
+
+def test_truncated_manifest_and_existing_config_file(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """6.7 and 3.1."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "r" / ".lock", "")
+    _write(tmp_path / "r" / "manifest.json", '{"schema_version": 1, "stag')
+    _write(tmp_path / "cfg.yaml", "iters: 3\n")
+    before = _tree(tmp_path)
+    assert "is not a neuronforge manifest" in check_clean_error(
+        _invoke(["run", "--model", str(fx / "ok"), "--out", "r"])
+    )
+    assert "already exists" in check_clean_error(_invoke(["config", "init", "cfg.yaml"]))
+    assert _tree(tmp_path) == before
+
+
+def test_a_typo_in_a_flag_value_is_a_usage_error_without_traceback() -> None:
+    """3.12: click's own usage error (exit 2), no traceback."""
+    result = _invoke(["run", "--iters", "ten"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for '--iters'" in _flat(result.output.replace("│", " "))
+
+
+def test_readme_example_relative_model_and_out_with_spaces(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's `neuronforge run --model ./my-llama` (failed with runs/<name>/my-llama) and 4.7."""
+    from neuronforge.pipeline.run.manifest import Manifest
+
+    shutil.copytree(fx / "ok", tmp_path / "my-llama")
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", "./my-llama", "--out", "r/with spaces/run one", "--stages", "model,quantize"]
+    result = _invoke([*argv, *S, "--no-autoround", "--selection", "none"])
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.load(tmp_path / "r" / "with spaces" / "run one")
+    assert manifest.stages["quantize"].status == "done"
+    assert manifest.stages["model"].outputs["model"] == str(tmp_path / "my-llama")
+    assert manifest.config["model"] == str(tmp_path / "my-llama")
+
+
+def test_nothing_quantized_is_said_plainly(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """3.19 / 3.24: every block kept bf16 (a duplicate entry too): no grid agreement over 0 weights, no int8 heading."""
+    blocks = ["lm_head"] + [f"layers.{i}.{kind}" for i in range(2) for kind in ("self_attn", "mlp")]
+    listing = _write(tmp_path / "all.json", json.dumps({"modules_to_not_convert": [*blocks, "layers.0.mlp"]}))
+    monkeypatch.chdir(tmp_path)
+    result = _invoke(["quantize", "--model", str(fx / "ok"), "--out", "q", "--not-convert", str(listing), *S[:6]])
+    assert result.exit_code == 0, result.output
+    output = _flat(result.output)
+    assert "nothing was quantized" in output and "grid agreement (NxD re-quantization): n/a" in output
+    report = json.loads((tmp_path / "q" / "quantization_report.json").read_text())
+    assert report["grid_agreement"] is None and report["quantized_weights"] == 0
+    kept = json.loads((tmp_path / "q" / "modules_to_not_convert.json").read_text())["modules_to_not_convert"]
+    assert sorted(kept) == sorted(blocks)  # the duplicate entry is listed once
+
+    emulated = _invoke(
+        [
+            "emulate",
+            "--model",
+            str(fx / "ok"),
+            "--not-convert",
+            str(listing),
+            "--max-tokens",
+            "64",
+            "--eval-seq-len",
+            "32",
+            "--max-new-tokens",
+            "0",
+        ]
+    )
+    assert emulated.exit_code == 0, emulated.output
+    assert "bf16 weights (nothing quantized" in _flat(emulated.output) and "int8" not in emulated.output
+
+
+def test_sigterm_stops_a_run_with_an_error_and_no_partial_output(fx: Path, tmp_path: Path) -> None:
+    """5.7: SIGTERM (docker stop, spot interruption) used to kill silently, leaving the manifest at 'running'."""
+    from neuronforge.pipeline.run.manifest import Manifest
+
+    run_dir = tmp_path / "run"
+    argv = ["run", "--model", str(fx / "ok"), "--out", str(run_dir), "--stages", "model,quantize", "--iters", "50"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuronforge.cli", *argv, *S[2:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    tuning, lines = threading.Event(), []
+
+    def watch() -> None:
+        for line in iter(proc.stdout.readline, ""):  # type: ignore[union-attr]
+            lines.append(line)
+            if ">> quantize" in line:  # the stage has started (its temp folder exists)
+                tuning.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    try:
+        assert tuning.wait(300), "quantize never started:\n" + "".join(lines)
+        time.sleep(1)  # into the stage's work (its temp folder exists)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    output = _flat("".join(lines))
+    assert "error: stopped by SIGTERM" in output and "fix: run the same command again" in output
+    record = Manifest.load(run_dir).stages["quantize"]
+    assert (record.status, record.message) == ("failed", "stopped by SIGTERM")
+    assert not [p for p in run_dir.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+S3_CASES = [
+    ("7.1", "run --model {fx}/ok --out s3://missing-bucket/x", "S3 bucket 'missing-bucket' does not exist"),
+    ("7.2", "run --model s3://nf-test/empty-prefix/ --out r", "nothing found at s3://nf-test/empty-prefix/"),
+    ("7.3", "run --model s3://missing-bucket/m/ --out r", "S3 bucket 'missing-bucket' does not exist"),
+    ("7.4", "run --model s3://nf-test/models/ok/config.json --out r", "not a Hugging Face model folder"),
+    ("7.5", "run --model {fx}/ok --out r --text s3://nf-test/texts/none.txt", "nothing found at"),
+    ("7.6", "run --model s3:// --out r", "s3://"),
+    ("7.9", "run --config s3://nf-test/cfg/bad.yaml", "expected ',' or ']'"),
+    (
+        "own-s3-out-in-model",
+        "run --model s3://nf-test/models/ok/ --out s3://nf-test/models/ok/run",
+        "is inside --model",
+    ),
+    ("own-s3-out-not-a-run", "run --model {fx}/ok --out s3://nf-test/models/ok/", "is not a neuronforge run directory"),
+]
+
+
+@pytest.mark.parametrize(("case", "argv", "error"), S3_CASES, ids=[case[0] for case in S3_CASES])
+def test_s3_inputs_and_outputs(
+    case: str, argv: str, error: str, fx: Path, tmp_path: Path, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    monkeypatch.setenv("NEURONFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="nf-test")
+    for file in (fx / "ok").iterdir():
+        s3.upload_file(str(file), "nf-test", f"models/ok/{file.name}")
+    s3.put_object(Bucket="nf-test", Key="cfg/bad.yaml", Body=(fx / "cfg" / "bad.yaml").read_bytes())
+    objects = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="nf-test")["Contents"])
+    before = _tree(fx)
+    output = check_clean_error(_invoke([part.format(fx=fx) for part in argv.split()]))
+    assert error in output
+    assert _tree(fx) == before and not (tmp_path / "r").exists()
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="nf-test")["Contents"]) == objects
+
+
+def test_doctor_names_what_is_wrong_with_the_model(fx: Path) -> None:
+    """8.4-8.6: doctor flags an unsupported architecture and a file, and still exits 0 (it is a report)."""
+    for model, expected in (("gpt2", "holds a 'gpt2' model"), ("afile", "not a Hugging Face model folder")):
+        result = _invoke(["doctor", "--json", "--model", str(fx / model)])
+        assert result.exit_code == 0, result.output
+        checks = {check["name"]: check for check in json.loads(result.output)["checks"]}
+        assert checks["Model"]["status"] == "warn" and expected in checks["Model"]["detail"]
+    ok = json.loads(_invoke(["doctor", "--json", "--model", str(fx / "ok")]).output)
+    checks = {check["name"]: check for check in ok["checks"]}
+    assert checks["Model"]["status"] == "ok" and "llama, 2 layers" in checks["Model"]["detail"]
+    assert "x 15 bytes" in checks["Memory"]["detail"]
+    missing = json.loads(_invoke(["doctor", "--json", "--model", str(fx / "nope")]).output)
+    assert "no such folder" in missing["model"]
+
+
+def test_model_list_shows_the_fetched_state() -> None:
+    """8.7: `[fetched]` was read as rich markup and vanished."""
+    result = _invoke(["model", "list"])
+    assert result.exit_code == 0 and ("[fetched]" in result.output or "[not fetched]" in result.output)
+
+
+@pytest.mark.parametrize(
+    ("case", "env", "error"),
+    [
+        ("7.7", {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "no usable AWS credentials"),
+        ("7.8", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}, "cannot reach S3"),
+    ],
+)
+def test_aws_unavailable(
+    case: str, env: dict[str, str | None], error: str, fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a fresh session here, and the old one back afterwards
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for name, value in {
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **env,
+    }.items():
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NEURONFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    output = check_clean_error(_invoke(["run", "--model", "s3://nf-test/models/ok/", "--out", "r"]))
+    assert error in output and not (tmp_path / "r").exists()
+
+
+def test_odd_dimensions_untied_mistral_fp8_all_blocks(
+    make_tiny_llama: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1.14-1.19: dims that are not multiples of 32 (AutoRound leaves such layers alone: they are rounded on NxD's
+    grid), untied head, Mistral, fp8, every block quantized; the checkpoint then emulates on its own."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    source = make_tiny_llama("odd-base")
+    model = tmp_path / "mistral_odd"
+    config = MistralConfig(
+        vocab_size=512,
+        hidden_size=96,
+        intermediate_size=200,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    MistralForCausalLM(config).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, model / name)
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", str(model), "--out", "r", "--stages", "model,quantize", "--dtype", "f8e4m3"]
+    result = _invoke([*argv, "--selection", "none", *S])
+    assert result.exit_code == 0, result.output
+    checkpoint = tmp_path / "r" / "quantize" / "checkpoint"
+    report = json.loads((checkpoint / "quantization_report.json").read_text())
+    assert report["grid_agreement"] == 1.0 and report["modules_to_not_convert"] == []
+    emulated = _invoke(
+        [
+            "emulate",
+            "--model",
+            str(checkpoint),
+            "--dtype",
+            "f8e4m3",
+            "--max-tokens",
+            "64",
+            "--eval-seq-len",
+            "32",
+            "--max-new-tokens",
+            "0",
+        ]
+    )
+    assert emulated.exit_code == 0, emulated.output
+    assert "15 of 15 Linears quantized" in _flat(emulated.output)
