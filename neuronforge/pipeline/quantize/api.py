@@ -1,8 +1,9 @@
 """Stage 1 entry point: sensitivity -> selection -> AutoRound on NxD's grid -> grid-exact bf16 checkpoint.
 
-The output folder is an ordinary HF checkpoint (same shards as the input) whose quantized weights
-NxD re-quantizes to exactly the codes AutoRound tuned; the grid check runs on the written files
-and the folder only appears (atomically) when it passes at 100%.
+The output folder is an ordinary bf16 HF checkpoint (same shards as the input) whose quantized weights
+NxD re-quantizes to exactly the codes AutoRound tuned; the grid check covers what is written (each shard
+is read back) and the folder only appears (atomically) when it passes at 100%. Host memory: the model
+once in bf16 (AutoRound itself casts it to fp32) plus one shard; see README "Large models".
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from neuronforge.pipeline.quantize.grid_export import Agreement
     from neuronforge.pipeline.quantize.sensitivity import Block, SensitivityResult
 
 
@@ -109,44 +112,88 @@ def read_not_convert_file(path: Path) -> list[str]:
     return entries
 
 
-def _write_checkpoint(src: Path, dst: Path, replaced: dict[str, torch.Tensor]) -> None:
-    """Copy the input folder, replacing quantized weights shard by shard (same files, same index)."""
+@dataclass
+class ExportCheck:
+    """What the shard-by-shard export measured: grid agreement (ours and AutoRound's stock export) and error."""
+
+    ours: Agreement
+    naive: Agreement
+    per_block: dict[str, dict[str, float]]
+    export_s: float = 0.0
+    verify_s: float = 0.0
+
+
+def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str) -> ExportCheck:
+    """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
+
+    Per shard: each target weight is rounded to NxD's grid from the model (tuned fp32 or bf16), turned into grid-exact
+    bf16 and checked against the intended codes; the Linear then holds that bf16 tensor (the model's own copy is
+    released, so no second copy of the model builds up). Every other tensor comes from the memory-mapped source
+    shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
+    and must equal what was checked, bit for bit. Extra memory: one shard's tensors.
+    """
     import json
 
-    from safetensors.torch import load_file, save_file
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from neuronforge.core.progress import track
+    from neuronforge.hf.folders import shard_keys
+    from neuronforge.neuron.grid import quantize_weight
+    from neuronforge.neuron.module_names import block_of
+    from neuronforge.pipeline.quantize import grid_export
 
     for item in src.iterdir():
         if item.is_file() and not any(item.match(p) for p in WEIGHT_FILES):
             shutil.copy2(item, dst / item.name)
-    remaining = set(replaced)
+    linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
+    check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0), {})
     total = 0
-    for shard in sorted(src.glob("*.safetensors")):
-        tensors = load_file(shard)
-        for key in set(tensors) & remaining:
-            tensors[key] = replaced[key].contiguous()
-            remaining.discard(key)
+    shards = shard_keys(src)
+    for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
+        t0 = time.perf_counter()
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(src / shard, framework="pt") as handle:
+            for key in keys:
+                source = handle.get_tensor(key)
+                if key not in linears:
+                    tensors[key] = source.to(torch.bfloat16) if source.is_floating_point() else source
+                    continue
+                linear = linears[key]
+                codes, scale = quantize_weight(linear.weight.detach().float(), dtype)
+                stored = grid_export.exact_bf16(codes, scale, dtype)
+                check.ours += grid_export.agreement(stored, codes, dtype, intended_values=codes.float() * scale)
+                check.naive += grid_export.naive_agreement(source, dtype)
+                err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
+                err["sq_err"] += float((stored.float() - source.float()).pow(2).sum())
+                err["sq_norm"] += float(source.float().pow(2).sum())
+                linear.weight = torch.nn.Parameter(stored, requires_grad=False)
+                tensors[key] = stored
+            t1 = time.perf_counter()
+            save_file(tensors, dst / shard, metadata={"format": "pt"})
         total += sum(t.numel() * t.element_size() for t in tensors.values())
-        save_file(tensors, dst / shard.name, metadata={"format": "pt"})
-    if remaining:
+        with safe_open(dst / shard, framework="pt") as handle:
+            differ = [key for key in keys if not torch.equal(handle.get_tensor(key), tensors[key])]
+        if differ:
+            raise NeuronforgeError(
+                f"{dst / shard} does not hold what was checked ({differ[:3]})",
+                "check the disk holding --out (full or failing) and run again",
+            )
+        del tensors
+        check.export_s += t1 - t0
+        check.verify_s += time.perf_counter() - t1
+    missing = sorted(set(linears) - {key for keys in shards.values() for key in keys})
+    if missing:
         raise NeuronforgeError(
-            f"weights {sorted(remaining)[:3]} are not in {src}'s safetensors", "re-save the model with save_pretrained"
+            f"weights {missing[:3]} are not in {src}'s safetensors", "re-save the model with save_pretrained"
         )
     index = src / "model.safetensors.index.json"
     if index.exists():
         payload = json.loads(index.read_text())
         payload.setdefault("metadata", {})["total_size"] = total
         atomic_write_json(dst / index.name, payload)
-
-
-def _read_weights(folder: Path, keys: list[str]) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    found: dict[str, torch.Tensor] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, framework="pt") as handle:
-            for key in set(handle.keys()) & set(keys):
-                found[key] = handle.get_tensor(key)
-    return found
+    return check
 
 
 def _versions() -> dict[str, str]:
@@ -181,13 +228,9 @@ def _instance_budget(options: QuantizeOptions, src: Path) -> Callable[[Sequence[
 
 def quantize(options: QuantizeOptions) -> QuantizeResult:
     """Run stage 1 and write `options.out` atomically. See the module docstring."""
-    import torch
-
     from neuronforge.assets.models import resolve_model
     from neuronforge.assets.texts import calibration_samples, resolve_splits
-    from neuronforge.core.progress import track
     from neuronforge.hf.folders import load_model, load_tokenizer
-    from neuronforge.neuron.grid import quantize_weight
     from neuronforge.neuron.module_names import block_of
     from neuronforge.neuron.qlinear import quantizable_linears
     from neuronforge.pipeline.quantize import grid_export
@@ -203,8 +246,8 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     src = resolve_model(options.model)
     fits = _instance_budget(options, src) if options.budget_instance else None  # refuses before any heavy work
     tokenizer = load_tokenizer(src)
-    # fp32 holds the bf16 checkpoint exactly and is several times faster than bf16 on CPUs without bf16 units.
-    model = load_model(src, torch.float32)
+    # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
+    model = load_model(src)
     if not [name for name in quantizable_linears(model) if name != "lm_head"]:
         raise NeuronforgeError(
             f"{src} has no decoder Linear layers to quantize (attention/MLP projections)",
@@ -234,7 +277,6 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
 
     linears = quantizable_linears(model)
     targets = [n for n in linears if block_of(n) not in kept]
-    original = {n: linears[n].weight.detach().clone() for n in targets}
     untouched = list(targets)
     if options.autoround and targets:
         from neuronforge.pipeline.quantize.autoround_nxd import keep_bf16_layer_config, run_autoround
@@ -251,36 +293,12 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             minmax_tuning=options.minmax_tuning,
         )
         untouched, timings["autoround"] = tuned.untouched, tuned.seconds
-        linears = quantizable_linears(model)
-
-    t0 = time.perf_counter()
-    codes: dict[str, torch.Tensor] = {}
-    scales: dict[str, torch.Tensor] = {}
-    stored: dict[str, torch.Tensor] = {}
-    for name in track(targets, "grid-exact export"):
-        # Tuned weights already sit on NxD's grid in fp32; untouched ones are rounded to it here (RTN).
-        codes[name], scales[name] = quantize_weight(linears[name].weight.detach().float(), options.dtype)
-        stored[f"{name}.weight"] = grid_export.exact_bf16(codes[name], scales[name], options.dtype)
-    timings["export"] = time.perf_counter() - t0
 
     with atomic_dir(out) as tmp:
-        t0 = time.perf_counter()
-        _write_checkpoint(src, tmp, stored)
-        written = _read_weights(tmp, list(stored))
-        ours = grid_export.Agreement(0, 0)
-        naive = grid_export.Agreement(0, 0)
-        per_block: dict[str, dict[str, float]] = {}
-        for name in track(targets, "grid check on written files"):
-            weight = written[f"{name}.weight"]
-            ours += grid_export.agreement(
-                weight, codes[name], options.dtype, intended_values=codes[name].float() * scales[name]
-            )
-            naive += grid_export.naive_agreement(original[name], options.dtype)
-            err = per_block.setdefault(block_of(name), {"sq_err": 0.0, "sq_norm": 0.0})
-            err["sq_err"] += float((weight.float() - original[name].float()).pow(2).sum())
-            err["sq_norm"] += float(original[name].float().pow(2).sum())
+        check = _export(src, tmp, model, targets, options.dtype)
+        ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
-        timings["verify"] = time.perf_counter() - t0
+        timings["export"], timings["verify"] = check.export_s, check.verify_s
         timings["total"] = time.perf_counter() - start
 
         atomic_write_json(tmp / "modules_to_not_convert.json", {"modules_to_not_convert": kept})

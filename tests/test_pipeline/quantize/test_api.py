@@ -112,6 +112,68 @@ def test_sharded_input_gives_the_same_shards(make_tiny_llama, tmp_path: Path) ->
         assert set(load_file(out / shard)) == set(load_file(sharded / shard))
 
 
+def _whole_model_export(src: Path, dst: Path, targets: set[str], dtype: str) -> None:
+    """The export as it was before streaming: every shard loaded whole, each target weight rounded in fp32 to
+    NxD's grid and made grid-exact, the shard saved whole (the reference the streaming export must match)."""
+    from safetensors.torch import save_file
+
+    dst.mkdir()
+    for shard in sorted(src.glob("*.safetensors")):
+        tensors = load_file(shard)
+        for key in set(tensors) & targets:
+            tensors[key] = grid_export.exact_bf16(*quantize_weight(tensors[key].float(), dtype), dtype)
+        save_file(tensors, dst / shard.name, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+def test_streaming_export_writes_the_same_bytes_as_the_whole_model_export(
+    make_tiny_llama, tmp_path: Path, dtype: str
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    src = make_tiny_llama("stream-src", tie_word_embeddings=False)
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
+    for item in src.glob("tokenizer*"):
+        (sharded / item.name).write_bytes(item.read_bytes())
+    out = tmp_path / "q"
+    kept = ["layers.0.mlp"]
+    quantize(
+        options_from(model=str(sharded), out=out, dtype=dtype, autoround=False, modules_to_not_convert=kept, **FAST)
+    )
+    targets = {key for key in _tensors(sharded) if key.endswith("proj.weight") and ".layers.0.mlp." not in key}
+    expected = tmp_path / "expected"
+    _whole_model_export(sharded, expected, targets | {"lm_head.weight"}, dtype)
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) > 2 and sorted(p.name for p in out.glob("*.safetensors")) == shards
+    for shard in shards:
+        assert (out / shard).read_bytes() == (expected / shard).read_bytes(), shard
+
+
+@pytest.mark.parametrize(("source_dtype", "autoround"), [(torch.float32, False), (torch.float16, True)])
+def test_fp32_and_fp16_sources_give_a_bf16_grid_exact_checkpoint(
+    make_tiny_llama, tmp_path: Path, source_dtype: torch.dtype, autoround: bool
+) -> None:
+    src = make_tiny_llama(f"src-{source_dtype}", dtype=source_dtype)
+    out = tmp_path / "q"
+    result = quantize(options_from(model=str(src), out=out, autoround=autoround, selection="none", **FAST))
+    assert result.grid_agreement == 1.0
+    before, after = _tensors(src), _tensors(out)
+    assert {t.dtype for t in before.values()} == {source_dtype} and set(after) == set(before)
+    for key, tensor in after.items():
+        assert tensor.dtype == torch.bfloat16, key  # what NxDI reads
+        nxdi_input = before[key].to(torch.bfloat16)
+        if key.endswith("proj.weight"):
+            # On NxD's grid, with the row scales NxD derives from the bf16 weights NxDI would have read.
+            codes, scale = quantize_weight(tensor, "int8")
+            assert torch.equal(quantize_weight(grid_export.exact_bf16(codes, scale, "int8"), "int8")[0], codes)
+            assert torch.equal(scale, quantize_weight(nxdi_input, "int8")[1]), key
+            if not autoround:
+                assert torch.equal(codes, quantize_weight(nxdi_input, "int8")[0]), key
+        else:
+            assert torch.equal(tensor, nxdi_input), key
+
+
 def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """An exporter that misplaces a single weight by one code must be refused, leaving nothing behind."""
     real = grid_export.exact_bf16
