@@ -14,7 +14,22 @@ from neuronforge.neuron.grid import quantize_weight
 from neuronforge.neuron.module_names import nxdi_path, nxdi_skips
 
 
-class NeuronQuantLinear(nn.Module):
+class Fp32Gemm(nn.Module):
+    """The exact fp32 copy of a weight that the GEMM runs on: kept after first use, or (large models, where
+    it would cost 4 bytes per parameter) made for each call and dropped. Same numbers either way."""
+
+    keep_fp32: bool = True
+    _fp32: torch.Tensor | None = None
+
+    def _operand(self, weight: torch.Tensor) -> torch.Tensor:
+        if self._fp32 is not None and self._fp32.device == weight.device:
+            return self._fp32
+        fp32 = weight.detach().float()
+        self._fp32 = fp32 if self.keep_fp32 else None
+        return fp32
+
+
+class NeuronQuantLinear(Fp32Gemm):
     """Holds codes (int8 or fp8) and an fp32 scale exactly as NxD's checkpoint stores them."""
 
     def __init__(
@@ -27,7 +42,6 @@ class NeuronQuantLinear(nn.Module):
         self.quant_dtype = dtype
         self.quant_type = qtype
         self.out_features, self.in_features = codes.shape
-        self._codes_fp32: torch.Tensor | None = None  # exact fp32 copy of the codes, made on first use
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric") -> NeuronQuantLinear:
@@ -43,9 +57,7 @@ class NeuronQuantLinear(nn.Module):
         compute = x.dtype
         # codes are exact in bf16; an fp32 GEMM rounded once to bf16 is what the PE array's fp32
         # accumulation gives, and avoids CPU bf16 GEMMs (about 6x slower without native bf16).
-        if self._codes_fp32 is None:
-            self._codes_fp32 = self.codes.float()
-        y = nn.functional.linear(x.float(), self._codes_fp32).to(compute)
+        y = nn.functional.linear(x.float(), self._operand(self.codes)).to(compute)
         scale = self.scale.reshape(1, -1) if self.scale.dim() == 2 else self.scale
         y = (y.float() * scale).to(compute)
         return y if self.bias is None else y + self.bias.to(compute)
@@ -54,7 +66,7 @@ class NeuronQuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, dtype={self.quant_dtype}, {self.quant_type}"
 
 
-class Bf16Linear(nn.Module):
+class Bf16Linear(Fp32Gemm):
     """A bf16 Linear computed as an fp32 GEMM on its bf16 operands, rounded once to bf16.
 
     Same numerics class as the device (fp32 accumulation, one bf16 rounding), only the accumulation
@@ -67,13 +79,9 @@ class Bf16Linear(nn.Module):
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
-        self._weight_fp32: torch.Tensor | None = None  # exact fp32 copy, made on first use
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._weight_fp32 is None:
-            self._weight_fp32 = self.weight.detach().float()
         bias = None if self.bias is None else self.bias.float()
-        return nn.functional.linear(x.float(), self._weight_fp32, bias).to(x.dtype)
+        return nn.functional.linear(x.float(), self._operand(self.weight), bias).to(x.dtype)
 
 
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -99,10 +107,11 @@ def convert_to_neuron_numerics(
 
     Tied embeddings: lm_head shares the embedding's weight; swapping lm_head here mirrors a device
     that really quantized it (callers should list lm_head for tied models, as NxDI requires).
+    Linears whose weights are not loaded yet ("meta") are left for a later call (shard-by-shard loading).
     """
     swapped = []
     for name, linear in quantizable_linears(model).items():
-        if nxdi_skips(name, modules_to_not_convert):
+        if linear.weight.is_meta or nxdi_skips(name, modules_to_not_convert):
             continue
         replace_module(model, name, NeuronQuantLinear.from_linear(linear, dtype, qtype))
         swapped.append(name)
