@@ -327,3 +327,28 @@ def test_budget_instance_refuses_before_loading_when_nothing_fits(tiny_llama_dir
     assert not (tmp_path / "q").exists()
     with pytest.raises(NeuronforgeError, match="budget_instance"):
         options_from(model="smollm2", out=tmp_path / "o", budget_instance="ml.inf2.xlarge", selection="topk", topk=1)
+
+
+def test_autoround_tunes_on_the_accelerator_with_activations_beside_the_block(
+    tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """On a CUDA host auto-round gets the GPU, fp32 tuning and its GPU-resident activation cache."""
+    import auto_round
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_autoround(model: torch.nn.Module, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(auto_round, "AutoRound", fake_autoround)
+    with pytest.raises(Stop):
+        quantize(
+            options_from(model=str(tiny_llama_dir), out=tiny_llama_dir.parent / "never", sensitivity="variance", **FAST)
+        )
+    assert seen["device_map"] == "cuda:0" and seen["amp"] is False
+    assert seen["low_gpu_mem_usage"] is False and seen["low_cpu_mem_usage"] is True
