@@ -122,8 +122,9 @@ def _untie_lm_head(model: PreTrainedModel) -> None:
 
 
 def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
-    """Convert `model` in place to the numerics `spec` describes and move it to `device` (default: the
-    accelerator when there is one). Same numerics everywhere: fp32 GEMMs on the exact codes, rounded once."""
+    """Convert `model` in place to the numerics `spec` describes and move it to `device` (default: the GPU when
+    there is one and the converted model fits in it, else the CPU). Same numerics everywhere: fp32 GEMMs on
+    the exact codes, rounded once to bf16."""
     from neuronforge.core.devices import accelerator
     from neuronforge.neuron.qlinear import (
         Bf16Linear,
@@ -150,7 +151,8 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
     if spec.kv_fp8:
         register_attention()
         model.set_attn_implementation(ATTENTION_NAME)
-    model.to(device or accelerator())
+    resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    model.to(device or accelerator(needed_bytes=resident * 5 // 4))  # room for one layer's activations and operand
     return EmulatedModel(model, spec, converted)
 
 

@@ -231,6 +231,9 @@ def test_emulation_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Pat
     # This CPU-only torch cannot move the model to the GPU it was told exists: the CUDA path was taken.
     with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
         load_emulated(tiny_llama_dir, spec)
+    # A model larger than the GPU's free memory stays on the CPU.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 48 << 30))
+    assert load_emulated(tiny_llama_dir, spec).device.type == "cpu"
 
 
 def test_bad_spec_is_a_clear_error(tiny_llama_dir: Path) -> None:

@@ -140,7 +140,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
 
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import shard_keys
-    from neuronforge.neuron.grid import quantize_weight
+    from neuronforge.neuron.grid import quantize_weight, row_chunks
     from neuronforge.neuron.module_names import block_of
     from neuronforge.pipeline.quantize import grid_export
 
@@ -161,13 +161,16 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
                     tensors[key] = source.to(torch.bfloat16) if source.is_floating_point() else source
                     continue
                 linear = linears[key]
-                codes, scale = quantize_weight(linear.weight.detach().float(), dtype)
-                stored = grid_export.exact_bf16(codes, scale, dtype)
-                check.ours += grid_export.agreement(stored, codes, dtype, intended_values=codes.float() * scale)
-                check.naive += grid_export.naive_agreement(source, dtype)
+                stored = torch.empty(source.shape, dtype=torch.bfloat16)
                 err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
-                err["sq_err"] += float((stored.float() - source.float()).pow(2).sum())
-                err["sq_norm"] += float(source.float().pow(2).sum())
+                for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
+                    codes, scale = quantize_weight(linear.weight[rows].detach().float(), dtype)
+                    stored[rows] = grid_export.exact_bf16(codes, scale, dtype)
+                    intended = codes.float() * scale
+                    check.ours += grid_export.agreement(stored[rows], codes, dtype, intended_values=intended)
+                    check.naive += grid_export.naive_agreement(source[rows], dtype)
+                    err["sq_err"] += float((stored[rows].float() - source[rows].float()).pow(2).sum())
+                    err["sq_norm"] += float(source[rows].float().pow(2).sum())
                 linear.weight = torch.nn.Parameter(stored, requires_grad=False)
                 tensors[key] = stored
             t1 = time.perf_counter()

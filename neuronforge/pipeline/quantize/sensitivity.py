@@ -169,17 +169,15 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
 
 def _score(block: Block, work: nn.Module, prefix: str, model: nn.Module, dtype: str) -> float:
     """sum |dL/dW * (W - Q(W))| over `block`'s Linears; `work` is the fp32 copy of the module named `prefix`."""
-    return float(
-        sum(
-            (
-                work.get_submodule(name.split(prefix, 1)[1] if prefix else name).weight.grad.float().cpu()
-                * _rtn_error(model.get_submodule(name).weight, dtype)
-            )
-            .abs()
-            .sum()
-            for name in block.linears
-        )
-    )
+    from neuronforge.neuron.grid import row_chunks
+
+    total = 0.0
+    for name in block.linears:
+        grad = work.get_submodule(name.split(prefix, 1)[1] if prefix else name).weight.grad
+        weight = model.get_submodule(name).weight
+        for rows in row_chunks(weight.shape):
+            total += float((grad[rows].float().cpu() * _rtn_error(weight[rows], dtype)).abs().sum())
+    return total
 
 
 def first_order_scores(

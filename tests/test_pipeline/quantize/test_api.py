@@ -352,3 +352,24 @@ def test_autoround_tunes_on_the_accelerator_with_activations_beside_the_block(
         )
     assert seen["device_map"] == "cuda:0" and seen["amp"] is False
     assert seen["low_gpu_mem_usage"] is False and seen["low_cpu_mem_usage"] is True
+
+
+def test_row_blocks_change_nothing(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    """Large weights go through the export and the sensitivity in row blocks: same files, same report."""
+    from neuronforge.neuron import grid
+
+    src = make_tiny_llama("row-blocks", tie_word_embeddings=False)
+    runs = {}
+    for chunk in (grid.CHUNK_ELEMENTS, 64 * 5):  # 5 rows per block for the 64-wide tiny weights
+        monkeypatch.setattr(grid, "CHUNK_ELEMENTS", chunk)
+        out = tmp_path / f"q{chunk}"
+        quantize(options_from(model=str(src), out=out, dtype="f8e4m3", autoround=False, **FAST))
+        report = json.loads((out / "quantization_report.json").read_text())
+        sens = json.loads((out / "sensitivity.json").read_text())
+        runs[chunk] = (_tensors(out), {k: v for k, v in report.items() if k not in ("timings_s", "options")}, sens)
+    (files, report, sens), (files_rows, report_rows, sens_rows) = runs.values()
+    assert all(torch.equal(files[k], files_rows[k]) for k in files)
+    error, error_rows = report.pop("per_block_relative_error"), report_rows.pop("per_block_relative_error")
+    assert report == report_rows and error == pytest.approx(error_rows, rel=1e-6)  # float sums in another order
+    scores = {b["block"]: b["score"] for b in sens["blocks"]}
+    assert scores == pytest.approx({b["block"]: b["score"] for b in sens_rows["blocks"]}, rel=1e-6)
