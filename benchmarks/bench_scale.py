@@ -161,7 +161,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.run_stage:
         run_stage(args.run_stage, args.model, args.work)
-        print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({"peak_rss": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
         return
 
     stages = args.stages.split(",")
@@ -176,7 +177,8 @@ def main() -> None:
                 r = rows[-1]
                 print(
                     f"{size:>5} {params / 1e9:5.2f}e9 {stage:<10} peak {r['peak_rss'] / GB:6.2f} GB "
-                    f"{r['peak_rss'] / params:5.2f} B/param {r['wall_s']:7.1f} s {r['wall_s'] / params * 1e9:7.1f} s/1e9",
+                    f"{r['peak_rss'] / params:5.2f} B/param {r['wall_s']:7.1f} s {r['wall_s'] / params * 1e9:7.1f} s/1e9 "
+                    f"cpu {r['cpu_s']:7.1f} s",
                     flush=True,
                 )
     if args.json:
@@ -185,12 +187,13 @@ def main() -> None:
 
 
 def report(rows: list[dict], stages: list[str]) -> None:
-    print("\n| size | params | stage | peak RSS | bytes/param | wall | s per 1e9 params |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| size | params | stage | peak RSS | bytes/param | wall | s per 1e9 params | CPU time |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['size']} | {r['params'] / 1e9:.2f}e9 | {r['stage']} | {r['peak_rss'] / GB:.2f} GB | "
-            f"{r['peak_rss'] / r['params']:.2f} | {r['wall_s']:.0f} s | {r['wall_s'] / r['params'] * 1e9:.0f} |"
+            f"{r['peak_rss'] / r['params']:.2f} | {r['wall_s']:.0f} s | {r['wall_s'] / r['params'] * 1e9:.0f} | "
+            f"{r['cpu_s']:.0f} s |"
         )
     by = {(r["size"], r["stage"]): r for r in rows}
     largest = max(rows, key=lambda r: r["params"])["size"]
@@ -204,8 +207,11 @@ def report(rows: list[dict], stages: list[str]) -> None:
                 f"  {stage} peak {r['peak_rss'] / GB:.2f} GB <= 2.5 B/param + 1.5 GB = {limit / GB:.2f} GB: {verdict}"
             )
     if (largest, "quantize") in by and (largest, "nxdi") in by:
-        ratio = by[(largest, "quantize")]["wall_s"] / by[(largest, "nxdi")]["wall_s"]
-        print(f"  quantize wall / nxdi wall = {ratio:.2f} (target <= 1.5): {'ok' if ratio <= 1.5 else 'MISSED'}")
+        for clock in ("wall_s", "cpu_s"):  # CPU time is the fairer ratio on a shared machine
+            ratio = by[(largest, "quantize")][clock] / by[(largest, "nxdi")][clock]
+            print(
+                f"  quantize / nxdi {clock[:-2]} time = {ratio:.2f} (target <= 1.5): {'ok' if ratio <= 1.5 else 'MISSED'}"
+            )
     sizes = sorted({r["size"] for r in rows}, key=lambda s: by[(s, stages[0])]["params"])
     for stage in stages:
         per_param = [by[(s, stage)]["peak_rss"] / by[(s, stage)]["params"] for s in sizes if (s, stage) in by]
