@@ -130,7 +130,8 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     bf16 and checked against the intended codes; the Linear then holds that bf16 tensor (the model's own copy is
     released, so no second copy of the model builds up). Every other tensor comes from the memory-mapped source
     shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
-    and must equal what was checked, bit for bit. Extra memory: one shard's tensors.
+    and must equal what was checked, bit for bit. Extra memory: one shard's tensors. The grid math (elementwise
+    IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
     """
     import json
 
@@ -138,6 +139,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from neuronforge.core.devices import accelerator
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import shard_keys
     from neuronforge.neuron.grid import quantize_weight, row_chunks
@@ -149,6 +151,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
             shutil.copy2(item, dst / item.name)
     linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0), {})
+    device = accelerator()
     total = 0
     shards = shard_keys(src)
     for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
@@ -164,13 +167,15 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
                 stored = torch.empty(source.shape, dtype=torch.bfloat16)
                 err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
                 for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
-                    codes, scale = quantize_weight(linear.weight[rows].detach().float(), dtype)
-                    stored[rows] = grid_export.exact_bf16(codes, scale, dtype)
+                    original = source[rows].to(device)
+                    codes, scale = quantize_weight(linear.weight[rows].detach().to(device).float(), dtype)
+                    exact = grid_export.exact_bf16(codes, scale, dtype)
                     intended = codes.float() * scale
-                    check.ours += grid_export.agreement(stored[rows], codes, dtype, intended_values=intended)
-                    check.naive += grid_export.naive_agreement(source[rows], dtype)
-                    err["sq_err"] += float((stored[rows].float() - source[rows].float()).pow(2).sum())
-                    err["sq_norm"] += float(source[rows].float().pow(2).sum())
+                    check.ours += grid_export.agreement(exact, codes, dtype, intended_values=intended)
+                    check.naive += grid_export.naive_agreement(original, dtype)
+                    err["sq_err"] += float((exact.float() - original.float()).pow(2).sum())
+                    err["sq_norm"] += float(original.float().pow(2).sum())
+                    stored[rows] = exact.cpu()
                 linear.weight = torch.nn.Parameter(stored, requires_grad=False)
                 tensors[key] = stored
             t1 = time.perf_counter()

@@ -373,3 +373,14 @@ def test_row_blocks_change_nothing(make_tiny_llama, tmp_path: Path, monkeypatch)
     assert report == report_rows and error == pytest.approx(error_rows, rel=1e-6)  # float sums in another order
     scores = {b["block"]: b["score"] for b in sens["blocks"]}
     assert scores == pytest.approx({b["block"]: b["score"] for b in sens_rows["blocks"]}, rel=1e-6)
+
+
+def test_grid_export_runs_on_the_accelerator_when_there_is_one(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = tmp_path / "q"
+    # This CPU-only torch cannot move the weights to the GPU it was told exists: the CUDA path was taken ...
+    with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
+        quantize(options_from(model=str(tiny_llama_dir), out=out, autoround=False, sensitivity="variance", **FAST))
+    assert not out.exists()  # ... and nothing half-written was left behind
