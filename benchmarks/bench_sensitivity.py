@@ -29,7 +29,7 @@ def main() -> None:
     from neuronforge.pipeline.quantize.sensitivity import analyze, calibration_batches
 
     path = resolve_model(args.model)
-    model = load_model(path, torch.float32)
+    model = load_model(path, torch.float32).requires_grad_(True)  # the baseline: a plain whole-model fwd+bwd
     samples = calibration_samples(load_tokenizer(path), embedded_splits().calibration, args.nsamples, args.seqlen)
 
     def forward_backward() -> float:
@@ -45,6 +45,7 @@ def main() -> None:
     print(f"model={path.name} tokens={args.nsamples}x{args.seqlen} torch_threads={torch.get_num_threads()}")
     print(f"{'method':<12} {'seconds':>9} {'x fwd+bwd':>10} {'blocks':>7}  spearman vs measured")
     print(f"{'fwd+bwd':<12} {baseline:>9.2f} {1.0:>10.2f}")
+    model.requires_grad_(False)  # as quantize loads it
     for method in args.methods.split(","):
         result = analyze(model, samples, args.dtype, method)
         rho = ", ".join(f"{k}={v:+.3f}" for k, v in result.spearman.items())

@@ -63,7 +63,7 @@ def evaluate_command(
 ) -> None:
     """Accuracy, weight memory and smallest inf2 instance of bf16, RTN, AutoRound and selective variants.
 
-    Accuracy comes from the Neuron CPU emulator; the instance from `neuronforge plan`'s memory model at batch 1
+    Accuracy comes from the Neuron emulator (on the GPU when there is one); the instance from `neuronforge plan`'s memory model at batch 1
     and --seq-len.
     """
     from neuronforge.pipeline.evaluate.api import evaluate, options_from

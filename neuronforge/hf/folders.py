@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuronforge.core.memory import release_freed_tensors
 from neuronforge.errors import NeuronforgeError
 
 if TYPE_CHECKING:
@@ -128,15 +130,75 @@ def check_tokenizer(path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
         )
 
 
-def load_model(path: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load a validated folder on CPU in `dtype` (default bf16, what Neuron computes in)."""
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+def weight_map(path: Path) -> dict[str, str]:
+    """Tensor key -> safetensors file of an HF folder (reads only the index or the single file's header)."""
+    from safetensors import safe_open
+
+    index = path / INDEX_NAME
+    if index.exists():
+        return dict(json.loads(index.read_text())["weight_map"])
+    if (path / SINGLE_NAME).exists():
+        with safe_open(path / SINGLE_NAME, framework="pt") as handle:
+            return dict.fromkeys(handle.keys(), SINGLE_NAME)
+    raise NeuronforgeError(
+        f"{path} has neither {SINGLE_NAME} nor {INDEX_NAME}", "re-save the model with save_pretrained"
+    )
+
+
+def shard_keys(path: Path) -> dict[str, list[str]]:
+    """safetensors file -> the tensor keys it holds, files in name order."""
+    shards: dict[str, list[str]] = {}
+    for key, shard in sorted(weight_map(path).items(), key=lambda item: item[1]):
+        shards.setdefault(shard, []).append(key)
+    return shards
+
+
+def load_model(
+    path: Path, dtype: torch.dtype | None = None, after_shard: Callable[[PreTrainedModel], None] | None = None
+) -> PreTrainedModel:
+    """Load a validated folder on CPU in `dtype` (default bf16, what Neuron computes in), one shard at a time.
+
+    The model is built without storage, then each safetensors shard is memory-mapped, its tensors copied in
+    (cast to `dtype`) and the file closed: host RAM holds the model once plus at most one shard's pages,
+    whatever the source dtype (bf16, fp16 or fp32). `after_shard(model)` runs after each shard (the emulator
+    converts the Linears that just arrived, so their bf16 copies never pile up). Tied weights are tied last.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     force_offline()
     validate_hf_folder(path)
     check_weights(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.bfloat16, local_files_only=True)
+    release_freed_tensors()
+    dtype = dtype or torch.bfloat16
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with init_empty_weights(include_buffers=False):  # parameters on "meta"; buffers (RoPE frequencies) real
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    wanted = dict(model.named_parameters())
+    for shard, keys in shard_keys(path).items():
+        with safe_open(path / shard, framework="pt") as handle:
+            for key in keys:
+                if key in wanted:
+                    module_name, _, name = key.rpartition(".")
+                    value = handle.get_tensor(key).to(dtype, copy=True)  # a copy: the file's pages go on close
+                    model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        if after_shard is not None:
+            after_shard(model)
+    model.tie_weights()
+    missing = [name for name, param in model.named_parameters() if param.is_meta]
+    if missing:
+        raise NeuronforgeError(
+            f"{path} lacks the weights {missing[:3]} ({len(missing)} in all)",
+            "re-save the whole model with save_pretrained",
+        )
+    if (path / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
     model.eval()
     return model
 

@@ -8,7 +8,6 @@ in memory, so a user can pre-build `quantized_checkpoints_path` anywhere. See do
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError
-from neuronforge.hf.folders import read_config, validate_hf_folder
+from neuronforge.hf.folders import INDEX_NAME, SINGLE_NAME, read_config, validate_hf_folder, weight_map
 from neuronforge.hf.not_convert import write_not_convert
 from neuronforge.neuron.grid import QUANT_DTYPES, QUANT_TYPES, quantize_weight
 from neuronforge.neuron.module_names import linear_name
@@ -24,8 +23,6 @@ from neuronforge.neuron.module_names import linear_name
 if TYPE_CHECKING:
     import torch
 
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 _MODEL_PREFIX = "model."
 
 
@@ -37,21 +34,6 @@ class NxdCheckpoint:
     quantized: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
-
-
-def input_weight_map(hf_dir: Path) -> dict[str, str]:
-    """Tensor key -> safetensors file of an HF folder (reads only the index or the single file's header)."""
-    from safetensors import safe_open
-
-    index = hf_dir / INDEX_NAME
-    if index.exists():
-        return dict(json.loads(index.read_text())["weight_map"])
-    if (hf_dir / SINGLE_NAME).exists():
-        with safe_open(hf_dir / SINGLE_NAME, framework="pt") as handle:
-            return {key: SINGLE_NAME for key in handle.keys()}
-    raise NeuronforgeError(
-        f"{hf_dir} has neither {SINGLE_NAME} nor {INDEX_NAME}", "re-save the model with save_pretrained"
-    )
 
 
 def hf_side_excluded(hf_name: str, modules_to_not_convert: Sequence[str], qtype: str) -> bool:
@@ -146,12 +128,12 @@ def write_quantized_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise NeuronforgeError(f"{out_dir} already exists", "choose another --out or pass --overwrite")
-    source_map = input_weight_map(hf_dir)
+    source_map = weight_map(hf_dir)
     sources = sorted(set(source_map.values()))
     # Tied models save no lm_head.weight; NxDI builds lm_head from the HF model, i.e. from the embedding.
     tied = bool(read_config(hf_dir).get("tie_word_embeddings")) and "lm_head.weight" not in source_map
     names = _shard_names(len(sources))
-    weight_map: dict[str, str] = {}
+    written_map: dict[str, str] = {}
     total_size = 0
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         record = NxdCheckpoint(out_dir=out_dir, shards=names)
@@ -162,10 +144,10 @@ def write_quantized_checkpoint(
             del tensors
             save_file(converted, tmp / name, metadata={"format": "pt"})
             for key, tensor in converted.items():
-                weight_map[key] = name
+                written_map[key] = name
                 total_size += tensor.numel() * tensor.element_size()
             del converted
         if len(names) > 1:
-            atomic_write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+            atomic_write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total_size}, "weight_map": written_map})
         write_not_convert(tmp, modules_to_not_convert)
     return record

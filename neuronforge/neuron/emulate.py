@@ -70,6 +70,10 @@ class EmulationSpec:
         )
 
 
+# Above this many bytes of fp32 weight copies, GEMM operands are made per call instead of kept (see qlinear).
+FP32_COPY_BUDGET = 1 << 30
+
+
 @dataclass
 class EmulatedModel:
     """An HF model converted in place to Neuron numerics, with teacher-forced logits and greedy decoding."""
@@ -78,6 +82,10 @@ class EmulatedModel:
     spec: EmulationSpec
     converted: list[str] = field(default_factory=list)
     kv_risk: KVRisk = field(default_factory=KVRisk)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
 
     def _kwargs(self, prefill_len: int) -> dict[str, object]:
         return {STATE_KWARG: KVState(prefill_len, self.kv_risk)} if self.spec.kv_fp8 else {}
@@ -92,7 +100,7 @@ class EmulatedModel:
             raise NeuronforgeError(
                 f"prefill_len {prefill} is outside 1..{seq}", "pick a prefill length within the sequence"
             )
-        return self.model(input_ids, use_cache=False, **self._kwargs(prefill)).logits.float()
+        return self.model(input_ids.to(self.device), use_cache=False, **self._kwargs(prefill)).logits.float().cpu()
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -105,28 +113,33 @@ class EmulatedModel:
         stop = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         cache = DynamicCache(config=self.model.config)
         kwargs = self._kwargs(input_ids.shape[1])
-        sequence, step_input = input_ids, input_ids
+        sequence = step_input = input_ids.to(self.device)
         for _ in range(max_new_tokens):
             out = self.model(step_input, past_key_values=cache, use_cache=True, **kwargs)
             step_input = out.logits[:, -1].argmax(dim=-1, keepdim=True)
             sequence = torch.cat([sequence, step_input], dim=1)
             if int(step_input) in stop:
                 break
-        return sequence
+        return sequence.cpu()
 
 
 def _untie_lm_head(model: PreTrainedModel) -> None:
     """Give lm_head its own weight so quantizing it never touches the embedding."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is not None and embed is not None and head.weight is embed.weight:
+    if embed is not None and getattr(head, "weight", None) is embed.weight:  # (converted already: no weight)
         head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
         model.config.tie_word_embeddings = False
 
 
-def emulate(model: PreTrainedModel, spec: EmulationSpec) -> EmulatedModel:
-    """Convert `model` in place to the numerics `spec` describes."""
+def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
+    """Convert `model` in place to the numerics `spec` describes and move it to `device` (default: the GPU when
+    there is one and the converted model fits in it, else the CPU). Same numerics everywhere: fp32 GEMMs on
+    the exact codes, rounded once to bf16."""
+    from neuronforge.core.devices import accelerator
     from neuronforge.neuron.qlinear import (
         Bf16Linear,
+        Fp32Gemm,
+        NeuronQuantLinear,
         convert_to_neuron_numerics,
         is_row_parallel,
         quantizable_linears,
@@ -134,27 +147,37 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec) -> EmulatedModel:
     )
 
     model.eval()
-    converted: list[str] = []
     if spec.dtype is not None:
         _untie_lm_head(model)
-        converted = convert_to_neuron_numerics(
-            model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree
-        )
+        convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
+    converted = [name for name, module in model.named_modules() if isinstance(module, NeuronQuantLinear)]
     for name, linear in quantizable_linears(model).items():  # the Linears still in bf16
         tp = spec.tp_degree if is_row_parallel(name) else 1
         if spec.fast_bf16 or tp > 1:
             replace_module(model, name, Bf16Linear(linear, tp))
+    gemm_layers = [m for m in model.modules() if isinstance(m, Fp32Gemm)]
+    keep = 4 * sum(m.in_features * m.out_features for m in gemm_layers) <= FP32_COPY_BUDGET
+    for layer in gemm_layers:
+        layer.keep_fp32 = keep
     if spec.kv_fp8:
         register_attention()
         model.set_attn_implementation(ATTENTION_NAME)
+    resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    model.to(device or accelerator(needed_bytes=resident * 5 // 4))  # room for one layer's activations and operand
     return EmulatedModel(model, spec, converted)
 
 
-def load_emulated(model_dir: Path, spec: EmulationSpec) -> EmulatedModel:
-    """Load an HF folder in bf16 and convert it (the spec validated itself before the load)."""
+def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
+    """Load an HF folder in bf16, converting each shard's Linears as they arrive, so host memory holds the
+    converted model plus one shard (the spec validated itself before the load)."""
     from neuronforge.hf.folders import load_model
+    from neuronforge.neuron.qlinear import convert_to_neuron_numerics
 
-    return emulate(load_model(Path(model_dir)), spec)
+    def convert_arrived(model: PreTrainedModel) -> None:
+        if spec.dtype is not None:
+            convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
+
+    return emulate(load_model(Path(model_dir), after_shard=convert_arrived), spec, device)
 
 
 def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

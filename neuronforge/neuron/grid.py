@@ -82,6 +82,17 @@ def quantize_weight(
     raise ValueError(f"unknown quantization type {qtype!r}; expected one of {QUANT_TYPES}")
 
 
+# Per-channel math is row by row: large weights (lm_head) go through it in row blocks of at most this many
+# elements, so the fp32 temporaries stay at 64 MB each whatever the vocabulary.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def row_chunks(shape: torch.Size | tuple[int, ...]) -> list[slice]:
+    """Row slices of a [out, in] weight, each of at most CHUNK_ELEMENTS elements (one row at least)."""
+    step = max(1, CHUNK_ELEMENTS // max(1, shape[1]))
+    return [slice(start, start + step) for start in range(0, shape[0], step)]
+
+
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Reference dequantization (codes * scale in fp32); Neuron itself scales the matmul output instead."""
     return (codes.float() * scale.float()).to(dtype)

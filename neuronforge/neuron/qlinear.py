@@ -48,7 +48,22 @@ def row_parallel_matmul(
     return total.to(compute)
 
 
-class NeuronQuantLinear(nn.Module):
+class Fp32Gemm(nn.Module):
+    """The exact fp32 copy of a weight that the GEMM runs on: kept after first use, or (large models, where
+    it would cost 4 bytes per parameter) made for each call and dropped. Same numbers either way."""
+
+    keep_fp32: bool = True
+    _fp32: torch.Tensor | None = None
+
+    def _operand(self, weight: torch.Tensor) -> torch.Tensor:
+        if self._fp32 is not None and self._fp32.device == weight.device:
+            return self._fp32
+        fp32 = weight.detach().float()
+        self._fp32 = fp32 if self.keep_fp32 else None
+        return fp32
+
+
+class NeuronQuantLinear(Fp32Gemm):
     """Holds codes (int8 or fp8) and an fp32 scale exactly as NxD's checkpoint stores them."""
 
     def __init__(
@@ -68,7 +83,6 @@ class NeuronQuantLinear(nn.Module):
         self.quant_dtype = dtype
         self.quant_type = qtype
         self.out_features, self.in_features = codes.shape
-        self._codes_fp32: torch.Tensor | None = None  # exact fp32 copy of the codes, made on first use
 
     @classmethod
     def from_linear(
@@ -86,10 +100,8 @@ class NeuronQuantLinear(nn.Module):
         compute = x.dtype
         # codes are exact in bf16; an fp32 GEMM rounded once to bf16 is what the PE array's fp32
         # accumulation gives, and avoids CPU bf16 GEMMs (about 6x slower without native bf16).
-        if self._codes_fp32 is None:
-            self._codes_fp32 = self.codes.float()
         scale = self.scale.reshape(1, -1) if self.scale.dim() == 2 else self.scale
-        y = row_parallel_matmul(x, self._codes_fp32, self.tp_degree, scale)
+        y = row_parallel_matmul(x, self._operand(self.codes), self.tp_degree, scale)
         return y if self.bias is None else y + self.bias.to(compute)
 
     def extra_repr(self) -> str:
@@ -97,7 +109,7 @@ class NeuronQuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, dtype={self.quant_dtype}, {self.quant_type}{tp}"
 
 
-class Bf16Linear(nn.Module):
+class Bf16Linear(Fp32Gemm):
     """A bf16 Linear computed as an fp32 GEMM on its bf16 operands, rounded once to bf16.
 
     Same numerics class as the device (fp32 accumulation, one bf16 rounding), only the accumulation
@@ -111,16 +123,12 @@ class Bf16Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.tp_degree = tp_degree  # > 1 only for row-parallel layers
 
-        self._weight_fp32: torch.Tensor | None = None  # exact fp32 copy, made on first use
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._weight_fp32 is None:
-            self._weight_fp32 = self.weight.detach().float()
         if self.tp_degree > 1:  # bf16 partials summed by the all-reduce, bias after it
-            y = row_parallel_matmul(x, self._weight_fp32, self.tp_degree)
+            y = row_parallel_matmul(x, self._operand(self.weight), self.tp_degree)
             return y if self.bias is None else y + self.bias.to(x.dtype)
         bias = None if self.bias is None else self.bias.float()
-        return nn.functional.linear(x.float(), self._weight_fp32, bias).to(x.dtype)
+        return nn.functional.linear(x.float(), self._operand(self.weight), bias).to(x.dtype)
 
 
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -147,10 +155,11 @@ def convert_to_neuron_numerics(
 
     Tied embeddings: lm_head shares the embedding's weight; swapping lm_head here mirrors a device
     that really quantized it (callers should list lm_head for tied models, as NxDI requires).
+    Linears whose weights are not loaded yet ("meta") are left for a later call (shard-by-shard loading).
     """
     swapped = []
     for name, linear in quantizable_linears(model).items():
-        if nxdi_skips(name, modules_to_not_convert):
+        if linear.weight.is_meta or nxdi_skips(name, modules_to_not_convert):
             continue
         tp = tp_degree if is_row_parallel(name) else 1
         replace_module(model, name, NeuronQuantLinear.from_linear(linear, dtype, qtype, tp))

@@ -1,4 +1,5 @@
-"""The CPU emulator: exact when quantization is off, NeuronQuantLinear weights, NxDI's fp8 KV cache and skip rules."""
+"""The emulator: exact when quantization is off, NeuronQuantLinear weights, NxDI's fp8 KV cache and skip rules,
+shard-by-shard loading and device selection."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import load_model
 from neuronforge.neuron.emulate import EmulationSpec, emulate, load_emulated, perplexity, perplexity_from_logits
 from neuronforge.neuron.kv_cache import fp8_roundtrip
-from neuronforge.neuron.qlinear import Bf16Linear, NeuronQuantLinear
+from neuronforge.neuron.qlinear import Bf16Linear, Fp32Gemm, NeuronQuantLinear
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 
@@ -193,6 +194,48 @@ def test_not_convert_follows_nxdi_runtime_rules(make_tiny_llama: Callable[..., P
     assert kept(("o_proj",)) == {f"model.layers.{i}.self_attn.o_proj" for i in range(12)}
     # full HF names never match NxDI's paths (q_proj lives under qkv_proj): the device quantizes it anyway
     assert kept(("model.layers.0.self_attn.q_proj",)) == set()
+
+
+@torch.inference_mode()
+def test_shard_by_shard_load_gives_the_whole_model_conversion(make_tiny_llama: Callable[..., Path], tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    src = make_tiny_llama("emu-shards", tie_word_embeddings=False)
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
+    spec = EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("layers.1.mlp",))
+    streamed = load_emulated(sharded, spec)
+    whole = emulate(load_model(src), spec)
+    assert streamed.converted == whole.converted and "lm_head" in streamed.converted
+    codes = {n: b for n, b in streamed.model.named_buffers() if n.endswith(("codes", "scale"))}
+    assert codes and all(torch.equal(b, dict(whole.model.named_buffers())[n]) for n, b in codes.items())
+    assert torch.equal(streamed.logits(tokens()), whole.logits(tokens()))
+
+
+@torch.inference_mode()
+def test_fp32_weight_copies_are_kept_only_within_the_budget(tiny_llama_dir: Path, monkeypatch) -> None:
+    spec = EmulationSpec(dtype="int8", modules_to_not_convert=("layers.0.mlp",))
+    kept = load_emulated(tiny_llama_dir, spec)
+    expected = kept.logits(tokens())
+    layers = [m for m in kept.model.modules() if isinstance(m, Fp32Gemm)]
+    assert {type(m) for m in layers} == {NeuronQuantLinear, Bf16Linear} and all(m._fp32 is not None for m in layers)
+    monkeypatch.setattr("neuronforge.neuron.emulate.FP32_COPY_BUDGET", 0)  # as for a model too large to copy
+    per_call = load_emulated(tiny_llama_dir, spec)
+    assert torch.equal(per_call.logits(tokens()), expected)  # same numbers
+    assert all(m._fp32 is None for m in per_call.model.modules() if isinstance(m, Fp32Gemm))  # nothing kept
+
+
+def test_emulation_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, monkeypatch) -> None:
+    spec = EmulationSpec(dtype="int8")
+    on_cpu = load_emulated(tiny_llama_dir, spec, device="cpu")
+    assert on_cpu.device.type == "cpu" and on_cpu.logits(tokens()).device.type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # This CPU-only torch cannot move the model to the GPU it was told exists: the CUDA path was taken.
+    with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
+        load_emulated(tiny_llama_dir, spec)
+    # A model larger than the GPU's free memory stays on the CPU.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 48 << 30))
+    assert load_emulated(tiny_llama_dir, spec).device.type == "cpu"
 
 
 def test_bad_spec_is_a_clear_error(tiny_llama_dir: Path) -> None:

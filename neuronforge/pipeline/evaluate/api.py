@@ -1,8 +1,8 @@
 """`neuronforge evaluate`: the accuracy/memory table for bf16, RTN, AutoRound and their selective variants.
 
-Every variant runs through the CPU emulator of Neuron numerics with the same KV setting, on held-out
-text the calibration never saw. RTN all-quantized is the original checkpoint quantized by NxD's own
-offline quantizer (no GPU stage). The other three come from the GPU stage (`quantize`), cached under
+Every variant runs through the emulator of Neuron numerics (on the GPU when there is one, loaded shard by
+shard, one variant in memory at a time) with the same KV setting, on held-out text the calibration never
+saw. RTN all-quantized is the original checkpoint quantized by NxD's own offline quantizer (no GPU stage). The other three come from the GPU stage (`quantize`), cached under
 `<out>/stages/` keyed by a content hash of the model, the text and the stage options, so a re-run
 only re-measures. The selective variants share one sensitivity-based list (RTN + selective computes
 it; AutoRound + selective is tuned with the same blocks kept in bf16), so they differ only in tuning.
@@ -272,13 +272,12 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     from neuronforge.assets.models import resolve_model
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
     from neuronforge.core.progress import err_console, progress
-    from neuronforge.hf.folders import force_offline, load_model, load_tokenizer
+    from neuronforge.hf.folders import force_offline, load_tokenizer, read_config
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_from_logits
     from neuronforge.neuron.plan import load_model_shape, smallest_for
     from neuronforge.neuron.weight_memory import weight_memory
     from neuronforge.pipeline.evaluate.gsm8k import load_problems
     from neuronforge.pipeline.evaluate.report import REPORT_JSON
-    from neuronforge.pipeline.quantize.sensitivity import find_blocks
 
     out = Path(options.out)
     if out.is_dir() and any(out.iterdir()) and not ((out / REPORT_JSON).is_file() or (out / STAGES_DIR).is_dir()):
@@ -303,9 +302,8 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     }
     model_shape = load_model_shape(source, name=str(options.model))
     shapes = model_shape.shapes
-    model = load_model(source)
-    forced = [b.name for b in find_blocks(model) if b.forced]  # tied lm_head: NxDI cannot quantize it
-    del model
+    # A tied lm_head is the embedding: NxDI cannot quantize it (read from config.json, no need to load the model).
+    forced = ["lm_head"] if read_config(source).get("tie_word_embeddings", False) else []
     timings["load"] = time.perf_counter() - start
 
     # GPU stage: RTN + selective first, since its selection is reused by AutoRound + selective.

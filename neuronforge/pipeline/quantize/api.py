@@ -4,8 +4,10 @@
 fake-quantizes the decoder Linears in place so every weight sits on NxD's int8/fp8 grid, and returns the
 NxD codes, scales and the blocks kept in bf16. `quantize` is the folder-to-folder wrapper: it loads the
 model, calls `quantize_model`, and writes an ordinary HF checkpoint (same shards as the input) whose
-quantized weights NxD re-quantizes to exactly the codes AutoRound tuned; the grid check runs on the
-written files and the folder only appears (atomically) when it passes at 100%.
+quantized weights NxD re-quantizes to exactly the codes AutoRound tuned. It exports shard by shard: the grid
+check covers what is written (each shard is read back) and the folder only appears (atomically) when it passes
+at 100%. Host memory: the model once in bf16 (AutoRound itself casts it to fp32) plus one shard; see README
+"Large models".
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
+    from neuronforge.pipeline.quantize.grid_export import Agreement
     from neuronforge.pipeline.quantize.sensitivity import Block, SensitivityResult
 
 
@@ -116,7 +119,6 @@ class QuantizedModel:
     rtn_layers: list[str]  # quantized Linears AutoRound left alone: rounded to the grid without tuning
     sensitivity: SensitivityResult | None  # None when modules_to_not_convert was given explicitly
     timings: dict[str, float]
-    original: dict[str, torch.Tensor] = field(default_factory=dict)  # weights before, when keep_original=True
 
 
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
@@ -153,45 +155,97 @@ def _explicit_kept(entries: list[str], blocks: list[Block]) -> list[str]:
     return [n for n in names if n in wanted]
 
 
-def _write_checkpoint(src: Path, dst: Path, replaced: dict[str, torch.Tensor]) -> None:
-    """Copy the input folder, replacing quantized weights shard by shard (same files, same index)."""
+@dataclass
+class ExportCheck:
+    """What the shard-by-shard export measured: grid agreement (ours and AutoRound's stock export) and error."""
+
+    ours: Agreement
+    naive: Agreement
+    per_block: dict[str, dict[str, float]]
+    export_s: float = 0.0
+    verify_s: float = 0.0
+
+
+def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str) -> ExportCheck:
+    """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
+
+    Per shard: each target weight is rounded to NxD's grid from the model (tuned fp32 or bf16), turned into grid-exact
+    bf16 and checked against the intended codes; the Linear then holds that bf16 tensor (the model's own copy is
+    released, so no second copy of the model builds up). Every other tensor comes from the memory-mapped source
+    shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
+    and must equal what was checked, bit for bit. Extra memory: one shard's tensors. The grid math (elementwise
+    IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
+    """
     import json
 
-    from safetensors.torch import load_file, save_file
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from neuronforge.core.devices import accelerator
+    from neuronforge.core.progress import track
+    from neuronforge.hf.folders import shard_keys
+    from neuronforge.neuron.grid import quantize_weight, row_chunks
+    from neuronforge.neuron.module_names import block_of
+    from neuronforge.pipeline.quantize import grid_export
 
     for item in src.iterdir():
         if item.is_file() and not any(item.match(p) for p in WEIGHT_FILES):
             shutil.copy2(item, dst / item.name)
     make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
-    remaining = set(replaced)
+    linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
+    check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0), {})
+    device = accelerator()
     total = 0
-    for shard in sorted(src.glob("*.safetensors")):
-        tensors = load_file(shard)
-        for key in set(tensors) & remaining:
-            tensors[key] = replaced[key].contiguous()
-            remaining.discard(key)
+    shards = shard_keys(src)
+    for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
+        t0 = time.perf_counter()
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(src / shard, framework="pt") as handle:
+            for key in keys:
+                source = handle.get_tensor(key)
+                if key not in linears:
+                    tensors[key] = source.to(torch.bfloat16) if source.is_floating_point() else source
+                    continue
+                linear = linears[key]
+                stored = torch.empty(source.shape, dtype=torch.bfloat16)
+                err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
+                for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
+                    original = source[rows].to(device)
+                    codes, scale = quantize_weight(linear.weight[rows].detach().to(device).float(), dtype)
+                    exact = grid_export.exact_bf16(codes, scale, dtype)
+                    intended = codes.float() * scale
+                    check.ours += grid_export.agreement(exact, codes, dtype, intended_values=intended)
+                    check.naive += grid_export.naive_agreement(original, dtype)
+                    err["sq_err"] += float((exact.float() - original.float()).pow(2).sum())
+                    err["sq_norm"] += float(original.float().pow(2).sum())
+                    stored[rows] = exact.cpu()
+                linear.weight = torch.nn.Parameter(stored, requires_grad=False)
+                tensors[key] = stored
+            t1 = time.perf_counter()
+            save_file(tensors, dst / shard, metadata={"format": "pt"})
         total += sum(t.numel() * t.element_size() for t in tensors.values())
-        save_file(tensors, dst / shard.name, metadata={"format": "pt"})
-    if remaining:
+        with safe_open(dst / shard, framework="pt") as handle:
+            differ = [key for key in keys if not torch.equal(handle.get_tensor(key), tensors[key])]
+        if differ:
+            raise NeuronforgeError(
+                f"{dst / shard} does not hold what was checked ({differ[:3]})",
+                "check the disk holding --out (full or failing) and run again",
+            )
+        del tensors
+        check.export_s += t1 - t0
+        check.verify_s += time.perf_counter() - t1
+    missing = sorted(set(linears) - {key for keys in shards.values() for key in keys})
+    if missing:
         raise NeuronforgeError(
-            f"weights {sorted(remaining)[:3]} are not in {src}'s safetensors", "re-save the model with save_pretrained"
+            f"weights {missing[:3]} are not in {src}'s safetensors", "re-save the model with save_pretrained"
         )
     index = src / "model.safetensors.index.json"
     if index.exists():
         payload = json.loads(index.read_text())
         payload.setdefault("metadata", {})["total_size"] = total
         atomic_write_json(dst / index.name, payload)
-
-
-def _read_weights(folder: Path, keys: list[str]) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    found: dict[str, torch.Tensor] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, framework="pt") as handle:
-            for key in set(handle.keys()) & set(keys):
-                found[key] = handle.get_tensor(key)
-    return found
+    return check
 
 
 def _versions() -> dict[str, str]:
@@ -224,40 +278,29 @@ def _instance_budget(options: QuantizeSettings, src: Path) -> Callable[[Sequence
     return instance_budget(src, normalize_instance(options.budget_instance), deployment, options.tp_degree)
 
 
-def quantize_model(
+@dataclass
+class _Tuned:
+    kept: list[str]  # blocks kept in bf16
+    targets: list[str]  # the Linears to quantize
+    untouched: list[str]  # targets AutoRound left alone (rounded to the grid without tuning)
+    sensitivity: SensitivityResult | None
+    timings: dict[str, float]
+
+
+def _select_and_tune(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    settings: QuantizeSettings | None = None,
-    *,
-    keep_original: bool = False,
-    fits: Callable[[Sequence[str]], bool] | None = None,
-    samples: list[torch.Tensor] | None = None,
-) -> QuantizedModel:
-    """Quantize a loaded HF causal LM in place onto NxD's grid; nothing is written to disk.
-
-    Every decoder Linear outside the kept blocks ends up holding the bf16 value NxD re-quantizes to the
-    returned codes (exactly representable in fp32 or bf16 models). fp32 is the fast dtype on CPUs.
-    `keep_original` also returns the pre-quantization weights (the folder wrapper's report needs them);
-    `fits` is the folder wrapper's budget_instance check (it reads the model folder); `samples` are calibration
-    windows already cut (the folder wrapper cuts them before the model load, so bad text fails fast).
-    """
-    import torch
-
+    options: QuantizeSettings,
+    fits: Callable[[Sequence[str]], bool] | None,
+    samples: list[torch.Tensor] | None,
+) -> _Tuned:
+    """Sensitivity -> selection -> AutoRound on NxD's grid: what both the in-memory and the folder path share."""
     from neuronforge.assets.texts import calibration_samples, resolve_splits
-    from neuronforge.core.progress import track
-    from neuronforge.neuron.grid import quantize_weight
     from neuronforge.neuron.module_names import block_of
     from neuronforge.neuron.qlinear import quantizable_linears
-    from neuronforge.pipeline.quantize import grid_export
     from neuronforge.pipeline.quantize.selection import select
     from neuronforge.pipeline.quantize.sensitivity import find_blocks
 
-    options = settings if settings is not None else QuantizeSettings()
-    if options.budget_instance is not None and fits is None:
-        raise NeuronforgeError(
-            "budget_instance sizes the model from its folder, and quantize_model has only the loaded model",
-            "use nf.quantize(nf.QuantizeOptions(model=<folder>, ...)), or budget selection with max_extra_memory",
-        )
     timings: dict[str, float] = {}
     if not [name for name in quantizable_linears(model) if name != "lm_head"]:
         raise NeuronforgeError(
@@ -289,7 +332,6 @@ def quantize_model(
 
     linears = quantizable_linears(model)
     targets = [n for n in linears if block_of(n) not in kept]
-    original = {n: linears[n].weight.detach().clone() for n in targets} if keep_original else {}
     untouched = list(targets)
     if options.autoround and targets:
         from neuronforge.pipeline.quantize.autoround_nxd import keep_bf16_layer_config, run_autoround
@@ -306,32 +348,55 @@ def quantize_model(
             minmax_tuning=options.minmax_tuning,
         )
         untouched, timings["autoround"] = tuned.untouched, tuned.seconds
-        linears = quantizable_linears(model)
+    return _Tuned(kept, targets, untouched, sensitivity, timings)
 
+
+def quantize_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: QuantizeSettings | None = None,
+) -> QuantizedModel:
+    """Quantize a loaded HF causal LM in place onto NxD's grid; nothing is written to disk.
+
+    Every decoder Linear outside the kept blocks ends up holding the bf16 value NxD re-quantizes to the
+    returned codes (exactly representable in fp32 or bf16 models). fp32 is the fast dtype on CPUs.
+    """
+    import torch
+
+    from neuronforge.core.progress import track
+    from neuronforge.neuron.grid import quantize_weight
+    from neuronforge.neuron.qlinear import quantizable_linears
+    from neuronforge.pipeline.quantize import grid_export
+
+    options = settings if settings is not None else QuantizeSettings()
+    if options.budget_instance is not None:
+        raise NeuronforgeError(
+            "budget_instance sizes the model from its folder, and quantize_model has only the loaded model",
+            "use nf.quantize(nf.QuantizeOptions(model=<folder>, ...)), or budget selection with max_extra_memory",
+        )
+    tuned = _select_and_tune(model, tokenizer, options, None, None)
+    linears = quantizable_linears(model)
+    timings = tuned.timings
     t0 = time.perf_counter()
     codes: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for name in track(targets, "grid-exact export"):
+        for name in track(tuned.targets, "grid-exact export"):
             # Tuned weights already sit on NxD's grid in fp32; untouched ones are rounded to it here (RTN).
             weight = linears[name].weight
             codes[name], scales[name] = quantize_weight(weight.detach().float(), options.dtype)
             weight.copy_(grid_export.exact_bf16(codes[name], scales[name], options.dtype))
     timings["export"] = time.perf_counter() - t0
-    return QuantizedModel(kept, codes, scales, untouched, sensitivity, timings, original)
+    return QuantizedModel(tuned.kept, codes, scales, tuned.untouched, tuned.sensitivity, timings)
 
 
 def quantize(options: QuantizeOptions) -> QuantizeResult:
     """Run stage 1 folder to folder and write `options.out` atomically. See the module docstring."""
-    import torch
 
     from neuronforge.assets.models import resolve_model
     from neuronforge.assets.texts import calibration_samples, resolve_splits
-    from neuronforge.core.progress import track
     from neuronforge.hf.folders import load_model, load_tokenizer
     from neuronforge.hf.not_convert import write_not_convert
-    from neuronforge.neuron.module_names import block_of
-    from neuronforge.neuron.qlinear import quantizable_linears
     from neuronforge.pipeline.quantize import grid_export
     from neuronforge.pipeline.quantize.plots import sensitivity_chart
 
@@ -349,36 +414,18 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     samples = calibration_samples(
         tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
     )
-    # fp32 holds the bf16 checkpoint exactly and is several times faster than bf16 on CPUs without bf16 units.
-    model = load_model(src, torch.float32)
+    # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
+    model = load_model(src)
     load_seconds = time.perf_counter() - start
-    done = quantize_model(model, tokenizer, options, keep_original=True, fits=fits, samples=samples)
-    timings = {"load": load_seconds, **done.timings}
-    kept, sensitivity, original = done.modules_to_not_convert, done.sensitivity, done.original
-    codes, scales = done.codes, done.scales
-    targets, untouched = list(codes), done.rtn_layers
-    linears = quantizable_linears(model)
-    # The fp32 model holds each quantized weight's bf16 value exactly: the cast is lossless.
-    stored = {f"{name}.weight": linears[name].weight.detach().to(torch.bfloat16) for name in targets}
+    tuned = _select_and_tune(model, tokenizer, options, fits, samples)
+    timings = {"load": load_seconds, **tuned.timings}
+    kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
 
     with atomic_dir(out) as tmp:
-        t0 = time.perf_counter()
-        _write_checkpoint(src, tmp, stored)
-        written = _read_weights(tmp, list(stored))
-        ours = grid_export.Agreement(0, 0)
-        naive = grid_export.Agreement(0, 0)
-        per_block: dict[str, dict[str, float]] = {}
-        for name in track(targets, "grid check on written files"):
-            weight = written[f"{name}.weight"]
-            ours += grid_export.agreement(
-                weight, codes[name], options.dtype, intended_values=codes[name].float() * scales[name]
-            )
-            naive += grid_export.naive_agreement(original[name], options.dtype)
-            err = per_block.setdefault(block_of(name), {"sq_err": 0.0, "sq_norm": 0.0})
-            err["sq_err"] += float((weight.float() - original[name].float()).pow(2).sum())
-            err["sq_norm"] += float(original[name].float().pow(2).sum())
+        check = _export(src, tmp, model, targets, options.dtype)
+        ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
-        timings["verify"] = time.perf_counter() - t0
+        timings["export"], timings["verify"] = check.export_s, check.verify_s
         timings["total"] = time.perf_counter() - start
 
         write_not_convert(tmp, kept)

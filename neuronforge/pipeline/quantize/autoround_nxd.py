@@ -153,12 +153,6 @@ class TuneResult:
     seconds: float = 0.0
 
 
-def _tuning_device() -> str:
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
 def run_autoround(
     model: nn.Module,
     tokenizer: Any,
@@ -174,9 +168,19 @@ def run_autoround(
     """Tune `model` in place (fp32, our data types). `targets` are the HF Linear names we expect quantized.
 
     Returns which of `targets` auto-round actually quantized; the caller rounds the rest with RTN.
+
+    Memory (auto-round 0.16.1): tuning in fp32 (`amp=False`, which our grid-exact export needs) makes auto-round
+    cast the whole model to fp32 on the host (context/model.py `_set_amp_dtype`), so this path holds 4 bytes per
+    parameter. Tuning is block-wise: after caching the first block's inputs the model goes back to the host
+    (compressors/orchestrator.py `_quantize_data_driven`, `mv_module_from_gpu`) and each decoder block is moved
+    to the device with its cached activations. `low_gpu_mem_usage` stays off so those activations stay on the
+    GPU; `low_cpu_mem_usage` (auto-round's default) only streams MoE or meta-skeleton models and switches itself
+    off for a dense model already in host RAM (orchestrator.py, same function).
     """
     import torch
     from auto_round import AutoRound, SignRoundConfig
+
+    from neuronforge.core.devices import accelerator
 
     if iters < 1:
         raise NeuronforgeError(
@@ -190,7 +194,7 @@ def run_autoround(
     model.to(torch.float32)
     logging.getLogger("auto_round").setLevel(logging.WARNING)
     start = time.perf_counter()
-    device = _tuning_device()
+    device = accelerator()
     try:
         rounder = AutoRound(
             model,
@@ -205,7 +209,8 @@ def run_autoround(
             device_map=device,
             enable_torch_compile=False,  # compile costs minutes on CPU and our data types are untested under it on GPU
             amp=False,
-            low_cpu_mem_usage=False,
+            low_cpu_mem_usage=True,
+            low_gpu_mem_usage=False,
         )
         _, resolved = rounder.quantize()
     except SystemExit as exc:  # auto-round calls sys.exit when no sample is long enough

@@ -6,7 +6,8 @@ Three scores, all "higher = keep in bf16 first":
   and measure KL(bf16 || quantized) of next-token distributions. Ground truth; one forward pass
   over the calibration set per block.
 * `first_order`: sum over the block of |dL/dW * (W - Q(W))|, with L the LM cross-entropy and Q NxD's
-  RTN grid. One forward+backward pass in total, whatever the number of blocks. We use the LM loss,
+  RTN grid. Computed one decoder layer at a time on the accelerator (two forwards and one backward in all,
+  whatever the number of blocks; the model itself stays in bf16 on the host). We use the LM loss,
   not KL to bf16: KL(p || p_W) has zero gradient at W itself, so its first-order term vanishes.
 * `variance`: mean per-output-channel weight variance of the block (the seed recipe's proxy; free).
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from neuronforge.errors import NeuronforgeError
 
@@ -112,38 +113,139 @@ def calibration_batches(samples: list[torch.Tensor], batch_size: int = 4) -> Ite
         yield torch.cat(samples[i : i + batch_size], dim=0)
 
 
-def first_order_scores(
-    model: nn.Module, blocks: list[Block], samples: list[torch.Tensor], dtype: str
-) -> dict[str, float]:
-    """sum |dL/dW * (W - Q(W))| per block from one forward+backward pass of the calibration set."""
+class _Captured(Exception):
+    """Stops the model once its first decoder layer has been handed its inputs."""
+
+
+def _layer_inputs(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """fp32 hidden states and keyword arguments (RoPE, mask, positions) the model gives its first decoder layer."""
     import torch
 
-    from neuronforge.neuron.qlinear import quantizable_linears
+    seen: dict[str, Any] = {}
 
-    linears = quantizable_linears(model)
-    scored = [b for b in blocks if not b.forced]
-    params = {n: linears[n].weight for b in scored for n in b.linears}
-    grads = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()}
-    was_training = [(p, p.requires_grad) for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params.values():
-        p.requires_grad_(True)
+    def grab(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        seen["hidden"], seen["kwargs"] = (args[0] if args else kwargs.pop("hidden_states")), kwargs
+        raise _Captured
+
+    decoder = model.get_decoder()
+    handle = decoder.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        total = sum(s.shape[0] for s in samples)
-        for batch in calibration_batches(samples):
-            loss = model(input_ids=batch, labels=batch).loss * (batch.shape[0] / total)
-            loss.backward()
-            for n, p in params.items():
-                grads[n] += p.grad.float()
-                p.grad = None
+        with torch.no_grad():
+            decoder(inputs_embeds=model.get_input_embeddings()(batch).float(), use_cache=False)
+    except _Captured:
+        pass
     finally:
-        for p, flag in was_training:
-            p.requires_grad_(flag)
-    return {
-        b.name: float(sum((grads[n] * _rtn_error(linears[n].weight, dtype)).abs().sum() for n in b.linears))
-        for b in scored
-    }
+        handle.remove()
+    return seen["hidden"], seen["kwargs"]
+
+
+def _on(value: Any, device: torch.device) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_on(v, device) for v in value)
+    return value
+
+
+def _fp32_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """A trainable fp32 copy of one block on `device`; the model's own (bf16) weights are never touched."""
+    import copy
+
+    import torch
+
+    work = copy.deepcopy(module).to(device=device, dtype=torch.float32)
+    for param in work.parameters():
+        param.requires_grad_(True)
+    return work
+
+
+def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = layer(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _score(block: Block, work: nn.Module, prefix: str, model: nn.Module, dtype: str) -> float:
+    """sum |dL/dW * (W - Q(W))| over `block`'s Linears; `work` is the fp32 copy of the module named `prefix`."""
+    from neuronforge.neuron.grid import row_chunks
+
+    total = 0.0
+    for name in block.linears:
+        grad = work.get_submodule(name.split(prefix, 1)[1] if prefix else name).weight.grad
+        weight = model.get_submodule(name).weight
+        for rows in row_chunks(weight.shape):
+            total += float((grad[rows].float().cpu() * _rtn_error(weight[rows], dtype)).abs().sum())
+    return total
+
+
+def first_order_scores(
+    model: nn.Module,
+    blocks: list[Block],
+    samples: list[torch.Tensor],
+    dtype: str,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """sum |dL/dW * (W - Q(W))| per block, computed one decoder layer at a time on `device` (default: the accelerator).
+
+    A forward pass keeps each layer's fp32 input activations on the host; the backward pass then walks the layers
+    from the LM head down, recomputing one layer in fp32 on the device, back-propagating the incoming gradient and
+    scoring that layer's Linears at once. Two forwards and one backward in all; the device holds one layer, its
+    gradients and one batch of activations. Same numbers as a whole-model fp32 forward+backward (summation order aside).
+    """
+    import torch
+
+    from neuronforge.core.devices import accelerator
+
+    device = torch.device(device or accelerator())
+    by_name = {b.name: b for b in blocks if not b.forced}
+    layers = model.get_decoder().layers
+    batches = list(calibration_batches(samples))
+    total = sum(s.shape[0] for s in samples)
+    inputs: list[list[torch.Tensor]] = [[]]
+    kwargs: list[dict[str, Any]] = []
+    for batch in batches:
+        hidden, layer_kwargs = _layer_inputs(model, batch)
+        inputs[0].append(hidden)
+        kwargs.append(_on(layer_kwargs, device))
+    with torch.no_grad():
+        for layer in layers:
+            work = _fp32_copy(layer, device)
+            inputs.append(
+                [_layer_output(work, h.to(device), kw).cpu() for h, kw in zip(inputs[-1], kwargs, strict=True)]
+            )
+            del work
+    scores: dict[str, float] = {}
+    head = _fp32_copy(
+        torch.nn.ModuleDict({"norm": model.get_decoder().norm, "lm_head": model.get_output_embeddings()}), device
+    )
+    grads: list[torch.Tensor] = []
+    for hidden, batch in zip(inputs.pop(), batches, strict=True):
+        hidden = hidden.to(device).requires_grad_(True)
+        logits = head["lm_head"](head["norm"](hidden))
+        loss = model.loss_function(logits, batch.to(device), vocab_size=logits.shape[-1]) * (batch.shape[0] / total)
+        loss.backward()
+        grads.append(hidden.grad)
+    if "lm_head" in by_name:
+        scores["lm_head"] = _score(
+            by_name["lm_head"], torch.nn.ModuleDict({"lm_head": head["lm_head"]}), "", model, dtype
+        )
+    del head
+    for index in reversed(range(len(layers))):
+        work = _fp32_copy(layers[index], device)
+        below = []
+        for hidden, layer_kwargs, grad in zip(inputs.pop(), kwargs, grads, strict=True):
+            hidden = hidden.to(device).requires_grad_(True)
+            _layer_output(work, hidden, layer_kwargs).backward(grad)
+            below.append(hidden.grad)
+        grads = below
+        for part in ("self_attn", "mlp"):
+            if f"layers.{index}.{part}" in by_name:
+                scores[f"layers.{index}.{part}"] = _score(
+                    by_name[f"layers.{index}.{part}"], work, f"layers.{index}.", model, dtype
+                )
+        del work
+    return {name: scores[name] for name in by_name}
 
 
 def _next_token_logprobs(model: nn.Module, samples: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -116,6 +116,68 @@ def test_sharded_input_gives_the_same_shards(make_tiny_llama, tmp_path: Path) ->
         assert set(load_file(out / shard)) == set(load_file(sharded / shard))
 
 
+def _whole_model_export(src: Path, dst: Path, targets: set[str], dtype: str) -> None:
+    """The export as it was before streaming: every shard loaded whole, each target weight rounded in fp32 to
+    NxD's grid and made grid-exact, the shard saved whole (the reference the streaming export must match)."""
+    from safetensors.torch import save_file
+
+    dst.mkdir()
+    for shard in sorted(src.glob("*.safetensors")):
+        tensors = load_file(shard)
+        for key in set(tensors) & targets:
+            tensors[key] = grid_export.exact_bf16(*quantize_weight(tensors[key].float(), dtype), dtype)
+        save_file(tensors, dst / shard.name, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+def test_streaming_export_writes_the_same_bytes_as_the_whole_model_export(
+    make_tiny_llama, tmp_path: Path, dtype: str
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    src = make_tiny_llama("stream-src", tie_word_embeddings=False)
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
+    for item in src.glob("tokenizer*"):
+        (sharded / item.name).write_bytes(item.read_bytes())
+    out = tmp_path / "q"
+    kept = ["layers.0.mlp"]
+    quantize(
+        options_from(model=str(sharded), out=out, dtype=dtype, autoround=False, modules_to_not_convert=kept, **FAST)
+    )
+    targets = {key for key in _tensors(sharded) if key.endswith("proj.weight") and ".layers.0.mlp." not in key}
+    expected = tmp_path / "expected"
+    _whole_model_export(sharded, expected, targets | {"lm_head.weight"}, dtype)
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) > 2 and sorted(p.name for p in out.glob("*.safetensors")) == shards
+    for shard in shards:
+        assert (out / shard).read_bytes() == (expected / shard).read_bytes(), shard
+
+
+@pytest.mark.parametrize(("source_dtype", "autoround"), [(torch.float32, False), (torch.float16, True)])
+def test_fp32_and_fp16_sources_give_a_bf16_grid_exact_checkpoint(
+    make_tiny_llama, tmp_path: Path, source_dtype: torch.dtype, autoround: bool
+) -> None:
+    src = make_tiny_llama(f"src-{source_dtype}", dtype=source_dtype)
+    out = tmp_path / "q"
+    result = quantize(options_from(model=str(src), out=out, autoround=autoround, selection="none", **FAST))
+    assert result.grid_agreement == 1.0
+    before, after = _tensors(src), _tensors(out)
+    assert {t.dtype for t in before.values()} == {source_dtype} and set(after) == set(before)
+    for key, tensor in after.items():
+        assert tensor.dtype == torch.bfloat16, key  # what NxDI reads
+        nxdi_input = before[key].to(torch.bfloat16)
+        if key.endswith("proj.weight"):
+            # On NxD's grid, with the row scales NxD derives from the bf16 weights NxDI would have read.
+            codes, scale = quantize_weight(tensor, "int8")
+            assert torch.equal(quantize_weight(grid_export.exact_bf16(codes, scale, "int8"), "int8")[0], codes)
+            assert torch.equal(scale, quantize_weight(nxdi_input, "int8")[1]), key
+            if not autoround:
+                assert torch.equal(codes, quantize_weight(nxdi_input, "int8")[0]), key
+        else:
+            assert torch.equal(tensor, nxdi_input), key
+
+
 def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """An exporter that misplaces a single weight by one code must be refused, leaving nothing behind."""
     real = grid_export.exact_bf16
@@ -287,7 +349,7 @@ def test_quantize_model_in_memory_gives_the_folder_path_s_bytes(
 
     model = load_model(tiny_llama_dir, torch.float32)
     done = quantize_model(model, load_tokenizer(tiny_llama_dir), QuantizeSettings(**knobs))
-    assert done.modules_to_not_convert == folder.modules_to_not_convert and done.original == {}
+    assert done.modules_to_not_convert == folder.modules_to_not_convert
     assert (done.rtn_layers == []) == autoround and set(done.timings) >= {"sensitivity", "export"}
     written = load_file(tmp_path / "q" / "model.safetensors")
     state = model.state_dict()
@@ -307,3 +369,60 @@ def test_quantize_model_refuses_a_model_without_decoder_linears(tiny_tokenizer_d
 
     with pytest.raises(NeuronforgeError, match="Linear has no decoder Linear layers"):
         quantize_model(torch.nn.Linear(4, 4), AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
+
+
+def test_autoround_tunes_on_the_accelerator_with_activations_beside_the_block(
+    tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """On a CUDA host auto-round gets the GPU, fp32 tuning and its GPU-resident activation cache."""
+    import auto_round
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_autoround(model: torch.nn.Module, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(auto_round, "AutoRound", fake_autoround)
+    with pytest.raises(Stop):
+        quantize(
+            options_from(model=str(tiny_llama_dir), out=tiny_llama_dir.parent / "never", sensitivity="variance", **FAST)
+        )
+    assert seen["device_map"] == "cuda:0" and seen["amp"] is False
+    assert seen["low_gpu_mem_usage"] is False and seen["low_cpu_mem_usage"] is True
+
+
+def test_row_blocks_change_nothing(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    """Large weights go through the export and the sensitivity in row blocks: same files, same report."""
+    from neuronforge.neuron import grid
+
+    src = make_tiny_llama("row-blocks", tie_word_embeddings=False)
+    runs = {}
+    for chunk in (grid.CHUNK_ELEMENTS, 64 * 5):  # 5 rows per block for the 64-wide tiny weights
+        monkeypatch.setattr(grid, "CHUNK_ELEMENTS", chunk)
+        out = tmp_path / f"q{chunk}"
+        quantize(options_from(model=str(src), out=out, dtype="f8e4m3", autoround=False, **FAST))
+        report = json.loads((out / "quantization_report.json").read_text())
+        sens = json.loads((out / "sensitivity.json").read_text())
+        runs[chunk] = (_tensors(out), {k: v for k, v in report.items() if k not in ("timings_s", "options")}, sens)
+    (files, report, sens), (files_rows, report_rows, sens_rows) = runs.values()
+    assert all(torch.equal(files[k], files_rows[k]) for k in files)
+    error, error_rows = report.pop("per_block_relative_error"), report_rows.pop("per_block_relative_error")
+    assert report == report_rows and error == pytest.approx(error_rows, rel=1e-6)  # float sums in another order
+    scores = {b["block"]: b["score"] for b in sens["blocks"]}
+    assert scores == pytest.approx({b["block"]: b["score"] for b in sens_rows["blocks"]}, rel=1e-6)
+
+
+def test_grid_export_runs_on_the_accelerator_when_there_is_one(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = tmp_path / "q"
+    # This CPU-only torch cannot move the weights to the GPU it was told exists: the CUDA path was taken ...
+    with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
+        quantize(options_from(model=str(tiny_llama_dir), out=out, autoround=False, sensitivity="variance", **FAST))
+    assert not out.exists()  # ... and nothing half-written was left behind

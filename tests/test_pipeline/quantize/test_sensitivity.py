@@ -9,9 +9,17 @@ import pytest
 import torch
 
 from neuronforge.assets.texts import calibration_samples, embedded_splits
+from neuronforge.core.devices import accelerator
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import load_model, load_tokenizer
-from neuronforge.pipeline.quantize.sensitivity import analyze, find_blocks, variance_scores
+from neuronforge.neuron.grid import dequantize, quantize_weight
+from neuronforge.pipeline.quantize.sensitivity import (
+    analyze,
+    calibration_batches,
+    find_blocks,
+    first_order_scores,
+    variance_scores,
+)
 
 BLOCKS = ["layers.0.self_attn", "layers.0.mlp", "layers.1.self_attn", "layers.1.mlp"]
 
@@ -55,12 +63,49 @@ def test_model_without_linear_layers_is_refused() -> None:
 @pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
 def test_first_order_is_zero_exactly_where_quantization_is_lossless(tiny_llama_dir: Path, samples, dtype: str) -> None:
     model = _model_with_zero_block(tiny_llama_dir, "layers.1.mlp")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     result = analyze(model, samples, dtype, "first_order")
     assert set(result.scores) == set(BLOCKS)  # tied lm_head is forced, not scored
     assert result.scores["layers.1.mlp"] == 0.0
     assert all(result.scores[b] > 0 for b in BLOCKS if b != "layers.1.mlp")
-    assert all(p.grad is None for p in model.parameters())
-    assert all(p.requires_grad for p in model.parameters())  # flags restored as loaded
+    # The model is only read: bf16 weights unchanged, no gradients or grad flags left behind.
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+    assert all(v.dtype == torch.bfloat16 and torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _whole_model_first_order(path: Path, samples: list[torch.Tensor], dtype: str) -> dict[str, float]:
+    """The definition, computed the direct way: one fp32 forward+backward of the whole model per batch."""
+    model = load_model(path, dtype=torch.float32)
+    blocks = [b for b in find_blocks(model) if not b.forced]
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for name in [n for b in blocks for n in b.linears]:
+        linears[name].weight.requires_grad_(True)
+    for batch in calibration_batches(samples):
+        (model(input_ids=batch, labels=batch).loss * (batch.shape[0] / len(samples))).backward()
+    error = {n: m.weight.detach() - dequantize(*quantize_weight(m.weight.detach(), dtype)) for n, m in linears.items()}
+    return {b.name: float(sum((linears[n].weight.grad * error[n]).abs().sum() for n in b.linears)) for b in blocks}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_block_by_block_first_order_equals_the_whole_model_gradient(make_tiny_llama, samples, tied: bool) -> None:
+    path = make_tiny_llama(f"fo-{tied}", tie_word_embeddings=tied)
+    model = load_model(path)
+    scores = first_order_scores(model, find_blocks(model), samples, "int8", device="cpu")
+    expected = _whole_model_first_order(path, samples, "int8")
+    assert set(scores) == set(expected) == ({*BLOCKS} if tied else {*BLOCKS, "lm_head"})
+    for block, value in expected.items():
+        assert scores[block] == pytest.approx(value, rel=1e-5), block
+
+
+def test_first_order_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, samples, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert accelerator() == "cuda:0"
+    model = load_model(tiny_llama_dir)
+    # This CPU-only torch cannot place the layer copies on the GPU it was told exists: the CUDA path was taken.
+    with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
+        first_order_scores(model, find_blocks(model), samples, "int8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert accelerator() == "cpu"
 
 
 def test_measured_kl_and_rank_correlations(tiny_llama_dir: Path, samples: list[torch.Tensor]) -> None:

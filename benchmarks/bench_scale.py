@@ -1,0 +1,235 @@
+"""Host memory and time of stage 1 and the emulator at two model sizes, next to NxDI's own host quantization.
+
+Builds random-init Llama checkpoints (TinyLlama-like shapes, untied lm_head, bf16, 3 shards, SmolLM2's
+tokenizer) once in the cache (`$NEURONFORGE_CACHE/bench`, never in the repo), then runs every stage in a
+fresh process and prints, per size and stage: peak RSS, bytes per parameter, wall time and seconds per 1e9
+parameters. The anchor `nxdi` is what NxDI does on the host when it quantizes (NxDI's `load_hf_model`:
+the whole HF model in fp32; NxD's per-channel quantizer, here our bit-exact copy; the state dict saved to
+safetensors). Then the targets of issue 14 and, from a linear fit of peak RSS over the two sizes, the
+largest model each common GPU host can take. Not a test: numbers depend on the machine.
+
+    python benchmarks/bench_scale.py                      # 0.3b and 1.2b, quantize (RTN) + emulate + nxdi
+    python benchmarks/bench_scale.py --sizes 0.3b --stages quantize,autoround,emulate,nxdi
+
+Needs about 3x the largest checkpoint (2.4 GB for 1.2b) of free RAM and 10 GB of disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# TinyLlama-like shapes; with SmolLM2's 49152-token vocabulary and an untied head: 0.33e9 and 1.17e9 parameters.
+SHAPES = {
+    "0.3b": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=20, num_attention_heads=16),
+    "1.2b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32),
+}
+SHARDS = 3
+STAGES = ("nxdi", "quantize", "autoround", "emulate")
+CALIBRATION = dict(nsamples=2, calib_seq_len=32)  # the issue's measurement settings
+# Host RAM of common GPU instances (AWS instance-type pages), and what is left to the process.
+HOSTS = {"g6e.xlarge": 32, "g6e.2xlarge": 64, "g5.12xlarge": 192, "p4d.24xlarge": 1152}
+USABLE_RAM = 0.85  # OS, page cache and the CUDA context take the rest
+GB = 1e9
+
+
+def checkpoint(size: str) -> Path:
+    """The random-init checkpoint for `size`, built once (tensor by tensor, never the whole model in memory)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from neuronforge.assets.models import resolve_model
+    from neuronforge.core.cache import cache_dir
+
+    folder = cache_dir() / "bench" / f"llama-{size}-random"
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer_dir = resolve_model("smollm2")
+    config = LlamaConfig(
+        vocab_size=49152, num_key_value_heads=4, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        max_position_embeddings=2048, **SHAPES[size],
+    )  # fmt: skip
+    with torch.device("meta"):
+        shapes = {key: value.shape for key, value in LlamaForCausalLM(config).state_dict().items()}
+    total = sum(torch.Size(s).numel() * 2 for s in shapes.values())
+    generator = torch.Generator().manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.exists() else None))
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    for key, shape in shapes.items():
+        if sum(t.numel() * 2 for t in shards[-1].values()) >= total / SHARDS:
+            shards.append({})
+        if key.endswith("norm.weight"):
+            shards[-1][key] = torch.ones(shape, dtype=torch.bfloat16)
+        else:
+            shards[-1][key] = torch.empty(shape).normal_(0.0, 0.02, generator=generator).to(torch.bfloat16)
+    weight_map = {}
+    for index, tensors in enumerate(shards, start=1):
+        name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, tmp / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    del shards
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    config.dtype = torch.bfloat16
+    config.save_pretrained(tmp)
+    for item in tokenizer_dir.iterdir():
+        if item.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy2(item, tmp / item.name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(folder)
+    return folder
+
+
+def parameters(folder: Path) -> int:
+    import math
+
+    from safetensors import safe_open
+
+    count = 0
+    for shard in folder.glob("*.safetensors"):
+        with safe_open(shard, framework="pt") as handle:
+            count += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+    return count
+
+
+def run_stage(stage: str, folder: Path, work: Path) -> None:
+    """One stage, in this (fresh) process."""
+    if stage == "nxdi":
+        import torch
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM
+
+        from neuronforge.neuron.grid import quantize_weight
+        from neuronforge.neuron.qlinear import quantizable_linears
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)  # NxDI's load_hf_model
+        state = {}
+        for name, linear in quantizable_linears(model).items():  # NxD quantizes module by module, in place
+            state[f"{name}.weight"], state[f"{name}.scale"] = quantize_weight(linear.weight.detach())
+            linear.weight = None
+        state.update({k: v for k, v in model.state_dict().items() if k not in state and v is not None})
+        save_file({k: v.contiguous() for k, v in state.items()}, work / "nxdi.safetensors")
+    elif stage in ("quantize", "autoround"):
+        from neuronforge.pipeline.quantize.api import options_from, quantize
+
+        extra = dict(iters=1) if stage == "autoround" else dict(autoround=False)
+        quantize(options_from(model=str(folder), out=work / stage, **CALIBRATION, **extra))
+    elif stage == "emulate":
+        from neuronforge.assets.texts import embedded_splits, evaluation_windows
+        from neuronforge.hf.folders import load_tokenizer
+        from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
+
+        text = next(iter(embedded_splits().evaluation.values()))
+        windows = evaluation_windows(load_tokenizer(folder), text, 64, 256)
+        emulated = load_emulated(folder, EmulationSpec(dtype="int8", kv_fp8=True))
+        perplexity(emulated, windows)
+    else:
+        raise SystemExit(f"unknown stage {stage}")
+
+
+def measure(stage: str, folder: Path, work: Path) -> dict[str, float]:
+    start = time.perf_counter()
+    command = [sys.executable, __file__, "--run-stage", stage, "--model", str(folder), "--work", str(work)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return {**json.loads(out.strip().splitlines()[-1]), "wall_s": time.perf_counter() - start}
+
+
+def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(fixed bytes, bytes per parameter) through the two (params, peak) points."""
+    (p0, m0), (p1, m1) = points[0], points[-1]
+    slope = (m1 - m0) / (p1 - p0) if p1 != p0 else m1 / p1
+    return m0 - slope * p0, slope
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="0.3b,1.2b")
+    parser.add_argument("--stages", default="nxdi,quantize,emulate", help=f"any of {','.join(STAGES)}")
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--run-stage", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_stage:
+        run_stage(args.run_stage, args.model, args.work)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({"peak_rss": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
+        return
+
+    stages = args.stages.split(",")
+    rows = []
+    for size in args.sizes.split(","):
+        folder = checkpoint(size)
+        params = parameters(folder)
+        with tempfile.TemporaryDirectory() as work:
+            for stage in stages:
+                result = measure(stage, folder, Path(work))
+                rows.append({"size": size, "params": params, "stage": stage, **result})
+                r = rows[-1]
+                print(
+                    f"{size:>5} {params / 1e9:5.2f}e9 {stage:<10} peak {r['peak_rss'] / GB:6.2f} GB "
+                    f"{r['peak_rss'] / params:5.2f} B/param {r['wall_s']:7.1f} s {r['wall_s'] / params * 1e9:7.1f} s/1e9 "
+                    f"cpu {r['cpu_s']:7.1f} s",
+                    flush=True,
+                )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    report(rows, stages)
+
+
+def report(rows: list[dict], stages: list[str]) -> None:
+    print("\n| size | params | stage | peak RSS | bytes/param | wall | s per 1e9 params | CPU time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['size']} | {r['params'] / 1e9:.2f}e9 | {r['stage']} | {r['peak_rss'] / GB:.2f} GB | "
+            f"{r['peak_rss'] / r['params']:.2f} | {r['wall_s']:.0f} s | {r['wall_s'] / r['params'] * 1e9:.0f} | "
+            f"{r['cpu_s']:.0f} s |"
+        )
+    by = {(r["size"], r["stage"]): r for r in rows}
+    largest = max(rows, key=lambda r: r["params"])["size"]
+    print("\ntargets (largest size):")
+    for stage in ("quantize", "emulate"):
+        if (largest, stage) in by:
+            r = by[(largest, stage)]
+            limit = 2.5 * r["params"] + 1.5 * GB
+            verdict = "ok" if r["peak_rss"] <= limit else "MISSED"
+            print(
+                f"  {stage} peak {r['peak_rss'] / GB:.2f} GB <= 2.5 B/param + 1.5 GB = {limit / GB:.2f} GB: {verdict}"
+            )
+    if (largest, "quantize") in by and (largest, "nxdi") in by:
+        for clock in ("wall_s", "cpu_s"):  # CPU time is the fairer ratio on a shared machine
+            ratio = by[(largest, "quantize")][clock] / by[(largest, "nxdi")][clock]
+            print(
+                f"  quantize / nxdi {clock[:-2]} time = {ratio:.2f} (target <= 1.5): {'ok' if ratio <= 1.5 else 'MISSED'}"
+            )
+    sizes = sorted({r["size"] for r in rows}, key=lambda s: by[(s, stages[0])]["params"])
+    for stage in stages:
+        per_param = [by[(s, stage)]["peak_rss"] / by[(s, stage)]["params"] for s in sizes if (s, stage) in by]
+        if len(per_param) > 1:
+            print(f"  {stage} bytes/param {' -> '.join(f'{b:.2f}' for b in per_param)}")
+
+    if len(sizes) < 2:
+        return
+    print("\nlargest model by host RAM (linear fit of peak RSS over the two sizes; GPU memory is not the limit:")
+    print("quantize keeps one decoder block on the GPU; emulate falls back to the CPU when the model does not fit)")
+    print("| stage | fixed | bytes/param | " + " | ".join(f"{h} ({ram} GiB)" for h, ram in HOSTS.items()) + " |")
+    print("|---|---|---|" + "---|" * len(HOSTS))
+    for stage in stages:
+        points = [(by[(s, stage)]["params"], by[(s, stage)]["peak_rss"]) for s in sizes]
+        fixed, slope = fit(points)
+        cells = [f"{max(0.0, (ram * 2**30 * USABLE_RAM - fixed) / slope) / 1e9:.0f}B" for ram in HOSTS.values()]
+        print(f"| {stage} | {fixed / GB:.2f} GB | {slope:.2f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Shard-by-shard loading: any source dtype becomes the bf16 model HF would build, one shard at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.folders import load_model, shard_keys
+
+
+def _sharded(make_tiny_llama, tmp_path: Path, dtype: torch.dtype) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    src = make_tiny_llama(f"load-{dtype}", dtype=dtype, tie_word_embeddings=False)
+    folder = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(src, dtype=dtype).save_pretrained(folder, max_shard_size="60KB")
+    return folder
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_any_source_dtype_loads_as_the_model_hf_builds(make_tiny_llama, tmp_path: Path, dtype: torch.dtype) -> None:
+    from transformers import AutoModelForCausalLM
+
+    folder = _sharded(make_tiny_llama, tmp_path, dtype)
+    seen: list[int] = []
+    model = load_model(folder, after_shard=lambda m: seen.append(sum(not p.is_meta for p in m.parameters())))
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    assert len(seen) == len(shard_keys(folder)) > 2 and seen == sorted(seen) and seen[0] < seen[-1]
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    got, want = model.state_dict(), reference.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    ids = torch.arange(24).reshape(2, 12)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def test_tied_head_is_the_embedding(tiny_llama_dir: Path) -> None:
+    model = load_model(tiny_llama_dir)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_a_missing_weight_is_refused(make_tiny_llama, tmp_path: Path) -> None:
+    folder = _sharded(make_tiny_llama, tmp_path, torch.bfloat16)
+    shard = next(name for name, keys in shard_keys(folder).items() if "model.norm.weight" in keys)
+    tensors = load_file(folder / shard)
+    del tensors["model.norm.weight"]
+    save_file(tensors, folder / shard, metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    payload = json.loads(index.read_text())
+    del payload["weight_map"]["model.norm.weight"]
+    index.write_text(json.dumps(payload))
+    with pytest.raises(NeuronforgeError, match=r"lacks the weights \['model.norm.weight'\]"):
+        load_model(folder)
