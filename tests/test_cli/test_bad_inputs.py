@@ -172,7 +172,7 @@ CASES = [
     Case("3.21", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/nchf.json", "model.layers.0.mlp.gate_proj"),
     Case("3.22", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/ncbare.json", "['layers.0']"),
     Case("3.23a", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/ncbad.json", "Expecting value"),
-    Case("3.23b", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/missing.json", "No such file"),
+    Case("3.23b", "quantize --model {fx}/ok --out q --not-convert {fx}/cfg/missing.json", "does not exist"),
     Case("3.25", "run --model {fx}/ok --out r --modules-to-not-convert layers.99.mlp", "['layers.99.mlp']"),
     Case("3.26a", "emulate --model {fx}/ok --not-convert {fx}/cfg/nchf.json", "match no Linear layer"),
     Case("3.26b", "emulate --model {fx}/ok --not-convert {fx}/cfg/nc99.json", "match no Linear layer"),
