@@ -96,7 +96,7 @@ def _run_job(
     shipped: tuple[Path, CodeBundle] | None,
 ) -> None:
     """Print (--dry-run) or upload the shipped wheel and submit the job; `result` says where its output will land."""
-    from neuronforge.sagemaker.aws import client
+    from neuronforge.core.aws import client
     from neuronforge.sagemaker.code import upload
     from neuronforge.sagemaker.submit import clients, submit_job, wait_for_job
 
@@ -282,7 +282,7 @@ def deploy_command(
     if dry_run:
         _print_requests(requests)
         return
-    from neuronforge.sagemaker.aws import client
+    from neuronforge.core.aws import client
     from neuronforge.sagemaker.submit import clients, deploy
 
     sm, s3 = clients(_region(region))
@@ -341,7 +341,7 @@ def pipeline_command(
     dry_run: DryRunOpt = False,
 ) -> None:
     """SDK v3 Pipeline quantize -> compile -> model -> endpoint; --dry-run prints its definition() JSON."""
-    from neuronforge.sagemaker.aws import call
+    from neuronforge.core.aws import call
     from neuronforge.sagemaker.code import upload
     from neuronforge.sagemaker.submit import clients
     from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline, sdk_errors
@@ -430,6 +430,6 @@ def invoke_command(
     if dry_run:
         _print_requests({"invoke_endpoint": invoke_request(endpoint, body)})
         return
-    from neuronforge.sagemaker.aws import client
+    from neuronforge.core.aws import client
 
     typer.echo(invoke(endpoint, body, client("sagemaker-runtime", _region(region))))

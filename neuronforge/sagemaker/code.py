@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neuronforge.core import s3uri
+from neuronforge.core.aws import call
 from neuronforge.core.hashing import sha256_file
 from neuronforge.errors import NeuronforgeError
-from neuronforge.sagemaker.aws import call
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient

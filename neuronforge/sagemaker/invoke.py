@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from neuronforge.core.aws import call
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker import limits
-from neuronforge.sagemaker.aws import call
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from neuronforge.core import s3uri
 from neuronforge.core.atomic import atomic_dir, atomic_write_json, link_tree
+from neuronforge.core.aws import call
 from neuronforge.core.hashing import sha256_file
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.compile import QUANTIZED_DIR, RECORD_FILE
 from neuronforge.neuron.nxdi_json import unloadable_kv_quant_config
-from neuronforge.sagemaker.aws import call
 from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, COMPILED_SUBDIR, serving_environment
 from neuronforge.version import __version__

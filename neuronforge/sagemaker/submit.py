@@ -10,8 +10,8 @@ import re
 from typing import TYPE_CHECKING
 
 from neuronforge.core import s3uri
+from neuronforge.core.aws import call, call_or_none, client
 from neuronforge.errors import NeuronforgeError
-from neuronforge.sagemaker.aws import call, call_or_none, client
 from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package

@@ -16,15 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from neuronforge.core.aws import AUTH_CODES, CREDENTIALS_FIX, translate
 from neuronforge.core.cache import cache_dir
 from neuronforge.core.outputs import RUN_MANIFEST
 from neuronforge.core.s3uri import S3Uri, is_s3
 from neuronforge.errors import NeuronforgeError
-
-CREDENTIALS_FIX = (
-    "configure AWS credentials: `aws configure`, AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-    "or an instance role (run `neuronforge doctor` to see what this host has)"
-)
 
 
 def local_mirror(uri: str) -> Path:
@@ -41,7 +37,8 @@ def _client() -> Any:
 
 @contextmanager
 def aws_errors(uri: S3Uri | str) -> Iterator[None]:
-    """Translate botocore failures into what went wrong with this URI and what to do."""
+    """`core.aws.translate`, worded for this URI: missing credentials, a missing bucket, refused access and an
+    unreachable S3 name it; anything else is translated as every other AWS call is."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
     try:
@@ -57,13 +54,13 @@ def aws_errors(uri: S3Uri | str) -> Iterator[None]:
                 f"S3 bucket '{bucket}' does not exist ({uri})",
                 "check the bucket name and region, or create it: aws s3 mb s3://" + bucket,
             ) from None
-        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
+        if code in AUTH_CODES or code == "403":
             raise NeuronforgeError(
                 f"AWS refused access to {uri} ({code})",
                 CREDENTIALS_FIX + "; the identity needs "
                 "s3:GetObject, s3:PutObject, s3:ListBucket and s3:DeleteObject there",
             ) from None
-        raise NeuronforgeError(f"S3 request for {uri} failed: {exc}", "check the URI and your AWS setup") from None
+        raise translate(exc, f"check {uri} and your AWS setup") or exc from None
     except BotoCoreError as exc:
         raise NeuronforgeError(f"cannot reach S3 for {uri} ({exc})", "check network access and the region") from None
 

@@ -1,4 +1,7 @@
-"""The one place boto3 clients are made and AWS failures become NeuronforgeError (never a traceback)."""
+"""The one place boto3 clients are made and AWS failures become NeuronforgeError (never a traceback).
+
+Used by sagemaker/ for every call and by the run's s3:// storage, which words a few S3 failures with the URI.
+"""
 
 from __future__ import annotations
 
