@@ -46,13 +46,13 @@ def checkpoint(size: str) -> Path:
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from neuronforge.assets.models import resolve_model
+    from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.core.cache import cache_dir
 
     folder = cache_dir() / "bench" / f"llama-{size}-random"
     if (folder / "config.json").exists():
         return folder
-    tokenizer_dir = resolve_model("smollm2")
+    tokenizer_dir = fetch_or_resolve("smollm2")  # its tokenizer
     config = LlamaConfig(
         vocab_size=49152, num_key_value_heads=4, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
         max_position_embeddings=2048, **SHAPES[size],

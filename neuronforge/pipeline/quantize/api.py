@@ -160,13 +160,13 @@ class ExportCheck:
     """What the shard-by-shard export measured: grid agreement (ours and AutoRound's stock export) and error."""
 
     ours: Agreement
-    naive: Agreement
+    naive: Agreement | None  # None: not measured (RTN path)
     per_block: dict[str, dict[str, float]]
     export_s: float = 0.0
     verify_s: float = 0.0
 
 
-def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str) -> ExportCheck:
+def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, naive: bool) -> ExportCheck:
     """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
 
     Per shard: each target weight is rounded to NxD's grid from the model (tuned fp32 or bf16), turned into grid-exact
@@ -175,12 +175,14 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
     and must equal what was checked, bit for bit. Extra memory: one shard's tensors. The grid math (elementwise
     IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
+    `naive` also measures AutoRound's stock export of each weight (what tuning without us would have shipped).
     """
     import json
 
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
+    from torch.nn.functional import mse_loss
 
     from neuronforge.core.devices import accelerator
     from neuronforge.core.progress import track
@@ -194,7 +196,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
             shutil.copy2(item, dst / item.name)
     make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
     linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
-    check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0), {})
+    check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if naive else None, {})
     device = accelerator()
     total = 0
     shards = shard_keys(src)
@@ -214,11 +216,12 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
                     original = source[rows].to(device)
                     codes, scale = quantize_weight(linear.weight[rows].detach().to(device).float(), dtype)
                     exact = grid_export.exact_bf16(codes, scale, dtype)
-                    intended = codes.float() * scale
-                    check.ours += grid_export.agreement(exact, codes, dtype, intended_values=intended)
-                    check.naive += grid_export.naive_agreement(original, dtype)
-                    err["sq_err"] += float((exact.float() - original.float()).pow(2).sum())
-                    err["sq_norm"] += float(original.float().pow(2).sum())
+                    check.ours += grid_export.grid_check(exact, codes, scale, dtype)
+                    if check.naive is not None:
+                        check.naive += grid_export.naive_agreement(original, dtype)
+                    reference = original.float().flatten()
+                    err["sq_err"] += float(mse_loss(exact.float().flatten(), reference, reduction="sum"))
+                    err["sq_norm"] += float(torch.dot(reference, reference))
                     stored[rows] = exact.cpu()
                 linear.weight = torch.nn.Parameter(stored, requires_grad=False)
                 tensors[key] = stored
@@ -422,7 +425,9 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
 
     with atomic_dir(out) as tmp:
-        check = _export(src, tmp, model, targets, options.dtype)
+        # The naive figure describes AutoRound's stock export, so it is measured when AutoRound tuned the model
+        # (on the RTN path it would only cost time: importing auto-round and two more passes over every weight).
+        check = _export(src, tmp, model, targets, options.dtype, naive=options.autoround)
         ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
         timings["export"], timings["verify"] = check.export_s, check.verify_s
@@ -441,11 +446,12 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             "grid_matching_weights": ours.matching,
             "quantized_weights": ours.total,
             "grid_value_agreement": ours.value_fraction if targets else None,
-            "naive_agreement": naive.fraction if targets else None,
-            "naive_value_agreement": naive.value_fraction if targets else None,
+            "naive_agreement": naive.fraction if targets and naive else None,
+            "naive_value_agreement": naive.value_fraction if targets and naive else None,
             "value_agreement_definition": "weights whose value on Neuron (NxD code x NxD scale) is within a relative "
             "2^-8 (bf16 precision) of the value the quantizer tuned",
-            "naive_definition": "AutoRound's stock export (int: qmax 128, signed scale; fp8: +-448) in bf16, re-quantized by NxD",
+            "naive_definition": "AutoRound's stock export (int: qmax 128, signed scale; fp8: +-448) in bf16, re-quantized "
+            "by NxD; measured when AutoRound tuned the model (null with --no-autoround)",
             "autoround_tuned_layers": len(targets) - len(untouched) if options.autoround else 0,
             "rtn_layers": untouched,
             "per_block_relative_error": {

@@ -150,15 +150,19 @@ def _on(value: Any, device: torch.device) -> Any:
 
 
 def _fp32_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """A trainable fp32 copy of one block on `device`; the model's own (bf16) weights are never touched."""
+    """A trainable fp32 copy of one block on `device`; the model's own (bf16) weights are never touched.
+
+    The parameters are converted straight into the copy (deepcopy's memo), never copied in bf16 first.
+    """
     import copy
 
     import torch
 
-    work = copy.deepcopy(module).to(device=device, dtype=torch.float32)
-    for param in work.parameters():
-        param.requires_grad_(True)
-    return work
+    memo: dict[int, Any] = {
+        id(param): torch.nn.Parameter(param.detach().to(device=device, dtype=torch.float32), requires_grad=True)
+        for param in module.parameters()
+    }
+    return copy.deepcopy(module, memo).to(device=device, dtype=torch.float32)  # buffers too
 
 
 def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -166,16 +170,16 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
     return out[0] if isinstance(out, tuple) else out
 
 
-def _score(block: Block, work: nn.Module, prefix: str, model: nn.Module, dtype: str) -> float:
-    """sum |dL/dW * (W - Q(W))| over `block`'s Linears; `work` is the fp32 copy of the module named `prefix`."""
+def _score(block: Block, work: nn.Module, prefix: str, dtype: str) -> float:
+    """sum |dL/dW * (W - Q(W))| over `block`'s Linears; `work` is the fp32 copy of the module named `prefix`
+    (its weights are the model's, exactly, in fp32; they and their gradients stay on the device)."""
     from neuronforge.neuron.grid import row_chunks
 
     total = 0.0
     for name in block.linears:
-        grad = work.get_submodule(name.split(prefix, 1)[1] if prefix else name).weight.grad
-        weight = model.get_submodule(name).weight
+        weight = work.get_submodule(name.split(prefix, 1)[1] if prefix else name).weight
         for rows in row_chunks(weight.shape):
-            total += float((grad[rows].float().cpu() * _rtn_error(weight[rows], dtype)).abs().sum())
+            total += float((weight.grad[rows] * _rtn_error(weight[rows], dtype)).abs().sum())
     return total
 
 
@@ -227,9 +231,7 @@ def first_order_scores(
         loss.backward()
         grads.append(hidden.grad)
     if "lm_head" in by_name:
-        scores["lm_head"] = _score(
-            by_name["lm_head"], torch.nn.ModuleDict({"lm_head": head["lm_head"]}), "", model, dtype
-        )
+        scores["lm_head"] = _score(by_name["lm_head"], torch.nn.ModuleDict({"lm_head": head["lm_head"]}), "", dtype)
     del head
     for index in reversed(range(len(layers))):
         work = _fp32_copy(layers[index], device)
@@ -242,7 +244,7 @@ def first_order_scores(
         for part in ("self_attn", "mlp"):
             if f"layers.{index}.{part}" in by_name:
                 scores[f"layers.{index}.{part}"] = _score(
-                    by_name[f"layers.{index}.{part}"], work, f"layers.{index}.", model, dtype
+                    by_name[f"layers.{index}.{part}"], work, f"layers.{index}.", dtype
                 )
         del work
     return {name: scores[name] for name in by_name}
