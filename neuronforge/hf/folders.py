@@ -93,6 +93,43 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+READ_BLOCK_BYTES = 16 << 20
+
+
+def differing_tensors(shard: Path, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of `tensors` that the safetensors file `shard` does not hold bit for bit (missing or other shape too).
+
+    The file is read with plain reads, a block at a time, and compared with the tensors' bytes: checking a
+    written shard costs one block of memory. (A memory map, as safe_open uses, would count every page of the
+    file in the process's RSS while it is open: a whole shard on top of the model.)
+    """
+    import struct
+
+    import torch
+
+    buffer = bytearray(READ_BLOCK_BYTES)
+    differ = []
+    with shard.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        for key, tensor in tensors.items():
+            entry = header.get(key)
+            expected = tensor.contiguous().view(-1).view(torch.uint8)
+            begin, end = entry["data_offsets"] if entry else (0, -1)
+            if entry is None or entry["shape"] != list(tensor.shape) or end - begin != expected.numel():
+                differ.append(key)
+                continue
+            handle.seek(8 + length + begin)
+            for start in range(0, expected.numel(), READ_BLOCK_BYTES):
+                count = handle.readinto(memoryview(buffer)[: min(READ_BLOCK_BYTES, expected.numel() - start)])
+                if not torch.equal(
+                    torch.frombuffer(buffer, dtype=torch.uint8, count=count), expected[start : start + count]
+                ):
+                    differ.append(key)
+                    break
+    return differ
+
+
 def check_weights(path: Path) -> None:
     """The shards hold every weight the config describes, each with the shape the model class expects.
 

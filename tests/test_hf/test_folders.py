@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.hf.folders import load_model, shard_keys
+from neuronforge.hf.folders import READ_BLOCK_BYTES, differing_tensors, load_model, shard_keys
 
 
 def _sharded(make_tiny_llama, tmp_path: Path, dtype: torch.dtype) -> Path:
@@ -56,3 +56,32 @@ def test_a_missing_weight_is_refused(make_tiny_llama, tmp_path: Path) -> None:
     index.write_text(json.dumps(payload))
     with pytest.raises(NeuronforgeError, match="has no weight model.norm.weight"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("block", [READ_BLOCK_BYTES, 7])  # one read per tensor, and many uneven ones
+def test_a_written_shard_is_compared_bit_for_bit(tmp_path: Path, monkeypatch, block: int) -> None:
+    from neuronforge.hf import folders
+
+    monkeypatch.setattr(folders, "READ_BLOCK_BYTES", block)
+    tensors = {
+        "w": torch.randn(8, 16).to(torch.bfloat16),
+        "codes": torch.arange(-64, 64, dtype=torch.int8).reshape(4, 32),
+        "norm": torch.ones(5),
+    }
+    shard = tmp_path / "model.safetensors"
+    save_file(tensors, shard)
+    assert differing_tensors(shard, tensors) == []
+
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor in the file
+    shard.write_bytes(bytes(data))
+    last = max(
+        tensors, key=lambda k: json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])[k]["data_offsets"][1]
+    )
+    assert differing_tensors(shard, tensors) == [last]
+
+    save_file(tensors, shard)
+    assert differing_tensors(shard, {**tensors, "w": tensors["w"].reshape(16, 8), "gone": torch.zeros(1)}) == [
+        "w",
+        "gone",
+    ]

@@ -186,7 +186,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
 
     from neuronforge.core.devices import accelerator
     from neuronforge.core.progress import track
-    from neuronforge.hf.folders import shard_keys
+    from neuronforge.hf.folders import differing_tensors, shard_keys
     from neuronforge.neuron.grid import quantize_weight, row_chunks
     from neuronforge.neuron.module_names import block_of
     from neuronforge.pipeline.quantize import grid_export
@@ -228,8 +228,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
             t1 = time.perf_counter()
             save_file(tensors, dst / shard, metadata={"format": "pt"})
         total += sum(t.numel() * t.element_size() for t in tensors.values())
-        with safe_open(dst / shard, framework="pt") as handle:
-            differ = [key for key in keys if not torch.equal(handle.get_tensor(key), tensors[key])]
+        differ = differing_tensors(dst / shard, tensors)
         if differ:
             raise NeuronforgeError(
                 f"{dst / shard} does not hold what was checked ({differ[:3]})",

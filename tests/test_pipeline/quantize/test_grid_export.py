@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.grid import quantize_weight
-from neuronforge.pipeline.quantize.grid_export import Agreement, agreement, exact_bf16, naive_agreement, require_exact
+from neuronforge.pipeline.quantize import grid_export
+from neuronforge.pipeline.quantize.grid_export import (
+    VALUE_TOLERANCE,
+    Agreement,
+    agreement,
+    exact_bf16,
+    grid_check,
+    naive_agreement,
+    require_exact,
+)
 
 
 def nxd_codes(weight: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -138,3 +147,53 @@ def test_grid_exact_export_keeps_the_tuned_values(dtype: str) -> None:
     assert result == Agreement(weight.numel(), weight.numel(), weight.numel())
     plain = agreement(tuned.to(torch.bfloat16), codes.float(), dtype, intended_values=tuned * 1.01)
     assert plain.values_kept < weight.numel() // 10
+
+
+def _search_only(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
+    """exact_bf16 with its whole-tensor shortcut turned off: the per-element search decides every weight."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grid_export, "_same_codes", lambda found, intended: False)
+        return exact_bf16(codes, scale, dtype)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(int8_case().map(lambda case: ("int8", case)), fp8_case().map(lambda case: ("f8e4m3", case))))
+def test_the_shortcut_writes_the_search_s_bits(dtype_case: tuple[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    dtype, (codes, scale) = dtype_case
+    assert torch.equal(
+        exact_bf16(codes, scale, dtype).view(torch.int16), _search_only(codes, scale, dtype).view(torch.int16)
+    )
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+@pytest.mark.parametrize("magnitude", [1e-7, 1e-3, 3.0])
+def test_the_shortcut_writes_the_search_s_bits_for_real_and_tuned_scales(dtype: str, magnitude: float) -> None:
+    """NxD's own scales and AutoRound-like ones (a little off NxD's), including rows under NxD's scale floor,
+    where the shortcut must step aside (fp8 rows of 1e-7 weights)."""
+    torch.manual_seed(5)
+    weight = torch.randn(48, 96) * magnitude
+    weight[3] = 0.0
+    codes, scale = quantize_weight(weight, dtype)
+    for tuned in (scale, scale * (1 + 1e-3 * torch.randn_like(scale))):
+        assert torch.equal(
+            exact_bf16(codes, tuned, dtype).view(torch.int16), _search_only(codes, tuned, dtype).view(torch.int16)
+        )
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+@pytest.mark.parametrize("scale_error", [0.0, 0.75 * VALUE_TOLERANCE, 3 * VALUE_TOLERANCE])
+@pytest.mark.parametrize("misplaced", [False, True])
+def test_grid_check_counts_what_agreement_counts(dtype: str, scale_error: float, misplaced: bool) -> None:
+    """The export's row-wise check gives the element-wise counts, whether the tuned scale is NxD's, within bf16
+    precision of it but near the tolerance, or off by more; and with a misplaced weight."""
+    torch.manual_seed(6)
+    codes, scale = quantize_weight(torch.randn(32, 64) * 0.02, dtype)
+    stored = exact_bf16(codes, scale, dtype)
+    if misplaced:
+        stored[2, int(codes[2].float().abs().argmin())] += 0.01
+    tuned = scale * (1 + scale_error)
+    expected = agreement(stored, codes, dtype, intended_values=codes.float() * tuned)
+    assert grid_check(stored, codes, tuned, dtype) == expected
+    assert (expected.matching == expected.total) != misplaced
+    share = expected.values_kept / expected.total  # all, some rows (near the tolerance), or only zero codes
+    assert share > 0.99 if scale_error == 0 else (0.5 < share < 0.99 if scale_error < VALUE_TOLERANCE else share < 0.1)
