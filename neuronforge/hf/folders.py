@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuronforge.core.bits import same_bits
 from neuronforge.core.memory import release_freed_tensors
 from neuronforge.errors import NeuronforgeError
 
@@ -122,7 +123,7 @@ def differing_tensors(shard: Path, tensors: dict[str, torch.Tensor]) -> list[str
             handle.seek(8 + length + begin)
             for start in range(0, expected.numel(), READ_BLOCK_BYTES):
                 count = handle.readinto(memoryview(buffer)[: min(READ_BLOCK_BYTES, expected.numel() - start)])
-                if not torch.equal(
+                if not same_bits(
                     torch.frombuffer(buffer, dtype=torch.uint8, count=count), expected[start : start + count]
                 ):
                     differ.append(key)

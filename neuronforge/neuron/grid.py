@@ -42,8 +42,13 @@ def int8_per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
 
 def int8_codes(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Integer codes as torch's quantize kernels compute them: round_half_even(w * (1/s)), clamped."""
+    return _int8_rounded(weight, scale).to(torch.int8)
+
+
+def _int8_rounded(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The int8 codes as fp32 values, in a fresh tensor (in place after the first step: one temporary, not three)."""
     inv = torch.ones_like(scale) / scale
-    return torch.clamp(torch.round(weight.float() * inv), -128, 127).to(torch.int8)
+    return (weight.float() * inv).round_().clamp_(-128, 127)
 
 
 def fp8_per_channel_scale(weight: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -53,7 +58,7 @@ def fp8_per_channel_scale(weight: torch.Tensor, dtype: str) -> torch.Tensor:
 
 def fp8_codes(weight: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
     limit = fp8_max(dtype)
-    return torch.clamp(weight.float() / scale, -limit, limit).to(TORCH_DTYPES[dtype])
+    return (weight.float() / scale).clamp_(-limit, limit).to(TORCH_DTYPES[dtype])
 
 
 def quantize_weight(
@@ -65,6 +70,7 @@ def quantize_weight(
     if dtype not in QUANT_DTYPES:
         raise ValueError(f"unknown quantization dtype {dtype!r}; expected one of {QUANT_DTYPES}")
     if qtype == "per_channel_symmetric":
+        weight = weight.float()  # once (a bf16 weight would otherwise be converted for the scale and the codes)
         if dtype == "int8":
             scale = int8_per_channel_scale(weight)
             return int8_codes(weight, scale), scale
@@ -93,6 +99,17 @@ def row_chunks(shape: torch.Size | tuple[int, ...]) -> list[slice]:
     """Row slices of a [out, in] weight, each of at most CHUNK_ELEMENTS elements (one row at least)."""
     step = max(1, CHUNK_ELEMENTS // max(1, shape[1]))
     return [slice(start, start + step) for start in range(0, shape[0], step)]
+
+
+def rounding_error(weight: torch.Tensor, dtype: str = "int8") -> torch.Tensor:
+    """Q(W) - W in fp32 for NxD's per-channel grid: what the device's weight differs by (`dequantize(quantize_weight(W))`
+    less W, computed in place in one temporary: sensitivity analysis runs it over every weight)."""
+    weight = weight.float()
+    if dtype == "int8":
+        scale = int8_per_channel_scale(weight)
+        return _int8_rounded(weight, scale).mul_(scale).sub_(weight)
+    codes, scale = quantize_weight(weight, dtype)
+    return codes.float().mul_(scale).sub_(weight)
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

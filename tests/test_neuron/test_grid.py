@@ -14,6 +14,7 @@ from neuronforge.neuron.grid import (
     fp8_max,
     int8_per_channel_scale,
     quantize_weight,
+    rounding_error,
 )
 
 FINITE = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False, width=32)
@@ -164,3 +165,17 @@ def test_bad_arguments_raise() -> None:
         quantize_weight(torch.zeros(2, 2), "int4")
     with pytest.raises(ValueError, match="type"):
         quantize_weight(torch.zeros(2, 2), "int8", "blockwise_symmetric")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+@pytest.mark.parametrize("source", [torch.float32, torch.bfloat16])
+def test_rounding_error_is_the_dequantized_codes_less_the_weight(dtype: str, source: torch.dtype) -> None:
+    torch.manual_seed(7)
+    weight = (torch.randn(40, 96) * 0.03).to(source)
+    weight[4] = 0.0
+    codes, scale = quantize_weight(weight, dtype)
+    expected = dequantize(codes, scale) - weight.float()
+    before = weight.clone()
+    error = rounding_error(weight, dtype)
+    assert torch.equal(error.view(torch.int32), expected.view(torch.int32)) and error.abs().max() > 0
+    assert torch.equal(weight, before)  # computed in a fresh tensor, even from an fp32 weight

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from neuronforge.core.bits import same_bits
 from neuronforge.errors import NeuronforgeError
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def exact_bf16(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Te
     stored_amax = (q_abs_max * scale.float()).to(torch.bfloat16)
     nxd_scale = nxd_scale_from_amax(stored_amax.float(), dtype)
     out = (q * nxd_scale).to(torch.bfloat16)
-    if torch.equal((q_abs_max * nxd_scale).to(torch.bfloat16), stored_amax) and _same_codes(
+    if same_bits((q_abs_max * nxd_scale).to(torch.bfloat16), stored_amax) and _same_codes(
         _nxd_codes(out, nxd_scale, dtype), codes
     ):
         return out
@@ -71,12 +72,10 @@ def exact_bf16(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Te
 
 
 def _same_codes(found: torch.Tensor, intended: torch.Tensor) -> bool:
-    """Equal codes, compared in their own dtype when they share it (fast), else as fp32 values."""
+    """Equal codes: the same bits (fast), else the same values as fp32 (float-typed codes, fp8 -0 and +0)."""
     import torch
 
-    return (found.dtype == intended.dtype and torch.equal(found, intended)) or torch.equal(
-        found.float(), intended.float()
-    )
+    return same_bits(found, intended) or torch.equal(found.float(), intended.float())
 
 
 def _nudged(

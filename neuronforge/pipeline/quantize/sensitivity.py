@@ -98,14 +98,6 @@ def find_blocks(model: nn.Module) -> list[Block]:
     return list(blocks.values())
 
 
-def _rtn_error(weight: torch.Tensor, dtype: str) -> torch.Tensor:
-    """W - Q(W) on NxD's per-channel grid, fp32."""
-    from neuronforge.neuron.grid import dequantize, quantize_weight
-
-    codes, scale = quantize_weight(weight.detach(), dtype)
-    return weight.detach().float() - dequantize(codes, scale)
-
-
 def calibration_batches(samples: list[torch.Tensor], batch_size: int = 4) -> Iterable[torch.Tensor]:
     import torch
 
@@ -149,19 +141,25 @@ def _on(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _fp32_copy(module: nn.Module, device: torch.device) -> nn.Module:
+def _fp32_copy(module: nn.Module, device: torch.device, storage: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A trainable fp32 copy of one block on `device`; the model's own (bf16) weights are never touched.
 
-    The parameters are converted straight into the copy (deepcopy's memo), never copied in bf16 first.
+    The parameters are converted straight into the copy (deepcopy's memo), never copied in bf16 first. With
+    `storage`, they are converted into the same fp32 tensors block after block (decoder layers share their
+    shapes), so the fp32 copies of a whole model are not mapped and zero-filled afresh layer by layer.
     """
     import copy
 
     import torch
 
-    memo: dict[int, Any] = {
-        id(param): torch.nn.Parameter(param.detach().to(device=device, dtype=torch.float32), requires_grad=True)
-        for param in module.parameters()
-    }
+    memo: dict[int, Any] = {}
+    for name, param in module.named_parameters():
+        held = storage.get(name) if storage is not None else None
+        if held is None or held.shape != param.shape:
+            held = torch.empty(param.shape, dtype=torch.float32, device=device)
+            if storage is not None:
+                storage[name] = held
+        memo[id(param)] = torch.nn.Parameter(held.copy_(param.detach()), requires_grad=True)
     return copy.deepcopy(module, memo).to(device=device, dtype=torch.float32)  # buffers too
 
 
@@ -173,13 +171,13 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
 def _score(block: Block, work: nn.Module, prefix: str, dtype: str) -> float:
     """sum |dL/dW * (W - Q(W))| over `block`'s Linears; `work` is the fp32 copy of the module named `prefix`
     (its weights are the model's, exactly, in fp32; they and their gradients stay on the device)."""
-    from neuronforge.neuron.grid import row_chunks
+    from neuronforge.neuron.grid import rounding_error, row_chunks
 
     total = 0.0
     for name in block.linears:
         weight = work.get_submodule(name.split(prefix, 1)[1] if prefix else name).weight
         for rows in row_chunks(weight.shape):
-            total += float((weight.grad[rows] * _rtn_error(weight[rows], dtype)).abs().sum())
+            total += float(rounding_error(weight[rows].detach(), dtype).mul_(weight.grad[rows]).abs_().sum())
     return total
 
 
@@ -212,9 +210,10 @@ def first_order_scores(
         hidden, layer_kwargs = _layer_inputs(model, batch)
         inputs[0].append(hidden)
         kwargs.append(_on(layer_kwargs, device))
+    storage: dict[str, torch.Tensor] = {}  # one decoder layer's fp32 weights, reused layer after layer
     with torch.no_grad():
         for layer in layers:
-            work = _fp32_copy(layer, device)
+            work = _fp32_copy(layer, device, storage)
             inputs.append(
                 [_layer_output(work, h.to(device), kw).cpu() for h, kw in zip(inputs[-1], kwargs, strict=True)]
             )
@@ -234,7 +233,7 @@ def first_order_scores(
         scores["lm_head"] = _score(by_name["lm_head"], torch.nn.ModuleDict({"lm_head": head["lm_head"]}), "", dtype)
     del head
     for index in reversed(range(len(layers))):
-        work = _fp32_copy(layers[index], device)
+        work = _fp32_copy(layers[index], device, storage)
         below = []
         for hidden, layer_kwargs, grad in zip(inputs.pop(), kwargs, grads, strict=True):
             hidden = hidden.to(device).requires_grad_(True)
