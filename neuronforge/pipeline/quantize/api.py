@@ -387,7 +387,9 @@ def quantize_model(
             # Tuned weights already sit on NxD's grid in fp32; untouched ones are rounded to it here (RTN).
             weight = linears[name].weight
             codes[name], scales[name] = quantize_weight(weight.detach().float(), options.dtype)
-            weight.copy_(grid_export.exact_bf16(codes[name], scales[name], options.dtype))
+            exact = grid_export.exact_bf16(codes[name], scales[name], options.dtype)
+            grid_export.require_exact(grid_export.grid_check(exact, codes[name], scales[name], options.dtype), name)
+            weight.copy_(exact)
     timings["export"] = time.perf_counter() - t0
     return QuantizedModel(tuned.kept, codes, scales, tuned.untouched, tuned.sensitivity, timings)
 

@@ -142,7 +142,7 @@ def _on(value: Any, device: torch.device) -> Any:
 
 
 def _fp32_copy(module: nn.Module, device: torch.device, storage: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """A trainable fp32 copy of one block on `device`; the model's own (bf16) weights are never touched.
+    """An fp32 copy of one block on `device`; the model's own (bf16) weights are never touched.
 
     The parameters are converted straight into the copy (deepcopy's memo), never copied in bf16 first. With
     `storage`, they are converted into the same fp32 tensors block after block (decoder layers share their
@@ -159,7 +159,7 @@ def _fp32_copy(module: nn.Module, device: torch.device, storage: dict[str, torch
             held = torch.empty(param.shape, dtype=torch.float32, device=device)
             if storage is not None:
                 storage[name] = held
-        memo[id(param)] = torch.nn.Parameter(held.copy_(param.detach()), requires_grad=True)
+        memo[id(param)] = torch.nn.Parameter(held.copy_(param.detach()), requires_grad=False)
     return copy.deepcopy(module, memo).to(device=device, dtype=torch.float32)  # buffers too
 
 
@@ -168,17 +168,44 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
     return out[0] if isinstance(out, tuple) else out
 
 
-def _score(block: Block, work: nn.Module, prefix: str, dtype: str) -> float:
-    """sum |dL/dW * (W - Q(W))| over `block`'s Linears; `work` is the fp32 copy of the module named `prefix`
-    (its weights are the model's, exactly, in fp32; they and their gradients stay on the device)."""
+def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: str) -> float:
+    """sum |dL/dW * (Q(W) - W)| over (fp32 weight, its gradient) pairs, a row block at a time on their device."""
     from neuronforge.neuron.grid import rounding_error, row_chunks
 
     total = 0.0
-    for name in block.linears:
-        weight = work.get_submodule(name.split(prefix, 1)[1] if prefix else name).weight
+    for weight, grad in weights:
         for rows in row_chunks(weight.shape):
-            total += float(rounding_error(weight[rows].detach(), dtype).mul_(weight.grad[rows]).abs_().sum())
+            total += float(rounding_error(weight[rows], dtype).mul_(grad[rows]).abs_().sum())
     return total
+
+
+def _watch_weight_grads(linears: dict[str, nn.Module], grads: dict[str, torch.Tensor]) -> list[Any]:
+    """Forward hooks that add each Linear's weight gradient, grad_output^T @ input as autograd forms it, into
+    `grads[name]` when the backward pass reaches the Linear's output. The weights themselves need no gradient, so
+    autograd computes only activation gradients, and the weight gradients land in tensors reused layer after layer
+    (autograd would map and zero-fill fresh ones for every layer). Returns the hook handles."""
+
+    def watch(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            inputs = args[0].detach().reshape(-1, args[0].shape[-1])
+
+            def accumulate(grad: torch.Tensor) -> None:
+                grads[name].addmm_(grad.reshape(-1, grad.shape[-1]).T, inputs)
+
+            output.register_hook(accumulate)
+
+        return hook
+
+    return [module.register_forward_hook(watch(name)) for name, module in linears.items()]
+
+
+def _zeroed(grads: dict[str, torch.Tensor], name: str, like: torch.Tensor) -> torch.Tensor:
+    """grads[name], shaped like `like`, zeroed (allocated the first time, reused after)."""
+    import torch
+
+    if name not in grads or grads[name].shape != like.shape:
+        grads[name] = torch.empty_like(like)
+    return grads[name].zero_()
 
 
 def first_order_scores(
@@ -219,32 +246,44 @@ def first_order_scores(
             )
             del work
     scores: dict[str, float] = {}
+    grads: dict[str, torch.Tensor] = {}  # weight gradients of one layer, reused layer after layer
     head = _fp32_copy(
         torch.nn.ModuleDict({"norm": model.get_decoder().norm, "lm_head": model.get_output_embeddings()}), device
     )
-    grads: list[torch.Tensor] = []
+    _zeroed(grads, "lm_head", head["lm_head"].weight)
+    hooks = _watch_weight_grads({"lm_head": head["lm_head"]}, grads)
+    upstream: list[torch.Tensor] = []
     for hidden, batch in zip(inputs.pop(), batches, strict=True):
         hidden = hidden.to(device).requires_grad_(True)
         logits = head["lm_head"](head["norm"](hidden))
         loss = model.loss_function(logits, batch.to(device), vocab_size=logits.shape[-1]) * (batch.shape[0] / total)
         loss.backward()
-        grads.append(hidden.grad)
+        upstream.append(hidden.grad)
+    for handle in hooks:
+        handle.remove()
     if "lm_head" in by_name:
-        scores["lm_head"] = _score(by_name["lm_head"], torch.nn.ModuleDict({"lm_head": head["lm_head"]}), "", dtype)
+        scores["lm_head"] = _score([(head["lm_head"].weight, grads.pop("lm_head"))], dtype)
+    grads.clear()
     del head
     for index in reversed(range(len(layers))):
         work = _fp32_copy(layers[index], device, storage)
+        parts = [block for part in ("self_attn", "mlp") if (block := by_name.get(f"layers.{index}.{part}"))]
+        # HF names (model.layers.3.mlp.up_proj) -> names inside the layer (mlp.up_proj)
+        inside = {name: name.split(f"layers.{index}.", 1)[1] for block in parts for name in block.linears}
+        linears = {rel: work.get_submodule(rel) for rel in inside.values()}
+        for rel, linear in linears.items():
+            _zeroed(grads, rel, linear.weight)
+        hooks = _watch_weight_grads(linears, grads)
         below = []
-        for hidden, layer_kwargs, grad in zip(inputs.pop(), kwargs, grads, strict=True):
+        for hidden, layer_kwargs, grad in zip(inputs.pop(), kwargs, upstream, strict=True):
             hidden = hidden.to(device).requires_grad_(True)
             _layer_output(work, hidden, layer_kwargs).backward(grad)
             below.append(hidden.grad)
-        grads = below
-        for part in ("self_attn", "mlp"):
-            if f"layers.{index}.{part}" in by_name:
-                scores[f"layers.{index}.{part}"] = _score(
-                    by_name[f"layers.{index}.{part}"], work, f"layers.{index}.", dtype
-                )
+        for handle in hooks:
+            handle.remove()
+        upstream = below
+        for block in parts:
+            scores[block.name] = _score([(linears[inside[n]].weight, grads[inside[n]]) for n in block.linears], dtype)
         del work
     return {name: scores[name] for name in by_name}
 

@@ -152,7 +152,7 @@ def test_grid_exact_export_keeps_the_tuned_values(dtype: str) -> None:
 def _search_only(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
     """exact_bf16 with its whole-tensor shortcut turned off: the per-element search decides every weight."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(grid_export, "_same_codes", lambda found, intended: False)
+        patch.setattr(grid_export, "same_bits", lambda found, intended: False)
         return exact_bf16(codes, scale, dtype)
 
 
