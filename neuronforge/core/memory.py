@@ -1,12 +1,17 @@
-"""glibc malloc settings for a process that streams models: freed layers go back to the OS, and the many small
-temporaries of row-block math reuse heap memory instead of mapping (and zero-filling) fresh pages each time.
+"""glibc malloc settings for the two ways we hold models: many in turn (emulate, evaluate) or one streamed (quantize).
 
-glibc serves allocations above its mmap threshold with their own mapping, but raises that threshold (up
-to 32 MiB) after the first such block is freed; from then on layer-sized tensors come from the heap and
-stay in the process when freed. Fixing the threshold keeps every tensor above 1 MiB in its own mapping.
-That alone made every 1 MiB row-block temporary a fresh mapping: 7.3 million page faults and more system
-than user time in the export of a 1.2e9-parameter model. A 16 MiB top pad keeps that much free heap at
-hand, so those temporaries are served from it (the export ran 3x faster; benchmarks/bench_scale.py).
+glibc serves allocations above its mmap threshold with their own mapping, returned to the OS when freed, and
+the rest from its heap, kept for reuse. By default it raises that threshold (up to 32 MiB) after the first
+such block is freed, so layer-sized tensors end up in the heap and stay in the process when freed.
+
+* `release_freed_tensors` (loading model after model): a fixed 4 MiB threshold gives every layer-sized tensor
+  its own mapping, so a freed model goes back to the OS and five variants cost one variant's peak.
+* `reuse_freed_tensors` (one model streamed through: quantize): a 32 MiB threshold serves shard tensors and
+  per-layer copies from the heap, which reuses what the previous layer freed instead of mapping and
+  zero-filling fresh pages: 1.2e9-parameter stage 1 ran in 20 s instead of 24 s (benchmarks/bench_scale.py).
+
+Both keep up to 128 MiB of free heap untrimmed: trimming at glibc's default 128 KiB made every 1 MiB
+row-block temporary a fresh mapping (7.3 million page faults, more system than user time, in one export).
 """
 
 from __future__ import annotations
@@ -17,20 +22,29 @@ import sys
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers in glibc's malloc.h
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 4 << 20
+RELEASE_THRESHOLD_BYTES = 4 << 20
+REUSE_THRESHOLD_BYTES = 32 << 20  # glibc's largest
 TRIM_THRESHOLD_BYTES = 128 << 20
 
 
 def release_freed_tensors() -> bool:
-    """Fix glibc's mmap threshold and top pad (idempotent). False where the C library is not glibc (nothing to do)."""
+    """Give tensors above 4 MiB their own mapping (idempotent). False where the C library is not glibc."""
+    return _mallopt(RELEASE_THRESHOLD_BYTES)
+
+
+def reuse_freed_tensors() -> bool:
+    """Serve tensors up to 32 MiB from the heap (idempotent). False where the C library is not glibc."""
+    return _mallopt(REUSE_THRESHOLD_BYTES)
+
+
+def _mallopt(mmap_threshold: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
         return bool(
-            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-            and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+            libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
         )
     except (OSError, AttributeError):
         return False

@@ -399,6 +399,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
 
     from neuronforge.assets.models import resolve_model
     from neuronforge.assets.texts import calibration_samples, resolve_splits
+    from neuronforge.core.memory import reuse_freed_tensors
     from neuronforge.hf.folders import load_model, load_tokenizer
     from neuronforge.hf.not_convert import write_not_convert
     from neuronforge.pipeline.quantize import grid_export
@@ -420,6 +421,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     )
     # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
     model = load_model(src)
+    reuse_freed_tensors()  # one model streamed through: layer-sized temporaries reuse the heap (core/memory.py)
     load_seconds = time.perf_counter() - start
     tuned = _select_and_tune(model, tokenizer, options, fits, samples)
     timings = {"load": load_seconds, **tuned.timings}
