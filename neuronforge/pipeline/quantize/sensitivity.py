@@ -180,32 +180,35 @@ def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: str) -> floa
 
 
 def _watch_weight_grads(linears: dict[str, nn.Module], grads: dict[str, torch.Tensor]) -> list[Any]:
-    """Forward hooks that add each Linear's weight gradient, grad_output^T @ input as autograd forms it, into
-    `grads[name]` when the backward pass reaches the Linear's output. The weights themselves need no gradient, so
-    autograd computes only activation gradients, and the weight gradients land in tensors reused layer after layer
-    (autograd would map and zero-fill fresh ones for every layer). Returns the hook handles."""
+    """Forward hooks that put each Linear's weight gradient, grad_output^T @ input as autograd forms it, into
+    `grads[name]` when the backward pass reaches the Linear's output (the first batch writes it, later ones add).
+    The weights themselves need no gradient, so autograd computes only activation gradients, and the weight
+    gradients land in tensors reused layer after layer (autograd would map and zero-fill fresh ones for every
+    layer). Returns the hook handles."""
+    import torch
+
+    for name, linear in linears.items():
+        if name not in grads or grads[name].shape != linear.weight.shape:
+            grads[name] = torch.empty_like(linear.weight)
+    unwritten = set(linears)
 
     def watch(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             inputs = args[0].detach().reshape(-1, args[0].shape[-1])
 
             def accumulate(grad: torch.Tensor) -> None:
-                grads[name].addmm_(grad.reshape(-1, grad.shape[-1]).T, inputs)
+                grad = grad.reshape(-1, grad.shape[-1]).T
+                if name in unwritten:
+                    torch.mm(grad, inputs, out=grads[name])
+                    unwritten.discard(name)
+                else:
+                    grads[name].addmm_(grad, inputs)
 
             output.register_hook(accumulate)
 
         return hook
 
     return [module.register_forward_hook(watch(name)) for name, module in linears.items()]
-
-
-def _zeroed(grads: dict[str, torch.Tensor], name: str, like: torch.Tensor) -> torch.Tensor:
-    """grads[name], shaped like `like`, zeroed (allocated the first time, reused after)."""
-    import torch
-
-    if name not in grads or grads[name].shape != like.shape:
-        grads[name] = torch.empty_like(like)
-    return grads[name].zero_()
 
 
 def first_order_scores(
@@ -250,7 +253,6 @@ def first_order_scores(
     head = _fp32_copy(
         torch.nn.ModuleDict({"norm": model.get_decoder().norm, "lm_head": model.get_output_embeddings()}), device
     )
-    _zeroed(grads, "lm_head", head["lm_head"].weight)
     hooks = _watch_weight_grads({"lm_head": head["lm_head"]}, grads)
     upstream: list[torch.Tensor] = []
     for hidden, batch in zip(inputs.pop(), batches, strict=True):
@@ -271,8 +273,6 @@ def first_order_scores(
         # HF names (model.layers.3.mlp.up_proj) -> names inside the layer (mlp.up_proj)
         inside = {name: name.split(f"layers.{index}.", 1)[1] for block in parts for name in block.linears}
         linears = {rel: work.get_submodule(rel) for rel in inside.values()}
-        for rel, linear in linears.items():
-            _zeroed(grads, rel, linear.weight)
         hooks = _watch_weight_grads(linears, grads)
         below = []
         for hidden, layer_kwargs, grad in zip(inputs.pop(), kwargs, upstream, strict=True):
