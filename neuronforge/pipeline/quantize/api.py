@@ -163,7 +163,7 @@ class ExportCheck:
     naive: Agreement | None  # None: not measured (RTN path)
     per_block: dict[str, dict[str, float]]
     export_s: float = 0.0
-    verify_s: float = 0.0
+    verify_s: float = 0.0  # saving and reading back
 
 
 def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, naive: bool) -> ExportCheck:
@@ -181,12 +181,11 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
 
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
     from torch.nn.functional import mse_loss
 
     from neuronforge.core.devices import accelerator
     from neuronforge.core.progress import track
-    from neuronforge.hf.folders import differing_tensors, shard_keys
+    from neuronforge.hf.folders import shard_keys
     from neuronforge.neuron.grid import quantize_weight, row_chunks
     from neuronforge.neuron.module_names import block_of
     from neuronforge.pipeline.quantize import grid_export
@@ -201,7 +200,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     total = 0
     shards = shard_keys(src)
     for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(src / shard, framework="pt") as handle:
             for key in keys:
@@ -211,7 +210,8 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
                     continue
                 linear = linears[key]
                 stored = torch.empty(source.shape, dtype=torch.bfloat16)
-                err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
+                block = block_of(key.removesuffix(".weight"))
+                err = check.per_block.setdefault(block, {"sq_err": 0.0, "sq_norm": 0.0})
                 for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
                     original = source[rows].to(device)
                     codes, scale = quantize_weight(linear.weight[rows].detach().to(device).float(), dtype)
@@ -225,18 +225,9 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
                     stored[rows] = exact.cpu()
                 linear.weight = torch.nn.Parameter(stored, requires_grad=False)
                 tensors[key] = stored
-            t1 = time.perf_counter()
-            save_file(tensors, dst / shard, metadata={"format": "pt"})
+        check.export_s += time.perf_counter() - start
         total += sum(t.numel() * t.element_size() for t in tensors.values())
-        differ = differing_tensors(dst / shard, tensors)
-        if differ:
-            raise NeuronforgeError(
-                f"{dst / shard} does not hold what was checked ({differ[:3]})",
-                "check the disk holding --out (full or failing) and run again",
-            )
-        del tensors
-        check.export_s += t1 - t0
-        check.verify_s += time.perf_counter() - t1
+        check.verify_s += _write_checked(dst / shard, tensors)
     missing = sorted(set(linears) - {key for keys in shards.values() for key in keys})
     if missing:
         raise NeuronforgeError(
@@ -248,6 +239,23 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
         payload.setdefault("metadata", {})["total_size"] = total
         atomic_write_json(dst / index.name, payload)
     return check
+
+
+def _write_checked(path: Path, tensors: dict[str, torch.Tensor]) -> float:
+    """Save one shard and read it back: it must hold what was checked, bit for bit. Returns the seconds it took."""
+    from safetensors.torch import save_file
+
+    from neuronforge.hf.folders import differing_tensors
+
+    start = time.perf_counter()
+    save_file(tensors, path, metadata={"format": "pt"})
+    differ = differing_tensors(path, tensors)
+    if differ:
+        raise NeuronforgeError(
+            f"{path} does not hold what was checked ({differ[:3]})",
+            "check the disk holding --out (full or failing) and run again",
+        )
+    return time.perf_counter() - start
 
 
 def _versions() -> dict[str, str]:

@@ -428,3 +428,31 @@ def test_grid_export_runs_on_the_accelerator_when_there_is_one(
     with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
         quantize(options_from(model=str(tiny_llama_dir), out=out, autoround=False, sensitivity="variance", **FAST))
     assert not out.exists()  # ... and nothing half-written was left behind
+
+
+def test_a_shard_the_disk_garbles_is_refused_and_nothing_is_left(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    """Every shard is read back and compared bit for bit with what was checked."""
+    import safetensors.torch
+    from transformers import AutoModelForCausalLM
+
+    src = make_tiny_llama("garbled-src", tie_word_embeddings=False)
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
+    for item in src.glob("tokenizer*"):
+        (sharded / item.name).write_bytes(item.read_bytes())
+    real_save = safetensors.torch.save_file
+    saved: list[str] = []
+
+    def garbling_save(tensors: dict, filename: Path, metadata: dict | None = None) -> None:
+        real_save(tensors, filename, metadata=metadata)
+        saved.append(Path(filename).name)
+        if len(saved) == 2:  # the second shard: one bit of its last tensor flips on the way to disk
+            data = bytearray(Path(filename).read_bytes())
+            data[-1] ^= 0x01
+            Path(filename).write_bytes(bytes(data))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", garbling_save)
+    out = tmp_path / "q"
+    with pytest.raises(NeuronforgeError, match=r"model-00002-of-\d+\.safetensors does not hold what was checked"):
+        quantize(options_from(model=str(sharded), out=out, autoround=False, selection="none", **FAST))
+    assert len(saved) >= 2 and not out.exists() and not list(tmp_path.glob("q*"))
