@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from neuronforge.pipeline.quantize.presets import presets_help
+from neuronforge.core.presets import presets_help
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Embedded model name ('smollm2') or a Hugging Face folder.")]
 KvOpt = Annotated[str, typer.Option("--kv", help="KV cache on Neuron: fp8 (NxDI's direct-cast e4m3) or bf16.")]

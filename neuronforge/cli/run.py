@@ -16,9 +16,9 @@ from rich.table import Table
 
 from neuronforge.cli.app import App, console
 from neuronforge.cli.options import OverwriteOpt
+from neuronforge.core.presets import presets_help
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.quantize.presets import presets_help
 from neuronforge.pipeline.run.config import ALL_STAGES, RunConfig, build_config, default_config_yaml, read_config_file
 from neuronforge.pipeline.run.runner import StageEvent
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.core import s3uri
+from neuronforge.core.presets import PRESETS
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker.code import CodeBundle
 from neuronforge.sagemaker.requests import (
@@ -50,9 +51,9 @@ class PipelineSettings:
     quantize_instance: str = "ml.g6e.2xlarge"
     compile_instance: str = "ml.trn1.2xlarge"
     endpoint_instance: str = "ml.inf2.xlarge"
-    iters: int = 50
-    nsamples: int = 32
-    calib_seq_len: int = 256
+    iters: int = PRESETS["gpu"].iters  # the quantize job runs on a GPU instance: AutoRound's GPU budget
+    nsamples: int = PRESETS["gpu"].nsamples
+    calib_seq_len: int = PRESETS["gpu"].calib_seq_len
     code: CodeBundle | None = None  # the shipped wheel (code.py); or `install`, an explicit pip spec
     install: str | None = None
 

@@ -145,3 +145,14 @@ def test_sdk_refusals_become_error_fix(aws_env: str) -> None:
     with pytest.raises(KeyError):  # not the SDK's: a bug, left as a traceback
         with sdk_errors():
             raise KeyError("x")
+
+
+def test_the_pipeline_s_quantize_job_takes_the_gpu_preset() -> None:
+    """The quantize step runs on a GPU instance: its calibration defaults are the one gpu preset, not copies."""
+    import dataclasses
+
+    from neuronforge.core.presets import KNOBS, PRESETS
+    from neuronforge.sagemaker.workflow import PipelineSettings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(PipelineSettings)}
+    assert {knob: defaults[knob] for knob in KNOBS} == {knob: getattr(PRESETS["gpu"], knob) for knob in KNOBS}

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from neuronforge.core.presets import PRESETS, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
-from neuronforge.pipeline.quantize.presets import PRESETS, apply_preset
 from neuronforge.pipeline.quantize.selection import SelectionRule
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 

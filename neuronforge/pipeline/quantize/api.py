@@ -23,10 +23,10 @@ import pydantic
 
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.core.outputs import check_writable
+from neuronforge.core.presets import PRESETS, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.config_compat import make_config_portable
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
-from neuronforge.pipeline.quantize.presets import PRESETS, apply_preset
 from neuronforge.pipeline.quantize.selection import Selection
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 

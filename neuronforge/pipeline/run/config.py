@@ -18,11 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from neuronforge.assets.models import EMBEDDED_MODELS
+from neuronforge.core.presets import KNOBS, PRESETS, apply_preset, presets_help
 from neuronforge.core.s3uri import is_s3
 from neuronforge.core.utf8 import read_utf8
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
-from neuronforge.pipeline.quantize.presets import KNOBS, PRESETS, apply_preset, presets_help
 from neuronforge.pipeline.quantize.selection import Selection
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 

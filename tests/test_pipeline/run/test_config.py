@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
+from neuronforge.core.presets import KNOBS, PRESETS
 from neuronforge.errors import NeuronforgeError
-from neuronforge.pipeline.quantize.presets import KNOBS, PRESETS
 from neuronforge.pipeline.run.config import (
     DEFAULT_STAGES,
     RunConfig,

@@ -10,11 +10,11 @@ import typer
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
+from neuronforge.core.presets import KNOBS, PRESETS, PresetName
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.evaluate.api import EvaluateOptions
 from neuronforge.pipeline.evaluate.api import options_from as evaluate_options
 from neuronforge.pipeline.quantize.api import QuantizeSettings, options_from
-from neuronforge.pipeline.quantize.presets import KNOBS, PRESETS, PresetName
 from neuronforge.pipeline.run.config import RunConfig
 
 
