@@ -253,7 +253,8 @@ def first_order_scores(
     head = _fp32_copy(
         torch.nn.ModuleDict({"norm": model.get_decoder().norm, "lm_head": model.get_output_embeddings()}), device
     )
-    hooks = _watch_weight_grads({"lm_head": head["lm_head"]}, grads)
+    # A tied lm_head is forced bf16, never scored: its (vocabulary-sized) weight gradient is not formed at all.
+    hooks = _watch_weight_grads({"lm_head": head["lm_head"]} if "lm_head" in by_name else {}, grads)
     upstream: list[torch.Tensor] = []
     for hidden, batch in zip(inputs.pop(), batches, strict=True):
         hidden = hidden.to(device).requires_grad_(True)
@@ -265,7 +266,6 @@ def first_order_scores(
         handle.remove()
     if "lm_head" in by_name:
         scores["lm_head"] = _score([(head["lm_head"].weight, grads.pop("lm_head"))], dtype)
-    grads.clear()
     del head
     for index in reversed(range(len(layers))):
         work = _fp32_copy(layers[index], device, storage)

@@ -87,12 +87,25 @@ def _whole_model_first_order(path: Path, samples: list[torch.Tensor], dtype: str
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_block_by_block_first_order_equals_the_whole_model_gradient(make_tiny_llama, samples, tied: bool) -> None:
+def test_block_by_block_first_order_equals_the_whole_model_gradient(
+    make_tiny_llama, samples, tied: bool, monkeypatch
+) -> None:
+    from neuronforge.pipeline.quantize import sensitivity
+
     path = make_tiny_llama(f"fo-{tied}", tie_word_embeddings=tied)
     model = load_model(path)
+    watched: list[str] = []
+    real_watch = sensitivity._watch_weight_grads
+
+    def watch(linears: dict, grads: dict) -> list:
+        watched.extend(linears)
+        return real_watch(linears, grads)
+
+    monkeypatch.setattr(sensitivity, "_watch_weight_grads", watch)
     scores = first_order_scores(model, find_blocks(model), samples, "int8", device="cpu")
     expected = _whole_model_first_order(path, samples, "int8")
     assert set(scores) == set(expected) == ({*BLOCKS} if tied else {*BLOCKS, "lm_head"})
+    assert ("lm_head" in watched) != tied  # a tied (forced, unscored) lm_head gets no weight gradient
     for block, value in expected.items():
         assert scores[block] == pytest.approx(value, rel=1e-5), block
 
