@@ -114,10 +114,10 @@ def differing_tensors(shard: Path, tensors: dict[str, torch.Tensor]) -> list[str
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(length))
         for key, tensor in tensors.items():
-            entry = header.get(key)
+            entry = header.get(key, {"shape": None, "data_offsets": (0, -1)})
             expected = tensor.contiguous().view(-1).view(torch.uint8)
-            begin, end = entry["data_offsets"] if entry else (0, -1)
-            if entry is None or entry["shape"] != list(tensor.shape) or end - begin != expected.numel():
+            begin, end = entry["data_offsets"]
+            if entry["shape"] != list(tensor.shape) or end - begin != expected.numel():
                 differ.append(key)
                 continue
             handle.seek(8 + length + begin)
