@@ -181,7 +181,11 @@ def test_fp32_and_fp16_sources_give_a_bf16_grid_exact_checkpoint(
 
 
 def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    """An exporter that misplaces a single weight by one code must be refused, leaving nothing behind."""
+    """An exporter that misplaces a single weight by one code must be refused, leaving nothing behind: no folder,
+    and in memory (quantize_model) no weight changed."""
+    from neuronforge.hf.folders import load_model, load_tokenizer
+    from neuronforge.pipeline.quantize.api import QuantizeSettings, quantize_model
+
     real = grid_export.exact_bf16
 
     def off_by_one(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -194,6 +198,13 @@ def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path
     with pytest.raises(NeuronforgeError, match="grid check failed"):
         quantize(options_from(model=str(tiny_llama_dir), out=out, autoround=False, selection="none", **FAST))
     assert list(tmp_path.iterdir()) == []
+    model = load_model(tiny_llama_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NeuronforgeError, match="grid check failed"):
+        quantize_model(
+            model, load_tokenizer(tiny_llama_dir), QuantizeSettings(autoround=False, selection="none", **FAST)
+        )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize(
