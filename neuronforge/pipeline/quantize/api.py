@@ -181,7 +181,6 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
 
     import torch
     from safetensors import safe_open
-    from torch.nn.functional import mse_loss
 
     from neuronforge.core.devices import accelerator
     from neuronforge.core.progress import track
@@ -196,7 +195,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
     linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if naive else None, {})
-    device = accelerator()
+    device = torch.device(accelerator())
     total = 0
     shards = shard_keys(src)
     for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
@@ -208,22 +207,29 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
                 if key not in linears:
                     tensors[key] = source.to(torch.bfloat16) if source.is_floating_point() else source
                     continue
-                linear = linears[key]
-                stored = torch.empty(source.shape, dtype=torch.bfloat16)
+                weight = linears[key].weight.detach()
+                # A bf16 weight (RTN) is overwritten row block by row block; a tuned fp32 one is replaced.
+                stored = weight if weight.dtype == torch.bfloat16 else torch.empty(source.shape, dtype=torch.bfloat16)
                 block = block_of(key.removesuffix(".weight"))
                 err = check.per_block.setdefault(block, {"sq_err": 0.0, "sq_norm": 0.0})
                 for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
+                    tuned = weight[rows].to(device).float()  # a copy when `stored` is `weight` (bf16)
+                    codes, scale = quantize_weight(tuned, dtype)
+                    out = stored[rows] if stored.device == device else None
+                    exact = grid_export.exact_bf16(codes, scale, dtype, out=out)
+                    if out is None:
+                        stored[rows] = exact.cpu()
+                    written = exact.float()
+                    check.ours += grid_export.grid_check(written, codes, scale, dtype)
                     original = source[rows].to(device)
-                    codes, scale = quantize_weight(linear.weight[rows].detach().to(device).float(), dtype)
-                    exact = grid_export.exact_bf16(codes, scale, dtype)
-                    check.ours += grid_export.grid_check(exact, codes, scale, dtype)
                     if check.naive is not None:
                         check.naive += grid_export.naive_agreement(original, dtype)
                     reference = original.float().flatten()
-                    err["sq_err"] += float(mse_loss(exact.float().flatten(), reference, reduction="sum"))
+                    difference = written.flatten().sub_(reference)
+                    err["sq_err"] += float(torch.dot(difference, difference))
                     err["sq_norm"] += float(torch.dot(reference, reference))
-                    stored[rows] = exact.cpu()
-                linear.weight = torch.nn.Parameter(stored, requires_grad=False)
+                if stored is not weight:
+                    linears[key].weight = torch.nn.Parameter(stored, requires_grad=False)
                 tensors[key] = stored
         check.export_s += time.perf_counter() - start
         total += sum(t.numel() * t.element_size() for t in tensors.values())

@@ -47,8 +47,9 @@ def _nudge(values: torch.Tensor, ulps: int) -> torch.Tensor:
     return torch.where(torch.isfinite(moved) & (values != 0), moved, values)
 
 
-def exact_bf16(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
-    """bf16 weights whose NxD re-quantization equals `codes` (int8 codes or fp8 values, [out, in]).
+def exact_bf16(codes: torch.Tensor, scale: torch.Tensor, dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """bf16 weights whose NxD re-quantization equals `codes` (int8 codes or fp8 values, [out, in]), written into
+    `out` when given (a bf16 tensor of that shape: the export writes straight into the model's weight rows).
 
     `scale` ([out, 1], fp32) is the grid the codes were tuned on; rows must use their extreme
     code for their largest element (true for NxD's own grid, which our data types preserve).
@@ -65,9 +66,11 @@ def exact_bf16(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Te
     q_abs_max = q.abs().amax(dim=1, keepdim=True)
     stored_amax = (q_abs_max * scale.float()).to(torch.bfloat16)
     nxd_scale = nxd_scale_from_amax(stored_amax.float(), dtype)
+    if out is None:
+        out = torch.empty(codes.shape, dtype=torch.bfloat16, device=codes.device)
     if same_bits((q_abs_max * nxd_scale).to(torch.bfloat16), stored_amax):
-        return (q * nxd_scale).to(torch.bfloat16)
-    return _nudged(q, q_abs_max, stored_amax, nxd_scale, dtype)
+        return torch.mul(q, nxd_scale, out=out)  # computed in fp32, rounded once to bf16 (as .to(bfloat16))
+    return out.copy_(_nudged(q, q_abs_max, stored_amax, nxd_scale, dtype))
 
 
 def _same_codes(found: torch.Tensor, intended: torch.Tensor) -> bool:

@@ -188,10 +188,10 @@ def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path
 
     real = grid_export.exact_bf16
 
-    def off_by_one(codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
+    def off_by_one(codes: torch.Tensor, scale: torch.Tensor, dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
         shifted = codes.float().clone()
         shifted[0, int(shifted[0].abs().argmin())] += 1  # smallest code of the row: never its maximum
-        return real(shifted, scale, dtype)
+        return real(shifted, scale, dtype, out=out)
 
     monkeypatch.setattr(grid_export, "exact_bf16", off_by_one)
     out = tmp_path / "bad"

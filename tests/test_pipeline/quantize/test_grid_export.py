@@ -181,6 +181,24 @@ def test_the_shortcut_writes_the_search_s_bits_for_real_and_tuned_scales(dtype: 
 
 
 @pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+@pytest.mark.parametrize("magnitude", [1e-7, 0.02])  # 1e-7: fp8 rows under NxD's scale floor take the search
+def test_exact_bf16_writes_into_the_rows_it_is_given(dtype: str, magnitude: float) -> None:
+    """The export writes straight into row blocks of the model's weight: the same bits as a fresh tensor, in
+    those rows only, and the rows it was given come back (no copy)."""
+    torch.manual_seed(7)
+    weight = (torch.randn(40, 96) * magnitude).to(torch.bfloat16)
+    target = weight.clone()
+    rows = slice(8, 24)
+    codes, scale = quantize_weight(weight[rows], dtype)
+    returned = exact_bf16(codes, scale, dtype, out=target[rows])
+    assert returned.data_ptr() == target[rows].data_ptr()
+    assert torch.equal(target[rows].view(torch.int16), exact_bf16(codes, scale, dtype).view(torch.int16))
+    outside = torch.ones(40, dtype=torch.bool)
+    outside[rows] = False
+    assert torch.equal(target[outside].view(torch.int16), weight[outside].view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
 @pytest.mark.parametrize("scale_error", [0.0, 0.75 * VALUE_TOLERANCE, 3 * VALUE_TOLERANCE])
 @pytest.mark.parametrize("misplaced", [False, True])
 def test_grid_check_counts_what_agreement_counts(dtype: str, scale_error: float, misplaced: bool) -> None:
