@@ -47,7 +47,7 @@ for dtype in "${dtypes[@]}"; do
     > "$out/eval-$dtype.log" 2>&1 || { tail -20 "$out/eval-$dtype.log" >&2; exit 1; }
 done
 if [ "$dry" = 0 ]; then
-  "$python" "$here/bench_scale.py" --json "$out/scale.json" > "$out/scale.log" 2>&1 || { tail -20 "$out/scale.log" >&2; exit 1; }
+  "$python" "$here/bench_scale.py" --repeat 1 --json "$out/scale.json" > "$out/scale.log" 2>&1 || { tail -20 "$out/scale.log" >&2; exit 1; }
 fi
 
 "$python" - "$out" "$((SECONDS - start))" "$dry" <<'EOF'

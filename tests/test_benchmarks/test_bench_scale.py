@@ -1,0 +1,34 @@
+"""benchmarks/bench_scale.py's verdicts: medians over rounds, the time ratio taken round by round."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_scale.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(stage: str, round_: int, wall: float, peak: float) -> dict:
+    return {"size": "1.2b", "params": 10**9, "stage": stage, "round": round_, "wall_s": wall, "cpu_s": 2 * wall,
+            "peak_rss": peak}  # fmt: skip
+
+
+def test_medians_over_rounds_and_the_largest_peak() -> None:
+    runs = [_run("nxdi", 1, 10.0, 7e9), _run("nxdi", 2, 30.0, 7.2e9), _run("nxdi", 3, 12.0, 7.1e9)]
+    [row] = _bench().summarize(runs)
+    assert (row["wall_s"], row["cpu_s"], row["peak_rss"], row["rounds"]) == (12.0, 24.0, 7.2e9, 3)
+
+
+def test_time_ratio_pairs_the_stages_of_each_round() -> None:
+    """A slow round slows both stages: each round's ratio is its own quantize over its own nxdi."""
+    runs = [_run("nxdi", 1, 10.0, 0), _run("quantize", 1, 14.0, 0), _run("nxdi", 2, 20.0, 0)]
+    runs += [_run("quantize", 2, 26.0, 0), _run("emulate", 2, 5.0, 0)]
+    assert _bench().time_ratios(runs, "1.2b", "wall_s") == [1.4, 1.3]
+    assert _bench().time_ratios(runs, "0.3b", "wall_s") == []
