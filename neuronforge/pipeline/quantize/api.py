@@ -166,16 +166,21 @@ class ExportCheck:
     verify_s: float = 0.0  # saving and reading back
 
 
-def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, naive: bool) -> ExportCheck:
+def _export(
+    src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, naive: bool, as_loaded: bool
+) -> ExportCheck:
     """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
 
     Per shard: each target weight is rounded to NxD's grid from the model (tuned fp32 or bf16), turned into grid-exact
-    bf16 and checked against the intended codes; the Linear then holds that bf16 tensor (the model's own copy is
-    released, so no second copy of the model builds up). Every other tensor comes from the memory-mapped source
+    bf16 and checked against the intended codes, in 1 MB row blocks. A bf16 weight (RTN) is overwritten in place,
+    row block by row block, and written from there; a tuned fp32 one is replaced by its bf16 export (its fp32 copy
+    is released), so no second copy of the model builds up. Every other tensor comes from the memory-mapped source
     shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
-    and must equal what was checked, bit for bit. Extra memory: one shard's tensors. The grid math (elementwise
-    IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
+    and must equal what was checked, bit for bit. Extra memory: at most one shard's tensors. The grid math
+    (elementwise IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
     `naive` also measures AutoRound's stock export of each weight (what tuning without us would have shipped).
+    `as_loaded`: the targets still hold what `load_model` read from `src` (RTN), so where the source is bf16 the
+    error statistics take the source's values from the model and the source's Linear weights are never read.
     """
     import json
 
@@ -210,6 +215,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
                 weight = linears[key].weight.detach()
                 # A bf16 weight (RTN) is overwritten row block by row block; a tuned fp32 one is replaced.
                 stored = weight if weight.dtype == torch.bfloat16 else torch.empty(source.shape, dtype=torch.bfloat16)
+                source_in_model = as_loaded and weight.dtype == source.dtype  # the model holds the source's bits
                 block = block_of(key.removesuffix(".weight"))
                 err = check.per_block.setdefault(block, {"sq_err": 0.0, "sq_norm": 0.0})
                 for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
@@ -221,10 +227,9 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
                         stored[rows] = exact.cpu()
                     written = exact.float()
                     check.ours += grid_export.grid_check(written, codes, scale, dtype)
-                    original = source[rows].to(device)
                     if check.naive is not None:
-                        check.naive += grid_export.naive_agreement(original, dtype)
-                    reference = original.float().flatten()
+                        check.naive += grid_export.naive_agreement(source[rows].to(device), dtype)
+                    reference = (tuned if source_in_model else source[rows].to(device).float()).flatten()
                     difference = written.flatten().sub_(reference)
                     err["sq_err"] += float(torch.dot(difference, difference))
                     err["sq_norm"] += float(torch.dot(reference, reference))
@@ -444,7 +449,9 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     with atomic_dir(out) as tmp:
         # The naive figure describes AutoRound's stock export, so it is measured when AutoRound tuned the model
         # (on the RTN path it would only cost time: importing auto-round and two more passes over every weight).
-        check = _export(src, tmp, model, targets, options.dtype, naive=options.autoround)
+        check = _export(
+            src, tmp, model, targets, options.dtype, naive=options.autoround, as_loaded=not options.autoround
+        )
         ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
         timings["export"], timings["verify"] = check.export_s, check.verify_s

@@ -180,6 +180,29 @@ def test_fp32_and_fp16_sources_give_a_bf16_grid_exact_checkpoint(
             assert torch.equal(tensor, nxdi_input), key
 
 
+@pytest.mark.parametrize("source_dtype", [torch.bfloat16, torch.float32])
+def test_per_block_error_is_measured_against_the_source(
+    make_tiny_llama, tmp_path: Path, source_dtype: torch.dtype
+) -> None:
+    """RTN on a bf16 source takes the source's values from the model (its Linears are not read again); an fp32
+    source's are not in the bf16 model, so they are read: either way the reported error is against the source."""
+    from neuronforge.neuron.module_names import block_of
+
+    src = make_tiny_llama(f"err-{source_dtype}", dtype=source_dtype)
+    out = tmp_path / "q"
+    quantize(options_from(model=str(src), out=out, autoround=False, selection="none", **FAST))
+    reported = json.loads((out / "quantization_report.json").read_text())["per_block_relative_error"]
+    before, after = _tensors(src), _tensors(out)
+    sums = {block: [0.0, 0.0] for block in reported}
+    for key in [k for k in after if k.endswith(("proj.weight", "lm_head.weight"))]:
+        source = before[key].double()
+        sums[block_of(key.removesuffix(".weight"))][0] += float(((after[key].double() - source) ** 2).sum())
+        sums[block_of(key.removesuffix(".weight"))][1] += float((source**2).sum())
+    assert len(reported) == 4  # two layers, attention and MLP (the tied lm_head stays bf16)
+    for block, (sq_err, sq_norm) in sums.items():
+        assert reported[block] == pytest.approx((sq_err / sq_norm) ** 0.5, rel=1e-5), block
+
+
 def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """An exporter that misplaces a single weight by one code must be refused, leaving nothing behind: no folder,
     and in memory (quantize_model) no weight changed."""
@@ -188,7 +211,9 @@ def test_failed_grid_check_leaves_no_output(tiny_llama_dir: Path, tmp_path: Path
 
     real = grid_export.exact_bf16
 
-    def off_by_one(codes: torch.Tensor, scale: torch.Tensor, dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    def off_by_one(
+        codes: torch.Tensor, scale: torch.Tensor, dtype: str, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         shifted = codes.float().clone()
         shifted[0, int(shifted[0].abs().argmin())] += 1  # smallest code of the row: never its maximum
         return real(shifted, scale, dtype, out=out)
