@@ -179,6 +179,20 @@ def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: str) -> floa
     return total
 
 
+def _add_weight_grad(
+    grads: dict[str, torch.Tensor], name: str, grad: torch.Tensor, inputs: torch.Tensor, first: bool
+) -> None:
+    """grads[name] = (or +=) grad_output^T @ input, with both flattened to [tokens, features]."""
+    import torch
+
+    grad = grad.reshape(-1, grad.shape[-1]).T
+    inputs = inputs.reshape(-1, inputs.shape[-1])
+    if first:
+        torch.mm(grad, inputs, out=grads[name])
+    else:
+        grads[name].addmm_(grad, inputs)
+
+
 def _watch_weight_grads(linears: dict[str, nn.Module], grads: dict[str, torch.Tensor]) -> list[Any]:
     """Forward hooks that put each Linear's weight gradient, grad_output^T @ input as autograd forms it, into
     `grads[name]` when the backward pass reaches the Linear's output (the first batch writes it, later ones add).
@@ -194,15 +208,11 @@ def _watch_weight_grads(linears: dict[str, nn.Module], grads: dict[str, torch.Te
 
     def watch(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            inputs = args[0].detach().reshape(-1, args[0].shape[-1])
+            inputs = args[0].detach()
 
             def accumulate(grad: torch.Tensor) -> None:
-                grad = grad.reshape(-1, grad.shape[-1]).T
-                if name in unwritten:
-                    torch.mm(grad, inputs, out=grads[name])
-                    unwritten.discard(name)
-                else:
-                    grads[name].addmm_(grad, inputs)
+                _add_weight_grad(grads, name, grad, inputs, first=name in unwritten)
+                unwritten.discard(name)
 
             output.register_hook(accumulate)
 
@@ -250,23 +260,9 @@ def first_order_scores(
             del work
     scores: dict[str, float] = {}
     grads: dict[str, torch.Tensor] = {}  # weight gradients of one layer, reused layer after layer
-    head = _fp32_copy(
-        torch.nn.ModuleDict({"norm": model.get_decoder().norm, "lm_head": model.get_output_embeddings()}), device
-    )
-    # A tied lm_head is forced bf16, never scored: its (vocabulary-sized) weight gradient is not formed at all.
-    hooks = _watch_weight_grads({"lm_head": head["lm_head"]} if "lm_head" in by_name else {}, grads)
-    upstream: list[torch.Tensor] = []
-    for hidden, batch in zip(inputs.pop(), batches, strict=True):
-        hidden = hidden.to(device).requires_grad_(True)
-        logits = head["lm_head"](head["norm"](hidden))
-        loss = model.loss_function(logits, batch.to(device), vocab_size=logits.shape[-1]) * (batch.shape[0] / total)
-        loss.backward()
-        upstream.append(hidden.grad)
-    for handle in hooks:
-        handle.remove()
+    upstream = _head_backward(model, inputs.pop(), batches, total, device, grads if "lm_head" in by_name else None)
     if "lm_head" in by_name:
-        scores["lm_head"] = _score([(head["lm_head"].weight, grads.pop("lm_head"))], dtype)
-    del head
+        scores["lm_head"] = _score([(model.get_output_embeddings().weight.detach(), grads.pop("lm_head"))], dtype)
     for index in reversed(range(len(layers))):
         work = _fp32_copy(layers[index], device, storage)
         parts = [block for part in ("self_attn", "mlp") if (block := by_name.get(f"layers.{index}.{part}"))]
@@ -286,6 +282,57 @@ def first_order_scores(
             scores[block.name] = _score([(linears[inside[n]].weight, grads[inside[n]]) for n in block.linears], dtype)
         del work
     return {name: scores[name] for name in by_name}
+
+
+# lm_head is used in fp32 row blocks of at most this many elements (16 MB): a vocabulary-sized head is never
+# copied to fp32 whole (0.8 GB for Llama-3-8B's 128256 x 4096 head, on the GPU when there is one).
+HEAD_BLOCK_ELEMENTS = 1 << 22
+
+
+def _head_backward(
+    model: nn.Module,
+    hidden_states: list[torch.Tensor],
+    batches: list[torch.Tensor],
+    total: int,
+    device: torch.device,
+    grads: dict[str, torch.Tensor] | None,
+) -> list[torch.Tensor]:
+    """Final norm + lm_head + LM loss, forward and backward per batch; returns d loss / d hidden per batch, and
+    with `grads` puts lm_head's weight gradient (summed over batches) in grads["lm_head"].
+
+    The bf16 head weight is converted to fp32 a row block at a time, for the logits (the same bits as one
+    product with the whole fp32 weight) and for their gradient's way back (summed over the row blocks).
+    """
+    import torch
+
+    head = model.get_output_embeddings()
+    weight = head.weight.detach().to(device)
+    bias = head.bias.detach().to(device).float() if head.bias is not None else None
+    step = max(1, HEAD_BLOCK_ELEMENTS // weight.shape[1])
+    blocks = [slice(start, start + step) for start in range(0, weight.shape[0], step)]
+    norm = _fp32_copy(model.get_decoder().norm, device)
+    if grads is not None and ("lm_head" not in grads or grads["lm_head"].shape != weight.shape):
+        grads["lm_head"] = torch.empty(weight.shape, dtype=torch.float32, device=device)
+    upstream = []
+    for index, (hidden, batch) in enumerate(zip(hidden_states, batches, strict=True)):
+        hidden = hidden.to(device).requires_grad_(True)
+        normed = norm(hidden)
+        with torch.no_grad():
+            logits = torch.cat([normed @ weight[rows].float().T for rows in blocks], dim=-1)
+            if bias is not None:
+                logits += bias
+        logits.requires_grad_(True)
+        loss = model.loss_function(logits, batch.to(device), vocab_size=logits.shape[-1]) * (batch.shape[0] / total)
+        loss.backward()
+        with torch.no_grad():
+            if grads is not None:
+                _add_weight_grad(grads, "lm_head", logits.grad, normed, first=index == 0)
+            d_normed = torch.zeros_like(normed)
+            for rows in blocks:
+                d_normed.add_(logits.grad[..., rows] @ weight[rows].float())
+        normed.backward(d_normed)
+        upstream.append(hidden.grad)
+    return upstream
 
 
 def _next_token_logprobs(model: nn.Module, samples: list[torch.Tensor]) -> list[torch.Tensor]:

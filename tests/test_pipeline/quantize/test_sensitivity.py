@@ -86,28 +86,55 @@ def _whole_model_first_order(path: Path, samples: list[torch.Tensor], dtype: str
     return {b.name: float(sum((linears[n].weight.grad * error[n]).abs().sum() for n in b.linears)) for b in blocks}
 
 
+@pytest.mark.parametrize("head_rows", [None, 7])  # None: the whole tiny head in one block; 7: many row blocks
 @pytest.mark.parametrize("tied", [True, False])
 def test_block_by_block_first_order_equals_the_whole_model_gradient(
-    make_tiny_llama, samples, tied: bool, monkeypatch
+    make_tiny_llama, samples, tied: bool, head_rows: int | None, monkeypatch
 ) -> None:
     from neuronforge.pipeline.quantize import sensitivity
 
     path = make_tiny_llama(f"fo-{tied}", tie_word_embeddings=tied)
     model = load_model(path)
-    watched: list[str] = []
-    real_watch = sensitivity._watch_weight_grads
+    if head_rows:
+        monkeypatch.setattr(sensitivity, "HEAD_BLOCK_ELEMENTS", head_rows * model.config.hidden_size)
+    gradients: list[str] = []
+    real_add = sensitivity._add_weight_grad
 
-    def watch(linears: dict, grads: dict) -> list:
-        watched.extend(linears)
-        return real_watch(linears, grads)
+    def add(grads: dict, name: str, *args, **kwargs) -> None:
+        gradients.append(name)
+        real_add(grads, name, *args, **kwargs)
 
-    monkeypatch.setattr(sensitivity, "_watch_weight_grads", watch)
+    monkeypatch.setattr(sensitivity, "_add_weight_grad", add)
     scores = first_order_scores(model, find_blocks(model), samples, "int8", device="cpu")
     expected = _whole_model_first_order(path, samples, "int8")
     assert set(scores) == set(expected) == ({*BLOCKS} if tied else {*BLOCKS, "lm_head"})
-    assert ("lm_head" in watched) != tied  # a tied (forced, unscored) lm_head gets no weight gradient
+    assert ("lm_head" in gradients) != tied  # a tied (forced, unscored) lm_head gets no weight gradient
     for block, value in expected.items():
         assert scores[block] == pytest.approx(value, rel=1e-5), block
+
+
+def test_the_lm_head_is_never_in_fp32_whole(make_tiny_llama, samples, monkeypatch) -> None:
+    """The head (vocabulary x hidden: 0.5 GB in fp32 for a 128k-token, 4096-wide head) is used in fp32 row
+    blocks; with a tied head nothing of its whole shape is created in fp32 at all (no gradient is formed)."""
+    from torch.overrides import TorchFunctionMode
+
+    from neuronforge.pipeline.quantize import sensitivity
+
+    model = load_model(make_tiny_llama("fo-head", tie_word_embeddings=True))
+    shape = model.get_output_embeddings().weight.shape
+    monkeypatch.setattr(sensitivity, "HEAD_BLOCK_ELEMENTS", 16 * shape[1])
+    whole: list[str] = []
+
+    class WatchShapes(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.shape == shape and out.dtype == torch.float32:
+                whole.append(getattr(func, "__name__", str(func)))
+            return out
+
+    with WatchShapes():
+        first_order_scores(model, find_blocks(model), samples, "int8", device="cpu")
+    assert whole == []
 
 
 def test_first_order_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, samples, monkeypatch) -> None:
