@@ -285,7 +285,7 @@ def first_order_scores(
 
 
 # lm_head is used in fp32 row blocks of at most this many elements (16 MB): a vocabulary-sized head is never
-# copied to fp32 whole (0.8 GB for Llama-3-8B's 128256 x 4096 head, on the GPU when there is one).
+# copied to fp32 whole (2.1 GB for Llama-3-8B's 128256 x 4096 head, on the GPU when there is one).
 HEAD_BLOCK_ELEMENTS = 1 << 22
 
 
