@@ -462,7 +462,7 @@ def test_doctor_names_what_is_wrong_with_the_model(fx: Path) -> None:
     ok = json.loads(_invoke(["doctor", "--json", "--model", str(fx / "ok")]).output)
     checks = {check["name"]: check for check in ok["checks"]}
     assert checks["Model"]["status"] == "ok" and "llama, 2 layers" in checks["Model"]["detail"]
-    assert "x 15 bytes" in checks["Memory"]["detail"]
+    assert "x 4.3 bytes + 1.1 GiB" in checks["Memory"]["detail"]
     missing = json.loads(_invoke(["doctor", "--json", "--model", str(fx / "nope")]).output)
     assert "no such folder" in missing["model"]
 
