@@ -95,9 +95,9 @@ def quantize_weight(
 CHUNK_ELEMENTS = 1 << 18
 
 
-def row_chunks(shape: torch.Size | tuple[int, ...]) -> list[slice]:
-    """Row slices of a [out, in] weight, each of at most CHUNK_ELEMENTS elements (one row at least)."""
-    step = max(1, CHUNK_ELEMENTS // max(1, shape[1]))
+def row_chunks(shape: torch.Size | tuple[int, ...], max_elements: int = CHUNK_ELEMENTS) -> list[slice]:
+    """Row slices of a [out, in] weight, each of at most `max_elements` elements (one row at least)."""
+    step = max(1, max_elements // max(1, shape[1]))
     return [slice(start, start + step) for start in range(0, shape[0], step)]
 
 

@@ -179,6 +179,14 @@ def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: str) -> floa
     return total
 
 
+def _grad_buffer(grads: dict[str, torch.Tensor], name: str, shape: torch.Size, device: torch.device) -> None:
+    """Make grads[name] an fp32 tensor of `shape` on `device`, reusing the one already there when it fits."""
+    import torch
+
+    if name not in grads or grads[name].shape != shape:
+        grads[name] = torch.empty(shape, dtype=torch.float32, device=device)
+
+
 def _add_weight_grad(
     grads: dict[str, torch.Tensor], name: str, grad: torch.Tensor, inputs: torch.Tensor, first: bool
 ) -> None:
@@ -199,11 +207,8 @@ def _watch_weight_grads(linears: dict[str, nn.Module], grads: dict[str, torch.Te
     The weights themselves need no gradient, so autograd computes only activation gradients, and the weight
     gradients land in tensors reused layer after layer (autograd would map and zero-fill fresh ones for every
     layer). Returns the hook handles."""
-    import torch
-
     for name, linear in linears.items():
-        if name not in grads or grads[name].shape != linear.weight.shape:
-            grads[name] = torch.empty_like(linear.weight)
+        _grad_buffer(grads, name, linear.weight.shape, linear.weight.device)
     unwritten = set(linears)
 
     def watch(name: str) -> Callable[..., None]:
@@ -305,14 +310,15 @@ def _head_backward(
     """
     import torch
 
+    from neuronforge.neuron.grid import row_chunks
+
     head = model.get_output_embeddings()
     weight = head.weight.detach().to(device)
     bias = head.bias.detach().to(device).float() if head.bias is not None else None
-    step = max(1, HEAD_BLOCK_ELEMENTS // weight.shape[1])
-    blocks = [slice(start, start + step) for start in range(0, weight.shape[0], step)]
+    blocks = row_chunks(weight.shape, HEAD_BLOCK_ELEMENTS)
     norm = _fp32_copy(model.get_decoder().norm, device)
-    if grads is not None and ("lm_head" not in grads or grads["lm_head"].shape != weight.shape):
-        grads["lm_head"] = torch.empty(weight.shape, dtype=torch.float32, device=device)
+    if grads is not None:
+        _grad_buffer(grads, "lm_head", weight.shape, weight.device)
     upstream = []
     for index, (hidden, batch) in enumerate(zip(hidden_states, batches, strict=True)):
         hidden = hidden.to(device).requires_grad_(True)
