@@ -166,9 +166,7 @@ class ExportCheck:
     verify_s: float = 0.0  # saving and reading back
 
 
-def _export(
-    src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, naive: bool, as_loaded: bool
-) -> ExportCheck:
+def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, autoround: bool) -> ExportCheck:
     """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
 
     Per shard: each target weight is rounded to NxD's grid from the model (tuned fp32 or bf16), turned into grid-exact
@@ -178,9 +176,10 @@ def _export(
     shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
     and must equal what was checked, bit for bit. Extra memory: at most one shard's tensors. The grid math
     (elementwise IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
-    `naive` also measures AutoRound's stock export of each weight (what tuning without us would have shipped).
-    `as_loaded`: the targets still hold what `load_model` read from `src` (RTN), so where the source is bf16 the
-    error statistics take the source's values from the model and the source's Linear weights are never read.
+    `autoround`: AutoRound tuned the targets, so its stock export of each weight is measured too (what tuning
+    without us would have shipped). Without it (RTN) the targets still hold what `load_model` read from `src`,
+    so where the source is bf16 the error statistics take the source's values from the model and the source's
+    Linear weights are never read.
     """
     import json
 
@@ -199,7 +198,7 @@ def _export(
             shutil.copy2(item, dst / item.name)
     make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
     linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
-    check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if naive else None, {})
+    check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})
     device = torch.device(accelerator())
     total = 0
     shards = shard_keys(src)
@@ -215,7 +214,7 @@ def _export(
                 weight = linears[key].weight.detach()
                 # A bf16 weight (RTN) is overwritten row block by row block; a tuned fp32 one is replaced.
                 stored = weight if weight.dtype == torch.bfloat16 else torch.empty(source.shape, dtype=torch.bfloat16)
-                source_in_model = as_loaded and weight.dtype == source.dtype  # the model holds the source's bits
+                source_in_model = not autoround and weight.dtype == source.dtype  # the model holds the source's bits
                 block = block_of(key.removesuffix(".weight"))
                 err = check.per_block.setdefault(block, {"sq_err": 0.0, "sq_norm": 0.0})
                 for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
@@ -449,9 +448,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     with atomic_dir(out) as tmp:
         # The naive figure describes AutoRound's stock export, so it is measured when AutoRound tuned the model
         # (on the RTN path it would only cost time: importing auto-round and two more passes over every weight).
-        check = _export(
-            src, tmp, model, targets, options.dtype, naive=options.autoround, as_loaded=not options.autoround
-        )
+        check = _export(src, tmp, model, targets, options.dtype, autoround=options.autoround)
         ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
         timings["export"], timings["verify"] = check.export_s, check.verify_s
