@@ -174,7 +174,8 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     row block by row block, and written from there; a tuned fp32 one is replaced by its bf16 export (its fp32 copy
     is released), so no second copy of the model builds up. Every other tensor comes from the memory-mapped source
     shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
-    and must equal what was checked, bit for bit. Extra memory: at most one shard's tensors. The grid math
+    and must equal what was checked, bit for bit; then its weights leave the model (which is consumed), so their
+    pages serve the next shard's write. Extra memory: at most one shard's tensors. The grid math
     (elementwise IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
     `autoround`: AutoRound tuned the targets, so its stock export of each weight is measured too (what tuning
     without us would have shipped). Without it (RTN) the targets still hold what `load_model` read from `src`,
@@ -198,6 +199,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
             shutil.copy2(item, dst / item.name)
     make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
     linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
+    parameters = {name for name, _ in model.named_parameters()}
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})
     device = torch.device(accelerator())
     total = 0
@@ -238,6 +240,9 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
         check.export_s += time.perf_counter() - start
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         check.verify_s += _write_checked(dst / shard, tensors)
+        for key in parameters.intersection(tensors):
+            module, _, name = key.rpartition(".")
+            setattr(model.get_submodule(module), name, None)
     missing = sorted(set(linears) - {key for keys in shards.values() for key in keys})
     if missing:
         raise NeuronforgeError(

@@ -492,3 +492,49 @@ def test_a_shard_the_disk_garbles_is_refused_and_nothing_is_left(make_tiny_llama
     with pytest.raises(NeuronforgeError, match=r"model-00002-of-\d+\.safetensors does not hold what was checked"):
         quantize(options_from(model=str(sharded), out=out, autoround=False, selection="none", **FAST))
     assert len(saved) >= 2 and not out.exists() and not list(tmp_path.glob("q*"))
+
+
+@pytest.mark.parametrize("autoround", [False, True])
+def test_each_shard_s_weights_are_released_once_written(
+    make_tiny_llama, tmp_path: Path, monkeypatch, autoround
+) -> None:
+    """The export consumes the model: when a shard is saved, no weight of an earlier shard is still in memory."""
+    import gc
+    import weakref
+
+    import safetensors.torch
+    from transformers import AutoModelForCausalLM
+
+    from neuronforge.hf import folders
+
+    src = make_tiny_llama("release-src", tie_word_embeddings=False)
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
+    for item in src.glob("tokenizer*"):
+        (sharded / item.name).write_bytes(item.read_bytes())
+    weight_map = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    refs: dict[str, weakref.ref] = {}
+    real_load, real_save = folders.load_model, safetensors.torch.save_file
+
+    def watched_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        refs.update({name: weakref.ref(param) for name, param in model.named_parameters()})
+        return model
+
+    alive_at_save: dict[str, set[str]] = {}
+
+    def watched_save(tensors: dict, filename: Path, metadata: dict | None = None) -> None:
+        gc.collect()
+        alive_at_save[Path(filename).name] = {weight_map[name] for name, ref in refs.items() if ref() is not None}
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(folders, "load_model", watched_load)
+    monkeypatch.setattr(safetensors.torch, "save_file", watched_save)
+    kept = ["layers.0.mlp"]  # kept weights are released too
+    quantize(
+        options_from(model=str(sharded), out=tmp_path / "q", autoround=autoround, modules_to_not_convert=kept, **FAST)
+    )
+    shards = sorted(set(weight_map.values()))
+    assert len(shards) > 2 and list(alive_at_save) == shards
+    for index, shard in enumerate(shards):
+        assert alive_at_save[shard] <= set(shards[index:]), shard  # only this shard's and later ones'
