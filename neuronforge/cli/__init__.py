@@ -6,10 +6,9 @@ This package is the only one that imports typer, and nothing in neuronforge impo
 from __future__ import annotations
 
 import typer
-from typer.core import TyperGroup
 
 from neuronforge.cli import compile, doctor, emulate, evaluate, model, plan, quantize, run, sagemaker
-from neuronforge.cli.app import App, console, stop_on_sigterm
+from neuronforge.cli.app import App, FriendlyGroup, console, stop_on_sigterm
 from neuronforge.version import __version__
 
 HELP = (
@@ -41,7 +40,7 @@ WORKFLOW = (
 )
 
 
-class WorkflowGroup(TyperGroup):
+class WorkflowGroup(FriendlyGroup):
     """Typer lists single commands before groups; list everything in WORKFLOW order instead."""
 
     def list_commands(self, ctx: typer.Context) -> list[str]:

@@ -1,6 +1,7 @@
 """The Typer app class that turns every failure a user can act on into `error:`/`fix:` lines, never a traceback.
 
-NeuronforgeError exits 2. An OSError that got past the checks (disk full, a read-only mount, a file removed
+NeuronforgeError exits 2, and so does click's usage error (an unknown flag, a flag value of the wrong type),
+printed the same way instead of click's boxed usage text. An OSError that got past the checks (disk full, a read-only mount, a file removed
 underneath us) exits 2 with the OS's own words. Ctrl-C and SIGTERM exit 128 + the signal number, after
 the interrupted step removed its temp folder. Messages are printed as plain text: a path or a YAML snippet
 holding `[...]` must never be read as rich markup.
@@ -17,6 +18,9 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer._click import Context
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer >= 0.29 bundles its own click
+from typer.core import TyperGroup
 
 from neuronforge.core.progress import err_console
 from neuronforge.errors import Interrupted, NeuronforgeError, interrupt_message
@@ -64,6 +68,38 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper
+
+
+def _usage_error(exc: UsageError, ctx: Context | None = None) -> typer.Exit:
+    """click's usage error (a bad flag or flag value) as `error:`/`fix:` lines; the Exit to raise (code 2).
+    Some parser errors carry no context: then the help to see is that of `ctx`'s subcommand."""
+    if exc.ctx is not None:
+        command = exc.ctx.command_path
+    else:
+        command = " ".join(filter(None, [ctx.command_path if ctx else "neuronforge", ctx and ctx.invoked_subcommand]))
+    print_error(exc.format_message(), f"see `{command} --help`")
+    return typer.Exit(EXIT_USER_ERROR)
+
+
+class FriendlyGroup(TyperGroup):
+    """The root command group: click's usage errors, raised while parsing the root's or any command's flags,
+    come out as `error:`/`fix:` lines like every other bad input (click would print a boxed usage text)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except NoArgsIsHelpError:  # a bare group prints its help, as before
+            raise
+        except UsageError as exc:
+            raise _usage_error(exc) from None
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            raise _usage_error(exc, ctx) from None
 
 
 class App(typer.Typer):

@@ -318,11 +318,29 @@ def test_truncated_manifest_and_existing_config_file(fx: Path, tmp_path: Path, m
     assert _tree(tmp_path) == before
 
 
-def test_a_typo_in_a_flag_value_is_a_usage_error_without_traceback() -> None:
-    """3.12: click's own usage error (exit 2), no traceback."""
-    result = _invoke(["run", "--iters", "ten"])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "Invalid value for '--iters'" in _flat(result.output.replace("│", " "))
+@pytest.mark.parametrize(
+    ("args", "what", "help_of"),
+    [
+        (["run", "--iters", "ten"], "Invalid value for '--iters'", "neuronforge run"),
+        (["quantize", "--bogus"], "No such option: --bogus", "neuronforge quantize"),
+        (["emulate", "--dtype"], "Option '--dtype' requires an argument", "neuronforge emulate"),
+        (["sagemaker", "deploy", "--nope"], "No such option: --nope", "neuronforge sagemaker deploy"),
+        (["quantiz"], "No such command 'quantiz'. Did you mean 'quantize'", "neuronforge"),
+    ],
+)
+def test_a_typo_in_a_flag_or_its_value_is_an_error_and_fix_without_traceback(
+    args: list[str], what: str, help_of: str
+) -> None:
+    """3.12: click's usage errors (exit 2) come out as error:/fix: lines like every other bad input."""
+    result = CliRunner().invoke(app, args, prog_name="neuronforge")
+    output = _flat(result.output)
+    assert result.exit_code == 2 and "Traceback" not in output and "╭" not in output, output
+    assert f"error: {what}" in output and f"fix: see `{help_of} --help`" in output, output
+
+
+def test_a_bare_group_still_prints_its_help() -> None:
+    result = CliRunner().invoke(app, ["sagemaker"], prog_name="neuronforge")
+    assert "Usage: neuronforge sagemaker" in _flat(result.output) and "error:" not in result.output
 
 
 def test_readme_example_relative_model_and_out_with_spaces(
