@@ -174,8 +174,9 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     row block by row block, and written from there; a tuned fp32 one is replaced by its bf16 export (its fp32 copy
     is released), so no second copy of the model builds up. Every other tensor comes from the memory-mapped source
     shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
-    and must equal what was checked, bit for bit; then its weights leave the model (which is consumed), so their
-    pages serve the next shard's write. Extra memory: at most one shard's tensors. The grid math
+    and must equal what was checked, bit for bit; then its weights leave the model (which is consumed), so host
+    RAM falls shard by shard and leaves room for the page cache of the shards still to be written. Extra memory:
+    at most one shard's tensors. The grid math
     (elementwise IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
     `autoround`: AutoRound tuned the targets, so its stock export of each weight is measured too (what tuning
     without us would have shipped). Without it (RTN) the targets still hold what `load_model` read from `src`,
