@@ -27,6 +27,16 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return found
 
 
+def _sharded(src: Path, dst: Path) -> Path:
+    """`src` re-saved in bf16 shards of 60 KB (more than two for the tiny model), next to its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(dst, max_shard_size="60KB")
+    for item in src.glob("tokenizer*"):
+        (dst / item.name).write_bytes(item.read_bytes())
+    return dst
+
+
 @pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
 def test_end_to_end_is_grid_exact(tiny_llama_dir: Path, tmp_path: Path, dtype: str) -> None:
     out = tmp_path / "q"
@@ -101,13 +111,8 @@ def test_explicit_list_keeps_blocks_bit_identical_and_rtn_mode(tiny_llama_dir: P
 
 
 def test_sharded_input_gives_the_same_shards(make_tiny_llama, tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM
-
     src = make_tiny_llama("sharded-src")
-    sharded = tmp_path / "sharded"
-    AutoModelForCausalLM.from_pretrained(src).save_pretrained(sharded, max_shard_size="60KB")
-    for item in src.glob("tokenizer*"):
-        (sharded / item.name).write_bytes(item.read_bytes())
+    sharded = _sharded(src, tmp_path / "sharded")
     in_index = json.loads((sharded / "model.safetensors.index.json").read_text())
     assert len(set(in_index["weight_map"].values())) > 2
     out = tmp_path / "q"
@@ -135,13 +140,8 @@ def _whole_model_export(src: Path, dst: Path, targets: set[str], dtype: str) -> 
 def test_streaming_export_writes_the_same_bytes_as_the_whole_model_export(
     make_tiny_llama, tmp_path: Path, dtype: str
 ) -> None:
-    from transformers import AutoModelForCausalLM
-
     src = make_tiny_llama("stream-src", tie_word_embeddings=False)
-    sharded = tmp_path / "sharded"
-    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
-    for item in src.glob("tokenizer*"):
-        (sharded / item.name).write_bytes(item.read_bytes())
+    sharded = _sharded(src, tmp_path / "sharded")
     out = tmp_path / "q"
     kept = ["layers.0.mlp"]
     quantize(
@@ -469,13 +469,9 @@ def test_grid_export_runs_on_the_accelerator_when_there_is_one(
 def test_a_shard_the_disk_garbles_is_refused_and_nothing_is_left(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
     """Every shard is read back and compared bit for bit with what was checked."""
     import safetensors.torch
-    from transformers import AutoModelForCausalLM
 
     src = make_tiny_llama("garbled-src", tie_word_embeddings=False)
-    sharded = tmp_path / "sharded"
-    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
-    for item in src.glob("tokenizer*"):
-        (sharded / item.name).write_bytes(item.read_bytes())
+    sharded = _sharded(src, tmp_path / "sharded")
     real_save = safetensors.torch.save_file
     saved: list[str] = []
 
@@ -503,15 +499,11 @@ def test_each_shard_s_weights_are_released_once_written(
     import weakref
 
     import safetensors.torch
-    from transformers import AutoModelForCausalLM
 
     from neuronforge.hf import folders
 
     src = make_tiny_llama("release-src", tie_word_embeddings=False)
-    sharded = tmp_path / "sharded"
-    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
-    for item in src.glob("tokenizer*"):
-        (sharded / item.name).write_bytes(item.read_bytes())
+    sharded = _sharded(src, tmp_path / "sharded")
     weight_map = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
     refs: dict[str, weakref.ref] = {}
     real_load, real_save = folders.load_model, safetensors.torch.save_file
