@@ -32,3 +32,32 @@ def test_time_ratio_pairs_the_stages_of_each_round() -> None:
     runs += [_run("quantize", 2, 26.0, 0), _run("emulate", 2, 5.0, 0)]
     assert _bench().time_ratios(runs, "1.2b", "wall_s") == [1.4, 1.3]
     assert _bench().time_ratios(runs, "0.3b", "wall_s") == []
+
+
+def test_the_time_ratio_is_taken_against_either_anchor() -> None:
+    runs = [_run("nxdi", 1, 40.0, 0), _run("nxd-math", 1, 10.0, 0), _run("quantize", 1, 20.0, 0)]
+    assert _bench().time_ratios(runs, "1.2b", "wall_s") == [0.5]
+    assert _bench().time_ratios(runs, "1.2b", "wall_s", "nxd-math") == [2.0]
+
+
+def test_the_nxdi_anchor_writes_nxd_s_codes_and_scales(make_tiny_llama, tmp_path: Path) -> None:
+    """The anchor replays NxDI's save_quantized_state_dict through torch's quantized modules: every Linear, lm_head
+    included, comes out as the int8 codes and fp32 scales our grid (NxD bit for bit) derives from the fp32 weight."""
+    import torch
+    from safetensors.torch import load_file
+
+    from neuronforge.neuron.grid import quantize_weight
+
+    src = make_tiny_llama("anchor-src", tie_word_embeddings=False)
+    _bench().run_stage("nxdi", src, tmp_path)
+    saved = load_file(tmp_path / "nxdi" / "model.safetensors")
+    source = {key.removeprefix("model."): value for key, value in load_file(src / "model.safetensors").items()}
+    assert set(saved) == set(source) | {k.replace(".weight", ".scale") for k in source if k.endswith("proj.weight")} | {
+        "lm_head.scale"
+    }  # NxDI's keys: the decoder's without "model.", lm_head's prefixed, a scale per Linear, nothing packed
+    for key in [k for k in source if k.endswith("proj.weight") or k == "lm_head.weight"]:
+        codes, scale = quantize_weight(source[key].float(), "int8")
+        assert saved[key].dtype == torch.int8 and torch.equal(saved[key], codes), key
+        assert torch.equal(saved[key.replace("weight", "scale")].flatten(), scale.flatten()), key
+    for key in [k for k in source if "norm" in k or "embed" in k]:
+        assert torch.equal(saved[key], source[key].float()), key  # left in fp32, as loaded
