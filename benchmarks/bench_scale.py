@@ -4,7 +4,7 @@ Builds random-init Llama checkpoints (TinyLlama-like shapes, untied lm_head, bf1
 tokenizer) once in the cache (`$NEURONFORGE_CACHE/bench`, never in the repo), then runs every stage in a
 fresh process and prints, per size and stage: peak RSS, bytes per parameter, wall time and seconds per 1e9
 parameters. Two anchors, in the same rounds: `nxdi` is what a user would otherwise run, NxDI's own host
-quantization (`save_quantized_state_dict`, replayed line for line: see `nxdi_quantized_state_dict`), and
+quantization (`save_quantized_state_dict`, replayed step by step: see `nxdi_quantized_state_dict`), and
 `nxd-math` is its floor, the same load and save around NxD's quantizer math alone (our bit-exact copy, no
 torch quantized modules). The stages run in turn `--repeat` times (each after `sync`, so no stage pays for the
 previous one's disk writes): tables show the median time and the largest peak, and the time target is judged
