@@ -1,10 +1,10 @@
 """The Typer app class that turns every failure a user can act on into `error:`/`fix:` lines, never a traceback.
 
 NeuronforgeError exits 2, and so does click's usage error (an unknown flag, a flag value of the wrong type),
-printed the same way instead of click's boxed usage text. An OSError that got past the checks (disk full, a read-only mount, a file removed
-underneath us) exits 2 with the OS's own words. Ctrl-C and SIGTERM exit 128 + the signal number, after
-the interrupted step removed its temp folder. Messages are printed as plain text: a path or a YAML snippet
-holding `[...]` must never be read as rich markup.
+printed the same way instead of click's boxed usage text. An OSError that got past the checks (disk full, a
+read-only mount, a file removed underneath us) exits 2 with the OS's own words. Ctrl-C and SIGTERM exit
+128 + the signal number, after the interrupted step removed its temp folder. Messages are printed as plain
+text: a path or a YAML snippet holding `[...]` must never be read as rich markup.
 """
 
 from __future__ import annotations

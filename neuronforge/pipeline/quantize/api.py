@@ -176,8 +176,8 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
     and must equal what was checked, bit for bit; then its weights leave the model (which is consumed), so host
     RAM falls shard by shard and leaves room for the page cache of the shards still to be written. Extra memory:
-    at most one shard's tensors. The grid math
-    (elementwise IEEE fp32 and row maxima, so the same bits on any device) runs on the accelerator when there is one.
+    at most one shard's tensors. The grid math (elementwise IEEE fp32 and row maxima, so the same bits on any
+    device) runs on the accelerator when there is one.
     `autoround`: AutoRound tuned the targets, so its stock export of each weight is measured too (what tuning
     without us would have shipped). Without it (RTN) the targets still hold what `load_model` read from `src`,
     so where the source is bf16 the error statistics take the source's values from the model and the source's
