@@ -148,6 +148,25 @@ def test_first_order_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: P
     assert accelerator() == "cpu"
 
 
+def test_scores_are_computed_on_the_gradient_s_device(monkeypatch) -> None:
+    """lm_head's bf16 weight stays on the host while its gradient is formed on the accelerator: the rounding error
+    must be computed where the gradient is (a CPU tensor times a CUDA one fails). `meta` stands in for the GPU."""
+    from neuronforge.neuron import grid
+    from neuronforge.pipeline.quantize.sensitivity import _score
+
+    real, seen = grid.rounding_error, []
+
+    def watched(weight: torch.Tensor, dtype: str) -> torch.Tensor:
+        seen.append(weight.device.type)
+        return real(weight, dtype)
+
+    monkeypatch.setattr(grid, "rounding_error", watched)
+    weight, grad = torch.randn(8, 4).bfloat16(), torch.randn(8, 4, device="meta")
+    with pytest.raises((RuntimeError, NotImplementedError)):  # a meta tensor has no value to sum up at the end
+        _score([(weight, grad)], "int8")
+    assert seen == ["meta"]
+
+
 def test_measured_kl_and_rank_correlations(tiny_llama_dir: Path, samples: list[torch.Tensor]) -> None:
     model = _model_with_zero_block(tiny_llama_dir, "layers.0.self_attn")
     before = {k: v.clone() for k, v in model.state_dict().items()}
