@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -195,19 +195,42 @@ def shard_keys(path: Path) -> dict[str, list[str]]:
     return shards
 
 
+# safetensors maps a whole file, and every page a tensor read touched stays in the process's RSS until the file
+# is closed (and no tensor read from it is alive): a whole shard, 5 GB for the usual save_pretrained shards.
+MAP_WINDOW_BYTES = 64 << 20
+
+
+def mapped_tensors(file: Path, keys: list[str], window: int = MAP_WINDOW_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) for `keys` of one safetensors file, memory-mapped by safetensors, which is reopened after every
+    `window` bytes read: while each tensor is dropped (or copied) before the next window, at most one window's
+    pages plus one tensor are resident, however large the shard."""
+    from safetensors import safe_open
+
+    pending = iter(keys)
+    key = next(pending, None)
+    while key is not None:
+        with safe_open(file, framework="pt") as handle:
+            read = 0
+            while key is not None and read < window:
+                tensor = handle.get_tensor(key)
+                read += tensor.numel() * tensor.element_size()
+                yield key, tensor
+                del tensor
+                key = next(pending, None)
+
+
 def load_model(
     path: Path, dtype: torch.dtype | None = None, after_shard: Callable[[PreTrainedModel], None] | None = None
 ) -> PreTrainedModel:
     """Load a validated folder on CPU in `dtype` (default bf16, what Neuron computes in), one shard at a time.
 
-    The model is built without storage, then each safetensors shard is memory-mapped, its tensors copied in
-    (cast to `dtype`) and the file closed: host RAM holds the model once plus at most one shard's pages,
-    whatever the source dtype (bf16, fp16 or fp32). `after_shard(model)` runs after each shard (the emulator
+    The model is built without storage, then each safetensors shard's tensors are copied in (cast to `dtype`)
+    from `mapped_tensors`: host RAM holds the model once plus one map window, whatever the source dtype
+    (bf16, fp16 or fp32) and the shard size. `after_shard(model)` runs after each shard (the emulator
     converts the Linears that just arrived, so their bf16 copies never pile up). Tied weights are tied last.
     """
     import torch
     from accelerate import init_empty_weights
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     force_offline()
@@ -220,12 +243,10 @@ def load_model(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     wanted = dict(model.named_parameters())
     for shard, keys in shard_keys(path).items():
-        with safe_open(path / shard, framework="pt") as handle:
-            for key in keys:
-                if key in wanted:
-                    module_name, _, name = key.rpartition(".")
-                    value = handle.get_tensor(key).to(dtype, copy=True)  # a copy: the file's pages go on close
-                    model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        for key, tensor in mapped_tensors(path / shard, [key for key in keys if key in wanted]):
+            module_name, _, name = key.rpartition(".")
+            value = tensor.to(dtype, copy=True)  # a copy: the file's pages go with the window
+            model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
         if after_shard is not None:
             after_shard(model)
     model.tie_weights()

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.hf.folders import READ_BLOCK_BYTES, differing_tensors, load_model, shard_keys
+from neuronforge.hf.folders import READ_BLOCK_BYTES, differing_tensors, load_model, mapped_tensors, shard_keys
 
 
 def _sharded(make_tiny_llama, tmp_path: Path, dtype: torch.dtype) -> Path:
@@ -85,3 +85,43 @@ def test_a_written_shard_is_compared_bit_for_bit(tmp_path: Path, monkeypatch, bl
         "w",
         "gone",
     ]
+
+
+def test_a_shard_is_read_a_map_window_at_a_time(tmp_path: Path) -> None:
+    """safetensors keeps every page read in RSS until the file closes; mapped_tensors reopens it each window."""
+    from testkit.memory import mapped_rss
+
+    mib = 1 << 20
+    file = tmp_path / "shard.safetensors"
+    tensors = {f"t{i}": torch.full((mib // 2,), float(i), dtype=torch.bfloat16) for i in range(8)}  # 1 MiB each
+    save_file(tensors, file)
+    resident = []
+    for key, tensor in mapped_tensors(file, list(tensors), window=2 * mib):
+        assert torch.equal(tensor, tensors[key])  # touches every page of the tensor
+        resident.append(mapped_rss(file))
+    assert len(resident) == 8 and max(resident) <= 2 * mib + 16 * 4096
+    held = []  # one window as big as the file: everything read stays resident, as with one safe_open
+    for _, tensor in mapped_tensors(file, list(tensors), window=8 * mib):
+        held.append(float(tensor.sum()))
+        resident.append(mapped_rss(file))
+    assert resident[-1] >= 8 * mib
+    del tensor  # the last tensor read keeps its map alive; with it gone, the file is unmapped
+    assert mapped_rss(file) == 0
+
+
+def test_load_model_reads_through_map_windows(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    """Every weight load_model copies comes through mapped_tensors, so a shard is never resident whole."""
+    from neuronforge.hf import folders
+
+    folder = _sharded(make_tiny_llama, tmp_path, torch.bfloat16)
+    real = folders.mapped_tensors
+    read: list[str] = []
+
+    def watched(file: Path, keys: list[str], window: int = folders.MAP_WINDOW_BYTES):
+        for key, tensor in real(file, keys, window):
+            read.append(key)
+            yield key, tensor
+
+    monkeypatch.setattr(folders, "mapped_tensors", watched)
+    model = load_model(folder)
+    assert sorted(read) == sorted(name for name, _ in model.named_parameters())

@@ -172,11 +172,13 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     Per shard: each target weight is rounded to NxD's grid from the model (tuned fp32 or bf16), turned into grid-exact
     bf16 and checked against the intended codes, in 1 MB row blocks. A bf16 weight (RTN) is overwritten in place,
     row block by row block, and written from there; a tuned fp32 one is replaced by its bf16 export (its fp32 copy
-    is released), so no second copy of the model builds up. Every other tensor comes from the memory-mapped source
-    shard, cast to bf16 (NxDI's input dtype; bf16 sources are copied bit for bit). The written shard is read back
-    and must equal what was checked, bit for bit; then its weights leave the model (which is consumed), so host
-    RAM falls shard by shard and leaves room for the page cache of the shards still to be written. Extra memory:
-    at most one shard's tensors. The grid math (elementwise IEEE fp32 and row maxima, so the same bits on any
+    is released), so no second copy of the model builds up. Every other parameter is written from the model, cast
+    to bf16 (NxDI's input dtype): the source's values, which `load_model` cast to bf16 and nothing since changed
+    (bf16 sources are copied bit for bit); what the model does not hold comes from the source shard. The written
+    shard is read back and must equal what was checked, bit for bit; then its weights leave the model (which is
+    consumed), so host RAM falls shard by shard and leaves room for the page cache of the shards still to be
+    written. Extra memory: one map window of the source (`mapped_tensors`) and the few tensors the model lacks.
+    The grid math (elementwise IEEE fp32 and row maxima, so the same bits on any
     device) runs on the accelerator when there is one.
     `autoround`: AutoRound tuned the targets, so its stock export of each weight is measured too (what tuning
     without us would have shipped). Without it (RTN) the targets still hold what `load_model` read from `src`,
@@ -186,13 +188,10 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     import json
 
     import torch
-    from safetensors import safe_open
 
     from neuronforge.core.devices import accelerator
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import shard_keys
-    from neuronforge.neuron.grid import quantize_weight, row_chunks
-    from neuronforge.neuron.module_names import block_of
     from neuronforge.pipeline.quantize import grid_export
 
     for item in src.iterdir():
@@ -200,44 +199,14 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
             shutil.copy2(item, dst / item.name)
     make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
     linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
-    parameters = {name for name, _ in model.named_parameters()}
+    parameters = {name for name, _ in model.named_parameters()}  # before the export consumes the model
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})
     device = torch.device(accelerator())
     total = 0
     shards = shard_keys(src)
     for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
         start = time.perf_counter()
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(src / shard, framework="pt") as handle:
-            for key in keys:
-                source = handle.get_tensor(key)
-                if key not in linears:
-                    tensors[key] = source.to(torch.bfloat16) if source.is_floating_point() else source
-                    continue
-                weight = linears[key].weight.detach()
-                # A bf16 weight (RTN) is overwritten row block by row block; a tuned fp32 one is replaced.
-                stored = weight if weight.dtype == torch.bfloat16 else torch.empty(source.shape, dtype=torch.bfloat16)
-                source_in_model = not autoround and weight.dtype == source.dtype  # the model holds the source's bits
-                block = block_of(key.removesuffix(".weight"))
-                err = check.per_block.setdefault(block, {"sq_err": 0.0, "sq_norm": 0.0})
-                for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
-                    tuned = weight[rows].to(device).float()  # a copy when `stored` is `weight` (bf16)
-                    codes, scale = quantize_weight(tuned, dtype)
-                    out = stored[rows] if stored.device == device else None
-                    exact = grid_export.exact_bf16(codes, scale, dtype, out=out)
-                    if out is None:
-                        stored[rows] = exact.cpu()
-                    written = exact.float()
-                    check.ours += grid_export.grid_check(written, codes, scale, dtype)
-                    if check.naive is not None:
-                        check.naive += grid_export.naive_agreement(source[rows].to(device), dtype)
-                    reference = (tuned if source_in_model else source[rows].to(device).float()).flatten()
-                    difference = written.flatten().sub_(reference)
-                    err["sq_err"] += float(torch.dot(difference, difference))
-                    err["sq_norm"] += float(torch.dot(reference, reference))
-                if stored is not weight:
-                    linears[key].weight = torch.nn.Parameter(stored, requires_grad=False)
-                tensors[key] = stored
+        tensors = _shard_tensors(src / shard, keys, model, linears, dtype, device, check, autoround)
         check.export_s += time.perf_counter() - start
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         check.verify_s += _write_checked(dst / shard, tensors)
@@ -255,6 +224,74 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
         payload.setdefault("metadata", {})["total_size"] = total
         atomic_write_json(dst / index.name, payload)
     return check
+
+
+def _shard_tensors(
+    file: Path,
+    keys: list[str],
+    model: nn.Module,
+    linears: dict[str, nn.Module],
+    dtype: str,
+    device: torch.device,
+    check: ExportCheck,
+    autoround: bool,
+) -> dict[str, torch.Tensor]:
+    """One shard's tensors as `_export` writes them: the targets on the grid, the model's other parameters in bf16,
+    and from `file` only what the model does not hold. A function of its own so that no tensor read from `file`
+    outlives it: one would keep the source's map, and every page read through it, resident during the write."""
+    import torch
+
+    from neuronforge.hf.folders import mapped_tensors
+
+    held = {name for name, _ in model.named_parameters()}
+    tensors = {key: model.get_parameter(key).detach().to(torch.bfloat16) for key in keys if key in held - set(linears)}
+    for key, source in mapped_tensors(file, [key for key in keys if key not in tensors]):
+        if key in linears:
+            tensors[key] = _grid_exact(key, linears[key], source, dtype, device, check, autoround)
+        else:  # a tensor the model does not hold (a tied head saved anyway, a buffer)
+            tensors[key] = source.to(torch.bfloat16, copy=True) if source.is_floating_point() else source.clone()
+    return tensors
+
+
+def _grid_exact(
+    key: str,
+    linear: nn.Module,
+    source: torch.Tensor,
+    dtype: str,
+    device: torch.device,
+    check: ExportCheck,
+    autoround: bool,
+) -> torch.Tensor:
+    """`linear`'s weight on NxD's grid in grid-exact bf16, checked and measured into `check` (see `_export`)."""
+    import torch
+
+    from neuronforge.neuron.grid import quantize_weight, row_chunks
+    from neuronforge.neuron.module_names import block_of
+    from neuronforge.pipeline.quantize import grid_export
+
+    weight = linear.weight.detach()
+    # A bf16 weight (RTN) is overwritten row block by row block; a tuned fp32 one is replaced.
+    stored = weight if weight.dtype == torch.bfloat16 else torch.empty(source.shape, dtype=torch.bfloat16)
+    source_in_model = not autoround and weight.dtype == source.dtype  # the model holds the source's bits
+    err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
+    for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
+        tuned = weight[rows].to(device).float()  # a copy when `stored` is `weight` (bf16)
+        codes, scale = quantize_weight(tuned, dtype)
+        out = stored[rows] if stored.device == device else None
+        exact = grid_export.exact_bf16(codes, scale, dtype, out=out)
+        if out is None:
+            stored[rows] = exact.cpu()
+        written = exact.float()
+        check.ours += grid_export.grid_check(written, codes, scale, dtype)
+        if check.naive is not None:
+            check.naive += grid_export.naive_agreement(source[rows].to(device), dtype)
+        reference = (tuned if source_in_model else source[rows].to(device).float()).flatten()
+        difference = written.flatten().sub_(reference)
+        err["sq_err"] += float(torch.dot(difference, difference))
+        err["sq_norm"] += float(torch.dot(reference, reference))
+    if stored is not weight:
+        linear.weight = torch.nn.Parameter(stored, requires_grad=False)
+    return stored
 
 
 def _write_checked(path: Path, tensors: dict[str, torch.Tensor]) -> float:
