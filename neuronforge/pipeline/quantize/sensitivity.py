@@ -266,9 +266,11 @@ def first_order_scores(
             del work
     scores: dict[str, float] = {}
     grads: dict[str, torch.Tensor] = {}  # weight gradients of one layer, reused layer after layer
-    upstream = _head_backward(model, inputs.pop(), batches, total, device, grads if "lm_head" in by_name else None)
-    if "lm_head" in by_name:
-        scores["lm_head"] = _score([(model.get_output_embeddings().weight.detach(), grads.pop("lm_head"))], dtype)
+    upstream, head_score = _head_backward(
+        model, inputs.pop(), batches, total, device, dtype if "lm_head" in by_name else None
+    )
+    if head_score is not None:
+        scores["lm_head"] = head_score
     for index in reversed(range(len(layers))):
         work = _fp32_copy(layers[index], device, storage)
         parts = [block for part in ("self_attn", "mlp") if (block := by_name.get(f"layers.{index}.{part}"))]
@@ -290,8 +292,8 @@ def first_order_scores(
     return {name: scores[name] for name in by_name}
 
 
-# lm_head is used in fp32 row blocks of at most this many elements (16 MB): a vocabulary-sized head is never
-# copied to fp32 whole (2.1 GB for Llama-3-8B's 128256 x 4096 head, on the GPU when there is one).
+# lm_head is used in fp32 row blocks of at most this many elements (16 MB): a vocabulary-sized head, or its weight
+# gradient, is never in fp32 whole (2.1 GB each for Llama-3-8B's 128256 x 4096 head, on the GPU when there is one).
 HEAD_BLOCK_ELEMENTS = 1 << 22
 
 
@@ -301,45 +303,73 @@ def _head_backward(
     batches: list[torch.Tensor],
     total: int,
     device: torch.device,
-    grads: dict[str, torch.Tensor] | None,
-) -> list[torch.Tensor]:
-    """Final norm + lm_head + LM loss, forward and backward per batch; returns d loss / d hidden per batch, and
-    with `grads` puts lm_head's weight gradient (summed over batches) in grads["lm_head"].
+    dtype: str | None,
+) -> tuple[list[torch.Tensor], float | None]:
+    """Final norm + lm_head + the language-model loss, forward and backward; returns d loss / d hidden per batch and,
+    with `dtype`, lm_head's first-order score.
 
-    The bf16 head weight is converted to fp32 a row block at a time, for the logits (the same bits as one
-    product with the whole fp32 weight) and for their gradient's way back (summed over the row blocks).
+    The loss is HF's (ForCausalLMLoss, transformers loss/loss_utils.py: mean cross-entropy of each next token),
+    batch b weighted by its share of the `total` sequences. Its gradient is used in closed form,
+    d loss / d logits = (softmax - one_hot(next token)) * weight, so that everything runs a row block of the head
+    at a time: a first pass gathers each token's log-sum-exp, a second recomputes each block's logits and forms
+    their gradient, its way back to the hidden states and the block's weight gradient (summed over the batches,
+    then scored). The bf16 head is converted to fp32 a row block at a time and neither it nor its gradient is ever
+    in fp32 whole; it costs a fourth product with the head (autograd with a whole gradient takes three).
     """
     import torch
 
     from neuronforge.neuron.grid import row_chunks
 
     head = model.get_output_embeddings()
-    weight = head.weight.detach().to(device)
-    bias = head.bias.detach().to(device).float() if head.bias is not None else None
+    weight = head.weight.detach()
+    bias = head.bias.detach() if head.bias is not None else None
     blocks = row_chunks(weight.shape, HEAD_BLOCK_ELEMENTS)
     norm = _fp32_copy(model.get_decoder().norm, device)
-    if grads is not None:
-        _grad_buffer(grads, "lm_head", weight.shape, weight.device)
+
+    def block_logits(normed: torch.Tensor, rows: slice, block: torch.Tensor) -> torch.Tensor:
+        logits = normed @ block.T
+        return logits + bias[rows].to(device).float() if bias is not None else logits
+
+    hidden = [h.to(device).requires_grad_(True) for h in hidden_states]
+    normed = [norm(h) for h in hidden]
+    scored = [n.detach()[:, :-1] for n in normed]  # the last position has no next token
+    targets = [batch[:, 1:].to(device) for batch in batches]
+    weights = [(batch.shape[0] / total) / targets[i].numel() for i, batch in enumerate(batches)]
+    with torch.no_grad():
+        # Each token's max logit and log of sum(exp(logit - max)), kept apart as log_softmax keeps them: their sum
+        # (the log-sum-exp, often 30-60) would round at its own ulp, 1e-5 of the softmax.
+        peak = [torch.full(n.shape[:-1], -torch.inf, device=device) for n in scored]
+        sums = [torch.zeros(n.shape[:-1], device=device) for n in scored]
+        for rows in blocks:
+            block = weight[rows].to(device).float()
+            for n, top, total_exp in zip(scored, peak, sums, strict=True):
+                logits = block_logits(n, rows, block)
+                higher = torch.maximum(top, logits.amax(dim=-1))
+                total_exp.mul_((top - higher).exp_()).add_(logits.sub_(higher.unsqueeze(-1)).exp_().sum(dim=-1))
+                top.copy_(higher)
+        log_sums = [total_exp.log_() for total_exp in sums]
+        d_normed = [torch.zeros_like(n) for n in normed]
+        score = 0.0
+        for rows in blocks:
+            block = weight[rows].to(device).float()
+            grad = torch.zeros_like(block) if dtype is not None else None
+            for n, top, log_sum, target, share, d in zip(
+                scored, peak, log_sums, targets, weights, d_normed, strict=True
+            ):
+                d_logits = block_logits(n, rows, block).sub_(top.unsqueeze(-1)).sub_(log_sum.unsqueeze(-1)).exp_()
+                inside = (target >= rows.start) & (target < rows.start + block.shape[0])
+                index = (target - rows.start).clamp_(0, block.shape[0] - 1).unsqueeze(-1)
+                d_logits.scatter_add_(-1, index, inside.unsqueeze(-1).to(d_logits.dtype).neg_()).mul_(share)
+                d[:, :-1] += d_logits @ block
+                if grad is not None:
+                    grad.addmm_(d_logits.reshape(-1, block.shape[0]).T, n.reshape(-1, n.shape[-1]))
+            if grad is not None:
+                score += _score([(weight[rows], grad)], dtype)
     upstream = []
-    for index, (hidden, batch) in enumerate(zip(hidden_states, batches, strict=True)):
-        hidden = hidden.to(device).requires_grad_(True)
-        normed = norm(hidden)
-        with torch.no_grad():
-            logits = torch.cat([normed @ weight[rows].float().T for rows in blocks], dim=-1)
-            if bias is not None:
-                logits += bias
-        logits.requires_grad_(True)
-        loss = model.loss_function(logits, batch.to(device), vocab_size=logits.shape[-1]) * (batch.shape[0] / total)
-        loss.backward()
-        with torch.no_grad():
-            if grads is not None:
-                _add_weight_grad(grads, "lm_head", logits.grad, normed, first=index == 0)
-            d_normed = torch.zeros_like(normed)
-            for rows in blocks:
-                d_normed.add_(logits.grad[..., rows] @ weight[rows].float())
-        normed.backward(d_normed)
-        upstream.append(hidden.grad)
-    return upstream
+    for h, n, d in zip(hidden, normed, d_normed, strict=True):
+        n.backward(d)
+        upstream.append(h.grad)
+    return upstream, score if dtype is not None else None
 
 
 def _next_token_logprobs(model: nn.Module, samples: list[torch.Tensor]) -> list[torch.Tensor]:
