@@ -243,10 +243,7 @@ def load_model(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     wanted = dict(model.named_parameters())
     for shard, keys in shard_keys(path).items():
-        for key, tensor in mapped_tensors(path / shard, [key for key in keys if key in wanted]):
-            module_name, _, name = key.rpartition(".")
-            value = tensor.to(dtype, copy=True)  # a copy: the file's pages go with the window
-            model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        _copy_in(model, path / shard, [key for key in keys if key in wanted], dtype)
         if after_shard is not None:
             after_shard(model)
     model.tie_weights()
@@ -260,6 +257,18 @@ def load_model(
         model.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
     model.eval()
     return model
+
+
+def _copy_in(model: PreTrainedModel, file: Path, keys: list[str], dtype: torch.dtype) -> None:
+    """`keys` of one safetensors file copied into `model`'s parameters as `dtype`. A function of its own so that no
+    tensor read from the file outlives it: the last one would keep its map window resident (lm_head's 0.2 GB
+    at 1.2e9 parameters, measured: on top of the emulator's conversion of the shard)."""
+    import torch
+
+    for key, tensor in mapped_tensors(file, keys):
+        module_name, _, name = key.rpartition(".")
+        value = tensor.to(dtype, copy=True)  # a copy: the file's pages go with the window
+        model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:

@@ -125,3 +125,15 @@ def test_load_model_reads_through_map_windows(make_tiny_llama, tmp_path: Path, m
     monkeypatch.setattr(folders, "mapped_tensors", watched)
     model = load_model(folder)
     assert sorted(read) == sorted(name for name, _ in model.named_parameters())
+
+
+def test_no_page_of_a_shard_stays_mapped_once_it_is_loaded(make_tiny_llama, tmp_path: Path) -> None:
+    """When `after_shard` runs (the emulator converts the shard's Linears then), nothing read from any shard is
+    still mapped: a tensor left alive from the last window would keep it resident on top of the conversion."""
+    from testkit.memory import mapped_rss
+
+    folder = _sharded(make_tiny_llama, tmp_path, torch.bfloat16)
+    shards = [folder / name for name in shard_keys(folder)]
+    resident: list[int] = []
+    load_model(folder, after_shard=lambda model: resident.append(sum(mapped_rss(shard) for shard in shards)))
+    assert len(resident) == len(shards) > 2 and set(resident) == {0}
