@@ -70,12 +70,19 @@ def quantize_weight(
     if dtype not in QUANT_DTYPES:
         raise ValueError(f"unknown quantization dtype {dtype!r}; expected one of {QUANT_DTYPES}")
     if qtype == "per_channel_symmetric":
-        weight = weight.float()  # once (a bf16 weight would otherwise be converted for the scale and the codes)
-        if dtype == "int8":
-            scale = int8_per_channel_scale(weight)
-            return int8_codes(weight, scale), scale
-        scale = fp8_per_channel_scale(weight, dtype)
-        return fp8_codes(weight, scale, dtype), scale
+        # Row by row math, so a row block at a time: the fp32 temporaries stay at CHUNK_ELEMENTS whatever the weight
+        # (a whole 49152 x 2048 head would take three 0.4 GB ones).
+        codes = torch.empty(weight.shape, dtype=TORCH_DTYPES[dtype], device=weight.device)
+        scale = torch.empty((weight.shape[0], 1), dtype=torch.float32, device=weight.device)
+        for rows in row_chunks(weight.shape):
+            block = weight[rows].float()  # once (a bf16 weight would otherwise be converted for scale and codes)
+            if dtype == "int8":
+                scale[rows] = int8_per_channel_scale(block)
+                codes[rows] = int8_codes(block, scale[rows])
+            else:
+                scale[rows] = fp8_per_channel_scale(block, dtype)
+                codes[rows] = fp8_codes(block, scale[rows], dtype)
+        return codes, scale
     if qtype == "per_tensor_symmetric":
         if dtype == "int8":
             amax = weight.float().abs().max()

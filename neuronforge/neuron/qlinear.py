@@ -88,8 +88,10 @@ class NeuronQuantLinear(Fp32Gemm):
     def from_linear(
         cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric", tp_degree: int = 1
     ) -> NeuronQuantLinear:
-        # NxDI quantizes the HF model loaded in fp32 (exact for bf16; the fp8 per-tensor scale depends on it).
-        codes, scale = quantize_weight(linear.weight.detach().float(), dtype, qtype)
+        # NxDI quantizes the HF model loaded in fp32 (exact for bf16). Per-channel math converts a row block at a
+        # time (same bits, no whole fp32 copy); the fp8 per-tensor scale is computed in the weight's own dtype.
+        weight = linear.weight.detach()
+        codes, scale = quantize_weight(weight if qtype == "per_channel_symmetric" else weight.float(), dtype, qtype)
         # NxD's fp8 QuantizedLinear drops Linear biases; int8 keeps them (cast to bf16 at load).
         bias = None
         if linear.bias is not None and dtype == "int8":

@@ -179,3 +179,40 @@ def test_rounding_error_is_the_dequantized_codes_less_the_weight(dtype: str, sou
     error = rounding_error(weight, dtype)
     assert torch.equal(error.view(torch.int32), expected.view(torch.int32)) and error.abs().max() > 0
     assert torch.equal(weight, before)  # computed in a fresh tensor, even from an fp32 weight
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+def test_per_channel_quantization_never_holds_the_weight_in_fp32_whole(dtype: str) -> None:
+    """Per-channel math is row by row, so it runs a row block at a time: quantizing a vocabulary-sized bf16 head
+    (0.4 GB in fp32 at 49152 x 2048) costs its codes and scales, not fp32 copies of it. Same bits as whole."""
+    from torch.overrides import TorchFunctionMode
+
+    from neuronforge.neuron.grid import fp8_codes, fp8_per_channel_scale, int8_codes
+    from neuronforge.neuron.qlinear import NeuronQuantLinear
+
+    torch.manual_seed(0)
+    weight = (torch.randn(1024, 768) * torch.logspace(-3, 1, 768)).bfloat16()  # 3 row blocks of 1 MB in fp32
+    linear = torch.nn.Linear(768, 1024, bias=False, dtype=torch.bfloat16)
+    linear.weight.data = weight
+    whole: list[str] = []
+
+    class WatchShapes(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.shape == weight.shape and out.dtype == torch.float32:
+                whole.append(getattr(func, "__name__", str(func)))
+            return out
+
+    with WatchShapes():
+        codes, scale = quantize_weight(weight, dtype)
+        module = NeuronQuantLinear.from_linear(linear, dtype)
+    assert whole == []
+    full = weight.float()  # the per-row steps applied to the whole weight at once
+    if dtype == "int8":
+        want_scale = int8_per_channel_scale(full)
+        want_codes = int8_codes(full, want_scale)
+    else:
+        want_scale = fp8_per_channel_scale(full, dtype)
+        want_codes = fp8_codes(full, want_scale, dtype)
+    assert torch.equal(scale, want_scale) and torch.equal(codes.view(torch.int8), want_codes.view(torch.int8))
+    assert torch.equal(module.codes.view(torch.int8), codes.view(torch.int8)) and torch.equal(module.scale, scale)
