@@ -15,15 +15,16 @@ def _bench():
     return module
 
 
-def _run(stage: str, round_: int, wall: float, peak: float) -> dict:
+def _run(stage: str, round_: int, wall: float, peak: float, imports: float = 0.4e9) -> dict:
     return {"size": "1.2b", "params": 10**9, "stage": stage, "round": round_, "wall_s": wall, "cpu_s": 2 * wall,
-            "peak_rss": peak}  # fmt: skip
+            "peak_rss": peak, "imports_rss": imports}  # fmt: skip
 
 
 def test_medians_over_rounds_and_the_largest_peak() -> None:
-    runs = [_run("nxdi", 1, 10.0, 7e9), _run("nxdi", 2, 30.0, 7.2e9), _run("nxdi", 3, 12.0, 7.1e9)]
+    runs = [_run("nxdi", 1, 10.0, 7e9), _run("nxdi", 2, 30.0, 7.2e9, 0.5e9), _run("nxdi", 3, 12.0, 7.1e9)]
     [row] = _bench().summarize(runs)
     assert (row["wall_s"], row["cpu_s"], row["peak_rss"], row["rounds"]) == (12.0, 24.0, 7.2e9, 3)
+    assert row["imports_rss"] == 0.5e9 and _bench().above_imports(row) == 6.7  # the largest peak's own round
 
 
 def test_time_ratio_pairs_the_stages_of_each_round() -> None:
