@@ -10,9 +10,12 @@ text: a path or a YAML snippet holding `[...]` must never be read as rich markup
 from __future__ import annotations
 
 import functools
+import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import typer
@@ -35,10 +38,30 @@ def print_error(what: str, fix: str | None = None) -> None:
         err_console.print(Text.assemble(("fix:", "bold"), " ", fix))
 
 
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM into an exception, so a stopped run cleans up and says so (the default kills silently)."""
+# How long a SIGTERM that arrived inside a finalizer waits before it is delivered again.
+REDELIVERY_S = 0.05
 
-    def raise_interrupted(signum: int, frame: object) -> None:
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    """Whether `frame` runs inside an object's `__del__`, where Python prints and drops any exception."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into an exception, so a stopped run cleans up and says so (the default kills silently).
+
+    A signal that lands in a finalizer is sent again a moment later instead of being raised there: Python drops
+    exceptions from `__del__`, and the run went on to finish (seen in CI: garbage collected during an import
+    inside auto-round, a `regex` pattern's `__del__`)."""
+
+    def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+        if _in_finalizer(frame):
+            threading.Timer(REDELIVERY_S, os.kill, (os.getpid(), signum)).start()
+            return
         raise Interrupted("SIGTERM", signum)
 
     signal.signal(signal.SIGTERM, raise_interrupted)
