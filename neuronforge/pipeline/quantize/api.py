@@ -206,7 +206,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     shards = shard_keys(src)
     for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
         start = time.perf_counter()
-        tensors = _shard_tensors(src / shard, keys, model, linears, dtype, device, check, autoround)
+        tensors = _shard_tensors(src / shard, keys, model, parameters, linears, dtype, device, check, autoround)
         check.export_s += time.perf_counter() - start
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         check.verify_s += _write_checked(dst / shard, tensors)
@@ -230,21 +230,22 @@ def _shard_tensors(
     file: Path,
     keys: list[str],
     model: nn.Module,
+    parameters: set[str],
     linears: dict[str, nn.Module],
     dtype: str,
     device: torch.device,
     check: ExportCheck,
     autoround: bool,
 ) -> dict[str, torch.Tensor]:
-    """One shard's tensors as `_export` writes them: the targets on the grid, the model's other parameters in bf16,
+    """One shard's tensors as `_export` writes them: the targets on the grid, the model's other `parameters` in bf16,
     and from `file` only what the model does not hold. A function of its own so that no tensor read from `file`
     outlives it: one would keep the source's map, and every page read through it, resident during the write."""
     import torch
 
     from neuronforge.hf.folders import mapped_tensors
 
-    held = {name for name, _ in model.named_parameters()}
-    tensors = {key: model.get_parameter(key).detach().to(torch.bfloat16) for key in keys if key in held - set(linears)}
+    others = [key for key in keys if key in parameters and key not in linears]
+    tensors = {key: model.get_parameter(key).detach().to(torch.bfloat16) for key in others}
     for key, source in mapped_tensors(file, [key for key in keys if key not in tensors]):
         if key in linears:
             tensors[key] = _grid_exact(key, linears[key], source, dtype, device, check, autoround)
