@@ -62,3 +62,16 @@ def test_the_nxdi_anchor_writes_nxd_s_codes_and_scales(make_tiny_llama, tmp_path
         assert torch.equal(saved[key.replace("weight", "scale")].flatten(), scale.flatten()), key
     for key in [k for k in source if "norm" in k or "embed" in k]:
         assert torch.equal(saved[key], source[key].float()), key  # left in fp32, as loaded
+
+
+def test_flatness_is_judged_above_the_imports(capsys) -> None:
+    """A fixed 0.4 GB of imports makes every peak/param fall with size; the verdict looks past it."""
+    runs = []
+    for size, params in (("0.3b", 3 * 10**8), ("1.2b", 12 * 10**8)):
+        runs.append({**_run("quantize", 1, 1.0, 0.4e9 + 2.5 * params), "size": size, "params": params})
+        runs.append({**_run("emulate", 1, 1.0, 0.4e9 + (3.0 if size == "0.3b" else 2.0) * params), "size": size,
+                     "params": params})  # fmt: skip
+    _bench().report(runs, ["quantize", "emulate"])
+    out = capsys.readouterr().out
+    assert "quantize bytes/param 3.83 -> 2.83; above imports 2.50 -> 2.50 (+0%; flat within 15%: ok)" in out
+    assert "emulate bytes/param 4.33 -> 2.33; above imports 3.00 -> 2.00 (-33%; flat within 15%: MISSED)" in out
