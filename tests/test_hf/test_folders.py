@@ -8,18 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from testkit.checkpoints import resharded
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import READ_BLOCK_BYTES, differing_tensors, load_model, mapped_tensors, shard_keys
 
 
 def _sharded(make_tiny_llama, tmp_path: Path, dtype: torch.dtype) -> Path:
-    from transformers import AutoModelForCausalLM
-
     src = make_tiny_llama(f"load-{dtype}", dtype=dtype, tie_word_embeddings=False)
-    folder = tmp_path / "sharded"
-    AutoModelForCausalLM.from_pretrained(src, dtype=dtype).save_pretrained(folder, max_shard_size="60KB")
-    return folder
+    return resharded(src, tmp_path / "sharded", dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from testkit.checkpoints import resharded
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
@@ -25,16 +26,6 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     for shard in sorted(folder.glob("*.safetensors")):
         found.update(load_file(shard))
     return found
-
-
-def _sharded(src: Path, dst: Path) -> Path:
-    """`src` re-saved in bf16 shards of 60 KB (more than two for the tiny model), next to its tokenizer."""
-    from transformers import AutoModelForCausalLM
-
-    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(dst, max_shard_size="60KB")
-    for item in src.glob("tokenizer*"):
-        (dst / item.name).write_bytes(item.read_bytes())
-    return dst
 
 
 @pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
@@ -112,7 +103,7 @@ def test_explicit_list_keeps_blocks_bit_identical_and_rtn_mode(tiny_llama_dir: P
 
 def test_sharded_input_gives_the_same_shards(make_tiny_llama, tmp_path: Path) -> None:
     src = make_tiny_llama("sharded-src")
-    sharded = _sharded(src, tmp_path / "sharded")
+    sharded = resharded(src, tmp_path / "sharded")
     in_index = json.loads((sharded / "model.safetensors.index.json").read_text())
     assert len(set(in_index["weight_map"].values())) > 2
     out = tmp_path / "q"
@@ -141,7 +132,7 @@ def test_streaming_export_writes_the_same_bytes_as_the_whole_model_export(
     make_tiny_llama, tmp_path: Path, dtype: str
 ) -> None:
     src = make_tiny_llama("stream-src", tie_word_embeddings=False)
-    sharded = _sharded(src, tmp_path / "sharded")
+    sharded = resharded(src, tmp_path / "sharded")
     out = tmp_path / "q"
     kept = ["layers.0.mlp"]
     quantize(
@@ -471,7 +462,7 @@ def test_a_shard_the_disk_garbles_is_refused_and_nothing_is_left(make_tiny_llama
     import safetensors.torch
 
     src = make_tiny_llama("garbled-src", tie_word_embeddings=False)
-    sharded = _sharded(src, tmp_path / "sharded")
+    sharded = resharded(src, tmp_path / "sharded")
     real_save = safetensors.torch.save_file
     saved: list[str] = []
 
@@ -503,7 +494,7 @@ def test_each_shard_s_weights_are_released_once_written(
     from neuronforge.hf import folders
 
     src = make_tiny_llama("release-src", tie_word_embeddings=False)
-    sharded = _sharded(src, tmp_path / "sharded")
+    sharded = resharded(src, tmp_path / "sharded")
     weight_map = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
     refs: dict[str, weakref.ref] = {}
     real_load, real_save = folders.load_model, safetensors.torch.save_file
@@ -544,7 +535,7 @@ def test_no_source_page_is_held_while_a_shard_is_written(
     from testkit.memory import mapped_rss
 
     src = make_tiny_llama("unmapped-src", tie_word_embeddings=False)
-    sharded = _sharded(src, tmp_path / "sharded")
+    sharded = resharded(src, tmp_path / "sharded")
     shards = sorted(sharded.glob("model-*.safetensors"))
     real_save = safetensors.torch.save_file
     resident: dict[str, int] = {}
