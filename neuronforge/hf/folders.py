@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from neuronforge.core.bits import same_bits
 from neuronforge.core.memory import release_freed_tensors
@@ -94,6 +94,14 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _read_header(handle: BinaryIO) -> tuple[int, dict[str, Any]]:
+    """(offset of the data, header) of an open safetensors file: an 8-byte length, then the JSON header."""
+    import struct
+
+    (length,) = struct.unpack("<Q", handle.read(8))
+    return 8 + length, json.loads(handle.read(length))
+
+
 READ_BLOCK_BYTES = 16 << 20
 
 
@@ -104,15 +112,12 @@ def differing_tensors(shard: Path, tensors: dict[str, torch.Tensor]) -> list[str
     written shard costs one block of memory. (A memory map, as safe_open uses, would count every page of the
     file in the process's RSS while it is open: a whole shard on top of the model.)
     """
-    import struct
-
     import torch
 
     buffer = bytearray(READ_BLOCK_BYTES)
     differ = []
     with shard.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
+        data_start, header = _read_header(handle)
         for key, tensor in tensors.items():
             entry = header.get(key, {"shape": None, "data_offsets": (0, -1)})
             expected = tensor.contiguous().view(-1).view(torch.uint8)
@@ -120,7 +125,7 @@ def differing_tensors(shard: Path, tensors: dict[str, torch.Tensor]) -> list[str
             if entry["shape"] != list(tensor.shape) or end - begin != expected.numel():
                 differ.append(key)
                 continue
-            handle.seek(8 + length + begin)
+            handle.seek(data_start + begin)
             for start in range(0, expected.numel(), READ_BLOCK_BYTES):
                 count = handle.readinto(memoryview(buffer)[: min(READ_BLOCK_BYTES, expected.numel() - start)])
                 if not same_bits(
@@ -200,34 +205,44 @@ def shard_keys(path: Path) -> dict[str, list[str]]:
 MAP_WINDOW_BYTES = 64 << 20
 
 
+def map_windows(file: Path, keys: list[str], window: int = MAP_WINDOW_BYTES) -> list[list[str]]:
+    """`keys` of one safetensors file in runs of at most `window` bytes of data (a larger tensor is a run alone)."""
+    with file.open("rb") as handle:
+        _, header = _read_header(handle)
+    runs: list[list[str]] = []
+    size = window
+    for key in keys:
+        begin, end = header[key]["data_offsets"]
+        if size + end - begin > window:
+            runs.append([])
+            size = 0
+        runs[-1].append(key)
+        size += end - begin
+    return runs
+
+
 def mapped_tensors(file: Path, keys: list[str], window: int = MAP_WINDOW_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) for `keys` of one safetensors file, memory-mapped by safetensors, which is reopened after every
-    `window` bytes read: while each tensor is dropped (or copied) before the next window, at most one window's
-    pages plus one tensor are resident, however large the shard."""
+    """(key, tensor) for `keys` of one safetensors file, memory-mapped by safetensors, which is reopened for every
+    run of `map_windows`: while each tensor is dropped (or copied) before the next run, at most one window's
+    pages (or one larger tensor's) are resident, however large the shard."""
     from safetensors import safe_open
 
-    pending = iter(keys)
-    key = next(pending, None)
-    while key is not None:
+    for run in map_windows(file, keys, window):
         with safe_open(file, framework="pt") as handle:
-            read = 0
-            while key is not None and read < window:
-                tensor = handle.get_tensor(key)
-                read += tensor.numel() * tensor.element_size()
-                yield key, tensor
-                del tensor
-                key = next(pending, None)
+            for key in run:
+                yield key, handle.get_tensor(key)
 
 
 def load_model(
-    path: Path, dtype: torch.dtype | None = None, after_shard: Callable[[PreTrainedModel], None] | None = None
+    path: Path, dtype: torch.dtype | None = None, after_window: Callable[[PreTrainedModel], None] | None = None
 ) -> PreTrainedModel:
-    """Load a validated folder on CPU in `dtype` (default bf16, what Neuron computes in), one shard at a time.
+    """Load a validated folder on CPU in `dtype` (default bf16, what Neuron computes in), a map window at a time.
 
     The model is built without storage, then each safetensors shard's tensors are copied in (cast to `dtype`)
     from `mapped_tensors`: host RAM holds the model once plus one map window, whatever the source dtype
-    (bf16, fp16 or fp32) and the shard size. `after_shard(model)` runs after each shard (the emulator
-    converts the Linears that just arrived, so their bf16 copies never pile up). Tied weights are tied last.
+    (bf16, fp16 or fp32) and the shard size. `after_window(model)` runs after each window, with no page of any
+    shard mapped (the emulator converts the Linears that just arrived, so at most a window of them is ever in
+    bf16). Tied weights are tied last.
     """
     import torch
     from accelerate import init_empty_weights
@@ -243,9 +258,10 @@ def load_model(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     wanted = dict(model.named_parameters())
     for shard, keys in shard_keys(path).items():
-        _copy_in(model, path / shard, [key for key in keys if key in wanted], dtype)
-        if after_shard is not None:
-            after_shard(model)
+        for run in map_windows(path / shard, [key for key in keys if key in wanted], MAP_WINDOW_BYTES):
+            _copy_in(model, path / shard, run, dtype)
+            if after_window is not None:
+                after_window(model)
     model.tie_weights()
     missing = [name for name, param in model.named_parameters() if param.is_meta]
     if missing:

@@ -91,16 +91,20 @@ class EmulatedModel:
         return {STATE_KWARG: KVState(prefill_len, self.kv_risk)} if self.spec.kv_fp8 else {}
 
     @torch.inference_mode()
-    def logits(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
-        """fp32 [b, s, vocab] logits, teacher-forced. With kv_fp8, positions >= prefill_len (default s // 2)
-        run as decode steps: their past K/V come through the fp8 cache."""
+    def device_logits(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
+        """[b, s, vocab] logits as the model computes them (bf16, on its device), teacher-forced. With kv_fp8,
+        positions >= prefill_len (default s // 2) run as decode steps: their past K/V come through the fp8 cache."""
         seq = input_ids.shape[1]
         prefill = seq // 2 if prefill_len is None else prefill_len
         if not 1 <= prefill <= seq:
             raise NeuronforgeError(
                 f"prefill_len {prefill} is outside 1..{seq}", "pick a prefill length within the sequence"
             )
-        return self.model(input_ids.to(self.device), use_cache=False, **self._kwargs(prefill)).logits.float().cpu()
+        return self.model(input_ids.to(self.device), use_cache=False, **self._kwargs(prefill)).logits
+
+    def logits(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
+        """`device_logits` as fp32 on the CPU."""
+        return self.device_logits(input_ids, prefill_len).float().cpu()
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -168,8 +172,8 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
 
 
 def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
-    """Load an HF folder in bf16, converting each shard's Linears as they arrive, so host memory holds the
-    converted model plus one shard (the spec validated itself before the load)."""
+    """Load an HF folder in bf16, converting the Linears of each map window as they arrive, so host memory holds
+    the converted model plus one window of bf16 weights (the spec validated itself before the load)."""
     from neuronforge.hf.folders import load_model
     from neuronforge.neuron.qlinear import convert_to_neuron_numerics
 
@@ -177,7 +181,7 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
         if spec.dtype is not None:
             convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
 
-    return emulate(load_model(Path(model_dir), after_shard=convert_arrived), spec, device)
+    return emulate(load_model(Path(model_dir), after_window=convert_arrived), spec, device)
 
 
 def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -198,5 +202,9 @@ def perplexity(
     """`perplexity_from_logits` over [n, s] windows, run `batch_size` windows at a time."""
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
-    nll = torch.cat([token_nll(emulated.logits(batch, prefill_len), batch) for batch in windows.split(batch_size)])
-    return torch.exp(nll.double().mean()).item()
+    nll = []
+    for batch in windows.split(batch_size):
+        logits = emulated.device_logits(batch, prefill_len)
+        # One window's logits in fp32 at a time: each row's softmax is its own, so the NLL is the same.
+        nll += [token_nll(row[None].float().cpu(), ids[None]) for row, ids in zip(logits, batch, strict=True)]
+    return torch.exp(torch.cat(nll).double().mean()).item()

@@ -14,6 +14,8 @@ precision is not in the sources we have. The fp32 accumulation order within a GE
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -48,19 +50,31 @@ def row_parallel_matmul(
     return total.to(compute)
 
 
+# Bytes of fp32 each GEMM step may create: its operand rows, or its output columns.
+GEMM_BLOCK_BYTES = 16 << 20
+
+
 class Fp32Gemm(nn.Module):
-    """The exact fp32 copy of a weight that the GEMM runs on: kept after first use, or (large models, where
-    it would cost 4 bytes per parameter) made for each call and dropped. Same numbers either way."""
+    """A GEMM on the exact fp32 copy of a weight, run a block of output features at a time.
+
+    The copy is kept after first use, or (large models, where it would cost 4 bytes per parameter) made a
+    block at a time for each call. Blocking bounds the fp32 temporaries of a vocabulary-sized lm_head: each
+    output feature is its own dot product, so the blocks give the same numbers as one GEMM.
+    """
 
     keep_fp32: bool = True
     _fp32: torch.Tensor | None = None
 
-    def _operand(self, weight: torch.Tensor) -> torch.Tensor:
-        if self._fp32 is not None and self._fp32.device == weight.device:
-            return self._fp32
-        fp32 = weight.detach().float()
-        self._fp32 = fp32 if self.keep_fp32 else None
-        return fp32
+    def _operand_blocks(self, x: torch.Tensor, weight: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(output features, their fp32 weight rows), at most GEMM_BLOCK_BYTES of operand or output each."""
+        if self.keep_fp32 and (self._fp32 is None or self._fp32.device != weight.device):
+            self._fp32 = weight.detach().float()
+        kept = self._fp32 if self.keep_fp32 else None
+        tokens = x.numel() // x.shape[-1]
+        step = max(1, GEMM_BLOCK_BYTES // (4 * max(tokens, weight.shape[1])))
+        for start in range(0, weight.shape[0], step):
+            rows = slice(start, start + step)
+            yield rows, kept[rows] if kept is not None else weight[rows].detach().float()
 
 
 class NeuronQuantLinear(Fp32Gemm):
@@ -102,8 +116,11 @@ class NeuronQuantLinear(Fp32Gemm):
         compute = x.dtype
         # codes are exact in bf16; an fp32 GEMM rounded once to bf16 is what the PE array's fp32
         # accumulation gives, and avoids CPU bf16 GEMMs (about 6x slower without native bf16).
-        scale = self.scale.reshape(1, -1) if self.scale.dim() == 2 else self.scale
-        y = row_parallel_matmul(x, self._operand(self.codes), self.tp_degree, scale)
+        per_row = self.scale.dim() == 2
+        scale = self.scale.reshape(1, -1) if per_row else self.scale
+        y = x.new_empty((*x.shape[:-1], self.out_features))
+        for rows, operand in self._operand_blocks(x, self.codes):
+            y[..., rows] = row_parallel_matmul(x, operand, self.tp_degree, scale[:, rows] if per_row else scale)
         return y if self.bias is None else y + self.bias.to(compute)
 
     def extra_repr(self) -> str:
@@ -126,11 +143,15 @@ class Bf16Linear(Fp32Gemm):
         self.tp_degree = tp_degree  # > 1 only for row-parallel layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.new_empty((*x.shape[:-1], self.out_features))
         if self.tp_degree > 1:  # bf16 partials summed by the all-reduce, bias after it
-            y = row_parallel_matmul(x, self._operand(self.weight), self.tp_degree)
+            for rows, operand in self._operand_blocks(x, self.weight):
+                y[..., rows] = row_parallel_matmul(x, operand, self.tp_degree)
             return y if self.bias is None else y + self.bias.to(x.dtype)
-        bias = None if self.bias is None else self.bias.float()
-        return nn.functional.linear(x.float(), self._operand(self.weight), bias).to(x.dtype)
+        x32, bias = x.float(), None if self.bias is None else self.bias.float()
+        for rows, operand in self._operand_blocks(x, self.weight):
+            y[..., rows] = nn.functional.linear(x32, operand, None if bias is None else bias[rows])
+        return y
 
 
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:

@@ -225,6 +225,57 @@ def test_fp32_weight_copies_are_kept_only_within_the_budget(tiny_llama_dir: Path
     assert all(m._fp32 is None for m in per_call.model.modules() if isinstance(m, Fp32Gemm))  # nothing kept
 
 
+LAYERS: dict[str, Callable[[torch.nn.Linear], Fp32Gemm]] = {
+    "int8": lambda linear: NeuronQuantLinear.from_linear(linear, "int8"),
+    "f8e4m3": lambda linear: NeuronQuantLinear.from_linear(linear, "f8e4m3"),
+    "int8 per tensor": lambda linear: NeuronQuantLinear.from_linear(linear, "int8", "per_tensor_symmetric"),
+    "int8 row-parallel": lambda linear: NeuronQuantLinear.from_linear(linear, "int8", tp_degree=2),
+    "bf16": Bf16Linear,
+    "bf16 row-parallel": lambda linear: Bf16Linear(linear, tp_degree=2),
+}
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@torch.inference_mode()
+def test_a_gemm_runs_a_block_of_output_features_at_a_time(kind: str, monkeypatch) -> None:
+    """A vocabulary-sized head in fp32 is 0.4 GB at 49152 x 2048, and so are its logits for 2048 tokens: with
+    operands made per call, each step makes only a block of either. Every output feature is its own dot product,
+    so the blocks give the numbers of one GEMM."""
+    from testkit.memory import fp32_shapes
+
+    from neuronforge.neuron import qlinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 300, dtype=torch.bfloat16)  # int8 keeps the bias; fp8 drops it, as NxD does
+    x = torch.randn(2, 7, 64).to(torch.bfloat16)
+    layer = LAYERS[kind](linear)
+    whole = layer(x)
+    layer.keep_fp32, layer._fp32 = False, None
+    monkeypatch.setattr(qlinear, "GEMM_BLOCK_BYTES", 4 * 64 * 32)  # 32 output features a block
+    with fp32_shapes() as made:
+        blocked = layer(x)
+    assert torch.equal(blocked, whole) and blocked.dtype == torch.bfloat16
+    assert (32, 64) in made and (300, 64) not in made and (2, 7, 300) not in made  # blocks of operand and output
+
+
+@torch.inference_mode()
+def test_perplexity_holds_one_window_of_fp32_logits_at_a_time(tiny_llama_dir: Path, monkeypatch) -> None:
+    """The model's logits stay bf16; the NLL takes one window of them to fp32 at a time (SmolLM2: 50 MB a 256-token
+    window, 0.2 GB for the default batch of four)."""
+    from testkit.memory import fp32_shapes
+
+    from neuronforge.neuron import qlinear
+
+    monkeypatch.setattr(qlinear, "GEMM_BLOCK_BYTES", 4 * 64 * 64)  # the head's GEMM in blocks of 64 of 512 tokens
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True))
+    windows = tokens(n=4, seq=16)
+    with fp32_shapes() as made:
+        got = perplexity(emulated, windows, batch_size=4)
+    assert got == perplexity_from_logits(emulated.logits(windows), windows)
+    vocabulary_wide = {shape[:-1] for shape in made if len(shape) == 3 and shape[-1] == 512}
+    assert vocabulary_wide == {(1, 16), (1, 15)}  # a window's logits, and their log-softmax without the last
+
+
 def test_emulation_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, monkeypatch) -> None:
     spec = EmulationSpec(dtype="int8")
     on_cpu = load_emulated(tiny_llama_dir, spec, device="cpu")

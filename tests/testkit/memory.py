@@ -1,7 +1,9 @@
-"""How much of a file the process holds: memory maps count each page a read touched in its RSS."""
+"""What a step holds: a file's resident map pages (each page a read touched counts in RSS), the fp32 tensors it makes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -16,3 +18,23 @@ def mapped_rss(file: Path) -> int:
         elif inside and fields[0] == "Rss:":
             total += int(fields[1]) * 1024
     return total
+
+
+@contextmanager
+def fp32_shapes() -> Iterator[list[tuple[int, ...]]]:
+    """The shape of every fp32 tensor a torch function returns inside the block: a test that a large operand is only
+    ever made a block at a time looks for the whole shape among them."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    made: list[tuple[int, ...]] = []
+
+    class WatchFp32(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dtype == torch.float32:
+                made.append(tuple(out.shape))
+            return out
+
+    with WatchFp32():
+        yield made

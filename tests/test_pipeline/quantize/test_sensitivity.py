@@ -119,25 +119,16 @@ def test_the_lm_head_is_never_in_fp32_whole(make_tiny_llama, samples, monkeypatc
     """The head (vocabulary x hidden: 2.1 GB in fp32 for a 128256-token, 4096-wide head) is used in fp32 row
     blocks, and an untied head's weight gradient is formed and scored a row block at a time: nothing of the
     head's whole shape is ever created in fp32."""
-    from torch.overrides import TorchFunctionMode
+    from testkit.memory import fp32_shapes
 
     from neuronforge.pipeline.quantize import sensitivity
 
     model = load_model(make_tiny_llama(f"fo-head-{tied}", tie_word_embeddings=tied))
-    shape = model.get_output_embeddings().weight.shape
+    shape = tuple(model.get_output_embeddings().weight.shape)
     monkeypatch.setattr(sensitivity, "HEAD_BLOCK_ELEMENTS", 16 * shape[1])
-    whole: list[str] = []
-
-    class WatchShapes(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.shape == shape and out.dtype == torch.float32:
-                whole.append(getattr(func, "__name__", str(func)))
-            return out
-
-    with WatchShapes():
+    with fp32_shapes() as made:
         first_order_scores(model, find_blocks(model), samples, "int8", device="cpu")
-    assert whole == []
+    assert made and shape not in made
 
 
 def test_first_order_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, samples, monkeypatch) -> None:
