@@ -185,9 +185,13 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
 
 
 def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood `[n, s-1]` of ids[:, 1:] under logits[:, :-1] (fp32)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    """Per-token negative log-likelihood `[n, s-1]` of ids[:, 1:] under logits[:, :-1] (any float dtype), one
+    window at a time in fp32: each row's softmax is its own, so the values are those of the whole batch at once."""
+    rows = []
+    for window, window_ids in zip(logits, ids, strict=True):
+        logp = torch.log_softmax(window[:-1].float(), dim=-1)
+        rows.append(-logp.gather(-1, window_ids[1:].unsqueeze(-1)).squeeze(-1))
+    return torch.stack(rows)
 
 
 def perplexity_from_logits(logits: torch.Tensor, ids: torch.Tensor) -> float:
@@ -202,9 +206,5 @@ def perplexity(
     """`perplexity_from_logits` over [n, s] windows, run `batch_size` windows at a time."""
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
-    nll = []
-    for batch in windows.split(batch_size):
-        logits = emulated.device_logits(batch, prefill_len)
-        # One window's logits in fp32 at a time: each row's softmax is its own, so the NLL is the same.
-        nll += [token_nll(row[None].float().cpu(), ids[None]) for row, ids in zip(logits, batch, strict=True)]
+    nll = [token_nll(emulated.device_logits(batch, prefill_len).cpu(), batch) for batch in windows.split(batch_size)]
     return torch.exp(torch.cat(nll).double().mean()).item()

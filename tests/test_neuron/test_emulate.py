@@ -272,8 +272,11 @@ def test_perplexity_holds_one_window_of_fp32_logits_at_a_time(tiny_llama_dir: Pa
     with fp32_shapes() as made:
         got = perplexity(emulated, windows, batch_size=4)
     assert got == perplexity_from_logits(emulated.logits(windows), windows)
-    vocabulary_wide = {shape[:-1] for shape in made if len(shape) == 3 and shape[-1] == 512}
-    assert vocabulary_wide == {(1, 16), (1, 15)}  # a window's logits, and their log-softmax without the last
+    vocabulary_wide = {shape for shape in made if shape[-1] == 512}
+    assert vocabulary_wide == {
+        (15, 512),
+        (1, 512),
+    }  # a window's log-softmax (its last position predicts nothing), the scale
 
 
 def test_emulation_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, monkeypatch) -> None:

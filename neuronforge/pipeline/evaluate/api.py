@@ -209,12 +209,12 @@ def text_logits(
     batch_size: int,
     advance: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """fp32 logits for all windows of one text, computed `batch_size` windows at a time."""
+    """The model's (bf16) logits for all windows of one text, on the CPU, computed `batch_size` windows at a time."""
     import torch
 
     parts = []
     for batch in windows.split(batch_size):
-        parts.append(emulated.logits(batch, prefill_len))
+        parts.append(emulated.device_logits(batch, prefill_len).cpu())
         if advance is not None:
             advance(batch.shape[0])
     return torch.cat(parts)
@@ -222,27 +222,17 @@ def text_logits(
 
 def compare(reference: Reference, logits: dict[str, torch.Tensor], *, quantized: bool) -> dict[str, object]:
     """Perplexity, recovery, KL and agreement of one variant's logits against the reference."""
-    import torch
-
     from neuronforge.neuron.emulate import perplexity_from_logits
-    from neuronforge.pipeline.evaluate.metrics import (
-        Divergence,
-        kl_divergence,
-        recovery,
-        sanity_flags,
-        top1_agreement,
-    )
+    from neuronforge.pipeline.evaluate.metrics import divergence, recovery, sanity_flags
 
     ppl = {t: perplexity_from_logits(logits[t], reference.windows[t]) for t in logits}
-    ref_all = torch.cat([reference.logits[t].flatten(0, 1) for t in logits])
-    var_all = torch.cat([logits[t].flatten(0, 1) for t in logits])
-    divergence = Divergence(kl_divergence(ref_all, var_all), top1_agreement(ref_all, var_all))
+    measured = divergence(pair for t in logits for pair in zip(reference.logits[t], logits[t], strict=True))
     return {
         "perplexity": ppl,
         "ppl_recovery": {t: recovery(reference.perplexity[t], ppl[t], higher_is_better=False) for t in ppl},
-        "kl": divergence.kl,
-        "agreement": divergence.agreement,
-        "flags": sanity_flags(divergence, quantized=quantized),
+        "kl": measured.kl,
+        "agreement": measured.agreement,
+        "flags": sanity_flags(measured, quantized=quantized),
     }
 
 

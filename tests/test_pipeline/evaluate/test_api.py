@@ -151,6 +151,31 @@ def test_a_zeroed_layer_is_flagged_as_broken(tiny_llama_dir):
     assert any("not quantized" in f for f in unquantized["flags"])
 
 
+def test_compare_takes_one_window_of_logits_to_fp32_at_a_time():
+    """The held-out logits stay bf16 (what the model computes) and the KL's softmaxes run a window at a time: on the
+    default model the variant phase peaked at 6.7 GB with every text's fp32 logits concatenated, twice, and softmaxed
+    whole (2.2 GB now). The figures are those of the whole computation."""
+    from testkit.memory import fp32_shapes
+
+    from neuronforge.neuron.emulate import perplexity_from_logits
+
+    generator = torch.Generator().manual_seed(0)
+    windows = {t: torch.randint(0, 97, (3, 8), generator=generator) for t in ("a", "b")}
+    ref = {t: torch.randn(3, 8, 97, generator=generator).bfloat16() for t in windows}
+    var = {t: (ref[t].float() + 0.3 * torch.randn(3, 8, 97, generator=generator)).bfloat16() for t in windows}
+    reference = ev.Reference(windows, ref, {t: perplexity_from_logits(ref[t], windows[t]) for t in windows})
+    with fp32_shapes() as made:
+        figures = ev.compare(reference, var, quantized=True)
+    assert max(shape[0] for shape in made if len(shape) == 2 and shape[-1] == 97) == 8  # one window's positions
+
+    whole_ref = torch.cat([ref[t].float().flatten(0, 1) for t in windows])  # every text at once
+    whole_var = torch.cat([var[t].float().flatten(0, 1) for t in windows])
+    ref_logp, var_logp = torch.log_softmax(whole_ref, dim=-1), torch.log_softmax(whole_var, dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - var_logp)).sum(dim=-1).double().mean().item()
+    agreement = (whole_ref.argmax(dim=-1) == whole_var.argmax(dim=-1)).double().mean().item()
+    assert (figures["kl"], figures["agreement"]) == (kl, agreement) and 0 < agreement < 1
+
+
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     from neuronforge.cli import app
 

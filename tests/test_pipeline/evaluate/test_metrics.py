@@ -8,13 +8,11 @@ import pytest
 import torch
 
 from neuronforge.neuron.emulate import perplexity_from_logits, token_nll
-from neuronforge.pipeline.evaluate.metrics import (
-    Divergence,
-    kl_divergence,
-    recovery,
-    sanity_flags,
-    top1_agreement,
-)
+from neuronforge.pipeline.evaluate.metrics import Divergence, divergence, recovery, sanity_flags
+
+
+def kl_divergence(reference: torch.Tensor, variant: torch.Tensor) -> float:
+    return divergence([(reference, variant)]).kl
 
 
 def test_kl_of_identical_distributions_is_zero():
@@ -48,8 +46,8 @@ def test_perplexity_uses_the_next_token():
 def test_top1_agreement_counts_matching_argmax():
     ref = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
     var = torch.tensor([[[0.0, 2.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]])
-    assert top1_agreement(ref, var) == 0.5
-    assert top1_agreement(ref, ref) == 1.0
+    assert divergence([(ref, var)]).agreement == 0.5
+    assert divergence([(ref, ref)]).agreement == 1.0
 
 
 def test_recovery_of_the_reference_is_100_percent_and_higher_is_better():
@@ -79,5 +77,5 @@ def test_zeroed_layer_is_flagged_on_the_tiny_model(tiny_llama_dir):
         model.model.layers[0].mlp.down_proj.weight.zero_()
         model.model.layers[1].self_attn.o_proj.weight.zero_()
         broken = model(ids).logits.float()
-    divergence = Divergence(kl_divergence(reference, broken), top1_agreement(reference, broken))
-    assert sanity_flags(divergence, quantized=True), divergence
+    measured = divergence([(reference, broken)])
+    assert sanity_flags(measured, quantized=True), measured
