@@ -210,10 +210,10 @@ def map_windows(file: Path, keys: list[str], window: int = MAP_WINDOW_BYTES) -> 
     with file.open("rb") as handle:
         _, header = _read_header(handle)
     runs: list[list[str]] = []
-    size = window
+    size = 0
     for key in keys:
         begin, end = header[key]["data_offsets"]
-        if size + end - begin > window:
+        if not runs or size + end - begin > window:
             runs.append([])
             size = 0
         runs[-1].append(key)

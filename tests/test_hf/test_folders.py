@@ -11,7 +11,14 @@ from safetensors.torch import load_file, save_file
 from testkit.checkpoints import resharded
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.hf.folders import READ_BLOCK_BYTES, differing_tensors, load_model, mapped_tensors, shard_keys
+from neuronforge.hf.folders import (
+    READ_BLOCK_BYTES,
+    differing_tensors,
+    load_model,
+    map_windows,
+    mapped_tensors,
+    shard_keys,
+)
 
 
 def _sharded(make_tiny_llama, tmp_path: Path, dtype: torch.dtype) -> Path:
@@ -104,6 +111,14 @@ def test_a_shard_is_read_a_map_window_at_a_time(tmp_path: Path) -> None:
     assert resident[-1] >= 8 * mib
     del tensor  # the last tensor read keeps its map alive; with it gone, the file is unmapped
     assert mapped_rss(file) == 0
+
+
+def test_map_windows_group_keys_by_their_bytes(tmp_path: Path) -> None:
+    file = tmp_path / "shard.safetensors"
+    kib = {"empty": 0, "a": 3, "b": 1, "big": 9, "c": 2, "d": 2}  # KiB of bf16 data each
+    save_file({k: torch.zeros(n * 512, dtype=torch.bfloat16) for k, n in kib.items()}, file)
+    assert map_windows(file, list(kib), window=4 << 10) == [["empty", "a", "b"], ["big"], ["c", "d"]]
+    assert map_windows(file, ["c"], window=1) == [["c"]] and map_windows(file, []) == []
 
 
 def test_load_model_reads_through_map_windows(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
