@@ -221,13 +221,13 @@ def map_windows(file: Path, keys: list[str], window: int = MAP_WINDOW_BYTES) -> 
     return runs
 
 
-def mapped_tensors(file: Path, keys: list[str], window: int = MAP_WINDOW_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) for `keys` of one safetensors file, memory-mapped by safetensors, which is reopened for every
-    run of `map_windows`: while each tensor is dropped (or copied) before the next run, at most one window's
-    pages (or one larger tensor's) are resident, however large the shard."""
+def mapped_tensors(file: Path, runs: list[list[str]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) for the keys of one safetensors file grouped by `map_windows`, memory-mapped by safetensors,
+    which is reopened for every run: while each tensor is dropped (or copied) before the next run, at most one
+    window's pages (or one larger tensor's) are resident, however large the shard."""
     from safetensors import safe_open
 
-    for run in map_windows(file, keys, window):
+    for run in runs:
         with safe_open(file, framework="pt") as handle:
             for key in run:
                 yield key, handle.get_tensor(key)
@@ -276,12 +276,12 @@ def load_model(
 
 
 def _copy_in(model: PreTrainedModel, file: Path, keys: list[str], dtype: torch.dtype) -> None:
-    """`keys` of one safetensors file copied into `model`'s parameters as `dtype`. A function of its own so that no
+    """`keys` of one safetensors file (one map window) copied into `model`'s parameters as `dtype`. A function of its own so that no
     tensor read from the file outlives it: the last one would keep its map window resident (lm_head's 0.2 GB
     at 1.2e9 parameters, measured: on top of the emulator's conversion of the shard)."""
     import torch
 
-    for key, tensor in mapped_tensors(file, keys):
+    for key, tensor in mapped_tensors(file, [keys]):  # one run: `load_model` grouped them by `map_windows`
         module_name, _, name = key.rpartition(".")
         value = tensor.to(dtype, copy=True)  # a copy: the file's pages go with the window
         model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(value, requires_grad=False)

@@ -100,12 +100,12 @@ def test_a_shard_is_read_a_map_window_at_a_time(tmp_path: Path) -> None:
     tensors = {f"t{i}": torch.full((mib // 2,), float(i), dtype=torch.bfloat16) for i in range(8)}  # 1 MiB each
     save_file(tensors, file)
     resident = []
-    for key, tensor in mapped_tensors(file, list(tensors), window=2 * mib):
+    for key, tensor in mapped_tensors(file, map_windows(file, list(tensors), window=2 * mib)):
         assert torch.equal(tensor, tensors[key])  # touches every page of the tensor
         resident.append(mapped_rss(file))
     assert len(resident) == 8 and max(resident) <= 2 * mib + 16 * 4096
     held = []  # one window as big as the file: everything read stays resident, as with one safe_open
-    for _, tensor in mapped_tensors(file, list(tensors), window=8 * mib):
+    for _, tensor in mapped_tensors(file, map_windows(file, list(tensors), window=8 * mib)):
         held.append(float(tensor.sum()))
         resident.append(mapped_rss(file))
     assert resident[-1] >= 8 * mib
@@ -122,21 +122,26 @@ def test_map_windows_group_keys_by_their_bytes(tmp_path: Path) -> None:
 
 
 def test_load_model_reads_through_map_windows(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
-    """Every weight load_model copies comes through mapped_tensors, so a shard is never resident whole."""
+    """Every weight load_model copies comes through mapped_tensors, so a shard is never resident whole; each shard's
+    header is read once, to group its keys into windows."""
     from neuronforge.hf import folders
 
     folder = _sharded(make_tiny_llama, tmp_path, torch.bfloat16)
-    real = folders.mapped_tensors
+    real, real_header = folders.mapped_tensors, folders._read_header
     read: list[str] = []
+    headers: list[str] = []
 
-    def watched(file: Path, keys: list[str], window: int = folders.MAP_WINDOW_BYTES):
-        for key, tensor in real(file, keys, window):
+    def watched(file: Path, runs: list[list[str]]):
+        for key, tensor in real(file, runs):
             read.append(key)
             yield key, tensor
 
     monkeypatch.setattr(folders, "mapped_tensors", watched)
+    monkeypatch.setattr(folders, "_read_header", lambda handle: headers.append(handle.name) or real_header(handle))
+    monkeypatch.setattr(folders, "MAP_WINDOW_BYTES", 16 << 10)  # several windows a shard
     model = load_model(folder)
     assert sorted(read) == sorted(name for name, _ in model.named_parameters())
+    assert sorted(headers) == sorted(str(folder / shard) for shard in shard_keys(folder))
 
 
 def test_after_window_runs_for_each_map_window_of_new_weights(make_tiny_llama, monkeypatch) -> None:

@@ -242,11 +242,11 @@ def _shard_tensors(
     outlives it: one would keep the source's map, and every page read through it, resident during the write."""
     import torch
 
-    from neuronforge.hf.folders import mapped_tensors
+    from neuronforge.hf.folders import map_windows, mapped_tensors
 
     others = [key for key in keys if key in parameters and key not in linears]
     tensors = {key: model.get_parameter(key).detach().to(torch.bfloat16) for key in others}
-    for key, source in mapped_tensors(file, [key for key in keys if key not in tensors]):
+    for key, source in mapped_tensors(file, map_windows(file, [key for key in keys if key not in tensors])):
         if key in linears:
             tensors[key] = _grid_exact(key, linears[key], source, dtype, device, check, autoround)
         else:  # a tensor the model does not hold (a tied head saved anyway, a buffer)
