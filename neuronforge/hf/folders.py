@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -233,16 +233,64 @@ def mapped_tensors(file: Path, runs: list[list[str]]) -> Iterator[tuple[str, tor
                 yield key, handle.get_tensor(key)
 
 
+def copied_tensors(
+    file: Path, runs: list[list[str]], dtype: torch.dtype, window: int = MAP_WINDOW_BYTES
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, the tensor copied out of `file` as `dtype`) for the runs of `map_windows`: nothing mapped outlives its
+    run, and a tensor alone in its run (one larger than the window) is copied `window` bytes of rows at a time, each
+    block through a map of its own, so its pages are never resident whole (lm_head: 0.2 GB at 1.2e9 parameters)."""
+    for run in runs:
+        if len(run) == 1:
+            yield run[0], _copied_by_rows(file, run[0], dtype, window)
+        else:  # the copies are made before the run's map is closed; no mapped tensor leaves the comprehension
+            yield from [(key, tensor.to(dtype, copy=True)) for key, tensor in mapped_tensors(file, [run])]
+
+
+def _copied_by_rows(file: Path, key: str, dtype: torch.dtype, window: int) -> torch.Tensor:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as handle:  # (no tensor read from a map may outlive it: it keeps its pages)
+        shape = handle.get_slice(key).get_shape()
+        if not shape:  # a scalar
+            return handle.get_tensor(key).to(dtype, copy=True)
+    out = torch.empty(shape, dtype=dtype)
+    for rows, block in row_blocks(file, key, dtype, window):
+        out[rows] = block
+    return out
+
+
+def row_blocks(
+    file: Path, key: str, dtype: torch.dtype, window: int = MAP_WINDOW_BYTES
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, those rows of tensor `key` copied as `dtype`) for an [n, ...] tensor of `file`, `window` bytes of it a
+    block, each block read through a map of its own: at most a window of the tensor's pages is ever resident."""
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as handle:
+        rows = handle.get_slice(key).get_shape()[0]
+        row_bytes = handle.get_slice(key)[0:1].nbytes
+    step = max(1, window // max(1, row_bytes))
+    for start in range(0, rows, step):
+        with safe_open(file, framework="pt") as handle:
+            block = handle.get_slice(key)[start : start + step].to(dtype, copy=True)
+        yield slice(start, start + step), block
+
+
 def load_model(
-    path: Path, dtype: torch.dtype | None = None, after_window: Callable[[PreTrainedModel], None] | None = None
+    path: Path,
+    dtype: torch.dtype | None = None,
+    after_window: Callable[[PreTrainedModel], None] | None = None,
+    deferred: Collection[str] = (),
 ) -> PreTrainedModel:
     """Load a validated folder on CPU in `dtype` (default bf16, what Neuron computes in), a map window at a time.
 
     The model is built without storage, then each safetensors shard's tensors are copied in (cast to `dtype`)
-    from `mapped_tensors`: host RAM holds the model once plus one map window, whatever the source dtype
+    by `copied_tensors`: host RAM holds the model once plus one map window, whatever the source dtype
     (bf16, fp16 or fp32) and the shard size. `after_window(model)` runs after each window, with no page of any
     shard mapped (the emulator converts the Linears that just arrived, so at most a window of them is ever in
-    bf16). Tied weights are tied last.
+    bf16). The `deferred` weights are left on "meta" for the caller to read (the emulator quantizes the largest
+    Linears from the file a block of rows at a time). Tied weights are tied last.
     """
     import torch
     from accelerate import init_empty_weights
@@ -256,14 +304,14 @@ def load_model(
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     with init_empty_weights(include_buffers=False):  # parameters on "meta"; buffers (RoPE frequencies) real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    wanted = dict(model.named_parameters())
+    wanted = {name for name, _ in model.named_parameters()} - set(deferred)
     for shard, keys in shard_keys(path).items():
         for run in map_windows(path / shard, [key for key in keys if key in wanted], MAP_WINDOW_BYTES):
             _copy_in(model, path / shard, run, dtype)
             if after_window is not None:
                 after_window(model)
     model.tie_weights()
-    missing = [name for name, param in model.named_parameters() if param.is_meta]
+    missing = [name for name, param in model.named_parameters() if param.is_meta and name not in deferred]
     if missing:
         raise NeuronforgeError(
             f"{path} lacks the weights {missing[:3]} ({len(missing)} in all)",
@@ -275,15 +323,14 @@ def load_model(
     return model
 
 
-def _copy_in(model: PreTrainedModel, file: Path, keys: list[str], dtype: torch.dtype) -> None:
-    """`keys` of one safetensors file (one map window) copied into `model`'s parameters as `dtype`. A function of its own so that no
-    tensor read from the file outlives it: the last one would keep its map window resident (lm_head's 0.2 GB
-    at 1.2e9 parameters, measured: on top of the emulator's conversion of the shard)."""
+def _copy_in(model: PreTrainedModel, file: Path, run: list[str], dtype: torch.dtype) -> None:
+    """One map window's tensors copied into `model`'s parameters. A function of its own so that no copy outlives it
+    in a loop variable: the emulator replaces the Linears of the window next, and a bf16 weight still referenced
+    (lm_head's 0.2 GB at 1.2e9 parameters) would stay on top of its codes."""
     import torch
 
-    for key, tensor in mapped_tensors(file, [keys]):  # one run: `load_model` grouped them by `map_windows`
+    for key, value in copied_tensors(file, [run], dtype, MAP_WINDOW_BYTES):
         module_name, _, name = key.rpartition(".")
-        value = tensor.to(dtype, copy=True)  # a copy: the file's pages go with the window
         model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
 
 

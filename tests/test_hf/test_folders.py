@@ -122,21 +122,21 @@ def test_map_windows_group_keys_by_their_bytes(tmp_path: Path) -> None:
 
 
 def test_load_model_reads_through_map_windows(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
-    """Every weight load_model copies comes through mapped_tensors, so a shard is never resident whole; each shard's
+    """Every weight load_model copies comes through copied_tensors, so a shard is never resident whole; each shard's
     header is read once, to group its keys into windows."""
     from neuronforge.hf import folders
 
     folder = _sharded(make_tiny_llama, tmp_path, torch.bfloat16)
-    real, real_header = folders.mapped_tensors, folders._read_header
+    real, real_header = folders.copied_tensors, folders._read_header
     read: list[str] = []
     headers: list[str] = []
 
-    def watched(file: Path, runs: list[list[str]]):
-        for key, tensor in real(file, runs):
+    def watched(file: Path, runs: list[list[str]], dtype: torch.dtype, window: int):
+        for key, tensor in real(file, runs, dtype, window):
             read.append(key)
             yield key, tensor
 
-    monkeypatch.setattr(folders, "mapped_tensors", watched)
+    monkeypatch.setattr(folders, "copied_tensors", watched)
     monkeypatch.setattr(folders, "_read_header", lambda handle: headers.append(handle.name) or real_header(handle))
     monkeypatch.setattr(folders, "MAP_WINDOW_BYTES", 16 << 10)  # several windows a shard
     model = load_model(folder)
@@ -164,6 +164,39 @@ def test_after_window_runs_for_each_map_window_of_new_weights(make_tiny_llama, m
     assert len(shard_keys(folder)) == 1 and len(arrived) > 5
     assert all(0 < size <= window or size in sizes for size in arrived)
     assert sum(arrived) == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_tensor_larger_than_the_window_is_never_mapped_whole(
+    make_tiny_llama, tmp_path: Path, monkeypatch, dtype: torch.dtype
+) -> None:
+    """A vocabulary-sized head is larger than any window. Copied from one map, every page of it would be resident on
+    top of its copy (0.2 GB at 1.2e9 parameters); it is read a window of rows at a time, each through its own map."""
+    from testkit.memory import mapped_rss
+    from torch.overrides import TorchFunctionMode
+
+    from neuronforge.hf import folders
+
+    folder = make_tiny_llama(f"big-head-{dtype}", dtype=dtype, tie_word_embeddings=False, vocab_size=1 << 17)
+    (file,) = (folder / shard for shard in shard_keys(folder))
+    window = 1 << 20  # lm_head: 131072 x 64, 16 MiB in bf16, 32 MiB in fp32
+    monkeypatch.setattr(folders, "MAP_WINDOW_BYTES", window)
+    resident: list[int] = []
+
+    class AfterEachCopy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.Tensor.to, torch.Tensor.__setitem__, torch.Tensor.copy_):
+                resident.append(mapped_rss(file))
+            return out
+
+    with AfterEachCopy():
+        model = load_model(folder)
+    head = load_file(file)["lm_head.weight"]
+    assert head.nbytes >= 4 * window and torch.equal(model.lm_head.weight, head.to(torch.bfloat16))
+    # A page fault maps the whole page-cache folio it falls in (up to 2 MiB) and its neighbours: up to that much more
+    # either side of a block
+    assert 0 < max(resident) <= window + 2 * (2 << 20)
 
 
 def test_no_page_of_a_shard_stays_mapped_once_it_is_loaded(make_tiny_llama, tmp_path: Path) -> None:
