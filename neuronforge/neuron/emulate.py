@@ -70,6 +70,10 @@ class EmulationSpec:
         )
 
 
+# Bytes of fp32 logits each step of `EmulatedModel.token_nll` makes (a block of positions of one window).
+NLL_BLOCK_BYTES = 16 << 20
+# Bytes of a weight larger than a map window `load_emulated` reads and quantizes at a time.
+QUANTIZE_BLOCK_BYTES = 16 << 20
 # Above this many bytes of fp32 weight copies, GEMM operands are made per call instead of kept (see qlinear).
 FP32_COPY_BUDGET = 1 << 30
 
@@ -87,20 +91,40 @@ class EmulatedModel:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
-    def _kwargs(self, prefill_len: int) -> dict[str, object]:
-        return {STATE_KWARG: KVState(prefill_len, self.kv_risk)} if self.spec.kv_fp8 else {}
-
-    @torch.inference_mode()
-    def device_logits(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
-        """[b, s, vocab] logits as the model computes them (bf16, on its device), teacher-forced. With kv_fp8,
-        positions >= prefill_len (default s // 2) run as decode steps: their past K/V come through the fp8 cache."""
+    def _kwargs(self, input_ids: torch.Tensor, prefill_len: int | None) -> dict[str, object]:
         seq = input_ids.shape[1]
         prefill = seq // 2 if prefill_len is None else prefill_len
         if not 1 <= prefill <= seq:
             raise NeuronforgeError(
                 f"prefill_len {prefill} is outside 1..{seq}", "pick a prefill length within the sequence"
             )
-        return self.model(input_ids.to(self.device), use_cache=False, **self._kwargs(prefill)).logits
+        return {STATE_KWARG: KVState(prefill, self.kv_risk)} if self.spec.kv_fp8 else {}
+
+    @torch.inference_mode()
+    def device_logits(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
+        """[b, s, vocab] logits as the model computes them (bf16, on its device), teacher-forced. With kv_fp8,
+        positions >= prefill_len (default s // 2) run as decode steps: their past K/V come through the fp8 cache."""
+        kwargs = self._kwargs(input_ids, prefill_len)
+        return self.model(input_ids.to(self.device), use_cache=False, **kwargs).logits
+
+    @torch.inference_mode()
+    def token_nll(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
+        """Per-token negative log-likelihood [b, s-1] of input_ids[:, 1:] (fp32, CPU), teacher-forced as in
+        `device_logits`, without ever holding a batch's logits: the head runs on a block of one window's
+        positions at a time (a 4 x 256-token batch's logits are 0.1 GB in bf16 at a 49k vocabulary, 0.26 GB at
+        Llama 3's 128k). Each position's logits are those of the whole batch (same GEMM per row)."""
+        kwargs = self._kwargs(input_ids, prefill_len)
+        ids = input_ids.to(self.device)
+        hidden = self.model.get_decoder()(ids, use_cache=False, **kwargs).last_hidden_state
+        head = self.model.get_output_embeddings()
+        predicted = ids.shape[1] - 1
+        per_block = max(1, NLL_BLOCK_BYTES // (4 * head.out_features))
+        blocks = torch.arange(predicted, device=self.device).tensor_split(-(-predicted // per_block))  # even sizes
+        nll = torch.empty(ids.shape[0], predicted)
+        for window, (states, targets) in enumerate(zip(hidden, ids, strict=True)):
+            for rows in blocks:
+                nll[window, rows.cpu()] = next_token_nll(head(states[rows]), targets[rows + 1]).cpu()
+        return nll
 
     def logits(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
         """`device_logits` as fp32 on the CPU."""
@@ -116,7 +140,7 @@ class EmulatedModel:
         eos = self.model.generation_config.eos_token_id
         stop = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         cache = DynamicCache(config=self.model.config)
-        kwargs = self._kwargs(input_ids.shape[1])
+        kwargs = self._kwargs(input_ids, input_ids.shape[1])
         sequence = step_input = input_ids.to(self.device)
         for _ in range(max_new_tokens):
             out = self.model(step_input, past_key_values=cache, use_cache=True, **kwargs)
@@ -173,25 +197,67 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
 
 def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
     """Load an HF folder in bf16, converting the Linears of each map window as they arrive, so host memory holds
-    the converted model plus one window of bf16 weights (the spec validated itself before the load)."""
-    from neuronforge.hf.folders import load_model
-    from neuronforge.neuron.qlinear import convert_to_neuron_numerics
+    the converted model plus one window of bf16 weights (the spec validated itself before the load). A per-channel
+    weight larger than a window (a vocabulary-sized lm_head) is quantized from the file a block of rows at a time,
+    never whole in bf16 (0.2 GB at 49152 x 2048)."""
+    from neuronforge.hf.folders import load_model, row_blocks
+    from neuronforge.neuron.qlinear import (
+        NeuronQuantLinear,
+        convert_to_neuron_numerics,
+        is_row_parallel,
+        replace_module,
+    )
 
     def convert_arrived(model: PreTrainedModel) -> None:
         if spec.dtype is not None:
             convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
 
-    return emulate(load_model(Path(model_dir), after_window=convert_arrived), spec, device)
+    path = Path(model_dir)
+    by_rows = _quantized_by_rows(path, spec)
+    model = load_model(path, after_window=convert_arrived, deferred={f"{name}.weight" for name in by_rows})
+    for name, (file, shape) in by_rows.items():
+        assert spec.dtype is not None  # (only a quantizing spec defers weights)
+        blocks = row_blocks(file, f"{name}.weight", torch.bfloat16, QUANTIZE_BLOCK_BYTES)
+        tp = spec.tp_degree if is_row_parallel(name) else 1
+        bias = model.get_submodule(name).bias
+        replace_module(model, name, NeuronQuantLinear.from_row_blocks(blocks, shape, bias, spec.dtype, tp))
+    return emulate(model, spec, device)
+
+
+def _quantized_by_rows(path: Path, spec: EmulationSpec) -> dict[str, tuple[Path, tuple[int, int]]]:
+    """HF Linear name -> (shard, weight shape) for the Linears `spec` quantizes per channel whose bf16 weight is
+    larger than a map window (read from the headers: no weight is loaded)."""
+    from neuronforge.hf.folders import MAP_WINDOW_BYTES, header_shapes, weight_map
+    from neuronforge.neuron.module_names import linear_name, nxdi_skips
+
+    if spec.dtype is None or spec.qtype != "per_channel_symmetric":
+        return {}
+    shapes = header_shapes(path)
+    found = {}
+    for key, shard in weight_map(path).items():
+        name, shape = linear_name(key), shapes[key]
+        if (
+            name is None
+            or not key.endswith(".weight")
+            or len(shape) != 2
+            or nxdi_skips(name, spec.modules_to_not_convert)
+        ):
+            continue
+        if 2 * shape[0] * shape[1] > MAP_WINDOW_BYTES:  # its bf16 copy
+            found[name] = (path / shard, (shape[0], shape[1]))
+    return found
+
+
+def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log softmax(logits)[target] per row of [n, vocab] logits (any float dtype; the softmax in fp32)."""
+    return -torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood `[n, s-1]` of ids[:, 1:] under logits[:, :-1] (any float dtype), one
-    window at a time in fp32: each row's softmax is its own, so the values are those of the whole batch at once."""
-    rows = []
-    for window, window_ids in zip(logits, ids, strict=True):
-        logp = torch.log_softmax(window[:-1].float(), dim=-1)
-        rows.append(-logp.gather(-1, window_ids[1:].unsqueeze(-1)).squeeze(-1))
-    return torch.stack(rows)
+    """Per-token negative log-likelihood `[n, s-1]` of ids[:, 1:] under logits[:, :-1], one window at a time."""
+    return torch.stack(
+        [next_token_nll(window[:-1], window_ids[1:]) for window, window_ids in zip(logits, ids, strict=True)]
+    )
 
 
 def perplexity_from_logits(logits: torch.Tensor, ids: torch.Tensor) -> float:
@@ -203,8 +269,8 @@ def perplexity_from_logits(logits: torch.Tensor, ids: torch.Tensor) -> float:
 def perplexity(
     emulated: EmulatedModel, windows: torch.Tensor, prefill_len: int | None = None, batch_size: int = 4
 ) -> float:
-    """`perplexity_from_logits` over [n, s] windows, run `batch_size` windows at a time."""
+    """`perplexity_from_logits` over [n, s] windows, run `batch_size` windows at a time (`EmulatedModel.token_nll`)."""
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
-    nll = [token_nll(emulated.device_logits(batch, prefill_len).cpu(), batch) for batch in windows.split(batch_size)]
+    nll = [emulated.token_nll(batch, prefill_len) for batch in windows.split(batch_size)]
     return torch.exp(torch.cat(nll).double().mean()).item()

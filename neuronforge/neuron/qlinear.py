@@ -14,12 +14,12 @@ precision is not in the sources we have. The fp32 accumulation order within a GE
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from neuronforge.neuron.grid import quantize_weight
+from neuronforge.neuron.grid import TORCH_DTYPES, quantize_weight
 from neuronforge.neuron.module_names import nxdi_path, nxdi_skips
 
 ROW_PARALLEL = ("o_proj", "down_proj")  # NxDI Llama's RowParallelLinear layers (gqa.py:1213, modeling_llama.py:402-433)
@@ -106,11 +106,32 @@ class NeuronQuantLinear(Fp32Gemm):
         # time (same bits, no whole fp32 copy); the fp8 per-tensor scale is computed in the weight's own dtype.
         weight = linear.weight.detach()
         codes, scale = quantize_weight(weight if qtype == "per_channel_symmetric" else weight.float(), dtype, qtype)
+        return cls._with_bias(codes, scale, linear.bias, dtype, qtype, tp_degree)
+
+    @classmethod
+    def from_row_blocks(
+        cls,
+        blocks: Iterable[tuple[slice, torch.Tensor]],
+        shape: tuple[int, int],
+        bias: torch.Tensor | None,
+        dtype: str,
+        tp_degree: int = 1,
+    ) -> NeuronQuantLinear:
+        """Per-channel codes and scales made from (rows, weight rows) blocks as they arrive (each row's scale is its
+        own, so the bits are `from_linear`'s): a weight read from a file a block at a time is never whole in bf16."""
+        codes = torch.empty(shape, dtype=TORCH_DTYPES[dtype])
+        scale = torch.empty((shape[0], 1), dtype=torch.float32)
+        for rows, block in blocks:
+            codes[rows], scale[rows] = quantize_weight(block, dtype)
+        return cls._with_bias(codes, scale, bias, dtype, "per_channel_symmetric", tp_degree)
+
+    @classmethod
+    def _with_bias(
+        cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: str, qtype: str, tp_degree: int
+    ) -> NeuronQuantLinear:
         # NxD's fp8 QuantizedLinear drops Linear biases; int8 keeps them (cast to bf16 at load).
-        bias = None
-        if linear.bias is not None and dtype == "int8":
-            bias = linear.bias.detach().to(torch.bfloat16).clone()
-        return cls(codes, scale, bias, dtype, qtype, tp_degree)
+        kept = bias.detach().to(torch.bfloat16).clone() if bias is not None and dtype == "int8" else None
+        return cls(codes, scale, kept, dtype, qtype, tp_degree)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         compute = x.dtype

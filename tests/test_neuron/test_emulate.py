@@ -196,20 +196,77 @@ def test_not_convert_follows_nxdi_runtime_rules(make_tiny_llama: Callable[..., P
     assert kept(("model.layers.0.self_attn.q_proj",)) == set()
 
 
+SPECS = {
+    "int8": EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("layers.1.mlp",)),
+    "int8 tp2": EmulationSpec(dtype="int8", modules_to_not_convert=("lm_head",), tp_degree=2),
+    "f8e4m3": EmulationSpec(dtype="f8e4m3"),  # (drops the Linears' biases, as NxD does)
+}
+
+
 @torch.inference_mode()
-def test_shard_by_shard_load_gives_the_whole_model_conversion(make_tiny_llama: Callable[..., Path], tmp_path) -> None:
+@pytest.mark.parametrize("by_rows", [False, True], ids=["windows", "rows"])
+@pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
+def test_shard_by_shard_load_gives_the_whole_model_conversion(
+    make_tiny_llama: Callable[..., Path], tmp_path, monkeypatch, spec: EmulationSpec, by_rows: bool
+) -> None:
+    """Converted a map window at a time, or (weights larger than a window) quantized from the file a block of rows at
+    a time, the model is the one converted whole: same codes, scales, biases and logits."""
     from transformers import AutoModelForCausalLM
 
-    src = make_tiny_llama("emu-shards", tie_word_embeddings=False)
+    from neuronforge.hf import folders
+    from neuronforge.neuron import emulate as emulate_module
+
+    src = make_tiny_llama("emu-shards", tie_word_embeddings=False, attention_bias=True, mlp_bias=True)
     sharded = tmp_path / "sharded"
     AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
-    spec = EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("layers.1.mlp",))
+    if by_rows:  # every Linear but q/o_proj (64 x 64, 8 KiB) larger than a window, read 4 KiB at a time
+        monkeypatch.setattr(folders, "MAP_WINDOW_BYTES", 8 << 10)
+        monkeypatch.setattr(emulate_module, "QUANTIZE_BLOCK_BYTES", 4 << 10)
     streamed = load_emulated(sharded, spec)
     whole = emulate(load_model(src), spec)
-    assert streamed.converted == whole.converted and "lm_head" in streamed.converted
-    codes = {n: b for n, b in streamed.model.named_buffers() if n.endswith(("codes", "scale"))}
-    assert codes and all(torch.equal(b, dict(whole.model.named_buffers())[n]) for n, b in codes.items())
+    assert streamed.converted == whole.converted and "model.layers.0.mlp.down_proj" in streamed.converted
+    mine, theirs = streamed.model.state_dict(), whole.model.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert spec.dtype != "int8" or any(name.endswith("proj.bias") for name in mine)
+    assert all(torch.equal(buffer, theirs[name]) for name, buffer in mine.items())
     assert torch.equal(streamed.logits(tokens()), whole.logits(tokens()))
+
+
+@torch.inference_mode()
+def test_a_weight_larger_than_a_window_is_never_whole_in_bf16(
+    make_tiny_llama: Callable[..., Path], monkeypatch
+) -> None:
+    """A weight larger than a map window (a vocabulary-sized lm_head: 0.2 GB in bf16 at 49152 x 2048) is quantized
+    from the file a block of rows at a time: it is never copied whole, only its codes are whole."""
+    from neuronforge.hf import folders
+    from neuronforge.neuron import emulate as emulate_module
+
+    folder = make_tiny_llama(
+        "emu-wide-mlp", intermediate_size=1024
+    )  # gate/up/down 128 KiB in bf16, the rest 64 or less
+    monkeypatch.setattr(folders, "MAP_WINDOW_BYTES", 96 << 10)
+    monkeypatch.setattr(emulate_module, "QUANTIZE_BLOCK_BYTES", 16 << 10)
+    whole: dict[str, int] = {}
+    blocks: dict[str, list[int]] = {}
+    copied_tensors, row_blocks = folders.copied_tensors, folders.row_blocks
+
+    def watched_copies(*args):
+        for key, tensor in copied_tensors(*args):
+            whole[key] = tensor.nbytes
+            yield key, tensor
+
+    def watched_blocks(file, key, *args):
+        for rows, block in row_blocks(file, key, *args):
+            blocks.setdefault(key, []).append(block.nbytes)
+            yield rows, block
+
+    monkeypatch.setattr(folders, "copied_tensors", watched_copies)
+    monkeypatch.setattr(folders, "row_blocks", watched_blocks)
+    emulated = load_emulated(folder, EmulationSpec(dtype="int8"))
+    mlp = {f"model.layers.{i}.mlp.{proj}.weight" for i in range(2) for proj in ("gate_proj", "up_proj", "down_proj")}
+    assert set(blocks) == mlp and not mlp & set(whole) and max(whole.values()) <= 96 << 10
+    assert all(len(sizes) == 8 and max(sizes) == 16 << 10 for sizes in blocks.values())
+    assert isinstance(emulated.model.get_submodule("model.layers.1.mlp.down_proj"), NeuronQuantLinear)
 
 
 @torch.inference_mode()
@@ -241,7 +298,7 @@ def test_a_gemm_runs_a_block_of_output_features_at_a_time(kind: str, monkeypatch
     """A vocabulary-sized head in fp32 is 0.4 GB at 49152 x 2048, and so are its logits for 2048 tokens: with
     operands made per call, each step makes only a block of either. Every output feature is its own dot product,
     so the blocks give the numbers of one GEMM."""
-    from testkit.memory import fp32_shapes
+    from testkit.memory import made_shapes
 
     from neuronforge.neuron import qlinear
 
@@ -252,31 +309,30 @@ def test_a_gemm_runs_a_block_of_output_features_at_a_time(kind: str, monkeypatch
     whole = layer(x)
     layer.keep_fp32, layer._fp32 = False, None
     monkeypatch.setattr(qlinear, "GEMM_BLOCK_BYTES", 4 * 64 * 32)  # 32 output features a block
-    with fp32_shapes() as made:
+    with made_shapes(torch.float32) as made:
         blocked = layer(x)
     assert torch.equal(blocked, whole) and blocked.dtype == torch.bfloat16
     assert (32, 64) in made and (300, 64) not in made and (2, 7, 300) not in made  # blocks of operand and output
 
 
 @torch.inference_mode()
-def test_perplexity_holds_one_window_of_fp32_logits_at_a_time(tiny_llama_dir: Path, monkeypatch) -> None:
-    """The model's logits stay bf16; the NLL takes one window of them to fp32 at a time (SmolLM2: 50 MB a 256-token
-    window, 0.2 GB for the default batch of four)."""
-    from testkit.memory import fp32_shapes
+@pytest.mark.parametrize("spec", [EmulationSpec(dtype="int8", kv_fp8=True), EmulationSpec()], ids=["int8", "bf16"])
+def test_perplexity_never_holds_a_batch_of_logits(tiny_llama_dir: Path, monkeypatch, spec: EmulationSpec) -> None:
+    """A batch's logits are vocabulary-sized (4 x 256 tokens: 0.1 GB in bf16 at SmolLM2's 49k, 0.26 GB at Llama 3's
+    128k): perplexity runs the head on a block of one window's positions at a time, bf16 and fp32 alike, and gets
+    the numbers of the whole batch's logits."""
+    from testkit.memory import made_shapes
 
-    from neuronforge.neuron import qlinear
+    from neuronforge.neuron import emulate as emulate_module
 
-    monkeypatch.setattr(qlinear, "GEMM_BLOCK_BYTES", 4 * 64 * 64)  # the head's GEMM in blocks of 64 of 512 tokens
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True))
+    monkeypatch.setattr(emulate_module, "NLL_BLOCK_BYTES", 4 * 512 * 5)  # 5 positions of 512 logits a block
+    emulated = load_emulated(tiny_llama_dir, spec)
     windows = tokens(n=4, seq=16)
-    with fp32_shapes() as made:
+    with made_shapes(torch.float32, torch.bfloat16) as made:
         got = perplexity(emulated, windows, batch_size=4)
     assert got == perplexity_from_logits(emulated.logits(windows), windows)
-    vocabulary_wide = {shape for shape in made if shape[-1] == 512}
-    assert vocabulary_wide == {
-        (15, 512),
-        (1, 512),
-    }  # a window's log-softmax (its last position predicts nothing), the scale
+    vocabulary_wide = {shape for shape in made if shape and shape[-1] == 512}  # (and [1, 512] int8 scales)
+    assert vocabulary_wide and all(len(shape) == 2 and shape[0] <= 5 for shape in vocabulary_wide)
 
 
 def test_emulation_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, monkeypatch) -> None:

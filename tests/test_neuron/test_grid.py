@@ -185,7 +185,7 @@ def test_rounding_error_is_the_dequantized_codes_less_the_weight(dtype: str, sou
 def test_per_channel_quantization_never_holds_the_weight_in_fp32_whole(dtype: str) -> None:
     """Per-channel math is row by row, so it runs a row block at a time: quantizing a vocabulary-sized bf16 head
     (0.4 GB in fp32 at 49152 x 2048) costs its codes and scales, not fp32 copies of it. Same bits as whole."""
-    from testkit.memory import fp32_shapes
+    from testkit.memory import made_shapes
 
     from neuronforge.neuron.grid import fp8_codes, fp8_per_channel_scale, int8_codes
     from neuronforge.neuron.qlinear import NeuronQuantLinear
@@ -194,7 +194,7 @@ def test_per_channel_quantization_never_holds_the_weight_in_fp32_whole(dtype: st
     weight = (torch.randn(1024, 768) * torch.logspace(-3, 1, 768)).bfloat16()  # 3 row blocks of 1 MB in fp32
     linear = torch.nn.Linear(768, 1024, bias=False, dtype=torch.bfloat16)
     linear.weight.data = weight
-    with fp32_shapes() as made:
+    with made_shapes(torch.float32) as made:
         codes, scale = quantize_weight(weight, dtype)
         module = NeuronQuantLinear.from_linear(linear, dtype)
     assert made and tuple(weight.shape) not in made

@@ -1,10 +1,14 @@
-"""What a step holds: a file's resident map pages (each page a read touched counts in RSS), the fp32 tensors it makes."""
+"""What a step holds: a file's resident map pages (each page a read touched counts in RSS), the tensors it makes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def mapped_rss(file: Path) -> int:
@@ -21,20 +25,20 @@ def mapped_rss(file: Path) -> int:
 
 
 @contextmanager
-def fp32_shapes() -> Iterator[list[tuple[int, ...]]]:
-    """The shape of every fp32 tensor a torch function returns inside the block: a test that a large operand is only
-    ever made a block at a time looks for the whole shape among them."""
+def made_shapes(*dtypes: torch.dtype) -> Iterator[list[tuple[int, ...]]]:
+    """The shape of every tensor of `dtypes` a torch function returns inside the block (on a device: "meta" ones hold
+    no memory): a test that a large operand is only ever made a block at a time looks for the whole shape among them."""
     import torch
     from torch.overrides import TorchFunctionMode
 
     made: list[tuple[int, ...]] = []
 
-    class WatchFp32(TorchFunctionMode):
+    class Watch(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.dtype == torch.float32:
+            if isinstance(out, torch.Tensor) and out.dtype in dtypes and not out.is_meta:
                 made.append(tuple(out.shape))
             return out
 
-    with WatchFp32():
+    with Watch():
         yield made

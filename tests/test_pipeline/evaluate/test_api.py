@@ -155,7 +155,7 @@ def test_compare_takes_one_window_of_logits_to_fp32_at_a_time():
     """The held-out logits stay bf16 (what the model computes) and the KL's softmaxes run a window at a time: on the
     default model the variant phase peaked at 6.7 GB with every text's fp32 logits concatenated, twice, and softmaxed
     whole (2.2 GB now). The figures are those of the whole computation."""
-    from testkit.memory import fp32_shapes
+    from testkit.memory import made_shapes
 
     from neuronforge.neuron.emulate import perplexity_from_logits
 
@@ -164,7 +164,7 @@ def test_compare_takes_one_window_of_logits_to_fp32_at_a_time():
     ref = {t: torch.randn(3, 8, 97, generator=generator).bfloat16() for t in windows}
     var = {t: (ref[t].float() + 0.3 * torch.randn(3, 8, 97, generator=generator)).bfloat16() for t in windows}
     reference = ev.Reference(windows, ref, {t: perplexity_from_logits(ref[t], windows[t]) for t in windows})
-    with fp32_shapes() as made:
+    with made_shapes(torch.float32) as made:
         figures = ev.compare(reference, var, quantized=True)
     assert max(shape[0] for shape in made if len(shape) == 2 and shape[-1] == 97) == 8  # one window's positions
 

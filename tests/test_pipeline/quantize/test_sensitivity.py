@@ -119,14 +119,14 @@ def test_the_lm_head_is_never_in_fp32_whole(make_tiny_llama, samples, monkeypatc
     """The head (vocabulary x hidden: 2.1 GB in fp32 for a 128256-token, 4096-wide head) is used in fp32 row
     blocks, and an untied head's weight gradient is formed and scored a row block at a time: nothing of the
     head's whole shape is ever created in fp32."""
-    from testkit.memory import fp32_shapes
+    from testkit.memory import made_shapes
 
     from neuronforge.pipeline.quantize import sensitivity
 
     model = load_model(make_tiny_llama(f"fo-head-{tied}", tie_word_embeddings=tied))
     shape = tuple(model.get_output_embeddings().weight.shape)
     monkeypatch.setattr(sensitivity, "HEAD_BLOCK_ELEMENTS", 16 * shape[1])
-    with fp32_shapes() as made:
+    with made_shapes(torch.float32) as made:
         first_order_scores(model, find_blocks(model), samples, "int8", device="cpu")
     assert made and shape not in made
 
