@@ -23,7 +23,7 @@ DISK_FACTOR = 3.0
 # Peak host RAM of stage 1's default path (AutoRound, which holds the model in fp32 on the host): 4.56 bytes per
 # parameter over a 0.94 GB baseline, fitted through 2.43 GB at 0.33e9 and 6.28 GB at 1.17e9 parameters
 # (`python benchmarks/bench_scale.py --stages autoround --repeat 1`; README "Large models"). Rounded up; plain
-# rounding (--no-autoround) needs less (2.27 B/param + 0.57 GB).
+# rounding (--no-autoround) needs less (2.29 B/param + 0.55 GB).
 PEAK_BYTES_PER_PARAM = 4.6
 BASELINE_BYTES = 1_000_000_000
 GIB = 1 << 30
