@@ -235,7 +235,7 @@ def _quantized_by_rows(path: Path, spec: EmulationSpec) -> dict[str, tuple[Path,
     shapes = header_shapes(path)
     found = {}
     for key, shard in weight_map(path).items():
-        name, shape = linear_name(key), shapes[key]
+        name, shape = linear_name(key), shapes.get(key, ())  # (a weight no shard holds: `load_model` says so)
         if (
             name is None
             or not key.endswith(".weight")

@@ -232,6 +232,19 @@ def test_shard_by_shard_load_gives_the_whole_model_conversion(
     assert torch.equal(streamed.logits(tokens()), whole.logits(tokens()))
 
 
+def test_a_checkpoint_missing_a_shard_is_a_clear_error(make_tiny_llama: Callable[..., Path], tmp_path) -> None:
+    """The row-block reads are planned from the shards' headers before the load: a shard the index names but the
+    folder lacks is the loader's clear error, not a KeyError."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "sharded"
+    src = make_tiny_llama("emu-lost-shard", tie_word_embeddings=False)
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(folder, max_shard_size="60KB")
+    (folder / "model-00002-of-00005.safetensors").unlink()
+    with pytest.raises(NeuronforgeError, match="has no weight"):
+        load_emulated(folder, EmulationSpec(dtype="int8"))
+
+
 @torch.inference_mode()
 def test_a_weight_larger_than_a_window_is_never_whole_in_bf16(
     make_tiny_llama: Callable[..., Path], monkeypatch
