@@ -237,8 +237,9 @@ def copied_tensors(
     file: Path, runs: list[list[str]], dtype: torch.dtype, window: int = MAP_WINDOW_BYTES
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(key, the tensor copied out of `file` as `dtype`) for the runs of `map_windows`: nothing mapped outlives its
-    run, and a tensor alone in its run (one larger than the window) is copied `window` bytes of rows at a time, each
-    block through a map of its own, so its pages are never resident whole (lm_head: 0.2 GB at 1.2e9 parameters)."""
+    run, and a tensor alone in its run (as every tensor larger than the window is) is copied `window` bytes of rows
+    at a time, each block through a map of its own, so its pages are never resident whole (lm_head: 0.2 GB at
+    1.2e9 parameters)."""
     for run in runs:
         if len(run) == 1:
             yield run[0], _copied_by_rows(file, run[0], dtype, window)
