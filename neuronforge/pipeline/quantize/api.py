@@ -428,7 +428,6 @@ def quantize_model(
     import torch
 
     from neuronforge.core.progress import track
-    from neuronforge.neuron.grid import quantize_weight
     from neuronforge.neuron.qlinear import quantizable_linears
     from neuronforge.pipeline.quantize import grid_export
 
@@ -446,11 +445,9 @@ def quantize_model(
     scales: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name in track(tuned.targets, "grid-exact export"):
-            # Tuned weights already sit on NxD's grid in fp32; untouched ones are rounded to it here (RTN).
+            # Tuned weights already sit on NxD's grid; untouched ones are rounded to it here (RTN).
             weight = linears[name].weight
-            codes[name], scales[name] = quantize_weight(weight.detach().float(), options.dtype)
-            exact = grid_export.exact_bf16(codes[name], scales[name], options.dtype)
-            grid_export.require_exact(grid_export.grid_check(exact, codes[name], scales[name], options.dtype), name)
+            codes[name], scales[name], exact = grid_export.checked_grid_exact(weight, options.dtype, name)
             weight.copy_(exact)
     timings["export"] = time.perf_counter() - t0
     return QuantizedModel(tuned.kept, codes, scales, tuned.untouched, tuned.sensitivity, timings)

@@ -10,15 +10,17 @@ tune the same learned rounding offset `v` (and, only with `minmax_tuning`, the r
 * the element holding a row's |max| is pinned to +-qmax, so the row max of the fake-quantized
   weights is exactly qmax * scale and NxD re-derives the very same scale from it.
 
-Tuning runs in fp32 (`amp=False`), so after `quantize()` every tuned weight w satisfies
-`neuron.grid.quantize_weight(w)` == the tuned codes; `grid_export` then picks bf16 values for them.
+Tuning runs in fp32 (`amp=False`, a decoder block at a time), so every tuned weight w satisfies
+`neuron.grid.quantize_weight(w)` == the tuned codes; `grid_export` then picks bf16 values for them, as each
+block's tuning ends when the model is bf16.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +146,54 @@ def keep_bf16_layer_config(model: nn.Module, blocks_kept: list[str], block_of: C
     return {name: {"bits": 16} for name in quantizable_linears(model) if name != "lm_head" and block_of(name) in kept}
 
 
+@contextmanager
+def _fp32_a_block_at_a_time(model: nn.Module, targets: list[str], dtype: str) -> Iterator[None]:
+    """Tune a bf16 model in fp32 one decoder block at a time, so the host holds it in bf16 plus one block in fp32.
+
+    auto-round with `amp=False` casts the whole model to fp32 unless HF's `model.dtype` (its first parameter, the
+    embedding) already reads fp32 (auto-round 0.16.1 context/model.py:455-481). So only the embedding goes to fp32:
+    the first block's cached inputs, and the RoPE cos/sin and masks computed from them, are then the whole-fp32
+    model's. Each block is cast to fp32 as auto-round starts on it (`AlgorithmComposer.compress_block`, called once
+    per block from compressors/orchestrator.py:298, which has no hook of its own) and settled when it returns,
+    after computing the next block's inputs in fp32: its tuned Linears become the checked grid-exact bf16 the
+    export would write (NxD re-derives the same codes from it), everything else goes back to bf16 exactly (auto-round
+    changed nothing else). A model not in bf16 is tuned as before, cast to fp32 whole.
+    """
+    import torch
+    from auto_round.algorithms.composer import AlgorithmComposer
+
+    if next(model.parameters()).dtype != torch.bfloat16:
+        model.to(torch.float32)
+        yield
+        return
+    wanted = set(targets)
+    compress_block = AlgorithmComposer.compress_block
+
+    def settle(root: nn.Module) -> None:
+        from neuronforge.pipeline.quantize.grid_export import checked_grid_exact
+
+        inside = {id(module) for module in root.modules()}
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if name in wanted and id(module) in inside and module.weight.dtype == torch.float32:
+                    module.weight = torch.nn.Parameter(checked_grid_exact(module.weight, dtype, name)[2])
+        root.to(torch.bfloat16)
+
+    def tune_in_fp32(composer: Any, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        block.to(torch.float32)
+        result = compress_block(composer, block, *args, **kwargs)
+        settle(block)
+        return result
+
+    model.get_input_embeddings().to(torch.float32)
+    AlgorithmComposer.compress_block = tune_in_fp32
+    try:
+        yield
+    finally:
+        AlgorithmComposer.compress_block = compress_block
+    settle(model)  # the embedding, and anything auto-round rounded outside the blocks
+
+
 @dataclass
 class TuneResult:
     """Which Linears auto-round tuned on our grid, and which it left alone (dims not multiple of 32 etc.)."""
@@ -165,19 +215,19 @@ def run_autoround(
     *,
     minmax_tuning: bool = False,
 ) -> TuneResult:
-    """Tune `model` in place (fp32, our data types). `targets` are the HF Linear names we expect quantized.
+    """Tune `model` in place on our data types, in fp32. `targets` are the HF Linear names we expect quantized.
 
-    Returns which of `targets` auto-round actually quantized; the caller rounds the rest with RTN.
+    Returns which of `targets` auto-round actually quantized; the caller rounds the rest with RTN. A bf16 model
+    comes back in bf16, its tuned Linears already grid-exact (`_fp32_a_block_at_a_time`); any other comes back fp32.
 
-    Memory (auto-round 0.16.1): tuning in fp32 (`amp=False`, which our grid-exact export needs) makes auto-round
-    cast the whole model to fp32 on the host (context/model.py `_set_amp_dtype`), so this path holds 4 bytes per
-    parameter. Tuning is block-wise: after caching the first block's inputs the model goes back to the host
-    (compressors/orchestrator.py `_quantize_data_driven`, `mv_module_from_gpu`) and each decoder block is moved
-    to the device with its cached activations. `low_gpu_mem_usage` stays off so those activations stay on the
-    GPU; `low_cpu_mem_usage` (auto-round's default) only streams MoE or meta-skeleton models and switches itself
-    off for a dense model already in host RAM (orchestrator.py, same function).
+    Memory (auto-round 0.16.1): a bf16 model stays bf16 on the host, plus its embedding and one decoder block in
+    fp32 (before, auto-round cast the whole model to fp32: 4 bytes per parameter). Tuning is block-wise: after
+    caching the first block's inputs the model goes back to the host (compressors/orchestrator.py
+    `_quantize_data_driven`, `mv_module_from_gpu`) and each decoder block is moved to the device with its cached
+    activations. `low_gpu_mem_usage` stays off so those activations stay on the GPU; `low_cpu_mem_usage`
+    (auto-round's default) only streams MoE or meta-skeleton models and switches itself off for a dense model
+    already in host RAM (orchestrator.py, same function).
     """
-    import torch
     from auto_round import AutoRound, SignRoundConfig
 
     from neuronforge.core.devices import accelerator
@@ -191,28 +241,28 @@ def run_autoround(
             "a calibration sample is shorter than seqlen", "lower --calib-seq-len or supply more text"
         )
     register_nxd_dtypes()
-    model.to(torch.float32)
     logging.getLogger("auto_round").setLevel(logging.WARNING)
     start = time.perf_counter()
     device = accelerator()
     try:
-        rounder = AutoRound(
-            model,
-            tokenizer=tokenizer,
-            scheme=nxd_scheme(dtype),
-            alg_configs=SignRoundConfig(iters=iters, enable_minmax_tuning=minmax_tuning),
-            layer_config=dict(layer_config) or None,
-            dataset=samples,
-            nsamples=len(samples),
-            seqlen=seqlen,
-            batch_size=min(8, len(samples)),
-            device_map=device,
-            enable_torch_compile=False,  # compile costs minutes on CPU and our data types are untested under it on GPU
-            amp=False,
-            low_cpu_mem_usage=True,
-            low_gpu_mem_usage=False,
-        )
-        _, resolved = rounder.quantize()
+        with _fp32_a_block_at_a_time(model, targets, dtype):
+            rounder = AutoRound(
+                model,
+                tokenizer=tokenizer,
+                scheme=nxd_scheme(dtype),
+                alg_configs=SignRoundConfig(iters=iters, enable_minmax_tuning=minmax_tuning),
+                layer_config=dict(layer_config) or None,
+                dataset=samples,
+                nsamples=len(samples),
+                seqlen=seqlen,
+                batch_size=min(8, len(samples)),
+                device_map=device,
+                enable_torch_compile=False,  # minutes on CPU, and our data types are untested under it on GPU
+                amp=False,
+                low_cpu_mem_usage=True,
+                low_gpu_mem_usage=False,
+            )
+            _, resolved = rounder.quantize()
     except SystemExit as exc:  # auto-round calls sys.exit when no sample is long enough
         raise NeuronforgeError(
             f"AutoRound found no usable calibration data (exit code {exc.code})",

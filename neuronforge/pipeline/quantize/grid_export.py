@@ -188,3 +188,14 @@ def require_exact(result: Agreement, where: str) -> None:
             f"weights to different codes ({100 * result.fraction:.4f}% agreement)",
             "this is a bug in the grid-exact export; please report it with the model and flags used",
         )
+
+
+def checked_grid_exact(weight: torch.Tensor, dtype: str, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, fp32 scale, grid-exact bf16) of `weight` (tuned onto NxD's grid, or rounded to it here), the bf16
+    proven to re-quantize to those codes: what a tuned or RTN Linear holds once it leaves the tuning."""
+    from neuronforge.neuron.grid import quantize_weight
+
+    codes, scale = quantize_weight(weight.detach().float(), dtype)
+    exact = exact_bf16(codes, scale, dtype)
+    require_exact(grid_check(exact, codes, scale, dtype), where)
+    return codes, scale, exact

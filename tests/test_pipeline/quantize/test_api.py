@@ -425,6 +425,34 @@ def test_autoround_tunes_on_the_accelerator_with_activations_beside_the_block(
     assert seen["low_gpu_mem_usage"] is False and seen["low_cpu_mem_usage"] is True
 
 
+def test_autoround_holds_a_bf16_model_in_fp32_one_block_at_a_time(tiny_llama_dir: Path, monkeypatch) -> None:
+    """auto-round tunes in fp32. A bf16 model is not cast whole (4 bytes per parameter on the host): while
+    auto-round works on a decoder block, that block and the embedding (the source of the cached inputs) are
+    the only fp32 parameters, and the model comes back in bf16 with its tuned Linears on NxD's grid."""
+    from auto_round.algorithms.composer import AlgorithmComposer
+
+    from neuronforge.hf.folders import load_model, load_tokenizer
+    from neuronforge.pipeline.quantize.api import QuantizeSettings, quantize_model
+
+    model = load_model(tiny_llama_dir)
+    fp32_while_tuning: list[set[str]] = []
+    compress_block = AlgorithmComposer.compress_block
+
+    def watched(composer: object, block: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        fp32_while_tuning.append({n for n, p in model.named_parameters() if p.dtype == torch.float32})
+        return compress_block(composer, block, *args, **kwargs)
+
+    monkeypatch.setattr(AlgorithmComposer, "compress_block", watched)
+    done = quantize_model(model, load_tokenizer(tiny_llama_dir), QuantizeSettings(selection="none", **FAST))
+    names = [name for name, _ in model.named_parameters()]
+    assert [sorted(fp32) for fp32 in fp32_while_tuning] == [
+        sorted(["model.embed_tokens.weight", *(n for n in names if n.startswith(f"model.layers.{i}."))]) for i in (0, 1)
+    ]
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not done.rtn_layers
+    for name, codes in done.codes.items():
+        assert torch.equal(quantize_weight(model.get_parameter(f"{name}.weight"), "int8")[0], codes), name
+
+
 def test_row_blocks_change_nothing(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
     """Large weights go through the export and the sensitivity in row blocks: same files, same report."""
     from neuronforge.neuron import grid
