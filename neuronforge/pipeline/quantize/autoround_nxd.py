@@ -169,23 +169,28 @@ def _fp32_a_block_at_a_time(model: nn.Module, targets: list[str], dtype: str) ->
     wanted = set(targets)
     compress_block = AlgorithmComposer.compress_block
 
+    def cast(root: nn.Module, to: torch.dtype) -> None:  # parameters only: buffers (RoPE's inv_freq) keep theirs
+        for param in root.parameters():
+            if param.is_floating_point():
+                param.data = param.data.to(to)
+
     def settle(root: nn.Module) -> None:
         from neuronforge.pipeline.quantize.grid_export import checked_grid_exact
 
         inside = {id(module) for module in root.modules()}
-        with torch.no_grad():
-            for name, module in model.named_modules():
-                if name in wanted and id(module) in inside and module.weight.dtype == torch.float32:
-                    module.weight = torch.nn.Parameter(checked_grid_exact(module.weight, dtype, name)[2])
-        root.to(torch.bfloat16)
+        for name, module in model.named_modules():
+            if name in wanted and id(module) in inside and module.weight.dtype == torch.float32:
+                exact = checked_grid_exact(module.weight, dtype, name)[2]
+                module.weight = torch.nn.Parameter(exact, requires_grad=False)
+        cast(root, torch.bfloat16)
 
     def tune_in_fp32(composer: Any, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        block.to(torch.float32)
+        cast(block, torch.float32)
         result = compress_block(composer, block, *args, **kwargs)
         settle(block)
         return result
 
-    model.get_input_embeddings().to(torch.float32)
+    cast(model.get_input_embeddings(), torch.float32)
     AlgorithmComposer.compress_block = tune_in_fp32
     try:
         yield

@@ -449,6 +449,7 @@ def test_autoround_holds_a_bf16_model_in_fp32_one_block_at_a_time(tiny_llama_dir
         sorted(["model.embed_tokens.weight", *(n for n in names if n.startswith(f"model.layers.{i}."))]) for i in (0, 1)
     ]
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not done.rtn_layers
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # buffers keep their dtype
     for name, codes in done.codes.items():
         assert torch.equal(quantize_weight(model.get_parameter(f"{name}.weight"), "int8")[0], codes), name
 
