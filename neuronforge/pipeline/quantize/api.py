@@ -169,10 +169,9 @@ class ExportCheck:
 def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, autoround: bool) -> ExportCheck:
     """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
 
-    Per shard: each target weight is rounded to NxD's grid from the model (tuned fp32 or bf16), turned into grid-exact
-    bf16 and checked against the intended codes, in 1 MB row blocks. A bf16 weight (RTN) is overwritten in place,
-    row block by row block, and written from there; a tuned fp32 one is replaced by its bf16 export (its fp32 copy
-    is released), so no second copy of the model builds up. Every other parameter is written from the model, cast
+    Per shard: each target weight is rounded to NxD's grid from the model (bf16: as loaded for RTN, grid-exact
+    already after AutoRound), turned into grid-exact bf16 and checked against the intended codes, in 1 MB row
+    blocks, overwritten in place and written from there, so no second copy of the model builds up. Every other parameter is written from the model, cast
     to bf16 (NxDI's input dtype): the source's values, which `load_model` cast to bf16 and nothing since changed
     (bf16 sources are copied bit for bit); what the model does not hold comes from the source shard. The written
     shard is read back and must equal what was checked, bit for bit; then its weights leave the model (which is
@@ -270,18 +269,18 @@ def _grid_exact(
     from neuronforge.neuron.module_names import block_of
     from neuronforge.pipeline.quantize import grid_export
 
+    # bf16, as `load_model` made it (AutoRound's block-wise tuning keeps it bf16): overwritten row block by row block.
     weight = linear.weight.detach()
-    # A bf16 weight (RTN) is overwritten row block by row block; a tuned fp32 one is replaced.
-    stored = weight if weight.dtype == torch.bfloat16 else torch.empty(source.shape, dtype=torch.bfloat16)
-    source_in_model = not autoround and weight.dtype == source.dtype  # the model holds the source's bits
+    assert weight.dtype == torch.bfloat16, key
+    source_in_model = not autoround and source.dtype == torch.bfloat16  # the model holds the source's bits
     err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
     for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
-        tuned = weight[rows].to(device).float()  # a copy when `stored` is `weight` (bf16)
+        tuned = weight[rows].to(device).float()  # a copy: `weight` is overwritten below
         codes, scale = quantize_weight(tuned, dtype)
-        out = stored[rows] if stored.device == device else None
+        out = weight[rows] if weight.device == device else None
         exact = grid_export.exact_bf16(codes, scale, dtype, out=out)
         if out is None:
-            stored[rows] = exact.cpu()
+            weight[rows] = exact.cpu()
         written = exact.float()
         check.ours += grid_export.grid_check(written, codes, scale, dtype)
         if check.naive is not None:
@@ -290,9 +289,7 @@ def _grid_exact(
         difference = written.flatten().sub_(reference)
         err["sq_err"] += float(torch.dot(difference, difference))
         err["sq_norm"] += float(torch.dot(reference, reference))
-    if stored is not weight:
-        linear.weight = torch.nn.Parameter(stored, requires_grad=False)
-    return stored
+    return weight
 
 
 def _write_checked(path: Path, tensors: dict[str, torch.Tensor]) -> float:
