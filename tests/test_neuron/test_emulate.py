@@ -211,14 +211,13 @@ def test_shard_by_shard_load_gives_the_whole_model_conversion(
 ) -> None:
     """Converted a map window at a time, or (weights larger than a window) quantized from the file a block of rows at
     a time, the model is the one converted whole: same codes, scales, biases and logits."""
-    from transformers import AutoModelForCausalLM
+    from testkit.checkpoints import resharded
 
     from neuronforge.hf import folders
     from neuronforge.neuron import emulate as emulate_module
 
     src = make_tiny_llama("emu-shards", tie_word_embeddings=False, attention_bias=True, mlp_bias=True)
-    sharded = tmp_path / "sharded"
-    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="60KB")
+    sharded = resharded(src, tmp_path / "sharded")
     if by_rows:  # every Linear but q/o_proj (64 x 64, 8 KiB) larger than a window, read 4 KiB at a time
         monkeypatch.setattr(folders, "MAP_WINDOW_BYTES", 8 << 10)
         monkeypatch.setattr(emulate_module, "QUANTIZE_BLOCK_BYTES", 4 << 10)
@@ -235,11 +234,9 @@ def test_shard_by_shard_load_gives_the_whole_model_conversion(
 def test_a_checkpoint_missing_a_shard_is_a_clear_error(make_tiny_llama: Callable[..., Path], tmp_path) -> None:
     """The row-block reads are planned from the shards' headers before the load: a shard the index names but the
     folder lacks is the loader's clear error, not a KeyError."""
-    from transformers import AutoModelForCausalLM
+    from testkit.checkpoints import resharded
 
-    folder = tmp_path / "sharded"
-    src = make_tiny_llama("emu-lost-shard", tie_word_embeddings=False)
-    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(folder, max_shard_size="60KB")
+    folder = resharded(make_tiny_llama("emu-lost-shard", tie_word_embeddings=False), tmp_path / "sharded")
     sorted(folder.glob("model-*.safetensors"))[1].unlink()
     with pytest.raises(NeuronforgeError, match="has no weight"):
         load_emulated(folder, EmulationSpec(dtype="int8"))
