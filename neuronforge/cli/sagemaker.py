@@ -21,6 +21,8 @@ from neuronforge.cli.options import (
     CalibSeqLenOpt,
     DryRunOpt,
     ImageOpt,
+    JobVolumeOpt,
+    MaxRuntimeOpt,
     NameOpt,
     OverwriteOpt,
     RegionOpt,
@@ -31,6 +33,7 @@ from neuronforge.errors import NeuronforgeError
 
 if TYPE_CHECKING:
     from neuronforge.sagemaker.code import CodeBundle
+    from neuronforge.sagemaker.requests import JobSettings
 
 sagemaker_cli = App(help="Run the stages as SageMaker jobs and serve the result on an ml.inf2 endpoint (boto3).")
 
@@ -82,6 +85,34 @@ def _name(name: str | None, stage: str) -> str:
     return name or f"nf-{stage}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
+def _job_settings(
+    stage: str,
+    name: str | None,
+    role: str | None,
+    region: str | None,
+    instance_type: str,
+    volume_gb: int,
+    max_runtime: int,
+    image: str | None,
+    spot: bool = False,
+    max_wait: int | None = None,
+) -> JobSettings:
+    """The settings every job command shares, with the role, region and name defaults filled in."""
+    from neuronforge.sagemaker.requests import JobSettings
+
+    return JobSettings(
+        name=_name(name, stage),
+        role_arn=_role(role),
+        region=_region(region),
+        instance_type=instance_type,
+        volume_gb=volume_gb,
+        max_runtime_s=max_runtime,
+        spot=spot,
+        max_wait_s=max_wait,
+        image=image,
+    )
+
+
 def _print_requests(requests: dict[str, Any]) -> None:
     typer.echo(json.dumps(requests, indent=2, sort_keys=True))
 
@@ -123,8 +154,8 @@ def quantize_command(
     nsamples: int = typer.Option(32, "--nsamples"),
     calib_seq_len: CalibSeqLenOpt = 256,
     autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
-    volume_gb: int = typer.Option(200, "--volume-gb"),
-    max_runtime: int = typer.Option(4 * 3600, "--max-runtime"),
+    volume_gb: JobVolumeOpt = 200,
+    max_runtime: MaxRuntimeOpt = 4 * 3600,
     spot: bool = typer.Option(False, "--spot", help="Managed spot training."),
     max_wait: int | None = typer.Option(None, "--max-wait", help="Spot: max seconds incl. waiting (>= --max-runtime)."),
     wheel: Path | None = WheelOpt,
@@ -137,24 +168,9 @@ def quantize_command(
     wait: WaitOpt = False,
 ) -> None:
     """GPU training job running `neuronforge quantize`; output lands in <output-s3>/<name>/output/model/checkpoint/."""
-    from neuronforge.sagemaker.requests import (
-        CHECKPOINT_SUBDIR,
-        JobSettings,
-        quantize_job_request,
-        training_output_prefix,
-    )
+    from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, quantize_job_request, training_output_prefix
 
-    job = JobSettings(
-        name=_name(name, "quantize"),
-        role_arn=_role(role),
-        region=_region(region),
-        instance_type=instance_type,
-        volume_gb=volume_gb,
-        max_runtime_s=max_runtime,
-        spot=spot,
-        max_wait_s=max_wait,
-        image=image,
-    )
+    job = _job_settings("quantize", name, role, region, instance_type, volume_gb, max_runtime, image, spot, max_wait)
     options = {
         "iters": iters,
         "nsamples": nsamples,
@@ -185,8 +201,8 @@ def compile_command(
     dtype: str = typer.Option("int8", "--dtype"),
     kv: str = typer.Option("fp8", "--kv", help="fp8 | bf16 KV cache."),
     seq_len: int = typer.Option(1024, "--seq-len", help="Longest prompt + generation the endpoint serves."),
-    volume_gb: int = typer.Option(200, "--volume-gb"),
-    max_runtime: int = typer.Option(4 * 3600, "--max-runtime"),
+    volume_gb: JobVolumeOpt = 200,
+    max_runtime: MaxRuntimeOpt = 4 * 3600,
     wheel: Path | None = WheelOpt,
     install: str | None = InstallOpt,
     name: NameOpt = None,
@@ -199,21 +215,13 @@ def compile_command(
     """Neuron compile job (`neuronforge compile` + `neuronforge package`) with the pinned Neuron image."""
     from neuronforge.sagemaker.requests import (
         PACKAGE_SUBDIR,
-        JobSettings,
         compile_job_request,
         compile_processing_request,
         training_output_prefix,
     )
 
-    job = JobSettings(
-        name=_name(name, "compile"),
-        role_arn=_role(role),
-        region=_region(region),
-        instance_type=instance_type or ("ml.r7i.8xlarge" if processing else "ml.trn1.2xlarge"),
-        volume_gb=volume_gb,
-        max_runtime_s=max_runtime,
-        image=image,
-    )
+    instance_type = instance_type or ("ml.r7i.8xlarge" if processing else "ml.trn1.2xlarge")
+    job = _job_settings("compile", name, role, region, instance_type, volume_gb, max_runtime, image)
     build = compile_processing_request if processing else compile_job_request
     with _shipped(wheel, install, output_s3) as shipped:
         request = build(
