@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from neuronforge.core.bits import same_bits
-from neuronforge.core.memory import release_freed_tensors
+from neuronforge.core.memory import release_freed_tensors, trim_free_heap
 from neuronforge.errors import NeuronforgeError
 
 if TYPE_CHECKING:
@@ -290,8 +290,9 @@ def load_model(
     by `copied_tensors`: host RAM holds the model once plus one map window, whatever the source dtype
     (bf16, fp16 or fp32) and the shard size. `after_window(model)` runs after each window, with no page of any
     shard mapped (the emulator converts the Linears that just arrived, so at most a window of them is ever in
-    bf16). The `deferred` weights are left on "meta" for the caller to read (the emulator quantizes the largest
-    Linears from the file a block of rows at a time). Tied weights are tied last.
+    bf16); then the free heap's pages go back to the OS. The `deferred` weights are left on "meta" for the caller
+    to read (the emulator quantizes the largest Linears from the file a block of rows at a time). Tied weights are
+    tied last.
     """
     import torch
     from accelerate import init_empty_weights
@@ -311,6 +312,7 @@ def load_model(
             _copy_in(model, path / shard, run, dtype)
             if after_window is not None:
                 after_window(model)
+            trim_free_heap()  # what the window freed leaves holes no later tensor fills (core/memory.py)
     model.tie_weights()
     missing = [name for name, param in model.named_parameters() if param.is_meta and name not in deferred]
     if missing:
