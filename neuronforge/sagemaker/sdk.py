@@ -10,7 +10,9 @@ and endpoint with `sagemaker.core.resources`. The SDK (`neuronforge[sagemaker]`)
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +63,7 @@ def model_trainer(request: Request, *, region: str, boto_session: boto3.Session 
     stopping = request["StoppingCondition"]
     output = request["OutputDataConfig"]
     session = boto_session or boto3.session.Session(region_name=region)
-    return ModelTrainer(
+    trainer = ModelTrainer(
         training_image=spec["TrainingImage"],
         role=request["RoleArn"],
         base_job_name=request["TrainingJobName"],
@@ -94,6 +96,8 @@ def model_trainer(request: Request, *, region: str, boto_session: boto3.Session 
         environment=request["Environment"],
         tags=[Tag(key=tag["Key"], value=tag["Value"]) for tag in request["Tags"]],
     )
+    weakref.finalize(trainer, shutil.rmtree, source_dir, ignore_errors=True)  # train() reads it; nothing after
+    return trainer
 
 
 def deploy_resources(requests: dict[str, Request], *, region: str, boto_session: boto3.Session | None = None) -> Any:

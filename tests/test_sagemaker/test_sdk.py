@@ -95,3 +95,29 @@ def test_readme_sdk_example_runs(sdk_moto: Any, tmp_path: Path, tiny_llama_dir: 
     job = sm.list_training_jobs()["TrainingJobSummaries"][0]["TrainingJobName"]
     channels = sm.describe_training_job(TrainingJobName=job)["InputDataConfig"]
     assert f"s3://{BUCKET}/{wheel.rsplit('/', 1)[0]}/" in [c["DataSource"]["S3DataSource"]["S3Uri"] for c in channels]
+
+
+def test_model_trainer_leaves_no_temporary_files(
+    sdk_moto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job script's folder lives as long as the trainer that uploads it, then goes (it piled up in /tmp)."""
+    import gc
+    import tempfile
+
+    from neuronforge.sagemaker import sdk
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    request = compile_job_request(
+        JobSettings(name="nf-c", role_arn=ROLE, region="us-east-1", instance_type="ml.trn1.32xlarge"),
+        checkpoint_s3=f"s3://{BUCKET}/ckpt/",
+        output_s3=f"s3://{BUCKET}/runs/",
+        tp_degree=2,
+        install="neuronforge==0.1.0",
+    )
+    trainer = sdk.model_trainer(request, region="us-east-1")
+    (source_dir,) = tmp_path.iterdir()
+    assert (source_dir / sdk.JOB_SCRIPT).is_file()  # there while the trainer can still upload it
+    trainer.train(wait=False, logs=False)
+    del trainer
+    gc.collect()
+    assert not any(tmp_path.iterdir())
