@@ -14,18 +14,29 @@ from pathlib import Path
 from typing import Literal
 
 from neuronforge.core.package_versions import package_versions
+from neuronforge.core.presets import PRESETS
 from neuronforge.neuron.host import neuron_devices
 
 Status = Literal["ok", "warn", "absent"]
 NEURON_PACKAGES = ("neuronx-distributed-inference", "neuronx-distributed", "neuronx-cc", "torch-neuronx")
 # Stage 1 keeps the bf16 source, writes a bf16 fake-quantized copy, and stage 2 adds compiled weights.
 DISK_FACTOR = 3.0
-# Peak host RAM of stage 1's default path (AutoRound: the model in bf16 on the host, its embedding and one decoder
-# block in fp32 while tuning): 2.75 bytes per parameter over a 0.87 GB baseline, fitted through 1.76 GB at 0.33e9
-# and 4.09 GB at 1.17e9 parameters (`python benchmarks/bench_scale.py --stages autoround --repeat 1`; README
-# "Large models"). Rounded up; plain rounding (--no-autoround) needs less (2.29 B/param + 0.55 GB).
-PEAK_BYTES_PER_PARAM = 2.8
+# Peak host RAM of stage 1's default path, in the larger of its two phases (README "Large models"):
+# - the sensitivity analysis holds the bf16 model and, for its backward pass, every decoder layer's fp32 input for
+#   all calibration tokens, (layers + 1) x tokens x hidden x 4 bytes, plus one calibration batch's fp32 activations
+#   and gradients through one layer, about 60 bytes per token of a batch (4 windows) per unit of hidden +
+#   intermediate width; on top of plain rounding's fit at the benchmark's 64 tokens (2.26 B/param + 0.57 GB,
+#   `python benchmarks/bench_scale.py`). Measured at quantize's defaults (32 x 256 tokens, /usr/bin/time -v):
+#   2.21 GB at 0.33e9 parameters (20 layers, hidden 1024, intermediate 2816) and 5.22 GB at 1.17e9 (22, 2048, 5632);
+# - AutoRound holds the bf16 model with its embedding and the decoder block being tuned in fp32: 2.75 B/param +
+#   0.87 GB (`--stages autoround --repeat 1`).
+# Slopes rounded up, and 1 GB fixed in both for headroom: 2.69 and 5.71 GB for the two measured models.
+SENSITIVITY_BYTES_PER_PARAM = 2.3
+SENSITIVITY_BATCH_BYTES = 60  # per token of a batch, per unit of hidden + intermediate width
+SENSITIVITY_BATCH_WINDOWS = 4  # pipeline/quantize/sensitivity.py `calibration_batches`
+AUTOROUND_BYTES_PER_PARAM = 2.8
 BASELINE_BYTES = 1_000_000_000
+CALIBRATION = PRESETS["gpu"]  # quantize's default nsamples and calib_seq_len
 GIB = 1 << 30
 
 
@@ -158,23 +169,54 @@ def check_disk(where: Path, model_bytes: int | None) -> Check:
     return Check("Disk", "ok", detail)
 
 
-def check_memory(params: int | None, total: int | None = None) -> Check:
-    """Host RAM vs the measured peak of loading and quantizing a model of `params` parameters on CPU."""
+@dataclass(frozen=True)
+class ModelShape:
+    """What stage 1's host memory depends on: the parameter count and a decoder layer's widths."""
+
+    params: int
+    layers: int
+    hidden: int
+    intermediate: int
+
+
+def stage1_peak(
+    shape: ModelShape, nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.calib_seq_len
+) -> tuple[int, int, int]:
+    """(peak, sensitivity phase, of which layer inputs) host bytes of `neuronforge quantize` calibrating on
+    `nsamples` windows of `seqlen` tokens (see the constants above)."""
+    layer_inputs = (shape.layers + 1) * nsamples * seqlen * shape.hidden * 4
+    batch = min(nsamples, SENSITIVITY_BATCH_WINDOWS) * seqlen * (shape.hidden + shape.intermediate)
+    sensitivity = int(shape.params * SENSITIVITY_BYTES_PER_PARAM) + layer_inputs + batch * SENSITIVITY_BATCH_BYTES
+    autoround = int(shape.params * AUTOROUND_BYTES_PER_PARAM)
+    return BASELINE_BYTES + max(sensitivity, autoround), BASELINE_BYTES + sensitivity, layer_inputs
+
+
+def check_memory(shape: ModelShape | None, total: int | None = None) -> Check:
+    """Host RAM vs the measured peak of loading and quantizing a model of `shape` on CPU at quantize's defaults."""
     total = total if total is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     detail = f"{total / GIB:.1f} GiB RAM, {os.cpu_count()} CPU cores"
-    if params is None:
+    if shape is None:
         return Check("Memory", "ok", detail)
-    need = BASELINE_BYTES + params * PEAK_BYTES_PER_PARAM
-    estimate = (
-        f"~{need / GIB:.1f} GiB: {params / 1e9:.2f}e9 parameters x {PEAK_BYTES_PER_PARAM} bytes + "
-        f"{BASELINE_BYTES / GIB:.1f} GiB"
+    need, sensitivity, layer_inputs = stage1_peak(shape)
+    in_sensitivity = sensitivity >= need
+    where = (
+        f"in the sensitivity analysis, {layer_inputs / GIB:.2f} GiB of it the layer inputs of "
+        f"{CALIBRATION.nsamples} x {CALIBRATION.calib_seq_len} calibration tokens"
+        if in_sensitivity
+        else "while AutoRound tunes"
     )
+    estimate = f"~{need / GIB:.1f} GiB at its peak, {where}"
     if total < need:
         return Check(
             "Memory",
             "warn",
             f"{detail}; quantizing this model needs {estimate}",
-            "use a host with more memory (or a GPU host for stage 1)",
+            "use a host with more memory"
+            + (
+                ", or fewer calibration tokens (--nsamples, --calib-seq-len)"
+                if in_sensitivity
+                else " (or a GPU host: AutoRound tunes its block there)"
+            ),
         )
     return Check("Memory", "ok", f"{detail}; enough for this model ({estimate})")
 
@@ -202,8 +244,8 @@ def model_size(model: str) -> tuple[int | None, str]:
     return weights or folder_size(path), f"{model}: {(weights or folder_size(path)) / GIB:.2f} GiB of weights"
 
 
-def check_model(model: str) -> tuple[Check | None, int | None]:
-    """(a check of the folder as the run will check it, its parameter count) for a model on this host."""
+def check_model(model: str) -> tuple[Check | None, ModelShape | None]:
+    """(a check of the folder as the run will check it, its shape) for a model on this host."""
     from neuronforge.core.s3uri import is_s3
     from neuronforge.errors import NeuronforgeError
     from neuronforge.hf.folders import header_shapes, read_config, validate_hf_folder
@@ -218,14 +260,16 @@ def check_model(model: str) -> tuple[Check | None, int | None]:
     params = sum(math.prod(shape) for shape in header_shapes(path).values())
     config = read_config(path)
     detail = f"{config.get('model_type')}, {config.get('num_hidden_layers')} layers, {params / 1e9:.3f}e9 parameters"
-    return Check("Model", "ok", detail), params
+    widths = (config.get(key) or 0 for key in ("num_hidden_layers", "hidden_size", "intermediate_size"))
+    shape = ModelShape(params, *(int(width) for width in widths))
+    return Check("Model", "ok", detail), shape
 
 
 def diagnose(model: str, where: Path) -> tuple[list[Check], str]:
     """All checks for running `model` with outputs under `where`, plus the model-size note."""
     size, note = model_size(model)
-    model_check, params = check_model(model)
-    checks = [check_cuda(), check_neuron(), *check_aws(), check_disk(where, size), check_memory(params)]
+    model_check, shape = check_model(model)
+    checks = [check_cuda(), check_neuron(), *check_aws(), check_disk(where, size), check_memory(shape)]
     return checks + ([model_check] if model_check else []), note
 
 
