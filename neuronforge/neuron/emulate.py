@@ -71,9 +71,9 @@ class EmulationSpec:
 
 
 # Bytes of fp32 logits each step of `EmulatedModel.token_nll` makes (a block of positions of one window).
-NLL_BLOCK_BYTES = 16 << 20
+NLL_BLOCK_BYTES = 4 << 20
 # Bytes of a weight larger than a map window `load_emulated` reads and quantizes at a time.
-QUANTIZE_BLOCK_BYTES = 16 << 20
+QUANTIZE_BLOCK_BYTES = 4 << 20
 # Above this many bytes of fp32 weight copies, GEMM operands are made per call instead of kept (see qlinear).
 FP32_COPY_BUDGET = 1 << 30
 

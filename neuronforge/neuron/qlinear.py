@@ -51,7 +51,7 @@ def row_parallel_matmul(
 
 
 # Bytes of fp32 each GEMM step may create: its operand rows, or its output columns.
-GEMM_BLOCK_BYTES = 16 << 20
+GEMM_BLOCK_BYTES = 4 << 20
 
 
 class Fp32Gemm(nn.Module):
