@@ -25,7 +25,7 @@ DISK_FACTOR = 3.0
 # - the sensitivity analysis holds the bf16 model and, for its backward pass, every decoder layer's fp32 input for
 #   all calibration tokens, (layers + 1) x tokens x hidden x 4 bytes, plus one calibration batch's fp32 activations
 #   and gradients through one layer, about 60 bytes per token of a batch (4 windows) per unit of hidden +
-#   intermediate width; on top of plain rounding's fit at the benchmark's 64 tokens (2.26 B/param + 0.57 GB,
+#   intermediate width; on top of plain rounding's fit at the benchmark's 64 tokens (2.24 B/param + 0.59 GB,
 #   `python benchmarks/bench_scale.py`). Measured at quantize's defaults (32 x 256 tokens, /usr/bin/time -v):
 #   2.21 GB at 0.33e9 parameters (20 layers, hidden 1024, intermediate 2816) and 5.22 GB at 1.17e9 (22, 2048, 5632);
 # - AutoRound holds the bf16 model with its embedding and the decoder block being tuned in fp32: 2.75 B/param +
