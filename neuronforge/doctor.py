@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from neuronforge.core.package_versions import package_versions
-from neuronforge.core.presets import PRESETS
+from neuronforge.core.presets import PRESETS, SENSITIVITY_BATCH
 from neuronforge.neuron.host import neuron_devices
 
 Status = Literal["ok", "warn", "absent"]
@@ -24,8 +24,8 @@ DISK_FACTOR = 3.0
 # Peak host RAM of stage 1's default path, in the larger of its two phases (README "Large models"):
 # - the sensitivity analysis holds the bf16 model and, for its backward pass, every decoder layer's fp32 input for
 #   all calibration tokens, (layers + 1) x tokens x hidden x 4 bytes, plus one calibration batch's fp32 activations
-#   and gradients through one layer, about 60 bytes per token of a batch (4 windows) per unit of hidden +
-#   intermediate width; on top of plain rounding's fit at the benchmark's 64 tokens (2.24 B/param + 0.59 GB,
+#   and gradients through one layer, about 60 bytes per token of a batch (SENSITIVITY_BATCH windows) per unit of
+#   hidden + intermediate width; on top of plain rounding's fit at the benchmark's 64 tokens (2.24 B/param + 0.59 GB,
 #   `python benchmarks/bench_scale.py`). Measured at quantize's defaults (32 x 256 tokens, /usr/bin/time -v):
 #   2.21 GB at 0.33e9 parameters (20 layers, hidden 1024, intermediate 2816) and 5.22 GB at 1.17e9 (22, 2048, 5632);
 # - AutoRound holds the bf16 model with its embedding and the decoder block being tuned in fp32: 2.75 B/param +
@@ -33,7 +33,6 @@ DISK_FACTOR = 3.0
 # Slopes rounded up, and 1 GB fixed in both for headroom: 2.69 and 5.71 GB for the two measured models.
 SENSITIVITY_BYTES_PER_PARAM = 2.3
 SENSITIVITY_BATCH_BYTES = 60  # per token of a batch, per unit of hidden + intermediate width
-SENSITIVITY_BATCH_WINDOWS = 4  # pipeline/quantize/sensitivity.py `calibration_batches`
 AUTOROUND_BYTES_PER_PARAM = 2.8
 BASELINE_BYTES = 1_000_000_000
 CALIBRATION = PRESETS["gpu"]  # quantize's default nsamples and calib_seq_len
@@ -185,7 +184,7 @@ def stage1_peak(
     """(peak, sensitivity phase, of which layer inputs) host bytes of `neuronforge quantize` calibrating on
     `nsamples` windows of `seqlen` tokens (see the constants above)."""
     layer_inputs = (shape.layers + 1) * nsamples * seqlen * shape.hidden * 4
-    batch = min(nsamples, SENSITIVITY_BATCH_WINDOWS) * seqlen * (shape.hidden + shape.intermediate)
+    batch = min(nsamples, SENSITIVITY_BATCH) * seqlen * (shape.hidden + shape.intermediate)
     sensitivity = int(shape.params * SENSITIVITY_BYTES_PER_PARAM) + layer_inputs + batch * SENSITIVITY_BATCH_BYTES
     autoround = int(shape.params * AUTOROUND_BYTES_PER_PARAM)
     return BASELINE_BYTES + max(sensitivity, autoround), BASELINE_BYTES + sensitivity, layer_inputs

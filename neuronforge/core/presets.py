@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, Literal, NamedTuple
 
 PresetName = Literal["gpu", "cpu-demo", "cpu-fast"]
+# Calibration windows the sensitivity analysis runs through a layer at once (its host memory grows with it).
+SENSITIVITY_BATCH = 4
 
 
 class Preset(NamedTuple):

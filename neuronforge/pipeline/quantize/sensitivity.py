@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from neuronforge.core.presets import SENSITIVITY_BATCH
 from neuronforge.errors import NeuronforgeError
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def find_blocks(model: nn.Module) -> list[Block]:
     return list(blocks.values())
 
 
-def calibration_batches(samples: list[torch.Tensor], batch_size: int = 4) -> Iterable[torch.Tensor]:
+def calibration_batches(samples: list[torch.Tensor], batch_size: int = SENSITIVITY_BATCH) -> Iterable[torch.Tensor]:
     import torch
 
     for i in range(0, len(samples), batch_size):
