@@ -14,7 +14,7 @@ Both keep up to 128 MiB of free heap untrimmed: trimming at glibc's default 128 
 row-block temporary a fresh mapping (7.3 million page faults, more system than user time, in one export).
 `trim_free_heap` returns the free heap's pages at a point of our choosing instead: `load_model` calls it after
 each map window, whose freed copies and conversion temporaries (below the 4 MiB threshold) otherwise stay
-resident as holes between the tensors that stay (73 MB after loading the default model for emulation).
+resident as holes between the tensors that stay (73-93 MB after loading the default model for emulation).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def reuse_freed_tensors() -> bool:
 
 def trim_free_heap() -> bool:
     """Give the pages of every free heap chunk back to the OS now (glibc's malloc_trim), wherever the chunk lies.
-    False where the C library is not glibc."""
+    True when it released any; False when there was none, or where the C library is not glibc."""
     libc = _glibc()
     return libc is not None and bool(libc.malloc_trim(0))
 
