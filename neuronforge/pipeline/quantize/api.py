@@ -498,7 +498,8 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             sensitivity_chart(sensitivity.scores, kept, sensitivity.method, tmp / "sensitivity.png")
         report = {
             "model": str(src),
-            "options": options.model_dump(mode="json"),
+            "options": options.model_dump(mode="json", exclude={"out"}),  # (out: where this file is; under
+            # `run` a temporary folder renamed into place afterwards)
             "dtype": options.dtype,
             "modules_to_not_convert": kept,
             "grid_agreement": ours.fraction if targets else None,
