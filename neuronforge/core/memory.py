@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers in glibc's malloc.h
@@ -54,7 +55,9 @@ def _mallopt(mmap_threshold: int) -> bool:
     )
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library, looked up once (`find_library` searches the system; `load_model` trims after every window)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
