@@ -94,7 +94,7 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _read_header(handle: BinaryIO) -> tuple[int, dict[str, Any]]:
+def read_header(handle: BinaryIO) -> tuple[int, dict[str, Any]]:
     """(offset of the data, header) of an open safetensors file: an 8-byte length, then the JSON header."""
     import struct
 
@@ -117,7 +117,7 @@ def differing_tensors(shard: Path, tensors: dict[str, torch.Tensor]) -> list[str
     buffer = bytearray(READ_BLOCK_BYTES)
     differ = []
     with shard.open("rb") as handle:
-        data_start, header = _read_header(handle)
+        data_start, header = read_header(handle)
         for key, tensor in tensors.items():
             entry = header.get(key, {"shape": None, "data_offsets": (0, -1)})
             expected = tensor.contiguous().view(-1).view(torch.uint8)
@@ -208,7 +208,7 @@ MAP_WINDOW_BYTES = 64 << 20
 def map_windows(file: Path, keys: list[str], window: int = MAP_WINDOW_BYTES) -> list[list[str]]:
     """`keys` of one safetensors file in runs of at most `window` bytes of data (a larger tensor is a run alone)."""
     with file.open("rb") as handle:
-        _, header = _read_header(handle)
+        _, header = read_header(handle)
     runs: list[list[str]] = []
     size = 0
     for key in keys:

@@ -127,7 +127,7 @@ def test_load_model_reads_through_map_windows(make_tiny_llama, tmp_path: Path, m
     from neuronforge.hf import folders
 
     folder = _sharded(make_tiny_llama, tmp_path, torch.bfloat16)
-    real, real_header = folders.copied_tensors, folders._read_header
+    real, real_header = folders.copied_tensors, folders.read_header
     read: list[str] = []
     headers: list[str] = []
 
@@ -137,7 +137,7 @@ def test_load_model_reads_through_map_windows(make_tiny_llama, tmp_path: Path, m
             yield key, tensor
 
     monkeypatch.setattr(folders, "copied_tensors", watched)
-    monkeypatch.setattr(folders, "_read_header", lambda handle: headers.append(handle.name) or real_header(handle))
+    monkeypatch.setattr(folders, "read_header", lambda handle: headers.append(handle.name) or real_header(handle))
     monkeypatch.setattr(folders, "MAP_WINDOW_BYTES", 16 << 10)  # several windows a shard
     model = load_model(folder)
     assert sorted(read) == sorted(name for name, _ in model.named_parameters())

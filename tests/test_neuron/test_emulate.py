@@ -210,7 +210,8 @@ def test_shard_by_shard_load_gives_the_whole_model_conversion(
     make_tiny_llama: Callable[..., Path], tmp_path, monkeypatch, spec: EmulationSpec, by_rows: bool
 ) -> None:
     """Converted a map window at a time, or (weights larger than a window) quantized from the file a block of rows at
-    a time, the model is the one converted whole: same codes, scales, biases and logits."""
+    a time, the model is the one converted whole: same codes, scales, biases and logits. (Its untied embedding is
+    read from the file per call: the only weight it does not hold.)"""
     from testkit.checkpoints import resharded
 
     from neuronforge.hf import folders
@@ -225,10 +226,29 @@ def test_shard_by_shard_load_gives_the_whole_model_conversion(
     whole = emulate(load_model(src), spec)
     assert streamed.converted == whole.converted and "model.layers.0.mlp.down_proj" in streamed.converted
     mine, theirs = streamed.model.state_dict(), whole.model.state_dict()
-    assert mine.keys() == theirs.keys()
+    assert mine.keys() == theirs.keys() - {"model.embed_tokens.weight"}
     assert spec.dtype != "int8" or any(name.endswith("proj.bias") for name in mine)
     assert all(torch.equal(buffer, theirs[name]) for name, buffer in mine.items())
     assert torch.equal(streamed.logits(tokens()), whole.logits(tokens()))
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("spec", [EmulationSpec(dtype="int8", kv_fp8=True), EmulationSpec()], ids=["int8", "bf16"])
+def test_an_untied_embedding_stays_in_its_file(make_tiny_llama: Callable[..., Path], spec: EmulationSpec) -> None:
+    """Only gathered from, an untied embedding (0.2 GB at 49152 x 2048) is read a row per token from the file, never
+    loaded; the logits are those of the loaded model. A tied one is the head's weight too, and is loaded."""
+    from neuronforge.hf.file_embedding import FileEmbedding
+
+    folder = make_tiny_llama("emu-untied", tie_word_embeddings=False)
+    streamed, whole = load_emulated(folder, spec), emulate(load_model(folder), spec)
+    embedding = streamed.model.get_input_embeddings()
+    assert isinstance(embedding, FileEmbedding)
+    loaded = whole.model.get_input_embeddings().weight
+    held = [*streamed.model.parameters(), *streamed.model.buffers()]
+    assert not any(t.shape == loaded.shape and torch.equal(t, loaded) for t in held)
+    assert torch.equal(streamed.logits(tokens()), whole.logits(tokens()))
+    tied = load_emulated(make_tiny_llama("emu-tied"), spec).model
+    assert type(tied.get_input_embeddings()) is torch.nn.Embedding
 
 
 def test_a_checkpoint_missing_a_shard_is_a_clear_error(make_tiny_llama: Callable[..., Path], tmp_path) -> None:
