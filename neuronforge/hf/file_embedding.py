@@ -1,19 +1,20 @@
 """An input embedding read from its safetensors file a row per token, for a model that only ever gathers from it.
 
 An untied embedding is vocab x hidden in bf16 (0.2 GB at 49152 x 2048, 1 GB for Llama 3 8B, 2.1 GB at 70B), and a
-forward reads one row of it per distinct token. The emulator (`neuron.emulate.load_emulated`) loads it as this
-module instead of a Parameter, so host RAM holds only the rows of the batch being run. The rows are read with
-`os.preadv`, not through a memory map: a page fault maps the whole page-cache folio it falls in (up to 2 MiB), so
-a map's resident set grows with how far apart the rows lie, not with how many there are. The file is opened at
-load and closed with the module (which refuses to be copied rather than share it), so a checkpoint renamed over
-afterwards does not change the model. Each row is cast as `load_model` casts: the output is bit for bit what the
-loaded nn.Embedding returns.
+forward reads one row of it per distinct token. `load_model(..., embedding_from_file=True)` (the emulator's load)
+makes it this module instead of a Parameter, so host RAM holds only the rows of the batch being run. The rows are
+read with `os.preadv`, not through a memory map: a page fault maps the whole page-cache folio it falls in (up to
+2 MiB), so a map's resident set grows with how far apart the rows lie, not with how many there are. The file is
+opened at load and closed with the module (which refuses to be copied rather than share it), so a checkpoint
+renamed over afterwards does not change the model. Each row is cast as `load_model` casts: the output is bit for
+bit what the loaded nn.Embedding returns.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -23,25 +24,31 @@ from neuronforge.hf.folders import read_header
 STORED_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
-def readable_rows(file: Path, key: str) -> bool:
-    """Whether `key` of `file` is a 2-D floating-point tensor `FileEmbedding` can read (the header only)."""
-    with file.open("rb") as handle:
-        entry = read_header(handle)[1].get(key, {})
-    return entry.get("dtype") in STORED_DTYPES and len(entry.get("shape", ())) == 2
-
-
 class FileEmbedding(torch.nn.Module):
-    """nn.Embedding's forward over the [vocab, hidden] tensor `key` of `file`, cast to `dtype`, read per call."""
+    """nn.Embedding's forward over a [vocab, hidden] tensor at `offset` of the open `file`, cast to `dtype`, read
+    per call (see `from_file`)."""
 
-    def __init__(self, file: Path, key: str, dtype: torch.dtype) -> None:
+    def __init__(
+        self, file: BinaryIO, offset: int, shape: tuple[int, int], stored: torch.dtype, dtype: torch.dtype
+    ) -> None:
         super().__init__()
-        self.file = open(file, "rb", buffering=0)  # noqa: SIM115  (held open for the module's life)
-        data_start, header = read_header(self.file)
-        entry = header[key]
-        self.num_embeddings, self.embedding_dim = entry["shape"]
-        self.stored, self.dtype = STORED_DTYPES[entry["dtype"]], dtype
-        self.row_bytes = self.embedding_dim * self.stored.itemsize
-        self.offset = data_start + entry["data_offsets"][0]
+        self.file, self.offset = file, offset
+        self.num_embeddings, self.embedding_dim = shape
+        self.stored, self.dtype = stored, dtype
+        self.row_bytes = self.embedding_dim * stored.itemsize
+
+    @classmethod
+    def from_file(cls, path: Path, key: str, dtype: torch.dtype) -> FileEmbedding | None:
+        """The embedding `key` of safetensors file `path`, or None when it is not a 2-D floating-point tensor there
+        (the caller then loads it like any weight)."""
+        file = open(path, "rb", buffering=0)  # noqa: SIM115  (held open for the module's life)
+        data_start, header = read_header(file)
+        entry = header.get(key, {})
+        if entry.get("dtype") not in STORED_DTYPES or len(entry.get("shape", ())) != 2:
+            file.close()
+            return None
+        rows, width = entry["shape"]
+        return cls(file, data_start + entry["data_offsets"][0], (rows, width), STORED_DTYPES[entry["dtype"]], dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         tokens, where = ids.unique(return_inverse=True)  # sorted

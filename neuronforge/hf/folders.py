@@ -283,6 +283,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     after_window: Callable[[PreTrainedModel], None] | None = None,
     deferred: Collection[str] = (),
+    embedding_from_file: bool = False,
 ) -> PreTrainedModel:
     """Load a validated folder on CPU in `dtype` (default bf16, what Neuron computes in), a map window at a time.
 
@@ -292,7 +293,9 @@ def load_model(
     shard mapped (the emulator converts the Linears that just arrived, so at most a window of them is ever in
     bf16); then the free heap's pages go back to the OS. The `deferred` weights are left on "meta" for the caller
     to read (the emulator quantizes the largest Linears from the file a block of rows at a time). Tied weights are
-    tied last.
+    tied last. With `embedding_from_file`, an untied input embedding is not loaded: a `FileEmbedding` reads the
+    rows of each call's tokens from its shard (hf/file_embedding.py; the emulator's load: stage 1's AutoRound needs
+    the embedding as a parameter). A tied one is the head's weight too, and is loaded.
     """
     import torch
     from accelerate import init_empty_weights
@@ -307,7 +310,10 @@ def load_model(
     with init_empty_weights(include_buffers=False):  # parameters on "meta"; buffers (RoPE frequencies) real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     wanted = {name for name, _ in model.named_parameters()} - set(deferred)
+    embedding = _input_embedding_key(model) if embedding_from_file and not config.tie_word_embeddings else None
     for shard, keys in shard_keys(path).items():
+        if embedding in keys and _embedding_read_from(model, path / shard, embedding, dtype):
+            wanted.discard(embedding)
         for run in map_windows(path / shard, [key for key in keys if key in wanted], MAP_WINDOW_BYTES):
             _copy_in(model, path / shard, run, dtype)
             if after_window is not None:
@@ -324,6 +330,21 @@ def load_model(
         model.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
     model.eval()
     return model
+
+
+def _input_embedding_key(model: PreTrainedModel) -> str:
+    embeddings = model.get_input_embeddings()
+    return next(f"{name}.weight" for name, module in model.named_modules() if module is embeddings)
+
+
+def _embedding_read_from(model: PreTrainedModel, file: Path, key: str, dtype: torch.dtype) -> bool:
+    """Put a `FileEmbedding` over `key` of `file` in place of the model's embedding; False if it cannot read it."""
+    from neuronforge.hf.file_embedding import FileEmbedding
+
+    module = FileEmbedding.from_file(file, key, dtype)
+    if module is not None:
+        model.set_submodule(key.removesuffix(".weight"), module)
+    return module is not None
 
 
 def _copy_in(model: PreTrainedModel, file: Path, run: list[str], dtype: torch.dtype) -> None:

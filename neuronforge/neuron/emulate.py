@@ -89,7 +89,7 @@ class EmulatedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device  # (its first parameter's: the embedding may have none, see load_emulated)
+        return self.model.device  # (its first parameter's: the embedding may have none, see load_model)
 
     def _kwargs(self, input_ids: torch.Tensor, prefill_len: int | None) -> dict[str, object]:
         seq = input_ids.shape[1]
@@ -201,7 +201,6 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
     weight larger than a window (a vocabulary-sized lm_head) is quantized from the file a block of rows at a time,
     never whole in bf16 (0.2 GB at 49152 x 2048). An untied input embedding stays in the file and is read a row
     per token (hf/file_embedding.py): another 0.2 GB there, 1 GB for Llama 3 8B."""
-    from neuronforge.hf.file_embedding import FileEmbedding
     from neuronforge.hf.folders import load_model, row_blocks
     from neuronforge.neuron.qlinear import (
         NeuronQuantLinear,
@@ -215,13 +214,9 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
             convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
 
     path = Path(model_dir)
-    embedding = _embedding_in_file(path)
     by_rows = _quantized_by_rows(path, spec)
-    deferred = {f"{name}.weight" for name in by_rows} | ({embedding[1]} if embedding else set())
-    model = load_model(path, after_window=convert_arrived, deferred=deferred)
-    if embedding:
-        file, key = embedding
-        replace_module(model, key.removesuffix(".weight"), FileEmbedding(file, key, torch.bfloat16))
+    deferred = {f"{name}.weight" for name in by_rows}
+    model = load_model(path, after_window=convert_arrived, deferred=deferred, embedding_from_file=True)
     for name, (file, shape) in by_rows.items():
         assert spec.dtype is not None  # (only a quantizing spec defers weights)
         blocks = row_blocks(file, f"{name}.weight", torch.bfloat16, QUANTIZE_BLOCK_BYTES)
@@ -229,24 +224,6 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
         bias = model.get_submodule(name).bias
         replace_module(model, name, NeuronQuantLinear.from_row_blocks(blocks, shape, bias, spec.dtype, tp))
     return emulate(model, spec, device)
-
-
-def _embedding_in_file(path: Path) -> tuple[Path, str] | None:
-    """(shard, key) of the input embedding when nothing but the embedding reads it (the head is not tied to it)
-    and `FileEmbedding` can read it; else None, and it is loaded like any weight (a missing shard is then
-    `load_model`'s clear error)."""
-    from transformers import AutoConfig
-
-    from neuronforge.hf.file_embedding import readable_rows
-    from neuronforge.hf.folders import force_offline, validate_hf_folder, weight_map
-
-    force_offline()
-    validate_hf_folder(path)  # (before the config is read: a clear error for a folder that is not a model)
-    if AutoConfig.from_pretrained(path, local_files_only=True).tie_word_embeddings:
-        return None
-    key, shard = next(((k, s) for k, s in weight_map(path).items() if k.endswith("embed_tokens.weight")), ("", ""))
-    file = path / shard
-    return (file, key) if key and file.is_file() and readable_rows(file, key) else None
 
 
 def _quantized_by_rows(path: Path, spec: EmulationSpec) -> dict[str, tuple[Path, tuple[int, int]]]:
