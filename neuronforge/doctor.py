@@ -68,7 +68,7 @@ def check_cuda() -> Check:
 
 def check_neuron(dev_root: Path = Path("/dev"), versions: dict[str, str] | None = None) -> Check:
     """Neuron devices and the SDK packages compile needs (PyPI holds only placeholders for them)."""
-    from neuronforge.neuron.versions import DEFAULT_SDK, install_hint, neuron_sdk
+    from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, install_hint, neuron_sdk
 
     devices = neuron_devices(dev_root)
     versions = versions if versions is not None else package_versions(NEURON_PACKAGES)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from neuronforge import doctor
 from neuronforge.cli import app
 from neuronforge.neuron import host
-from neuronforge.neuron.versions import DEFAULT_SDK, neuron_sdk
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, neuron_sdk
 
 GIB = 1 << 30
 

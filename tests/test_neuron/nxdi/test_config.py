@@ -12,22 +12,21 @@ from typer.testing import CliRunner
 
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.config import (
+from neuronforge.neuron.nxdi.config import (
     KVQuantSpec,
-    ModelFacts,
     NeuronConfigSpec,
     build_neuron_config_spec,
     check_against_model,
-    choose_tp,
     default_not_convert,
     kv_fields,
     make_spec,
     read_neuron_config,
     write_config_files,
 )
-from neuronforge.neuron.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
+from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def facts(**overrides: Any) -> ModelFacts:
