@@ -21,7 +21,7 @@ Status = Literal["ok", "warn", "absent"]
 NEURON_PACKAGES = ("neuronx-distributed-inference", "neuronx-distributed", "neuronx-cc", "torch-neuronx")
 # Stage 1 keeps the bf16 source, writes a bf16 fake-quantized copy, and stage 2 adds compiled weights.
 DISK_FACTOR = 3.0
-# Peak host RAM of stage 1's default path, in the larger of its two phases (README "Large models"):
+# Peak host RAM of stage 1's default path, in the larger of its two phases (docs/benchmarks.md, "Host-memory fits"):
 # - the sensitivity analysis holds the bf16 model and, for its backward pass, every decoder layer's fp32 input for
 #   all calibration tokens, (layers + 1) x tokens x hidden x 4 bytes, plus one calibration batch's fp32 activations
 #   and gradients through one layer, about 60 bytes per token of a batch (SENSITIVITY_BATCH windows) per unit of

@@ -6,8 +6,8 @@ NxD codes, scales and the blocks kept in bf16. `quantize` is the folder-to-folde
 model, calls `quantize_model`, and writes an ordinary HF checkpoint (same shards as the input) whose
 quantized weights NxD re-quantizes to exactly the codes AutoRound tuned. It exports shard by shard: the grid
 check covers what is written (each shard is read back) and the folder only appears (atomically) when it passes
-at 100%. Host memory: the model once in bf16 (AutoRound itself casts it to fp32) plus one shard; see README
-"Large models".
+at 100%. Host memory: the model once in bf16 (AutoRound itself casts it to fp32) plus one shard; see
+docs/memory.md.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class QuantizeSettings(pydantic.BaseModel):
     modules_to_not_convert: list[str] | None = None  # explicit list: skips selection
     autoround: bool = True  # False = RTN on NxD's grid (no tuning)
     # AutoRound's per-row range shrink (max_scale). Off by default: at 8 bits it clips far more than it saves
-    # (measured on SmolLM2: row ranges cut to 0.44x and held-out KL 2x worse than RTN; see README).
+    # (measured on SmolLM2: row ranges cut to 0.44x and held-out KL 2x worse than RTN; docs/quantize.md).
     minmax_tuning: bool = False
     # Budget selection by instance: keep as many blocks bf16 as still fit this instance, for the deployment below
     # (compile's defaults); replaces max_extra_memory. Needs the model folder (`quantize`, not `quantize_model`).

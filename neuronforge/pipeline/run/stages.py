@@ -371,7 +371,7 @@ def _package_run(ctx: StageContext) -> StageResult:
             summary={
                 "kind": "endpoint",
                 "path": ENDPOINT,
-                "next": "neuronforge deploy (see the SageMaker section of the README)",
+                "next": "neuronforge sagemaker deploy (docs/sagemaker-guide.md)",
             }
         )
     target = ctx.workdir / COMPILE_INPUT
