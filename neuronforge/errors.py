@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import pydantic
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)
+Choice = TypeVar("Choice", bound=str)
 
 
 class NeuronforgeError(Exception):
@@ -19,11 +20,13 @@ class NeuronforgeError(Exception):
         super().__init__(what if fix is None else f"{what}\n  fix: {fix}")
 
 
-def one_of(value: str, allowed: Sequence[str], flag: str) -> str:
-    """`value` when it is one of `allowed`; otherwise an error naming the flag and the choices."""
-    if value not in allowed:
-        raise NeuronforgeError(f"{flag} '{value}' is not supported", f"use one of: {', '.join(allowed)}")
-    return value
+def one_of(value: str, allowed: Sequence[Choice], flag: str) -> Choice:
+    """`value` as the one of `allowed` it equals (so typed as a choice: a Literal for a tuple of Literals);
+    otherwise an error naming the flag and the choices."""
+    for choice in allowed:
+        if choice == value:
+            return choice
+    raise NeuronforgeError(f"{flag} '{value}' is not supported", f"use one of: {', '.join(allowed)}")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -112,7 +112,8 @@ def fetch(name: str = "smollm2", *, force: bool = False) -> Path:
         return validate_hf_folder(final)
     source = gguf_path(name)
     model, tokenizer = load_gguf(source)
-    clean = to_plain_hf(model).to(torch.bfloat16)
+    # (transformers types PreTrainedModel.to as functools.wraps(nn.Module.to), whose self mypy cannot bind)
+    clean = to_plain_hf(model).to(torch.bfloat16)  # type: ignore[arg-type]
     with atomic_dir(final, overwrite=True) as tmp:
         clean.save_pretrained(tmp)
         make_config_portable(tmp)  # transformers 5 writes rope_parameters only; NxDI reads with 4.57

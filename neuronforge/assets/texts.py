@@ -134,10 +134,10 @@ def load_local_texts(path: Path) -> dict[str, str]:
     elif path.suffix == ".jsonl":
         records = []
         for lineno, record in read_jsonl(path):
-            text = record if isinstance(record, str) else record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
+            found = record if isinstance(record, str) else record.get("text") if isinstance(record, dict) else None
+            if not isinstance(found, str):
                 raise NeuronforgeError(f"{path}:{lineno} has no text", 'each line must be a string or {"text": "..."}')
-            records.append(text)
+            records.append(found)
         docs = {path.stem: _normalize("\n\n".join(records))} if records else {}
     else:
         raise NeuronforgeError(f"unsupported text file type '{path.suffix}' ({path})", "use .txt or .jsonl")

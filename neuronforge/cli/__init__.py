@@ -6,6 +6,7 @@ This package is the only one that imports typer, and nothing in neuronforge impo
 from __future__ import annotations
 
 import typer
+from typer._click import Context  # typer >= 0.29 bundles its own click: TyperGroup's methods take its Context
 
 from neuronforge.cli import compile, doctor, emulate, evaluate, model, plan, quantize, run, sagemaker
 from neuronforge.cli.app import App, FriendlyGroup, console, stop_on_sigterm
@@ -43,7 +44,7 @@ WORKFLOW = (
 class WorkflowGroup(FriendlyGroup):
     """Typer lists single commands before groups; list everything in WORKFLOW order instead."""
 
-    def list_commands(self, ctx: typer.Context) -> list[str]:
+    def list_commands(self, ctx: Context) -> list[str]:
         return sorted(super().list_commands(ctx), key=lambda name: WORKFLOW.index(name))
 
 

@@ -99,7 +99,9 @@ def _usage_error(exc: UsageError, ctx: Context | None = None) -> typer.Exit:
     if exc.ctx is not None:
         command = exc.ctx.command_path
     else:
-        command = " ".join(filter(None, [ctx.command_path if ctx else "neuronforge", ctx and ctx.invoked_subcommand]))
+        command = " ".join(
+            filter(None, [ctx.command_path if ctx else "neuronforge", ctx.invoked_subcommand if ctx else None])
+        )
     print_error(exc.format_message(), f"see `{command} --help`")
     return typer.Exit(EXIT_USER_ERROR)
 
@@ -133,7 +135,8 @@ class App(typer.Typer):
         kwargs.setdefault("pretty_exceptions_show_locals", False)
         super().__init__(**kwargs)
 
-    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    # (the ignore: typer's arguments pass through unchanged; spelling them all out would copy typer's signature)
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # type: ignore[override]
         register = super().command(*args, **kwargs)
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import get_args
+from typing import Literal, cast, get_args
 
 import typer
 from rich.markup import escape
@@ -13,9 +13,9 @@ from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import KvOpt, ModelOpt, NotConvertOpt, OverwriteOpt, QtypeOpt, TextOpt
 from neuronforge.core.progress import err_console, track
 from neuronforge.errors import NeuronforgeError, one_of
-from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, KvDtype
+from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, KvDtype, QuantDtype, QuantType
 
-WEIGHT_DTYPES = (*QUANT_DTYPES, "none")
+WEIGHT_DTYPES: tuple[QuantDtype | Literal["none"], ...] = (*QUANT_DTYPES, "none")
 KV_MODES: tuple[str, ...] = get_args(KvDtype)
 DEFAULT_PROMPT = "The play Hamlet, by William Shakespeare, is"
 
@@ -81,7 +81,7 @@ def emulate_command(
         dtype=None if weight == "none" else weight,
         kv_fp8=one_of(kv, KV_MODES, "--kv") == "fp8",
         modules_to_not_convert=modules,
-        qtype=qtype,
+        qtype=cast(QuantType, qtype),  # (EmulationSpec rejects any other string with its own error)
         fast_bf16=not exact_bf16,
         tp_degree=tp_degree,
     )

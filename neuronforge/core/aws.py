@@ -35,7 +35,7 @@ NOT_FOUND_CODES = {"ResourceNotFound", "ResourceNotFoundException", "NoSuchKey",
 def client(service: str, region: str) -> BaseClient:
     import boto3
 
-    return boto3.session.Session(region_name=region).client(service)  # type: ignore[no-any-return]
+    return boto3.session.Session(region_name=region).client(service)
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -56,7 +56,7 @@ class FileEmbedding(torch.nn.Module):
         if rows and not 0 <= rows[0] <= rows[-1] < self.num_embeddings:
             raise IndexError(f"token ids must lie in [0, {self.num_embeddings}), got {rows[0]}..{rows[-1]}")
         table = torch.empty(len(rows), self.embedding_dim, dtype=self.stored)
-        buffer = memoryview(table.view(-1).view(torch.uint8).numpy())
+        buffer = table.view(-1).view(torch.uint8).numpy().data  # a memoryview of `table`'s bytes
         for i, row in enumerate(rows):
             block = buffer[i * self.row_bytes : (i + 1) * self.row_bytes]
             if os.preadv(self.file.fileno(), [block], self.offset + row * self.row_bytes) != self.row_bytes:

@@ -89,7 +89,11 @@ def install_environment(code: CodeBundle | None, install: str | None, directory:
         raise NeuronforgeError(
             "a job needs exactly one source of neuronforge", "ship the running code (default) or pass --install SPEC"
         )
-    env = {"NF_INSTALL": f"{directory}/{code.filename}", "NF_SHA256": code.sha256} if code else {"NF_INSTALL": install}
+    if code is None:
+        assert install is not None  # (exactly one of the two, checked above)
+        env = {"NF_INSTALL": install}
+    else:
+        env = {"NF_INSTALL": f"{directory}/{code.filename}", "NF_SHA256": code.sha256}
     return env | ({"NF_PIP": "--no-deps"} if no_deps else {})
 
 

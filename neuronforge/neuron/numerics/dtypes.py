@@ -14,5 +14,5 @@ QuantType = Literal["per_channel_symmetric", "per_tensor_symmetric"]
 ExportDtype = Literal["int8", "f8e4m3"]
 KvDtype = Literal["fp8", "bf16"]
 
-QUANT_DTYPES: tuple[str, ...] = get_args(QuantDtype)
-QUANT_TYPES: tuple[str, ...] = get_args(QuantType)
+QUANT_DTYPES: tuple[QuantDtype, ...] = get_args(QuantDtype)
+QUANT_TYPES: tuple[QuantType, ...] = get_args(QuantType)

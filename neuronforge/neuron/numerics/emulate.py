@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -191,7 +191,9 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
         register_attention()
         model.set_attn_implementation(ATTENTION_NAME)
     resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    model.to(device or accelerator(needed_bytes=resident * 5 // 4))  # room for one layer's activations and operand
+    # Room for one layer's activations and operand. (The ignore: transformers types PreTrainedModel.to as
+    # functools.wraps(nn.Module.to), whose self mypy cannot bind.)
+    model.to(device or accelerator(needed_bytes=resident * 5 // 4))  # type: ignore[arg-type]
     return EmulatedModel(model, spec, converted)
 
 
@@ -221,7 +223,7 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
         assert spec.dtype is not None  # (only a quantizing spec defers weights)
         blocks = row_blocks(file, f"{name}.weight", torch.bfloat16, QUANTIZE_BLOCK_BYTES)
         tp = spec.tp_degree if is_row_parallel(name) else 1
-        bias = model.get_submodule(name).bias
+        bias = cast(torch.nn.Linear, model.get_submodule(name)).bias
         replace_module(model, name, NeuronQuantLinear.from_row_blocks(blocks, shape, bias, spec.dtype, tp))
     return emulate(model, spec, device)
 

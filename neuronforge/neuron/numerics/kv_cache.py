@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -116,7 +117,7 @@ def fp8_kv_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """A transformers AttentionInterface function: sdpa for prefill rows, fp8-cache reads for decode rows."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward

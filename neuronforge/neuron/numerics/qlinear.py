@@ -64,6 +64,9 @@ class Fp32Gemm(nn.Module):
 
     keep_fp32: bool = True
     _fp32: torch.Tensor | None = None
+    in_features: int
+    out_features: int
+    tp_degree: int
 
     def _operand_blocks(self, x: torch.Tensor, weight: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """(output features, their fp32 weight rows), at most GEMM_BLOCK_BYTES of operand or output each."""
@@ -79,6 +82,11 @@ class Fp32Gemm(nn.Module):
 
 class NeuronQuantLinear(Fp32Gemm):
     """Holds codes (int8 or fp8) and an fp32 scale exactly as NxD's checkpoint stores them."""
+
+    # buffers (register_buffer), declared so that a type checker sees tensors, not nn.Module's Tensor | Module
+    codes: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(
         self,

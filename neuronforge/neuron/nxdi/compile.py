@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -161,7 +161,7 @@ def smoke_generate(api: NxdiApi, model: Any, model_dir: Path, prompt: str, max_n
         raise NeuronforgeError(
             "the compiled model generated no tokens in the smoke test", "check the compile log above"
         )
-    return tokenizer.decode(new_tokens, skip_special_tokens=True)
+    return cast(str, tokenizer.decode(new_tokens, skip_special_tokens=True))  # one sequence: one string
 
 
 def check_host_cores(tp_degree: int, cores: int) -> None:

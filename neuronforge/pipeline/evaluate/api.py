@@ -10,11 +10,12 @@ it; AutoRound + selective is tuned with the same blocks kept in bf16), so they d
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pydantic
 
@@ -220,7 +221,17 @@ def text_logits(
     return torch.cat(parts)
 
 
-def compare(reference: Reference, logits: dict[str, torch.Tensor], *, quantized: bool) -> dict[str, object]:
+class Figures(TypedDict):
+    """One variant's figures against the reference: the `VariantResult` fields `compare` fills."""
+
+    perplexity: dict[str, float]
+    ppl_recovery: dict[str, float]
+    kl: float
+    agreement: float
+    flags: list[str]
+
+
+def compare(reference: Reference, logits: dict[str, torch.Tensor], *, quantized: bool) -> Figures:
     """Perplexity, recovery, KL and agreement of one variant's logits against the reference."""
     from neuronforge.neuron.numerics.emulate import perplexity_from_logits
     from neuronforge.pipeline.evaluate.metrics import divergence, recovery, sanity_flags
@@ -326,7 +337,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
                     w,
                     options.prefill_len,
                     options.batch_size,
-                    lambda n, task=windows_task: bar.advance(task, n),
+                    functools.partial(bar.advance, windows_task),
                 )
                 for t, w in windows.items()
             }
@@ -373,8 +384,8 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
         kv=options.kv,
         eval_tokens={t: int(w.numel()) for t, w in windows.items()},
         settings=options.model_dump(mode="json", exclude={"out"}),
-        task=f"{Path(options.gsm8k).name} ({len(problems)} problems, greedy, {options.max_new_tokens} new tokens)"
-        if problems
+        task=f"{options.gsm8k.name} ({len(problems)} problems, greedy, {options.max_new_tokens} new tokens)"
+        if problems and options.gsm8k
         else None,
         variants=results,
         timings={k: round(v, 1) for k, v in timings.items()},

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from neuronforge.assets.texts import read_jsonl
 from neuronforge.errors import NeuronforgeError
@@ -121,7 +121,8 @@ def score_problems(
     predictions: list[str | None] = []
     for problem in problems:
         ids = tokenizer(PROMPT.format(question=problem.question), return_tensors="pt")["input_ids"]
-        text = tokenizer.decode(new_tokens(ids, generate(ids, max_new_tokens)), skip_special_tokens=True)
+        # (one sequence of ids decodes to one string)
+        text = cast(str, tokenizer.decode(new_tokens(ids, generate(ids, max_new_tokens)), skip_special_tokens=True))
         predictions.append(predicted_answer(text))
         if on_problem is not None:
             on_problem()

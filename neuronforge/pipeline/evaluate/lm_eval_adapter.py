@@ -9,7 +9,7 @@ continuation is scored as decoded tokens, as on the device.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.evaluate.gsm8k import new_tokens
@@ -101,7 +101,8 @@ class EmulatedRequests:
 
         ids = self.encode(context)[-(self.max_length - max_new) :] or [self.prefix_token_id]
         prompt = torch.tensor([ids])
-        text = self.tokenizer.decode(new_tokens(prompt, self.model.generate(prompt, max_new)), skip_special_tokens=True)
+        generated = new_tokens(prompt, self.model.generate(prompt, max_new))
+        text = cast(str, self.tokenizer.decode(generated, skip_special_tokens=True))  # one sequence: one string
         for stop in until:
             text = text.split(stop, 1)[0]
         return text

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pydantic
 
@@ -33,7 +33,7 @@ from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 if TYPE_CHECKING:
     import torch
     from torch import nn
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from neuronforge.pipeline.quantize.grid_export import Agreement
     from neuronforge.pipeline.quantize.sensitivity import Block, SensitivityResult
@@ -197,7 +197,7 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
         if item.is_file() and not any(item.match(p) for p in WEIGHT_FILES):
             shutil.copy2(item, dst / item.name)
     make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
-    linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
+    linears = {f"{name}.weight": cast("nn.Linear", model.get_submodule(name)) for name in targets}
     parameters = {name for name, _ in model.named_parameters()}  # before the export consumes the model
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})
     device = torch.device(accelerator())
@@ -230,7 +230,7 @@ def _shard_tensors(
     keys: list[str],
     model: nn.Module,
     parameters: set[str],
-    linears: dict[str, nn.Module],
+    linears: dict[str, nn.Linear],
     dtype: str,
     device: torch.device,
     check: ExportCheck,
@@ -255,7 +255,7 @@ def _shard_tensors(
 
 def _grid_exact(
     key: str,
-    linear: nn.Module,
+    linear: nn.Linear,
     source: torch.Tensor,
     dtype: str,
     device: torch.device,
@@ -315,7 +315,7 @@ def _versions() -> dict[str, str]:
     return package_versions(("neuronforge", "torch", "transformers", "auto-round"))
 
 
-def _analyze(model: nn.Module, samples: list[torch.Tensor], options: QuantizeSettings) -> SensitivityResult:
+def _analyze(model: PreTrainedModel, samples: list[torch.Tensor], options: QuantizeSettings) -> SensitivityResult:
     from neuronforge.core.progress import progress
     from neuronforge.pipeline.quantize.sensitivity import analyze, find_blocks
 
@@ -349,7 +349,7 @@ class _Tuned:
 
 
 def _select_and_tune(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     options: QuantizeSettings,
     fits: Callable[[Sequence[str]], bool] | None,
@@ -413,7 +413,7 @@ def _select_and_tune(
 
 
 def quantize_model(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     settings: QuantizeSettings | None = None,
 ) -> QuantizedModel:
@@ -496,7 +496,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         if sensitivity is not None:
             atomic_write_json(tmp / "sensitivity.json", {**sensitivity.to_json(), "kept_bf16": kept})
             sensitivity_chart(sensitivity.scores, kept, sensitivity.method, tmp / "sensitivity.png")
-        report = {
+        report: dict[str, Any] = {
             "model": str(src),
             "options": options.model_dump(mode="json", exclude={"out"}),  # (out: where this file is; under
             # `run` a temporary folder renamed into place afterwards)

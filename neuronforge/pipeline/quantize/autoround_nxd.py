@@ -30,6 +30,7 @@ from neuronforge.neuron.numerics.grid import E4M3_NEURON_MAX, FP8_SCALE_FLOOR, F
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from transformers import PreTrainedModel
 
 NXD_INT = "nxd_int"
 NXD_FP8 = "nxd_fp8"
@@ -147,7 +148,7 @@ def keep_bf16_layer_config(model: nn.Module, blocks_kept: list[str], block_of: C
 
 
 @contextmanager
-def _fp32_a_block_at_a_time(model: nn.Module, targets: list[str], dtype: str) -> Iterator[None]:
+def _fp32_a_block_at_a_time(model: PreTrainedModel, targets: list[str], dtype: str) -> Iterator[None]:
     """Tune a bf16 model in fp32 one decoder block at a time, so the host holds it in bf16 plus one block in fp32.
 
     auto-round with `amp=False` casts the whole model to fp32 unless HF's `model.dtype` (its first parameter, the
@@ -163,7 +164,7 @@ def _fp32_a_block_at_a_time(model: nn.Module, targets: list[str], dtype: str) ->
     from auto_round.algorithms.composer import AlgorithmComposer
 
     if next(model.parameters()).dtype != torch.bfloat16:
-        model.to(torch.float32)
+        model.to(torch.float32)  # type: ignore[arg-type]  # transformers types .to as functools.wraps(nn.Module.to)
         yield
         return
     wanted = set(targets)
@@ -209,7 +210,7 @@ class TuneResult:
 
 
 def run_autoround(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: Any,
     samples: list[torch.Tensor],
     dtype: str,
@@ -273,7 +274,7 @@ def run_autoround(
             f"AutoRound found no usable calibration data (exit code {exc.code})",
             "supply more text (--text) or lower --calib-seq-len",
         ) from None
-    model.to("cpu")
+    model.to("cpu")  # type: ignore[arg-type]  # transformers types .to as functools.wraps(nn.Module.to)
     tuned = [n for n in targets if int((resolved.get(n) or {}).get("bits", 16)) <= 8]
     untouched = [n for n in targets if n not in tuned]
     return TuneResult(tuned=tuned, untouched=untouched, seconds=time.perf_counter() - start)

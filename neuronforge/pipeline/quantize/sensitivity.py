@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from neuronforge.core.presets import SENSITIVITY_BATCH
 from neuronforge.errors import NeuronforgeError
@@ -28,6 +28,9 @@ from neuronforge.errors import NeuronforgeError
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from transformers import PreTrainedModel
+
+    from neuronforge.neuron.numerics.dtypes import QuantDtype
 
 Sensitivity = Literal["first_order", "measured", "variance"]
 
@@ -110,7 +113,7 @@ class _Captured(Exception):
     """Stops the model once its first decoder layer has been handed its inputs."""
 
 
-def _layer_inputs(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+def _layer_inputs(model: PreTrainedModel, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
     """fp32 hidden states and keyword arguments (RoPE, mask, positions) the model gives its first decoder layer."""
     import torch
 
@@ -169,7 +172,7 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
     return out[0] if isinstance(out, tuple) else out
 
 
-def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: str) -> float:
+def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: QuantDtype) -> float:
     """sum |dL/dW * (Q(W) - W)| over (weight, its gradient) pairs, a row block at a time on the gradient's device
     (lm_head's weight stays on the host, its gradient is formed on the accelerator)."""
     from neuronforge.neuron.numerics.grid import rounding_error, row_chunks
@@ -203,7 +206,7 @@ def _add_weight_grad(
         grads[name].addmm_(grad, inputs)
 
 
-def _watch_weight_grads(linears: dict[str, nn.Module], grads: dict[str, torch.Tensor]) -> list[Any]:
+def _watch_weight_grads(linears: dict[str, nn.Linear], grads: dict[str, torch.Tensor]) -> list[Any]:
     """Forward hooks that put each Linear's weight gradient, grad_output^T @ input as autograd forms it, into
     `grads[name]` when the backward pass reaches the Linear's output (the first batch writes it, later ones add).
     The weights themselves need no gradient, so autograd computes only activation gradients, and the weight
@@ -229,10 +232,10 @@ def _watch_weight_grads(linears: dict[str, nn.Module], grads: dict[str, torch.Te
 
 
 def first_order_scores(
-    model: nn.Module,
+    model: PreTrainedModel,
     blocks: list[Block],
     samples: list[torch.Tensor],
-    dtype: str,
+    dtype: QuantDtype,
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """sum |dL/dW * (W - Q(W))| per block, computed one decoder layer at a time on `device` (default: the accelerator).
@@ -277,12 +280,13 @@ def first_order_scores(
         parts = [block for part in ("self_attn", "mlp") if (block := by_name.get(f"layers.{index}.{part}"))]
         # HF names (model.layers.3.mlp.up_proj) -> names inside the layer (mlp.up_proj)
         inside = {name: name.split(f"layers.{index}.", 1)[1] for block in parts for name in block.linears}
-        linears = {rel: work.get_submodule(rel) for rel in inside.values()}
+        linears = {rel: cast("nn.Linear", work.get_submodule(rel)) for rel in inside.values()}
         hooks = _watch_weight_grads(linears, grads)
         below = []
         for hidden, layer_kwargs, grad in zip(inputs.pop(), kwargs, upstream, strict=True):
             hidden = hidden.to(device).requires_grad_(True)
             _layer_output(work, hidden, layer_kwargs).backward(grad)
+            assert hidden.grad is not None  # a leaf that requires grad, just back-propagated into
             below.append(hidden.grad)
         for handle in hooks:
             handle.remove()
@@ -299,12 +303,12 @@ HEAD_BLOCK_ELEMENTS = 1 << 22
 
 
 def _head_backward(
-    model: nn.Module,
+    model: PreTrainedModel,
     hidden_states: list[torch.Tensor],
     batches: list[torch.Tensor],
     total: int,
     device: torch.device,
-    dtype: str | None,
+    dtype: QuantDtype | None,
 ) -> tuple[list[torch.Tensor], float | None]:
     """Final norm + lm_head + the language-model loss, forward and backward; returns d loss / d hidden per batch and,
     with `dtype`, lm_head's first-order score.
@@ -364,11 +368,12 @@ def _head_backward(
                 d[:, :-1] += d_logits @ block
                 if grad is not None:
                     grad.addmm_(d_logits.reshape(-1, block.shape[0]).T, n.reshape(-1, n.shape[-1]))
-            if grad is not None:
+            if grad is not None and dtype is not None:  # grad exists exactly when dtype is given
                 score += _score([(weight[rows], grad)], dtype)
     upstream = []
     for h, n, d in zip(hidden, normed, d_normed, strict=True):
         n.backward(d)
+        assert h.grad is not None  # a leaf that requires grad, just back-propagated into
         upstream.append(h.grad)
     return upstream, score if dtype is not None else None
 
@@ -384,7 +389,7 @@ def measured_scores(
     model: nn.Module,
     blocks: list[Block],
     samples: list[torch.Tensor],
-    dtype: str,
+    dtype: QuantDtype,
     step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """KL(bf16 || block-quantized) per block, quantizing one block at a time with Neuron numerics (bf16 compute).
@@ -402,7 +407,11 @@ def measured_scores(
 
 
 def _measured_bf16(
-    model: nn.Module, blocks: list[Block], samples: list[torch.Tensor], dtype: str, step: Callable[[], None] | None
+    model: nn.Module,
+    blocks: list[Block],
+    samples: list[torch.Tensor],
+    dtype: QuantDtype,
+    step: Callable[[], None] | None,
 ) -> dict[str, float]:
     import torch
 
@@ -454,9 +463,9 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float:
 
 
 def analyze(
-    model: nn.Module,
+    model: PreTrainedModel,
     samples: list[torch.Tensor],
-    dtype: str,
+    dtype: QuantDtype,
     method: Sensitivity = "first_order",
     step: Callable[[], None] | None = None,
 ) -> SensitivityResult:

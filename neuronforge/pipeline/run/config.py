@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from neuronforge.assets.models import EMBEDDED_MODELS
-from neuronforge.core.presets import KNOBS, PRESETS, apply_preset, presets_help
+from neuronforge.core.presets import KNOBS, PRESETS, PresetName, apply_preset, presets_help
 from neuronforge.core.s3uri import is_s3
 from neuronforge.core.utf8 import read_utf8
 from neuronforge.errors import NeuronforgeError
@@ -26,7 +26,7 @@ from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.selection import Selection
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
-DEFAULT_PRESET = "cpu-demo"  # `make demo`'s budget
+DEFAULT_PRESET: PresetName = "cpu-demo"  # `make demo`'s budget
 
 # Stage order; `evaluate` (the full accuracy report) is opt-in, `emulate` is the quick CPU check.
 ALL_STAGES = ("model", "quantize", "emulate", "evaluate", "compile", "package")

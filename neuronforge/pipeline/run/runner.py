@@ -46,6 +46,13 @@ class StageContext:
     manifest: Manifest
     workdir: Path | None = None
 
+    @property
+    def out_dir(self) -> Path:
+        """The running stage's output folder (`workdir`, which the runner sets before it calls the stage)."""
+        if self.workdir is None:
+            raise RuntimeError("no stage is running: StageContext.workdir is unset")
+        return self.workdir
+
     def record(self, stage: str) -> StageRecord:
         record = self.manifest.stages.get(stage)
         if record is None or record.status != "done":

@@ -76,7 +76,7 @@ def _model_run(ctx: StageContext) -> StageResult:
         "hidden_size": config.get("hidden_size"),
         "source": _given(ctx).config.model,
     }
-    atomic_write_json(ctx.workdir / "model.json", summary)
+    atomic_write_json(ctx.out_dir / "model.json", summary)
     return StageResult(summary=summary, outputs={"model": path})
 
 
@@ -131,7 +131,7 @@ def _quantize_run(ctx: StageContext) -> StageResult:
 
     options = QuantizeOptions(
         model=str(ctx.output("model", "model")),
-        out=ctx.workdir / CHECKPOINT,
+        out=ctx.out_dir / CHECKPOINT,
         text=_given(ctx).text,
         **_config_values(ctx, QUANTIZE_KEYS),
         **_budget_deployment(ctx),
@@ -229,8 +229,8 @@ def _emulate_run(ctx: StageContext) -> StageResult:
         "modules_to_not_convert": _not_converted(ctx),
         "quantized_linears": quantized_linears,
     }
-    atomic_write_json(ctx.workdir / "emulation.json", summary)
-    atomic_write_text(ctx.workdir / "emulation.md", emulation_markdown(summary))
+    atomic_write_json(ctx.out_dir / "emulation.json", summary)
+    atomic_write_text(ctx.out_dir / "emulation.md", emulation_markdown(summary))
     return StageResult(summary=summary)
 
 
@@ -283,11 +283,12 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
     from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
 
     config = _given(ctx).config
-    selection = {"selection": config.selection} if config.selection != "none" else {}
+    selection: dict[str, Any] = {"selection": config.selection} if config.selection != "none" else {}
+    seq_len: dict[str, Any] = {"seq_len": config.seq_len} if config.seq_len else {}
     report = evaluate(
         EvaluateOptions(
             model=str(ctx.output("model", "model")),
-            out=ctx.workdir / "report",
+            out=ctx.out_dir / "report",
             dtype=config.dtype,
             kv=config.kv,
             text=_given(ctx).text,
@@ -302,7 +303,7 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
             budget_instance=config.budget_instance,
             topk=config.topk,
             threshold=config.threshold,
-            **({"seq_len": config.seq_len} if config.seq_len else {}),
+            **seq_len,
             **selection,
         ),
         command="neuronforge run --stages evaluate",
@@ -320,7 +321,12 @@ def _neuron_spec(ctx: StageContext) -> NeuronConfigSpec:
     from neuronforge.neuron.nxdi.config import build_neuron_config_spec
 
     config = _given(ctx).config
-    given = {"instance": config.instance, "tp_degree": config.tp_degree, "seq_len": config.seq_len, "sdk": config.sdk}
+    given: dict[str, Any] = {
+        "instance": config.instance,
+        "tp_degree": config.tp_degree,
+        "seq_len": config.seq_len,
+        "sdk": config.sdk,
+    }
     return build_neuron_config_spec(
         _quantized(ctx),
         dtype=config.dtype,
@@ -339,9 +345,9 @@ def _compile_run(ctx: StageContext) -> StageResult:
     from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
     from neuronforge.neuron.nxdi.config import write_config_files
 
-    config_path, _ = write_config_files(_neuron_spec(ctx), ctx.workdir / "config")
+    config_path, _ = write_config_files(_neuron_spec(ctx), ctx.out_dir / "config")
     compiled = compile_model(
-        CompileOptions(model=str(_quantized(ctx)), out=ctx.workdir / COMPILED, neuron_config=config_path)
+        CompileOptions(model=str(_quantized(ctx)), out=ctx.out_dir / COMPILED, neuron_config=config_path)
     )
     record = json.loads((Path(compiled) / "neuronforge_compile.json").read_text())
     return StageResult(
@@ -362,7 +368,7 @@ def _package_run(ctx: StageContext) -> StageResult:
         from neuronforge.sagemaker.packaging import package_model
 
         package_model(
-            ctx.workdir / ENDPOINT,
+            ctx.out_dir / ENDPOINT,
             compiled=ctx.output("compile") / COMPILED,
             checkpoint=_quantized(ctx),
             tp_degree=_given(ctx).config.tp_degree,
@@ -374,7 +380,7 @@ def _package_run(ctx: StageContext) -> StageResult:
                 "next": "neuronforge sagemaker deploy (docs/sagemaker-guide.md)",
             }
         )
-    target = ctx.workdir / COMPILE_INPUT
+    target = ctx.out_dir / COMPILE_INPUT
     link_tree(_quantized(ctx), target / CHECKPOINT)
     write_config_files(_neuron_spec(ctx), target)
     return StageResult(

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from neuronforge.core.aws import AUTH_CODES, CREDENTIALS_FIX, translate
 from neuronforge.core.cache import cache_dir
@@ -194,6 +194,10 @@ def check_run_prefix(uri: str) -> None:
         )
 
 
+@overload
+def localize(path: str | Path, *, what: str) -> Path: ...
+@overload
+def localize(path: None, *, what: str) -> None: ...
 def localize(path: str | Path | None, *, what: str) -> Path | None:
     """A local path for a user-given path or s3:// URI (downloaded into the cache when remote)."""
     if path is None:
