@@ -1,4 +1,4 @@
-# The two set-up commands from README.md: `make demo` and `make test` (`make lint` is ruff, `make docs` builds the
+# The two set-up commands from README.md: `make demo` and `make test` (`make lint` is ruff and mypy, `make docs` builds the
 # documentation site into site/). All work on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,6 +24,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # --strict: a broken link or anchor, or a docs page missing from mkdocs.yml's nav, fails the build.
 docs: install
