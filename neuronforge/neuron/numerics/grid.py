@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, QUANT_TYPES
+from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, QUANT_TYPES, QuantDtype, QuantType
 
 INT8_PER_CHANNEL_DIVISOR = 127.0
 INT8_PER_TENSOR_DIVISOR = 127.5  # (qmax - qmin) / 2 in torch's MinMaxObserver
@@ -25,7 +25,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def fp8_max(dtype: str) -> float:
+def fp8_max(dtype: QuantDtype) -> float:
     """Largest magnitude NxD lets a weight take in `dtype` (240 for e4m3 on Neuron)."""
     if dtype == "f8e4m3":
         return E4M3_NEURON_MAX
@@ -51,18 +51,18 @@ def _int8_rounded(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (weight.float() * inv).round_().clamp_(-128, 127)
 
 
-def fp8_per_channel_scale(weight: torch.Tensor, dtype: str) -> torch.Tensor:
+def fp8_per_channel_scale(weight: torch.Tensor, dtype: QuantDtype) -> torch.Tensor:
     amax = weight.float().abs().amax(dim=1, keepdim=True)
     return torch.clamp(amax / fp8_max(dtype), min=FP8_SCALE_FLOOR)
 
 
-def fp8_codes(weight: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
+def fp8_codes(weight: torch.Tensor, scale: torch.Tensor, dtype: QuantDtype) -> torch.Tensor:
     limit = fp8_max(dtype)
     return (weight.float() / scale).clamp_(-limit, limit).to(TORCH_DTYPES[dtype])
 
 
 def quantize_weight(
-    weight: torch.Tensor, dtype: str = "int8", qtype: str = "per_channel_symmetric"
+    weight: torch.Tensor, dtype: QuantDtype = "int8", qtype: QuantType = "per_channel_symmetric"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes, fp32 scale) exactly as NxD's offline quantizer stores them for one Linear weight."""
     if weight.dim() != 2:
@@ -108,7 +108,7 @@ def row_chunks(shape: torch.Size | tuple[int, ...], max_elements: int = CHUNK_EL
     return [slice(start, start + step) for start in range(0, shape[0], step)]
 
 
-def rounding_error(weight: torch.Tensor, dtype: str = "int8") -> torch.Tensor:
+def rounding_error(weight: torch.Tensor, dtype: QuantDtype = "int8") -> torch.Tensor:
     """Q(W) - W in fp32 for NxD's per-channel grid: what the device's weight differs by (`dequantize(quantize_weight(W))`
     less W, computed in place in one temporary: sensitivity analysis runs it over every weight)."""
     weight = weight.float()

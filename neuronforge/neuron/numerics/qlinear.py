@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from neuronforge.neuron.numerics.dtypes import QuantDtype, QuantType
 from neuronforge.neuron.numerics.grid import TORCH_DTYPES, quantize_weight
 from neuronforge.neuron.numerics.module_names import nxdi_path, nxdi_skips
 
@@ -93,8 +94,8 @@ class NeuronQuantLinear(Fp32Gemm):
         codes: torch.Tensor,
         scale: torch.Tensor,
         bias: torch.Tensor | None,
-        dtype: str,
-        qtype: str,
+        dtype: QuantDtype,
+        qtype: QuantType,
         tp_degree: int = 1,
     ) -> None:
         super().__init__()
@@ -108,7 +109,7 @@ class NeuronQuantLinear(Fp32Gemm):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, dtype: str, qtype: str = "per_channel_symmetric", tp_degree: int = 1
+        cls, linear: nn.Linear, dtype: QuantDtype, qtype: QuantType = "per_channel_symmetric", tp_degree: int = 1
     ) -> NeuronQuantLinear:
         # NxDI quantizes the HF model loaded in fp32 (exact for bf16). Per-channel math converts a row block at a
         # time (same bits, no whole fp32 copy); the fp8 per-tensor scale is computed in the weight's own dtype.
@@ -122,7 +123,7 @@ class NeuronQuantLinear(Fp32Gemm):
         blocks: Iterable[tuple[slice, torch.Tensor]],
         shape: tuple[int, int],
         bias: torch.Tensor | None,
-        dtype: str,
+        dtype: QuantDtype,
         tp_degree: int = 1,
     ) -> NeuronQuantLinear:
         """Per-channel codes and scales made from (rows, weight rows) blocks as they arrive (each row's scale is its
@@ -135,7 +136,13 @@ class NeuronQuantLinear(Fp32Gemm):
 
     @classmethod
     def _with_bias(
-        cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: str, qtype: str, tp_degree: int
+        cls,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        dtype: QuantDtype,
+        qtype: QuantType,
+        tp_degree: int,
     ) -> NeuronQuantLinear:
         # NxD's fp8 QuantizedLinear drops Linear biases; int8 keeps them (cast to bf16 at load).
         kept = bias.detach().to(torch.bfloat16).clone() if bias is not None and dtype == "int8" else None
@@ -198,9 +205,9 @@ def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 def convert_to_neuron_numerics(
     model: nn.Module,
-    dtype: str,
+    dtype: QuantDtype,
     modules_to_not_convert: list[str] | tuple[str, ...] = (),
-    qtype: str = "per_channel_symmetric",
+    qtype: QuantType = "per_channel_symmetric",
     tp_degree: int = 1,
 ) -> list[str]:
     """Swap, in place, every Linear NxDI would quantize for a NeuronQuantLinear; return the HF names swapped.

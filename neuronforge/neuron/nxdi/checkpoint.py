@@ -23,6 +23,8 @@ from neuronforge.neuron.numerics.module_names import linear_name
 if TYPE_CHECKING:
     import torch
 
+    from neuronforge.neuron.numerics.dtypes import QuantDtype, QuantType
+
 _MODEL_PREFIX = "model."
 
 
@@ -55,8 +57,8 @@ def _nxd_key(key: str) -> str:
 
 def convert_shard(
     tensors: dict[str, torch.Tensor],
-    dtype: str,
-    qtype: str,
+    dtype: QuantDtype,
+    qtype: QuantType,
     modules_to_not_convert: Sequence[str],
     tied_lm_head: bool,
     record: NxdCheckpoint,
@@ -79,8 +81,8 @@ def convert_shard(
 def _linear_entries(
     module: str,
     weight: torch.Tensor,
-    dtype: str,
-    qtype: str,
+    dtype: QuantDtype,
+    qtype: QuantType,
     modules_to_not_convert: Sequence[str],
     record: NxdCheckpoint,
 ) -> dict[str, torch.Tensor]:
@@ -100,11 +102,13 @@ def _shard_names(count: int) -> list[str]:
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
-def validate_options(dtype: str, qtype: str) -> None:
+def validate_options(dtype: str, qtype: str) -> tuple[QuantDtype, QuantType]:
+    """`dtype` and `qtype` typed as the names NxD accepts, or an error."""
     if dtype not in QUANT_DTYPES:
         raise NeuronforgeError(f"unknown quantization dtype '{dtype}'", f"choose one of: {', '.join(QUANT_DTYPES)}")
     if qtype not in QUANT_TYPES:
         raise NeuronforgeError(f"unknown quantization type '{qtype}'", f"choose one of: {', '.join(QUANT_TYPES)}")
+    return dtype, qtype  # (narrowed by the membership tests)
 
 
 def write_quantized_checkpoint(
@@ -124,7 +128,7 @@ def write_quantized_checkpoint(
     from safetensors.torch import save_file
 
     hf_dir = validate_hf_folder(Path(hf_dir))
-    validate_options(dtype, qtype)
+    quant_dtype, quant_type = validate_options(dtype, qtype)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise NeuronforgeError(f"{out_dir} already exists", "choose another --out or pass --overwrite")
@@ -140,7 +144,7 @@ def write_quantized_checkpoint(
         for source, name in zip(sources, names, strict=True):
             with safe_open(hf_dir / source, framework="pt") as handle:
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            converted = convert_shard(tensors, dtype, qtype, modules_to_not_convert, tied, record)
+            converted = convert_shard(tensors, quant_dtype, quant_type, modules_to_not_convert, tied, record)
             del tensors
             save_file(converted, tmp / name, metadata={"format": "pt"})
             for key, tensor in converted.items():

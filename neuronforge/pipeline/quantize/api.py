@@ -166,7 +166,9 @@ class ExportCheck:
     verify_s: float = 0.0  # saving and reading back
 
 
-def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, autoround: bool) -> ExportCheck:
+def _export(
+    src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: ExportDtype, autoround: bool
+) -> ExportCheck:
     """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
 
     Per shard: each target weight is rounded to NxD's grid from the model (bf16: as loaded for RTN, grid-exact
@@ -231,7 +233,7 @@ def _shard_tensors(
     model: nn.Module,
     parameters: set[str],
     linears: dict[str, nn.Linear],
-    dtype: str,
+    dtype: ExportDtype,
     device: torch.device,
     check: ExportCheck,
     autoround: bool,
@@ -257,7 +259,7 @@ def _grid_exact(
     key: str,
     linear: nn.Linear,
     source: torch.Tensor,
-    dtype: str,
+    dtype: ExportDtype,
     device: torch.device,
     check: ExportCheck,
     autoround: bool,

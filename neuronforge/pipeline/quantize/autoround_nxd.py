@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel
 
+    from neuronforge.neuron.numerics.dtypes import ExportDtype
+
 NXD_INT = "nxd_int"
 NXD_FP8 = "nxd_fp8"
 # auto-round looks up f"{data_type}_sym" for sym=True schemes (data_type/utils.py::get_quant_func).
@@ -126,7 +128,7 @@ def register_nxd_dtypes() -> None:
     QUANT_FUNC_WITH_DTYPE[REGISTERED_NAMES["f8e4m3"]] = nxd_fp8_sym
 
 
-def nxd_scheme(dtype: str) -> Any:
+def nxd_scheme(dtype: ExportDtype) -> Any:
     """The auto-round QuantizationScheme that selects our data type: weight-only, 8 bits, per-channel."""
     from auto_round import QuantizationScheme
 
@@ -148,7 +150,7 @@ def keep_bf16_layer_config(model: nn.Module, blocks_kept: list[str], block_of: C
 
 
 @contextmanager
-def _fp32_a_block_at_a_time(model: PreTrainedModel, targets: list[str], dtype: str) -> Iterator[None]:
+def _fp32_a_block_at_a_time(model: PreTrainedModel, targets: list[str], dtype: ExportDtype) -> Iterator[None]:
     """Tune a bf16 model in fp32 one decoder block at a time, so the host holds it in bf16 plus one block in fp32.
 
     auto-round with `amp=False` casts the whole model to fp32 unless HF's `model.dtype` (its first parameter, the
@@ -213,7 +215,7 @@ def run_autoround(
     model: PreTrainedModel,
     tokenizer: Any,
     samples: list[torch.Tensor],
-    dtype: str,
+    dtype: ExportDtype,
     layer_config: dict[str, dict],
     iters: int,
     seqlen: int,

@@ -17,10 +17,12 @@ from neuronforge.errors import NeuronforgeError
 if TYPE_CHECKING:
     import torch
 
+    from neuronforge.neuron.numerics.dtypes import ExportDtype
+
 _NUDGES = (0, 1, -1, 2, -2)  # bf16 ulps tried around bf16(q * s'), nearest first
 
 
-def nxd_scale_from_amax(amax: torch.Tensor, dtype: str) -> torch.Tensor:
+def nxd_scale_from_amax(amax: torch.Tensor, dtype: ExportDtype) -> torch.Tensor:
     """NxD's per-channel scale for rows whose |max| is `amax` ([out, 1]), in fp32."""
     from neuronforge.neuron.numerics.grid import fp8_per_channel_scale, int8_per_channel_scale
 
@@ -29,7 +31,7 @@ def nxd_scale_from_amax(amax: torch.Tensor, dtype: str) -> torch.Tensor:
     return fp8_per_channel_scale(amax, dtype)
 
 
-def _nxd_codes(weight: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
+def _nxd_codes(weight: torch.Tensor, scale: torch.Tensor, dtype: ExportDtype) -> torch.Tensor:
     """NxD's codes (int8, or fp8 values) for `weight` under a given per-row scale."""
     from neuronforge.neuron.numerics.grid import fp8_codes, int8_codes
 
@@ -47,7 +49,9 @@ def _nudge(values: torch.Tensor, ulps: int) -> torch.Tensor:
     return torch.where(torch.isfinite(moved) & (values != 0), moved, values)
 
 
-def exact_bf16(codes: torch.Tensor, scale: torch.Tensor, dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
+def exact_bf16(
+    codes: torch.Tensor, scale: torch.Tensor, dtype: ExportDtype, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """bf16 weights whose NxD re-quantization equals `codes` (int8 codes or fp8 values, [out, in]), written into
     `out` when given (a bf16 tensor of that shape: the export writes straight into the model's weight rows).
 
@@ -81,7 +85,7 @@ def _same_codes(found: torch.Tensor, intended: torch.Tensor) -> bool:
 
 
 def _nudged(
-    q: torch.Tensor, q_abs_max: torch.Tensor, stored_amax: torch.Tensor, nxd_scale: torch.Tensor, dtype: str
+    q: torch.Tensor, q_abs_max: torch.Tensor, stored_amax: torch.Tensor, nxd_scale: torch.Tensor, dtype: ExportDtype
 ) -> torch.Tensor:
     """The per-element search: extremes on +-stored |max|, then each code that NxD would re-round moved by the
     fewest bf16 ulps that bring it back (never above the row's stored |max|)."""
@@ -127,7 +131,7 @@ class Agreement:
 
 
 def agreement(
-    stored: torch.Tensor, intended_codes: torch.Tensor, dtype: str, intended_values: torch.Tensor | None = None
+    stored: torch.Tensor, intended_codes: torch.Tensor, dtype: ExportDtype, intended_values: torch.Tensor | None = None
 ) -> Agreement:
     """Compare NxD's codes for a stored weight with the codes the quantizer intended, and optionally
     the device's dequantized values (code * NxD scale) with the values the quantizer tuned."""
@@ -142,7 +146,7 @@ def agreement(
     return Agreement(int(same.sum()), same.numel(), kept)
 
 
-def grid_check(stored: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, dtype: str) -> Agreement:
+def grid_check(stored: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, dtype: ExportDtype) -> Agreement:
     """`agreement` of an export with the codes and fp32 row scales it was built from: the export's proof.
 
     NxD's quantizer re-quantizes `stored` on its own. When every code comes back (the expected case), the
@@ -158,7 +162,7 @@ def grid_check(stored: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, d
     return agreement(stored, codes, dtype, intended_values=codes.float() * scale)
 
 
-def naive_agreement(weight: torch.Tensor, dtype: str) -> Agreement:
+def naive_agreement(weight: torch.Tensor, dtype: ExportDtype) -> Agreement:
     """Agreement of AutoRound's stock export (int: qmax 128 + signed scale; fp8: +-448) once NxD re-quantizes it.
 
     Uses auto-round's own registered RTN functions on the weight and stores the result in bf16, as its
@@ -190,7 +194,9 @@ def require_exact(result: Agreement, where: str) -> None:
         )
 
 
-def checked_grid_exact(weight: torch.Tensor, dtype: str, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def checked_grid_exact(
+    weight: torch.Tensor, dtype: ExportDtype, where: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, fp32 scale, grid-exact bf16) of `weight` (tuned onto NxD's grid, or rounded to it here), the bf16
     proven to re-quantize to those codes: what a tuned or RTN Linear holds once it leaves the tuning."""
     from neuronforge.neuron.numerics.grid import quantize_weight
