@@ -100,7 +100,7 @@ class Deployment(BaseModel):
     headroom: float = Field(HEADROOM, ge=0.0, lt=1.0)
 
     @property
-    def weight_dtype(self) -> str | None:
+    def weight_dtype(self) -> QuantDtype | None:
         return None if self.dtype == "bf16" else self.dtype
 
 
@@ -349,7 +349,7 @@ def instance_budget(
 
 
 def smallest_for(
-    model: ModelShape, dtype: str | None, kv_fp8: bool, not_convert: Sequence[str], **deployment: Any
+    model: ModelShape, dtype: QuantDtype | None, kv_fp8: bool, not_convert: Sequence[str], **deployment: Any
 ) -> PlanRow | None:
     """The smallest fitting inf2 row of one evaluated variant (dtype None = bf16 weights)."""
     chosen = deployment_from(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.numerics.dtypes import QuantDtype, QuantType
 from neuronforge.neuron.numerics.module_names import linear_name, nxdi_skips
 
 BF16_BYTES = 2
@@ -65,9 +66,9 @@ def with_device_lm_head(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[i
 
 def weight_memory(
     shapes: dict[str, tuple[int, ...]],
-    dtype: str | None,
+    dtype: QuantDtype | None,
     modules_to_not_convert: list[str] | tuple[str, ...] = (),
-    qtype: str = "per_channel_symmetric",
+    qtype: QuantType = "per_channel_symmetric",
 ) -> WeightMemory:
     """Bytes on the device for parameter `shapes` quantized to `dtype` (None = all bf16)."""
     shapes = with_device_lm_head(shapes)

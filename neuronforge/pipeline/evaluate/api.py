@@ -113,7 +113,7 @@ class VariantPlan:
         return "rtn_selective" if self.selective else None
 
 
-def plan_variants(dtype: str, kv_fp8: bool) -> list[VariantPlan]:
+def plan_variants(dtype: ExportDtype, kv_fp8: bool) -> list[VariantPlan]:
     """Reference first; with fp8 KV also bf16 weights + fp8 KV, to separate KV error from weight error."""
     plans = [VariantPlan("bf16", "bf16 (reference)", weights=False, kv_fp8=False)]
     if kv_fp8:
