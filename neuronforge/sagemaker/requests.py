@@ -29,15 +29,16 @@ PACKAGE_SUBDIR = "package"  # the compile job writes the endpoint's model direct
 COMPILED_SUBDIR = "compiled"  # inside a package: NxDI compiled artifacts (model.pt, neuron_config.json, ...)
 CHECKPOINT_SUBDIR = "checkpoint"  # inside a package: the quantized HF checkpoint + tokenizer
 
-# bash -c SCRIPT $0 "$@": one script string (SageMaker caps each entrypoint string at 256 characters), the
-# neuronforge flags travel as separate ContainerArguments. INSTALL checks the shipped wheel's sha256, then installs
-# it (or an explicit --install spec); compile jobs add --no-deps (NF_PIP): the Neuron image has the dependencies.
-INSTALL_SCRIPT = 'set -e;[ -z "$NF_SHA256" ]||echo "$NF_SHA256  $NF_INSTALL"|sha256sum -c --status;pip install -q $NF_PIP "$NF_INSTALL";'
-QUANTIZE_SCRIPT = INSTALL_SCRIPT + 'exec neuronforge "$@"'
-COMPILE_SCRIPT = INSTALL_SCRIPT + (
-    'C=${TMPDIR:-/tmp}/nfc;neuronforge compile "$@" --out $C;'
-    'exec neuronforge package "$NF_OUT" --compiled $C --checkpoint "$NF_CKPT"'
+# bash -c SCRIPT $0 "$@": one script string (SageMaker caps each entrypoint string at 256 characters), the stage
+# and its flags travel as separate ContainerArguments. The script checks the shipped wheel's sha256, installs it
+# (or an explicit --install spec) and hands over to neuronforge.sagemaker.job, which proves the imported neuronforge
+# is the shipped one before running the stage (-P: the working directory cannot shadow it). Compile jobs reinstall without dependencies (NF_PIP): the Neuron
+# image has them, and it has a neuronforge of its own that a plain install of the same version would keep.
+JOB_SCRIPT = (
+    'set -e;[ -z "$NF_SHA256" ]||echo "$NF_SHA256  $NF_INSTALL"|sha256sum -c --status;'
+    'pip install -q $NF_PIP "$NF_INSTALL";exec python -P -m neuronforge.sagemaker.job "$@"'
 )
+COMPILE_PIP = "--force-reinstall --no-deps"
 DTYPES: tuple[str, ...] = get_args(ExportDtype)
 KV_DTYPES: tuple[str, ...] = get_args(KvDtype)
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
@@ -83,14 +84,17 @@ def _checked_settings(job: JobSettings, role: Role) -> None:
         )
 
 
-def install_environment(code: CodeBundle | None, install: str | None, directory: str, no_deps: bool) -> dict[str, str]:
-    """How a job gets neuronforge: the shipped wheel (checked against its sha256) or an explicit pip spec."""
+def install_environment(
+    code: CodeBundle | None, install: str | None, directory: str, reinstall: bool
+) -> dict[str, str]:
+    """How a job gets neuronforge: the shipped wheel (checked against its sha256) or an explicit pip spec;
+    `reinstall` (Neuron image jobs) replaces the image's own neuronforge without touching its dependencies."""
     if (code is None) == (install is None):
         raise NeuronforgeError(
             "a job needs exactly one source of neuronforge", "ship the running code (default) or pass --install SPEC"
         )
     env = {"NF_INSTALL": f"{directory}/{code.filename}", "NF_SHA256": code.sha256} if code else {"NF_INSTALL": install}
-    return env | ({"NF_PIP": "--no-deps"} if no_deps else {})
+    return env | ({"NF_PIP": COMPILE_PIP} if reinstall else {})
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
@@ -123,7 +127,6 @@ def _training_job(
     job: JobSettings,
     stage: str,
     image: str,
-    script: str,
     args: list[str],
     channels: dict[str, str],
     output_s3: str,
@@ -138,7 +141,7 @@ def _training_job(
         "AlgorithmSpecification": {
             "TrainingImage": image,
             "TrainingInputMode": "File",
-            "ContainerEntrypoint": ["/bin/bash", "-c", script, "neuronforge-job"],
+            "ContainerEntrypoint": ["/bin/bash", "-c", JOB_SCRIPT, "neuronforge-job"],
             "ContainerArguments": args,
         },
         "InputDataConfig": [
@@ -197,8 +200,8 @@ def quantize_job_request(
         *_flags(options or {}),
     ]
     image = job.image or image_uri("quantize", job.region, account_of_role(job.role_arn))
-    env = install_environment(code, install, CHANNEL_DIR, no_deps=False) | {"HF_HUB_OFFLINE": "1"}
-    return _training_job(job, "quantize", image, QUANTIZE_SCRIPT, args, {"model": model_s3}, output_s3, env, code)
+    env = install_environment(code, install, CHANNEL_DIR, reinstall=False) | {"HF_HUB_OFFLINE": "1"}
+    return _training_job(job, "quantize", image, args, {"model": model_s3}, output_s3, env, code)
 
 
 def _compile_args(
@@ -271,10 +274,10 @@ def compile_job_request(
         ) from None
     checkpoint = "/opt/ml/input/data/checkpoint"
     env = _compile_env(target_instance, checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
-    env |= install_environment(code, install, CHANNEL_DIR, no_deps=True)
+    env |= install_environment(code, install, CHANNEL_DIR, reinstall=True)
     args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)
     channels = {"checkpoint": checkpoint_s3}
-    return _training_job(job, "compile", image, COMPILE_SCRIPT, args, channels, output_s3, env, code)
+    return _training_job(job, "compile", image, ["compile", *args], channels, output_s3, env, code)
 
 
 def compile_processing_request(
@@ -300,14 +303,14 @@ def compile_processing_request(
     args = [*_compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len), "--compile-only"]
     inputs = [("checkpoint", checkpoint_s3, checkpoint)] + ([(CHANNEL, code.s3_prefix, PROCESSING_DIR)] if code else [])
     env = _compile_env(target_instance, checkpoint, f"{out}/{PACKAGE_SUBDIR}")
-    env |= install_environment(code, install, PROCESSING_DIR, no_deps=True)
+    env |= install_environment(code, install, PROCESSING_DIR, reinstall=True)
     request = {
         "ProcessingJobName": job.name,
         "RoleArn": job.role_arn,
         "AppSpecification": {
             "ImageUri": image,
-            "ContainerEntrypoint": ["/bin/bash", "-c", COMPILE_SCRIPT, "neuronforge-job"],
-            "ContainerArguments": args,
+            "ContainerEntrypoint": ["/bin/bash", "-c", JOB_SCRIPT, "neuronforge-job"],
+            "ContainerArguments": ["compile", *args],
         },
         "ProcessingInputs": [
             {
