@@ -34,8 +34,11 @@ CHECKPOINT_SUBDIR = "checkpoint"  # inside a package: the quantized HF checkpoin
 # (or an explicit --install spec) and hands over to neuronforge.sagemaker.job, which proves the imported neuronforge
 # is the shipped one before running the stage (-P: the working directory cannot shadow it). Compile jobs reinstall without dependencies (NF_PIP): the Neuron
 # image has them, and it has a neuronforge of its own that a plain install of the same version would keep.
+# The entrypoint replaces the image's own, so the script first sources the DLC's CUDA forward-compat set-up where
+# the image has one (as the DLC's and HF's entrypoints do: it may export LD_LIBRARY_PATH for an older host driver).
 JOB_SCRIPT = (
-    'set -e;[ -z "$NF_SHA256" ]||echo "$NF_SHA256  $NF_INSTALL"|sha256sum -c --status;'
+    "set -e;C=/usr/local/bin/start_cuda_compat.sh;[ ! -f $C ]||. $C||:;"
+    '[ -z "$NF_SHA256" ]||echo "$NF_SHA256  $NF_INSTALL"|sha256sum -c --status;'
     'pip install -q $NF_PIP "$NF_INSTALL";exec python -P -m neuronforge.sagemaker.job "$@"'
 )
 COMPILE_PIP = "--force-reinstall --no-deps"
