@@ -35,7 +35,13 @@ if TYPE_CHECKING:
     from neuronforge.sagemaker.code import CodeBundle
     from neuronforge.sagemaker.requests import JobSettings
 
-sagemaker_cli = App(help="Run the stages as SageMaker jobs and serve the result on an ml.inf2 endpoint (boto3).")
+sagemaker_cli = App(
+    help="Run the stages as SageMaker jobs and serve the result on an ml.inf2 endpoint (boto3).",
+    interrupt=(
+        "AWS may already hold what this command created or changed",
+        "check with `neuronforge sagemaker status NAME` (or the console) before running it again",
+    ),
+)
 
 
 WheelOpt = typer.Option(
@@ -129,19 +135,30 @@ def _run_job(
     """Print (--dry-run) or upload the shipped wheel and submit the job; `result` says where its output will land."""
     from neuronforge.core.aws import client
     from neuronforge.sagemaker.code import upload
-    from neuronforge.sagemaker.submit import clients, submit_job, wait_for_job
+    from neuronforge.sagemaker.submit import clients, job_left_running, stop_job_fix, submit_job, wait_for_job
 
     if dry_run:
         _print_requests({call_name: request})
         return
     sm, s3 = clients(region)
-    if shipped:
-        upload(*shipped, s3)
-        console.print(f"shipped: {shipped[1].s3_uri} (sha256 {shipped[1].sha256})")
-    arn = submit_job(request, sm, s3, client("ecr", region))
+    try:
+        if shipped:
+            upload(*shipped, s3)
+            console.print(f"shipped: {shipped[1].s3_uri} (sha256 {shipped[1].sha256})")
+        arn = submit_job(request, sm, s3, client("ecr", region))
+    except KeyboardInterrupt as exc:
+        if not getattr(exc, "__notes__", None):
+            exc.add_note("no job was created (a shipped wheel already uploaded is reused by the next run)")
+            exc.add_note("run the same command again")
+        raise
     console.print(f"[green]created:[/] {arn}\noutput: {result}")
     if wait:
-        console.print(f"finished: {wait_for_job(request, sm)}")
+        try:
+            console.print(f"finished: {wait_for_job(request, sm)}")
+        except KeyboardInterrupt as exc:
+            exc.add_note("stopped waiting; " + job_left_running(request, region, "exists"))
+            exc.add_note(stop_job_fix(request, region))
+            raise
 
 
 @sagemaker_cli.command("quantize")
@@ -294,7 +311,8 @@ def deploy_command(
     from neuronforge.sagemaker.submit import clients, deploy
 
     sm, s3 = clients(_region(region))
-    console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait, ecr=client('ecr', _region(region)))}")
+    ecr = client("ecr", _region(region))
+    console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait, ecr=ecr, region=_region(region))}")
 
 
 @sagemaker_cli.command("status")
