@@ -363,6 +363,11 @@ def pipeline_command(
     wheel: Path | None = WheelOpt,
     install: str | None = InstallOpt,
     role: RoleOpt = None,
+    pipeline_role: str | None = typer.Option(
+        None,
+        "--pipeline-role",
+        help="The pipeline's own role (the stack's PipelineRoleArn; env NEURONFORGE_PIPELINE_ROLE). Default: --role.",
+    ),
     region: RegionOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -389,6 +394,7 @@ def pipeline_command(
             endpoint_instance=endpoint_instance,
             code=shipped[1] if shipped else None,
             install=install,
+            pipeline_role_arn=pipeline_role or os.environ.get("NEURONFORGE_PIPELINE_ROLE"),
         )
         with sdk_errors():
             pipeline = build_pipeline(settings)
@@ -397,7 +403,7 @@ def pipeline_command(
                 return
             if shipped:
                 upload(*shipped, clients(settings.region)[1])
-            arn = call(pipeline.upsert, role_arn=settings.role_arn)["PipelineArn"]
+            arn = call(pipeline.upsert, role_arn=settings.upsert_role)["PipelineArn"]
             console.print(f"[green]upserted:[/] {arn}")
             console.print(f"started: {call(pipeline.start).arn}")
 

@@ -45,13 +45,15 @@ COMPILE_PIP = "--force-reinstall --no-deps"
 DTYPES: tuple[str, ...] = get_args(ExportDtype)
 KV_DTYPES: tuple[str, ...] = get_args(KvDtype)
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+PIPELINE_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}")  # botocore's PipelineName pattern
 
 
-def validate_name(name: str, what: str = "job") -> str:
-    if not _NAME.fullmatch(name):
+def validate_name(name: str, what: str = "job", pattern: re.Pattern[str] = _NAME) -> str:
+    if not pattern.fullmatch(name):
+        limit = 256 if pattern is PIPELINE_NAME else 63
         raise NeuronforgeError(
             f"'{name}' is not a valid SageMaker {what} name",
-            "use 1-63 letters, digits and hyphens, starting and ending with a letter or digit",
+            f"use 1-{limit} letters, digits and hyphens, starting and ending with a letter or digit",
         )
     return name
 
