@@ -18,13 +18,14 @@ from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.sagemaker import limits
 from neuronforge.sagemaker.code import CHANNEL, CHANNEL_DIR, PROCESSING_DIR, CodeBundle
 from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
-from neuronforge.sagemaker.instances import Role, validate_instance, validate_tp_degree
+from neuronforge.sagemaker.instances import NVME_FAMILIES, Role, family, validate_instance, validate_tp_degree
 from neuronforge.version import __version__
 
 Request = dict[str, Any]
 
 INFERENCE_AMI = "al2-ami-sagemaker-inference-neuron-2"
 MODEL_DIR = "/opt/ml/model"
+DEFAULT_VOLUME_GB = 200
 PACKAGE_SUBDIR = "package"  # the compile job writes the endpoint's model directory to /opt/ml/model/package
 COMPILED_SUBDIR = "compiled"  # inside a package: NxDI compiled artifacts (model.pt, neuron_config.json, ...)
 CHECKPOINT_SUBDIR = "checkpoint"  # inside a package: the quantized HF checkpoint + tokenizer
@@ -66,7 +67,7 @@ class JobSettings:
     role_arn: str
     region: str
     instance_type: str
-    volume_gb: int = 200
+    volume_gb: int | None = None  # EBS GB; None: DEFAULT_VOLUME_GB (ignored by SageMaker on NVME_FAMILIES)
     max_runtime_s: int = 4 * 3600
     spot: bool = False
     max_wait_s: int | None = None  # spot only: total time including waiting for capacity
@@ -83,9 +84,18 @@ def _checked_settings(job: JobSettings, role: Role) -> None:
             f"spot max wait {job.max_wait_s}s is shorter than max runtime {job.max_runtime_s}s",
             "SageMaker requires MaxWaitTimeInSeconds >= MaxRuntimeInSeconds; raise --max-wait",
         )
+    if job.volume_gb is None:
+        return
     if job.volume_gb < 1:  # the training model's OptionalVolumeSizeInGB allows 0 (instance groups); a job needs disk
         raise NeuronforgeError(
             f"volume size {job.volume_gb} GB is too small", "pass --volume-gb of at least the model size x3"
+        )
+    if role != "compile-cpu" and family(job.instance_type) in NVME_FAMILIES:
+        raise NeuronforgeError(
+            f"--volume-gb does nothing on {job.instance_type}: SageMaker gives it no EBS volume, only the "
+            "instance's own NVMe storage",
+            "drop --volume-gb; for more local disk pick a larger instance of the family (its NVMe storage grows "
+            "with the size)",
         )
 
 
@@ -164,7 +174,11 @@ def _training_job(
             for channel, uri in channels.items()
         ],
         "OutputDataConfig": {"S3OutputPath": s3uri.prefix(output_s3), "CompressionType": "NONE"},
-        "ResourceConfig": {"InstanceType": job.instance_type, "InstanceCount": 1, "VolumeSizeInGB": job.volume_gb},
+        "ResourceConfig": {
+            "InstanceType": job.instance_type,
+            "InstanceCount": 1,
+            "VolumeSizeInGB": job.volume_gb or DEFAULT_VOLUME_GB,
+        },
         "StoppingCondition": _stopping(job),
         "Environment": env,
         "EnableManagedSpotTraining": job.spot,
@@ -342,7 +356,11 @@ def compile_processing_request(
             ]
         },
         "ProcessingResources": {
-            "ClusterConfig": {"InstanceCount": 1, "InstanceType": job.instance_type, "VolumeSizeInGB": job.volume_gb}
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": job.instance_type,
+                "VolumeSizeInGB": job.volume_gb or DEFAULT_VOLUME_GB,
+            }
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": job.max_runtime_s},
         "Environment": env,
