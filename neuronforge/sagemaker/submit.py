@@ -15,7 +15,7 @@ from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
-from neuronforge.sagemaker.requests import Request, delete_requests, status_requests
+from neuronforge.sagemaker.requests import Request, status_requests, validate_name
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -298,12 +298,38 @@ def status(name: str, sm: BaseClient) -> dict[str, str]:
 
 
 def delete_endpoint(name: str, sm: BaseClient) -> list[str]:
-    """Delete the endpoint, its config and its model; return what was deleted (only missing ones are skipped)."""
+    """Delete the endpoint `name`, its endpoint configs and their models; return what was deleted.
+
+    `deploy` names all three `name`. A pipeline names each execution's config `<name>-<execution id>` and its model
+    itself (`pipelines-<execution id>-Model-...`), and every execution leaves one of each: those configs (found by
+    name) and the models they reference go too. Only missing ones are skipped.
+    """
+    validate_name(name, "endpoint")
+    endpoint = call_or_none(sm.describe_endpoint, EndpointName=name)
+    configs = [name, *_pipeline_configs(name, sm)]
+    if endpoint and endpoint["EndpointConfigName"] not in configs:
+        configs.append(endpoint["EndpointConfigName"])
+    models = [name]
+    for config in configs:
+        found = call_or_none(sm.describe_endpoint_config, EndpointConfigName=config)
+        models += [v["ModelName"] for v in (found or {}).get("ProductionVariants", []) if v["ModelName"] not in models]
     deleted = []
-    for operation, request in delete_requests(name).items():
-        if call_or_none(getattr(sm, operation), **request) is None:
-            continue
-        deleted.append(f"{operation.removeprefix('delete_').replace('_', ' ')} {name}")
+    if endpoint and call_or_none(sm.delete_endpoint, EndpointName=name) is not None:
+        deleted.append(f"endpoint {name}")
+    for config in configs:
+        if call_or_none(sm.delete_endpoint_config, EndpointConfigName=config) is not None:
+            deleted.append(f"endpoint config {config}")
+    for model in models:
+        if call_or_none(sm.delete_model, ModelName=model) is not None:
+            deleted.append(f"model {model}")
     if not deleted:
         raise NeuronforgeError(f"nothing named '{name}' to delete", "check the name and --region")
     return deleted
+
+
+def _pipeline_configs(name: str, sm: BaseClient) -> list[str]:
+    """Endpoint configs a pipeline made for endpoint `name`: `<name>-<12-character execution id>`."""
+    pattern = re.compile(re.escape(name) + r"-[a-z0-9]{12}")
+    pages = call(lambda: list(sm.get_paginator("list_endpoint_configs").paginate(NameContains=name)))
+    names = [c["EndpointConfigName"] for page in pages for c in page["EndpointConfigs"]]
+    return sorted(n for n in names if pattern.fullmatch(n))

@@ -202,3 +202,30 @@ def test_wait_fails_for_a_stopped_job(aws: tuple[Any, Any]) -> None:
     sm.meta.events.register("after-call.sagemaker.DescribeProcessingJob", stopped)
     with pytest.raises(NeuronforgeError, match="processing job nf-cpu ended Stopped: MaxRuntimeInSeconds exceeded"):
         wait_for_job(request, sm)
+
+
+def test_delete_removes_what_pipeline_runs_left(aws: tuple[Any, Any]) -> None:
+    """N10: each pipeline execution leaves a model `pipelines-<exec>-Model-...` and a config `<endpoint>-<exec>`;
+    `delete NAME` removed only the endpoint. Unrelated resources with similar names stay."""
+    sm, _ = aws
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/neuronforge:x"
+
+    def model(name: str) -> None:
+        sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": image})
+
+    def config(name: str, model_name: str) -> None:
+        variant = {"VariantName": "AllTraffic", "ModelName": model_name, "InstanceType": "ml.inf2.xlarge"}
+        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{**variant, "InitialInstanceCount": 1}])
+
+    for execution in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):
+        model(f"pipelines-{execution}-Model-x1")
+        config(f"nf-pipe-{execution}", f"pipelines-{execution}-Model-x1")
+    sm.create_endpoint(EndpointName="nf-pipe", EndpointConfigName="nf-pipe-bbbbbbbbbbbb")
+    model("other")
+    config("nf-pipe2", "other")
+    result = CliRunner().invoke(app, ["sagemaker", "delete", "nf-pipe"])
+    assert result.exit_code == 0, result.output
+    assert [m["ModelName"] for m in sm.list_models()["Models"]] == ["other"]
+    assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == ["nf-pipe2"]
+    assert _endpoints(sm) == []
+    assert "model pipelines-aaaaaaaaaaaa-Model-x1" in " ".join(result.output.split())
