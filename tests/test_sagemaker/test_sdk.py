@@ -196,3 +196,22 @@ def test_model_trainer_accepts_the_stacks_own_role_with_role_validation_on(
     )
     trainer = sdk.model_trainer(request, region="us-east-1", boto_session=session)
     assert trainer.role == role and simulated
+
+
+def test_model_trainer_job_names_stay_valid_and_unique(sdk_moto: Any) -> None:
+    """N11: ModelTrainer appends '-<timestamp>' and cuts at 63: a 62-character --name became '<name>-' (invalid)."""
+    from neuronforge.sagemaker import sdk
+    from neuronforge.sagemaker.requests import validate_name
+
+    name = "q" * 62
+    request = compile_job_request(
+        JobSettings(name=name, role_arn=ROLE, region="us-east-1", instance_type="ml.trn1.32xlarge"),
+        checkpoint_s3=f"s3://{BUCKET}/ckpt/",
+        output_s3=f"s3://{BUCKET}/runs/",
+        tp_degree=2,
+        install="neuronforge==0.1.0",
+    )
+    sdk.model_trainer(request, region="us-east-1").train(wait=False, logs=False)
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    created = sm.list_training_jobs()["TrainingJobSummaries"][0]["TrainingJobName"]
+    assert validate_name(created) and re.fullmatch("q{48}-\\d{14}", created), created
