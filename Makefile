@@ -1,9 +1,10 @@
-# The two set-up commands from README.md: `make demo` and `make test` (`make lint` is ruff). All work on a fresh machine.
+# The two set-up commands from README.md: `make demo` and `make test` (`make lint` is ruff, `make docs` builds the
+# documentation site into site/). All work on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neuronforge-installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint docs clean
 
 install: $(STAMP)
 
@@ -24,5 +25,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# --strict: a broken link or anchor, or a docs page missing from mkdocs.yml's nav, fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -184,8 +184,8 @@ def run_stage(stage: str, folder: Path, work: Path) -> None:
         from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM
 
-        from neuronforge.neuron.grid import quantize_weight
-        from neuronforge.neuron.qlinear import quantizable_linears
+        from neuronforge.neuron.numerics.grid import quantize_weight
+        from neuronforge.neuron.numerics.qlinear import quantizable_linears
 
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)  # NxDI's load_hf_model
         state = {}
@@ -202,7 +202,7 @@ def run_stage(stage: str, folder: Path, work: Path) -> None:
     elif stage == "emulate":
         from neuronforge.assets.texts import embedded_splits, evaluation_windows
         from neuronforge.hf.folders import load_tokenizer
-        from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
+        from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity
 
         text = next(iter(embedded_splits().evaluation.values()))
         windows = evaluation_windows(load_tokenizer(folder), text, 64, 256)

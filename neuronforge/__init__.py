@@ -29,20 +29,20 @@ _LAZY: dict[str, tuple[str, str]] = {
     "QuantizeSettings": ("neuronforge.pipeline.quantize.api", "QuantizeSettings"),
     "QuantizedModel": ("neuronforge.pipeline.quantize.api", "QuantizedModel"),
     "QuantizeResult": ("neuronforge.pipeline.quantize.api", "QuantizeResult"),
-    "emulate": ("neuronforge.neuron.emulate", "emulate"),
-    "load_emulated": ("neuronforge.neuron.emulate", "load_emulated"),
-    "EmulationSpec": ("neuronforge.neuron.emulate", "EmulationSpec"),
-    "EmulatedModel": ("neuronforge.neuron.emulate", "EmulatedModel"),
+    "emulate": ("neuronforge.neuron.numerics.emulate", "emulate"),
+    "load_emulated": ("neuronforge.neuron.numerics.emulate", "load_emulated"),
+    "EmulationSpec": ("neuronforge.neuron.numerics.emulate", "EmulationSpec"),
+    "EmulatedModel": ("neuronforge.neuron.numerics.emulate", "EmulatedModel"),
     "evaluate": ("neuronforge.pipeline.evaluate.api", "evaluate"),
     "EvaluateOptions": ("neuronforge.pipeline.evaluate.api", "EvaluateOptions"),
     "EvaluationReport": ("neuronforge.pipeline.evaluate.report", "EvaluationReport"),
-    "plan": ("neuronforge.neuron.plan", "plan"),
-    "Deployment": ("neuronforge.neuron.plan", "Deployment"),
-    "load_model_shape": ("neuronforge.neuron.plan", "load_model_shape"),
-    "neuron_config": ("neuronforge.neuron.config", "build_neuron_config_spec"),
-    "NeuronConfigSpec": ("neuronforge.neuron.config", "NeuronConfigSpec"),
-    "compile": ("neuronforge.neuron.compile", "compile_model"),
-    "CompileOptions": ("neuronforge.neuron.compile", "CompileOptions"),
+    "plan": ("neuronforge.neuron.planner.plan", "plan"),
+    "Deployment": ("neuronforge.neuron.planner.plan", "Deployment"),
+    "load_model_shape": ("neuronforge.neuron.planner.plan", "load_model_shape"),
+    "neuron_config": ("neuronforge.neuron.nxdi.config", "build_neuron_config_spec"),
+    "NeuronConfigSpec": ("neuronforge.neuron.nxdi.config", "NeuronConfigSpec"),
+    "compile": ("neuronforge.neuron.nxdi.compile", "compile_model"),
+    "CompileOptions": ("neuronforge.neuron.nxdi.compile", "CompileOptions"),
     "package": ("neuronforge.sagemaker.packaging", "package_model"),
     "run": ("neuronforge.pipeline.run.api", "run_pipeline"),
     "RunConfig": ("neuronforge.pipeline.run.config", "RunConfig"),
@@ -96,12 +96,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from neuronforge.assets.models import fetch as fetch_model
-    from neuronforge.neuron.compile import CompileOptions
-    from neuronforge.neuron.compile import compile_model as compile
-    from neuronforge.neuron.config import NeuronConfigSpec
-    from neuronforge.neuron.config import build_neuron_config_spec as neuron_config
-    from neuronforge.neuron.emulate import EmulatedModel, EmulationSpec, emulate, load_emulated
-    from neuronforge.neuron.plan import Deployment, load_model_shape, plan
+    from neuronforge.neuron.numerics.emulate import EmulatedModel, EmulationSpec, emulate, load_emulated
+    from neuronforge.neuron.nxdi.compile import CompileOptions
+    from neuronforge.neuron.nxdi.compile import compile_model as compile
+    from neuronforge.neuron.nxdi.config import NeuronConfigSpec
+    from neuronforge.neuron.nxdi.config import build_neuron_config_spec as neuron_config
+    from neuronforge.neuron.planner.plan import Deployment, load_model_shape, plan
     from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
     from neuronforge.pipeline.evaluate.report import EvaluationReport
     from neuronforge.pipeline.quantize.api import (

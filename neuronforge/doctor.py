@@ -21,7 +21,7 @@ Status = Literal["ok", "warn", "absent"]
 NEURON_PACKAGES = ("neuronx-distributed-inference", "neuronx-distributed", "neuronx-cc", "torch-neuronx")
 # Stage 1 keeps the bf16 source, writes a bf16 fake-quantized copy, and stage 2 adds compiled weights.
 DISK_FACTOR = 3.0
-# Peak host RAM of stage 1's default path, in the larger of its two phases (README "Large models"):
+# Peak host RAM of stage 1's default path, in the larger of its two phases (docs/benchmarks.md, "Host-memory fits"):
 # - the sensitivity analysis holds the bf16 model and, for its backward pass, every decoder layer's fp32 input for
 #   all calibration tokens, (layers + 1) x tokens x hidden x 4 bytes, plus one calibration batch's fp32 activations
 #   and gradients through one layer, about 60 bytes per token of a batch (SENSITIVITY_BATCH windows) per unit of
@@ -68,7 +68,7 @@ def check_cuda() -> Check:
 
 def check_neuron(dev_root: Path = Path("/dev"), versions: dict[str, str] | None = None) -> Check:
     """Neuron devices and the SDK packages compile needs (PyPI holds only placeholders for them)."""
-    from neuronforge.neuron.versions import DEFAULT_SDK, install_hint, neuron_sdk
+    from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, install_hint, neuron_sdk
 
     devices = neuron_devices(dev_root)
     versions = versions if versions is not None else package_versions(NEURON_PACKAGES)

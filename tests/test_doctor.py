@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from neuronforge import doctor
 from neuronforge.cli import app
 from neuronforge.neuron import host
-from neuronforge.neuron.versions import DEFAULT_SDK, neuron_sdk
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, neuron_sdk
 
 GIB = 1 << 30
 
@@ -98,7 +98,7 @@ def test_doctor_command_json(tiny_llama_dir: Path, tmp_path: Path) -> None:
 def test_memory_estimate_covers_the_sensitivity_at_quantize_defaults() -> None:
     """The sensitivity analysis keeps every decoder layer's fp32 input for all calibration tokens on the host, and
     works a batch of them through one layer at a time. At quantize's defaults (32 x 256 tokens; /usr/bin/time -v,
-    README "Large models") the benchmark's 0.3B model peaked at 2.21 GB and its 1.2B model at 5.22 GB, where 2.8
+    docs/benchmarks.md, "Host-memory fits") the benchmark's 0.3B model peaked at 2.21 GB and its 1.2B model at 5.22 GB, where 2.8
     bytes per parameter + 1 GB said 1.91 and 4.28 GB."""
     small, large = doctor.ModelShape(326_149_120, 20, 1024, 2816), doctor.ModelShape(1_170_302_976, 22, 2048, 5632)
     for shape, measured in ((small, 2.21e9), (large, 5.22e9)):

@@ -40,8 +40,8 @@ def neuron_config_command(
 ) -> None:
     """Validate a NeuronConfig for NxD Inference and write it (runs anywhere, no Neuron SDK needed)."""
     from neuronforge.assets.models import resolve_model
-    from neuronforge.neuron.compile import print_notices
-    from neuronforge.neuron.config import build_neuron_config_spec, default_not_convert, write_config_files
+    from neuronforge.neuron.nxdi.compile import print_notices
+    from neuronforge.neuron.nxdi.config import build_neuron_config_spec, default_not_convert, write_config_files
 
     model_dir = resolve_model(model)
     spec = build_neuron_config_spec(
@@ -82,7 +82,7 @@ def compile_command(
     """Quantize with NxD and compile; then load and smoke-test on the host's NeuronCores (needs NxD Inference)."""
     from neuronforge.assets.models import resolve_model
     from neuronforge.errors import validated
-    from neuronforge.neuron.compile import CompileOptions, compile_model
+    from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
 
     options = validated(
         CompileOptions,

@@ -13,7 +13,7 @@ from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import KvOpt, ModelOpt, NotConvertOpt, OverwriteOpt, QtypeOpt, TextOpt
 from neuronforge.core.progress import err_console, track
 from neuronforge.errors import NeuronforgeError, one_of
-from neuronforge.neuron.dtypes import QUANT_DTYPES, KvDtype
+from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, KvDtype
 
 WEIGHT_DTYPES = (*QUANT_DTYPES, "none")
 KV_MODES: tuple[str, ...] = get_args(KvDtype)
@@ -22,7 +22,7 @@ DEFAULT_PROMPT = "The play Hamlet, by William Shakespeare, is"
 
 def _tied_lm_head_warning(model_dir: Path, dtype: str | None, not_convert: tuple[str, ...]) -> None:
     from neuronforge.hf.folders import read_config
-    from neuronforge.neuron.module_names import nxdi_skips
+    from neuronforge.neuron.numerics.module_names import nxdi_skips
 
     if dtype and read_config(model_dir).get("tie_word_embeddings") and not nxdi_skips("lm_head", not_convert):
         err_console.print(
@@ -67,8 +67,8 @@ def emulate_command(
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
     from neuronforge.hf.folders import header_shapes, load_tokenizer
     from neuronforge.hf.not_convert import read_not_convert
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
-    from neuronforge.neuron.module_names import checkpoint_linears, unmatched
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity
+    from neuronforge.neuron.numerics.module_names import checkpoint_linears, unmatched
 
     started = time.perf_counter()
     if threads:
@@ -127,7 +127,7 @@ def quantize_nxd_command(
     """Write what NxDI's save_quantized_state_dict would write, on CPU, one shard at a time."""
     from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.hf.not_convert import read_not_convert
-    from neuronforge.neuron.checkpoint import per_tensor_list_ignored, write_quantized_checkpoint
+    from neuronforge.neuron.nxdi.checkpoint import per_tensor_list_ignored, write_quantized_checkpoint
 
     started = time.perf_counter()
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()

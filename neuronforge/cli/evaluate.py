@@ -57,7 +57,7 @@ def evaluate_command(
     task_limit: int | None = typer.Option(None, "--task-limit", help="Score only the first N problems."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Greedy tokens generated per problem."),
     lm_eval_tasks: str | None = typer.Option(
-        None, "--lm-eval-tasks", help="Comma-separated lm-eval tasks (needs neuronforge[eval] and the task data)."
+        None, "--lm-eval-tasks", help="Comma-separated lm-eval tasks (needs neuronforge\\[eval] and the task data)."
     ),
     lm_eval_limit: int | None = typer.Option(None, "--lm-eval-limit", help="Examples per lm-eval task."),
 ) -> None:

@@ -1,4 +1,4 @@
-"""CLI: `neuronforge plan` (the memory model lives in neuronforge.neuron.plan)."""
+"""CLI: `neuronforge plan` (the memory model lives in neuronforge.neuron.planner.plan)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def plan_command(
     Default blocks kept in bf16: <model>/modules_to_not_convert.json when the folder has one (stage 1 writes it).
     """
     from neuronforge.assets.models import resolve_model
-    from neuronforge.neuron.config import default_not_convert
-    from neuronforge.neuron.plan import deployment_from, load_model_shape, nothing_fits, plan, render_markdown
+    from neuronforge.neuron.nxdi.config import default_not_convert
+    from neuronforge.neuron.planner.plan import deployment_from, load_model_shape, nothing_fits, plan, render_markdown
 
     path = Path(model)
     source = path if path.exists() else resolve_model(model)

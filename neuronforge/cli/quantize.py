@@ -55,7 +55,7 @@ def quantize_command(
     minmax_tuning: bool = typer.Option(
         False,
         "--minmax-tuning/--no-minmax-tuning",
-        help="Also tune AutoRound's per-row range shrink (clips outliers; off by default, see README).",
+        help="Also tune AutoRound's per-row range shrink (clips outliers; off by default, see docs/quantize.md).",
     ),
 ) -> None:
     """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint.

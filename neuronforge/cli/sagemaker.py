@@ -427,7 +427,7 @@ def package_command(
     elif compiled is None or checkpoint is None:
         raise NeuronforgeError("--compiled and --checkpoint go together", "pass both, or neither to re-upload OUT")
     else:
-        from neuronforge.neuron.weight_memory import format_bytes
+        from neuronforge.neuron.planner.weight_memory import format_bytes
         from neuronforge.sagemaker.packaging import load_manifest
 
         package_model(

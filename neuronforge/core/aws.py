@@ -90,7 +90,7 @@ def translate(exc: BaseException, fix: str = DEFAULT_FIX) -> NeuronforgeError | 
             return NeuronforgeError(
                 what,
                 "check the AWS credentials in use (`aws sts get-caller-identity`) and that they have the "
-                "permissions README lists (the stack's OperatorPolicy)",
+                "permissions docs/sagemaker-guide.md lists (the stack's OperatorPolicy)",
             )
         return NeuronforgeError(what, fix)
     if isinstance(exc, WaiterError):

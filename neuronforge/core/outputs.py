@@ -4,7 +4,7 @@ neuronforge only ever removes what it created itself. These checks make that hol
 everything a user points `--out` at: an output may not be, contain or sit inside one of the command's
 inputs; it must be a folder we can write; a standalone command never writes inside a run directory (that
 belongs to `neuronforge run`, which replaces its stage folders); and `run` only adopts a folder that is
-new, empty, or already a run directory (see README, "What neuronforge will never do to your files").
+new, empty, or already a run directory (see docs/file-safety.md).
 """
 
 from __future__ import annotations

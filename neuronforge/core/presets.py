@@ -3,7 +3,7 @@
 `quantize`, `evaluate` and `run` take the same `iters` / `nsamples` / `calib_seq_len`; each command starts
 from a named preset (quantize: gpu, run: cpu-demo, evaluate: cpu-fast) and any knob given explicitly wins.
 AutoRound's cost grows with iters x nsamples x calib_seq_len per block, so the CPU presets are the GPU one
-cut until the default model finishes on 2 CPU cores (timings in the README).
+cut until the default model finishes on 2 CPU cores (timings in docs/benchmarks.md).
 """
 
 from __future__ import annotations

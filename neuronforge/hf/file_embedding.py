@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import torch
 
-from neuronforge.hf.folders import read_header
+from neuronforge.hf.headers import read_header
 
 # safetensors dtype names of the floating-point embeddings a checkpoint can hold.
 STORED_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}

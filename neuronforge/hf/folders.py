@@ -10,11 +10,12 @@ import json
 import os
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from neuronforge.core.bits import same_bits
 from neuronforge.core.memory import release_freed_tensors, trim_free_heap
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.headers import read_header
 
 if TYPE_CHECKING:
     import torch
@@ -92,14 +93,6 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 "copy or download the model again",
             ) from None
     return shapes
-
-
-def read_header(handle: BinaryIO) -> tuple[int, dict[str, Any]]:
-    """(offset of the data, header) of an open safetensors file: an 8-byte length, then the JSON header."""
-    import struct
-
-    (length,) = struct.unpack("<Q", handle.read(8))
-    return 8 + length, json.loads(handle.read(length))
 
 
 READ_BLOCK_BYTES = 16 << 20

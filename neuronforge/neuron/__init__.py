@@ -1,5 +1,6 @@
-"""Neuron stage: NxD-exact quantizer, CPU emulation of Neuron numerics, NeuronConfig, compile.
+"""Neuron stage, by concern: `numerics` (what the device computes, emulated on CPU), `nxdi` (NxD Inference integration,
+compile), `planner` (instances, memory, deployment plans) and `host` (can this host run the Neuron stage).
 
-The real Neuron packages (neuronx-distributed-inference, torch-neuronx) are imported lazily and
-only by the compile step; everything else here is pure torch.
+The real Neuron packages (neuronx-distributed-inference, torch-neuronx) are imported lazily and only by the compile
+step; everything else here is pure torch.
 """

@@ -51,9 +51,7 @@ class CodeBundle:
 
 def source_tree() -> Path:
     """The checkout this neuronforge runs from (editable install or PYTHONPATH), or an error saying what to pass."""
-    import neuronforge
-
-    root = Path(neuronforge.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # neuronforge/sagemaker/code.py -> the checkout
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or 'name = "neuronforge"' not in pyproject.read_text():
         raise NeuronforgeError(

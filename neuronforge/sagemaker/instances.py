@@ -1,6 +1,6 @@
 """Which instance types each SageMaker job kind may use, checked before any AWS call.
 
-NeuronCore counts come from the hardware catalogue (`neuronforge.neuron.instances`). Which instance types each
+NeuronCore counts come from the hardware catalogue (`neuronforge.neuron.planner.instances`). Which instance types each
 SageMaker API accepts comes from botocore's own service model, because neither botocore nor moto rejects a
 wrong type before AWS does.
 """
@@ -12,7 +12,7 @@ import re
 from typing import Literal
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.instances import NEURON_INSTANCES, bare_type, family, neuron_cores
+from neuronforge.neuron.planner.instances import NEURON_INSTANCES, bare_type, family, neuron_cores
 
 JobKind = Literal["training", "processing", "endpoint"]
 Role = Literal["quantize", "compile", "compile-cpu", "serve"]

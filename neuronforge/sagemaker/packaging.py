@@ -28,8 +28,8 @@ from neuronforge.core.aws import call, uninterrupted
 from neuronforge.core.hashing import sha256_file
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.compile import QUANTIZED_DIR, RECORD_FILE
-from neuronforge.neuron.nxdi_json import unloadable_kv_quant_config
+from neuronforge.neuron.nxdi.compile import QUANTIZED_DIR, RECORD_FILE
+from neuronforge.neuron.nxdi.config_json import unloadable_kv_quant_config
 from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, COMPILED_SUBDIR, serving_environment
 from neuronforge.version import __version__

@@ -13,8 +13,8 @@ from typing import Any, get_args
 
 from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError, one_of
-from neuronforge.neuron.compile import FP8_ENV, PLATFORM_TARGET
-from neuronforge.neuron.dtypes import ExportDtype, KvDtype
+from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
+from neuronforge.neuron.nxdi.compile import FP8_ENV, PLATFORM_TARGET
 from neuronforge.sagemaker import limits
 from neuronforge.sagemaker.code import CHANNEL, CHANNEL_DIR, PROCESSING_DIR, CodeBundle
 from neuronforge.sagemaker.images import account_of_role, image_uri, pinned

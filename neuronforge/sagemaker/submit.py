@@ -41,7 +41,7 @@ def check_private_image(image: str, ecr: BaseClient) -> None:
         registryId=account,
         repositoryName=repository,
         imageIds=[{"imageTag": tag}],
-        fix=f"build and push {image} (README, 'Images'), set NEURONFORGE_IMAGE_REPOSITORY, or pass --image",
+        fix=f"build and push {image} (docs/sagemaker-guide.md, 'Images'), set NEURONFORGE_IMAGE_REPOSITORY, or pass --image",
     )
 
 

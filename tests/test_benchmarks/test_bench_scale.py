@@ -47,7 +47,7 @@ def test_the_nxdi_anchor_writes_nxd_s_codes_and_scales(make_tiny_llama, tmp_path
     import torch
     from safetensors.torch import load_file
 
-    from neuronforge.neuron.grid import quantize_weight
+    from neuronforge.neuron.numerics.grid import quantize_weight
 
     src = make_tiny_llama("anchor-src", tie_word_embeddings=False)
     _bench().run_stage("nxdi", src, tmp_path)

@@ -48,7 +48,7 @@ def test_release_returns_freed_layers_and_reuse_recycles_memory() -> None:
 LOAD_PROBE = """
 import ctypes, sys
 from pathlib import Path
-from neuronforge.neuron.emulate import EmulationSpec, load_emulated
+from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

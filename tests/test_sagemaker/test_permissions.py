@@ -1,4 +1,4 @@
-"""The stack's OperatorPolicy allows every AWS call the CLI makes in the README flow (recorded against moto)."""
+"""The stack's OperatorPolicy allows every AWS call the CLI makes in the flow of docs/sagemaker-guide.md (recorded against moto)."""
 
 from __future__ import annotations
 

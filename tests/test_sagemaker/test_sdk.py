@@ -1,4 +1,4 @@
-"""SDK v3 objects from our requests (ModelTrainer, core.resources), and README's SDK example, against moto."""
+"""SDK v3 objects from our requests (ModelTrainer, core.resources), and the SDK example of docs/sagemaker-guide.md, against moto."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from neuronforge.sagemaker.code import CodeBundle
 from neuronforge.sagemaker.packaging import package_model, upload_package
 from neuronforge.sagemaker.requests import JobSettings, compile_job_request
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "sagemaker-guide.md"
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "neuronforge.yaml"
 BUCKET = "nf-sdk-bucket"
 
@@ -87,13 +87,13 @@ def test_model_trainer_carries_the_request(sdk_moto: Any) -> None:
     assert tags["neuronforge:wheel-sha256"] == "ab" * 32
 
 
-def test_readme_sdk_example_runs(sdk_moto: Any, tmp_path: Path, tiny_llama_dir: Path) -> None:
-    block = re.search(r"\*\*Python: SageMaker SDK v3\.\*\*.*?```python\n(.*?)```", README.read_text(), re.S)
-    assert block, "README lost its SDK v3 example"
+def test_guide_sdk_example_runs(sdk_moto: Any, tmp_path: Path, tiny_llama_dir: Path) -> None:
+    block = re.search(r"## Python: SageMaker SDK v3\n.*?```python\n(.*?)```", GUIDE.read_text(), re.S)
+    assert block, "docs/sagemaker-guide.md lost its SDK v3 example"
     package = package_model(tmp_path / "pkg", compiled=make_compiled(tmp_path), checkpoint=tiny_llama_dir)
     upload_package(package, f"s3://{BUCKET}/pkg/llama/", sdk_moto)
     namespace: dict[str, Any] = {}
-    exec(compile(block.group(1).replace("BUCKET", BUCKET), "README.md", "exec"), namespace)
+    exec(compile(block.group(1).replace("BUCKET", BUCKET), str(GUIDE), "exec"), namespace)
     assert namespace["endpoint"].endpoint_name == "nf-llama"
     sm = boto3.client("sagemaker", region_name="us-east-1")
     assert sm.describe_endpoint(EndpointName="nf-llama")["EndpointStatus"] == "InService"

@@ -20,7 +20,7 @@ import pydantic
 
 from neuronforge.core.presets import PRESETS, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
-from neuronforge.neuron.dtypes import ExportDtype, KvDtype
+from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
 from neuronforge.pipeline.quantize.selection import SelectionRule
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from neuronforge.neuron.emulate import EmulatedModel
+    from neuronforge.neuron.numerics.emulate import EmulatedModel
     from neuronforge.pipeline.evaluate.gsm8k import Problem
     from neuronforge.pipeline.quantize.api import QuantizeResult
 
@@ -222,7 +222,7 @@ def text_logits(
 
 def compare(reference: Reference, logits: dict[str, torch.Tensor], *, quantized: bool) -> dict[str, object]:
     """Perplexity, recovery, KL and agreement of one variant's logits against the reference."""
-    from neuronforge.neuron.emulate import perplexity_from_logits
+    from neuronforge.neuron.numerics.emulate import perplexity_from_logits
     from neuronforge.pipeline.evaluate.metrics import divergence, recovery, sanity_flags
 
     ppl = {t: perplexity_from_logits(logits[t], reference.windows[t]) for t in logits}
@@ -263,9 +263,9 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
     from neuronforge.core.progress import err_console, progress
     from neuronforge.hf.folders import force_offline, load_tokenizer, read_config
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_from_logits
-    from neuronforge.neuron.plan import load_model_shape, smallest_for
-    from neuronforge.neuron.weight_memory import weight_memory
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_from_logits
+    from neuronforge.neuron.planner.plan import load_model_shape, smallest_for
+    from neuronforge.neuron.planner.weight_memory import weight_memory
     from neuronforge.pipeline.evaluate.gsm8k import load_problems
     from neuronforge.pipeline.evaluate.report import REPORT_JSON
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from neuronforge.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from neuronforge.neuron.weight_memory import format_bytes
+from neuronforge.neuron.planner.weight_memory import format_bytes
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"

@@ -6,8 +6,8 @@ NxD codes, scales and the blocks kept in bf16. `quantize` is the folder-to-folde
 model, calls `quantize_model`, and writes an ordinary HF checkpoint (same shards as the input) whose
 quantized weights NxD re-quantizes to exactly the codes AutoRound tuned. It exports shard by shard: the grid
 check covers what is written (each shard is read back) and the folder only appears (atomically) when it passes
-at 100%. Host memory: the model once in bf16 (AutoRound itself casts it to fp32) plus one shard; see README
-"Large models".
+at 100%. Host memory: the model once in bf16 (AutoRound itself casts it to fp32) plus one shard; see
+docs/memory.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from neuronforge.core.outputs import check_writable
 from neuronforge.core.presets import PRESETS, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.config_compat import make_config_portable
-from neuronforge.neuron.dtypes import ExportDtype, KvDtype
+from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.selection import Selection
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
@@ -60,7 +60,7 @@ class QuantizeSettings(pydantic.BaseModel):
     modules_to_not_convert: list[str] | None = None  # explicit list: skips selection
     autoround: bool = True  # False = RTN on NxD's grid (no tuning)
     # AutoRound's per-row range shrink (max_scale). Off by default: at 8 bits it clips far more than it saves
-    # (measured on SmolLM2: row ranges cut to 0.44x and held-out KL 2x worse than RTN; see README).
+    # (measured on SmolLM2: row ranges cut to 0.44x and held-out KL 2x worse than RTN; docs/quantize.md).
     minmax_tuning: bool = False
     # Budget selection by instance: keep as many blocks bf16 as still fit this instance, for the deployment below
     # (compile's defaults); replaces max_extra_memory. Needs the model folder (`quantize`, not `quantize_model`).
@@ -142,7 +142,7 @@ def check_block_names(entries: list[str], names: list[str]) -> None:
 def check_block_names_in(entries: list[str], model_dir: Path) -> None:
     """`check_block_names` against a checkpoint's own blocks, from its safetensors headers (nothing loaded)."""
     from neuronforge.hf.folders import header_shapes
-    from neuronforge.neuron.module_names import canonical_blocks, checkpoint_linears
+    from neuronforge.neuron.numerics.module_names import canonical_blocks, checkpoint_linears
 
     check_block_names(entries, canonical_blocks(checkpoint_linears(header_shapes(model_dir))))
 
@@ -265,8 +265,8 @@ def _grid_exact(
     """`linear`'s weight on NxD's grid in grid-exact bf16, checked and measured into `check` (see `_export`)."""
     import torch
 
-    from neuronforge.neuron.grid import quantize_weight, row_chunks
-    from neuronforge.neuron.module_names import block_of
+    from neuronforge.neuron.numerics.grid import quantize_weight, row_chunks
+    from neuronforge.neuron.numerics.module_names import block_of
     from neuronforge.pipeline.quantize import grid_export
 
     # bf16, as `load_model` made it (AutoRound's block-wise tuning keeps it bf16): overwritten row block by row block.
@@ -330,8 +330,8 @@ def _analyze(model: nn.Module, samples: list[torch.Tensor], options: QuantizeSet
 
 def _instance_budget(options: QuantizeSettings, src: Path) -> Callable[[Sequence[str]], bool]:
     """Does the model, with these blocks kept bf16, fit options.budget_instance (neuron/plan.py)?"""
-    from neuronforge.neuron.config import normalize_instance
-    from neuronforge.neuron.plan import deployment_from, instance_budget
+    from neuronforge.neuron.nxdi.config import normalize_instance
+    from neuronforge.neuron.planner.plan import deployment_from, instance_budget
 
     deployment = deployment_from(
         dtype=options.dtype, kv=options.kv, seq_len=options.seq_len, batch_size=options.batch_size
@@ -357,8 +357,8 @@ def _select_and_tune(
 ) -> _Tuned:
     """Sensitivity -> selection -> AutoRound on NxD's grid: what both the in-memory and the folder path share."""
     from neuronforge.assets.texts import calibration_samples, resolve_splits
-    from neuronforge.neuron.module_names import block_of
-    from neuronforge.neuron.qlinear import quantizable_linears
+    from neuronforge.neuron.numerics.module_names import block_of
+    from neuronforge.neuron.numerics.qlinear import quantizable_linears
     from neuronforge.pipeline.quantize.selection import select
     from neuronforge.pipeline.quantize.sensitivity import find_blocks
 
@@ -425,7 +425,7 @@ def quantize_model(
     import torch
 
     from neuronforge.core.progress import track
-    from neuronforge.neuron.qlinear import quantizable_linears
+    from neuronforge.neuron.numerics.qlinear import quantizable_linears
     from neuronforge.pipeline.quantize import grid_export
 
     options = settings if settings is not None else QuantizeSettings()

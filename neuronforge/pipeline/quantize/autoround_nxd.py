@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.grid import E4M3_NEURON_MAX, FP8_SCALE_FLOOR, FP32_EPS, INT8_PER_CHANNEL_DIVISOR
+from neuronforge.neuron.numerics.grid import E4M3_NEURON_MAX, FP8_SCALE_FLOOR, FP32_EPS, INT8_PER_CHANNEL_DIVISOR
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +140,7 @@ def keep_bf16_layer_config(model: nn.Module, blocks_kept: list[str], block_of: C
     Exact module names are matched as-is by auto-round; short names like `layers.1.` would be
     turned into substring regexes that also hit `layers.10.`.
     """
-    from neuronforge.neuron.qlinear import quantizable_linears
+    from neuronforge.neuron.numerics.qlinear import quantizable_linears
 
     kept = set(blocks_kept)
     return {name: {"bits": 16} for name in quantizable_linears(model) if name != "lm_head" and block_of(name) in kept}

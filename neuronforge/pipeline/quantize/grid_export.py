@@ -22,7 +22,7 @@ _NUDGES = (0, 1, -1, 2, -2)  # bf16 ulps tried around bf16(q * s'), nearest firs
 
 def nxd_scale_from_amax(amax: torch.Tensor, dtype: str) -> torch.Tensor:
     """NxD's per-channel scale for rows whose |max| is `amax` ([out, 1]), in fp32."""
-    from neuronforge.neuron.grid import fp8_per_channel_scale, int8_per_channel_scale
+    from neuronforge.neuron.numerics.grid import fp8_per_channel_scale, int8_per_channel_scale
 
     if dtype == "int8":
         return int8_per_channel_scale(amax)
@@ -31,7 +31,7 @@ def nxd_scale_from_amax(amax: torch.Tensor, dtype: str) -> torch.Tensor:
 
 def _nxd_codes(weight: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
     """NxD's codes (int8, or fp8 values) for `weight` under a given per-row scale."""
-    from neuronforge.neuron.grid import fp8_codes, int8_codes
+    from neuronforge.neuron.numerics.grid import fp8_codes, int8_codes
 
     return int8_codes(weight, scale) if dtype == "int8" else fp8_codes(weight, scale, dtype)
 
@@ -131,7 +131,7 @@ def agreement(
 ) -> Agreement:
     """Compare NxD's codes for a stored weight with the codes the quantizer intended, and optionally
     the device's dequantized values (code * NxD scale) with the values the quantizer tuned."""
-    from neuronforge.neuron.grid import quantize_weight
+    from neuronforge.neuron.numerics.grid import quantize_weight
 
     codes, scale = quantize_weight(stored, dtype)
     same = codes.float() == intended_codes.float()
@@ -150,7 +150,7 @@ def grid_check(stored: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, d
     the two scales are. Rows clearly inside (half the tolerance, so fp32 rounding of the products cannot
     matter) count whole; anything else goes element by element through `agreement`. Same counts either way.
     """
-    from neuronforge.neuron.grid import quantize_weight
+    from neuronforge.neuron.numerics.grid import quantize_weight
 
     nxd_codes, nxd_scale = quantize_weight(stored, dtype)
     if _same_codes(nxd_codes, codes) and bool(((nxd_scale - scale).abs() <= VALUE_TOLERANCE / 2 * scale.abs()).all()):
@@ -193,7 +193,7 @@ def require_exact(result: Agreement, where: str) -> None:
 def checked_grid_exact(weight: torch.Tensor, dtype: str, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, fp32 scale, grid-exact bf16) of `weight` (tuned onto NxD's grid, or rounded to it here), the bf16
     proven to re-quantize to those codes: what a tuned or RTN Linear holds once it leaves the tuning."""
-    from neuronforge.neuron.grid import quantize_weight
+    from neuronforge.neuron.numerics.grid import quantize_weight
 
     codes, scale = quantize_weight(weight.detach().float(), dtype)
     exact = exact_bf16(codes, scale, dtype)

@@ -79,8 +79,8 @@ def is_tied(model: nn.Module) -> bool:
 
 def find_blocks(model: nn.Module) -> list[Block]:
     """Group the Linears NxDI would quantize into blocks, in model order."""
-    from neuronforge.neuron.module_names import block_of
-    from neuronforge.neuron.qlinear import quantizable_linears
+    from neuronforge.neuron.numerics.module_names import block_of
+    from neuronforge.neuron.numerics.qlinear import quantizable_linears
 
     linears = quantizable_linears(model)
     if not linears:
@@ -172,7 +172,7 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
 def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: str) -> float:
     """sum |dL/dW * (Q(W) - W)| over (weight, its gradient) pairs, a row block at a time on the gradient's device
     (lm_head's weight stays on the host, its gradient is formed on the accelerator)."""
-    from neuronforge.neuron.grid import rounding_error, row_chunks
+    from neuronforge.neuron.numerics.grid import rounding_error, row_chunks
 
     total = 0.0
     for weight, grad in weights:
@@ -319,7 +319,7 @@ def _head_backward(
     """
     import torch
 
-    from neuronforge.neuron.grid import row_chunks
+    from neuronforge.neuron.numerics.grid import row_chunks
 
     head = model.get_output_embeddings()
     weight = head.weight.detach()
@@ -406,7 +406,7 @@ def _measured_bf16(
 ) -> dict[str, float]:
     import torch
 
-    from neuronforge.neuron.qlinear import NeuronQuantLinear, quantizable_linears, replace_module
+    from neuronforge.neuron.numerics.qlinear import NeuronQuantLinear, quantizable_linears, replace_module
 
     reference = _next_token_logprobs(model, samples)
     linears = quantizable_linears(model)
@@ -433,7 +433,7 @@ def _measured_bf16(
 
 def variance_scores(model: nn.Module, blocks: list[Block]) -> dict[str, float]:
     """Mean per-output-channel variance of the block's weights (cheap proxy, no data)."""
-    from neuronforge.neuron.qlinear import quantizable_linears
+    from neuronforge.neuron.numerics.qlinear import quantizable_linears
 
     linears = quantizable_linears(model)
     return {

@@ -96,7 +96,7 @@ def variant_lines(outcome: RunOutcome, config: RunConfig) -> list[VariantLine]:
     emulate, model = records.get("emulate"), records.get("model")
     if emulate is None or emulate.status != "done" or model is None:
         return []
-    from neuronforge.neuron.plan import describe, load_model_shape, smallest_for
+    from neuronforge.neuron.planner.plan import describe, load_model_shape, smallest_for
 
     shape = load_model_shape(Path(model.summary["path"]), name=config.model)
     deployment = {"seq_len": config.seq_len or 1024, "batch_size": config.batch_size}

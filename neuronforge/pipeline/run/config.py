@@ -22,7 +22,7 @@ from neuronforge.core.presets import KNOBS, PRESETS, apply_preset, presets_help
 from neuronforge.core.s3uri import is_s3
 from neuronforge.core.utf8 import read_utf8
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.dtypes import ExportDtype, KvDtype
+from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.selection import Selection
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 

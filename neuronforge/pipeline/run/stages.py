@@ -22,7 +22,7 @@ from neuronforge.pipeline.run.config import RunConfig
 from neuronforge.pipeline.run.runner import Stage, StageContext, StageResult
 
 if TYPE_CHECKING:
-    from neuronforge.neuron.config import NeuronConfigSpec
+    from neuronforge.neuron.nxdi.config import NeuronConfigSpec
 
 CHECKPOINT = "checkpoint"
 COMPILED = "compiled"
@@ -169,7 +169,8 @@ def _emulate_inputs(ctx: StageContext) -> dict[str, Any]:
 
 def _emulated_tp(ctx: StageContext) -> int:
     """The tp_degree the compile stage will use (explicit, or chosen for the target instance as compile chooses it)."""
-    from neuronforge.neuron.config import DEFAULT_INSTANCE, choose_tp, model_facts
+    from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, model_facts
+    from neuronforge.neuron.planner.model_facts import choose_tp
 
     config = _given(ctx).config
     return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), config.instance or DEFAULT_INSTANCE)
@@ -180,7 +181,7 @@ def _emulate_run(ctx: StageContext) -> StageResult:
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import load_tokenizer
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity
 
     config = _given(ctx).config
     source = ctx.output("model", "model")
@@ -316,7 +317,7 @@ NEURON_KEYS = ("dtype", "kv", "instance", "tp_degree", "batch_size", "seq_len", 
 
 def _neuron_spec(ctx: StageContext) -> NeuronConfigSpec:
     """The NxD config for the quantized checkpoint; unset keys take the compile step's defaults."""
-    from neuronforge.neuron.config import build_neuron_config_spec
+    from neuronforge.neuron.nxdi.config import build_neuron_config_spec
 
     config = _given(ctx).config
     given = {"instance": config.instance, "tp_degree": config.tp_degree, "seq_len": config.seq_len, "sdk": config.sdk}
@@ -335,8 +336,8 @@ def _compile_inputs(ctx: StageContext) -> dict[str, Any]:
 
 
 def _compile_run(ctx: StageContext) -> StageResult:
-    from neuronforge.neuron.compile import CompileOptions, compile_model
-    from neuronforge.neuron.config import write_config_files
+    from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
+    from neuronforge.neuron.nxdi.config import write_config_files
 
     config_path, _ = write_config_files(_neuron_spec(ctx), ctx.workdir / "config")
     compiled = compile_model(
@@ -355,7 +356,7 @@ def _package_inputs(ctx: StageContext) -> dict[str, Any]:
 
 def _package_run(ctx: StageContext) -> StageResult:
     """Endpoint package when a compile exists; otherwise checkpoint + neuron config for a Neuron compile job."""
-    from neuronforge.neuron.config import write_config_files
+    from neuronforge.neuron.nxdi.config import write_config_files
 
     if ctx.done("compile"):
         from neuronforge.sagemaker.packaging import package_model
@@ -370,7 +371,7 @@ def _package_run(ctx: StageContext) -> StageResult:
             summary={
                 "kind": "endpoint",
                 "path": ENDPOINT,
-                "next": "neuronforge deploy (see the SageMaker section of the README)",
+                "next": "neuronforge sagemaker deploy (docs/sagemaker-guide.md)",
             }
         )
     target = ctx.workdir / COMPILE_INPUT

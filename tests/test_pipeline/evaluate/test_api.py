@@ -97,7 +97,7 @@ def test_every_variant_is_measured_and_written(tiny_run):
 def test_perplexity_agrees_with_the_emulator_s_own(tiny_run, tiny_llama_dir):
     from neuronforge.assets.texts import embedded_splits, evaluation_windows
     from neuronforge.hf.folders import load_tokenizer
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity
 
     options, report = tiny_run
     tok = load_tokenizer(tiny_llama_dir)
@@ -132,7 +132,7 @@ def test_rerun_reuses_cached_stage_checkpoints(tiny_run, monkeypatch):
 
 
 def test_a_zeroed_layer_is_flagged_as_broken(tiny_llama_dir):
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_from_logits
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_from_logits
 
     windows = {"t": torch.randint(3, 512, (2, 48), generator=torch.Generator().manual_seed(1))}
     bf16 = load_emulated(tiny_llama_dir, EmulationSpec(fast_bf16=False))
@@ -157,7 +157,7 @@ def test_compare_takes_one_window_of_logits_to_fp32_at_a_time():
     whole (2.2 GB now). The figures are those of the whole computation."""
     from testkit.memory import made_shapes
 
-    from neuronforge.neuron.emulate import perplexity_from_logits
+    from neuronforge.neuron.numerics.emulate import perplexity_from_logits
 
     generator = torch.Generator().manual_seed(0)
     windows = {t: torch.randint(0, 97, (3, 8), generator=generator) for t in ("a", "b")}

@@ -14,7 +14,7 @@ lm_eval = pytest.importorskip("lm_eval")
 @pytest.fixture(scope="module")
 def emulated_and_tokenizer(tiny_llama_dir):
     from neuronforge.hf.folders import load_tokenizer
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
 
     emulated = load_emulated(
         tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=False)

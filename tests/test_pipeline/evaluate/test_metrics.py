@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from neuronforge.neuron.emulate import perplexity_from_logits, token_nll
+from neuronforge.neuron.numerics.emulate import perplexity_from_logits, token_nll
 from neuronforge.pipeline.evaluate.metrics import Divergence, divergence, recovery, sanity_flags
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.config_compat import portable_config
-from neuronforge.neuron.grid import quantize_weight
+from neuronforge.neuron.numerics.grid import quantize_weight
 from neuronforge.pipeline.quantize import grid_export
 from neuronforge.pipeline.quantize.api import options_from, quantize
 
@@ -177,7 +177,7 @@ def test_per_block_error_is_measured_against_the_source(
 ) -> None:
     """RTN on a bf16 source takes the source's values from the model (its Linears are not read again); an fp32
     source's are not in the bf16 model, so they are read: either way the reported error is against the source."""
-    from neuronforge.neuron.module_names import block_of
+    from neuronforge.neuron.numerics.module_names import block_of
 
     src = make_tiny_llama(f"err-{source_dtype}", dtype=source_dtype)
     out = tmp_path / "q"
@@ -456,7 +456,7 @@ def test_autoround_holds_a_bf16_model_in_fp32_one_block_at_a_time(tiny_llama_dir
 
 def test_row_blocks_change_nothing(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
     """Large weights go through the export and the sensitivity in row blocks: same files, same report."""
-    from neuronforge.neuron import grid
+    from neuronforge.neuron.numerics import grid
 
     src = make_tiny_llama("row-blocks", tie_word_embeddings=False)
     runs = {}

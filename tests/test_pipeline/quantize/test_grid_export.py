@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.grid import quantize_weight
+from neuronforge.neuron.numerics.grid import quantize_weight
 from neuronforge.pipeline.quantize import grid_export
 from neuronforge.pipeline.quantize.grid_export import (
     VALUE_TOLERANCE,

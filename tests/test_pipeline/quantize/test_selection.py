@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.plan import deployment_from, instance_budget, load_model_shape, plan_row
+from neuronforge.neuron.planner.plan import deployment_from, instance_budget, load_model_shape, plan_row
 from neuronforge.pipeline.quantize.selection import extra_bytes, quantized_bytes, select
 from neuronforge.pipeline.quantize.sensitivity import Block
 

@@ -12,7 +12,7 @@ from neuronforge.assets.texts import calibration_samples, embedded_splits
 from neuronforge.core.devices import accelerator
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import load_model, load_tokenizer
-from neuronforge.neuron.grid import dequantize, quantize_weight
+from neuronforge.neuron.numerics.grid import dequantize, quantize_weight
 from neuronforge.pipeline.quantize.sensitivity import (
     analyze,
     calibration_batches,
@@ -145,7 +145,7 @@ def test_first_order_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: P
 def test_scores_are_computed_on_the_gradient_s_device(monkeypatch) -> None:
     """lm_head's bf16 weight stays on the host while its gradient is formed on the accelerator: the rounding error
     must be computed where the gradient is (a CPU tensor times a CUDA one fails). `meta` stands in for the GPU."""
-    from neuronforge.neuron import grid
+    from neuronforge.neuron.numerics import grid
     from neuronforge.pipeline.quantize.sensitivity import _score
 
     real, seen = grid.rounding_error, []

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.module_names import linear_name, nxdi_skips
+from neuronforge.neuron.numerics.module_names import linear_name, nxdi_skips
 
 BF16_BYTES = 2
 SCALE_BYTES = 4  # fp32

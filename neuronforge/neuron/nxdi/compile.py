@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.config import (
+from neuronforge.neuron.host import host_memory_bytes, host_neuron_cores
+from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
+from neuronforge.neuron.nxdi.config import (
     DEFAULT_INSTANCE,
     NeuronConfigSpec,
     build_neuron_config_spec,
@@ -33,12 +35,10 @@ from neuronforge.neuron.config import (
     read_neuron_config,
     revalidate,
 )
-from neuronforge.neuron.dtypes import KvDtype, QuantDtype, QuantType
-from neuronforge.neuron.host import host_memory_bytes, host_neuron_cores
-from neuronforge.neuron.nxdi_api import NxdiApi, check_installed_sdk, installed_nxdi_version, load_nxdi
-from neuronforge.neuron.nxdi_json import kv_settings, loadable_kv_quant_config
-from neuronforge.neuron.versions import DEFAULT_SDK, neuron_sdk
-from neuronforge.neuron.weight_memory import checkpoint_shapes
+from neuronforge.neuron.nxdi.config_json import kv_settings, loadable_kv_quant_config
+from neuronforge.neuron.nxdi.runtime import NxdiApi, check_installed_sdk, installed_nxdi_version, load_nxdi
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, neuron_sdk
+from neuronforge.neuron.planner.weight_memory import checkpoint_shapes
 
 QUANTIZED_DIR = "quantized_checkpoint"
 RECORD_FILE = "neuronforge_compile.json"

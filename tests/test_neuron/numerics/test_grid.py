@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from neuronforge.neuron.grid import (
+from neuronforge.neuron.numerics.grid import (
     dequantize,
     fp8_max,
     int8_per_channel_scale,
@@ -187,8 +187,8 @@ def test_per_channel_quantization_never_holds_the_weight_in_fp32_whole(dtype: st
     (0.4 GB in fp32 at 49152 x 2048) costs its codes and scales, not fp32 copies of it. Same bits as whole."""
     from testkit.memory import made_shapes
 
-    from neuronforge.neuron.grid import fp8_codes, fp8_per_channel_scale, int8_codes
-    from neuronforge.neuron.qlinear import NeuronQuantLinear
+    from neuronforge.neuron.numerics.grid import fp8_codes, fp8_per_channel_scale, int8_codes
+    from neuronforge.neuron.numerics.qlinear import NeuronQuantLinear
 
     torch.manual_seed(0)
     weight = (torch.randn(1024, 768) * torch.logspace(-3, 1, 768)).bfloat16()  # 3 row blocks of 1 MB in fp32

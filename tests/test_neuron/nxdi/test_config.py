@@ -12,22 +12,21 @@ from typer.testing import CliRunner
 
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.config import (
+from neuronforge.neuron.nxdi.config import (
     KVQuantSpec,
-    ModelFacts,
     NeuronConfigSpec,
     build_neuron_config_spec,
     check_against_model,
-    choose_tp,
     default_not_convert,
     kv_fields,
     make_spec,
     read_neuron_config,
     write_config_files,
 )
-from neuronforge.neuron.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
+from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+NEURON_STACK = Path(__file__).resolve().parents[3] / "docs" / "neuron-stack.md"
 
 
 def facts(**overrides: Any) -> ModelFacts:
@@ -358,8 +357,8 @@ def test_sdk_pins_and_install_hint() -> None:
     refused(r"2\.28, 2\.31", neuron_sdk, "2.29")
 
 
-def test_readme_install_section_uses_the_pins() -> None:
-    text = README.read_text()
+def test_install_page_uses_the_pins() -> None:
+    text = NEURON_STACK.read_text()
     section = text.split("## Installing the Neuron packages", 1)[1].split("\n## ", 1)[0]
     for version in SDKS.values():
         assert version.pip_install_command() in section

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.config import build_neuron_config_spec
-from neuronforge.neuron.plan import (
+from neuronforge.neuron.nxdi.config import build_neuron_config_spec
+from neuronforge.neuron.planner.plan import (
     ModelShape,
     deployment_from,
     load_model_shape,
@@ -19,7 +19,7 @@ from neuronforge.neuron.plan import (
     render_markdown,
     require_fits,
 )
-from neuronforge.neuron.weight_memory import (
+from neuronforge.neuron.planner.weight_memory import (
     checkpoint_shapes,
     config_shapes,
     gqa_layout,
@@ -28,7 +28,7 @@ from neuronforge.neuron.weight_memory import (
     weight_memory,
 )
 
-CONFIGS = Path(__file__).parents[1] / "fixtures" / "configs"
+CONFIGS = Path(__file__).parents[2] / "fixtures" / "configs"
 # hidden 64, 8 query heads of 8, 2 KV heads, mlp 128, vocab 100, one layer.
 SMALL = {
     "model_type": "llama",
@@ -123,7 +123,7 @@ def test_tp1_rank_is_the_whole_model_and_config_shapes_match_the_checkpoint(tiny
     assert config_shapes(config) == checkpoint_shapes(tiny_llama_dir)
     row = plan_row(from_weights, deployment_from(dtype="int8"), "ml.inf2.xlarge", 1)
     assert row.weights == weight_memory(from_weights.shapes, "int8", ["lm_head"])
-    assert row.weights.total_bytes == 209536  # tests/test_neuron/test_weight_memory.py, by hand
+    assert row.weights.total_bytes == 209536  # tests/test_neuron/planner/test_weight_memory.py, by hand
 
 
 def test_llama3_8b_int8_tp2_by_hand() -> None:

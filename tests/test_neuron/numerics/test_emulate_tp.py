@@ -12,9 +12,9 @@ import torch
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import load_model
-from neuronforge.neuron.emulate import EmulationSpec, emulate
-from neuronforge.neuron.kv_cache import _decode_rows, fp8_roundtrip
-from neuronforge.neuron.qlinear import Bf16Linear, NeuronQuantLinear
+from neuronforge.neuron.numerics.emulate import EmulationSpec, emulate
+from neuronforge.neuron.numerics.kv_cache import _decode_rows, fp8_roundtrip
+from neuronforge.neuron.numerics.qlinear import Bf16Linear, NeuronQuantLinear
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.dtypes import QUANT_DTYPES, QUANT_TYPES, QuantDtype, QuantType
-from neuronforge.neuron.kv_cache import ATTENTION_NAME, STATE_KWARG, KVRisk, KVState, register_attention
+from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, QUANT_TYPES, QuantDtype, QuantType
+from neuronforge.neuron.numerics.kv_cache import ATTENTION_NAME, STATE_KWARG, KVRisk, KVState, register_attention
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -164,7 +164,7 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
     there is one and the converted model fits in it, else the CPU). Same numerics everywhere: fp32 GEMMs on
     the exact codes, rounded once to bf16."""
     from neuronforge.core.devices import accelerator
-    from neuronforge.neuron.qlinear import (
+    from neuronforge.neuron.numerics.qlinear import (
         Bf16Linear,
         Fp32Gemm,
         NeuronQuantLinear,
@@ -202,7 +202,7 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
     never whole in bf16 (0.2 GB at 49152 x 2048). An untied input embedding stays in the file and is read a row
     per token (hf/file_embedding.py): another 0.2 GB there, 1 GB for Llama 3 8B."""
     from neuronforge.hf.folders import load_model, row_blocks
-    from neuronforge.neuron.qlinear import (
+    from neuronforge.neuron.numerics.qlinear import (
         NeuronQuantLinear,
         convert_to_neuron_numerics,
         is_row_parallel,
@@ -230,7 +230,7 @@ def _quantized_by_rows(path: Path, spec: EmulationSpec) -> dict[str, tuple[Path,
     """HF Linear name -> (shard, weight shape) for the Linears `spec` quantizes per channel whose bf16 weight is
     larger than a map window (read from the headers: no weight is loaded)."""
     from neuronforge.hf.folders import MAP_WINDOW_BYTES, header_shapes, weight_map
-    from neuronforge.neuron.module_names import linear_name, nxdi_skips
+    from neuronforge.neuron.numerics.module_names import linear_name, nxdi_skips
 
     if spec.dtype is None or spec.qtype != "per_channel_symmetric":
         return {}

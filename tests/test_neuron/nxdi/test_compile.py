@@ -16,15 +16,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import neuronforge.neuron.compile as compile_module
+import neuronforge.neuron.nxdi.compile as compile_module
 from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError, validated
-from neuronforge.neuron.compile import FP8_ENV, QUANTIZED_DIR, RECORD_FILE, CompileOptions, compile_model
-from neuronforge.neuron.config import build_neuron_config_spec, write_config_files
 from neuronforge.neuron.host import DEV_ROOT_ENV
-from neuronforge.neuron.versions import neuron_sdk
+from neuronforge.neuron.nxdi.compile import FP8_ENV, QUANTIZED_DIR, RECORD_FILE, CompileOptions, compile_model
+from neuronforge.neuron.nxdi.config import build_neuron_config_spec, write_config_files
+from neuronforge.neuron.nxdi.versions import neuron_sdk
 
-STANDIN = Path(__file__).resolve().parents[1] / "nxdi_standin"
+STANDIN = Path(__file__).resolve().parents[2] / "nxdi_standin"
 EXPECTED_ORDER = [
     "NeuronConfig",
     "load_pretrained_config",

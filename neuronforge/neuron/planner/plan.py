@@ -29,10 +29,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuronforge.errors import NeuronforgeError, validated
-from neuronforge.neuron.config import ModelFacts, NeuronConfigSpec, choose_tp
-from neuronforge.neuron.dtypes import KvDtype, QuantDtype, QuantType
-from neuronforge.neuron.instances import NEURON_INSTANCES, Price, instance_price, neuron_instance
-from neuronforge.neuron.weight_memory import (
+from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
+from neuronforge.neuron.planner.instances import NEURON_INSTANCES, Price, instance_price, neuron_instance
+from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp
+from neuronforge.neuron.planner.weight_memory import (
     HeadLayout,
     WeightMemory,
     checkpoint_shapes,
@@ -283,7 +283,7 @@ def render_markdown(result: Plan) -> str:
         f"usable/core = 16 GiB HBM minus {100 * d.headroom:.0f}% headroom for what the model leaves out (NEFF code, "
         "runtime, scratchpad, DMA rings, I/O); host load = tp x weights/core, read into host RAM at load "
         f"(must fit the instance's RAM minus {HOST_RESERVE_BYTES // GIB} GiB). On-demand prices, {price.region}, "
-        f"pinned {price.as_of} (neuronforge/neuron/instance_prices.json); n/a = no source found."
+        f"pinned {price.as_of} (neuronforge/neuron/planner/instance_prices.json); n/a = no source found."
     )
     return "\n".join(lines) + "\n"
 
@@ -329,19 +329,6 @@ def require_fits(model: ModelShape, deployment: Deployment, instance: str, tp: i
         f"{option}; or quantize more blocks, use --kv fp8, a shorter --seq-len or a smaller --batch-size "
         "(`neuronforge plan` shows every option)",
     )
-
-
-def require_spec_fits(spec: NeuronConfigSpec, model_dir: Path) -> PlanRow:
-    """`require_fits` for a NeuronConfigSpec (neuron-config and compile call it through config.py)."""
-    deployment = deployment_from(
-        dtype=spec.quantization_dtype,
-        kv="fp8" if spec.kv_cache_quant else "bf16",
-        seq_len=spec.seq_len,  # NxDI sizes the KV cache by max_length, which defaults to seq_len (config.py:138)
-        batch_size=spec.batch_size,
-        modules_to_not_convert=tuple(spec.modules_to_not_convert),
-        qtype=spec.quantization_type,
-    )
-    return require_fits(load_model_shape(model_dir), deployment, spec.target_instance, spec.tp_degree)
 
 
 def instance_budget(

@@ -1,8 +1,8 @@
 """The Neuron SDK releases neuronforge targets, pinned in one place.
 
-Inf2/Trn1 need an NxD Inference build that still supports them; the compile step, the README and
-the install hint all read these pins so they can never disagree. A version we could not source is
-`None` and shown as "unknown" rather than guessed.
+Inf2/Trn1 need an NxD Inference build that still supports them; the compile step, the install page
+(docs/neuron-stack.md, checked by a test) and the install hint all read these pins so they can never disagree. A
+version we could not source is `None` and shown as "unknown" rather than guessed.
 """
 
 from __future__ import annotations

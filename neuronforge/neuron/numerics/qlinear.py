@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from neuronforge.neuron.grid import TORCH_DTYPES, quantize_weight
-from neuronforge.neuron.module_names import nxdi_path, nxdi_skips
+from neuronforge.neuron.numerics.grid import TORCH_DTYPES, quantize_weight
+from neuronforge.neuron.numerics.module_names import nxdi_path, nxdi_skips
 
 ROW_PARALLEL = ("o_proj", "down_proj")  # NxDI Llama's RowParallelLinear layers (gqa.py:1213, modeling_llama.py:402-433)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from neuronforge.core.atomic import atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.not_convert import NOT_CONVERT_FILE, read_not_convert, write_not_convert
-from neuronforge.neuron.dtypes import QuantDtype, QuantType
-from neuronforge.neuron.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
-from neuronforge.neuron.nxdi_api import model_class_problem
-from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
+from neuronforge.neuron.numerics.dtypes import QuantDtype, QuantType
+from neuronforge.neuron.nxdi.runtime import model_class_problem
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS
+from neuronforge.neuron.planner.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
+from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp, keeps_gqa
+from neuronforge.neuron.planner.plan import deployment_from, load_model_shape, require_fits
 
 NEURON_CONFIG_FILE = "neuron_config.json"
 DEFAULT_INSTANCE = "ml.inf2.xlarge"
@@ -209,53 +211,9 @@ class NeuronConfigSpec(BaseModel):
         return self.quantization_dtype == "f8e4m3"
 
 
-class ModelFacts(BaseModel):
-    """The parts of an HF config.json that decide what NxDI can do with the model."""
-
-    model_config = ConfigDict(frozen=True)
-
-    model_type: str
-    num_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    tie_word_embeddings: bool
-    attention_bias: bool
-    mlp_bias: bool
-    max_position_embeddings: int | None
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ModelFacts:
-        missing = [k for k in ("num_hidden_layers", "num_attention_heads") if k not in config]
-        if missing:
-            raise _fail(f"config.json lacks {missing}", "point at a Llama/Mistral folder written by save_pretrained")
-        heads = int(config["num_attention_heads"])
-        return cls(
-            model_type=str(config.get("model_type", "")),
-            num_layers=int(config["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            attention_bias=bool(config.get("attention_bias", False)),
-            mlp_bias=bool(config.get("mlp_bias", False)),
-            max_position_embeddings=config.get("max_position_embeddings"),
-        )
-
-
 def make_spec(**fields: Any) -> NeuronConfigSpec:
     """Construct a spec, turning pydantic's type errors into a NeuronforgeError."""
     return validated(NeuronConfigSpec, "neuron-config", **fields)
-
-
-def choose_tp(facts: ModelFacts, instance: str) -> int:
-    """The largest tp_degree that fits the instance and divides the query heads, preferring GQA-preserving ones."""
-    cores = neuron_cores(instance)
-    fits = [t for t in range(1, cores + 1) if facts.num_attention_heads % t == 0]
-    return max([t for t in fits if keeps_gqa(t, facts.num_key_value_heads)] or fits)
-
-
-def keeps_gqa(tp_degree: int, num_key_value_heads: int) -> bool:
-    """True unless NxDI would convert GQA to MHA (KV heads neither split evenly nor replicated evenly)."""
-    return num_key_value_heads % tp_degree == 0 or tp_degree % num_key_value_heads == 0
 
 
 def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConfigSpec:
@@ -412,10 +370,16 @@ def revalidate(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
 
 
 def _require_fits(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
-    """Refuse a spec whose weights and KV cache will not fit its target instance (neuron/plan.py)."""
-    from neuronforge.neuron.plan import require_spec_fits
-
-    require_spec_fits(spec, model_dir)
+    """Refuse a spec whose weights and KV cache will not fit its target instance (neuron/planner/plan.py)."""
+    deployment = deployment_from(
+        dtype=spec.quantization_dtype,
+        kv="fp8" if spec.kv_cache_quant else "bf16",
+        seq_len=spec.seq_len,  # NxDI sizes the KV cache by max_length, which defaults to seq_len (config.py:138)
+        batch_size=spec.batch_size,
+        modules_to_not_convert=tuple(spec.modules_to_not_convert),
+        qtype=spec.quantization_type,
+    )
+    require_fits(load_model_shape(model_dir), deployment, spec.target_instance, spec.tp_degree)
     return spec
 
 

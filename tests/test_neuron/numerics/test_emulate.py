@@ -14,9 +14,15 @@ from transformers import DynamicCache
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import load_model
-from neuronforge.neuron.emulate import EmulationSpec, emulate, load_emulated, perplexity, perplexity_from_logits
-from neuronforge.neuron.kv_cache import fp8_roundtrip
-from neuronforge.neuron.qlinear import Bf16Linear, Fp32Gemm, NeuronQuantLinear
+from neuronforge.neuron.numerics.emulate import (
+    EmulationSpec,
+    emulate,
+    load_emulated,
+    perplexity,
+    perplexity_from_logits,
+)
+from neuronforge.neuron.numerics.kv_cache import fp8_roundtrip
+from neuronforge.neuron.numerics.qlinear import Bf16Linear, Fp32Gemm, NeuronQuantLinear
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 
@@ -215,7 +221,7 @@ def test_shard_by_shard_load_gives_the_whole_model_conversion(
     from testkit.checkpoints import resharded
 
     from neuronforge.hf import folders
-    from neuronforge.neuron import emulate as emulate_module
+    from neuronforge.neuron.numerics import emulate as emulate_module
 
     src = make_tiny_llama("emu-shards", tie_word_embeddings=False, attention_bias=True, mlp_bias=True)
     sharded = resharded(src, tmp_path / "sharded")
@@ -269,7 +275,7 @@ def test_a_weight_larger_than_a_window_is_never_whole_in_bf16(
     """A weight larger than a map window (a vocabulary-sized lm_head: 0.2 GB in bf16 at 49152 x 2048) is quantized
     from the file a block of rows at a time: it is never copied whole, only its codes are whole."""
     from neuronforge.hf import folders
-    from neuronforge.neuron import emulate as emulate_module
+    from neuronforge.neuron.numerics import emulate as emulate_module
 
     # gate/up/down are 128 KiB in bf16, every other weight 64 KiB or less
     folder = make_tiny_llama("emu-wide-mlp", intermediate_size=1024)
@@ -305,7 +311,7 @@ def test_fp32_weight_copies_are_kept_only_within_the_budget(tiny_llama_dir: Path
     expected = kept.logits(tokens())
     layers = [m for m in kept.model.modules() if isinstance(m, Fp32Gemm)]
     assert {type(m) for m in layers} == {NeuronQuantLinear, Bf16Linear} and all(m._fp32 is not None for m in layers)
-    monkeypatch.setattr("neuronforge.neuron.emulate.FP32_COPY_BUDGET", 0)  # as for a model too large to copy
+    monkeypatch.setattr("neuronforge.neuron.numerics.emulate.FP32_COPY_BUDGET", 0)  # as for a model too large to copy
     per_call = load_emulated(tiny_llama_dir, spec)
     assert torch.equal(per_call.logits(tokens()), expected)  # same numbers
     assert all(m._fp32 is None for m in per_call.model.modules() if isinstance(m, Fp32Gemm))  # nothing kept
@@ -329,7 +335,7 @@ def test_a_gemm_runs_a_block_of_output_features_at_a_time(kind: str, monkeypatch
     so the blocks give the numbers of one GEMM."""
     from testkit.memory import made_shapes
 
-    from neuronforge.neuron import qlinear
+    from neuronforge.neuron.numerics import qlinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 300, dtype=torch.bfloat16)  # int8 keeps the bias; fp8 drops it, as NxD does
@@ -352,7 +358,7 @@ def test_perplexity_never_holds_a_batch_of_logits(tiny_llama_dir: Path, monkeypa
     the numbers of the whole batch's logits."""
     from testkit.memory import made_shapes
 
-    from neuronforge.neuron import emulate as emulate_module
+    from neuronforge.neuron.numerics import emulate as emulate_module
 
     monkeypatch.setattr(emulate_module, "NLL_BLOCK_BYTES", 4 * 512 * 5)  # 5 positions of 512 logits a block
     emulated = load_emulated(tiny_llama_dir, spec)

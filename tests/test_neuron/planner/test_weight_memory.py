@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.weight_memory import checkpoint_shapes, format_bytes, weight_memory
+from neuronforge.neuron.planner.weight_memory import checkpoint_shapes, format_bytes, weight_memory
 
 # Per layer: q 64x64, k 32x64, v 32x64, o 64x64, gate/up 128x64, down 64x128.
 LINEAR_PARAMS_PER_LAYER = 4096 + 2048 + 2048 + 4096 + 8192 + 8192 + 8192  # 36864

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuronforge.neuron.grid import E4M3_NEURON_MAX
+from neuronforge.neuron.numerics.grid import E4M3_NEURON_MAX
 
 ATTENTION_NAME = "neuronforge_fp8_kv"
 STATE_KWARG = "neuronforge_kv"

@@ -18,7 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS, install_hint, neuron_sdk
 
 _LLAMA = ("neuronx_distributed_inference.models.llama.modeling_llama", "NeuronLlamaForCausalLM", "LlamaInferenceConfig")
 _MISTRAL = (

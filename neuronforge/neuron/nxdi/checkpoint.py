@@ -17,8 +17,8 @@ from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import INDEX_NAME, SINGLE_NAME, read_config, validate_hf_folder, weight_map
 from neuronforge.hf.not_convert import write_not_convert
-from neuronforge.neuron.grid import QUANT_DTYPES, QUANT_TYPES, quantize_weight
-from neuronforge.neuron.module_names import linear_name
+from neuronforge.neuron.numerics.grid import QUANT_DTYPES, QUANT_TYPES, quantize_weight
+from neuronforge.neuron.numerics.module_names import linear_name
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from neuronforge.neuron.dtypes import QUANT_DTYPES, QUANT_TYPES
+from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, QUANT_TYPES
 
 INT8_PER_CHANNEL_DIVISOR = 127.0
 INT8_PER_TENSOR_DIVISOR = 127.5  # (qmax - qmin) / 2 in torch's MinMaxObserver

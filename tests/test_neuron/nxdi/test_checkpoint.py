@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.not_convert import NOT_CONVERT_FILE
-from neuronforge.neuron.checkpoint import INDEX_NAME, write_quantized_checkpoint
+from neuronforge.neuron.nxdi.checkpoint import INDEX_NAME, write_quantized_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 

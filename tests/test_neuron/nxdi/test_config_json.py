@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.nxdi_json import kv_settings, loadable_kv_quant_config, unloadable_kv_quant_config
+from neuronforge.neuron.nxdi.config_json import kv_settings, loadable_kv_quant_config, unloadable_kv_quant_config
 
-STANDIN = Path(__file__).resolve().parents[1] / "nxdi_standin"
+STANDIN = Path(__file__).resolve().parents[2] / "nxdi_standin"
 FP8_DIRECT = {
     "k_quant_method": "per_tensor_symmetric",
     "v_quant_method": "per_tensor_symmetric",

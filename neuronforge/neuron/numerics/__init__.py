@@ -1,0 +1,1 @@
+"""What the Neuron device computes, on CPU: dtype names, NxD's weight grids, the quantized Linear, the fp8 KV cache and the emulator."""

@@ -1,0 +1,1 @@
+"""NxD Inference integration: NeuronConfig rules, SDK pins, NxDI's module names, the quantized checkpoint, compile."""

@@ -1,0 +1,1 @@
+"""Capacity planning: the instance catalogue and prices, the per-NeuronCore memory model, the deployment planner."""
