@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from cfnlint.decode.cfn_yaml import load
+from testkit.fakes import deploy_stack
 
 from neuronforge.sagemaker.images import pinned
 
@@ -138,38 +139,50 @@ def test_host_role_can_mirror_run_outputs_to_s3(stack: dict[str, Any]) -> None:
     assert "s3:ListBucket" in _as_list(_statement(stack, "HostRole", "ArtifactBucket")["Action"])
 
 
-def test_operator_may_pass_only_the_execution_role(stack: dict[str, Any]) -> None:
-    statement = _statement(stack, "OperatorPolicy", "PassOnlyTheExecutionRole")
-    assert "iam:PassRole" in statement["Action"]
-    assert statement["Resource"] == {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}
+def test_operator_may_pass_only_the_stack_roles_and_only_to_sagemaker(stack: dict[str, Any]) -> None:
+    statement = _statement(stack, "OperatorPolicy", "PassOnlyTheStackRoles")
+    assert statement["Action"] == "iam:PassRole"
+    assert statement["Resource"] == [
+        {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]},
+        {"Fn::GetAtt": ["SageMakerPipelineRole", "Arn"]},
+    ]
+    assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+
+
+def test_jobs_cannot_create_sagemaker_resources_only_the_pipeline_role_can(stack: dict[str, Any]) -> None:
+    """N13: code inside a job (it pip-installs from PyPI) gets no SageMaker, IAM or delete rights; the pipeline's
+    own role may pass exactly the execution role, to SageMaker only."""
+    job_actions = [
+        action
+        for doc in stack["Resources"]["SageMakerExecutionRole"]["Properties"]["Policies"]
+        for statement in doc["PolicyDocument"]["Statement"]
+        for action in _as_list(statement["Action"])
+    ]
+    assert not [a for a in job_actions if a.startswith(("sagemaker:", "iam:")) or a == "s3:DeleteObject"]
+    passing = _statement(stack, "SageMakerPipelineRole", "PassTheExecutionRole")
+    assert passing["Resource"] == {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+    assert "sagemaker:CreateTrainingJob" in _statement(stack, "SageMakerPipelineRole", "PipelineSteps")["Action"]
+
+
+def test_gpu_host_refreshes_package_lists_before_installing(stack: dict[str, Any]) -> None:
+    """N14: under `set -euo pipefail`, apt-get install on an AMI with empty/stale lists would abort the user data."""
+    script = _user_data(stack, "GpuLaunchTemplate")
+    update = re.search(r"apt-get [^\n]*\bupdate\n", script)
+    install = script.index("install -y python3-venv")
+    assert update and update.start() < install
 
 
 def test_two_stacks_deploy_side_by_side(aws_env: str) -> None:
-    """moto's CloudFormation: the same template twice in one account and region (fixed names would collide).
-
-    moto resolves SSM-typed parameter defaults before overrides and holds no /aws/service/* parameters, so the two
-    AMI defaults point at test parameters in this copy of the template."""
-    import boto3
-
-    body = (INFRA / "neuronforge.yaml").read_text()
-    ec2, ssm = boto3.client("ec2", region_name=aws_env), boto3.client("ssm", region_name=aws_env)
-    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    load_template = load(str(INFRA / "neuronforge.yaml"))
-    for key in ("GpuAmiId", "NeuronAmiId"):
-        name = f"/test/{key}"
-        body = body.replace(load_template["Parameters"][key]["Default"], name)
-        ssm.put_parameter(Name=name, Value=ami, Type="String")
-    cfn = boto3.client("cloudformation", region_name=aws_env)
-    outputs = []
-    for stack in ("nf-one", "nf-two"):
-        cfn.create_stack(
-            StackName=stack,
-            TemplateBody=body,
-            Capabilities=["CAPABILITY_NAMED_IAM"],
-            Parameters=[{"ParameterKey": "NeuronforgeSource", "ParameterValue": "s3://b/code/x/neuronforge.whl"}],
-        )
-        described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
-        assert described["StackStatus"] == "CREATE_COMPLETE"
-        outputs.append({o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]})
-    for key in ("RepositoryUri", "ExecutionRoleArn", "BucketName", "OperatorPolicyArn"):
+    """moto's CloudFormation: the same template twice in one account and region (fixed names would collide)."""
+    outputs = [deploy_stack(name, aws_env, INFRA / "neuronforge.yaml") for name in ("nf-one", "nf-two")]
+    for key in ("RepositoryUri", "ExecutionRoleArn", "PipelineRoleArn", "BucketName", "OperatorPolicyArn"):
         assert outputs[0][key] != outputs[1][key]
+
+
+def test_the_same_stack_deploys_in_a_second_region(aws_env: str) -> None:
+    """N4: IAM is global, so the README's `--stack-name neuronforge` in eu-west-1 must not collide with us-east-1."""
+    first = deploy_stack("neuronforge", aws_env, INFRA / "neuronforge.yaml")
+    second = deploy_stack("neuronforge", "eu-west-1", INFRA / "neuronforge.yaml")
+    assert first["ExecutionRoleArn"] != second["ExecutionRoleArn"]
+    assert first["PipelineRoleArn"] != second["PipelineRoleArn"]

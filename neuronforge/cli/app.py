@@ -67,7 +67,17 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, raise_interrupted)
 
 
-def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+# What an interrupted local command leaves: its step's temp folder is removed (the default for App's commands).
+LOCAL_INTERRUPT = (
+    "the step that was running left no partial output",
+    "run the same command again (`neuronforge run` resumes at the stage that did not finish)",
+)
+
+
+def _friendly_errors(fn: Callable[..., Any], interrupt: tuple[str, str] = LOCAL_INTERRUPT) -> Callable[..., Any]:
+    """`interrupt` is what Ctrl-C leaves and what to do, unless the exception carries its own notes
+    (`exc.add_note(state)`, then optionally `exc.add_note(fix)`): commands that talk to AWS say what exists there."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -76,10 +86,9 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             print_error(exc.what, exc.fix)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt as exc:
-            print_error(
-                f"{interrupt_message(exc)}; the step that was running left no partial output",
-                "run the same command again (`neuronforge run` resumes at the stage that did not finish)",
-            )
+            notes = getattr(exc, "__notes__", None) or []
+            state, fix = (notes + [interrupt[1]])[:2] if notes else interrupt
+            print_error(f"{interrupt_message(exc)}; {state}", fix)
             number = exc.signal_number if isinstance(exc, Interrupted) else signal.SIGINT
             raise typer.Exit(128 + number) from None
         except OSError as exc:
@@ -130,7 +139,9 @@ class FriendlyGroup(TyperGroup):
 class App(typer.Typer):
     """A Typer app whose commands report failures as `error:`/`fix:` lines (see the module docstring)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, interrupt: tuple[str, str] = LOCAL_INTERRUPT, **kwargs: Any) -> None:
+        """`interrupt`: what an interrupted command of this app leaves behind, and what to do (_friendly_errors)."""
+        self.interrupt = interrupt
         kwargs.setdefault("no_args_is_help", True)
         kwargs.setdefault("pretty_exceptions_show_locals", False)
         super().__init__(**kwargs)
@@ -140,7 +151,7 @@ class App(typer.Typer):
         register = super().command(*args, **kwargs)
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-            register(_friendly_errors(fn))
+            register(_friendly_errors(fn, self.interrupt))
             return fn
 
         return decorator

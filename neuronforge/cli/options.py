@@ -73,7 +73,14 @@ RoleOpt = Annotated[
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the exact boto3 requests as JSON; call nothing.")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="Job/endpoint name (default: nf-<stage>-<UTC timestamp>).")]
 ImageOpt = Annotated[str | None, typer.Option("--image", help="Override the pinned image URI (images.json).")]
-JobVolumeOpt = Annotated[int, typer.Option("--volume-gb", help="EBS volume of the job's instance, GB.")]
+JobVolumeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--volume-gb",
+        help="EBS volume of the job's instance, GB (default 200). GPU and trn1 instances have NVMe storage instead "
+        "and refuse it.",
+    ),
+]
 MaxRuntimeOpt = Annotated[int, typer.Option("--max-runtime", help="Seconds after which SageMaker stops the job.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Block until the job finishes / the endpoint is InService.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

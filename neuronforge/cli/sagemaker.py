@@ -35,7 +35,13 @@ if TYPE_CHECKING:
     from neuronforge.sagemaker.code import CodeBundle
     from neuronforge.sagemaker.requests import JobSettings
 
-sagemaker_cli = App(help="Run the stages as SageMaker jobs and serve the result on an ml.inf2 endpoint (boto3).")
+sagemaker_cli = App(
+    help="Run the stages as SageMaker jobs and serve the result on an ml.inf2 endpoint (boto3).",
+    interrupt=(
+        "AWS may already hold what this command created or changed",
+        "check with `neuronforge sagemaker status NAME` (or the console) before running it again",
+    ),
+)
 
 
 WheelOpt = typer.Option(
@@ -91,7 +97,7 @@ def _job_settings(
     role: str | None,
     region: str | None,
     instance_type: str,
-    volume_gb: int,
+    volume_gb: int | None,
     max_runtime: int,
     image: str | None,
     spot: bool = False,
@@ -129,19 +135,30 @@ def _run_job(
     """Print (--dry-run) or upload the shipped wheel and submit the job; `result` says where its output will land."""
     from neuronforge.core.aws import client
     from neuronforge.sagemaker.code import upload
-    from neuronforge.sagemaker.submit import clients, submit_job, wait_for_job
+    from neuronforge.sagemaker.submit import clients, job_left_running, stop_job_fix, submit_job, wait_for_job
 
     if dry_run:
         _print_requests({call_name: request})
         return
     sm, s3 = clients(region)
-    if shipped:
-        upload(*shipped, s3)
-        console.print(f"shipped: {shipped[1].s3_uri} (sha256 {shipped[1].sha256})")
-    arn = submit_job(request, sm, s3, client("ecr", region))
+    try:
+        if shipped:
+            upload(*shipped, s3)
+            console.print(f"shipped: {shipped[1].s3_uri} (sha256 {shipped[1].sha256})")
+        arn = submit_job(request, sm, s3, client("ecr", region))
+    except KeyboardInterrupt as exc:
+        if not getattr(exc, "__notes__", None):
+            exc.add_note("no job was created (a shipped wheel already uploaded is reused by the next run)")
+            exc.add_note("run the same command again")
+        raise
     console.print(f"[green]created:[/] {arn}\noutput: {result}")
     if wait:
-        console.print(f"finished: {wait_for_job(request, sm)}")
+        try:
+            console.print(f"finished: {wait_for_job(request, sm)}")
+        except KeyboardInterrupt as exc:
+            exc.add_note("stopped waiting; " + job_left_running(request, region, "exists"))
+            exc.add_note(stop_job_fix(request, region))
+            raise
 
 
 @sagemaker_cli.command("quantize")
@@ -154,7 +171,7 @@ def quantize_command(
     nsamples: int = typer.Option(32, "--nsamples"),
     calib_seq_len: CalibSeqLenOpt = 256,
     autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
-    volume_gb: JobVolumeOpt = 200,
+    volume_gb: JobVolumeOpt = None,
     max_runtime: MaxRuntimeOpt = 4 * 3600,
     spot: bool = typer.Option(False, "--spot", help="Managed spot training."),
     max_wait: int | None = typer.Option(None, "--max-wait", help="Spot: max seconds incl. waiting (>= --max-runtime)."),
@@ -201,7 +218,7 @@ def compile_command(
     dtype: str = typer.Option("int8", "--dtype"),
     kv: str = typer.Option("fp8", "--kv", help="fp8 | bf16 KV cache."),
     seq_len: int = typer.Option(1024, "--seq-len", help="Longest prompt + generation the endpoint serves."),
-    volume_gb: JobVolumeOpt = 200,
+    volume_gb: JobVolumeOpt = None,
     max_runtime: MaxRuntimeOpt = 4 * 3600,
     wheel: Path | None = WheelOpt,
     install: str | None = InstallOpt,
@@ -294,7 +311,8 @@ def deploy_command(
     from neuronforge.sagemaker.submit import clients, deploy
 
     sm, s3 = clients(_region(region))
-    console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait, ecr=client('ecr', _region(region)))}")
+    ecr = client("ecr", _region(region))
+    console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait, ecr=ecr, region=_region(region))}")
 
 
 @sagemaker_cli.command("status")
@@ -345,6 +363,11 @@ def pipeline_command(
     wheel: Path | None = WheelOpt,
     install: str | None = InstallOpt,
     role: RoleOpt = None,
+    pipeline_role: str | None = typer.Option(
+        None,
+        "--pipeline-role",
+        help="The pipeline's own role (the stack's PipelineRoleArn; env NEURONFORGE_PIPELINE_ROLE). Default: --role.",
+    ),
     region: RegionOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -371,6 +394,7 @@ def pipeline_command(
             endpoint_instance=endpoint_instance,
             code=shipped[1] if shipped else None,
             install=install,
+            pipeline_role_arn=pipeline_role or os.environ.get("NEURONFORGE_PIPELINE_ROLE"),
         )
         with sdk_errors():
             pipeline = build_pipeline(settings)
@@ -379,7 +403,7 @@ def pipeline_command(
                 return
             if shipped:
                 upload(*shipped, clients(settings.region)[1])
-            arn = call(pipeline.upsert, role_arn=settings.role_arn)["PipelineArn"]
+            arn = call(pipeline.upsert, role_arn=settings.upsert_role)["PipelineArn"]
             console.print(f"[green]upserted:[/] {arn}")
             console.print(f"started: {call(pipeline.start).arn}")
 

@@ -6,7 +6,10 @@ Used by sagemaker/ for every call and by the run's s3:// storage, which words a 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.errors import NeuronforgeError
@@ -29,6 +32,7 @@ AUTH_CODES = {
     "InvalidToken",
     "UnauthorizedOperation",
 }
+_HELD = (signal.SIGINT, signal.SIGTERM)
 NOT_FOUND_CODES = {"ResourceNotFound", "ResourceNotFoundException", "NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 
 
@@ -123,3 +127,24 @@ def call_or_none(fn: Callable[..., Any], **kwargs: Any) -> Any:
         if error is None:
             raise
         raise error from None
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    A create call interrupted halfway leaves us not knowing whether AWS created the resource; held, the call
+    returns, its result is recorded, and rollback knows exactly what exists. Only the main thread can do this.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, frame: held.append(number)) for sig in _HELD}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])

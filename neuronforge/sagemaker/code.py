@@ -4,11 +4,15 @@ There is no neuronforge release on any package index, so a job that ran `pip ins
 would die at its first command. Instead the running source tree is built into a wheel (in a temporary copy, so
 the checkout is never written to), uploaded content-addressed to `<output-s3>/code/<sha256>/`, mounted as the
 job's `wheel` channel and installed from there after a sha256 check. The hash is in the job's environment and tags.
+The wheel's version carries a hash of the source (`0.1.0+src<12 hex>`), so changed code never shares a version
+with the neuronforge baked into an image, and the job (job.py) can tell which of the two it imports.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,8 +61,30 @@ def source_tree() -> Path:
     return root
 
 
+def source_digest(tree: Path) -> str:
+    """sha256 over every file's relative path and bytes under `tree`, in a fixed order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(tree).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def label_version(copy: Path) -> str:
+    """Give the copy's pyproject a local version label from its source hash ('0.1.0' -> '0.1.0+src1a2b3c4d5e6f');
+    one alphanumeric segment, so PEP 440 normalisation (int-valued segments) cannot change it."""
+    pyproject = copy / "pyproject.toml"
+    text = pyproject.read_text()
+    found = re.search(r'^version = "([^"+]+)"$', text, flags=re.MULTILINE)
+    if not found:
+        raise NeuronforgeError(f"{pyproject} has no static version line", "pass --wheel PATH with a wheel you built")
+    version = f"{found.group(1)}+src{source_digest(copy)[:12]}"
+    pyproject.write_text(text[: found.start(1)] + version + text[found.end(1) :])
+    return version
+
+
 def build_wheel(dest: Path, source: Path | None = None) -> Path:
-    """`pip wheel --no-deps` of a temporary copy of the source (setuptools would write build/ into the checkout)."""
+    """`pip wheel --no-deps` of a temporary copy of the source (setuptools would write build/ into the checkout),
+    versioned by its content (label_version)."""
     source = source or source_tree()
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nf-wheel-") as tmp:
@@ -68,6 +94,7 @@ def build_wheel(dest: Path, source: Path | None = None) -> Path:
             if (source / name).is_file():
                 shutil.copy2(source / name, copy / name)
         shutil.copytree(source / "neuronforge", copy / "neuronforge", ignore=shutil.ignore_patterns("__pycache__"))
+        label_version(copy)
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", tmp, str(copy)]
         if _has_setuptools():  # build offline with the setuptools already here; else pip fetches it
             command.insert(4, "--no-build-isolation")

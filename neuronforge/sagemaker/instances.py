@@ -27,6 +27,9 @@ _ENUM_SHAPES: dict[str, str] = {
 
 # GPU families that can run the quantize stage as a training job (docs/sagemaker.md, "Instance families per job type").
 GPU_FAMILIES = ("g5", "g6", "g6e", "p4d", "p4de", "p5")
+# Training-job families with NVMe instance storage: SageMaker provisions no EBS volume for them, "available storage
+# is fixed to the NVMe-type instance's storage capacity" (botocore sagemaker ResourceConfig.VolumeSizeInGB doc).
+NVME_FAMILIES = frozenset((*GPU_FAMILIES, "trn1", "trn1n"))
 # CPU families for a cross-compiling processing job (plenty of host RAM for tracing and sharding).
 CPU_FAMILIES = ("m5", "m6i", "m7i", "c5", "c6i", "c7i", "r5", "r6i", "r7i")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from neuronforge.core import s3uri
 from neuronforge.core.atomic import atomic_dir, atomic_write_json, link_tree
-from neuronforge.core.aws import call
+from neuronforge.core.aws import call, uninterrupted
 from neuronforge.core.hashing import sha256_file
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
@@ -269,19 +269,29 @@ def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
     names = [*sorted(manifest["files"]), MANIFEST]  # manifest last: its presence marks a complete upload
     config = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK)
     total = sum((root / n).stat().st_size for n in names)
-    with progress() as bar:
-        task = bar.add_task(f"upload to s3://{bucket}/{key_prefix}", total=total)
-        for name in names:
-            call(
-                s3.upload_file,
-                Filename=str(root / name),
-                Bucket=bucket,
-                Key=key_prefix + name,
-                Config=config,
-                ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-                Callback=lambda sent: bar.advance(task, sent),
-                fix=f"check that bucket {bucket} exists and is writable",
-            )
+    written: list[str] = []
+    try:
+        with progress() as bar:
+            task = bar.add_task(f"upload to s3://{bucket}/{key_prefix}", total=total)
+            for name in names:
+                written.append(key_prefix + name)  # before the call: an interrupted upload may still land
+                call(
+                    s3.upload_file,
+                    Filename=str(root / name),
+                    Bucket=bucket,
+                    Key=key_prefix + name,
+                    Config=config,
+                    ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+                    Callback=lambda sent: bar.advance(task, sent),
+                    fix=f"check that bucket {bucket} exists and is writable",
+                )
+    except (NeuronforgeError, KeyboardInterrupt) as exc:
+        state = _remove_partial_upload(s3, bucket, key_prefix, [*written, key_prefix + MANIFEST])
+        if isinstance(exc, KeyboardInterrupt):
+            exc.add_note(state)
+            exc.add_note(f"run the same `neuronforge package ... --upload s3://{bucket}/{key_prefix}` again")
+            raise
+        raise NeuronforgeError(f"{exc.what}; {state}", exc.fix) from None
     bad = []
     for name in names:
         head = call(s3.head_object, Bucket=bucket, Key=key_prefix + name, ChecksumMode="ENABLED")
@@ -294,6 +304,25 @@ def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
             "re-run the upload; do not create an endpoint from this prefix",
         )
     return [key_prefix + n for n in names]
+
+
+def _remove_partial_upload(s3: S3Client, bucket: str, key_prefix: str, keys: list[str]) -> str:
+    """Delete what a failed or interrupted upload wrote (and the manifest, which marks a complete package), so the
+    prefix never looks deployable; what could not be deleted is named with the command that removes it."""
+    where = f"s3://{bucket}/{key_prefix}"
+    with uninterrupted():
+        try:
+            answer = call(
+                s3.delete_objects,
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": key} for key in dict.fromkeys(keys)], "Quiet": True},
+            )
+        except NeuronforgeError as exc:
+            return f"the objects uploaded so far stay under {where} ({exc.what}); remove them: aws s3 rm --recursive {where}"
+    if answer.get("Errors"):
+        left = ", ".join(e["Key"] for e in answer["Errors"][:5])
+        return f"could not remove {left} under {where}; remove them: aws s3 rm --recursive {where}"
+    return f"removed the objects this upload had written under {where}"
 
 
 def verify_remote_package(s3_uri: str, s3: S3Client) -> dict[str, Any]:

@@ -18,36 +18,43 @@ from neuronforge.neuron.nxdi.compile import FP8_ENV, PLATFORM_TARGET
 from neuronforge.sagemaker import limits
 from neuronforge.sagemaker.code import CHANNEL, CHANNEL_DIR, PROCESSING_DIR, CodeBundle
 from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
-from neuronforge.sagemaker.instances import Role, validate_instance, validate_tp_degree
+from neuronforge.sagemaker.instances import NVME_FAMILIES, Role, family, validate_instance, validate_tp_degree
 from neuronforge.version import __version__
 
 Request = dict[str, Any]
 
 INFERENCE_AMI = "al2-ami-sagemaker-inference-neuron-2"
 MODEL_DIR = "/opt/ml/model"
+DEFAULT_VOLUME_GB = 200
 PACKAGE_SUBDIR = "package"  # the compile job writes the endpoint's model directory to /opt/ml/model/package
 COMPILED_SUBDIR = "compiled"  # inside a package: NxDI compiled artifacts (model.pt, neuron_config.json, ...)
 CHECKPOINT_SUBDIR = "checkpoint"  # inside a package: the quantized HF checkpoint + tokenizer
 
-# bash -c SCRIPT $0 "$@": one script string (SageMaker caps each entrypoint string at 256 characters), the
-# neuronforge flags travel as separate ContainerArguments. INSTALL checks the shipped wheel's sha256, then installs
-# it (or an explicit --install spec); compile jobs add --no-deps (NF_PIP): the Neuron image has the dependencies.
-INSTALL_SCRIPT = 'set -e;[ -z "$NF_SHA256" ]||echo "$NF_SHA256  $NF_INSTALL"|sha256sum -c --status;pip install -q $NF_PIP "$NF_INSTALL";'
-QUANTIZE_SCRIPT = INSTALL_SCRIPT + 'exec neuronforge "$@"'
-COMPILE_SCRIPT = INSTALL_SCRIPT + (
-    'C=${TMPDIR:-/tmp}/nfc;neuronforge compile "$@" --out $C;'
-    'exec neuronforge package "$NF_OUT" --compiled $C --checkpoint "$NF_CKPT"'
+# bash -c SCRIPT $0 "$@": one script string (SageMaker caps each entrypoint string at 256 characters), the stage
+# and its flags travel as separate ContainerArguments. The script checks the shipped wheel's sha256, installs it
+# (or an explicit --install spec) and hands over to neuronforge.sagemaker.job, which proves the imported neuronforge
+# is the shipped one before running the stage (-P: the working directory cannot shadow it). Compile jobs reinstall without dependencies (NF_PIP): the Neuron
+# image has them, and it has a neuronforge of its own that a plain install of the same version would keep.
+# The entrypoint replaces the image's own, so the script first sources the DLC's CUDA forward-compat set-up where
+# the image has one (as the DLC's and HF's entrypoints do: it may export LD_LIBRARY_PATH for an older host driver).
+JOB_SCRIPT = (
+    "set -e;C=/usr/local/bin/start_cuda_compat.sh;[ ! -f $C ]||. $C||:;"
+    '[ -z "$NF_SHA256" ]||echo "$NF_SHA256  $NF_INSTALL"|sha256sum -c --status;'
+    'pip install -q $NF_PIP "$NF_INSTALL";exec python -P -m neuronforge.sagemaker.job "$@"'
 )
+COMPILE_PIP = "--force-reinstall --no-deps"
 DTYPES: tuple[str, ...] = get_args(ExportDtype)
 KV_DTYPES: tuple[str, ...] = get_args(KvDtype)
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+PIPELINE_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}")  # botocore's PipelineName pattern
 
 
-def validate_name(name: str, what: str = "job") -> str:
-    if not _NAME.fullmatch(name):
+def validate_name(name: str, what: str = "job", pattern: re.Pattern[str] = _NAME) -> str:
+    if not pattern.fullmatch(name):
+        limit = 256 if pattern is PIPELINE_NAME else 63
         raise NeuronforgeError(
             f"'{name}' is not a valid SageMaker {what} name",
-            "use 1-63 letters, digits and hyphens, starting and ending with a letter or digit",
+            f"use 1-{limit} letters, digits and hyphens, starting and ending with a letter or digit",
         )
     return name
 
@@ -60,7 +67,7 @@ class JobSettings:
     role_arn: str
     region: str
     instance_type: str
-    volume_gb: int = 200
+    volume_gb: int | None = None  # EBS GB; None: DEFAULT_VOLUME_GB (ignored by SageMaker on NVME_FAMILIES)
     max_runtime_s: int = 4 * 3600
     spot: bool = False
     max_wait_s: int | None = None  # spot only: total time including waiting for capacity
@@ -77,14 +84,26 @@ def _checked_settings(job: JobSettings, role: Role) -> None:
             f"spot max wait {job.max_wait_s}s is shorter than max runtime {job.max_runtime_s}s",
             "SageMaker requires MaxWaitTimeInSeconds >= MaxRuntimeInSeconds; raise --max-wait",
         )
+    if job.volume_gb is None:
+        return
     if job.volume_gb < 1:  # the training model's OptionalVolumeSizeInGB allows 0 (instance groups); a job needs disk
         raise NeuronforgeError(
             f"volume size {job.volume_gb} GB is too small", "pass --volume-gb of at least the model size x3"
         )
+    if role != "compile-cpu" and family(job.instance_type) in NVME_FAMILIES:
+        raise NeuronforgeError(
+            f"--volume-gb does nothing on {job.instance_type}: SageMaker gives it no EBS volume, only the "
+            "instance's own NVMe storage",
+            "drop --volume-gb; for more local disk pick a larger instance of the family (its NVMe storage grows "
+            "with the size)",
+        )
 
 
-def install_environment(code: CodeBundle | None, install: str | None, directory: str, no_deps: bool) -> dict[str, str]:
-    """How a job gets neuronforge: the shipped wheel (checked against its sha256) or an explicit pip spec."""
+def install_environment(
+    code: CodeBundle | None, install: str | None, directory: str, reinstall: bool
+) -> dict[str, str]:
+    """How a job gets neuronforge: the shipped wheel (checked against its sha256) or an explicit pip spec;
+    `reinstall` (Neuron image jobs) replaces the image's own neuronforge without touching its dependencies."""
     if (code is None) == (install is None):
         raise NeuronforgeError(
             "a job needs exactly one source of neuronforge", "ship the running code (default) or pass --install SPEC"
@@ -94,7 +113,7 @@ def install_environment(code: CodeBundle | None, install: str | None, directory:
         env = {"NF_INSTALL": install}
     else:
         env = {"NF_INSTALL": f"{directory}/{code.filename}", "NF_SHA256": code.sha256}
-    return env | ({"NF_PIP": "--no-deps"} if no_deps else {})
+    return env | ({"NF_PIP": COMPILE_PIP} if reinstall else {})
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
@@ -127,7 +146,6 @@ def _training_job(
     job: JobSettings,
     stage: str,
     image: str,
-    script: str,
     args: list[str],
     channels: dict[str, str],
     output_s3: str,
@@ -142,7 +160,7 @@ def _training_job(
         "AlgorithmSpecification": {
             "TrainingImage": image,
             "TrainingInputMode": "File",
-            "ContainerEntrypoint": ["/bin/bash", "-c", script, "neuronforge-job"],
+            "ContainerEntrypoint": ["/bin/bash", "-c", JOB_SCRIPT, "neuronforge-job"],
             "ContainerArguments": args,
         },
         "InputDataConfig": [
@@ -160,7 +178,11 @@ def _training_job(
             for channel, uri in channels.items()
         ],
         "OutputDataConfig": {"S3OutputPath": s3uri.prefix(output_s3), "CompressionType": "NONE"},
-        "ResourceConfig": {"InstanceType": job.instance_type, "InstanceCount": 1, "VolumeSizeInGB": job.volume_gb},
+        "ResourceConfig": {
+            "InstanceType": job.instance_type,
+            "InstanceCount": 1,
+            "VolumeSizeInGB": job.volume_gb or DEFAULT_VOLUME_GB,
+        },
         "StoppingCondition": _stopping(job),
         "Environment": env,
         "EnableManagedSpotTraining": job.spot,
@@ -201,8 +223,8 @@ def quantize_job_request(
         *_flags(options or {}),
     ]
     image = job.image or image_uri("quantize", job.region, account_of_role(job.role_arn))
-    env = install_environment(code, install, CHANNEL_DIR, no_deps=False) | {"HF_HUB_OFFLINE": "1"}
-    return _training_job(job, "quantize", image, QUANTIZE_SCRIPT, args, {"model": model_s3}, output_s3, env, code)
+    env = install_environment(code, install, CHANNEL_DIR, reinstall=False) | {"HF_HUB_OFFLINE": "1"}
+    return _training_job(job, "quantize", image, args, {"model": model_s3}, output_s3, env, code)
 
 
 def _compile_args(
@@ -275,10 +297,10 @@ def compile_job_request(
         ) from None
     checkpoint = "/opt/ml/input/data/checkpoint"
     env = _compile_env(target_instance, checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
-    env |= install_environment(code, install, CHANNEL_DIR, no_deps=True)
+    env |= install_environment(code, install, CHANNEL_DIR, reinstall=True)
     args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)
     channels = {"checkpoint": checkpoint_s3}
-    return _training_job(job, "compile", image, COMPILE_SCRIPT, args, channels, output_s3, env, code)
+    return _training_job(job, "compile", image, ["compile", *args], channels, output_s3, env, code)
 
 
 def compile_processing_request(
@@ -304,14 +326,14 @@ def compile_processing_request(
     args = [*_compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len), "--compile-only"]
     inputs = [("checkpoint", checkpoint_s3, checkpoint)] + ([(CHANNEL, code.s3_prefix, PROCESSING_DIR)] if code else [])
     env = _compile_env(target_instance, checkpoint, f"{out}/{PACKAGE_SUBDIR}")
-    env |= install_environment(code, install, PROCESSING_DIR, no_deps=True)
+    env |= install_environment(code, install, PROCESSING_DIR, reinstall=True)
     request = {
         "ProcessingJobName": job.name,
         "RoleArn": job.role_arn,
         "AppSpecification": {
             "ImageUri": image,
-            "ContainerEntrypoint": ["/bin/bash", "-c", COMPILE_SCRIPT, "neuronforge-job"],
-            "ContainerArguments": args,
+            "ContainerEntrypoint": ["/bin/bash", "-c", JOB_SCRIPT, "neuronforge-job"],
+            "ContainerArguments": ["compile", *args],
         },
         "ProcessingInputs": [
             {
@@ -338,7 +360,11 @@ def compile_processing_request(
             ]
         },
         "ProcessingResources": {
-            "ClusterConfig": {"InstanceCount": 1, "InstanceType": job.instance_type, "VolumeSizeInGB": job.volume_gb}
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": job.instance_type,
+                "VolumeSizeInGB": job.volume_gb or DEFAULT_VOLUME_GB,
+            }
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": job.max_runtime_s},
         "Environment": env,

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
     import boto3
 
 JOB_SCRIPT = "nf-job.sh"
+# ModelTrainer names each job `<base_job_name>-<YYYYmmddHHMMSS>` cut to 63 characters (sagemaker 3.27
+# train/utils.py `_get_unique_name`): a longer base loses the timestamp or ends in "-", an invalid job name.
+SDK_SUFFIX = len("-20260101000000")
+
+
+def sdk_base_name(job_name: str) -> str:
+    """The base name ModelTrainer gets, so that its job name is valid and unique: `--name` cut to 48 characters."""
+    return job_name[: 63 - SDK_SUFFIX].rstrip("-")
 
 
 def _require_sdk() -> None:
@@ -66,7 +74,7 @@ def model_trainer(request: Request, *, region: str, boto_session: boto3.Session 
     trainer = ModelTrainer(
         training_image=spec["TrainingImage"],
         role=request["RoleArn"],
-        base_job_name=request["TrainingJobName"],
+        base_job_name=sdk_base_name(request["TrainingJobName"]),
         sagemaker_session=Session(boto_session=session, default_bucket=s3uri.split(output["S3OutputPath"])[0]),
         source_code=SourceCode(
             source_dir=str(source_dir), command=f"bash {JOB_SCRIPT}", args=spec["ContainerArguments"]

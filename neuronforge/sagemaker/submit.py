@@ -10,12 +10,12 @@ import re
 from typing import TYPE_CHECKING
 
 from neuronforge.core import s3uri
-from neuronforge.core.aws import call, call_or_none, client
+from neuronforge.core.aws import call, call_or_none, client, translate, uninterrupted
 from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
-from neuronforge.sagemaker.requests import Request, delete_requests, status_requests
+from neuronforge.sagemaker.requests import Request, status_requests, validate_name
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -85,25 +85,116 @@ def check_output_buckets(request: Request, s3: BaseClient) -> None:
 
 def submit_job(request: Request, sm: BaseClient, s3: BaseClient, ecr: BaseClient | None = None) -> str:
     """Create the training or processing job in `request` after checking its S3 inputs, outputs and (with `ecr`)
-    its private image; return its ARN."""
+    its private image; return its ARN. An interrupt during the create call is held until it returns, then
+    raised with a note saying the job exists and how to stop it."""
     check_inputs_exist(request, s3)
     check_output_buckets(request, s3)
     if ecr is not None:
         spec = request.get("AlgorithmSpecification") or request["AppSpecification"]
         check_private_image(spec.get("TrainingImage") or spec["ImageUri"], ecr)
+    kind, _, key = _job_kind(request)
+    arn = ""
+    try:
+        with uninterrupted():
+            arn = call(getattr(sm, f"create_{kind}"), **request)[f"{kind.title().replace('_', '')}Arn"]
+    except KeyboardInterrupt as exc:
+        if arn:
+            exc.add_note(job_left_running(request, sm.meta.region_name, "was created"))
+            exc.add_note(stop_job_fix(request, sm.meta.region_name))
+        raise
+    return str(arn)
+
+
+def job_left_running(request: Request, region: str, how: str) -> str:
+    name = request.get("TrainingJobName") or request["ProcessingJobName"]
+    return f"job {name} {how} and keeps running in {region} (its name stays taken there)"
+
+
+def stop_job_fix(request: Request, region: str) -> str:
+    kind, _, key = _job_kind(request)
+    name = next(iter(key.values()))
+    flag = kind.replace("_", "-")
+    return (
+        f"follow it with `neuronforge sagemaker status {name} --region {region}`, or stop it with "
+        f"`aws sagemaker stop-{flag} --{flag}-name {name} --region {region}`"
+    )
+
+
+# Beyond a job's own limits: provisioning, image pull and the model upload happen outside MaxRuntime.
+WAIT_MARGIN_S = 3600
+
+
+def _job_kind(request: Request) -> tuple[str, str, dict[str, str]]:
+    """(kind, status key, describe key) of a training or processing job request."""
     if "TrainingJobName" in request:
-        return call(sm.create_training_job, **request)["TrainingJobArn"]
-    return call(sm.create_processing_job, **request)["ProcessingJobArn"]
+        return "training_job", "TrainingJobStatus", {"TrainingJobName": request["TrainingJobName"]}
+    return "processing_job", "ProcessingJobStatus", {"ProcessingJobName": request["ProcessingJobName"]}
+
+
+def wait_limit_s(request: Request) -> int:
+    """How long `--wait` waits: as long as the job itself may run (spot: MaxWaitTime), plus WAIT_MARGIN_S."""
+    stop = request["StoppingCondition"]
+    return int(stop.get("MaxWaitTimeInSeconds") or stop["MaxRuntimeInSeconds"]) + WAIT_MARGIN_S
+
+
+def _wait(sm: BaseClient, waiter_name: str, seconds: int, key: dict[str, str]) -> None:
+    """botocore's waiter, polling for `seconds` instead of its fixed default (1 h for processing jobs and
+    endpoints); a terminal failure state returns, so the caller can report the resource's own reason."""
+    from botocore.exceptions import WaiterError
+
+    waiter = sm.get_waiter(waiter_name)
+    attempts = -(-seconds // waiter.config.delay)
+    try:
+        waiter.wait(**key, WaiterConfig={"Delay": waiter.config.delay, "MaxAttempts": attempts})
+    except WaiterError as exc:
+        if "terminal failure state" not in str(exc):
+            raise NeuronforgeError(
+                f"stopped waiting after {seconds} s: {exc}",
+                "the resource is still going: see `neuronforge sagemaker status NAME`",
+            ) from None
+    except Exception as exc:
+        raise translate(exc) or exc from None
 
 
 def wait_for_job(request: Request, sm: BaseClient) -> str:
-    if "TrainingJobName" in request:
-        name = request["TrainingJobName"]
-        call(sm.get_waiter("training_job_completed_or_stopped").wait, TrainingJobName=name)
-        return call(sm.describe_training_job, TrainingJobName=name)["TrainingJobStatus"]
-    name = request["ProcessingJobName"]
-    call(sm.get_waiter("processing_job_completed_or_stopped").wait, ProcessingJobName=name)
-    return call(sm.describe_processing_job, ProcessingJobName=name)["ProcessingJobStatus"]
+    """Wait as long as the job may run; Completed returns, Stopped or Failed is an error with the job's reason."""
+    kind, status_key, key = _job_kind(request)
+    _wait(sm, f"{kind}_completed_or_stopped", wait_limit_s(request), key)
+    found = call(getattr(sm, f"describe_{kind}"), **key)
+    status = found[status_key]
+    if status != "Completed":
+        name = next(iter(key.values()))
+        reason = found.get("FailureReason") or found.get("ExitMessage") or "no reason given"
+        raise NeuronforgeError(
+            f"{kind.replace('_', ' ')} {name} ended {status}: {reason}",
+            "see `neuronforge sagemaker status "
+            + name
+            + "` and the job's CloudWatch logs (/aws/sagemaker/"
+            + ("TrainingJobs" if kind == "training_job" else "ProcessingJobs")
+            + "); a Stopped job hit --max-runtime (raise it) or was stopped",
+        )
+    return str(status)
+
+
+def endpoint_wait_s(requests: dict[str, Request]) -> int:
+    """The endpoint may take its model download plus its container startup timeouts, plus WAIT_MARGIN_S."""
+    variant = requests["create_endpoint_config"]["ProductionVariants"][0]
+    timeouts = variant.get("ModelDataDownloadTimeoutInSeconds", 3600) + variant.get(
+        "ContainerStartupHealthCheckTimeoutInSeconds", 3600
+    )
+    return int(timeouts) + WAIT_MARGIN_S
+
+
+def wait_for_endpoint(requests: dict[str, Request], sm: BaseClient) -> None:
+    """Wait until InService; an endpoint that ends Failed (or anything else) is an error with its FailureReason."""
+    name = requests["create_endpoint"]["EndpointName"]
+    _wait(sm, "endpoint_in_service", endpoint_wait_s(requests), {"EndpointName": name})
+    found = call(sm.describe_endpoint, EndpointName=name)
+    if found["EndpointStatus"] != "InService":
+        raise NeuronforgeError(
+            f"endpoint {name} is {found['EndpointStatus']}: {found.get('FailureReason') or 'no reason given'}",
+            f"see the endpoint's CloudWatch logs (/aws/sagemaker/Endpoints/{name})",
+        )
 
 
 def check_package(requests: dict[str, Request], s3: BaseClient) -> None:
@@ -115,12 +206,19 @@ def check_package(requests: dict[str, Request], s3: BaseClient) -> None:
 
 
 def deploy(
-    requests: dict[str, Request], sm: BaseClient, s3: BaseClient, wait: bool = False, ecr: BaseClient | None = None
+    requests: dict[str, Request],
+    sm: BaseClient,
+    s3: BaseClient,
+    wait: bool = False,
+    ecr: BaseClient | None = None,
+    region: str | None = None,
 ) -> str:
     """Verify the package in S3 (manifest, sizes, tp vs NeuronCores), then model -> endpoint config -> endpoint.
 
-    If a later step fails, what this call created is deleted again (newest first), so a re-run with the same name
-    starts clean instead of failing on "Cannot create already existing model".
+    If a step fails, `--wait` sees the endpoint fail, or the user interrupts (Ctrl-C, SIGTERM), what this call
+    created is deleted again (newest first), so a re-run with the same name starts clean. Interrupts are held while
+    a create call is in flight, so the list of what exists is exact. A delete that fails does not stop the others;
+    the error keeps the original failure and names what is left and the command that removes it.
     """
     check_package(requests, s3)
     if ecr is not None:
@@ -137,22 +235,43 @@ def deploy(
     created: list[tuple[str, dict[str, str]]] = []
     try:
         for create, delete, key in steps:
-            answer = call(getattr(sm, create), **requests[create])
-            created.append((delete, key))
+            with uninterrupted():
+                answer = call(getattr(sm, create), **requests[create])
+                created.append((delete, key))
         if wait:
-            call(sm.get_waiter("endpoint_in_service").wait, EndpointName=requests["create_endpoint"]["EndpointName"])
+            wait_for_endpoint(requests, sm)
     except NeuronforgeError as exc:
-        if wait and len(created) == len(steps):
-            raise  # the endpoint exists; `status`/`delete` handle it, rolling back would hide the failure reason
-        undone = [_undo(sm, delete, key) for delete, key in reversed(created)]
-        note = f" (rolled back: {', '.join(undone)})" if undone else ""
-        raise NeuronforgeError(exc.what + note, exc.fix) from None
+        raise NeuronforgeError(*_rolled_back(sm, created, exc.what, exc.fix or "", region)) from None
+    except KeyboardInterrupt as exc:
+        what, fix = _rolled_back(sm, created, "", "", region)
+        exc.add_note(what.removeprefix(" ").strip("()") or "nothing was created yet")
+        if fix:
+            exc.add_note(fix.removeprefix("; "))
+        raise
     return str(answer["EndpointArn"])
 
 
-def _undo(sm: BaseClient, delete: str, key: dict[str, str]) -> str:
-    call_or_none(getattr(sm, delete), **key)
-    return f"{delete.removeprefix('delete_').replace('_', ' ')} {next(iter(key.values()))}"
+def _rolled_back(
+    sm: BaseClient, created: list[tuple[str, dict[str, str]]], what: str, fix: str, region: str | None
+) -> tuple[str, str]:
+    """Delete what deploy created, newest first, going on past failures; (what, fix) extended with the outcome."""
+    undone, left = [], []
+    with uninterrupted():
+        for delete, key in reversed(created):
+            label = f"{delete.removeprefix('delete_').replace('_', ' ')} {next(iter(key.values()))}"
+            try:
+                call_or_none(getattr(sm, delete), **key)
+                undone.append(label)
+            except NeuronforgeError as exc:
+                left.append(f"{label} ({exc.what})")
+    if undone:
+        what += f" (rolled back: {', '.join(undone)})"
+    if left:
+        name = next(iter(created[0][1].values()))
+        where = f" --region {region}" if region else ""
+        what += f"; left behind: {'; '.join(left)}"
+        fix += f"; then remove what is left: neuronforge sagemaker delete {name}{where}"
+    return what, fix
 
 
 def status(name: str, sm: BaseClient) -> dict[str, str]:
@@ -179,12 +298,38 @@ def status(name: str, sm: BaseClient) -> dict[str, str]:
 
 
 def delete_endpoint(name: str, sm: BaseClient) -> list[str]:
-    """Delete the endpoint, its config and its model; return what was deleted (only missing ones are skipped)."""
+    """Delete the endpoint `name`, its endpoint configs and their models; return what was deleted.
+
+    `deploy` names all three `name`. A pipeline names each execution's config `<name>-<execution id>` and its model
+    itself (`pipelines-<execution id>-Model-...`), and every execution leaves one of each: those configs (found by
+    name) and the models they reference go too. Only missing ones are skipped.
+    """
+    validate_name(name, "endpoint")
+    endpoint = call_or_none(sm.describe_endpoint, EndpointName=name)
+    configs = [name, *_pipeline_configs(name, sm)]
+    if endpoint and endpoint["EndpointConfigName"] not in configs:
+        configs.append(endpoint["EndpointConfigName"])
+    models = [name]
+    for config in configs:
+        found = call_or_none(sm.describe_endpoint_config, EndpointConfigName=config)
+        models += [v["ModelName"] for v in (found or {}).get("ProductionVariants", []) if v["ModelName"] not in models]
     deleted = []
-    for operation, request in delete_requests(name).items():
-        if call_or_none(getattr(sm, operation), **request) is None:
-            continue
-        deleted.append(f"{operation.removeprefix('delete_').replace('_', ' ')} {name}")
+    if endpoint and call_or_none(sm.delete_endpoint, EndpointName=name) is not None:
+        deleted.append(f"endpoint {name}")
+    for config in configs:
+        if call_or_none(sm.delete_endpoint_config, EndpointConfigName=config) is not None:
+            deleted.append(f"endpoint config {config}")
+    for model in models:
+        if call_or_none(sm.delete_model, ModelName=model) is not None:
+            deleted.append(f"model {model}")
     if not deleted:
         raise NeuronforgeError(f"nothing named '{name}' to delete", "check the name and --region")
     return deleted
+
+
+def _pipeline_configs(name: str, sm: BaseClient) -> list[str]:
+    """Endpoint configs a pipeline made for endpoint `name`: `<name>-<12-character execution id>`."""
+    pattern = re.compile(re.escape(name) + r"-[a-z0-9]{12}")
+    pages = call(lambda: list(sm.get_paginator("list_endpoint_configs").paginate(NameContains=name)))
+    names = [c["EndpointConfigName"] for page in pages for c in page["EndpointConfigs"]]
+    return sorted(n for n in names if pattern.fullmatch(n))

@@ -23,11 +23,13 @@ from neuronforge.sagemaker.code import CodeBundle
 from neuronforge.sagemaker.requests import (
     CHECKPOINT_SUBDIR,
     PACKAGE_SUBDIR,
+    PIPELINE_NAME,
     JobSettings,
     Request,
     compile_job_request,
     deployment_requests,
     quantize_job_request,
+    validate_name,
 )
 
 EXECUTION_SUFFIX = 13  # "-" + the 12-character pipeline execution id appended to the endpoint config name
@@ -56,6 +58,12 @@ class PipelineSettings:
     calib_seq_len: int = PRESETS["gpu"].calib_seq_len
     code: CodeBundle | None = None  # the shipped wheel (code.py); or `install`, an explicit pip spec
     install: str | None = None
+    pipeline_role_arn: str | None = None  # the pipeline's own role (the stack's PipelineRoleArn); default role_arn
+
+    @property
+    def upsert_role(self) -> str:
+        """The role the pipeline runs as; its steps' jobs and model run as `role_arn`."""
+        return self.pipeline_role_arn or self.role_arn
 
 
 @contextmanager
@@ -163,8 +171,12 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
     request_step, endpoint_step = step_classes()
     model_s3 = ParameterString(name="ModelS3Uri", default_value=s3uri.prefix(s.model_s3))
 
+    validate_name(s.name, "pipeline", PIPELINE_NAME)
+
     def job(stage: str, instance: str) -> JobSettings:
-        return JobSettings(name=f"{s.name}-{stage}", role_arn=s.role_arn, region=s.region, instance_type=instance)
+        # The pipeline names its jobs itself (the name is dropped below): a placeholder, not `<pipeline>-<stage>`,
+        # which would refuse legal pipeline names of 55+ characters.
+        return JobSettings(name=f"nf-{stage}", role_arn=s.role_arn, region=s.region, instance_type=instance)
 
     quantize = quantize_job_request(
         job("quantize", s.quantize_instance),

@@ -35,12 +35,12 @@ CKPT_IO = ["--checkpoint-s3", "s3://nf-b/ckpt/", "--output-s3", "s3://nf-b/runs/
 MATRIX = {
     "quantize": ["sagemaker", "quantize", *JOB_IO, *RELEASE],
     "quantize-spot-fp8": ["sagemaker", "quantize", *JOB_IO, "--spot", "--max-wait", "28800", "--dtype", "f8e4m3"]
-    + ["--no-autoround", "--instance-type", "ml.p5.48xlarge", "--volume-gb", "1000", *RELEASE],
+    + ["--no-autoround", "--instance-type", "ml.p5.48xlarge", *RELEASE],
     "quantize-shipped": ["sagemaker", "quantize", *JOB_IO],
     "compile": ["sagemaker", "compile", *CKPT_IO, "--tp-degree", "2", *RELEASE],
     "compile-48xl": ["sagemaker", "compile", *CKPT_IO, "--tp-degree", "24", "--target", "ml.inf2.48xlarge"]
     + ["--instance-type", "ml.trn1.32xlarge", "--kv", "bf16", "--seq-len", "4096", "--max-runtime", "2419200"],
-    "compile-processing": ["sagemaker", "compile", *CKPT_IO, "--tp-degree", "2", "--processing"],
+    "compile-processing": ["sagemaker", "compile", *CKPT_IO, "--tp-degree", "2", "--processing", "--volume-gb", "1000"],
     "deploy": ["sagemaker", "deploy", "--model-data", "s3://nf-b/pkg/", "--name", "nf-llama"],
     "deploy-48xl": ["sagemaker", "deploy", "--model-data", "s3://nf-b/pkg/", "--instance-type", "ml.inf2.48xlarge"]
     + ["--volume-gb", "512", "--startup-timeout", "60"],

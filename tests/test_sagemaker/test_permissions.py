@@ -15,6 +15,7 @@ from testkit.golden import ROLE
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
+from neuronforge.sagemaker.code import build_wheel
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "neuronforge.yaml"
 BUCKET = "nf-perm-bucket"
@@ -52,6 +53,81 @@ def recorded(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, s
     return calls
 
 
+def _readme_commands(tmp_path: Path, tiny_llama_dir: Path, round_: str) -> list[list[str]]:
+    """The README's CLI flow; job names carry `round_` (a job name stays taken), the endpoint name is reused."""
+    out = f"s3://{BUCKET}/runs/"
+    package = tmp_path / f"pkg{round_}"
+    return [
+        ["sagemaker", "quantize", "--model-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3", out]
+        + ["--name", f"nf-q{round_}"],
+        ["sagemaker", "compile", "--checkpoint-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3", out]
+        + ["--tp-degree", "2", "--name", f"nf-c{round_}"],
+        ["sagemaker", "compile", "--checkpoint-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3", out]
+        + ["--tp-degree", "2", "--name", f"nf-cpu{round_}", "--processing"],
+        ["package", str(package), "--compiled", str(make_compiled(tmp_path / f"c{round_}"))]
+        + ["--checkpoint", str(tiny_llama_dir), "--upload", f"s3://{BUCKET}/pkg/"],
+        ["sagemaker", "deploy", "--model-data", f"s3://{BUCKET}/pkg/", "--name", "nf-ep", "--wait"],
+        ["sagemaker", "status", "nf-ep"],
+        ["sagemaker", "status", f"nf-q{round_}"],
+        ["invoke", "nf-ep", "Hi"],
+        ["sagemaker", "delete", "nf-ep"],
+        ["sagemaker", "pipeline", "--model-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3", out]
+        + ["--endpoint-name", "nf-ep"],
+    ]
+
+
+def _run_readme_flow(
+    runner: CliRunner, tmp_path: Path, tiny_llama_dir: Path, round_: str, ship: list[str] | None = None
+) -> None:
+    """Run the flow; `ship` (e.g. ["--wheel", PATH]) goes to the commands that ship code."""
+    (tmp_path / f"c{round_}").mkdir(exist_ok=True)
+    for args in _readme_commands(tmp_path, tiny_llama_dir, round_):
+        takes_role = args[0] == "sagemaker" and args[1] not in ("status", "delete")
+        ships = args[0] == "sagemaker" and args[1] in ("quantize", "compile", "pipeline")
+        extra = (["--role", ROLE] if takes_role else []) + ((ship or []) if ships else [])
+        result = runner.invoke(app, [*args, *extra])
+        assert result.exit_code == 0 or args[0] == "invoke", (args, result.output)
+
+
+def test_readme_flow_runs_twice_against_moto_server(
+    tmp_path: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same flow over HTTP (moto_server, as a user's AWS_ENDPOINT_URL would point), twice: what the first round
+    left (the package prefix, the deleted endpoint's name, the pipeline) must not break the second."""
+    import moto.sagemaker.models as moto_models
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "SAGEMAKER_VALIDATE_ROLE": "false",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setattr(moto_models.FakeEndpointConfig, "validate_instance_type", lambda self, instance_type: None)
+    server = ThreadedMotoServer(port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        for item in tiny_llama_dir.iterdir():
+            s3.upload_file(str(item), BUCKET, f"models/tiny/{item.name}")
+        push_neuron_image()
+        runner = CliRunner()
+        wheel = build_wheel(tmp_path / "wheel")  # built once: the flow with shipping is the test below
+        for round_ in ("1", "2"):
+            _run_readme_flow(runner, tmp_path, tiny_llama_dir, round_, ["--wheel", str(wheel)])
+        sm = boto3.client("sagemaker", region_name="us-east-1")
+        assert len(sm.list_training_jobs()["TrainingJobSummaries"]) == 4 and sm.list_endpoints()["Endpoints"] == []
+        assert len(sm.list_pipeline_executions(PipelineName="neuronforge")["PipelineExecutionSummaries"]) == 2
+    finally:
+        server.stop()
+
+
 def test_operator_policy_allows_every_call_of_the_readme_flow(
     recorded: list[tuple[str, str]], tmp_path: Path, tiny_llama_dir: Path
 ) -> None:
@@ -61,27 +137,7 @@ def test_operator_policy_allows_every_call_of_the_readme_flow(
         s3.upload_file(str(item), BUCKET, f"models/tiny/{item.name}")
     push_neuron_image()
     recorded.clear()  # the test's own setup is not the operator's
-    out, role = f"s3://{BUCKET}/runs/", ["--role", ROLE]
-    commands = [
-        ["sagemaker", "quantize", "--model-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3", out, "--name", "nf-q"],
-        ["sagemaker", "compile", "--checkpoint-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3", out]
-        + ["--tp-degree", "2", "--name", "nf-c"],
-        ["sagemaker", "compile", "--checkpoint-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3", out]
-        + ["--tp-degree", "2", "--name", "nf-cpu", "--processing"],
-        ["package", str(tmp_path / "pkg"), "--compiled", str(make_compiled(tmp_path))]
-        + ["--checkpoint", str(tiny_llama_dir), "--upload", f"s3://{BUCKET}/pkg/"],
-        ["sagemaker", "deploy", "--model-data", f"s3://{BUCKET}/pkg/", "--name", "nf-ep", "--wait"],
-        ["sagemaker", "status", "nf-ep"],
-        ["sagemaker", "status", "nf-q"],
-        ["invoke", "nf-ep", "Hi"],
-        ["sagemaker", "delete", "nf-ep"],
-        ["sagemaker", "pipeline", "--model-s3", f"s3://{BUCKET}/models/tiny/", "--output-s3", out]
-        + ["--endpoint-name", "nf-ep"],
-    ]
-    for args in commands:
-        takes_role = args[0] == "sagemaker" and args[1] not in ("status", "delete")
-        result = runner.invoke(app, [*args, *(role if takes_role else [])])
-        assert result.exit_code == 0 or args[0] == "invoke", (args, result.output)
+    _run_readme_flow(runner, tmp_path, tiny_llama_dir, "")
 
     template = load(str(TEMPLATE))
     statements = template["Resources"]["OperatorPolicy"]["Properties"]["PolicyDocument"]["Statement"]

@@ -451,3 +451,22 @@ def test_cli_refuses_an_unknown_region(monkeypatch: pytest.MonkeyPatch) -> None:
         result = _cli([*args, "--region", "us-east-7"], monkeypatch)
         assert result.exit_code == 2
         assert "'us-east-7' is not a region where SageMaker runs" in " ".join(result.output.split())
+
+
+def test_volume_gb_is_refused_where_sagemaker_ignores_it() -> None:
+    """N9: GPU and trn1 training instances have NVMe storage; SageMaker provisions no EBS volume for them."""
+    from neuronforge.sagemaker.requests import DEFAULT_VOLUME_GB
+
+    for instance in ("ml.g6e.2xlarge", "ml.p5.48xlarge"):
+        job = JobSettings(name="nf-q", role_arn=ROLE, region="us-east-1", instance_type=instance, volume_gb=500)
+        with pytest.raises(NeuronforgeError, match=f"--volume-gb does nothing on {instance}"):
+            quantize_job_request(job, model_s3="s3://nf-b/m/", output_s3="s3://nf-b/o/")
+    trn1 = JobSettings(name="nf-c", role_arn=ROLE, region="us-east-1", instance_type="ml.trn1.2xlarge", volume_gb=500)
+    with pytest.raises(NeuronforgeError, match="NVMe"):
+        compile_job_request(trn1, checkpoint_s3="s3://nf-b/c/", output_s3="s3://nf-b/o/", tp_degree=2)
+    cpu = JobSettings(name="nf-cpu", role_arn=ROLE, region="us-east-1", instance_type="ml.r7i.8xlarge", volume_gb=500)
+    request = compile_processing_request(cpu, checkpoint_s3="s3://nf-b/c/", output_s3="s3://nf-b/o/", tp_degree=2)
+    assert request["ProcessingResources"]["ClusterConfig"]["VolumeSizeInGB"] == 500  # EBS-only: it applies
+    default = JobSettings(name="nf-q", role_arn=ROLE, region="us-east-1", instance_type="ml.g6e.2xlarge")
+    quantize = quantize_job_request(default, model_s3="s3://nf-b/m/", output_s3="s3://nf-b/o/")
+    assert quantize["ResourceConfig"]["VolumeSizeInGB"] == DEFAULT_VOLUME_GB

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import fnmatch
+import json
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from testkit.fakes import make_compiled
+from botocore.awsrequest import AWSResponse
+from testkit.fakes import deploy_stack, make_compiled
 from testkit.golden import ROLE
 
 from neuronforge.sagemaker.code import CodeBundle
@@ -16,6 +21,7 @@ from neuronforge.sagemaker.packaging import package_model, upload_package
 from neuronforge.sagemaker.requests import JobSettings, compile_job_request
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "sagemaker-guide.md"
+TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "neuronforge.yaml"
 BUCKET = "nf-sdk-bucket"
 
 
@@ -121,3 +127,91 @@ def test_model_trainer_leaves_no_temporary_files(
     del trainer
     gc.collect()
     assert not any(tmp_path.iterdir())
+
+
+def _document(document: str | dict[str, Any]) -> dict[str, Any]:
+    """IAM returns policy documents URL-encoded JSON; moto keeps a CloudFormation-made one as a Python repr."""
+    if isinstance(document, dict):
+        return document
+    text = urllib.parse.unquote(document)
+    return json.loads(text) if text.startswith('{"') else ast.literal_eval(text)
+
+
+def _simulate_from_moto(params: dict[str, Any], **kwargs: Any) -> tuple[AWSResponse, dict[str, Any]]:
+    """iam:SimulatePrincipalPolicy as IAM answers it without resource ARNs or context (the way the SDK calls it):
+    an action is allowed only by an Allow statement on Resource "*" without a Condition. moto lacks this operation,
+    so it is evaluated here from the role's real inline policies in moto."""
+    body = params["body"]  # the query-protocol form: PolicySourceArn, ActionNames.member.N
+    members = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in body.items() if k.startswith("ActionNames.member."))
+    actions = [action for _, action in members]
+    iam = boto3.client("iam", region_name="us-east-1")
+    role = body["PolicySourceArn"].rsplit("/", 1)[1]
+    documents = [
+        iam.get_role_policy(RoleName=role, PolicyName=n) for n in iam.list_role_policies(RoleName=role)["PolicyNames"]
+    ]
+    statements = [statement for found in documents for statement in _document(found["PolicyDocument"])["Statement"]]
+
+    def allowed(action: str) -> bool:
+        return any(
+            s["Effect"] == "Allow"
+            and "Condition" not in s
+            and "*" in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
+            and any(
+                fnmatch.fnmatch(action.lower(), a.lower())
+                for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+            )
+            for s in statements
+        )
+
+    results = [
+        {"EvalActionName": a, "EvalResourceName": "*", "EvalDecision": "allowed" if allowed(a) else "implicitDeny"}
+        for a in actions
+    ]
+    return AWSResponse("https://iam", 200, {}, None), {"EvaluationResults": results, "IsTruncated": False}
+
+
+def test_model_trainer_accepts_the_stacks_own_role_with_role_validation_on(
+    sdk_moto: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N2: for a caller allowed to simulate IAM policies, ModelTrainer checks the role's permissions and raised
+    RoleValidationError for the stack's execution role (no ec2 network-interface actions, conditional metrics)."""
+    from neuronforge.sagemaker import sdk
+
+    role = deploy_stack("neuronforge", "us-east-1", TEMPLATE)["ExecutionRoleArn"]
+    iam = boto3.client("iam", region_name="us-east-1")
+    name = role.rsplit("/", 1)[1]
+    trust = _document(iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"])
+    iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))  # JSON, as IAM stores it
+    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "true")
+    session = boto3.session.Session(region_name="us-east-1")
+    simulated: list[str] = []
+    session.events.register("before-call.iam.SimulatePrincipalPolicy", _simulate_from_moto)
+    session.events.register("after-call.iam.SimulatePrincipalPolicy", lambda **kw: simulated.append("called"))
+    request = compile_job_request(
+        JobSettings(name="nf-c", role_arn=role, region="us-east-1", instance_type="ml.trn1.32xlarge"),
+        checkpoint_s3=f"s3://{BUCKET}/ckpt/",
+        output_s3=f"s3://{BUCKET}/runs/",
+        tp_degree=2,
+        install="neuronforge==0.1.0",
+    )
+    trainer = sdk.model_trainer(request, region="us-east-1", boto_session=session)
+    assert trainer.role == role and simulated
+
+
+def test_model_trainer_job_names_stay_valid_and_unique(sdk_moto: Any) -> None:
+    """N11: ModelTrainer appends '-<timestamp>' and cuts at 63: a 62-character --name became '<name>-' (invalid)."""
+    from neuronforge.sagemaker import sdk
+    from neuronforge.sagemaker.requests import validate_name
+
+    name = "q" * 62
+    request = compile_job_request(
+        JobSettings(name=name, role_arn=ROLE, region="us-east-1", instance_type="ml.trn1.32xlarge"),
+        checkpoint_s3=f"s3://{BUCKET}/ckpt/",
+        output_s3=f"s3://{BUCKET}/runs/",
+        tp_degree=2,
+        install="neuronforge==0.1.0",
+    )
+    sdk.model_trainer(request, region="us-east-1").train(wait=False, logs=False)
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    created = sm.list_training_jobs()["TrainingJobSummaries"][0]["TrainingJobName"]
+    assert validate_name(created) and re.fullmatch("q{48}-\\d{14}", created), created

@@ -262,8 +262,8 @@ def test_status_and_delete_tell_not_found_from_access_denied(aws: tuple[Any, Any
                 status("nf-x", sm)
             assert "credentials" in str(info.value.fix)
         with Stubber(sm) as stub:
-            stub.add_client_error("delete_endpoint", service_error_code=code, service_message="no")
-            with pytest.raises(NeuronforgeError, match=f"DeleteEndpoint failed: {code}"):
+            stub.add_client_error("describe_endpoint", service_error_code=code, service_message="no")
+            with pytest.raises(NeuronforgeError, match=f"DescribeEndpoint failed: {code}"):
                 delete_endpoint("nf-x", sm)
 
 

@@ -156,3 +156,28 @@ def test_the_pipeline_s_quantize_job_takes_the_gpu_preset() -> None:
 
     defaults = {f.name: f.default for f in dataclasses.fields(PipelineSettings)}
     assert {knob: defaults[knob] for knob in KNOBS} == {knob: getattr(PRESETS["gpu"], knob) for knob in KNOBS}
+
+
+def test_pipeline_names_are_checked_as_pipeline_names_not_job_names(aws_env: str) -> None:
+    """N12: a legal 200-character pipeline name was refused as '<name>-quantize' (a job name, at most 63)."""
+    app = __import__("neuronforge.cli", fromlist=["app"]).app
+    base = [a for a in ARGS if a not in ("--name", "nf-pipeline")] + ["--install", "neuronforge==0.1.0", "--dry-run"]
+    result = CliRunner().invoke(app, [*base, "--name", "p" * 200])
+    assert result.exit_code == 0, result.output
+    refused = CliRunner().invoke(app, [*base, "--name", "p" * 257])
+    assert refused.exit_code == 2 and "not a valid SageMaker pipeline name" in refused.output
+
+
+def test_the_pipeline_runs_as_its_own_role_and_its_jobs_as_the_execution_role(aws_env: str) -> None:
+    """N13: the pipeline's role (which may create jobs and pass the execution role) is not the jobs' role."""
+    import boto3
+
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="nf-bucket")
+    pipeline_role = ROLE.replace("neuronforge-sagemaker", "neuronforge-pipeline")
+    app = __import__("neuronforge.cli", fromlist=["app"]).app
+    result = CliRunner().invoke(app, [*ARGS, "--install", "neuronforge==0.1.0", "--pipeline-role", pipeline_role])
+    assert result.exit_code == 0, result.output
+    described = boto3.client("sagemaker", region_name="us-east-1").describe_pipeline(PipelineName="nf-pipeline")
+    assert described["RoleArn"] == pipeline_role
+    steps = json.loads(described["PipelineDefinition"])["Steps"]
+    assert {s["Arguments"]["RoleArn"] for s in steps if "RoleArn" in s["Arguments"]} == {ROLE}

@@ -48,3 +48,30 @@ def push_neuron_image(region: str = "us-east-1") -> str:
         repositoryName=repository, imageManifest=json.dumps(manifest | {"config": config, "layers": []}), imageTag=tag
     )
     return uri
+
+
+def deploy_stack(name: str, region: str, template: Path) -> dict[str, str]:
+    """Deploy infra/neuronforge.yaml to (moto's) CloudFormation; return its outputs.
+
+    moto resolves SSM-typed parameter defaults before overrides and holds no /aws/service/* parameters, so the two
+    AMI defaults point at test parameters in this copy of the template."""
+    import boto3
+    from cfnlint.decode.cfn_yaml import load
+
+    body = template.read_text()
+    ec2, ssm = boto3.client("ec2", region_name=region), boto3.client("ssm", region_name=region)
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    parameters = load(str(template))["Parameters"]
+    for key in ("GpuAmiId", "NeuronAmiId"):
+        body = body.replace(parameters[key]["Default"], f"/test/{key}")
+        ssm.put_parameter(Name=f"/test/{key}", Value=ami, Type="String", Overwrite=True)
+    cfn = boto3.client("cloudformation", region_name=region)
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=body,
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+        Parameters=[{"ParameterKey": "NeuronforgeSource", "ParameterValue": "s3://b/code/x/neuronforge.whl"}],
+    )
+    described = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
+    return {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
