@@ -19,6 +19,9 @@ from neuronforge.cli.options import OverwriteOpt
 from neuronforge.core.presets import presets_help
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.dtypes import ExportDtype, KvDtype
+from neuronforge.pipeline.quantize.selection import Selection
+from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 from neuronforge.pipeline.run.config import ALL_STAGES, RunConfig, build_config, default_config_yaml, read_config_file
 from neuronforge.pipeline.run.runner import StageEvent
 
@@ -106,7 +109,7 @@ def run_command(
     out: str | None = typer.Option(None, "--out", help=_h("out")),
     stages: str | None = typer.Option(None, "--stages", help="comma-separated subset; " + _h("stages")),
     text: str | None = typer.Option(None, "--text", help=_h("text")),
-    dtype: str | None = typer.Option(None, "--dtype", help=_h("dtype")),
+    dtype: ExportDtype | None = typer.Option(None, "--dtype", help=_h("dtype")),
     preset: str | None = typer.Option(
         None,
         "--preset",
@@ -115,8 +118,8 @@ def run_command(
     iters: int | None = typer.Option(None, "--iters", help=_h("iters")),
     nsamples: int | None = typer.Option(None, "--nsamples", help=_h("nsamples")),
     calib_seq_len: int | None = typer.Option(None, "--calib-seq-len", help=_h("calib_seq_len")),
-    sensitivity: str | None = typer.Option(None, "--sensitivity", help=_h("sensitivity")),
-    selection: str | None = typer.Option(None, "--selection", help=_h("selection")),
+    sensitivity: Sensitivity | None = typer.Option(None, "--sensitivity", help=_h("sensitivity")),
+    selection: Selection | None = typer.Option(None, "--selection", help=_h("selection")),
     max_extra_memory: float | None = typer.Option(None, "--max-extra-memory", help=_h("max_extra_memory")),
     budget_instance: str | None = typer.Option(None, "--budget-instance", help=_h("budget_instance")),
     topk: int | None = typer.Option(None, "--topk", help=_h("topk")),
@@ -126,7 +129,7 @@ def run_command(
     ),
     autoround: bool | None = typer.Option(None, "--autoround/--no-autoround", help=_h("autoround")),
     minmax_tuning: bool | None = typer.Option(None, "--minmax-tuning/--no-minmax-tuning", help=_h("minmax_tuning")),
-    kv: str | None = typer.Option(None, "--kv", help=_h("kv")),
+    kv: KvDtype | None = typer.Option(None, "--kv", help=_h("kv")),
     eval_tokens: int | None = typer.Option(None, "--eval-tokens", help=_h("eval_tokens")),
     instance: str | None = typer.Option(None, "--instance", help=_h("instance")),
     tp_degree: int | None = typer.Option(None, "--tp-degree", help=_h("tp_degree")),

@@ -18,7 +18,6 @@ import typer
 
 from neuronforge.cli.app import App, console
 from neuronforge.cli.options import (
-    CalibSeqLenOpt,
     DryRunOpt,
     ImageOpt,
     JobVolumeOpt,
@@ -28,8 +27,17 @@ from neuronforge.cli.options import (
     RegionOpt,
     RoleOpt,
     WaitOpt,
+    given,
+    model_option,
 )
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.neuron.config import NeuronConfigOptions
+from neuronforge.neuron.dtypes import ExportDtype, KvDtype, QuantDtype
+from neuronforge.pipeline.quantize.api import QuantizeSettings
+
+# The job runs `neuronforge quantize`, whose calibration budget is the gpu preset unless a knob is given.
+GPU_PRESET = "from the gpu preset"
+N = NeuronConfigOptions
 
 if TYPE_CHECKING:
     from neuronforge.sagemaker.code import CodeBundle
@@ -149,11 +157,11 @@ def quantize_command(
     model_s3: str = typer.Option(..., "--model-s3", help="s3:// prefix of the HF model folder."),
     output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for job output (uncompressed)."),
     instance_type: str = typer.Option("ml.g6e.2xlarge", "--instance-type", help="GPU training instance."),
-    dtype: str = typer.Option("int8", "--dtype", help="int8 | f8e4m3"),
-    iters: int = typer.Option(50, "--iters"),
-    nsamples: int = typer.Option(32, "--nsamples"),
-    calib_seq_len: CalibSeqLenOpt = 256,
-    autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
+    dtype: ExportDtype | None = model_option(QuantizeSettings, "dtype"),
+    iters: int | None = model_option(QuantizeSettings, "iters", default_text=GPU_PRESET),
+    nsamples: int | None = model_option(QuantizeSettings, "nsamples", default_text=GPU_PRESET),
+    calib_seq_len: int | None = model_option(QuantizeSettings, "calib_seq_len", default_text=GPU_PRESET),
+    autoround: bool | None = model_option(QuantizeSettings, "autoround", "--autoround/--no-autoround"),
     volume_gb: JobVolumeOpt = 200,
     max_runtime: MaxRuntimeOpt = 4 * 3600,
     spot: bool = typer.Option(False, "--spot", help="Managed spot training."),
@@ -168,14 +176,16 @@ def quantize_command(
     wait: WaitOpt = False,
 ) -> None:
     """GPU training job running `neuronforge quantize`; output lands in <output-s3>/<name>/output/model/checkpoint/."""
+    settings = validated(QuantizeSettings, "sagemaker quantize", **given(locals(), QuantizeSettings))
     from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, quantize_job_request, training_output_prefix
 
     job = _job_settings("quantize", name, role, region, instance_type, volume_gb, max_runtime, image, spot, max_wait)
+    dtype = settings.dtype
     options = {
-        "iters": iters,
-        "nsamples": nsamples,
-        "calib_seq_len": calib_seq_len,
-        **({} if autoround else {"autoround": False}),
+        "iters": settings.iters,
+        "nsamples": settings.nsamples,
+        "calib_seq_len": settings.calib_seq_len,
+        **({} if settings.autoround else {"autoround": False}),
     }
     with _shipped(wheel, install, output_s3) as shipped:
         code = shipped[1] if shipped else None
@@ -191,16 +201,16 @@ def compile_command(
     checkpoint_s3: str = typer.Option(..., "--checkpoint-s3", help="s3:// prefix of the quantized checkpoint."),
     output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for the packaged model."),
     tp_degree: int = typer.Option(..., "--tp-degree", help="Tensor-parallel degree (<= target NeuronCores)."),
-    target: str = typer.Option("ml.inf2.xlarge", "--target", help="Endpoint instance the artifacts are for."),
+    target: str | None = model_option(N, "instance", "--target", text="Endpoint instance the artifacts are for."),
     instance_type: str | None = typer.Option(
         None,
         "--instance-type",
         help="ml.trn1.* (default ml.trn1.2xlarge); with --processing a CPU type (default ml.r7i.8xlarge).",
     ),
     processing: bool = typer.Option(False, "--processing", help="Cross-compile in a CPU processing job instead."),
-    dtype: str = typer.Option("int8", "--dtype"),
-    kv: str = typer.Option("fp8", "--kv", help="fp8 | bf16 KV cache."),
-    seq_len: int = typer.Option(1024, "--seq-len", help="Longest prompt + generation the endpoint serves."),
+    dtype: QuantDtype | None = model_option(N, "dtype"),
+    kv: KvDtype | None = model_option(N, "kv"),
+    seq_len: int | None = model_option(N, "seq_len"),
     volume_gb: JobVolumeOpt = 200,
     max_runtime: MaxRuntimeOpt = 4 * 3600,
     wheel: Path | None = WheelOpt,
@@ -213,6 +223,8 @@ def compile_command(
     wait: WaitOpt = False,
 ) -> None:
     """Neuron compile job (`neuronforge compile` + `neuronforge package`) with the pinned Neuron image."""
+    flags = given(locals(), N)
+    deployment = validated(N, "sagemaker compile", **{**flags, **({"instance": target} if target else {})})
     from neuronforge.sagemaker.requests import (
         PACKAGE_SUBDIR,
         compile_job_request,
@@ -229,10 +241,10 @@ def compile_command(
             checkpoint_s3=checkpoint_s3,
             output_s3=output_s3,
             tp_degree=tp_degree,
-            target_instance=target,
-            dtype=dtype,
-            kv=kv,
-            seq_len=seq_len,
+            target_instance=deployment.instance,
+            dtype=deployment.dtype,
+            kv=deployment.kv,
+            seq_len=deployment.seq_len,
             code=shipped[1] if shipped else None,
             install=install,
         )
@@ -334,10 +346,10 @@ def pipeline_command(
     model_s3: str = typer.Option(..., "--model-s3", help="Default of the ModelS3Uri pipeline parameter."),
     output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for both jobs' output."),
     endpoint_name: str = typer.Option(..., "--endpoint-name"),
-    tp_degree: int = typer.Option(2, "--tp-degree"),
-    dtype: str = typer.Option("int8", "--dtype"),
-    kv: str = typer.Option("fp8", "--kv"),
-    seq_len: int = typer.Option(1024, "--seq-len"),
+    tp_degree: int = typer.Option(2, "--tp-degree", help="Tensor-parallel degree of the compile step."),
+    dtype: ExportDtype | None = model_option(QuantizeSettings, "dtype"),
+    kv: KvDtype | None = model_option(QuantizeSettings, "kv"),
+    seq_len: int | None = model_option(QuantizeSettings, "seq_len"),
     quantize_instance: str = typer.Option("ml.g6e.2xlarge", "--quantize-instance"),
     compile_instance: str = typer.Option("ml.trn1.2xlarge", "--compile-instance"),
     endpoint_instance: str = typer.Option("ml.inf2.xlarge", "--endpoint-instance"),
@@ -349,6 +361,7 @@ def pipeline_command(
     dry_run: DryRunOpt = False,
 ) -> None:
     """SDK v3 Pipeline quantize -> compile -> model -> endpoint; --dry-run prints its definition() JSON."""
+    deployment = validated(QuantizeSettings, "sagemaker pipeline", **given(locals(), QuantizeSettings))
     from neuronforge.core.aws import call
     from neuronforge.sagemaker.code import upload
     from neuronforge.sagemaker.submit import clients
@@ -363,9 +376,9 @@ def pipeline_command(
             output_s3=output_s3,
             endpoint_name=endpoint_name,
             tp_degree=tp_degree,
-            dtype=dtype,
-            kv=kv,
-            seq_len=seq_len,
+            dtype=deployment.dtype,
+            kv=deployment.kv,
+            seq_len=deployment.seq_len,
             quantize_instance=quantize_instance,
             compile_instance=compile_instance,
             endpoint_instance=endpoint_instance,

@@ -16,58 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.dtypes import QUANT_DTYPES, QUANT_TYPES, QuantDtype, QuantType
+from neuronforge.neuron.emulation_spec import EmulationSpec
 from neuronforge.neuron.kv_cache import ATTENTION_NAME, STATE_KWARG, KVRisk, KVState, register_attention
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-
-@dataclass(frozen=True)
-class EmulationSpec:
-    """What the device would run: weight dtype (None = bf16), fp8 KV cache, bf16 modules, quantization type.
-
-    Validated on construction: a spec that exists is one the device can run.
-    """
-
-    dtype: QuantDtype | None = None
-    kv_fp8: bool = False
-    modules_to_not_convert: tuple[str, ...] = ()
-    qtype: QuantType = "per_channel_symmetric"
-    # bf16 Linears as fp32 GEMMs rounded once to bf16 (device-like fp32 accumulation, ~6x faster on CPUs
-    # without native bf16); every command uses it. Off: HF's own bf16 kernels, bit-identical to the unmodified model.
-    fast_bf16: bool = True
-    # NeuronCores the model is sharded over: row-parallel layers (o_proj, down_proj) round per-rank partials (qlinear.py).
-    tp_degree: int = 1
-
-    def __post_init__(self) -> None:
-        if self.tp_degree < 1:
-            raise NeuronforgeError(f"tp_degree {self.tp_degree} is not a NeuronCore count", "pass --tp-degree >= 1")
-        if self.dtype is not None and self.dtype not in QUANT_DTYPES:
-            raise NeuronforgeError(
-                f"unknown weight dtype '{self.dtype}'", f"choose one of: {', '.join(QUANT_DTYPES)} or none"
-            )
-        if self.qtype not in QUANT_TYPES:
-            raise NeuronforgeError(
-                f"unknown quantization type '{self.qtype}'", f"choose one of: {', '.join(QUANT_TYPES)}"
-            )
-        if self.dtype is not None and self.qtype == "per_tensor_symmetric" and self.modules_to_not_convert:
-            raise NeuronforgeError(
-                "per_tensor_symmetric ignores modules_to_not_convert when NxDI writes the checkpoint but honours it at "
-                "runtime, so the listed layers would run on int8/fp8 codes without their scale",
-                "use per_channel_symmetric when excluding modules",
-            )
-
-    def describe(self, quantized: int, linears: int) -> str:
-        """One line for `quantized` of `linears` Linears converted; a conversion that quantized nothing says so."""
-        kv = "fp8 e4m3" if self.kv_fp8 else "bf16"
-        if self.dtype is None or quantized == 0:
-            nothing = "" if self.dtype is None else " (nothing quantized: every Linear is in modules_to_not_convert)"
-            return f"bf16 weights{nothing}, {kv} KV cache, tp_degree {self.tp_degree}"
-        return (
-            f"{self.dtype} {self.qtype} weights: {quantized} of {linears} Linears quantized, "
-            f"{linears - quantized} kept bf16, {kv} KV cache, tp_degree {self.tp_degree}"
-        )
 
 
 # Bytes of fp32 logits each step of `EmulatedModel.token_nll` makes (a block of positions of one window).

@@ -450,7 +450,7 @@ def test_emulate_cli(tiny_llama_dir: Path, tmp_path: Path) -> None:
         str(tiny_llama_dir),
         "--text",
         str(text),
-        "--max-tokens",
+        "--eval-tokens",
         "96",
         "--eval-seq-len",
         "32",

@@ -14,14 +14,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 
-from neuronforge.core.presets import PRESETS, apply_preset
+from neuronforge.core.knobs import (
+    BudgetInstance,
+    CalibSeqLen,
+    EvalSeqLen,
+    EvalTokens,
+    Iters,
+    MaxExtraMemory,
+    Nsamples,
+    SeqLen,
+    Threshold,
+    Topk,
+)
+from neuronforge.core.presets import PRESETS, PresetName, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
-from neuronforge.neuron.dtypes import ExportDtype, KvDtype
+from neuronforge.neuron.dtypes import ExportDtypeOption, KvOption
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
+from neuronforge.pipeline.quantize.api import QuantizeSettings
 from neuronforge.pipeline.quantize.selection import SelectionRule
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
@@ -38,55 +51,72 @@ STAGES_DIR = "stages"
 VARIANT_PACKAGES = ("neuronforge", "torch", "transformers", "auto-round", "safetensors")
 
 
-class EvaluateOptions(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+def _quantize_help(field: str) -> str | None:
+    return QuantizeSettings.model_fields[field].description
 
-    model: str = "smollm2"
-    out: Path
-    dtype: ExportDtype = "int8"
-    kv: KvDtype = "bf16"
-    text: Path | None = None  # .txt/.jsonl split into calibration and held-out evaluation text
-    max_tokens: int = pydantic.Field(1024, ge=2)  # held-out tokens scored per text
-    eval_seq_len: int = pydantic.Field(256, ge=2)  # evaluation window
+
+class EvaluateOptions(pydantic.BaseModel):
+    """What `evaluate` measures; its quantize-side knobs are QuantizeSettings' types (bounds and help once)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    default_preset: ClassVar[PresetName] = "cpu-fast"  # fills iters/nsamples/calib_seq_len left unset
+
+    model: str = pydantic.Field("smollm2", description="embedded model name ('smollm2') or a Hugging Face folder")
+    out: Path = pydantic.Field(Path("eval"), description="folder for report.md/json/png and the variant checkpoints")
+    dtype: ExportDtypeOption = "int8"
+    kv: KvOption = "fp8"
+    text: Path | None = pydantic.Field(
+        None, description=".txt/.jsonl split into calibration and held-out text; default: the embedded texts"
+    )
+    eval_tokens: EvalTokens = pydantic.Field(1024, validation_alias=pydantic.AliasChoices("eval_tokens", "max_tokens"))
+    eval_seq_len: EvalSeqLen = 256
     prefill_len: int | None = pydantic.Field(
-        None, ge=1
-    )  # fp8 KV: positions from here decode (default eval_seq_len // 2)
-    batch_size: int = pydantic.Field(4, ge=1)
+        None, ge=1, description="fp8 KV: positions from here run as decode (default: eval_seq_len // 2)"
+    )
+    batch_size: int = pydantic.Field(4, ge=1, description="evaluation windows run through the model at once")
     # GPU stage (forwarded to quantize). Default preset cpu-fast, far below quantize's "gpu" so the default model's
     # report fits in 20 min on 2 shared CPU cores (AutoRound took ~2 min per block there at iters 20 x 16 x 128);
     # on a GPU host pass preset="gpu". `preset` fills whichever of these three is left unset.
-    iters: int = pydantic.Field(PRESETS["cpu-fast"].iters, ge=1)
-    nsamples: int = pydantic.Field(PRESETS["cpu-fast"].nsamples, ge=1)
-    calib_seq_len: int = pydantic.Field(PRESETS["cpu-fast"].calib_seq_len, ge=2)
-    minmax_tuning: bool = False
-    sensitivity: Sensitivity = "first_order"
-    selection: SelectionRule = "budget"
-    max_extra_memory: float = 0.10
-    budget_instance: str | None = None  # budget selection by instance (replaces max_extra_memory)
-    topk: int | None = None
-    threshold: float | None = None
+    iters: Iters = PRESETS["cpu-fast"].iters
+    nsamples: Nsamples = PRESETS["cpu-fast"].nsamples
+    calib_seq_len: CalibSeqLen = PRESETS["cpu-fast"].calib_seq_len
+    minmax_tuning: bool = pydantic.Field(False, description=_quantize_help("minmax_tuning"))
+    sensitivity: Sensitivity = pydantic.Field("first_order", description=_quantize_help("sensitivity"))
+    selection: SelectionRule = pydantic.Field(
+        "budget", description="which blocks the selective variants keep bf16: budget, topk or threshold"
+    )
+    max_extra_memory: MaxExtraMemory = 0.10
+    budget_instance: BudgetInstance = None
+    topk: Topk = None
+    threshold: Threshold = None
     # the deployment the instance column and budget_instance assume (batch 1, like compile's default)
-    seq_len: int = pydantic.Field(1024, ge=1)
+    seq_len: SeqLen = 1024
     # optional task accuracy
-    gsm8k: Path | None = None
-    task_limit: int | None = pydantic.Field(None, ge=1)
-    max_new_tokens: int = pydantic.Field(256, ge=1)
-    lm_eval_tasks: list[str] = pydantic.Field(default_factory=list)
-    lm_eval_limit: int | None = pydantic.Field(None, ge=1)
+    gsm8k: Path | None = pydantic.Field(
+        None, description="local GSM8K-style jsonl (question, answer '#### N') for task accuracy"
+    )
+    task_limit: int | None = pydantic.Field(None, ge=1, description="score only the first N problems")
+    max_new_tokens: int = pydantic.Field(256, ge=1, description="greedy tokens generated per problem")
+    lm_eval_tasks: list[str] = pydantic.Field(
+        default_factory=list, description="lm-eval tasks (needs neuronforge[eval] and the task data)"
+    )
+    lm_eval_limit: int | None = pydantic.Field(None, ge=1, description="examples per lm-eval task")
 
     @pydantic.model_validator(mode="before")
     @classmethod
     def _preset(cls, values: Any) -> Any:
-        return apply_preset(values, "cpu-fast")
+        return apply_preset(values, cls.default_preset)
 
     @pydantic.model_validator(mode="after")
     def _prefill_within_window(self) -> EvaluateOptions:
         if self.prefill_len is not None and self.prefill_len > self.eval_seq_len:
             raise ValueError(f"prefill_len {self.prefill_len} must be <= eval_seq_len {self.eval_seq_len}")
-        if self.max_tokens < self.eval_seq_len:
+        if self.eval_tokens < self.eval_seq_len:
             raise ValueError(
-                f"max_tokens {self.max_tokens} must be >= eval_seq_len {self.eval_seq_len} (one window at least)"
+                f"eval_tokens {self.eval_tokens} must be >= eval_seq_len {self.eval_seq_len} (one window at least)"
             )
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1 (got {self.iters}): evaluate tunes AutoRound variants")
         return self
 
 
@@ -287,7 +317,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
         require_lm_eval()
     held_out = resolve_splits(options.text).evaluation
     windows = {
-        name: evaluation_windows(tokenizer, text, options.eval_seq_len, options.max_tokens)
+        name: evaluation_windows(tokenizer, text, options.eval_seq_len, options.eval_tokens)
         for name, text in held_out.items()
     }
     model_shape = load_model_shape(source, name=str(options.model))

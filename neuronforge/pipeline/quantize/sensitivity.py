@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 Sensitivity = Literal["first_order", "measured", "variance"]
+SENSITIVITY_HELP = (
+    "how each block's quantization damage is estimated: first_order (one forward+backward), "
+    "measured (KL per block) or variance"
+)
 
 
 @dataclass

@@ -290,7 +290,7 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
             dtype=config.dtype,
             kv=config.kv,
             text=_given(ctx).text,
-            max_tokens=config.eval_tokens,
+            eval_tokens=config.eval_tokens,
             eval_seq_len=config.calib_seq_len,
             iters=max(config.iters, 1),
             nsamples=config.nsamples,

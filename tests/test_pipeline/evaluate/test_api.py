@@ -44,7 +44,7 @@ def tiny_run(tiny_llama_dir, tmp_path_factory):
         out=tmp_path_factory.mktemp("eval") / "report",
         dtype="int8",
         kv="fp8",
-        max_tokens=128,
+        eval_tokens=128,
         eval_seq_len=64,
         iters=2,
         nsamples=4,
@@ -102,7 +102,7 @@ def test_perplexity_agrees_with_the_emulator_s_own(tiny_run, tiny_llama_dir):
     options, report = tiny_run
     tok = load_tokenizer(tiny_llama_dir)
     name, text = next(iter(embedded_splits().evaluation.items()))
-    windows = evaluation_windows(tok, text, options.eval_seq_len, options.max_tokens)
+    windows = evaluation_windows(tok, text, options.eval_seq_len, options.eval_tokens)
     emulated = load_emulated(
         tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=True)
     )
