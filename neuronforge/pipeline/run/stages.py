@@ -11,13 +11,17 @@ package  -> the SageMaker endpoint package when compiled, else a folder ready fo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from neuronforge.core.atomic import atomic_write_json, atomic_write_text, link_tree
 from neuronforge.neuron.host import neuron_unavailable
+from neuronforge.pipeline.evaluate.api import EvaluateOptions
+from neuronforge.pipeline.quantize.api import QuantizeSettings
 from neuronforge.pipeline.run.config import RunConfig
 from neuronforge.pipeline.run.runner import Stage, StageContext, StageResult
 
@@ -82,21 +86,24 @@ def _model_run(ctx: StageContext) -> StageResult:
 
 # --- quantize ------------------------------------------------------------------------------------
 
-QUANTIZE_KEYS = (
-    "dtype",
-    "iters",
-    "nsamples",
-    "calib_seq_len",
-    "sensitivity",
-    "selection",
-    "max_extra_memory",
-    "budget_instance",
-    "topk",
-    "threshold",
-    "modules_to_not_convert",
-    "autoround",
-    "minmax_tuning",
-)
+
+def key_fields(model: type[BaseModel], excluded: Mapping[str, str]) -> tuple[str, ...]:
+    """A stage's config keys: every field of the options model it builds, except those `excluded` (with why).
+
+    So a new options field is in the stage's cache key (and passed on from the RunConfig field of the same name)
+    unless someone says why not; tests/test_pipeline/run/test_stages.py checks both lists against the models."""
+    return tuple(name for name in model.model_fields if name not in excluded)
+
+
+DEPLOYMENT = "the deployment an instance budget is checked against: a key only with budget_instance"
+QUANTIZE_EXCLUDED = {
+    "text": "an input of its own (the local copy of the text)",
+    "kv": DEPLOYMENT,
+    "seq_len": DEPLOYMENT,
+    "batch_size": DEPLOYMENT,
+    "tp_degree": DEPLOYMENT,
+}
+QUANTIZE_KEYS = key_fields(QuantizeSettings, QUANTIZE_EXCLUDED)
 
 
 def _config_values(ctx: StageContext, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -259,50 +266,38 @@ def emulation_markdown(summary: dict[str, Any]) -> str:
 
 # --- evaluate ------------------------------------------------------------------------------------
 
-EVALUATE_KEYS = (
-    "dtype",
-    "kv",
-    "eval_tokens",
-    "calib_seq_len",
-    "iters",
-    "nsamples",
-    "sensitivity",
-    "selection",
-    "max_extra_memory",
-    "budget_instance",
-    "topk",
-    "threshold",
-    "minmax_tuning",
-    "seq_len",
-)
+EVALUATE_DEFAULT = "evaluate's own default: the run has no such setting"
+EVALUATE_EXCLUDED = {
+    "model": "an input of its own (the model stage's output)",
+    "out": "the stage's work directory",
+    "text": "an input of its own (the local copy of the text)",
+    "eval_seq_len": "the run scores windows of calib_seq_len, which is a key",
+    "batch_size": "windows per forward pass, not the compiled batch_size: " + EVALUATE_DEFAULT,
+    "prefill_len": EVALUATE_DEFAULT,
+    "gsm8k": EVALUATE_DEFAULT,
+    "task_limit": EVALUATE_DEFAULT,
+    "max_new_tokens": EVALUATE_DEFAULT,
+    "lm_eval_tasks": EVALUATE_DEFAULT,
+    "lm_eval_limit": EVALUATE_DEFAULT,
+}
+EVALUATE_KEYS = key_fields(EvaluateOptions, EVALUATE_EXCLUDED)
 
 
 def _evaluate_run(ctx: StageContext) -> StageResult:
     """The full table (bf16, RTN, AutoRound, selective variants); it quantizes its own variants."""
-    from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
+    from neuronforge.pipeline.evaluate.api import evaluate
 
     config = _given(ctx).config
-    selection = {"selection": config.selection} if config.selection != "none" else {}
+    # Unset run keys (seq_len: the compile step's) take evaluate's defaults; selection "none" leaves evaluate's own
+    # (its selective variants need a rule).
+    values = {key: value for key, value in _config_values(ctx, EVALUATE_KEYS).items() if value not in (None, "none")}
     report = evaluate(
         EvaluateOptions(
+            **values,
             model=str(ctx.output("model", "model")),
             out=ctx.workdir / "report",
-            dtype=config.dtype,
-            kv=config.kv,
             text=_given(ctx).text,
-            eval_tokens=config.eval_tokens,
             eval_seq_len=config.calib_seq_len,
-            iters=max(config.iters, 1),
-            nsamples=config.nsamples,
-            calib_seq_len=config.calib_seq_len,
-            minmax_tuning=config.minmax_tuning,
-            sensitivity=config.sensitivity,
-            max_extra_memory=config.max_extra_memory,
-            budget_instance=config.budget_instance,
-            topk=config.topk,
-            threshold=config.threshold,
-            **({"seq_len": config.seq_len} if config.seq_len else {}),
-            **selection,
         ),
         command="neuronforge run --stages evaluate",
     )
