@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import ModelOpt, NotConvertOpt, OverwriteOpt, TextOpt, given, model_option
-from neuronforge.core.progress import err_console, track
+from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.config import NeuronConfigOptions
 from neuronforge.neuron.dtypes import KvDtype, QuantDtype, QuantType
@@ -63,11 +63,11 @@ def emulate_command(
     """Perplexity and greedy text as an inf2/trn1 would compute them (int8/fp8 weights, fp8 KV cache), on CPU."""
     flags = given(locals(), M)
     from neuronforge.assets.models import fetch_or_resolve
-    from neuronforge.assets.texts import evaluation_windows, resolve_splits
+    from neuronforge.assets.texts import held_out_windows, resolve_splits
     from neuronforge.hf.folders import header_shapes, load_tokenizer
     from neuronforge.hf.not_convert import read_not_convert
-    from neuronforge.neuron.emulate import load_emulated, perplexity
-    from neuronforge.neuron.module_names import checkpoint_linears, unmatched
+    from neuronforge.neuron.emulate import load_emulated, perplexity_report
+    from neuronforge.neuron.module_names import checkpoint_linears
 
     started = time.perf_counter()
     if threads:
@@ -77,29 +77,21 @@ def emulate_command(
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()
     options = validated(M, "emulate", **flags, modules_to_not_convert=modules, fast_bf16=not exact_bf16)
     spec = options.spec()
-    eval_seq_len, max_tokens = options.eval_seq_len, options.eval_tokens
     texts = resolve_splits(text).evaluation
     model_dir = fetch_or_resolve(model)
-    linears = checkpoint_linears(header_shapes(model_dir))
-    if spec.dtype and unmatched(modules, linears):
-        raise NeuronforgeError(
-            f"--not-convert entries {unmatched(modules, linears)} match no Linear layer of {model_dir}, so they "
-            "would keep nothing in bf16",
-            "use NxDI's names: lm_head, layers.N.self_attn, layers.N.mlp or a part of them such as q_proj "
-            "(HF names like model.layers.0.mlp.gate_proj never match)",
-        )
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
     tokenizer = load_tokenizer(model_dir)
-    windows = {name: evaluation_windows(tokenizer, body, eval_seq_len, max_tokens) for name, body in texts.items()}
+    windows = held_out_windows(tokenizer, texts, options.eval_seq_len, options.eval_tokens)
     emulated = load_emulated(model_dir, spec)
+    linears = checkpoint_linears(header_shapes(model_dir))
     console.print(f"[bold]{escape(model)}[/]: {spec.describe(len(emulated.converted), len(linears))}")
-    scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), "perplexity")}
-    for name, value in scores.items():
+    report = perplexity_report(emulated, windows)
+    for name, value in report.perplexity.items():
         console.print(
-            f"  perplexity {name:<12} {value:9.3f}  ({windows[name].numel()} tokens, windows of {eval_seq_len})"
+            f"  perplexity {name:<12} {value:9.3f}  ({report.tokens[name]} tokens, windows of {options.eval_seq_len})"
         )
-    if spec.kv_fp8:
-        console.print(f"  KV risk: {emulated.kv_risk.describe()}")
+    if report.kv_risk is not None:
+        console.print(f"  KV risk: {report.kv_risk.describe()}")
     if max_new_tokens:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         if ids.numel() == 0:

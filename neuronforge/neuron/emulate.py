@@ -9,6 +9,7 @@ all-reduce's internal precision, prefill attention and values with |K/V| > 240 a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -167,6 +168,7 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
             convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
 
     path = Path(model_dir)
+    check_not_convert_matches(path, spec)
     by_rows = _quantized_by_rows(path, spec)
     deferred = {f"{name}.weight" for name in by_rows}
     model = load_model(path, after_window=convert_arrived, deferred=deferred, embedding_from_file=True)
@@ -177,6 +179,24 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
         bias = model.get_submodule(name).bias
         replace_module(model, name, NeuronQuantLinear.from_row_blocks(blocks, shape, bias, spec.dtype, tp))
     return emulate(model, spec, device)
+
+
+def check_not_convert_matches(model_dir: Path, spec: EmulationSpec) -> None:
+    """Refuse a modules_to_not_convert entry that keeps no Linear of the checkpoint in bf16 (NxDI's substring rule):
+    such a list quantizes what the user meant to keep, silently (read from the headers: nothing is loaded)."""
+    from neuronforge.hf.folders import header_shapes
+    from neuronforge.neuron.module_names import checkpoint_linears, unmatched
+
+    if spec.dtype is None or not spec.modules_to_not_convert:
+        return
+    missing = unmatched(spec.modules_to_not_convert, checkpoint_linears(header_shapes(model_dir)))
+    if missing:
+        raise NeuronforgeError(
+            f"modules_to_not_convert entries {missing} match no Linear layer of {model_dir}, so they would keep "
+            "nothing in bf16",
+            "use NxDI's names: lm_head, layers.N.self_attn, layers.N.mlp or a part of them such as q_proj "
+            "(HF names like model.layers.0.mlp.gate_proj never match)",
+        )
 
 
 def _quantized_by_rows(path: Path, spec: EmulationSpec) -> dict[str, tuple[Path, tuple[int, int]]]:
@@ -229,3 +249,29 @@ def perplexity(
         raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
     nll = [emulated.token_nll(batch, prefill_len) for batch in windows.split(batch_size)]
     return torch.exp(torch.cat(nll).double().mean()).item()
+
+
+@dataclass(frozen=True)
+class PerplexityReport:
+    """Held-out perplexity of one emulated model, per text: what `emulate`, the run's emulate stage and evaluate
+    report (evaluate computes the same NLL from the logits it also compares, `perplexity_from_logits`)."""
+
+    perplexity: dict[str, float]
+    tokens: dict[str, int]  # tokens scored per text
+    kv_risk: KVRisk | None  # with an fp8 KV cache: the K/V values beyond fp8's range
+    quantized_linears: int
+
+
+def perplexity_report(
+    emulated: EmulatedModel, windows: Mapping[str, torch.Tensor], label: str = "perplexity"
+) -> PerplexityReport:
+    """`perplexity` of every text's [n, s] windows, with a progress bar named `label`."""
+    from neuronforge.core.progress import track
+
+    scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), label)}
+    return PerplexityReport(
+        perplexity=scores,
+        tokens={name: int(ids.numel()) for name, ids in windows.items()},
+        kv_risk=emulated.kv_risk if emulated.spec.kv_fp8 else None,
+        quantized_linears=len(emulated.converted),
+    )

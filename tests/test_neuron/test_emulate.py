@@ -472,7 +472,14 @@ def test_emulate_cli(tiny_llama_dir: Path, tmp_path: Path) -> None:
 
     bad = runner.invoke(app, [*args, "--dtype", "int4"])
     flat = " ".join(bad.output.split())
-    assert bad.exit_code == 2 and "--dtype 'int4' is not supported" in flat and "use one of: int8, f8e4m3" in flat
+    assert bad.exit_code == 2 and "'int4' is not one of 'int8', 'f8e4m3'" in flat and "emulate --help" in flat
     skip.write_text('{"modules_to_not_convert": "lm_head"}')
     bad = runner.invoke(app, [*args, "--not-convert", str(skip)])
     assert bad.exit_code == 2 and "list of module names" in " ".join(bad.output.split())
+
+
+def test_load_emulated_refuses_a_not_convert_name_that_keeps_nothing(tiny_llama_dir: Path) -> None:
+    """The check was the emulate command's only: `nf.load_emulated` users got an all-quantized model silently."""
+    with pytest.raises(NeuronforgeError, match=r"\['model.layers.0.mlp'\] match no Linear layer"):
+        load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", modules_to_not_convert=("model.layers.0.mlp",)))
+    assert load_emulated(tiny_llama_dir, EmulationSpec(modules_to_not_convert=("model.layers.0.mlp",))).converted == []

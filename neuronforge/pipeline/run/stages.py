@@ -184,19 +184,16 @@ def _emulated_tp(ctx: StageContext) -> int:
 
 def _emulate_run(ctx: StageContext) -> StageResult:
     """Held-out perplexity: bf16 on the CPU vs the quantized checkpoint as Neuron would compute it."""
-    from neuronforge.assets.texts import evaluation_windows, resolve_splits
-    from neuronforge.core.progress import track
+    from neuronforge.assets.texts import held_out_windows, resolve_splits
     from neuronforge.hf.folders import load_tokenizer
-    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
+    from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_report
+    from neuronforge.pipeline.evaluate.report import emulation_markdown
 
     config = _given(ctx).config
     source = ctx.output("model", "model")
     tokenizer = load_tokenizer(source)
-    splits = resolve_splits(_given(ctx).text)
-    windows = {
-        name: evaluation_windows(tokenizer, text, config.calib_seq_len, config.eval_tokens)
-        for name, text in splits.evaluation.items()
-    }
+    texts = resolve_splits(_given(ctx).text).evaluation
+    windows = held_out_windows(tokenizer, texts, config.calib_seq_len, config.eval_tokens)
     variants = {
         "bf16": (source, EmulationSpec()),
         "neuron": (
@@ -209,20 +206,16 @@ def _emulate_run(ctx: StageContext) -> StageResult:
             ),
         ),
     }
-    ppl: dict[str, dict[str, float]] = {}
-    kv_risk: dict[str, Any] = {}
-    quantized_linears = 0
+    reports = {}
     for variant, (path, spec) in variants.items():
         emulated = load_emulated(path, spec)
-        quantized_linears = max(quantized_linears, len(emulated.converted))
-        ppl[variant] = {
-            name: round(perplexity(emulated, ids), 4)
-            for name, ids in track(list(windows.items()), f"perplexity, {variant}")
-        }
-        if spec.kv_fp8:
-            risk = emulated.kv_risk
-            kv_risk = {"values": risk.total, "over_240": risk.over, "fraction": risk.fraction, "max_abs": risk.max_abs}
+        reports[variant] = perplexity_report(emulated, windows, f"perplexity, {variant}")
         del emulated
+    ppl = {variant: {n: round(v, 4) for n, v in report.perplexity.items()} for variant, report in reports.items()}
+    risk = reports["neuron"].kv_risk
+    kv_risk = {} if risk is None else {
+        "values": risk.total, "over_240": risk.over, "fraction": risk.fraction, "max_abs": risk.max_abs
+    }  # fmt: skip
     delta = {name: round(100.0 * (ppl["neuron"][name] / ppl["bf16"][name] - 1.0), 3) for name in windows}
     summary = {
         "perplexity": ppl,
@@ -231,37 +224,13 @@ def _emulate_run(ctx: StageContext) -> StageResult:
         "dtype": config.dtype,
         "kv": config.kv,
         "tp_degree": variants["neuron"][1].tp_degree,
-        "tokens_per_text": {name: int(ids.numel()) for name, ids in windows.items()},
+        "tokens_per_text": reports["neuron"].tokens,
         "modules_to_not_convert": _not_converted(ctx),
-        "quantized_linears": quantized_linears,
+        "quantized_linears": max(report.quantized_linears for report in reports.values()),
     }
     atomic_write_json(ctx.workdir / "emulation.json", summary)
     atomic_write_text(ctx.workdir / "emulation.md", emulation_markdown(summary))
     return StageResult(summary=summary)
-
-
-def emulation_markdown(summary: dict[str, Any]) -> str:
-    """A short table: per held-out text, perplexity in bf16 and under emulated Neuron numerics."""
-    kv = "fp8 (e4m3) KV cache" if summary["kv"] == "fp8" else "bf16 KV cache"
-    weights = f"{summary['dtype']} weights"
-    if summary.get("quantized_linears") == 0:
-        weights = "bf16 weights (nothing quantized: every block is in modules_to_not_convert)"
-    lines = [
-        f"# CPU emulation of Neuron numerics: {weights}, {kv}, tp_degree {summary.get('tp_degree', 1)}",
-        "",
-        "| text | tokens | bf16 ppl | Neuron-emulated ppl | change |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, base in summary["perplexity"]["bf16"].items():
-        lines.append(
-            f"| {name} | {summary['tokens_per_text'][name]} | {base:.3f} | "
-            f"{summary['perplexity']['neuron'][name]:.3f} | {summary['delta_percent'][name]:+.2f}% |"
-        )
-    kept = ", ".join(summary["modules_to_not_convert"]) or "none"
-    lines += ["", f"Blocks kept in bf16 (modules_to_not_convert): {kept}"]
-    if summary["kv_risk"]:
-        lines.append(f"KV values beyond fp8's +-240 (undefined on Neuron): {json.dumps(summary['kv_risk'])}")
-    return "\n".join(lines) + "\n"
 
 
 # --- evaluate ------------------------------------------------------------------------------------
