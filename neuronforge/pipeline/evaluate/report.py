@@ -7,9 +7,7 @@ PNG of accuracy against weight memory. Writing is atomic per file.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -187,27 +185,3 @@ def write_report(report: EvaluationReport, out_dir: Path) -> dict[str, Path]:
     atomic_write_json(paths[REPORT_JSON], report.model_dump(mode="json"))
     atomic_write_text(paths[REPORT_MD], render_markdown(report))
     return paths
-
-
-def emulation_markdown(summary: dict[str, Any]) -> str:
-    """A short table: per held-out text, perplexity in bf16 and under emulated Neuron numerics."""
-    kv = "fp8 (e4m3) KV cache" if summary["kv"] == "fp8" else "bf16 KV cache"
-    weights = f"{summary['dtype']} weights"
-    if summary.get("quantized_linears") == 0:
-        weights = "bf16 weights (nothing quantized: every block is in modules_to_not_convert)"
-    lines = [
-        f"# CPU emulation of Neuron numerics: {weights}, {kv}, tp_degree {summary.get('tp_degree', 1)}",
-        "",
-        "| text | tokens | bf16 ppl | Neuron-emulated ppl | change |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, base in summary["perplexity"]["bf16"].items():
-        lines.append(
-            f"| {name} | {summary['tokens_per_text'][name]} | {base:.3f} | "
-            f"{summary['perplexity']['neuron'][name]:.3f} | {summary['delta_percent'][name]:+.2f}% |"
-        )
-    kept = ", ".join(summary["modules_to_not_convert"]) or "none"
-    lines += ["", f"Blocks kept in bf16 (modules_to_not_convert): {kept}"]
-    if summary["kv_risk"]:
-        lines.append(f"KV values beyond fp8's +-240 (undefined on Neuron): {json.dumps(summary['kv_risk'])}")
-    return "\n".join(lines) + "\n"

@@ -23,7 +23,15 @@ from neuronforge.neuron.host import neuron_unavailable
 from neuronforge.pipeline.evaluate.api import EvaluateOptions
 from neuronforge.pipeline.quantize.api import QuantizeSettings
 from neuronforge.pipeline.run.config import RunConfig
-from neuronforge.pipeline.run.runner import Stage, StageContext, StageResult
+from neuronforge.pipeline.run.runner import Stage, StageContext, StageResult, StageRun
+from neuronforge.pipeline.run.summaries import (
+    CompileSummary,
+    EmulateSummary,
+    EvaluateSummary,
+    ModelSummary,
+    PackageSummary,
+    QuantizeSummary,
+)
 
 if TYPE_CHECKING:
     from neuronforge.neuron.config import NeuronConfigSpec
@@ -43,22 +51,26 @@ class RunInputs:
     text: Path | None
 
 
-def _given(ctx: StageContext) -> RunInputs:
+Context = StageContext[RunInputs]
+Running = StageRun[RunInputs]
+
+
+def _given(ctx: Context) -> RunInputs:
     return ctx.config
 
 
-def _quantized(ctx: StageContext) -> Path:
+def _quantized(ctx: Context) -> Path:
     return ctx.output("quantize") / CHECKPOINT
 
 
-def _not_converted(ctx: StageContext) -> list[str]:
-    return list(ctx.summary("quantize")["modules_to_not_convert"])
+def _not_converted(ctx: Context) -> list[str]:
+    return list(ctx.summary("quantize", QuantizeSummary).modules_to_not_convert)
 
 
 # --- model ---------------------------------------------------------------------------------------
 
 
-def _model_inputs(ctx: StageContext) -> dict[str, Any]:
+def _model_inputs(ctx: Context) -> dict[str, Any]:
     from neuronforge.assets.models import EMBEDDED_MODELS
 
     model = _given(ctx).model
@@ -67,20 +79,20 @@ def _model_inputs(ctx: StageContext) -> dict[str, Any]:
     return {"folder": Path(model)}
 
 
-def _model_run(ctx: StageContext) -> StageResult:
+def _model_run(ctx: Running) -> StageResult:
     from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.hf.folders import read_config
 
     path = fetch_or_resolve(_given(ctx).model)
     config = read_config(path)
-    summary = {
-        "path": str(path),
-        "model_type": config.get("model_type"),
-        "layers": config.get("num_hidden_layers"),
-        "hidden_size": config.get("hidden_size"),
-        "source": _given(ctx).config.model,
-    }
-    atomic_write_json(ctx.workdir / "model.json", summary)
+    summary = ModelSummary(
+        path=str(path),
+        model_type=config.get("model_type"),
+        layers=config.get("num_hidden_layers"),
+        hidden_size=config.get("hidden_size"),
+        source=_given(ctx).config.model,
+    )
+    atomic_write_json(ctx.workdir / "model.json", summary.model_dump(mode="json"))
     return StageResult(summary=summary, outputs={"model": path})
 
 
@@ -111,16 +123,16 @@ def _config_values(ctx: StageContext, keys: tuple[str, ...]) -> dict[str, Any]:
     return {key: getattr(config, key) for key in keys}
 
 
-def _model_text_inputs(keys: tuple[str, ...]) -> Callable[[StageContext], dict[str, Any]]:
+def _model_text_inputs(keys: tuple[str, ...]) -> Callable[[Context], dict[str, Any]]:
     """Inputs of a stage that reads the model, the text and these config keys."""
 
-    def inputs(ctx: StageContext) -> dict[str, Any]:
+    def inputs(ctx: Context) -> dict[str, Any]:
         return {"model": ctx.output("model", "model"), "text": _given(ctx).text, **_config_values(ctx, keys)}
 
     return inputs
 
 
-def _budget_deployment(ctx: StageContext) -> dict[str, Any]:
+def _budget_deployment(ctx: Context) -> dict[str, Any]:
     """The deployment an instance budget is checked against (nothing without one: cache keys stay put)."""
     config = _given(ctx).config
     if config.budget_instance is None:
@@ -129,11 +141,11 @@ def _budget_deployment(ctx: StageContext) -> dict[str, Any]:
     return {key: value for key, value in given.items() if value is not None}
 
 
-def _quantize_inputs(ctx: StageContext) -> dict[str, Any]:
+def _quantize_inputs(ctx: Context) -> dict[str, Any]:
     return {**_model_text_inputs(QUANTIZE_KEYS)(ctx), **_budget_deployment(ctx)}
 
 
-def _quantize_run(ctx: StageContext) -> StageResult:
+def _quantize_run(ctx: Running) -> StageResult:
     from neuronforge.pipeline.quantize.api import QuantizeOptions, quantize
 
     options = QuantizeOptions(
@@ -144,22 +156,13 @@ def _quantize_run(ctx: StageContext) -> StageResult:
         **_budget_deployment(ctx),
     )
     result = quantize(options)
-    return StageResult(
-        summary={
-            "modules_to_not_convert": result.modules_to_not_convert,
-            "grid_agreement": result.grid_agreement,
-            "naive_agreement": result.naive_agreement,
-            "value_agreement": result.value_agreement,
-            "naive_value_agreement": result.naive_value_agreement,
-            "timings": result.timings,
-        }
-    )
+    return StageResult(summary=QuantizeSummary.model_validate(result.model_dump(exclude={"out_dir"})))
 
 
 # --- emulate -------------------------------------------------------------------------------------
 
 
-def _emulate_inputs(ctx: StageContext) -> dict[str, Any]:
+def _emulate_inputs(ctx: Context) -> dict[str, Any]:
     config = _given(ctx).config
     return {
         "model": ctx.output("model", "model"),
@@ -174,7 +177,7 @@ def _emulate_inputs(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-def _emulated_tp(ctx: StageContext) -> int:
+def _emulated_tp(ctx: Context) -> int:
     """The tp_degree the compile stage will use (explicit, or chosen for the target instance as compile chooses it)."""
     from neuronforge.neuron.config import DEFAULT_INSTANCE, choose_tp, model_facts
 
@@ -182,12 +185,11 @@ def _emulated_tp(ctx: StageContext) -> int:
     return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), config.instance or DEFAULT_INSTANCE)
 
 
-def _emulate_run(ctx: StageContext) -> StageResult:
+def _emulate_run(ctx: Running) -> StageResult:
     """Held-out perplexity: bf16 on the CPU vs the quantized checkpoint as Neuron would compute it."""
     from neuronforge.assets.texts import held_out_windows, resolve_splits
     from neuronforge.hf.folders import load_tokenizer
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_report
-    from neuronforge.pipeline.evaluate.report import emulation_markdown
 
     config = _given(ctx).config
     source = ctx.output("model", "model")
@@ -217,19 +219,19 @@ def _emulate_run(ctx: StageContext) -> StageResult:
         "values": risk.total, "over_240": risk.over, "fraction": risk.fraction, "max_abs": risk.max_abs
     }  # fmt: skip
     delta = {name: round(100.0 * (ppl["neuron"][name] / ppl["bf16"][name] - 1.0), 3) for name in windows}
-    summary = {
-        "perplexity": ppl,
-        "delta_percent": delta,
-        "kv_risk": kv_risk,
-        "dtype": config.dtype,
-        "kv": config.kv,
-        "tp_degree": variants["neuron"][1].tp_degree,
-        "tokens_per_text": reports["neuron"].tokens,
-        "modules_to_not_convert": _not_converted(ctx),
-        "quantized_linears": max(report.quantized_linears for report in reports.values()),
-    }
-    atomic_write_json(ctx.workdir / "emulation.json", summary)
-    atomic_write_text(ctx.workdir / "emulation.md", emulation_markdown(summary))
+    summary = EmulateSummary(
+        perplexity=ppl,
+        delta_percent=delta,
+        kv_risk=kv_risk,
+        dtype=config.dtype,
+        kv=config.kv,
+        tp_degree=variants["neuron"][1].tp_degree,
+        tokens_per_text=reports["neuron"].tokens,
+        modules_to_not_convert=_not_converted(ctx),
+        quantized_linears=max(report.quantized_linears for report in reports.values()),
+    )
+    atomic_write_json(ctx.workdir / "emulation.json", summary.model_dump(mode="json"))
+    atomic_write_text(ctx.workdir / "emulation.md", summary.markdown())
     return StageResult(summary=summary)
 
 
@@ -252,7 +254,7 @@ EVALUATE_EXCLUDED = {
 EVALUATE_KEYS = key_fields(EvaluateOptions, EVALUATE_EXCLUDED)
 
 
-def _evaluate_run(ctx: StageContext) -> StageResult:
+def _evaluate_run(ctx: Running) -> StageResult:
     """The full table (bf16, RTN, AutoRound, selective variants); it quantizes its own variants."""
     from neuronforge.pipeline.evaluate.api import evaluate
 
@@ -270,7 +272,7 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
         ),
         command="neuronforge run --stages evaluate",
     )
-    return StageResult(summary={"report": "report/report.md", **json.loads(report.model_dump_json())})
+    return StageResult(summary=EvaluateSummary(report="report/report.md", **report.model_dump(mode="json")))
 
 
 # --- compile and package -------------------------------------------------------------------------
@@ -278,7 +280,7 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
 NEURON_KEYS = ("dtype", "kv", "instance", "tp_degree", "batch_size", "seq_len", "sdk")
 
 
-def _neuron_spec(ctx: StageContext) -> NeuronConfigSpec:
+def _neuron_spec(ctx: Context) -> NeuronConfigSpec:
     """The NxD config for the quantized checkpoint; unset keys take the compile step's defaults."""
     from neuronforge.neuron.config import build_neuron_config_spec
 
@@ -294,11 +296,11 @@ def _neuron_spec(ctx: StageContext) -> NeuronConfigSpec:
     )
 
 
-def _compile_inputs(ctx: StageContext) -> dict[str, Any]:
+def _compile_inputs(ctx: Context) -> dict[str, Any]:
     return {"quantized": ctx.output("quantize"), **_config_values(ctx, NEURON_KEYS)}
 
 
-def _compile_run(ctx: StageContext) -> StageResult:
+def _compile_run(ctx: Running) -> StageResult:
     from neuronforge.neuron.compile import CompileOptions, compile_model
     from neuronforge.neuron.config import write_config_files
 
@@ -308,16 +310,16 @@ def _compile_run(ctx: StageContext) -> StageResult:
     )
     record = json.loads((Path(compiled) / "neuronforge_compile.json").read_text())
     return StageResult(
-        summary={"smoke": record.get("smoke"), "timings": record.get("timings"), "sdk": record.get("sdk")}
+        summary=CompileSummary(smoke=record.get("smoke"), timings=record.get("timings"), sdk=record.get("sdk"))
     )
 
 
-def _package_inputs(ctx: StageContext) -> dict[str, Any]:
+def _package_inputs(ctx: Context) -> dict[str, Any]:
     compiled = ctx.output("compile") if ctx.done("compile") else None
     return {"quantized": ctx.output("quantize"), "compiled": compiled, **_config_values(ctx, NEURON_KEYS)}
 
 
-def _package_run(ctx: StageContext) -> StageResult:
+def _package_run(ctx: Running) -> StageResult:
     """Endpoint package when a compile exists; otherwise checkpoint + neuron config for a Neuron compile job."""
     from neuronforge.neuron.config import write_config_files
 
@@ -331,21 +333,21 @@ def _package_run(ctx: StageContext) -> StageResult:
             tp_degree=_given(ctx).config.tp_degree,
         )
         return StageResult(
-            summary={
-                "kind": "endpoint",
-                "path": ENDPOINT,
-                "next": "neuronforge deploy (see the SageMaker section of the README)",
-            }
+            summary=PackageSummary(
+                kind="endpoint",
+                path=ENDPOINT,
+                next="neuronforge sagemaker deploy --model-data <this package uploaded to s3://>",
+            )
         )
     target = ctx.workdir / COMPILE_INPUT
     link_tree(_quantized(ctx), target / CHECKPOINT)
     write_config_files(_neuron_spec(ctx), target)
     return StageResult(
-        summary={
-            "kind": "compile_input",
-            "path": COMPILE_INPUT,
-            "next": "on an inf2/trn1 host: neuronforge run --out <this run directory> --stages compile,package",
-        }
+        summary=PackageSummary(
+            kind="compile_input",
+            path=COMPILE_INPUT,
+            next="on an inf2/trn1 host: neuronforge run --out <this run directory> --stages compile,package",
+        )
     )
 
 
