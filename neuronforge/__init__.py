@@ -31,7 +31,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "QuantizeResult": ("neuronforge.pipeline.quantize.api", "QuantizeResult"),
     "emulate": ("neuronforge.neuron.emulate", "emulate"),
     "load_emulated": ("neuronforge.neuron.emulate", "load_emulated"),
-    "EmulationSpec": ("neuronforge.neuron.emulate", "EmulationSpec"),
+    "EmulationSpec": ("neuronforge.neuron.emulation_spec", "EmulationSpec"),
     "EmulatedModel": ("neuronforge.neuron.emulate", "EmulatedModel"),
     "evaluate": ("neuronforge.pipeline.evaluate.api", "evaluate"),
     "EvaluateOptions": ("neuronforge.pipeline.evaluate.api", "EvaluateOptions"),
@@ -39,11 +39,14 @@ _LAZY: dict[str, tuple[str, str]] = {
     "plan": ("neuronforge.neuron.plan", "plan"),
     "Deployment": ("neuronforge.neuron.plan", "Deployment"),
     "load_model_shape": ("neuronforge.neuron.plan", "load_model_shape"),
-    "neuron_config": ("neuronforge.neuron.config", "build_neuron_config_spec"),
+    "neuron_config": ("neuronforge.neuron.config", "neuron_config"),
+    "NeuronConfigOptions": ("neuronforge.neuron.config", "NeuronConfigOptions"),
     "NeuronConfigSpec": ("neuronforge.neuron.config", "NeuronConfigSpec"),
     "compile": ("neuronforge.neuron.compile", "compile_model"),
+    "compile_model": ("neuronforge.neuron.compile", "compile_model"),
     "CompileOptions": ("neuronforge.neuron.compile", "CompileOptions"),
-    "package": ("neuronforge.sagemaker.packaging", "package_model"),
+    "package": ("neuronforge.sagemaker.packaging", "package"),
+    "PackageOptions": ("neuronforge.sagemaker.packaging", "PackageOptions"),
     "run": ("neuronforge.pipeline.run.api", "run_pipeline"),
     "RunConfig": ("neuronforge.pipeline.run.config", "RunConfig"),
     "RunOutcome": ("neuronforge.pipeline.run.api", "RunOutcome"),
@@ -70,10 +73,13 @@ __all__ = [
     "Deployment",
     "load_model_shape",
     "neuron_config",
+    "NeuronConfigOptions",
     "NeuronConfigSpec",
     "compile",
+    "compile_model",
     "CompileOptions",
     "package",
+    "PackageOptions",
     "run",
     "RunConfig",
     "RunOutcome",
@@ -96,11 +102,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from neuronforge.assets.models import fetch as fetch_model
-    from neuronforge.neuron.compile import CompileOptions
+    from neuronforge.neuron.compile import CompileOptions, compile_model
     from neuronforge.neuron.compile import compile_model as compile
-    from neuronforge.neuron.config import NeuronConfigSpec
-    from neuronforge.neuron.config import build_neuron_config_spec as neuron_config
-    from neuronforge.neuron.emulate import EmulatedModel, EmulationSpec, emulate, load_emulated
+    from neuronforge.neuron.config import NeuronConfigOptions, NeuronConfigSpec, neuron_config
+    from neuronforge.neuron.emulate import EmulatedModel, emulate, load_emulated
+    from neuronforge.neuron.emulation_spec import EmulationSpec
     from neuronforge.neuron.plan import Deployment, load_model_shape, plan
     from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
     from neuronforge.pipeline.evaluate.report import EvaluationReport
@@ -115,4 +121,4 @@ if TYPE_CHECKING:
     from neuronforge.pipeline.run.api import RunOutcome
     from neuronforge.pipeline.run.api import run_pipeline as run
     from neuronforge.pipeline.run.config import RunConfig
-    from neuronforge.sagemaker.packaging import package_model as package
+    from neuronforge.sagemaker.packaging import PackageOptions, package

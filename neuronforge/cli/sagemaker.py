@@ -23,7 +23,6 @@ from neuronforge.cli.options import (
     JobVolumeOpt,
     MaxRuntimeOpt,
     NameOpt,
-    OverwriteOpt,
     RegionOpt,
     RoleOpt,
     WaitOpt,
@@ -34,10 +33,12 @@ from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.config import NeuronConfigOptions
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype, QuantDtype
 from neuronforge.pipeline.quantize.api import QuantizeSettings
+from neuronforge.sagemaker.packaging import PackageOptions
 
 # The job runs `neuronforge quantize`, whose calibration budget is the gpu preset unless a knob is given.
 GPU_PRESET = "from the gpu preset"
 N = NeuronConfigOptions
+P = PackageOptions
 
 if TYPE_CHECKING:
     from neuronforge.sagemaker.code import CodeBundle
@@ -399,16 +400,17 @@ def pipeline_command(
 
 def package_command(
     out: Path = typer.Argument(..., help="Package directory to write (or an existing one to upload)."),
-    compiled: Path | None = typer.Option(None, "--compiled", help="`neuronforge compile` output directory."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="`neuronforge quantize` output directory."),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder if the checkpoint lacks one."),
-    tp_degree: int | None = typer.Option(None, "--tp-degree", help="Default: read from compiled/neuron_config.json."),
-    overwrite: OverwriteOpt = False,
+    compiled: Path | None = model_option(P, "compiled"),
+    checkpoint: Path | None = model_option(P, "checkpoint"),
+    tokenizer: Path | None = model_option(P, "tokenizer"),
+    tp_degree: int | None = model_option(P, "tp_degree"),
+    overwrite: bool | None = model_option(P, "overwrite", "--overwrite"),
     upload: str | None = typer.Option(None, "--upload", help="s3:// prefix to upload to (multipart, verified)."),
     region: RegionOpt = None,
 ) -> None:
     """Lay out the endpoint's model directory with manifest.json; optionally upload it to S3 and verify."""
-    from neuronforge.sagemaker.packaging import package_model, verify_package
+    flags = given(locals(), P)
+    from neuronforge.sagemaker.packaging import package, verify_package
 
     if compiled is None and checkpoint is None:
         verify_package(out)
@@ -419,9 +421,7 @@ def package_command(
         from neuronforge.neuron.weight_memory import format_bytes
         from neuronforge.sagemaker.packaging import load_manifest
 
-        package_model(
-            out, compiled=compiled, checkpoint=checkpoint, tokenizer=tokenizer, tp_degree=tp_degree, overwrite=overwrite
-        )
+        package(validated(P, "package", **flags))
         sizes = load_manifest(out)["sizes"]
         left_out = ", ".join(f"{name} {format_bytes(n)}" for name, n in sizes["left_out"].items() if n)
         console.print(

@@ -18,6 +18,7 @@ KvDtype = Literal["fp8", "bf16"]
 
 QUANT_DTYPES: tuple[str, ...] = get_args(QuantDtype)
 QUANT_TYPES: tuple[str, ...] = get_args(QuantType)
+KV_DTYPES: tuple[str, ...] = get_args(KvDtype)
 
 # The same names as option-model field types, with the help text every command shows for them.
 ExportDtypeOption = Annotated[ExportDtype, Field(description="weight dtype on Neuron: int8 or f8e4m3 (fp8)")]

@@ -13,7 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neuronforge.core.knobs import EvalSeqLen, EvalTokens
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.dtypes import QUANT_DTYPES, QUANT_TYPES, KvOption, QuantDtype, QuantType, QuantTypeOption
+from neuronforge.neuron.dtypes import (
+    KV_DTYPES,
+    QUANT_DTYPES,
+    QUANT_TYPES,
+    KvDtype,
+    KvOption,
+    QuantDtype,
+    QuantType,
+    QuantTypeOption,
+)
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,7 @@ class EmulationSpec:
     """
 
     dtype: QuantDtype | None = None
-    kv_fp8: bool = False
+    kv: KvDtype = "bf16"  # NxDI's direct-cast fp8 (e4m3) cache, or bf16
     modules_to_not_convert: tuple[str, ...] = ()
     qtype: QuantType = "per_channel_symmetric"
     # bf16 Linears as fp32 GEMMs rounded once to bf16 (device-like fp32 accumulation, ~6x faster on CPUs
@@ -33,7 +42,13 @@ class EmulationSpec:
     # NeuronCores the model is sharded over: row-parallel layers (o_proj, down_proj) round per-rank partials (qlinear.py).
     tp_degree: int = 1
 
+    @property
+    def kv_fp8(self) -> bool:
+        return self.kv == "fp8"
+
     def __post_init__(self) -> None:
+        if self.kv not in KV_DTYPES:
+            raise NeuronforgeError(f"unknown KV cache dtype '{self.kv}'", f"choose one of: {', '.join(KV_DTYPES)}")
         if self.tp_degree < 1:
             raise NeuronforgeError(f"tp_degree {self.tp_degree} is not a NeuronCore count", "pass --tp-degree >= 1")
         if self.dtype is not None and self.dtype not in QUANT_DTYPES:
@@ -86,7 +101,7 @@ class EmulateOptions(BaseModel):
     def spec(self) -> EmulationSpec:
         return EmulationSpec(
             dtype=None if self.dtype == "none" else self.dtype,
-            kv_fp8=self.kv == "fp8",
+            kv=self.kv,
             modules_to_not_convert=self.modules_to_not_convert,
             qtype=self.qtype,
             fast_bf16=self.fast_bf16,

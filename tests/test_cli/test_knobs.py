@@ -26,6 +26,7 @@ from neuronforge.neuron.plan import Deployment
 from neuronforge.pipeline.evaluate.api import EvaluateOptions
 from neuronforge.pipeline.quantize.api import QuantizeOptions, QuantizeSettings
 from neuronforge.pipeline.run.config import RunConfig
+from neuronforge.sagemaker.packaging import PackageOptions
 
 # command path -> the options model its flags feed
 MODELS: dict[str, type[BaseModel]] = {
@@ -40,12 +41,12 @@ MODELS: dict[str, type[BaseModel]] = {
     "sagemaker quantize": QuantizeSettings,
     "sagemaker compile": NeuronConfigOptions,
     "sagemaker pipeline": QuantizeSettings,
+    "package": PackageOptions,
 }
 # Commands whose flags feed no options model (AWS calls, file lay-out, introspection).
 NO_MODEL = {
     "model list",
     "model fetch",
-    "package",
     "config init",
     "sagemaker upload-code",
     "sagemaker deploy",

@@ -407,7 +407,9 @@ def _measure(
     windows = prepared.windows
     mtnc = checkpoints.kept.get(plan.checkpoint or "rtn", []) if plan.weights else []
     spec = EmulationSpec(
-        dtype=options.dtype if plan.weights else None, kv_fp8=plan.kv_fp8, modules_to_not_convert=tuple(mtnc)
+        dtype=options.dtype if plan.weights else None,
+        kv="fp8" if plan.kv_fp8 else "bf16",
+        modules_to_not_convert=tuple(mtnc),
     )
     emulated = load_emulated(checkpoints.paths[plan.checkpoint] if plan.checkpoint else prepared.source, spec)
     windows_task = bar.add_task(f"  {plan.label}", total=sum(w.shape[0] for w in windows.values()))

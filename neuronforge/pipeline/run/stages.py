@@ -202,7 +202,7 @@ def _emulate_run(ctx: Running) -> StageResult:
             _quantized(ctx),
             EmulationSpec(
                 dtype=config.dtype,
-                kv_fp8=config.kv == "fp8",
+                kv=config.kv,
                 modules_to_not_convert=tuple(_not_converted(ctx)),
                 tp_degree=_emulated_tp(ctx),
             ),

@@ -104,7 +104,7 @@ def test_perplexity_agrees_with_the_emulator_s_own(tiny_run, tiny_llama_dir):
     name, text = next(iter(embedded_splits().evaluation.items()))
     windows = evaluation_windows(tok, text, options.eval_seq_len, options.eval_tokens)
     emulated = load_emulated(
-        tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=True)
+        tiny_llama_dir, EmulationSpec(dtype="int8", kv="fp8", modules_to_not_convert=("lm_head",), fast_bf16=True)
     )
     rtn = next(v for v in report.variants if v.key == "rtn")
     assert rtn.perplexity[name] == pytest.approx(perplexity(emulated, windows), rel=1e-4)
