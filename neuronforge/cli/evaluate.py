@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from neuronforge.cli.app import checked_out, console
-from neuronforge.cli.options import given, model_option, preset_option
+from neuronforge.cli.options import VerboseOpt, given, model_option, preset_option
+from neuronforge.core.logs import third_party_log, third_party_logs
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.evaluate.api import EvaluateOptions
 from neuronforge.pipeline.quantize.selection import SelectionRule
@@ -50,6 +51,7 @@ def evaluate_command(
     max_new_tokens: int | None = model_option(E, "max_new_tokens"),
     lm_eval_tasks: str | None = model_option(E, "lm_eval_tasks", text="comma-separated; " + _h("lm_eval_tasks")),
     lm_eval_limit: int | None = model_option(E, "lm_eval_limit"),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Accuracy, weight memory and smallest inf2 instance of bf16, RTN, AutoRound and selective variants.
 
@@ -65,7 +67,8 @@ def evaluate_command(
     options = options_from(**{**flags, "preset": preset})
     out = checked_out(options.out, model=options.model, text=options.text, gsm8k=options.gsm8k)
     options = options.model_copy(update={"out": out})
-    report = evaluate(options, command=shlex.join(["neuronforge", *sys.argv[1:]]))
+    with third_party_logs(third_party_log(out), verbose):
+        report = evaluate(options, command=shlex.join(["neuronforge", *sys.argv[1:]]))
     console.print((options.out / REPORT_MD).read_text(), markup=False, highlight=False)
     if report.flagged:
         console.print(f"[bold yellow]{len(report.flagged)} variant(s) flagged, see the warnings above.[/]")

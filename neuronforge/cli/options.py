@@ -74,6 +74,12 @@ ImageOpt = Annotated[str | None, typer.Option("--image", help="Override the pinn
 JobVolumeOpt = Annotated[int, typer.Option("--volume-gb", help="EBS volume of the job's instance, GB.")]
 MaxRuntimeOpt = Annotated[int, typer.Option("--max-runtime", help="Seconds after which SageMaker stops the job.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Block until the job finishes / the endpoint is InService.")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", help="Also print third-party log lines (auto-round, transformers); always in <out>/logs/."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from neuronforge.cli.app import checked_out, console
-from neuronforge.cli.options import NotConvertOpt, given, model_option, preset_option
+from neuronforge.cli.options import NotConvertOpt, VerboseOpt, given, model_option, preset_option
+from neuronforge.core.logs import LOG_FILE, third_party_log, third_party_logs
 from neuronforge.core.progress import err_console
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.api import QuantizeOptions
@@ -41,6 +44,7 @@ def quantize_command(
     not_convert: NotConvertOpt = None,
     autoround: bool | None = model_option(Q, "autoround", "--autoround/--no-autoround"),
     minmax_tuning: bool | None = model_option(Q, "minmax_tuning", "--minmax-tuning/--no-minmax-tuning"),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint.
 
@@ -58,7 +62,13 @@ def quantize_command(
             "modules_to_not_convert": read_not_convert(not_convert) if not_convert else None,
         }
     )
-    result = quantize(options)
+    with tempfile.TemporaryDirectory() as tmp:  # the output folder appears only when quantize succeeds
+        log = Path(tmp) / LOG_FILE
+        with third_party_logs(log, verbose):
+            result = quantize(options)
+        if log.exists():
+            third_party_log(result.out_dir).parent.mkdir(exist_ok=True)
+            shutil.move(log, third_party_log(result.out_dir))
 
     def percent(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.3f}%"

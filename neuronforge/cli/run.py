@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuronforge.cli.app import App, console
-from neuronforge.cli.options import OverwriteOpt
+from neuronforge.cli.options import OverwriteOpt, VerboseOpt
+from neuronforge.core.logs import third_party_log, third_party_logs
 from neuronforge.core.presets import presets_help
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
@@ -127,12 +128,14 @@ def run_command(
     batch_size: int | None = typer.Option(None, "--batch-size", help=_h("batch_size")),
     seq_len: int | None = typer.Option(None, "--seq-len", help=_h("seq_len")),
     sdk: str | None = typer.Option(None, "--sdk", help=_h("sdk")),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline end to end: model -> quantize -> emulate -> (Neuron host) compile -> package.
 
     Outputs go to a run directory with a manifest.json; a re-run skips every stage whose inputs are
     unchanged and resumes at the first stage that did not finish.
     """
+    from neuronforge.pipeline.run import storage
     from neuronforge.pipeline.run.storage import is_s3, localize
 
     overrides = {name: value for name, value in locals().items() if name in RunConfig.model_fields or name == "preset"}
@@ -144,7 +147,9 @@ def run_command(
     started = time.perf_counter()
     target = settings.run_dir()
     console.print(f"run directory: {target}{'' if is_s3(target) else f' ({Path(target).resolve()})'}")
-    outcome = run_pipeline(settings, listener=_print_event)
+    log_dir = storage.local_mirror(target) if is_s3(target) else Path(target)
+    with third_party_logs(third_party_log(log_dir), verbose):
+        outcome = run_pipeline(settings, listener=_print_event)
     _summary(outcome, time.perf_counter() - started, settings)
 
 

@@ -29,6 +29,7 @@ from neuronforge.core.atomic import atomic_dir, atomic_write_json, link_tree
 from neuronforge.core.aws import call
 from neuronforge.core.hashing import sha256_file
 from neuronforge.core.knobs import TpDegree
+from neuronforge.core.logs import LOG_DIR
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.compile import QUANTIZED_DIR, RECORD_FILE
@@ -228,7 +229,7 @@ def package_model(
     with atomic_dir(target, overwrite=overwrite) as tmp:
         # NxDI's quantized_checkpoint/ (fp32 non-quantized tensors) is not needed: the presharded weights/ serve.
         link_tree(compiled, tmp / COMPILED_SUBDIR, ignore=(QUANTIZED_DIR,))
-        link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR)
+        link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR, ignore=(LOG_DIR,))  # `quantize`'s third-party log
         for path in tokenizer_files:
             if not (tmp / CHECKPOINT_SUBDIR / path.name).exists():
                 shutil.copy2(path, tmp / CHECKPOINT_SUBDIR / path.name)
