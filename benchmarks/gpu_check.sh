@@ -29,7 +29,7 @@ done
 
 if [ "$dry" = 1 ]; then
   export CUDA_VISIBLE_DEVICES=""  # the CPU path, whatever the host
-  settings=(--iters 1 --nsamples 2 --calib-seq-len 32 --max-tokens 64 --eval-seq-len 32)
+  settings=(--iters 1 --nsamples 2 --calib-seq-len 32 --eval-tokens 64 --eval-seq-len 32)
 else
   if ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "error: no CUDA device is visible to torch" >&2
@@ -37,7 +37,7 @@ else
     exit 2
   fi
   # quantize's own defaults (the GPU-host settings), and evaluate's full held-out text
-  settings=(--iters 50 --nsamples 32 --calib-seq-len 256 --max-tokens 1024 --eval-seq-len 256)
+  settings=(--iters 50 --nsamples 32 --calib-seq-len 256 --eval-tokens 1024 --eval-seq-len 256)
 fi
 
 mkdir -p "$out"

@@ -31,7 +31,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "QuantizeResult": ("neuronforge.pipeline.quantize.api", "QuantizeResult"),
     "emulate": ("neuronforge.neuron.numerics.emulate", "emulate"),
     "load_emulated": ("neuronforge.neuron.numerics.emulate", "load_emulated"),
-    "EmulationSpec": ("neuronforge.neuron.numerics.emulate", "EmulationSpec"),
+    "EmulationSpec": ("neuronforge.neuron.numerics.emulation_spec", "EmulationSpec"),
     "EmulatedModel": ("neuronforge.neuron.numerics.emulate", "EmulatedModel"),
     "evaluate": ("neuronforge.pipeline.evaluate.api", "evaluate"),
     "EvaluateOptions": ("neuronforge.pipeline.evaluate.api", "EvaluateOptions"),
@@ -39,11 +39,14 @@ _LAZY: dict[str, tuple[str, str]] = {
     "plan": ("neuronforge.neuron.planner.plan", "plan"),
     "Deployment": ("neuronforge.neuron.planner.plan", "Deployment"),
     "load_model_shape": ("neuronforge.neuron.planner.plan", "load_model_shape"),
-    "neuron_config": ("neuronforge.neuron.nxdi.config", "build_neuron_config_spec"),
+    "neuron_config": ("neuronforge.neuron.nxdi.config", "neuron_config"),
+    "NeuronConfigOptions": ("neuronforge.neuron.nxdi.config", "NeuronConfigOptions"),
     "NeuronConfigSpec": ("neuronforge.neuron.nxdi.config", "NeuronConfigSpec"),
     "compile": ("neuronforge.neuron.nxdi.compile", "compile_model"),
+    "compile_model": ("neuronforge.neuron.nxdi.compile", "compile_model"),
     "CompileOptions": ("neuronforge.neuron.nxdi.compile", "CompileOptions"),
-    "package": ("neuronforge.sagemaker.packaging", "package_model"),
+    "package": ("neuronforge.sagemaker.packaging", "package"),
+    "PackageOptions": ("neuronforge.sagemaker.packaging", "PackageOptions"),
     "run": ("neuronforge.pipeline.run.api", "run_pipeline"),
     "RunConfig": ("neuronforge.pipeline.run.config", "RunConfig"),
     "RunOutcome": ("neuronforge.pipeline.run.api", "RunOutcome"),
@@ -70,10 +73,13 @@ __all__ = [
     "Deployment",
     "load_model_shape",
     "neuron_config",
+    "NeuronConfigOptions",
     "NeuronConfigSpec",
     "compile",
+    "compile_model",
     "CompileOptions",
     "package",
+    "PackageOptions",
     "run",
     "RunConfig",
     "RunOutcome",
@@ -96,11 +102,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from neuronforge.assets.models import fetch as fetch_model
-    from neuronforge.neuron.numerics.emulate import EmulatedModel, EmulationSpec, emulate, load_emulated
-    from neuronforge.neuron.nxdi.compile import CompileOptions
+    from neuronforge.neuron.numerics.emulate import EmulatedModel, emulate, load_emulated
+    from neuronforge.neuron.numerics.emulation_spec import EmulationSpec
+    from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
     from neuronforge.neuron.nxdi.compile import compile_model as compile
-    from neuronforge.neuron.nxdi.config import NeuronConfigSpec
-    from neuronforge.neuron.nxdi.config import build_neuron_config_spec as neuron_config
+    from neuronforge.neuron.nxdi.config import NeuronConfigOptions, NeuronConfigSpec, neuron_config
     from neuronforge.neuron.planner.plan import Deployment, load_model_shape, plan
     from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
     from neuronforge.pipeline.evaluate.report import EvaluationReport
@@ -115,4 +121,4 @@ if TYPE_CHECKING:
     from neuronforge.pipeline.run.api import RunOutcome
     from neuronforge.pipeline.run.api import run_pipeline as run
     from neuronforge.pipeline.run.config import RunConfig
-    from neuronforge.sagemaker.packaging import package_model as package
+    from neuronforge.sagemaker.packaging import PackageOptions, package

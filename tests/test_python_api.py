@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import pydantic
 import pytest
 
 import neuronforge as nf
@@ -44,3 +45,20 @@ def test_readme_python_example_runs(tiny_llama_dir: Path, tmp_path: Path, monkey
     assert "Linears on the int8 grid; kept in bf16:" in lines[1]
     assert (tmp_path / "smollm2-int8" / "modules_to_not_convert.json").is_file()
     assert len(lines) >= 3  # the emulated completion
+
+
+def test_one_name_per_concept_and_one_options_model_per_step(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """tp_degree, kv, eval_tokens, modules_to_not_convert everywhere; old spellings still validate where saved."""
+    assert nf.EvaluateOptions().kv == "fp8" == nf.RunConfig().kv == nf.CompileOptions(model="m", out=tmp_path).kv
+    assert nf.CompileOptions(model="m", out=tmp_path, tp=2).tp_degree == 2  # a config written before the rename
+    assert nf.EvaluateOptions(max_tokens=512).eval_tokens == 512
+    assert nf.EmulationSpec(kv="fp8").kv_fp8 and not nf.EmulationSpec().kv_fp8
+    with pytest.raises(nf.NeuronforgeError, match="unknown KV cache dtype 'e4m3'"):
+        nf.EmulationSpec(kv="e4m3")  # type: ignore[arg-type]
+    assert nf.compile_model is nf.compile
+    spec = nf.neuron_config(
+        tiny_llama_dir, nf.NeuronConfigOptions(tp_degree=1, seq_len=128, modules_to_not_convert=["lm_head"])
+    )
+    assert spec.tp_degree == 1 and spec.modules_to_not_convert == ["lm_head"]
+    with pytest.raises(pydantic.ValidationError, match="tp_degree"):
+        nf.PackageOptions(out=tmp_path / "p", compiled=tmp_path, checkpoint=tmp_path, tp_degree=0)

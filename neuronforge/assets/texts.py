@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,3 +188,10 @@ def evaluation_windows(
             "use more text or a shorter window",
         )
     return ids[: n * seqlen].view(n, seqlen)
+
+
+def held_out_windows(
+    tokenizer: PreTrainedTokenizerBase, texts: Mapping[str, str], seqlen: int, max_tokens: int
+) -> dict[str, torch.Tensor]:
+    """`evaluation_windows` of each held-out text (a `TextSplits.evaluation`), by name: every perplexity report's input."""
+    return {name: evaluation_windows(tokenizer, body, seqlen, max_tokens) for name, body in texts.items()}

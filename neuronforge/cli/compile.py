@@ -7,100 +7,68 @@ from pathlib import Path
 import typer
 
 from neuronforge.cli.app import console
-from neuronforge.cli.options import (
-    BatchSizeOpt,
-    InstanceOpt,
-    KvOpt,
-    NotConvertOpt,
-    OverwriteOpt,
-    QtypeOpt,
-    SdkOpt,
-    SeqLenOpt,
-    TpDegreeOpt,
-)
+from neuronforge.cli.options import NotConvertOpt, given, model_option
+from neuronforge.errors import validated
+from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
+from neuronforge.neuron.nxdi.compile import CompileOptions
+from neuronforge.neuron.nxdi.config import NeuronConfigOptions
 
-DTYPE_HELP = "Weight dtype on the device: int8 or f8e4m3 (spelled as NxDI expects; f8e5m2 is refused)."
-COMPILE_ONLY_HELP = (
-    "Quantize, compile and preshard only: no load or smoke test, so no NeuronCores are needed (CPU cross-compile)."
-)
+N = NeuronConfigOptions
+C = CompileOptions
 
 
 def neuron_config_command(
     model: str = typer.Option(..., "--model", help="Stage-1 output folder (or any Llama/Mistral HF folder)."),
     out: Path = typer.Option(..., "--out", help="Folder for neuron_config.json and modules_to_not_convert.json."),
-    dtype: str = typer.Option("int8", "--dtype", help=DTYPE_HELP),
+    dtype: QuantDtype | None = model_option(N, "dtype"),
     not_convert: NotConvertOpt = None,
-    tp_degree: TpDegreeOpt = None,
-    instance: InstanceOpt = "ml.inf2.xlarge",
-    kv: KvOpt = "fp8",
-    qtype: QtypeOpt = "per_channel_symmetric",
-    batch_size: BatchSizeOpt = 1,
-    seq_len: SeqLenOpt = 1024,
-    sdk: SdkOpt = "2.28",
+    tp_degree: int | None = model_option(N, "tp_degree"),
+    instance: str | None = model_option(N, "instance"),
+    kv: KvDtype | None = model_option(N, "kv"),
+    qtype: QuantType | None = model_option(N, "qtype"),
+    batch_size: int | None = model_option(N, "batch_size"),
+    seq_len: int | None = model_option(N, "seq_len"),
+    sdk: str | None = model_option(N, "sdk"),
 ) -> None:
     """Validate a NeuronConfig for NxD Inference and write it (runs anywhere, no Neuron SDK needed)."""
+    flags = given(locals(), N)
     from neuronforge.assets.models import resolve_model
+    from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.nxdi.compile import print_notices
-    from neuronforge.neuron.nxdi.config import build_neuron_config_spec, default_not_convert, write_config_files
+    from neuronforge.neuron.nxdi.config import neuron_config, write_config_files
 
-    model_dir = resolve_model(model)
-    spec = build_neuron_config_spec(
-        model_dir,
-        dtype=dtype,
-        modules_to_not_convert=default_not_convert(model_dir, not_convert),
-        tp_degree=tp_degree,
-        instance=instance,
-        kv=kv,
-        quantization_type=qtype,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        sdk=sdk,
-    )
+    if not_convert is not None:
+        flags["modules_to_not_convert"] = read_not_convert(not_convert)
+    spec = neuron_config(resolve_model(model), validated(N, "neuron-config", **flags))
     print_notices(spec.notices)
     for path in write_config_files(spec, out):
         console.print(f"[green]wrote:[/] {path}")
 
 
 def compile_command(
-    model: str = typer.Option(..., "--model", help="Stage-1 output folder (fake-quantized bf16 checkpoint)."),
-    out: Path = typer.Option(..., "--out", help="Compiled folder to create (model.pt, presharded weights, ...)."),
-    dtype: str = typer.Option("int8", "--dtype", help=DTYPE_HELP),
-    tp_degree: TpDegreeOpt = None,
-    kv: KvOpt = "fp8",
-    instance: InstanceOpt = "ml.inf2.xlarge",
-    qtype: QtypeOpt = "per_channel_symmetric",
+    model: str = typer.Option(..., "--model", help=C.model_fields["model"].description),
+    out: Path = typer.Option(..., "--out", help=C.model_fields["out"].description),
+    dtype: QuantDtype | None = model_option(C, "dtype"),
+    tp_degree: int | None = model_option(C, "tp_degree"),
+    kv: KvDtype | None = model_option(C, "kv"),
+    instance: str | None = model_option(C, "instance"),
+    qtype: QuantType | None = model_option(C, "qtype"),
     not_convert: NotConvertOpt = None,
-    neuron_config: Path | None = typer.Option(
-        None, "--neuron-config", help="A neuron_config.json from `neuron-config`; replaces the flags above."
-    ),
-    batch_size: BatchSizeOpt = 1,
-    seq_len: SeqLenOpt = 1024,
-    sdk: SdkOpt = "2.28",
-    overwrite: OverwriteOpt = False,
-    compile_only: bool = typer.Option(False, "--compile-only", help=COMPILE_ONLY_HELP),
+    neuron_config: Path | None = model_option(C, "neuron_config"),
+    batch_size: int | None = model_option(C, "batch_size"),
+    seq_len: int | None = model_option(C, "seq_len"),
+    sdk: str | None = model_option(C, "sdk"),
+    overwrite: bool | None = model_option(C, "overwrite", "--overwrite"),
+    compile_only: bool | None = model_option(C, "compile_only", "--compile-only"),
 ) -> None:
     """Quantize with NxD and compile; then load and smoke-test on the host's NeuronCores (needs NxD Inference)."""
+    flags = given(locals(), C)
     from neuronforge.assets.models import resolve_model
-    from neuronforge.errors import validated
-    from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
+    from neuronforge.hf.not_convert import read_not_convert
+    from neuronforge.neuron.nxdi.compile import compile_model
 
-    options = validated(
-        CompileOptions,
-        "compile",
-        model=str(resolve_model(model)),
-        out=out,
-        dtype=dtype,
-        tp=tp_degree,
-        kv=kv,
-        instance=instance,
-        qtype=qtype,
-        not_convert=not_convert,
-        neuron_config=neuron_config,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        sdk=sdk,
-        overwrite=overwrite,
-        compile_only=compile_only,
-    )
+    if not_convert is not None:
+        flags["modules_to_not_convert"] = read_not_convert(not_convert)
+    options = validated(C, "compile", **{**flags, "model": str(resolve_model(model))})
     path = compile_model(options)
     console.print(f"[green]compiled:[/] {path}")

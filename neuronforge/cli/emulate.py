@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal, cast, get_args
+from typing import Literal
 
 import typer
 from rich.markup import escape
 
 from neuronforge.cli.app import checked_out, console
-from neuronforge.cli.options import KvOpt, ModelOpt, NotConvertOpt, OverwriteOpt, QtypeOpt, TextOpt
-from neuronforge.core.progress import err_console, track
-from neuronforge.errors import NeuronforgeError, one_of
-from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, KvDtype, QuantDtype, QuantType
+from neuronforge.cli.options import ModelOpt, NotConvertOpt, OverwriteOpt, TextOpt, given, model_option
+from neuronforge.core.progress import err_console
+from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
+from neuronforge.neuron.numerics.emulation_spec import EmulateOptions
+from neuronforge.neuron.nxdi.config import NeuronConfigOptions
 
-WEIGHT_DTYPES: tuple[QuantDtype | Literal["none"], ...] = (*QUANT_DTYPES, "none")
-KV_MODES: tuple[str, ...] = get_args(KvDtype)
+WeightDtype = Literal[QuantDtype, "none"]
 DEFAULT_PROMPT = "The play Hamlet, by William Shakespeare, is"
 
 
@@ -32,19 +33,18 @@ def _tied_lm_head_warning(model_dir: Path, dtype: str | None, not_convert: tuple
         )
 
 
+M = EmulateOptions
+
+
 def emulate_command(
     model: ModelOpt = "smollm2",
-    dtype: str = typer.Option(
-        "int8", "--dtype", help="Weight dtype on the device: int8, f8e4m3, f8e5m2 or none (bf16)."
-    ),
-    kv: KvOpt = "fp8",
-    qtype: QtypeOpt = "per_channel_symmetric",
+    dtype: WeightDtype | None = model_option(M, "dtype"),
+    kv: KvDtype | None = model_option(M, "kv"),
+    qtype: QuantType | None = model_option(M, "qtype"),
     not_convert: NotConvertOpt = None,
     text: TextOpt = None,
-    max_tokens: int = typer.Option(1024, "--max-tokens", min=2, help="Tokens evaluated per text."),
-    eval_seq_len: int = typer.Option(
-        256, "--eval-seq-len", min=2, help="Window length; the second half of each window decodes."
-    ),
+    eval_tokens: int | None = model_option(M, "eval_tokens"),
+    eval_seq_len: int | None = model_option(M, "eval_seq_len"),
     prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", help="Prompt for the greedy sample."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=0, help="Greedy tokens to generate (0: skip)."),
     threads: int = typer.Option(
@@ -53,9 +53,7 @@ def emulate_command(
         min=0,
         help="CPU threads for torch (0: torch's default). On a shared machine 1 is often fastest.",
     ),
-    tp_degree: int = typer.Option(
-        1, "--tp-degree", min=1, help="NeuronCores the compiled model is sharded over (row-parallel rounding)."
-    ),
+    tp_degree: int | None = model_option(M, "tp_degree"),
     exact_bf16: bool = typer.Option(
         False,
         "--exact-bf16",
@@ -63,12 +61,13 @@ def emulate_command(
     ),
 ) -> None:
     """Perplexity and greedy text as an inf2/trn1 would compute them (int8/fp8 weights, fp8 KV cache), on CPU."""
+    flags = given(locals(), M)
     from neuronforge.assets.models import fetch_or_resolve
-    from neuronforge.assets.texts import evaluation_windows, resolve_splits
+    from neuronforge.assets.texts import held_out_windows, resolve_splits
     from neuronforge.hf.folders import header_shapes, load_tokenizer
     from neuronforge.hf.not_convert import read_not_convert
-    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity
-    from neuronforge.neuron.numerics.module_names import checkpoint_linears, unmatched
+    from neuronforge.neuron.numerics.emulate import load_emulated, perplexity_report
+    from neuronforge.neuron.numerics.module_names import checkpoint_linears
 
     started = time.perf_counter()
     if threads:
@@ -76,37 +75,23 @@ def emulate_command(
 
         torch.set_num_threads(threads)
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()
-    weight = one_of(dtype, WEIGHT_DTYPES, "--dtype")
-    spec = EmulationSpec(
-        dtype=None if weight == "none" else weight,
-        kv_fp8=one_of(kv, KV_MODES, "--kv") == "fp8",
-        modules_to_not_convert=modules,
-        qtype=cast(QuantType, qtype),  # (EmulationSpec rejects any other string with its own error)
-        fast_bf16=not exact_bf16,
-        tp_degree=tp_degree,
-    )
+    options = validated(M, "emulate", **flags, modules_to_not_convert=modules, fast_bf16=not exact_bf16)
+    spec = options.spec()
     texts = resolve_splits(text).evaluation
     model_dir = fetch_or_resolve(model)
-    linears = checkpoint_linears(header_shapes(model_dir))
-    if spec.dtype and unmatched(modules, linears):
-        raise NeuronforgeError(
-            f"--not-convert entries {unmatched(modules, linears)} match no Linear layer of {model_dir}, so they "
-            "would keep nothing in bf16",
-            "use NxDI's names: lm_head, layers.N.self_attn, layers.N.mlp or a part of them such as q_proj "
-            "(HF names like model.layers.0.mlp.gate_proj never match)",
-        )
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
     tokenizer = load_tokenizer(model_dir)
-    windows = {name: evaluation_windows(tokenizer, body, eval_seq_len, max_tokens) for name, body in texts.items()}
+    windows = held_out_windows(tokenizer, texts, options.eval_seq_len, options.eval_tokens)
     emulated = load_emulated(model_dir, spec)
+    linears = checkpoint_linears(header_shapes(model_dir))
     console.print(f"[bold]{escape(model)}[/]: {spec.describe(len(emulated.converted), len(linears))}")
-    scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), "perplexity")}
-    for name, value in scores.items():
+    report = perplexity_report(emulated, windows)
+    for name, value in report.perplexity.items():
         console.print(
-            f"  perplexity {name:<12} {value:9.3f}  ({windows[name].numel()} tokens, windows of {eval_seq_len})"
+            f"  perplexity {name:<12} {value:9.3f}  ({report.tokens[name]} tokens, windows of {options.eval_seq_len})"
         )
-    if spec.kv_fp8:
-        console.print(f"  KV risk: {emulated.kv_risk.describe()}")
+    if report.kv_risk is not None:
+        console.print(f"  KV risk: {report.kv_risk.describe()}")
     if max_new_tokens:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         if ids.numel() == 0:
@@ -119,12 +104,14 @@ def emulate_command(
 def quantize_nxd_command(
     model: ModelOpt = "smollm2",
     out: Path = typer.Option(..., "--out", help="Folder to write (NxDI's quantized_checkpoints_path)."),
-    dtype: str = typer.Option("int8", "--dtype", help="int8, f8e4m3 or f8e5m2."),
-    qtype: QtypeOpt = "per_channel_symmetric",
+    dtype: QuantDtype | None = model_option(NeuronConfigOptions, "dtype"),
+    qtype: QuantType | None = model_option(NeuronConfigOptions, "qtype"),
     not_convert: NotConvertOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write what NxDI's save_quantized_state_dict would write, on CPU, one shard at a time."""
+    deployment = validated(NeuronConfigOptions, "quantize-nxd", **given(locals(), NeuronConfigOptions))
+    dtype, qtype = deployment.dtype, deployment.qtype
     from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.nxdi.checkpoint import per_tensor_list_ignored, write_quantized_checkpoint

@@ -1,21 +1,43 @@
 """Options shared by several commands, declared once (as huggingface_hub's CLI does in `_cli_utils.py`).
 
+A flag that feeds an options model is built by `model_option`: it defaults to None ("not given", so the model's
+own default applies), and its help and shown default come from the model field; its choices come from the
+field's Literal type (neuron/dtypes.py), its bounds are the model's. tests/test_cli/test_knobs.py fails where a
+flag and the field it feeds disagree.
+
 One spelling per concept: `--tp-degree`, `--overwrite`, `--seq-len` (the compiled Neuron sequence length),
-`--calib-seq-len` (tokens per calibration window), `--eval-seq-len` (tokens per evaluation window).
+`--calib-seq-len` (tokens per calibration window), `--eval-seq-len` (tokens per evaluation window),
+`--eval-tokens` (held-out tokens scored per text).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
 from neuronforge.core.presets import presets_help
 
+
+def model_option(
+    model: type[BaseModel], field: str, *decls: str, text: str | None = None, default_text: str | None = None
+) -> Any:
+    """A flag feeding `model.field`: None unless given; help and the default shown come from the field."""
+    info = model.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    if default_text is None and default not in (None, []):
+        default_text = str(default).lower() if isinstance(default, bool) else str(default)
+    return typer.Option(
+        None,
+        *(decls or (f"--{field.replace('_', '-')}",)),
+        help=text if text is not None else (info.description or ""),
+        show_default=default_text or False,
+    )
+
+
 ModelOpt = Annotated[str, typer.Option("--model", help="Embedded model name ('smollm2') or a Hugging Face folder.")]
-KvOpt = Annotated[str, typer.Option("--kv", help="KV cache on Neuron: fp8 (NxDI's direct-cast e4m3) or bf16.")]
-QtypeOpt = Annotated[str, typer.Option("--qtype", help="per_channel_symmetric (recommended) or per_tensor_symmetric.")]
 NotConvertOpt = Annotated[
     Path | None,
     typer.Option(
@@ -24,42 +46,18 @@ NotConvertOpt = Annotated[
     ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
-TpDegreeOpt = Annotated[
-    int | None,
-    typer.Option("--tp-degree", help="Tensor-parallel degree; default: the largest that divides the heads and fits."),
-]
-SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Compiled sequence length: longest prompt + generation.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Compiled batch size.")]
-InstanceOpt = Annotated[
-    str, typer.Option("--instance", help="Target instance: ml.inf2.{xlarge,8xlarge,24xlarge,48xlarge} or ml.trn1.*")
-]
-BudgetInstanceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--budget-instance",
-        help="Budget selection by instance: keep as many blocks bf16 as still fit this ml.inf2/ml.trn1 instance "
-        "(replaces --max-extra-memory; `neuronforge plan` shows the memory model).",
-    ),
-]
-SdkOpt = Annotated[str, typer.Option("--sdk", help="Neuron SDK release to target (2.28 or 2.31).")]
-CalibSeqLenOpt = Annotated[int, typer.Option("--calib-seq-len", help="Tokens per calibration window.")]
-PresetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--preset", help=f"Calibration budget; explicit --iters/--nsamples/--calib-seq-len win. {presets_help()}."
-    ),
-]
-# The three knobs a preset fills: unset (None) means "from --preset".
-PresetIterOpt = Annotated[
-    int | None, typer.Option("--iters", help="AutoRound tuning steps per block (default: from --preset)")
-]
-PresetNsamplesOpt = Annotated[
-    int | None, typer.Option("--nsamples", help="Calibration windows (default: from --preset)")
-]
-PresetCalibSeqLenOpt = Annotated[
-    int | None, typer.Option("--calib-seq-len", help="Tokens per calibration window (default: from --preset)")
-]
-EvalSeqLenOpt = Annotated[int, typer.Option("--eval-seq-len", help="Tokens per evaluation window.")]
+
+
+def preset_option(model: Any) -> Any:
+    """--preset for a command whose model fills unset calibration knobs from `model.default_preset`."""
+    return typer.Option(
+        None,
+        "--preset",
+        help=f"Calibration budget; explicit --iters/--nsamples/--calib-seq-len win. {presets_help()}.",
+        show_default=model.default_preset,
+    )
+
+
 TextOpt = Annotated[
     Path | None, typer.Option("--text", help="Your .txt/.jsonl (calibration and held-out text); default: embedded.")
 ]
@@ -83,4 +81,15 @@ JobVolumeOpt = Annotated[
 ]
 MaxRuntimeOpt = Annotated[int, typer.Option("--max-runtime", help="Seconds after which SageMaker stops the job.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Block until the job finishes / the endpoint is InService.")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", help="Also print third-party log lines (auto-round, transformers); always in <out>/logs/."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def given(values: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """The flags a command got (not None) that are fields of `model`: pass `locals()` first thing in the body."""
+    return {name: value for name, value in values.items() if name in model.model_fields and value is not None}

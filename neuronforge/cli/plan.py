@@ -4,31 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from neuronforge.cli.app import console
-from neuronforge.cli.options import BatchSizeOpt, JsonOpt, KvOpt, NotConvertOpt, SeqLenOpt
+from neuronforge.cli.options import JsonOpt, NotConvertOpt, given, model_option
+from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype
+from neuronforge.neuron.planner.plan import Deployment
+
+PlanDtype = Literal["bf16", QuantDtype]
 
 
 def plan_command(
     model: str = typer.Option(
         "smollm2", "--model", help="Embedded model name, a Hugging Face folder, or just its config.json (no weights)."
     ),
-    dtype: str = typer.Option("int8", "--dtype", help="Weights on Neuron: bf16 (not quantized), int8, f8e4m3, f8e5m2."),
-    kv: KvOpt = "fp8",
-    seq_len: SeqLenOpt = 1024,
-    batch_size: BatchSizeOpt = 1,
+    dtype: PlanDtype | None = model_option(Deployment, "dtype"),
+    kv: KvDtype | None = model_option(Deployment, "kv"),
+    seq_len: int | None = model_option(Deployment, "seq_len"),
+    batch_size: int | None = model_option(Deployment, "batch_size"),
     not_convert: NotConvertOpt = None,
-    headroom: float = typer.Option(
-        0.10, "--headroom", help="Share of each NeuronCore's 16 GiB kept free for code, scratchpad and runtime."
-    ),
+    headroom: float | None = model_option(Deployment, "headroom"),
     as_json: JsonOpt = False,
 ) -> None:
     """Which inf2/trn1 instance (and tp degree) the model fits on, per NeuronCore, with on-demand prices.
 
     Default blocks kept in bf16: <model>/modules_to_not_convert.json when the folder has one (stage 1 writes it).
     """
+    flags = given(locals(), Deployment)
     from neuronforge.assets.models import resolve_model
     from neuronforge.neuron.nxdi.config import default_not_convert
     from neuronforge.neuron.planner.plan import deployment_from, load_model_shape, nothing_fits, plan, render_markdown
@@ -38,14 +42,7 @@ def plan_command(
     entries = (
         default_not_convert(source, not_convert) if source.is_dir() else default_not_convert(source.parent, not_convert)
     )
-    deployment = deployment_from(
-        dtype=dtype,
-        kv=kv,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        modules_to_not_convert=tuple(entries),
-        headroom=headroom,
-    )
+    deployment = deployment_from(**flags, modules_to_not_convert=tuple(entries))
     result = plan(load_model_shape(source, name=None if path.exists() else model), deployment)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))

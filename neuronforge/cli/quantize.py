@@ -2,93 +2,73 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from neuronforge.cli.app import checked_out, console
-from neuronforge.cli.options import (
-    BatchSizeOpt,
-    BudgetInstanceOpt,
-    KvOpt,
-    ModelOpt,
-    NotConvertOpt,
-    PresetCalibSeqLenOpt,
-    PresetIterOpt,
-    PresetNsamplesOpt,
-    PresetOpt,
-    SeqLenOpt,
-    TextOpt,
-    TpDegreeOpt,
-)
+from neuronforge.cli.options import NotConvertOpt, VerboseOpt, given, model_option, preset_option
+from neuronforge.core.logs import LOG_FILE, third_party_log, third_party_logs
 from neuronforge.core.progress import err_console
+from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
+from neuronforge.pipeline.quantize.api import QuantizeOptions
+from neuronforge.pipeline.quantize.selection import Selection
+from neuronforge.pipeline.quantize.sensitivity import Sensitivity
+
+Q = QuantizeOptions
+PRESET_FILLED = "from --preset"
 
 
 def quantize_command(
-    out: Path = typer.Option(..., "--out", help="Output folder to create (fails if it exists)."),
-    model: ModelOpt = "smollm2",
-    dtype: str = typer.Option("int8", "--dtype", help="Weight grid: int8 or f8e4m3 (NxD per-channel symmetric)."),
-    preset: PresetOpt = "gpu",
-    iters: PresetIterOpt = None,
-    nsamples: PresetNsamplesOpt = None,
-    calib_seq_len: PresetCalibSeqLenOpt = None,
-    text: TextOpt = None,
-    sensitivity: str = typer.Option(
-        "first_order", "--sensitivity", help="first_order (1 fwd+bwd), measured (KL per block), or variance."
-    ),
-    selection: str = typer.Option("budget", "--selection", help="budget, topk, threshold, or none."),
-    max_extra_memory: float = typer.Option(
-        0.10, "--max-extra-memory", help="Budget rule: extra weight memory allowed for bf16 blocks (fraction)."
-    ),
-    topk: int | None = typer.Option(None, "--topk", help="topk rule: number of blocks kept in bf16."),
-    threshold: float | None = typer.Option(
-        None, "--threshold", help="threshold rule: keep blocks whose share of total sensitivity is >= this."
-    ),
-    budget_instance: BudgetInstanceOpt = None,
-    kv: KvOpt = "fp8",
-    seq_len: SeqLenOpt = 1024,
-    batch_size: BatchSizeOpt = 1,
-    tp_degree: TpDegreeOpt = None,
+    out: Path = typer.Option(..., "--out", help=Q.model_fields["out"].description),
+    model: str | None = model_option(Q, "model"),
+    dtype: ExportDtype | None = model_option(Q, "dtype"),
+    preset: str | None = preset_option(Q),
+    iters: int | None = model_option(Q, "iters", default_text=PRESET_FILLED),
+    nsamples: int | None = model_option(Q, "nsamples", default_text=PRESET_FILLED),
+    calib_seq_len: int | None = model_option(Q, "calib_seq_len", default_text=PRESET_FILLED),
+    text: Path | None = model_option(Q, "text"),
+    sensitivity: Sensitivity | None = model_option(Q, "sensitivity"),
+    selection: Selection | None = model_option(Q, "selection"),
+    max_extra_memory: float | None = model_option(Q, "max_extra_memory"),
+    topk: int | None = model_option(Q, "topk"),
+    threshold: float | None = model_option(Q, "threshold"),
+    budget_instance: str | None = model_option(Q, "budget_instance"),
+    kv: KvDtype | None = model_option(Q, "kv"),
+    seq_len: int | None = model_option(Q, "seq_len"),
+    batch_size: int | None = model_option(Q, "batch_size"),
+    tp_degree: int | None = model_option(Q, "tp_degree"),
     not_convert: NotConvertOpt = None,
-    autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
-    minmax_tuning: bool = typer.Option(
-        False,
-        "--minmax-tuning/--no-minmax-tuning",
-        help="Also tune AutoRound's per-row range shrink (clips outliers; off by default, see docs/quantize.md).",
-    ),
+    autoround: bool | None = model_option(Q, "autoround", "--autoround/--no-autoround"),
+    minmax_tuning: bool | None = model_option(Q, "minmax_tuning", "--minmax-tuning/--no-minmax-tuning"),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint.
 
     --kv, --seq-len, --batch-size and --tp-degree describe the deployment --budget-instance is checked against.
     """
+    flags = given(locals(), Q)
     from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.pipeline.quantize.api import options_from, quantize
 
     options = options_from(
-        model=model,
-        out=checked_out(out, model=model, text=text, not_convert=not_convert),
-        dtype=dtype,
-        preset=preset,
-        iters=iters,
-        nsamples=nsamples,
-        calib_seq_len=calib_seq_len,
-        text=text,
-        sensitivity=sensitivity,
-        selection=selection,
-        max_extra_memory=max_extra_memory,
-        budget_instance=budget_instance,
-        kv=kv,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        tp_degree=tp_degree,
-        topk=topk,
-        threshold=threshold,
-        autoround=autoround,
-        minmax_tuning=minmax_tuning,
-        modules_to_not_convert=read_not_convert(not_convert) if not_convert else None,
+        **{
+            **flags,
+            "preset": preset,
+            "out": checked_out(out, model=model, text=text, not_convert=not_convert),
+            "modules_to_not_convert": read_not_convert(not_convert) if not_convert else None,
+        }
     )
-    result = quantize(options)
+    with tempfile.TemporaryDirectory() as tmp:  # the output folder appears only when quantize succeeds
+        log = Path(tmp) / LOG_FILE
+        with third_party_logs(log, verbose):
+            result = quantize(options)
+        if log.exists():
+            third_party_log(result.out_dir).parent.mkdir(exist_ok=True)
+            shutil.move(log, third_party_log(result.out_dir))
 
     def percent(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.3f}%"

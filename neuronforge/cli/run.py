@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from neuronforge.cli.app import App, console
-from neuronforge.cli.options import OverwriteOpt
+from neuronforge.cli.options import OverwriteOpt, VerboseOpt
+from neuronforge.core.logs import third_party_log, third_party_logs
 from neuronforge.core.presets import presets_help
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
+from neuronforge.pipeline.quantize.selection import Selection
+from neuronforge.pipeline.quantize.sensitivity import Sensitivity
+from neuronforge.pipeline.run.api import RunOutcome, finished, run_pipeline, variant_lines
 from neuronforge.pipeline.run.config import ALL_STAGES, RunConfig, build_config, default_config_yaml, read_config_file
 from neuronforge.pipeline.run.runner import StageEvent
+from neuronforge.pipeline.run.summaries import ModelSummary, PackageSummary, QuantizeSummary
 
 
 def _h(field: str) -> str:
@@ -43,10 +48,8 @@ def _print_event(event: StageEvent) -> None:
         err_console.print(f"[red]xx {event.stage}[/] failed{took}: {message}")
 
 
-def _variants_table(outcome: Any, config: RunConfig) -> None:
+def _variants_table(outcome: RunOutcome, config: RunConfig) -> None:
     """Accuracy next to the smallest inf2 instance, per variant (evaluate's when it ran, else emulate's)."""
-    from neuronforge.pipeline.run.api import variant_lines
-
     lines = variant_lines(outcome, config)
     if not lines:
         return
@@ -58,7 +61,7 @@ def _variants_table(outcome: Any, config: RunConfig) -> None:
     console.print(table)
 
 
-def _summary(outcome: Any, seconds: float, config: RunConfig) -> None:
+def _summary(outcome: RunOutcome, seconds: float, config: RunConfig) -> None:
     """Stage table, the emulated accuracy, and where the outputs are."""
     records = outcome.manifest.stages
     table = Table(title=f"neuronforge run: {outcome.remote or outcome.run_dir}")
@@ -67,30 +70,22 @@ def _summary(outcome: Any, seconds: float, config: RunConfig) -> None:
     for name in [stage for stage in ALL_STAGES if stage in records]:
         record = records[name]
         seconds_text = f"{record.seconds:.1f}" if record.seconds is not None else ""
-        note = record.message or ""
-        if name == "model" and record.status == "done":
-            note = f"{record.summary['model_type']}, {record.summary['layers']} layers"
-        if name == "quantize" and record.status == "done":
-            note = "bf16 blocks: " + (", ".join(record.summary.get("modules_to_not_convert", [])) or "none")
-        if name == "evaluate" and record.status == "done":
-            note = str(outcome.run_dir / name / record.summary["report"])
-        if name == "package" and record.status == "done":
-            note = f"{record.summary['kind']}: {outcome.run_dir / name / record.summary['path']}"
+        summary = finished(outcome, name)
+        note = (summary.note(outcome.run_dir) if summary is not None else "") or record.message or ""
         table.add_row(name, record.status, seconds_text, note)
     console.print(table)
-    quantized = records.get("quantize")
-    if quantized is not None and quantized.status == "done" and quantized.summary.get("grid_agreement", 0) is None:
+    quantized = finished(outcome, "quantize", QuantizeSummary)
+    if quantized is not None and quantized.grid_agreement is None:
         err_console.print("[yellow]warning:[/] nothing was quantized: every block is in modules_to_not_convert")
-    model = records.get("model")
-    if model is not None and model.status == "done":
-        console.print(f"model: {model.summary['path']}", soft_wrap=True)
-    emulate = records.get("emulate")
-    if emulate is not None and emulate.status == "done":
+    model = finished(outcome, "model", ModelSummary)
+    if model is not None:
+        console.print(f"model: {model.path}", soft_wrap=True)
+    if finished(outcome, "emulate") is not None:
         console.print((outcome.run_dir / "emulate" / "emulation.md").read_text(), markup=False, highlight=False)
     _variants_table(outcome, config)
-    package = records.get("package")
-    if package is not None and package.status == "done":
-        console.print(f"next: {package.summary['next']}")
+    package = finished(outcome, "package", PackageSummary)
+    if package is not None:
+        console.print(f"next: {package.next}")
     console.print(f"manifest: {outcome.run_dir / 'manifest.json'}  (wall time {seconds:.1f} s)")
 
 
@@ -106,7 +101,7 @@ def run_command(
     out: str | None = typer.Option(None, "--out", help=_h("out")),
     stages: str | None = typer.Option(None, "--stages", help="comma-separated subset; " + _h("stages")),
     text: str | None = typer.Option(None, "--text", help=_h("text")),
-    dtype: str | None = typer.Option(None, "--dtype", help=_h("dtype")),
+    dtype: ExportDtype | None = typer.Option(None, "--dtype", help=_h("dtype")),
     preset: str | None = typer.Option(
         None,
         "--preset",
@@ -115,8 +110,8 @@ def run_command(
     iters: int | None = typer.Option(None, "--iters", help=_h("iters")),
     nsamples: int | None = typer.Option(None, "--nsamples", help=_h("nsamples")),
     calib_seq_len: int | None = typer.Option(None, "--calib-seq-len", help=_h("calib_seq_len")),
-    sensitivity: str | None = typer.Option(None, "--sensitivity", help=_h("sensitivity")),
-    selection: str | None = typer.Option(None, "--selection", help=_h("selection")),
+    sensitivity: Sensitivity | None = typer.Option(None, "--sensitivity", help=_h("sensitivity")),
+    selection: Selection | None = typer.Option(None, "--selection", help=_h("selection")),
     max_extra_memory: float | None = typer.Option(None, "--max-extra-memory", help=_h("max_extra_memory")),
     budget_instance: str | None = typer.Option(None, "--budget-instance", help=_h("budget_instance")),
     topk: int | None = typer.Option(None, "--topk", help=_h("topk")),
@@ -126,20 +121,21 @@ def run_command(
     ),
     autoround: bool | None = typer.Option(None, "--autoround/--no-autoround", help=_h("autoround")),
     minmax_tuning: bool | None = typer.Option(None, "--minmax-tuning/--no-minmax-tuning", help=_h("minmax_tuning")),
-    kv: str | None = typer.Option(None, "--kv", help=_h("kv")),
+    kv: KvDtype | None = typer.Option(None, "--kv", help=_h("kv")),
     eval_tokens: int | None = typer.Option(None, "--eval-tokens", help=_h("eval_tokens")),
     instance: str | None = typer.Option(None, "--instance", help=_h("instance")),
     tp_degree: int | None = typer.Option(None, "--tp-degree", help=_h("tp_degree")),
     batch_size: int | None = typer.Option(None, "--batch-size", help=_h("batch_size")),
     seq_len: int | None = typer.Option(None, "--seq-len", help=_h("seq_len")),
     sdk: str | None = typer.Option(None, "--sdk", help=_h("sdk")),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline end to end: model -> quantize -> emulate -> (Neuron host) compile -> package.
 
     Outputs go to a run directory with a manifest.json; a re-run skips every stage whose inputs are
     unchanged and resumes at the first stage that did not finish.
     """
-    from neuronforge.pipeline.run.api import run_pipeline
+    from neuronforge.pipeline.run import storage
     from neuronforge.pipeline.run.storage import is_s3, localize
 
     overrides = {name: value for name, value in locals().items() if name in RunConfig.model_fields or name == "preset"}
@@ -151,7 +147,9 @@ def run_command(
     started = time.perf_counter()
     target = settings.run_dir()
     console.print(f"run directory: {target}{'' if is_s3(target) else f' ({Path(target).resolve()})'}")
-    outcome = run_pipeline(settings, listener=_print_event)
+    log_dir = storage.local_mirror(target) if is_s3(target) else Path(target)
+    with third_party_logs(third_party_log(log_dir), verbose):
+        outcome = run_pipeline(settings, listener=_print_event)
     _summary(outcome, time.perf_counter() - started, settings)
 
 

@@ -18,18 +18,27 @@ import typer
 
 from neuronforge.cli.app import App, console
 from neuronforge.cli.options import (
-    CalibSeqLenOpt,
     DryRunOpt,
     ImageOpt,
     JobVolumeOpt,
     MaxRuntimeOpt,
     NameOpt,
-    OverwriteOpt,
     RegionOpt,
     RoleOpt,
     WaitOpt,
+    given,
+    model_option,
 )
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype, QuantDtype
+from neuronforge.neuron.nxdi.config import NeuronConfigOptions
+from neuronforge.pipeline.quantize.api import QuantizeSettings
+from neuronforge.sagemaker.packaging import PackageOptions
+
+# The job runs `neuronforge quantize`, whose calibration budget is the gpu preset unless a knob is given.
+GPU_PRESET = "from the gpu preset"
+N = NeuronConfigOptions
+P = PackageOptions
 
 if TYPE_CHECKING:
     from neuronforge.sagemaker.code import CodeBundle
@@ -166,12 +175,12 @@ def quantize_command(
     model_s3: str = typer.Option(..., "--model-s3", help="s3:// prefix of the HF model folder."),
     output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for job output (uncompressed)."),
     instance_type: str = typer.Option("ml.g6e.2xlarge", "--instance-type", help="GPU training instance."),
-    dtype: str = typer.Option("int8", "--dtype", help="int8 | f8e4m3"),
-    iters: int = typer.Option(50, "--iters"),
-    nsamples: int = typer.Option(32, "--nsamples"),
-    calib_seq_len: CalibSeqLenOpt = 256,
-    autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
-    volume_gb: JobVolumeOpt = None,
+    dtype: ExportDtype | None = model_option(QuantizeSettings, "dtype"),
+    iters: int | None = model_option(QuantizeSettings, "iters", default_text=GPU_PRESET),
+    nsamples: int | None = model_option(QuantizeSettings, "nsamples", default_text=GPU_PRESET),
+    calib_seq_len: int | None = model_option(QuantizeSettings, "calib_seq_len", default_text=GPU_PRESET),
+    autoround: bool | None = model_option(QuantizeSettings, "autoround", "--autoround/--no-autoround"),
+    volume_gb: JobVolumeOpt = 200,
     max_runtime: MaxRuntimeOpt = 4 * 3600,
     spot: bool = typer.Option(False, "--spot", help="Managed spot training."),
     max_wait: int | None = typer.Option(None, "--max-wait", help="Spot: max seconds incl. waiting (>= --max-runtime)."),
@@ -185,14 +194,16 @@ def quantize_command(
     wait: WaitOpt = False,
 ) -> None:
     """GPU training job running `neuronforge quantize`; output lands in <output-s3>/<name>/output/model/checkpoint/."""
+    settings = validated(QuantizeSettings, "sagemaker quantize", **given(locals(), QuantizeSettings))
     from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, quantize_job_request, training_output_prefix
 
     job = _job_settings("quantize", name, role, region, instance_type, volume_gb, max_runtime, image, spot, max_wait)
+    dtype = settings.dtype
     options = {
-        "iters": iters,
-        "nsamples": nsamples,
-        "calib_seq_len": calib_seq_len,
-        **({} if autoround else {"autoround": False}),
+        "iters": settings.iters,
+        "nsamples": settings.nsamples,
+        "calib_seq_len": settings.calib_seq_len,
+        **({} if settings.autoround else {"autoround": False}),
     }
     with _shipped(wheel, install, output_s3) as shipped:
         code = shipped[1] if shipped else None
@@ -208,17 +219,17 @@ def compile_command(
     checkpoint_s3: str = typer.Option(..., "--checkpoint-s3", help="s3:// prefix of the quantized checkpoint."),
     output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for the packaged model."),
     tp_degree: int = typer.Option(..., "--tp-degree", help="Tensor-parallel degree (<= target NeuronCores)."),
-    target: str = typer.Option("ml.inf2.xlarge", "--target", help="Endpoint instance the artifacts are for."),
+    target: str | None = model_option(N, "instance", "--target", text="Endpoint instance the artifacts are for."),
     instance_type: str | None = typer.Option(
         None,
         "--instance-type",
         help="ml.trn1.* (default ml.trn1.2xlarge); with --processing a CPU type (default ml.r7i.8xlarge).",
     ),
     processing: bool = typer.Option(False, "--processing", help="Cross-compile in a CPU processing job instead."),
-    dtype: str = typer.Option("int8", "--dtype"),
-    kv: str = typer.Option("fp8", "--kv", help="fp8 | bf16 KV cache."),
-    seq_len: int = typer.Option(1024, "--seq-len", help="Longest prompt + generation the endpoint serves."),
-    volume_gb: JobVolumeOpt = None,
+    dtype: QuantDtype | None = model_option(N, "dtype"),
+    kv: KvDtype | None = model_option(N, "kv"),
+    seq_len: int | None = model_option(N, "seq_len"),
+    volume_gb: JobVolumeOpt = 200,
     max_runtime: MaxRuntimeOpt = 4 * 3600,
     wheel: Path | None = WheelOpt,
     install: str | None = InstallOpt,
@@ -230,6 +241,8 @@ def compile_command(
     wait: WaitOpt = False,
 ) -> None:
     """Neuron compile job (`neuronforge compile` + `neuronforge package`) with the pinned Neuron image."""
+    flags = given(locals(), N)
+    deployment = validated(N, "sagemaker compile", **{**flags, **({"instance": target} if target else {})})
     from neuronforge.sagemaker.requests import (
         PACKAGE_SUBDIR,
         compile_job_request,
@@ -246,10 +259,10 @@ def compile_command(
             checkpoint_s3=checkpoint_s3,
             output_s3=output_s3,
             tp_degree=tp_degree,
-            target_instance=target,
-            dtype=dtype,
-            kv=kv,
-            seq_len=seq_len,
+            target_instance=deployment.instance,
+            dtype=deployment.dtype,
+            kv=deployment.kv,
+            seq_len=deployment.seq_len,
             code=shipped[1] if shipped else None,
             install=install,
         )
@@ -352,10 +365,10 @@ def pipeline_command(
     model_s3: str = typer.Option(..., "--model-s3", help="Default of the ModelS3Uri pipeline parameter."),
     output_s3: str = typer.Option(..., "--output-s3", help="s3:// prefix for both jobs' output."),
     endpoint_name: str = typer.Option(..., "--endpoint-name"),
-    tp_degree: int = typer.Option(2, "--tp-degree"),
-    dtype: str = typer.Option("int8", "--dtype"),
-    kv: str = typer.Option("fp8", "--kv"),
-    seq_len: int = typer.Option(1024, "--seq-len"),
+    tp_degree: int = typer.Option(2, "--tp-degree", help="Tensor-parallel degree of the compile step."),
+    dtype: ExportDtype | None = model_option(QuantizeSettings, "dtype"),
+    kv: KvDtype | None = model_option(QuantizeSettings, "kv"),
+    seq_len: int | None = model_option(QuantizeSettings, "seq_len"),
     quantize_instance: str = typer.Option("ml.g6e.2xlarge", "--quantize-instance"),
     compile_instance: str = typer.Option("ml.trn1.2xlarge", "--compile-instance"),
     endpoint_instance: str = typer.Option("ml.inf2.xlarge", "--endpoint-instance"),
@@ -372,6 +385,7 @@ def pipeline_command(
     dry_run: DryRunOpt = False,
 ) -> None:
     """SDK v3 Pipeline quantize -> compile -> model -> endpoint; --dry-run prints its definition() JSON."""
+    deployment = validated(QuantizeSettings, "sagemaker pipeline", **given(locals(), QuantizeSettings))
     from neuronforge.core.aws import call
     from neuronforge.sagemaker.code import upload
     from neuronforge.sagemaker.submit import clients
@@ -386,9 +400,9 @@ def pipeline_command(
             output_s3=output_s3,
             endpoint_name=endpoint_name,
             tp_degree=tp_degree,
-            dtype=dtype,
-            kv=kv,
-            seq_len=seq_len,
+            dtype=deployment.dtype,
+            kv=deployment.kv,
+            seq_len=deployment.seq_len,
             quantize_instance=quantize_instance,
             compile_instance=compile_instance,
             endpoint_instance=endpoint_instance,
@@ -410,16 +424,17 @@ def pipeline_command(
 
 def package_command(
     out: Path = typer.Argument(..., help="Package directory to write (or an existing one to upload)."),
-    compiled: Path | None = typer.Option(None, "--compiled", help="`neuronforge compile` output directory."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="`neuronforge quantize` output directory."),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder if the checkpoint lacks one."),
-    tp_degree: int | None = typer.Option(None, "--tp-degree", help="Default: read from compiled/neuron_config.json."),
-    overwrite: OverwriteOpt = False,
+    compiled: Path | None = model_option(P, "compiled"),
+    checkpoint: Path | None = model_option(P, "checkpoint"),
+    tokenizer: Path | None = model_option(P, "tokenizer"),
+    tp_degree: int | None = model_option(P, "tp_degree"),
+    overwrite: bool | None = model_option(P, "overwrite", "--overwrite"),
     upload: str | None = typer.Option(None, "--upload", help="s3:// prefix to upload to (multipart, verified)."),
     region: RegionOpt = None,
 ) -> None:
     """Lay out the endpoint's model directory with manifest.json; optionally upload it to S3 and verify."""
-    from neuronforge.sagemaker.packaging import package_model, verify_package
+    flags = given(locals(), P)
+    from neuronforge.sagemaker.packaging import package, verify_package
 
     if compiled is None and checkpoint is None:
         verify_package(out)
@@ -430,9 +445,7 @@ def package_command(
         from neuronforge.neuron.planner.weight_memory import format_bytes
         from neuronforge.sagemaker.packaging import load_manifest
 
-        package_model(
-            out, compiled=compiled, checkpoint=checkpoint, tokenizer=tokenizer, tp_degree=tp_degree, overwrite=overwrite
-        )
+        package(validated(P, "package", **flags))
         sizes = load_manifest(out)["sizes"]
         left_out = ", ".join(f"{name} {format_bytes(n)}" for name, n in sizes["left_out"].items() if n)
         console.print(

@@ -22,10 +22,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from neuronforge.core import s3uri
 from neuronforge.core.atomic import atomic_dir, atomic_write_json, link_tree
 from neuronforge.core.aws import call, uninterrupted
 from neuronforge.core.hashing import sha256_file
+from neuronforge.core.knobs import TpDegree
+from neuronforge.core.logs import LOG_DIR
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.nxdi.compile import QUANTIZED_DIR, RECORD_FILE
@@ -179,6 +183,25 @@ def serving_config(neuron_config: dict[str, Any], tp_degree: int | None, max_num
     }
 
 
+class PackageOptions(BaseModel):
+    """What `nf.package` / `neuronforge package` lays out: a compiled model plus its stage-1 checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path = Field(description="package directory to write")
+    compiled: Path = Field(description="`neuronforge compile` output directory")
+    checkpoint: Path = Field(description="`neuronforge quantize` output directory")
+    tokenizer: Path | None = Field(None, description="tokenizer folder if the checkpoint lacks one")
+    tp_degree: TpDegree = Field(None, description="default: read from compiled/neuron_config.json")
+    max_num_seqs: int = Field(1, ge=1, description="concurrent sequences the endpoint serves")
+    overwrite: bool = Field(False, description="replace the output if it exists")
+
+
+def package(options: PackageOptions) -> Path:
+    """`package_model` for an options object (`nf.package`)."""
+    return package_model(**options.model_dump())
+
+
 def package_model(
     out: Path,
     *,
@@ -206,7 +229,7 @@ def package_model(
     with atomic_dir(target, overwrite=overwrite) as tmp:
         # NxDI's quantized_checkpoint/ (fp32 non-quantized tensors) is not needed: the presharded weights/ serve.
         link_tree(compiled, tmp / COMPILED_SUBDIR, ignore=(QUANTIZED_DIR,))
-        link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR)
+        link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR, ignore=(LOG_DIR,))  # `quantize`'s third-party log
         for path in tokenizer_files:
             if not (tmp / CHECKPOINT_SUBDIR / path.name).exists():
                 shutil.copy2(path, tmp / CHECKPOINT_SUBDIR / path.name)

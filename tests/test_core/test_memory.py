@@ -56,7 +56,7 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-emulated = load_emulated(Path(sys.argv[1]), EmulationSpec(dtype="int8", kv_fp8=True))
+emulated = load_emulated(Path(sys.argv[1]), EmulationSpec(dtype="int8", kv="fp8"))
 resident, inside = 0, False
 for line in open("/proc/self/smaps"):
     fields = line.split()

@@ -37,7 +37,7 @@ def test_a_preset_fills_the_knobs_left_unset(tmp_path: Path) -> None:
     demo = options_from(model="m", out=tmp_path / "q", preset="cpu-demo")
     assert _knobs(demo) == (10, 8, 128) and "preset" not in demo.model_dump()
     assert _knobs(options_from(model="m", out=tmp_path, preset="cpu-demo", iters=3, nsamples=None)) == (3, 8, 128)
-    assert _knobs(evaluate_options(out=tmp_path, preset="gpu", max_tokens=512, eval_seq_len=256)) == (50, 32, 256)
+    assert _knobs(evaluate_options(out=tmp_path, preset="gpu", eval_tokens=512, eval_seq_len=256)) == (50, 32, 256)
     with pytest.raises(NeuronforgeError, match="unknown preset 'fast'; choose one of gpu, cpu-demo, cpu-fast"):
         options_from(model="m", out=tmp_path, preset="fast")
 
@@ -51,8 +51,9 @@ def test_cli_preset_flag_on_quantize_and_evaluate(tmp_path: Path) -> None:
         preset = params["preset"]
         assert "cpu-demo: iters 10, nsamples 8, calib_seq_len 128" in (preset.help or "")
         assert params["iters"].default is None  # unset: the preset decides
-        defaults[command] = preset.default
-    assert defaults == {"quantize": "gpu", "evaluate": "cpu-fast", "run": None}  # run: the config file's, else cpu-demo
+        defaults[command] = (preset.default, preset.show_default)
+    # unset: the options model's own preset (run: the config file's, else cpu-demo)
+    assert defaults == {"quantize": (None, "gpu"), "evaluate": (None, "cpu-fast"), "run": (None, True)}
     bad = runner.invoke(app, ["quantize", "--out", str(tmp_path / "q"), "--preset", "huge"])
     assert bad.exit_code == 2 and "unknown preset 'huge'" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "q").exists()

@@ -9,6 +9,7 @@ all-reduce's internal precision, prefill attention and values with |K/V| > 240 a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -16,58 +17,11 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.numerics.dtypes import QUANT_DTYPES, QUANT_TYPES, QuantDtype, QuantType
+from neuronforge.neuron.numerics.emulation_spec import EmulationSpec
 from neuronforge.neuron.numerics.kv_cache import ATTENTION_NAME, STATE_KWARG, KVRisk, KVState, register_attention
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-
-@dataclass(frozen=True)
-class EmulationSpec:
-    """What the device would run: weight dtype (None = bf16), fp8 KV cache, bf16 modules, quantization type.
-
-    Validated on construction: a spec that exists is one the device can run.
-    """
-
-    dtype: QuantDtype | None = None
-    kv_fp8: bool = False
-    modules_to_not_convert: tuple[str, ...] = ()
-    qtype: QuantType = "per_channel_symmetric"
-    # bf16 Linears as fp32 GEMMs rounded once to bf16 (device-like fp32 accumulation, ~6x faster on CPUs
-    # without native bf16); every command uses it. Off: HF's own bf16 kernels, bit-identical to the unmodified model.
-    fast_bf16: bool = True
-    # NeuronCores the model is sharded over: row-parallel layers (o_proj, down_proj) round per-rank partials (qlinear.py).
-    tp_degree: int = 1
-
-    def __post_init__(self) -> None:
-        if self.tp_degree < 1:
-            raise NeuronforgeError(f"tp_degree {self.tp_degree} is not a NeuronCore count", "pass --tp-degree >= 1")
-        if self.dtype is not None and self.dtype not in QUANT_DTYPES:
-            raise NeuronforgeError(
-                f"unknown weight dtype '{self.dtype}'", f"choose one of: {', '.join(QUANT_DTYPES)} or none"
-            )
-        if self.qtype not in QUANT_TYPES:
-            raise NeuronforgeError(
-                f"unknown quantization type '{self.qtype}'", f"choose one of: {', '.join(QUANT_TYPES)}"
-            )
-        if self.dtype is not None and self.qtype == "per_tensor_symmetric" and self.modules_to_not_convert:
-            raise NeuronforgeError(
-                "per_tensor_symmetric ignores modules_to_not_convert when NxDI writes the checkpoint but honours it at "
-                "runtime, so the listed layers would run on int8/fp8 codes without their scale",
-                "use per_channel_symmetric when excluding modules",
-            )
-
-    def describe(self, quantized: int, linears: int) -> str:
-        """One line for `quantized` of `linears` Linears converted; a conversion that quantized nothing says so."""
-        kv = "fp8 e4m3" if self.kv_fp8 else "bf16"
-        if self.dtype is None or quantized == 0:
-            nothing = "" if self.dtype is None else " (nothing quantized: every Linear is in modules_to_not_convert)"
-            return f"bf16 weights{nothing}, {kv} KV cache, tp_degree {self.tp_degree}"
-        return (
-            f"{self.dtype} {self.qtype} weights: {quantized} of {linears} Linears quantized, "
-            f"{linears - quantized} kept bf16, {kv} KV cache, tp_degree {self.tp_degree}"
-        )
 
 
 # Bytes of fp32 logits each step of `EmulatedModel.token_nll` makes (a block of positions of one window).
@@ -216,6 +170,7 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
             convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
 
     path = Path(model_dir)
+    check_not_convert_matches(path, spec)
     by_rows = _quantized_by_rows(path, spec)
     deferred = {f"{name}.weight" for name in by_rows}
     model = load_model(path, after_window=convert_arrived, deferred=deferred, embedding_from_file=True)
@@ -226,6 +181,24 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
         bias = cast(torch.nn.Linear, model.get_submodule(name)).bias
         replace_module(model, name, NeuronQuantLinear.from_row_blocks(blocks, shape, bias, spec.dtype, tp))
     return emulate(model, spec, device)
+
+
+def check_not_convert_matches(model_dir: Path, spec: EmulationSpec) -> None:
+    """Refuse a modules_to_not_convert entry that keeps no Linear of the checkpoint in bf16 (NxDI's substring rule):
+    such a list quantizes what the user meant to keep, silently (read from the headers: nothing is loaded)."""
+    from neuronforge.hf.folders import header_shapes
+    from neuronforge.neuron.numerics.module_names import checkpoint_linears, unmatched
+
+    if spec.dtype is None or not spec.modules_to_not_convert:
+        return
+    missing = unmatched(spec.modules_to_not_convert, checkpoint_linears(header_shapes(model_dir)))
+    if missing:
+        raise NeuronforgeError(
+            f"modules_to_not_convert entries {missing} match no Linear layer of {model_dir}, so they would keep "
+            "nothing in bf16",
+            "use NxDI's names: lm_head, layers.N.self_attn, layers.N.mlp or a part of them such as q_proj "
+            "(HF names like model.layers.0.mlp.gate_proj never match)",
+        )
 
 
 def _quantized_by_rows(path: Path, spec: EmulationSpec) -> dict[str, tuple[Path, tuple[int, int]]]:
@@ -278,3 +251,29 @@ def perplexity(
         raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
     nll = [emulated.token_nll(batch, prefill_len) for batch in windows.split(batch_size)]
     return torch.exp(torch.cat(nll).double().mean()).item()
+
+
+@dataclass(frozen=True)
+class PerplexityReport:
+    """Held-out perplexity of one emulated model, per text: what `emulate`, the run's emulate stage and evaluate
+    report (evaluate computes the same NLL from the logits it also compares, `perplexity_from_logits`)."""
+
+    perplexity: dict[str, float]
+    tokens: dict[str, int]  # tokens scored per text
+    kv_risk: KVRisk | None  # with an fp8 KV cache: the K/V values beyond fp8's range
+    quantized_linears: int
+
+
+def perplexity_report(
+    emulated: EmulatedModel, windows: Mapping[str, torch.Tensor], label: str = "perplexity"
+) -> PerplexityReport:
+    """`perplexity` of every text's [n, s] windows, with a progress bar named `label`."""
+    from neuronforge.core.progress import track
+
+    scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), label)}
+    return PerplexityReport(
+        perplexity=scores,
+        tokens={name: int(ids.numel()) for name, ids in windows.items()},
+        kv_risk=emulated.kv_risk if emulated.spec.kv_fp8 else None,
+        quantized_linears=len(emulated.converted),
+    )

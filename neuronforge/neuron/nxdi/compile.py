@@ -19,25 +19,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, ConfigDict, Field
 
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.knobs import TpDegree
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.host import host_memory_bytes, host_neuron_cores
-from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
 from neuronforge.neuron.nxdi.config import (
-    DEFAULT_INSTANCE,
+    NeuronConfigOptions,
     NeuronConfigSpec,
-    build_neuron_config_spec,
-    default_not_convert,
     model_facts,
+    neuron_config,
     read_neuron_config,
     revalidate,
 )
 from neuronforge.neuron.nxdi.config_json import kv_settings, loadable_kv_quant_config
 from neuronforge.neuron.nxdi.runtime import NxdiApi, check_installed_sdk, installed_nxdi_version, load_nxdi
-from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, neuron_sdk
+from neuronforge.neuron.nxdi.versions import neuron_sdk
 from neuronforge.neuron.planner.weight_memory import checkpoint_shapes
 
 QUANTIZED_DIR = "quantized_checkpoint"
@@ -59,27 +58,27 @@ COMPILE_HOSTS = (("ml.trn1.2xlarge", 32), ("ml.trn1.32xlarge", 512))
 CROSS_COMPILE_HOSTS = (("ml.r7i.4xlarge", 128), ("ml.r7i.8xlarge", 256), ("ml.r7i.16xlarge", 512))
 
 
-class CompileOptions(BaseModel):
-    """What `neuronforge compile` needs; `neuron_config` (a neuron_config.json) replaces the config flags."""
+class CompileOptions(NeuronConfigOptions):
+    """What `neuronforge compile` needs; `neuron_config` (a neuron_config.json) replaces the deployment fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    model: str
-    out: Path
-    dtype: QuantDtype = "int8"
-    tp: int | None = None
-    kv: KvDtype = "fp8"
-    instance: str = DEFAULT_INSTANCE
-    qtype: QuantType = "per_channel_symmetric"
-    batch_size: int = 1
-    seq_len: int = 1024
-    not_convert: Path | None = None
-    neuron_config: Path | None = None
-    sdk: str = DEFAULT_SDK
+    model: str = Field(description="stage-1 output folder (fake-quantized bf16 checkpoint)")
+    out: Path = Field(description="compiled folder to create (model.pt, presharded weights, ...)")
+    # `tp` was this field's name before 0.x: old configs still validate.
+    tp_degree: TpDegree = Field(None, validation_alias=AliasChoices("tp_degree", "tp"))
+    neuron_config: Path | None = Field(
+        None, description="a neuron_config.json from `neuron-config`; replaces the deployment fields"
+    )
     smoke_prompt: str = "The capital of France is"
-    smoke_tokens: int = 16
-    overwrite: bool = False
-    compile_only: bool = False  # quantize + compile + preshard only: no NeuronCores needed (CPU cross-compile)
+    smoke_tokens: int = Field(16, ge=1)
+    overwrite: bool = Field(False, description="replace the output if it exists")
+    # quantize + compile + preshard only: no NeuronCores needed (CPU cross-compile)
+    compile_only: bool = Field(
+        False,
+        description="quantize, compile and preshard only: no load or smoke test, so no NeuronCores are needed "
+        "(CPU cross-compile)",
+    )
 
 
 def print_notices(notices: list[str]) -> None:
@@ -132,17 +131,8 @@ def resolve_spec(options: CompileOptions, model_dir: Path) -> NeuronConfigSpec:
     """The spec from --neuron-config (checked again against this model) or from the flags."""
     if options.neuron_config is not None:
         return revalidate(read_neuron_config(options.neuron_config), model_dir)
-    return build_neuron_config_spec(
-        model_dir,
-        dtype=options.dtype,
-        modules_to_not_convert=default_not_convert(model_dir, options.not_convert),
-        tp_degree=options.tp,
-        instance=options.instance,
-        kv=options.kv,
-        quantization_type=options.qtype,
-        batch_size=options.batch_size,
-        seq_len=options.seq_len,
-        sdk=options.sdk,
+    return neuron_config(
+        model_dir, NeuronConfigOptions(**options.model_dump(include=set(NeuronConfigOptions.model_fields)))
     )
 
 

@@ -24,9 +24,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from neuronforge.core.atomic import atomic_write_json
+from neuronforge.core.knobs import BatchSize, SeqLen, TpDegree
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.not_convert import NOT_CONVERT_FILE, read_not_convert, write_not_convert
-from neuronforge.neuron.numerics.dtypes import QuantDtype, QuantType
+from neuronforge.neuron.numerics.dtypes import KvOption, QuantDtype, QuantDtypeOption, QuantType, QuantTypeOption
 from neuronforge.neuron.nxdi.runtime import model_class_problem
 from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS
 from neuronforge.neuron.planner.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
@@ -323,6 +324,48 @@ def kv_fields(kv: str) -> dict[str, Any]:
     if kv == "bf16":
         return {"kv_cache_quant": False, "kv_quant_config": None}
     raise _fail(f"KV cache mode {kv!r} is not supported", "use --kv fp8 or --kv bf16")
+
+
+class NeuronConfigOptions(BaseModel):
+    """The deployment a NeuronConfig is built for (`nf.neuron_config`, `neuronforge neuron-config`, compile's flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: QuantDtypeOption = "int8"
+    modules_to_not_convert: list[str] | None = Field(
+        None,
+        description="blocks kept bf16; default: the model folder's modules_to_not_convert.json (stage 1 writes it)",
+    )
+    tp_degree: TpDegree = None
+    instance: str = Field(
+        DEFAULT_INSTANCE, description="target instance: ml.inf2.{xlarge,8xlarge,24xlarge,48xlarge} or ml.trn1.*"
+    )
+    kv: KvOption = "fp8"
+    qtype: QuantTypeOption = "per_channel_symmetric"
+    batch_size: BatchSize = 1
+    seq_len: SeqLen = 1024
+    sdk: str = Field(DEFAULT_SDK, description=f"Neuron SDK release to target ({' or '.join(SDKS)})")
+
+
+def neuron_config(model_dir: Path, options: NeuronConfigOptions | None = None) -> NeuronConfigSpec:
+    """The validated NeuronConfigSpec for `model_dir` and `options` (`nf.neuron_config`)."""
+    options = options or NeuronConfigOptions()
+    return build_neuron_config_spec(
+        model_dir,
+        dtype=options.dtype,
+        modules_to_not_convert=(
+            default_not_convert(model_dir, None)
+            if options.modules_to_not_convert is None
+            else options.modules_to_not_convert
+        ),
+        tp_degree=options.tp_degree,
+        instance=options.instance,
+        kv=options.kv,
+        quantization_type=options.qtype,
+        batch_size=options.batch_size,
+        seq_len=options.seq_len,
+        sdk=options.sdk,
+    )
 
 
 def build_neuron_config_spec(

@@ -28,8 +28,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neuronforge.core.knobs import BatchSize, SeqLen
 from neuronforge.errors import NeuronforgeError, validated
-from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
+from neuronforge.neuron.numerics.dtypes import KvOption, QuantDtype, QuantTypeOption
 from neuronforge.neuron.planner.instances import NEURON_INSTANCES, Price, instance_price, neuron_instance
 from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp
 from neuronforge.neuron.planner.weight_memory import (
@@ -91,13 +92,20 @@ class Deployment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dtype: Literal["bf16", QuantDtype] = "int8"
-    kv: KvDtype = "fp8"
-    seq_len: int = Field(1024, ge=1)
-    batch_size: int = Field(1, ge=1)
+    dtype: Literal["bf16", QuantDtype] = Field(
+        "int8", description="weights on Neuron: bf16 (not quantized), int8, f8e4m3 or f8e5m2"
+    )
+    kv: KvOption = "fp8"
+    seq_len: SeqLen = 1024
+    batch_size: BatchSize = 1
     modules_to_not_convert: tuple[str, ...] = ()
-    qtype: QuantType = "per_channel_symmetric"
-    headroom: float = Field(HEADROOM, ge=0.0, lt=1.0)
+    qtype: QuantTypeOption = "per_channel_symmetric"
+    headroom: float = Field(
+        HEADROOM,
+        ge=0.0,
+        lt=1.0,
+        description="share of each NeuronCore's 16 GiB kept free for code, scratchpad and runtime",
+    )
 
     @property
     def weight_dtype(self) -> QuantDtype | None:

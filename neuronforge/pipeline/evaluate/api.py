@@ -2,9 +2,9 @@
 
 Every variant runs through the emulator of Neuron numerics (on the GPU when there is one, loaded shard by
 shard, one variant in memory at a time) with the same KV setting, on held-out text the calibration never
-saw. RTN all-quantized is the original checkpoint quantized by NxD's own offline quantizer (no GPU stage). The other three come from the GPU stage (`quantize`), cached under
-`<out>/stages/` keyed by a content hash of the model, the text and the stage options, so a re-run
-only re-measures. The selective variants share one sensitivity-based list (RTN + selective computes
+saw. RTN all-quantized is the original checkpoint quantized by NxD's own offline quantizer (no GPU stage). The other three come from the GPU stage (`quantize`): variant checkpoints,
+cached under `<out>/variants/` keyed by a content hash of the model, the text and their quantize options, so a
+re-run only re-measures. The selective variants share one sensitivity-based list (RTN + selective computes
 it; AutoRound + selective is tuned with the same blocks kept in bf16), so they differ only in tuning.
 """
 
@@ -15,79 +15,111 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import pydantic
 
-from neuronforge.core.presets import PRESETS, apply_preset
+from neuronforge.core.knobs import (
+    BudgetInstance,
+    CalibSeqLen,
+    EvalSeqLen,
+    EvalTokens,
+    Iters,
+    MaxExtraMemory,
+    Nsamples,
+    SeqLen,
+    Threshold,
+    Topk,
+)
+from neuronforge.core.presets import PRESETS, PresetName, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
-from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
+from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
+from neuronforge.pipeline.quantize.api import QuantizeSettings
 from neuronforge.pipeline.quantize.selection import SelectionRule
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
 if TYPE_CHECKING:
     import torch
+    from rich.progress import Progress
     from transformers import PreTrainedTokenizerBase
 
     from neuronforge.neuron.numerics.emulate import EmulatedModel
+    from neuronforge.neuron.planner.plan import ModelShape
     from neuronforge.pipeline.evaluate.gsm8k import Problem
     from neuronforge.pipeline.quantize.api import QuantizeResult
 
-STAGES_DIR = "stages"
+VARIANTS_DIR = "variants"
 # A cached variant checkpoint is reused only while these are unchanged.
 VARIANT_PACKAGES = ("neuronforge", "torch", "transformers", "auto-round", "safetensors")
 
 
-class EvaluateOptions(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+def _quantize_help(field: str) -> str | None:
+    return QuantizeSettings.model_fields[field].description
 
-    model: str = "smollm2"
-    out: Path
-    dtype: ExportDtype = "int8"
-    kv: KvDtype = "bf16"
-    text: Path | None = None  # .txt/.jsonl split into calibration and held-out evaluation text
-    max_tokens: int = pydantic.Field(1024, ge=2)  # held-out tokens scored per text
-    eval_seq_len: int = pydantic.Field(256, ge=2)  # evaluation window
+
+class EvaluateOptions(pydantic.BaseModel):
+    """What `evaluate` measures; its quantize-side knobs are QuantizeSettings' types (bounds and help once)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    default_preset: ClassVar[PresetName] = "cpu-fast"  # fills iters/nsamples/calib_seq_len left unset
+
+    model: str = pydantic.Field("smollm2", description="embedded model name ('smollm2') or a Hugging Face folder")
+    out: Path = pydantic.Field(Path("eval"), description="folder for report.md/json/png and the variant checkpoints")
+    dtype: ExportDtypeOption = "int8"
+    kv: KvOption = "fp8"
+    text: Path | None = pydantic.Field(
+        None, description=".txt/.jsonl split into calibration and held-out text; default: the embedded texts"
+    )
+    eval_tokens: EvalTokens = pydantic.Field(1024, validation_alias=pydantic.AliasChoices("eval_tokens", "max_tokens"))
+    eval_seq_len: EvalSeqLen = 256
     prefill_len: int | None = pydantic.Field(
-        None, ge=1
-    )  # fp8 KV: positions from here decode (default eval_seq_len // 2)
-    batch_size: int = pydantic.Field(4, ge=1)
+        None, ge=1, description="fp8 KV: positions from here run as decode (default: eval_seq_len // 2)"
+    )
+    batch_size: int = pydantic.Field(4, ge=1, description="evaluation windows run through the model at once")
     # GPU stage (forwarded to quantize). Default preset cpu-fast, far below quantize's "gpu" so the default model's
     # report fits in 20 min on 2 shared CPU cores (AutoRound took ~2 min per block there at iters 20 x 16 x 128);
     # on a GPU host pass preset="gpu". `preset` fills whichever of these three is left unset.
-    iters: int = pydantic.Field(PRESETS["cpu-fast"].iters, ge=1)
-    nsamples: int = pydantic.Field(PRESETS["cpu-fast"].nsamples, ge=1)
-    calib_seq_len: int = pydantic.Field(PRESETS["cpu-fast"].calib_seq_len, ge=2)
-    minmax_tuning: bool = False
-    sensitivity: Sensitivity = "first_order"
-    selection: SelectionRule = "budget"
-    max_extra_memory: float = 0.10
-    budget_instance: str | None = None  # budget selection by instance (replaces max_extra_memory)
-    topk: int | None = None
-    threshold: float | None = None
+    iters: Iters = PRESETS["cpu-fast"].iters
+    nsamples: Nsamples = PRESETS["cpu-fast"].nsamples
+    calib_seq_len: CalibSeqLen = PRESETS["cpu-fast"].calib_seq_len
+    minmax_tuning: bool = pydantic.Field(False, description=_quantize_help("minmax_tuning"))
+    sensitivity: Sensitivity = pydantic.Field("first_order", description=_quantize_help("sensitivity"))
+    selection: SelectionRule = pydantic.Field(
+        "budget", description="which blocks the selective variants keep bf16: budget, topk or threshold"
+    )
+    max_extra_memory: MaxExtraMemory = 0.10
+    budget_instance: BudgetInstance = None
+    topk: Topk = None
+    threshold: Threshold = None
     # the deployment the instance column and budget_instance assume (batch 1, like compile's default)
-    seq_len: int = pydantic.Field(1024, ge=1)
+    seq_len: SeqLen = 1024
     # optional task accuracy
-    gsm8k: Path | None = None
-    task_limit: int | None = pydantic.Field(None, ge=1)
-    max_new_tokens: int = pydantic.Field(256, ge=1)
-    lm_eval_tasks: list[str] = pydantic.Field(default_factory=list)
-    lm_eval_limit: int | None = pydantic.Field(None, ge=1)
+    gsm8k: Path | None = pydantic.Field(
+        None, description="local GSM8K-style jsonl (question, answer '#### N') for task accuracy"
+    )
+    task_limit: int | None = pydantic.Field(None, ge=1, description="score only the first N problems")
+    max_new_tokens: int = pydantic.Field(256, ge=1, description="greedy tokens generated per problem")
+    lm_eval_tasks: list[str] = pydantic.Field(
+        default_factory=list, description="lm-eval tasks (needs neuronforge[eval] and the task data)"
+    )
+    lm_eval_limit: int | None = pydantic.Field(None, ge=1, description="examples per lm-eval task")
 
     @pydantic.model_validator(mode="before")
     @classmethod
     def _preset(cls, values: Any) -> Any:
-        return apply_preset(values, "cpu-fast")
+        return apply_preset(values, cls.default_preset)
 
     @pydantic.model_validator(mode="after")
     def _prefill_within_window(self) -> EvaluateOptions:
         if self.prefill_len is not None and self.prefill_len > self.eval_seq_len:
             raise ValueError(f"prefill_len {self.prefill_len} must be <= eval_seq_len {self.eval_seq_len}")
-        if self.max_tokens < self.eval_seq_len:
+        if self.eval_tokens < self.eval_seq_len:
             raise ValueError(
-                f"max_tokens {self.max_tokens} must be >= eval_seq_len {self.eval_seq_len} (one window at least)"
+                f"eval_tokens {self.eval_tokens} must be >= eval_seq_len {self.eval_seq_len} (one window at least)"
             )
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1 (got {self.iters}): evaluate tunes AutoRound variants")
         return self
 
 
@@ -106,8 +138,8 @@ class VariantPlan:
     selective: bool = False
 
     @property
-    def stage(self) -> str | None:
-        """The GPU-stage checkpoint this variant loads (None: the original model)."""
+    def checkpoint(self) -> str | None:
+        """The variant checkpoint (a quantize run) this variant loads (None: the original model)."""
         if self.autoround:
             return "autoround_selective" if self.selective else "autoround"
         return "rtn_selective" if self.selective else None
@@ -129,11 +161,13 @@ def plan_variants(dtype: ExportDtype, kv_fp8: bool) -> list[VariantPlan]:
     return plans
 
 
-# ---------------------------------------------------------------- GPU-stage checkpoints, cached
+# ---------------------------------------------------------------- variant checkpoints (quantize runs), cached
+
+VARIANT_CHECKPOINTS = ("rtn_selective", "autoround", "autoround_selective")  # RTN + selective's list is reused
 
 
-def _stage_options(options: EvaluateOptions, stage: str, kept: list[str] | None) -> dict[str, object]:
-    """QuantizeSettings fields for one stage; these and the inputs make its cache key."""
+def _variant_options(options: EvaluateOptions, variant: str, kept: list[str] | None) -> dict[str, object]:
+    """QuantizeSettings fields for one variant checkpoint; these and the inputs make its cache key."""
     common: dict[str, object] = {
         "dtype": options.dtype,
         "iters": options.iters,
@@ -142,7 +176,7 @@ def _stage_options(options: EvaluateOptions, stage: str, kept: list[str] | None)
         "sensitivity": options.sensitivity,
         "minmax_tuning": options.minmax_tuning,
     }
-    if stage == "rtn_selective":
+    if variant == "rtn_selective":
         return {
             **common,
             "autoround": False,
@@ -152,39 +186,42 @@ def _stage_options(options: EvaluateOptions, stage: str, kept: list[str] | None)
             "threshold": options.threshold,
             **_budget_instance_options(options),
         }
-    if stage == "autoround":
+    if variant == "autoround":
         return {**common, "autoround": True, "selection": "none"}
     return {**common, "autoround": True, "modules_to_not_convert": kept}
 
 
 def _budget_instance_options(options: EvaluateOptions) -> dict[str, object]:
-    """The QuantizeOptions of an instance budget (none without one, so other stages' cache keys stay put)."""
+    """The QuantizeOptions of an instance budget (none without one, so other variants' cache keys stay put)."""
     if options.budget_instance is None:
         return {}
     return {"budget_instance": options.budget_instance, "kv": options.kv, "seq_len": options.seq_len}
 
 
-def stage_checkpoint(
-    stage: str, source: Path, options: EvaluateOptions, kept: list[str] | None = None
+def variant_checkpoint(
+    variant: str, source: Path, options: EvaluateOptions, kept: list[str] | None = None
 ) -> tuple[QuantizeResult, bool]:
-    """The stage's checkpoint and result, from `<out>/stages/<stage>-<key>` when cached; (result, reused)."""
+    """The variant's checkpoint and quantize result, from `<out>/variants/<variant>-<key>` when cached;
+    (result, reused)."""
     from neuronforge.core.atomic import atomic_dir, atomic_write_json
     from neuronforge.core.hashing import fingerprint
     from neuronforge.core.package_versions import package_versions
     from neuronforge.pipeline.quantize.api import QuantizeResult, quantize
     from neuronforge.pipeline.quantize.api import options_from as quantize_options
 
-    stage_opts = _stage_options(options, stage, kept)
+    variant_opts = _variant_options(options, variant, kept)
     key, _ = fingerprint(
-        {"model": source, "text": options.text, "options": stage_opts}, package_versions(VARIANT_PACKAGES)
+        {"model": source, "text": options.text, "options": variant_opts}, package_versions(VARIANT_PACKAGES)
     )
-    folder = Path(options.out) / STAGES_DIR / f"{stage}-{key[:16]}"
+    folder = Path(options.out) / VARIANTS_DIR / f"{variant}-{key[:16]}"
     result_file = folder / "result.json"
     if result_file.exists() and (folder / "checkpoint" / "config.json").exists():
         result = QuantizeResult.model_validate_json(result_file.read_text())
         return result.model_copy(update={"out_dir": folder / "checkpoint"}), True
     with atomic_dir(folder, overwrite=True) as tmp:
-        result = quantize(quantize_options(model=str(source), out=tmp / "checkpoint", text=options.text, **stage_opts))
+        result = quantize(
+            quantize_options(model=str(source), out=tmp / "checkpoint", text=options.text, **variant_opts)
+        )
         result = result.model_copy(update={"out_dir": folder / "checkpoint"})
         atomic_write_json(tmp / "result.json", result.model_dump(mode="json"))
     return result, False
@@ -268,27 +305,71 @@ def _task_score(
 # ---------------------------------------------------------------- the command
 
 
+@dataclass
+class Prepared:
+    """What every variant is measured with: the model, its tokenizer, held-out windows, shapes and task."""
+
+    source: Path
+    tokenizer: PreTrainedTokenizerBase
+    windows: dict[str, torch.Tensor]
+    model_shape: ModelShape
+    forced: list[str]  # blocks NxDI must keep bf16 whatever the selection (a tied lm_head)
+    problems: list[Problem] | None
+
+
+@dataclass
+class Checkpoints:
+    """The variant checkpoints and the blocks each keeps bf16 ("rtn": the forced ones only)."""
+
+    paths: dict[str, Path]
+    kept: dict[str, list[str]]
+
+
 def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     """Measure every variant and write report.md/json/png into `options.out` (see the module docstring)."""
-    from neuronforge.assets.models import resolve_model
-    from neuronforge.assets.texts import evaluation_windows, resolve_splits
-    from neuronforge.core.progress import err_console, progress
-    from neuronforge.hf.folders import force_offline, load_tokenizer, read_config
-    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_from_logits
-    from neuronforge.neuron.planner.plan import load_model_shape, smallest_for
-    from neuronforge.neuron.planner.weight_memory import weight_memory
-    from neuronforge.pipeline.evaluate.gsm8k import load_problems
-    from neuronforge.pipeline.evaluate.report import REPORT_JSON
+    from neuronforge.core.progress import progress
+    from neuronforge.hf.folders import force_offline
 
-    out = Path(options.out)
-    if out.is_dir() and any(out.iterdir()) and not ((out / REPORT_JSON).is_file() or (out / STAGES_DIR).is_dir()):
-        raise NeuronforgeError(  # its report.md/json/png would replace files of the same name
-            f"--out {out} already holds files and is not an evaluate output folder (no {REPORT_JSON} or {STAGES_DIR}/)",
-            "choose a new or empty folder for --out",
-        )
+    _check_out(Path(options.out))
     force_offline()
     start = time.perf_counter()
     timings: dict[str, float] = {}
+    prepared = _prepare(options)
+    timings["load"] = time.perf_counter() - start
+    checkpoints = _variant_checkpoints(options, prepared, timings)
+    plans = plan_variants(options.dtype, options.kv == "fp8")
+    reference: Reference | None = None
+    results: list[VariantResult] = []
+    with progress() as bar:
+        overall = bar.add_task("variants", total=len(plans))
+        for plan in plans:
+            result, reference = _measure(plan, options, prepared, checkpoints, reference, bar)
+            results.append(result)
+            bar.advance(overall)
+    timings["total"] = time.perf_counter() - start
+    return _write(options, prepared, results, timings, command)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that holds someone else's files: report.md/json/png would replace files of that name."""
+    from neuronforge.pipeline.evaluate.report import REPORT_JSON
+
+    if out.is_dir() and any(out.iterdir()) and not ((out / REPORT_JSON).is_file() or (out / VARIANTS_DIR).is_dir()):
+        raise NeuronforgeError(
+            f"--out {out} already holds files and is not an evaluate output folder "
+            f"(no {REPORT_JSON} or {VARIANTS_DIR}/)",
+            "choose a new or empty folder for --out",
+        )
+
+
+def _prepare(options: EvaluateOptions) -> Prepared:
+    """Inputs, held-out windows and shapes: everything but the variants, checked before any quantize run."""
+    from neuronforge.assets.models import resolve_model
+    from neuronforge.assets.texts import held_out_windows, resolve_splits
+    from neuronforge.hf.folders import load_tokenizer, read_config
+    from neuronforge.neuron.planner.plan import load_model_shape
+    from neuronforge.pipeline.evaluate.gsm8k import load_problems
+
     source = resolve_model(options.model)
     tokenizer = load_tokenizer(source)
     problems = load_problems(options.gsm8k, options.task_limit) if options.gsm8k else None
@@ -296,96 +377,112 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
         from neuronforge.pipeline.evaluate.lm_eval_adapter import require_lm_eval
 
         require_lm_eval()
-    held_out = resolve_splits(options.text).evaluation
-    windows = {
-        name: evaluation_windows(tokenizer, text, options.eval_seq_len, options.max_tokens)
-        for name, text in held_out.items()
-    }
+    texts = resolve_splits(options.text).evaluation
+    windows = held_out_windows(tokenizer, texts, options.eval_seq_len, options.eval_tokens)
     model_shape = load_model_shape(source, name=str(options.model))
-    shapes = model_shape.shapes
     # A tied lm_head is the embedding: NxDI cannot quantize it (read from config.json, no need to load the model).
     forced = ["lm_head"] if read_config(source).get("tie_word_embeddings", False) else []
-    timings["load"] = time.perf_counter() - start
+    return Prepared(source, tokenizer, windows, model_shape, forced, problems)
 
-    # GPU stage: RTN + selective first, since its selection is reused by AutoRound + selective.
-    checkpoints: dict[str, Path] = {}
-    kept: dict[str, list[str]] = {"rtn": forced}
-    for stage in ("rtn_selective", "autoround", "autoround_selective"):
+
+def _variant_checkpoints(options: EvaluateOptions, prepared: Prepared, timings: dict[str, float]) -> Checkpoints:
+    """Quantize (or reuse) each variant checkpoint; RTN + selective first, since AutoRound + selective reuses its
+    list of bf16 blocks."""
+    from neuronforge.core.progress import err_console
+
+    checkpoints = Checkpoints(paths={}, kept={"rtn": prepared.forced})
+    for variant in VARIANT_CHECKPOINTS:
         t0 = time.perf_counter()
-        err_console.print(f"[bold cyan]>> stage {stage}[/]")
-        result, reused = stage_checkpoint(stage, source, options, kept.get("rtn_selective"))
-        checkpoints[stage], kept[stage] = result.out_dir, result.modules_to_not_convert
-        timings[f"stage {stage}" + (" (cached)" if reused else "")] = time.perf_counter() - t0
+        err_console.print(f"[bold cyan]>> variant {variant}[/]")
+        result, reused = variant_checkpoint(variant, prepared.source, options, checkpoints.kept.get("rtn_selective"))
+        checkpoints.paths[variant], checkpoints.kept[variant] = result.out_dir, result.modules_to_not_convert
+        timings[f"variant {variant}" + (" (cached)" if reused else "")] = time.perf_counter() - t0
+    return checkpoints
 
-    plans = plan_variants(options.dtype, options.kv == "fp8")
-    reference: Reference | None = None
-    results: list[VariantResult] = []
-    total_windows = sum(w.shape[0] for w in windows.values())
-    with progress() as bar:
-        overall = bar.add_task("variants", total=len(plans))
-        for plan in plans:
-            t0 = time.perf_counter()
-            mtnc = kept.get(plan.stage or "rtn", []) if plan.weights else []
-            spec = EmulationSpec(
-                dtype=options.dtype if plan.weights else None, kv_fp8=plan.kv_fp8, modules_to_not_convert=tuple(mtnc)
-            )
-            emulated = load_emulated(checkpoints.get(plan.stage, source) if plan.stage else source, spec)
-            windows_task = bar.add_task(f"  {plan.label}", total=total_windows)
-            logits = {
-                t: text_logits(
-                    emulated,
-                    w,
-                    options.prefill_len,
-                    options.batch_size,
-                    functools.partial(bar.advance, windows_task),
-                )
-                for t, w in windows.items()
-            }
-            bar.remove_task(windows_task)
-            accuracy = _task_score(emulated, tokenizer, problems, options, plan.label) if problems else None
-            lm_eval_scores = _lm_eval_scores(emulated, tokenizer, options)
-            if reference is None:
-                reference = Reference(
-                    windows, logits, {t: perplexity_from_logits(logits[t], windows[t]) for t in logits}, accuracy
-                )
-            figures = compare(reference, logits, quantized=plan.key != "bf16")
-            if plan.kv_fp8 and emulated.kv_risk.over:
-                figures["flags"].append(emulated.kv_risk.describe())
-            memory = weight_memory(shapes, spec.dtype, mtnc)
-            instance = smallest_for(model_shape, spec.dtype, plan.kv_fp8, mtnc, seq_len=options.seq_len)
-            results.append(
-                VariantResult(
-                    key=plan.key,
-                    label=plan.label,
-                    weights=spec.dtype,
-                    kv_fp8=plan.kv_fp8,
-                    autoround=plan.autoround,
-                    selective=plan.selective,
-                    modules_to_not_convert=mtnc,
-                    weight_bytes=memory.total_bytes,
-                    weight_percent=memory.percent_of_bf16,
-                    instance=instance.instance if instance else None,
-                    instance_tp=instance.tp if instance else None,
-                    instance_usd_per_hour=instance.price.ec2 if instance else None,
-                    task_accuracy=accuracy,
-                    task_recovery=_task_recovery(reference.task_accuracy, accuracy),
-                    kv_out_of_range=emulated.kv_risk.fraction if plan.kv_fp8 else None,
-                    lm_eval=lm_eval_scores,
-                    seconds=time.perf_counter() - t0,
-                    **figures,
-                )
-            )
-            del emulated, logits
-            bar.advance(overall)
-    timings["total"] = time.perf_counter() - start
+
+def _measure(
+    plan: VariantPlan,
+    options: EvaluateOptions,
+    prepared: Prepared,
+    checkpoints: Checkpoints,
+    reference: Reference | None,
+    bar: Progress,
+) -> tuple[VariantResult, Reference]:
+    """One variant through the emulator: its logits on every window, compared with the reference (the first
+    variant measured, bf16), plus task scores, weight memory and the smallest instance; (result, reference)."""
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_from_logits
+    from neuronforge.neuron.planner.plan import smallest_for
+    from neuronforge.neuron.planner.weight_memory import weight_memory
+
+    t0 = time.perf_counter()
+    windows = prepared.windows
+    mtnc = checkpoints.kept.get(plan.checkpoint or "rtn", []) if plan.weights else []
+    spec = EmulationSpec(
+        dtype=options.dtype if plan.weights else None,
+        kv="fp8" if plan.kv_fp8 else "bf16",
+        modules_to_not_convert=tuple(mtnc),
+    )
+    emulated = load_emulated(checkpoints.paths[plan.checkpoint] if plan.checkpoint else prepared.source, spec)
+    windows_task = bar.add_task(f"  {plan.label}", total=sum(w.shape[0] for w in windows.values()))
+    logits = {
+        t: text_logits(
+            emulated, w, options.prefill_len, options.batch_size, functools.partial(bar.advance, windows_task)
+        )
+        for t, w in windows.items()
+    }
+    bar.remove_task(windows_task)
+    problems = prepared.problems
+    accuracy = _task_score(emulated, prepared.tokenizer, problems, options, plan.label) if problems else None
+    lm_eval_scores = _lm_eval_scores(emulated, prepared.tokenizer, options)
+    if reference is None:
+        reference = Reference(
+            windows, logits, {t: perplexity_from_logits(logits[t], windows[t]) for t in logits}, accuracy
+        )
+    figures = compare(reference, logits, quantized=plan.key != "bf16")
+    if plan.kv_fp8 and emulated.kv_risk.over:
+        figures["flags"].append(emulated.kv_risk.describe())
+    memory = weight_memory(prepared.model_shape.shapes, spec.dtype, mtnc)
+    instance = smallest_for(prepared.model_shape, spec.dtype, plan.kv_fp8, mtnc, seq_len=options.seq_len)
+    result = VariantResult(
+        key=plan.key,
+        label=plan.label,
+        weights=spec.dtype,
+        kv_fp8=plan.kv_fp8,
+        autoround=plan.autoround,
+        selective=plan.selective,
+        modules_to_not_convert=mtnc,
+        weight_bytes=memory.total_bytes,
+        weight_percent=memory.percent_of_bf16,
+        instance=instance.instance if instance else None,
+        instance_tp=instance.tp if instance else None,
+        instance_usd_per_hour=instance.price.ec2 if instance else None,
+        task_accuracy=accuracy,
+        task_recovery=_task_recovery(reference.task_accuracy, accuracy),
+        kv_out_of_range=emulated.kv_risk.fraction if plan.kv_fp8 else None,
+        lm_eval=lm_eval_scores,
+        seconds=time.perf_counter() - t0,
+        **figures,
+    )
+    return result, reference
+
+
+def _write(
+    options: EvaluateOptions,
+    prepared: Prepared,
+    results: list[VariantResult],
+    timings: dict[str, float],
+    command: str,
+) -> EvaluationReport:
+    """The report of every variant, written as report.md/json/png into `options.out`."""
+    problems = prepared.problems
     report = EvaluationReport(
         model=str(options.model),
         dtype=options.dtype,
         kv=options.kv,
-        eval_tokens={t: int(w.numel()) for t, w in windows.items()},
+        eval_tokens={t: int(w.numel()) for t, w in prepared.windows.items()},
         settings=options.model_dump(mode="json", exclude={"out"}),
-        task=f"{options.gsm8k.name} ({len(problems)} problems, greedy, {options.max_new_tokens} new tokens)"
-        if problems and options.gsm8k
+        task=f"{Path(options.gsm8k).name} ({len(problems)} problems, greedy, {options.max_new_tokens} new tokens)"
+        if options.gsm8k and problems
         else None,
         variants=results,
         timings={k: round(v, 1) for k, v in timings.items()},

@@ -17,18 +17,30 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import pydantic
 
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.knobs import (
+    BatchSize,
+    BudgetInstance,
+    CalibSeqLen,
+    Iters,
+    MaxExtraMemory,
+    Nsamples,
+    SeqLen,
+    Threshold,
+    Topk,
+    TpDegree,
+)
 from neuronforge.core.outputs import check_writable
-from neuronforge.core.presets import PRESETS, apply_preset
+from neuronforge.core.presets import PRESETS, PresetName, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.config_compat import make_config_portable
-from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
-from neuronforge.pipeline.quantize.selection import Selection
-from neuronforge.pipeline.quantize.sensitivity import Sensitivity
+from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
+from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
+from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity
 
 if TYPE_CHECKING:
     import torch
@@ -46,29 +58,36 @@ class QuantizeSettings(pydantic.BaseModel):
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
+    default_preset: ClassVar[PresetName] = "gpu"  # fills iters/nsamples/calib_seq_len left unset
 
-    dtype: ExportDtype = "int8"
-    iters: int = pydantic.Field(PRESETS["gpu"].iters, ge=0)  # >= 1 with autoround (checked below)
-    nsamples: int = pydantic.Field(PRESETS["gpu"].nsamples, ge=1)
-    calib_seq_len: int = pydantic.Field(PRESETS["gpu"].calib_seq_len, ge=2)
-    text: Path | None = None
-    sensitivity: Sensitivity = "first_order"
-    selection: Selection = "budget"
-    max_extra_memory: float = pydantic.Field(0.10, ge=0.0, le=1.0)  # a fraction: 0.05 = 5% more weight memory
-    topk: int | None = None
-    threshold: float | None = None
-    modules_to_not_convert: list[str] | None = None  # explicit list: skips selection
-    autoround: bool = True  # False = RTN on NxD's grid (no tuning)
+    dtype: ExportDtypeOption = "int8"
+    iters: Iters = PRESETS["gpu"].iters  # >= 1 with autoround (checked below)
+    nsamples: Nsamples = PRESETS["gpu"].nsamples
+    calib_seq_len: CalibSeqLen = PRESETS["gpu"].calib_seq_len
+    text: Path | None = pydantic.Field(
+        None, description="your .txt/.jsonl (calibration and held-out text); default: the embedded texts"
+    )
+    sensitivity: Sensitivity = pydantic.Field("first_order", description=SENSITIVITY_HELP)
+    selection: Selection = pydantic.Field("budget", description=SELECTION_HELP)
+    max_extra_memory: MaxExtraMemory = 0.10
+    topk: Topk = None
+    threshold: Threshold = None
+    modules_to_not_convert: list[str] | None = pydantic.Field(
+        None, description="explicit blocks kept bf16 (e.g. lm_head, layers.0.mlp); skips the selection"
+    )
+    autoround: bool = pydantic.Field(True, description="false: round-to-nearest on NxD's grid, no tuning")
     # AutoRound's per-row range shrink (max_scale). Off by default: at 8 bits it clips far more than it saves
-    # (measured on SmolLM2: row ranges cut to 0.44x and held-out KL 2x worse than RTN; docs/quantize.md).
-    minmax_tuning: bool = False
+    # (measured on SmolLM2: row ranges cut to 0.44x and held-out KL 2x worse than RTN; see README).
+    minmax_tuning: bool = pydantic.Field(
+        False, description="also tune AutoRound's per-row range shrink (clips outliers; off by default, see README)"
+    )
     # Budget selection by instance: keep as many blocks bf16 as still fit this instance, for the deployment below
     # (compile's defaults); replaces max_extra_memory. Needs the model folder (`quantize`, not `quantize_model`).
-    budget_instance: str | None = None
-    kv: KvDtype = "fp8"
-    seq_len: int = pydantic.Field(1024, ge=1)
-    batch_size: int = pydantic.Field(1, ge=1)
-    tp_degree: int | None = pydantic.Field(None, ge=1)
+    budget_instance: BudgetInstance = None
+    kv: KvOption = "fp8"
+    seq_len: SeqLen = 1024
+    batch_size: BatchSize = 1
+    tp_degree: TpDegree = None
 
     @pydantic.model_validator(mode="after")
     def _budget_instance_needs_budget(self) -> QuantizeSettings:
@@ -89,14 +108,14 @@ class QuantizeSettings(pydantic.BaseModel):
     @pydantic.model_validator(mode="before")
     @classmethod
     def _preset(cls, values: Any) -> Any:
-        return apply_preset(values, "gpu")
+        return apply_preset(values, cls.default_preset)
 
 
 class QuantizeOptions(QuantizeSettings):
     """Folder to folder (`quantize`): the settings plus the input model and the output folder."""
 
-    model: str  # "smollm2" or HF folder (s3:// support is added by the run orchestrator)
-    out: Path
+    model: str = pydantic.Field("smollm2", description="embedded model name ('smollm2') or a Hugging Face folder")
+    out: Path = pydantic.Field(description="output folder to create (fails if it exists)")
 
 
 class QuantizeResult(pydantic.BaseModel):

@@ -17,13 +17,13 @@ block's tuning ends when the model is bf16.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from neuronforge.core.logs import adopt_third_party_loggers
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.grid import E4M3_NEURON_MAX, FP8_SCALE_FLOOR, FP32_EPS, INT8_PER_CHANNEL_DIVISOR
 
@@ -202,6 +202,50 @@ def _fp32_a_block_at_a_time(model: PreTrainedModel, targets: list[str], dtype: E
     settle(model)  # the embedding, and anything auto-round rounded outside the blocks
 
 
+class _BlockBar:
+    """Stands in for the tqdm bar auto-round's block loop drives (intel/auto-round@v0.16.1:
+    auto_round/compressors/orchestrator.py:651-786 calls update, set_description and close), drawn as one of our
+    progress bars, so a run shows one progress display."""
+
+    open_bars: list[_BlockBar] = []
+
+    def __init__(self, iterable: Any = None, *args: Any, total: int | None = None, **kwargs: Any) -> None:
+        from neuronforge.core.progress import progress
+
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self._bar = progress()
+        self._task = self._bar.add_task("AutoRound", total=total)
+        self._bar.start()
+        _BlockBar.open_bars.append(self)
+
+    def update(self, n: int = 1) -> None:
+        self._bar.advance(self._task, n)
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        self._bar.update(self._task, description=f"AutoRound ({desc.removeprefix('Quantizing ')})")
+
+    def close(self) -> None:
+        if self in _BlockBar.open_bars:
+            _BlockBar.open_bars.remove(self)
+            self._bar.stop()
+
+
+@contextmanager
+def _our_block_bar() -> Iterator[None]:
+    """auto-round's per-block bar drawn as ours while the block runs (and closed if tuning fails midway)."""
+    from auto_round.compressors import orchestrator
+
+    saved = orchestrator.tqdm
+    orchestrator.tqdm = _BlockBar
+    try:
+        yield
+    finally:
+        orchestrator.tqdm = saved
+        for bar in list(_BlockBar.open_bars):
+            bar.close()
+
+
 @dataclass
 class TuneResult:
     """Which Linears auto-round tuned on our grid, and which it left alone (dims not multiple of 32 etc.)."""
@@ -248,12 +292,12 @@ def run_autoround(
         raise NeuronforgeError(
             "a calibration sample is shorter than seqlen", "lower --calib-seq-len or supply more text"
         )
+    adopt_third_party_loggers()  # auto-round's logger exists now: into the log file when a command keeps one
     register_nxd_dtypes()
-    logging.getLogger("auto_round").setLevel(logging.WARNING)
     start = time.perf_counter()
     device = accelerator()
     try:
-        with _fp32_a_block_at_a_time(model, targets, dtype):
+        with _fp32_a_block_at_a_time(model, targets, dtype), _our_block_bar():
             rounder = AutoRound(
                 model,
                 tokenizer=tokenizer,

@@ -23,6 +23,10 @@ from neuronforge.pipeline.quantize.sensitivity import Block
 
 SelectionRule = Literal["budget", "topk", "threshold"]
 Selection = Literal[SelectionRule, "none"]  # "none": every choosable block is quantized
+SELECTION_HELP = (
+    "how modules_to_not_convert is chosen from the sensitivities: budget (max_extra_memory or budget_instance), "
+    "topk, threshold, or none (every block quantized)"
+)
 
 
 def quantized_bytes(block: Block) -> int:

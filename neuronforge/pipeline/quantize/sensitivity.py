@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from neuronforge.neuron.numerics.dtypes import QuantDtype
 
 Sensitivity = Literal["first_order", "measured", "variance"]
+SENSITIVITY_HELP = (
+    "how each block's quantization damage is estimated: first_order (one forward+backward), "
+    "measured (KL per block) or variance"
+)
 
 
 @dataclass

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, overload
 
+from pydantic import BaseModel
+
+from neuronforge.pipeline.evaluate.report import VariantResult
 from neuronforge.pipeline.run import storage
 from neuronforge.pipeline.run.checks import check_inputs, check_mirror, check_output
 from neuronforge.pipeline.run.config import RunConfig
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest
 from neuronforge.pipeline.run.runner import Listener, Stage, run_stages
+from neuronforge.pipeline.run.summaries import SUMMARIES, EmulateSummary, EvaluateSummary, ModelSummary
+
+Summary = TypeVar("Summary", bound=BaseModel)
+
+
+class Noted(Protocol):
+    """Every stage summary: one line for the run's stage table."""
+
+    def note(self, run_dir: Path) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -86,32 +98,36 @@ class VariantLine:
     instance: str | None  # e.g. "ml.inf2.xlarge (tp 2, $0.76/h)"; None = no inf2 instance fits
 
 
+@overload
+def finished(outcome: RunOutcome, stage: str) -> Noted | None: ...
+@overload
+def finished(outcome: RunOutcome, stage: str, model: type[Summary]) -> Summary | None: ...
+def finished(outcome: RunOutcome, stage: str, model: type[BaseModel] | None = None) -> Any:
+    """A stage's summary when it finished in this run directory (as `model`, by default its SUMMARIES model)."""
+    record = outcome.manifest.stages.get(stage)
+    if record is None or record.status != "done":
+        return None
+    return (model or SUMMARIES[stage]).model_validate(record.summary)
+
+
 def variant_lines(outcome: RunOutcome, config: RunConfig) -> list[VariantLine]:
     """bf16, all-quantized and selective variants from the evaluate report; else bf16 vs the run's quantized
     checkpoint from the emulate check, planned for the run's deployment (neuron/plan.py). Empty when neither ran."""
-    records = outcome.manifest.stages
-    evaluate = records.get("evaluate")
-    if evaluate is not None and evaluate.status == "done":
-        return [_from_report(variant) for variant in evaluate.summary["variants"]]
-    emulate, model = records.get("emulate"), records.get("model")
-    if emulate is None or emulate.status != "done" or model is None:
+    evaluate = finished(outcome, "evaluate", EvaluateSummary)
+    if evaluate is not None:
+        return [_from_report(variant) for variant in evaluate.variants]
+    emulate, model = finished(outcome, "emulate", EmulateSummary), finished(outcome, "model", ModelSummary)
+    if emulate is None or model is None:
         return []
     from neuronforge.neuron.planner.plan import describe, load_model_shape, smallest_for
 
-    shape = load_model_shape(Path(model.summary["path"]), name=config.model)
+    shape = load_model_shape(Path(model.path), name=config.model)
     deployment = {"seq_len": config.seq_len or 1024, "batch_size": config.batch_size}
-    ppl = emulate.summary["perplexity"]
-    kept = emulate.summary["modules_to_not_convert"]
+    ppl = emulate.perplexity
     lines = []
     for key, label, dtype, kv_fp8, blocks in (
         ("bf16", "bf16 (reference)", None, False, []),
-        (
-            "neuron",
-            f"{config.dtype} (this run)",
-            config.dtype,
-            config.kv == "fp8",
-            kept,
-        ),
+        ("neuron", f"{config.dtype} (this run)", config.dtype, config.kv == "fp8", emulate.modules_to_not_convert),
     ):
         recovery = sum(100.0 * ppl["bf16"][t] / ppl[key][t] for t in ppl["bf16"]) / len(ppl["bf16"])
         row = smallest_for(shape, dtype, kv_fp8, blocks, **deployment)
@@ -119,9 +135,9 @@ def variant_lines(outcome: RunOutcome, config: RunConfig) -> list[VariantLine]:
     return lines
 
 
-def _from_report(variant: dict[str, Any]) -> VariantLine:
-    recovery = sum(variant["ppl_recovery"].values()) / len(variant["ppl_recovery"])
-    instance = variant.get("instance")
+def _from_report(variant: VariantResult) -> VariantLine:
+    recovery = sum(variant.ppl_recovery.values()) / len(variant.ppl_recovery)
+    instance = variant.instance
     if instance is not None:
-        instance = f"{instance} (tp {variant['instance_tp']}, ${variant['instance_usd_per_hour']:.2f}/h)"
-    return VariantLine(variant["label"], recovery, instance)
+        instance = f"{instance} (tp {variant.instance_tp}, ${variant.instance_usd_per_hour:.2f}/h)"
+    return VariantLine(variant.label, recovery, instance)

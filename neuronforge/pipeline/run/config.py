@@ -18,13 +18,26 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from neuronforge.assets.models import EMBEDDED_MODELS
+from neuronforge.core.knobs import (
+    BatchSize,
+    BudgetInstance,
+    CalibSeqLen,
+    EvalTokens,
+    Iters,
+    MaxExtraMemory,
+    Nsamples,
+    SeqLen,
+    Threshold,
+    Topk,
+    TpDegree,
+)
 from neuronforge.core.presets import KNOBS, PRESETS, PresetName, apply_preset, presets_help
 from neuronforge.core.s3uri import is_s3
 from neuronforge.core.utf8 import read_utf8
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
-from neuronforge.pipeline.quantize.selection import Selection
-from neuronforge.pipeline.quantize.sensitivity import Sensitivity
+from neuronforge.neuron.numerics.dtypes import ExportDtypeOption, KvOption
+from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
+from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity
 
 DEFAULT_PRESET: PresetName = "cpu-demo"  # `make demo`'s budget
 
@@ -65,40 +78,30 @@ class RunConfig(BaseModel):
         None,
         description="your own .txt/.jsonl (local or s3://) for calibration and evaluation; default: embedded texts",
     )
-    dtype: ExportDtype = Field("int8", description="weight dtype on Neuron: int8 or f8e4m3 (fp8)")
-    iters: int = Field(PRESETS[DEFAULT_PRESET].iters, ge=0, description="AutoRound tuning steps per block")
-    nsamples: int = Field(PRESETS[DEFAULT_PRESET].nsamples, ge=1, description="calibration windows")
-    calib_seq_len: int = Field(
+    dtype: ExportDtypeOption = "int8"
+    iters: Iters = PRESETS[DEFAULT_PRESET].iters
+    nsamples: Nsamples = PRESETS[DEFAULT_PRESET].nsamples
+    calib_seq_len: CalibSeqLen = Field(
         PRESETS[DEFAULT_PRESET].calib_seq_len,
-        ge=8,
         description="tokens per calibration window (the emulate check scores windows of this length too)",
     )
-    sensitivity: Sensitivity = Field("first_order", description="how each block's quantization damage is estimated")
-    selection: Selection = Field("budget", description="how modules_to_not_convert is chosen from the sensitivities")
-    max_extra_memory: float = Field(
-        0.10,
-        ge=0.0,
-        le=1.0,
-        description="budget selection: extra weight memory allowed for bf16 blocks (a fraction: 0.05 = 5%)",
-    )
-    budget_instance: str | None = Field(
-        None,
-        description="budget selection by instance: keep as many blocks bf16 as still fit this ml.inf2/ml.trn1 "
-        "instance at kv, tp_degree, batch_size and seq_len below (replaces max_extra_memory)",
-    )
-    topk: int | None = Field(None, ge=0, description="topk selection: how many blocks stay bf16")
-    threshold: float | None = Field(None, description="threshold selection: blocks above this sensitivity stay bf16")
+    sensitivity: Sensitivity = Field("first_order", description=SENSITIVITY_HELP)
+    selection: Selection = Field("budget", description=SELECTION_HELP)
+    max_extra_memory: MaxExtraMemory = 0.10
+    budget_instance: BudgetInstance = None
+    topk: Topk = None
+    threshold: Threshold = None
     modules_to_not_convert: list[str] | None = Field(
         None, description="explicit blocks kept bf16 (e.g. lm_head, layers.0.mlp); skips the selection"
     )
     autoround: bool = Field(True, description="false: round-to-nearest on NxD's grid, no tuning")
     minmax_tuning: bool = Field(False, description="also tune AutoRound's per-row range shrink (clips outliers)")
-    kv: KvDtype = Field("fp8", description="KV cache on Neuron (emulated on CPU): fp8 (e4m3) or bf16")
-    eval_tokens: int = Field(4096, ge=16, description="held-out tokens per text scored by the emulation check")
+    kv: KvOption = "fp8"
+    eval_tokens: EvalTokens = Field(4096, description="held-out tokens per text scored by the emulation check")
     instance: str | None = Field(None, description="target ml.inf2/ml.trn1 instance; default: the compile step's")
-    tp_degree: int | None = Field(None, ge=1, description="tensor-parallel degree; default: largest that fits")
-    batch_size: int = Field(1, ge=1, description="compiled batch size")
-    seq_len: int | None = Field(None, ge=1, description="compiled sequence length; default: the compile step's")
+    tp_degree: TpDegree = None
+    batch_size: BatchSize = 1
+    seq_len: SeqLen | None = Field(None, description="compiled sequence length; default: the compile step's")
     sdk: str | None = Field(None, description="Neuron SDK release to target; default: the compile step's")
 
     @model_validator(mode="before")
@@ -135,6 +138,8 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"iters must be >= 1 for AutoRound (got {self.iters}); use --no-autoround for plain rounding"
             )
+        if "evaluate" in self.stages and self.iters < 1:
+            raise ValueError(f"iters must be >= 1 (got {self.iters}): the evaluate stage tunes AutoRound variants")
         return self
 
     def run_dir(self) -> str:

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
 
 from neuronforge.core.atomic import atomic_dir, remove_leftovers
 from neuronforge.core.hashing import content_hash, fingerprint
@@ -29,29 +31,26 @@ LOCK_FILE = RUN_LOCK
 STAGE_DIR_OUTPUT = "dir"
 
 
+Config = TypeVar("Config")
+Summary = TypeVar("Summary", bound=BaseModel)
+
+
 @dataclass(frozen=True)
 class StageResult:
-    """What a stage hands back: JSON-able figures for the manifest and any outputs outside its own directory."""
+    """What a stage hands back: its summary (a pydantic model, stored as JSON in the manifest) and any outputs
+    outside its own directory."""
 
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: BaseModel | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
-class StageContext:
-    """What a stage may look at: the run's config, earlier stages' records and outputs, and its own workdir."""
+class StageContext(Generic[Config]):
+    """What a stage may look at: the run's config (its inputs) and earlier stages' records and outputs."""
 
     run_dir: Path
-    config: Any
+    config: Config
     manifest: Manifest
-    workdir: Path | None = None
-
-    @property
-    def out_dir(self) -> Path:
-        """The running stage's output folder (`workdir`, which the runner sets before it calls the stage)."""
-        if self.workdir is None:
-            raise RuntimeError("no stage is running: StageContext.workdir is unset")
-        return self.workdir
 
     def record(self, stage: str) -> StageRecord:
         record = self.manifest.stages.get(stage)
@@ -71,8 +70,16 @@ class StageContext:
         path = Path(self.record(stage).outputs[name])
         return path if path.is_absolute() else self.run_dir / path
 
-    def summary(self, stage: str) -> dict[str, Any]:
-        return self.record(stage).summary
+    def summary(self, stage: str, model: type[Summary]) -> Summary:
+        """A finished stage's summary, read back as the model it wrote."""
+        return model.model_validate(self.record(stage).summary)
+
+
+@dataclass
+class StageRun(StageContext[Config]):
+    """The context of a running stage: also the temporary directory that becomes `<run_dir>/<stage>`."""
+
+    workdir: Path
 
 
 @dataclass(frozen=True)
@@ -82,10 +89,10 @@ class Stage:
 
     name: str
     help: str
-    inputs: Callable[[StageContext], dict[str, Any]]
-    run: Callable[[StageContext], StageResult]
+    inputs: Callable[[StageContext[Any]], dict[str, Any]]
+    run: Callable[[StageRun[Any]], StageResult]
     needs: tuple[str, ...] = ()
-    unavailable: Callable[[StageContext], str | None] = lambda ctx: None
+    unavailable: Callable[[StageContext[Any]], str | None] = lambda ctx: None
     versions: tuple[str, ...] = ("neuronforge",)
 
 
@@ -148,13 +155,13 @@ def is_fresh(record: StageRecord | None, fp: str, run_dir: Path) -> bool:
     return True
 
 
-def _fingerprint(stage: Stage, ctx: StageContext) -> tuple[str, dict[str, Any], dict[str, str]]:
+def _fingerprint(stage: Stage, ctx: StageContext[Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
     versions = package_versions(stage.versions)
     fp, canonical = fingerprint(stage.inputs(ctx), versions)
     return fp, canonical, versions
 
 
-def _check_upstream(stage: Stage, ctx: StageContext, selected: set[str], by_name: dict[str, Stage]) -> None:
+def _check_upstream(stage: Stage, ctx: StageContext[Any], selected: set[str], by_name: dict[str, Stage]) -> None:
     """A stage run on its own must not silently consume an upstream output made for a different config."""
     for dep in stage.needs:
         ctx.record(dep)
@@ -237,7 +244,9 @@ def run_stages(
     return manifest
 
 
-def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[str, Stage], listener: Listener) -> None:
+def _run_one(
+    stage: Stage, ctx: StageContext[Any], chosen: set[str], by_name: dict[str, Stage], listener: Listener
+) -> None:
     run_dir, manifest = ctx.run_dir, ctx.manifest
     reason = stage.unavailable(ctx)
     if reason:
@@ -265,8 +274,7 @@ def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[st
     try:  # from here on, an interruption (Ctrl-C, SIGTERM) is recorded as this stage's failure
         listener(StageEvent(stage.name, "running", stage.help))
         with atomic_dir(final, overwrite=True) as tmp:
-            ctx.workdir = tmp
-            result = stage.run(ctx)
+            result = stage.run(StageRun(run_dir, ctx.config, manifest, workdir=tmp))
     except BaseException as exc:
         if isinstance(exc, NeuronforgeError):
             message = exc.what
@@ -285,7 +293,7 @@ def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[st
         status="done",
         outputs={name: _relative(path, run_dir) for name, path in outputs.items()},
         output_hashes={name: content_hash(path) for name, path in outputs.items()},
-        summary=result.summary,
+        summary={} if result.summary is None else result.summary.model_dump(mode="json"),
         seconds=round(time.perf_counter() - started, 3),
     )
     listener(StageEvent(stage.name, "done", seconds=manifest.stages[stage.name].seconds))

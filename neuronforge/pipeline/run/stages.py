@@ -11,15 +11,27 @@ package  -> the SageMaker endpoint package when compiled, else a folder ready fo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from neuronforge.core.atomic import atomic_write_json, atomic_write_text, link_tree
 from neuronforge.neuron.host import neuron_unavailable
+from neuronforge.pipeline.evaluate.api import EvaluateOptions
+from neuronforge.pipeline.quantize.api import QuantizeSettings
 from neuronforge.pipeline.run.config import RunConfig
-from neuronforge.pipeline.run.runner import Stage, StageContext, StageResult
+from neuronforge.pipeline.run.runner import Stage, StageContext, StageResult, StageRun
+from neuronforge.pipeline.run.summaries import (
+    CompileSummary,
+    EmulateSummary,
+    EvaluateSummary,
+    ModelSummary,
+    PackageSummary,
+    QuantizeSummary,
+)
 
 if TYPE_CHECKING:
     from neuronforge.neuron.nxdi.config import NeuronConfigSpec
@@ -39,22 +51,26 @@ class RunInputs:
     text: Path | None
 
 
-def _given(ctx: StageContext) -> RunInputs:
+Context = StageContext[RunInputs]
+Running = StageRun[RunInputs]
+
+
+def _given(ctx: Context) -> RunInputs:
     return ctx.config
 
 
-def _quantized(ctx: StageContext) -> Path:
+def _quantized(ctx: Context) -> Path:
     return ctx.output("quantize") / CHECKPOINT
 
 
-def _not_converted(ctx: StageContext) -> list[str]:
-    return list(ctx.summary("quantize")["modules_to_not_convert"])
+def _not_converted(ctx: Context) -> list[str]:
+    return list(ctx.summary("quantize", QuantizeSummary).modules_to_not_convert)
 
 
 # --- model ---------------------------------------------------------------------------------------
 
 
-def _model_inputs(ctx: StageContext) -> dict[str, Any]:
+def _model_inputs(ctx: Context) -> dict[str, Any]:
     from neuronforge.assets.models import EMBEDDED_MODELS
 
     model = _given(ctx).model
@@ -63,40 +79,43 @@ def _model_inputs(ctx: StageContext) -> dict[str, Any]:
     return {"folder": Path(model)}
 
 
-def _model_run(ctx: StageContext) -> StageResult:
+def _model_run(ctx: Running) -> StageResult:
     from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.hf.folders import read_config
 
     path = fetch_or_resolve(_given(ctx).model)
     config = read_config(path)
-    summary = {
-        "path": str(path),
-        "model_type": config.get("model_type"),
-        "layers": config.get("num_hidden_layers"),
-        "hidden_size": config.get("hidden_size"),
-        "source": _given(ctx).config.model,
-    }
-    atomic_write_json(ctx.out_dir / "model.json", summary)
+    summary = ModelSummary(
+        path=str(path),
+        model_type=config.get("model_type"),
+        layers=config.get("num_hidden_layers"),
+        hidden_size=config.get("hidden_size"),
+        source=_given(ctx).config.model,
+    )
+    atomic_write_json(ctx.workdir / "model.json", summary.model_dump(mode="json"))
     return StageResult(summary=summary, outputs={"model": path})
 
 
 # --- quantize ------------------------------------------------------------------------------------
 
-QUANTIZE_KEYS = (
-    "dtype",
-    "iters",
-    "nsamples",
-    "calib_seq_len",
-    "sensitivity",
-    "selection",
-    "max_extra_memory",
-    "budget_instance",
-    "topk",
-    "threshold",
-    "modules_to_not_convert",
-    "autoround",
-    "minmax_tuning",
-)
+
+def key_fields(model: type[BaseModel], excluded: Mapping[str, str]) -> tuple[str, ...]:
+    """A stage's config keys: every field of the options model it builds, except those `excluded` (with why).
+
+    So a new options field is in the stage's cache key (and passed on from the RunConfig field of the same name)
+    unless someone says why not; tests/test_pipeline/run/test_stages.py checks both lists against the models."""
+    return tuple(name for name in model.model_fields if name not in excluded)
+
+
+DEPLOYMENT = "the deployment an instance budget is checked against: a key only with budget_instance"
+QUANTIZE_EXCLUDED = {
+    "text": "an input of its own (the local copy of the text)",
+    "kv": DEPLOYMENT,
+    "seq_len": DEPLOYMENT,
+    "batch_size": DEPLOYMENT,
+    "tp_degree": DEPLOYMENT,
+}
+QUANTIZE_KEYS = key_fields(QuantizeSettings, QUANTIZE_EXCLUDED)
 
 
 def _config_values(ctx: StageContext, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -104,16 +123,16 @@ def _config_values(ctx: StageContext, keys: tuple[str, ...]) -> dict[str, Any]:
     return {key: getattr(config, key) for key in keys}
 
 
-def _model_text_inputs(keys: tuple[str, ...]) -> Callable[[StageContext], dict[str, Any]]:
+def _model_text_inputs(keys: tuple[str, ...]) -> Callable[[Context], dict[str, Any]]:
     """Inputs of a stage that reads the model, the text and these config keys."""
 
-    def inputs(ctx: StageContext) -> dict[str, Any]:
+    def inputs(ctx: Context) -> dict[str, Any]:
         return {"model": ctx.output("model", "model"), "text": _given(ctx).text, **_config_values(ctx, keys)}
 
     return inputs
 
 
-def _budget_deployment(ctx: StageContext) -> dict[str, Any]:
+def _budget_deployment(ctx: Context) -> dict[str, Any]:
     """The deployment an instance budget is checked against (nothing without one: cache keys stay put)."""
     config = _given(ctx).config
     if config.budget_instance is None:
@@ -122,37 +141,28 @@ def _budget_deployment(ctx: StageContext) -> dict[str, Any]:
     return {key: value for key, value in given.items() if value is not None}
 
 
-def _quantize_inputs(ctx: StageContext) -> dict[str, Any]:
+def _quantize_inputs(ctx: Context) -> dict[str, Any]:
     return {**_model_text_inputs(QUANTIZE_KEYS)(ctx), **_budget_deployment(ctx)}
 
 
-def _quantize_run(ctx: StageContext) -> StageResult:
+def _quantize_run(ctx: Running) -> StageResult:
     from neuronforge.pipeline.quantize.api import QuantizeOptions, quantize
 
     options = QuantizeOptions(
         model=str(ctx.output("model", "model")),
-        out=ctx.out_dir / CHECKPOINT,
+        out=ctx.workdir / CHECKPOINT,
         text=_given(ctx).text,
         **_config_values(ctx, QUANTIZE_KEYS),
         **_budget_deployment(ctx),
     )
     result = quantize(options)
-    return StageResult(
-        summary={
-            "modules_to_not_convert": result.modules_to_not_convert,
-            "grid_agreement": result.grid_agreement,
-            "naive_agreement": result.naive_agreement,
-            "value_agreement": result.value_agreement,
-            "naive_value_agreement": result.naive_value_agreement,
-            "timings": result.timings,
-        }
-    )
+    return StageResult(summary=QuantizeSummary.model_validate(result.model_dump(exclude={"out_dir"})))
 
 
 # --- emulate -------------------------------------------------------------------------------------
 
 
-def _emulate_inputs(ctx: StageContext) -> dict[str, Any]:
+def _emulate_inputs(ctx: Context) -> dict[str, Any]:
     config = _given(ctx).config
     return {
         "model": ctx.output("model", "model"),
@@ -167,7 +177,7 @@ def _emulate_inputs(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-def _emulated_tp(ctx: StageContext) -> int:
+def _emulated_tp(ctx: Context) -> int:
     """The tp_degree the compile stage will use (explicit, or chosen for the target instance as compile chooses it)."""
     from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, model_facts
     from neuronforge.neuron.planner.model_facts import choose_tp
@@ -176,139 +186,94 @@ def _emulated_tp(ctx: StageContext) -> int:
     return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), config.instance or DEFAULT_INSTANCE)
 
 
-def _emulate_run(ctx: StageContext) -> StageResult:
+def _emulate_run(ctx: Running) -> StageResult:
     """Held-out perplexity: bf16 on the CPU vs the quantized checkpoint as Neuron would compute it."""
-    from neuronforge.assets.texts import evaluation_windows, resolve_splits
-    from neuronforge.core.progress import track
+    from neuronforge.assets.texts import held_out_windows, resolve_splits
     from neuronforge.hf.folders import load_tokenizer
-    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_report
 
     config = _given(ctx).config
     source = ctx.output("model", "model")
     tokenizer = load_tokenizer(source)
-    splits = resolve_splits(_given(ctx).text)
-    windows = {
-        name: evaluation_windows(tokenizer, text, config.calib_seq_len, config.eval_tokens)
-        for name, text in splits.evaluation.items()
-    }
+    texts = resolve_splits(_given(ctx).text).evaluation
+    windows = held_out_windows(tokenizer, texts, config.calib_seq_len, config.eval_tokens)
     variants = {
         "bf16": (source, EmulationSpec()),
         "neuron": (
             _quantized(ctx),
             EmulationSpec(
                 dtype=config.dtype,
-                kv_fp8=config.kv == "fp8",
+                kv=config.kv,
                 modules_to_not_convert=tuple(_not_converted(ctx)),
                 tp_degree=_emulated_tp(ctx),
             ),
         ),
     }
-    ppl: dict[str, dict[str, float]] = {}
-    kv_risk: dict[str, Any] = {}
-    quantized_linears = 0
+    reports = {}
     for variant, (path, spec) in variants.items():
         emulated = load_emulated(path, spec)
-        quantized_linears = max(quantized_linears, len(emulated.converted))
-        ppl[variant] = {
-            name: round(perplexity(emulated, ids), 4)
-            for name, ids in track(list(windows.items()), f"perplexity, {variant}")
-        }
-        if spec.kv_fp8:
-            risk = emulated.kv_risk
-            kv_risk = {"values": risk.total, "over_240": risk.over, "fraction": risk.fraction, "max_abs": risk.max_abs}
+        reports[variant] = perplexity_report(emulated, windows, f"perplexity, {variant}")
         del emulated
+    ppl = {variant: {n: round(v, 4) for n, v in report.perplexity.items()} for variant, report in reports.items()}
+    risk = reports["neuron"].kv_risk
+    kv_risk = {} if risk is None else {
+        "values": risk.total, "over_240": risk.over, "fraction": risk.fraction, "max_abs": risk.max_abs
+    }  # fmt: skip
     delta = {name: round(100.0 * (ppl["neuron"][name] / ppl["bf16"][name] - 1.0), 3) for name in windows}
-    summary = {
-        "perplexity": ppl,
-        "delta_percent": delta,
-        "kv_risk": kv_risk,
-        "dtype": config.dtype,
-        "kv": config.kv,
-        "tp_degree": variants["neuron"][1].tp_degree,
-        "tokens_per_text": {name: int(ids.numel()) for name, ids in windows.items()},
-        "modules_to_not_convert": _not_converted(ctx),
-        "quantized_linears": quantized_linears,
-    }
-    atomic_write_json(ctx.out_dir / "emulation.json", summary)
-    atomic_write_text(ctx.out_dir / "emulation.md", emulation_markdown(summary))
+    summary = EmulateSummary(
+        perplexity=ppl,
+        delta_percent=delta,
+        kv_risk=kv_risk,
+        dtype=config.dtype,
+        kv=config.kv,
+        tp_degree=variants["neuron"][1].tp_degree,
+        tokens_per_text=reports["neuron"].tokens,
+        modules_to_not_convert=_not_converted(ctx),
+        quantized_linears=max(report.quantized_linears for report in reports.values()),
+    )
+    atomic_write_json(ctx.workdir / "emulation.json", summary.model_dump(mode="json"))
+    atomic_write_text(ctx.workdir / "emulation.md", summary.markdown())
     return StageResult(summary=summary)
-
-
-def emulation_markdown(summary: dict[str, Any]) -> str:
-    """A short table: per held-out text, perplexity in bf16 and under emulated Neuron numerics."""
-    kv = "fp8 (e4m3) KV cache" if summary["kv"] == "fp8" else "bf16 KV cache"
-    weights = f"{summary['dtype']} weights"
-    if summary.get("quantized_linears") == 0:
-        weights = "bf16 weights (nothing quantized: every block is in modules_to_not_convert)"
-    lines = [
-        f"# CPU emulation of Neuron numerics: {weights}, {kv}, tp_degree {summary.get('tp_degree', 1)}",
-        "",
-        "| text | tokens | bf16 ppl | Neuron-emulated ppl | change |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, base in summary["perplexity"]["bf16"].items():
-        lines.append(
-            f"| {name} | {summary['tokens_per_text'][name]} | {base:.3f} | "
-            f"{summary['perplexity']['neuron'][name]:.3f} | {summary['delta_percent'][name]:+.2f}% |"
-        )
-    kept = ", ".join(summary["modules_to_not_convert"]) or "none"
-    lines += ["", f"Blocks kept in bf16 (modules_to_not_convert): {kept}"]
-    if summary["kv_risk"]:
-        lines.append(f"KV values beyond fp8's +-240 (undefined on Neuron): {json.dumps(summary['kv_risk'])}")
-    return "\n".join(lines) + "\n"
 
 
 # --- evaluate ------------------------------------------------------------------------------------
 
-EVALUATE_KEYS = (
-    "dtype",
-    "kv",
-    "eval_tokens",
-    "calib_seq_len",
-    "iters",
-    "nsamples",
-    "sensitivity",
-    "selection",
-    "max_extra_memory",
-    "budget_instance",
-    "topk",
-    "threshold",
-    "minmax_tuning",
-    "seq_len",
-)
+EVALUATE_DEFAULT = "evaluate's own default: the run has no such setting"
+EVALUATE_EXCLUDED = {
+    "model": "an input of its own (the model stage's output)",
+    "out": "the stage's work directory",
+    "text": "an input of its own (the local copy of the text)",
+    "eval_seq_len": "the run scores windows of calib_seq_len, which is a key",
+    "batch_size": "windows per forward pass, not the compiled batch_size: " + EVALUATE_DEFAULT,
+    "prefill_len": EVALUATE_DEFAULT,
+    "gsm8k": EVALUATE_DEFAULT,
+    "task_limit": EVALUATE_DEFAULT,
+    "max_new_tokens": EVALUATE_DEFAULT,
+    "lm_eval_tasks": EVALUATE_DEFAULT,
+    "lm_eval_limit": EVALUATE_DEFAULT,
+}
+EVALUATE_KEYS = key_fields(EvaluateOptions, EVALUATE_EXCLUDED)
 
 
-def _evaluate_run(ctx: StageContext) -> StageResult:
+def _evaluate_run(ctx: Running) -> StageResult:
     """The full table (bf16, RTN, AutoRound, selective variants); it quantizes its own variants."""
-    from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
+    from neuronforge.pipeline.evaluate.api import evaluate
 
     config = _given(ctx).config
-    selection: dict[str, Any] = {"selection": config.selection} if config.selection != "none" else {}
-    seq_len: dict[str, Any] = {"seq_len": config.seq_len} if config.seq_len else {}
+    # Unset run keys (seq_len: the compile step's) take evaluate's defaults; selection "none" leaves evaluate's own
+    # (its selective variants need a rule).
+    values = {key: value for key, value in _config_values(ctx, EVALUATE_KEYS).items() if value not in (None, "none")}
     report = evaluate(
         EvaluateOptions(
+            **values,
             model=str(ctx.output("model", "model")),
-            out=ctx.out_dir / "report",
-            dtype=config.dtype,
-            kv=config.kv,
+            out=ctx.workdir / "report",
             text=_given(ctx).text,
-            max_tokens=config.eval_tokens,
             eval_seq_len=config.calib_seq_len,
-            iters=max(config.iters, 1),
-            nsamples=config.nsamples,
-            calib_seq_len=config.calib_seq_len,
-            minmax_tuning=config.minmax_tuning,
-            sensitivity=config.sensitivity,
-            max_extra_memory=config.max_extra_memory,
-            budget_instance=config.budget_instance,
-            topk=config.topk,
-            threshold=config.threshold,
-            **seq_len,
-            **selection,
         ),
         command="neuronforge run --stages evaluate",
     )
-    return StageResult(summary={"report": "report/report.md", **json.loads(report.model_dump_json())})
+    return StageResult(summary=EvaluateSummary(report="report/report.md", **report.model_dump(mode="json")))
 
 
 # --- compile and package -------------------------------------------------------------------------
@@ -316,7 +281,7 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
 NEURON_KEYS = ("dtype", "kv", "instance", "tp_degree", "batch_size", "seq_len", "sdk")
 
 
-def _neuron_spec(ctx: StageContext) -> NeuronConfigSpec:
+def _neuron_spec(ctx: Context) -> NeuronConfigSpec:
     """The NxD config for the quantized checkpoint; unset keys take the compile step's defaults."""
     from neuronforge.neuron.nxdi.config import build_neuron_config_spec
 
@@ -337,30 +302,30 @@ def _neuron_spec(ctx: StageContext) -> NeuronConfigSpec:
     )
 
 
-def _compile_inputs(ctx: StageContext) -> dict[str, Any]:
+def _compile_inputs(ctx: Context) -> dict[str, Any]:
     return {"quantized": ctx.output("quantize"), **_config_values(ctx, NEURON_KEYS)}
 
 
-def _compile_run(ctx: StageContext) -> StageResult:
+def _compile_run(ctx: Running) -> StageResult:
     from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
     from neuronforge.neuron.nxdi.config import write_config_files
 
-    config_path, _ = write_config_files(_neuron_spec(ctx), ctx.out_dir / "config")
+    config_path, _ = write_config_files(_neuron_spec(ctx), ctx.workdir / "config")
     compiled = compile_model(
-        CompileOptions(model=str(_quantized(ctx)), out=ctx.out_dir / COMPILED, neuron_config=config_path)
+        CompileOptions(model=str(_quantized(ctx)), out=ctx.workdir / COMPILED, neuron_config=config_path)
     )
     record = json.loads((Path(compiled) / "neuronforge_compile.json").read_text())
     return StageResult(
-        summary={"smoke": record.get("smoke"), "timings": record.get("timings"), "sdk": record.get("sdk")}
+        summary=CompileSummary(smoke=record.get("smoke"), timings=record.get("timings"), sdk=record.get("sdk"))
     )
 
 
-def _package_inputs(ctx: StageContext) -> dict[str, Any]:
+def _package_inputs(ctx: Context) -> dict[str, Any]:
     compiled = ctx.output("compile") if ctx.done("compile") else None
     return {"quantized": ctx.output("quantize"), "compiled": compiled, **_config_values(ctx, NEURON_KEYS)}
 
 
-def _package_run(ctx: StageContext) -> StageResult:
+def _package_run(ctx: Running) -> StageResult:
     """Endpoint package when a compile exists; otherwise checkpoint + neuron config for a Neuron compile job."""
     from neuronforge.neuron.nxdi.config import write_config_files
 
@@ -368,27 +333,27 @@ def _package_run(ctx: StageContext) -> StageResult:
         from neuronforge.sagemaker.packaging import package_model
 
         package_model(
-            ctx.out_dir / ENDPOINT,
+            ctx.workdir / ENDPOINT,
             compiled=ctx.output("compile") / COMPILED,
             checkpoint=_quantized(ctx),
             tp_degree=_given(ctx).config.tp_degree,
         )
         return StageResult(
-            summary={
-                "kind": "endpoint",
-                "path": ENDPOINT,
-                "next": "neuronforge sagemaker deploy (docs/sagemaker-guide.md)",
-            }
+            summary=PackageSummary(
+                kind="endpoint",
+                path=ENDPOINT,
+                next="neuronforge sagemaker deploy --model-data <this package uploaded to s3://>",
+            )
         )
-    target = ctx.out_dir / COMPILE_INPUT
+    target = ctx.workdir / COMPILE_INPUT
     link_tree(_quantized(ctx), target / CHECKPOINT)
     write_config_files(_neuron_spec(ctx), target)
     return StageResult(
-        summary={
-            "kind": "compile_input",
-            "path": COMPILE_INPUT,
-            "next": "on an inf2/trn1 host: neuronforge run --out <this run directory> --stages compile,package",
-        }
+        summary=PackageSummary(
+            kind="compile_input",
+            path=COMPILE_INPUT,
+            next="on an inf2/trn1 host: neuronforge run --out <this run directory> --stages compile,package",
+        )
     )
 
 

@@ -118,7 +118,7 @@ def test_fp8_kv_only_affects_decode_positions_and_matches_decode_loop(
     fp8_loop = decode_loop_logits(plain_model, ids, prefill, kv_fp8=True)
     bf16_loop = decode_loop_logits(plain_model, ids, prefill, kv_fp8=False)
 
-    emulated = emulate(load_model(folder, dtype=dtype), EmulationSpec(kv_fp8=True, fast_bf16=False))
+    emulated = emulate(load_model(folder, dtype=dtype), EmulationSpec(kv="fp8", fast_bf16=False))
     got = emulated.logits(ids, prefill_len=prefill)
     assert torch.equal(got[:, :prefill], plain[:, :prefill])  # context encoding attends over fresh K/V
     effect = (got[:, prefill:] - plain[:, prefill:]).abs().amax(dim=-1)
@@ -143,7 +143,7 @@ def test_generate_matches_explicit_greedy_loop(make_tiny_llama: Callable[..., Pa
         sequence = torch.cat([sequence, step], dim=1)
         for layer in cache.layers:  # the cache stores fp8; the next step reads it back
             layer.keys, layer.values = fp8_roundtrip(layer.keys), fp8_roundtrip(layer.values)
-    emulated = emulate(load_model(folder, dtype=torch.float32), EmulationSpec(kv_fp8=True, fast_bf16=False))
+    emulated = emulate(load_model(folder, dtype=torch.float32), EmulationSpec(kv="fp8", fast_bf16=False))
     emulated.model.generation_config.eos_token_id = None
     out = emulated.generate(prompt, new)
     assert out.shape == (1, 9 + new)
@@ -153,7 +153,7 @@ def test_generate_matches_explicit_greedy_loop(make_tiny_llama: Callable[..., Pa
 
 @torch.inference_mode()
 def test_generate_stops_at_eos(tiny_llama_dir: Path) -> None:
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, fast_bf16=False))
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", kv="fp8", fast_bf16=False))
     prompt = tokens(n=1, seq=5)
     first = int(emulated.generate(prompt, 1)[0, -1])
     emulated.model.generation_config.eos_token_id = first
@@ -166,7 +166,7 @@ def test_kv_risk_counts_values_beyond_240(make_tiny_llama: Callable[..., Path]) 
     model = load_model(folder)
     with torch.no_grad():
         model.model.layers[0].self_attn.v_proj.weight.mul_(400.0)
-    emulated = emulate(model, EmulationSpec(kv_fp8=True, fast_bf16=False))
+    emulated = emulate(model, EmulationSpec(kv="fp8", fast_bf16=False))
     emulated.logits(tokens())
     assert 0 < emulated.kv_risk.over < emulated.kv_risk.total
     assert emulated.kv_risk.max_abs > 240
@@ -203,7 +203,7 @@ def test_not_convert_follows_nxdi_runtime_rules(make_tiny_llama: Callable[..., P
 
 
 SPECS = {
-    "int8": EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("layers.1.mlp",)),
+    "int8": EmulationSpec(dtype="int8", kv="fp8", modules_to_not_convert=("layers.1.mlp",)),
     "int8 tp2": EmulationSpec(dtype="int8", modules_to_not_convert=("lm_head",), tp_degree=2),
     "f8e4m3": EmulationSpec(dtype="f8e4m3"),  # (drops the Linears' biases, as NxD does)
 }
@@ -239,7 +239,7 @@ def test_shard_by_shard_load_gives_the_whole_model_conversion(
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize("spec", [EmulationSpec(dtype="int8", kv_fp8=True), EmulationSpec()], ids=["int8", "bf16"])
+@pytest.mark.parametrize("spec", [EmulationSpec(dtype="int8", kv="fp8"), EmulationSpec()], ids=["int8", "bf16"])
 def test_an_untied_embedding_stays_in_its_file(make_tiny_llama: Callable[..., Path], spec: EmulationSpec) -> None:
     """Only gathered from, an untied embedding (0.2 GB at 49152 x 2048) is read a row per token from the file, never
     loaded; the logits are those of the loaded model. A tied one is the head's weight too, and is loaded."""
@@ -351,7 +351,7 @@ def test_a_gemm_runs_a_block_of_output_features_at_a_time(kind: str, monkeypatch
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize("spec", [EmulationSpec(dtype="int8", kv_fp8=True), EmulationSpec()], ids=["int8", "bf16"])
+@pytest.mark.parametrize("spec", [EmulationSpec(dtype="int8", kv="fp8"), EmulationSpec()], ids=["int8", "bf16"])
 def test_perplexity_never_holds_a_batch_of_logits(tiny_llama_dir: Path, monkeypatch, spec: EmulationSpec) -> None:
     """A batch's logits are vocabulary-sized (4 x 256 tokens: 0.1 GB in bf16 at SmolLM2's 49k, 0.26 GB at Llama 3's
     128k): perplexity runs the head on a block of one window's positions at a time, bf16 and fp32 alike, and gets
@@ -391,7 +391,7 @@ def test_bad_spec_is_a_clear_error(tiny_llama_dir: Path) -> None:
         EmulationSpec(dtype="int8", qtype="blockwise")  # type: ignore[arg-type]
     with pytest.raises(NeuronforgeError, match="per_tensor_symmetric ignores"):
         EmulationSpec(dtype="int8", qtype="per_tensor_symmetric", modules_to_not_convert=("lm_head",))
-    emulated = load_emulated(tiny_llama_dir, EmulationSpec(kv_fp8=True, fast_bf16=False))
+    emulated = load_emulated(tiny_llama_dir, EmulationSpec(kv="fp8", fast_bf16=False))
     with pytest.raises(NeuronforgeError, match="prefill_len"):
         emulated.logits(tokens(), prefill_len=0)
     with pytest.raises(NeuronforgeError, match="one non-empty prompt"):
@@ -425,8 +425,8 @@ def test_smollm2_quantized_perplexity_close_to_bf16(smollm2_dir: Path) -> None:
     base = load_model(smollm2_dir)
     for name, spec in {
         "bf16": EmulationSpec(fast_bf16=True),
-        "int8": EmulationSpec(dtype="int8", kv_fp8=True, fast_bf16=True),
-        "f8e4m3": EmulationSpec(dtype="f8e4m3", kv_fp8=True, fast_bf16=True),
+        "int8": EmulationSpec(dtype="int8", kv="fp8", fast_bf16=True),
+        "f8e4m3": EmulationSpec(dtype="f8e4m3", kv="fp8", fast_bf16=True),
     }.items():
         emulated = emulate(copy.deepcopy(base), spec)
         ppl[name] = perplexity(emulated, windows)
@@ -456,7 +456,7 @@ def test_emulate_cli(tiny_llama_dir: Path, tmp_path: Path) -> None:
         str(tiny_llama_dir),
         "--text",
         str(text),
-        "--max-tokens",
+        "--eval-tokens",
         "96",
         "--eval-seq-len",
         "32",
@@ -478,7 +478,14 @@ def test_emulate_cli(tiny_llama_dir: Path, tmp_path: Path) -> None:
 
     bad = runner.invoke(app, [*args, "--dtype", "int4"])
     flat = " ".join(bad.output.split())
-    assert bad.exit_code == 2 and "--dtype 'int4' is not supported" in flat and "use one of: int8, f8e4m3" in flat
+    assert bad.exit_code == 2 and "'int4' is not one of 'int8', 'f8e4m3'" in flat and "emulate --help" in flat
     skip.write_text('{"modules_to_not_convert": "lm_head"}')
     bad = runner.invoke(app, [*args, "--not-convert", str(skip)])
     assert bad.exit_code == 2 and "list of module names" in " ".join(bad.output.split())
+
+
+def test_load_emulated_refuses_a_not_convert_name_that_keeps_nothing(tiny_llama_dir: Path) -> None:
+    """The check was the emulate command's only: `nf.load_emulated` users got an all-quantized model silently."""
+    with pytest.raises(NeuronforgeError, match=r"\['model.layers.0.mlp'\] match no Linear layer"):
+        load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", modules_to_not_convert=("model.layers.0.mlp",)))
+    assert load_emulated(tiny_llama_dir, EmulationSpec(modules_to_not_convert=("model.layers.0.mlp",))).converted == []

@@ -60,7 +60,7 @@ def test_row_parallel_scales_and_rounds_each_rank_before_the_all_reduce() -> Non
 
 @torch.inference_mode()
 def test_emulate_shards_only_row_parallel_layers_and_names_the_tp(tiny_llama_dir: Path) -> None:
-    spec = EmulationSpec(dtype="int8", kv_fp8=True, tp_degree=2, modules_to_not_convert=("lm_head", "layers.1.mlp"))
+    spec = EmulationSpec(dtype="int8", kv="fp8", tp_degree=2, modules_to_not_convert=("lm_head", "layers.1.mlp"))
     model = emulate(load_model(tiny_llama_dir), spec).model
     layer0, layer1 = model.model.layers
     assert layer0.self_attn.o_proj.tp_degree == layer0.mlp.down_proj.tp_degree == 2

@@ -1,4 +1,4 @@
-"""`neuronforge evaluate` end to end on the tiny model: every variant measured, cached stages reused,
+"""`neuronforge evaluate` end to end on the tiny model: every variant measured, cached variant checkpoints reused,
 a broken variant flagged, and the CLI's error path."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def test_plan_variants_adds_a_kv_only_row_for_fp8_kv():
     fp8 = ev.plan_variants("f8e4m3", True)
     assert [p.key for p in fp8][:2] == ["bf16", "bf16_kv"]
     assert not fp8[0].kv_fp8 and all(p.kv_fp8 for p in fp8[1:])
-    assert [p.stage for p in fp8] == [None, None, None, "autoround", "rtn_selective", "autoround_selective"]
+    assert [p.checkpoint for p in fp8] == [None, None, None, "autoround", "rtn_selective", "autoround_selective"]
 
 
 def test_bad_options_are_clear_errors(tmp_path):
@@ -44,7 +44,7 @@ def tiny_run(tiny_llama_dir, tmp_path_factory):
         out=tmp_path_factory.mktemp("eval") / "report",
         dtype="int8",
         kv="fp8",
-        max_tokens=128,
+        eval_tokens=128,
         eval_seq_len=64,
         iters=2,
         nsamples=4,
@@ -60,7 +60,7 @@ def tiny_run(tiny_llama_dir, tmp_path_factory):
 def test_every_variant_is_measured_and_written(tiny_run):
     options, report = tiny_run
     out = options.out
-    assert {p.name for p in out.iterdir()} >= {"report.md", "report.json", "report.png", "stages"}
+    assert {p.name for p in out.iterdir()} >= {"report.md", "report.json", "report.png", "variants"}
     by_key = {v.key: v for v in report.variants}
     assert list(by_key) == ["bf16", "bf16_kv", "rtn", "autoround", "rtn_selective", "autoround_selective"]
     ref = by_key["bf16"]
@@ -102,15 +102,15 @@ def test_perplexity_agrees_with_the_emulator_s_own(tiny_run, tiny_llama_dir):
     options, report = tiny_run
     tok = load_tokenizer(tiny_llama_dir)
     name, text = next(iter(embedded_splits().evaluation.items()))
-    windows = evaluation_windows(tok, text, options.eval_seq_len, options.max_tokens)
+    windows = evaluation_windows(tok, text, options.eval_seq_len, options.eval_tokens)
     emulated = load_emulated(
-        tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=True)
+        tiny_llama_dir, EmulationSpec(dtype="int8", kv="fp8", modules_to_not_convert=("lm_head",), fast_bf16=True)
     )
     rtn = next(v for v in report.variants if v.key == "rtn")
     assert rtn.perplexity[name] == pytest.approx(perplexity(emulated, windows), rel=1e-4)
 
 
-def test_rerun_reuses_cached_stage_checkpoints(tiny_run, monkeypatch):
+def test_rerun_reuses_cached_variant_checkpoints(tiny_run, monkeypatch):
     import neuronforge.pipeline.quantize.api as quantize_module
 
     options, first = tiny_run
@@ -120,15 +120,15 @@ def test_rerun_reuses_cached_stage_checkpoints(tiny_run, monkeypatch):
     again = ev.evaluate(options)
     assert calls == []
     assert [v.perplexity for v in again.variants] == [v.perplexity for v in first.variants]
-    assert sorted(p.name.split("-")[0] for p in (options.out / "stages").iterdir()) == [
+    assert sorted(p.name.split("-")[0] for p in (options.out / "variants").iterdir()) == [
         "autoround",
         "autoround_selective",
         "rtn_selective",
     ]
-    assert all("(cached)" in k for k in again.timings if k.startswith("stage"))
-    # a different stage option is a different cache key, so the stage runs again
-    ev.stage_checkpoint("rtn_selective", Path(options.model), options.model_copy(update={"topk": 2}))
-    assert len(calls) == 1 and len(list((options.out / "stages").glob("rtn_selective-*"))) == 2
+    assert all("(cached)" in k for k in again.timings if k.startswith("variant "))
+    # a different quantize option is a different cache key, so the variant is quantized again
+    ev.variant_checkpoint("rtn_selective", Path(options.model), options.model_copy(update={"topk": 2}))
+    assert len(calls) == 1 and len(list((options.out / "variants").glob("rtn_selective-*"))) == 2
 
 
 def test_a_zeroed_layer_is_flagged_as_broken(tiny_llama_dir):

@@ -17,7 +17,7 @@ def emulated_and_tokenizer(tiny_llama_dir):
     from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
 
     emulated = load_emulated(
-        tiny_llama_dir, EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=("lm_head",), fast_bf16=False)
+        tiny_llama_dir, EmulationSpec(dtype="int8", kv="fp8", modules_to_not_convert=("lm_head",), fast_bf16=False)
     )
     return emulated, load_tokenizer(tiny_llama_dir)
 

@@ -101,6 +101,7 @@ def test_sigkill_mid_autoround_then_rerun_resumes_without_partial_output(tiny: P
         "model,quantize",
         "--iters",
         "8",
+        "--verbose",  # auto-round's log lines on the terminal too
         *QUICK,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -108,7 +109,7 @@ def test_sigkill_mid_autoround_then_rerun_resumes_without_partial_output(tiny: P
 
     def watch() -> None:
         for line in iter(proc.stdout.readline, ""):
-            if "Quantizing model.layers.0" in line:  # auto-round's per-block progress: tuning has begun
+            if "caching done" in line:  # auto-round's log: block inputs cached, tuning begins
                 tuning.set()
 
     threading.Thread(target=watch, daemon=True).start()

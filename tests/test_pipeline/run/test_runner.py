@@ -12,25 +12,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.run.manifest import Manifest
-from neuronforge.pipeline.run.runner import Stage, StageContext, StageEvent, StageResult, run_lock, run_stages
+from neuronforge.pipeline.run.runner import (
+    Stage,
+    StageContext,
+    StageEvent,
+    StageResult,
+    StageRun,
+    run_lock,
+    run_stages,
+)
 
 
-def _count(ctx: StageContext, name: str) -> None:
+class Made(BaseModel):
+    n: int
+
+
+class Total(BaseModel):
+    total: int
+
+
+def _count(ctx: StageContext[dict[str, Any]], name: str) -> None:
     """Append the stage name to a log outside the run dir, so tests can see what actually executed."""
     with open(ctx.config["log"], "a") as handle:
         handle.write(name + "\n")
 
 
-def _make(ctx: StageContext) -> StageResult:
+def _make(ctx: StageRun[dict[str, Any]]) -> StageResult:
     _count(ctx, "make")
     (ctx.workdir / "numbers.txt").write_text("\n".join(str(i * ctx.config["scale"]) for i in range(10)))
-    return StageResult(summary={"n": 10})
+    return StageResult(summary=Made(n=10))
 
 
-def _total(ctx: StageContext) -> StageResult:
+def _total(ctx: StageRun[dict[str, Any]]) -> StageResult:
     _count(ctx, "total")
     numbers = (ctx.output("make") / "numbers.txt").read_text().split()
     if ctx.config.get("fail_total"):
@@ -40,7 +57,7 @@ def _total(ctx: StageContext) -> StageResult:
         Path(ctx.config["marker"]).write_text("in total")
         time.sleep(ctx.config["sleep_total"])
     (ctx.workdir / "total.txt").write_text(str(sum(int(x) for x in numbers)))
-    return StageResult(summary={"total": sum(int(x) for x in numbers)})
+    return StageResult(summary=Total(total=sum(int(x) for x in numbers)))
 
 
 STAGES = [
