@@ -1,9 +1,10 @@
-"""A validated NxD Inference NeuronConfig for a quantized Llama/Mistral, and the files that carry it.
+"""A validated NxD Inference NeuronConfig for a quantized model of a supported family, and the files that carry it.
 
 NxDI's NeuronConfig accepts unknown keys with only a log warning, matches `modules_to_not_convert`
 by substring, silently drops fp8 Linear biases and mis-handles tied lm_heads (docs/nxd-numerics.md,
 with the NxDI/NxD source lines). Every one of those turns into a bad endpoint hours
-later, so this module refuses them up front with a NeuronforgeError that says what to do.
+later, so this module refuses them up front with a NeuronforgeError that says what to do, or (tied lm_head,
+biased blocks under fp8: hf/families.py) keeps the block bf16 and says so.
 
 Tensor parallelism (NxDI's GQA rules, modules/attention/gqa.py): we require tp_degree to divide
 num_attention_heads, because otherwise NxDI pads the query heads with zero heads (wasted compute,
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from neuronforge.core.atomic import atomic_write_json
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.hf.families import attention_biased, forced_bf16_blocks, sliding_window
 from neuronforge.hf.not_convert import NOT_CONVERT_FILE, read_not_convert, write_not_convert
 from neuronforge.neuron.dtypes import QuantDtype, QuantType
 from neuronforge.neuron.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
@@ -219,15 +221,16 @@ class ModelFacts(BaseModel):
     num_attention_heads: int
     num_key_value_heads: int
     tie_word_embeddings: bool
-    attention_bias: bool
+    attention_bias: bool  # q/k/v biases NxDI loads: Qwen2 always, Llama with attention_bias (hf/families.py)
     mlp_bias: bool
     max_position_embeddings: int | None
+    sliding_window: int | None = None  # the KV cache length NxDI uses when set (kv_cache_manager.py:198-203)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelFacts:
         missing = [k for k in ("num_hidden_layers", "num_attention_heads") if k not in config]
         if missing:
-            raise _fail(f"config.json lacks {missing}", "point at a Llama/Mistral folder written by save_pretrained")
+            raise _fail(f"config.json lacks {missing}", "point at a model folder written by save_pretrained")
         heads = int(config["num_attention_heads"])
         return cls(
             model_type=str(config.get("model_type", "")),
@@ -235,10 +238,16 @@ class ModelFacts(BaseModel):
             num_attention_heads=heads,
             num_key_value_heads=int(config.get("num_key_value_heads") or heads),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            attention_bias=bool(config.get("attention_bias", False)),
+            attention_bias=attention_biased(config),
             mlp_bias=bool(config.get("mlp_bias", False)),
             max_position_embeddings=config.get("max_position_embeddings"),
+            sliding_window=sliding_window(config),
         )
+
+    def forced_bf16(self, dtype: str | None) -> dict[str, str]:
+        """Blocks NxDI must keep bf16 for these weights (fp8: the biased ones), with why (hf/families.py)."""
+        config = {"model_type": self.model_type, "num_hidden_layers": self.num_layers}
+        return forced_bf16_blocks({**config, "attention_bias": self.attention_bias, "mlp_bias": self.mlp_bias}, dtype)
 
 
 def make_spec(**fields: Any) -> NeuronConfigSpec:
@@ -259,12 +268,13 @@ def keeps_gqa(tp_degree: int, num_key_value_heads: int) -> bool:
 
 
 def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConfigSpec:
-    """Apply the model-dependent rules; returns the spec with lm_head added for tied models and notices set."""
+    """Apply the model-dependent rules; returns the spec with lm_head added for tied models, the biased blocks for
+    fp8 weights, and notices set."""
     notices = list(spec.notices)
     entries = _with_tied_lm_head(list(spec.modules_to_not_convert), facts, notices)
     _check_layer_indices(entries, facts)
+    entries = _with_fp8_forced(spec, entries, facts, notices)
     _check_per_tensor(spec, entries, facts)
-    _check_fp8_biases(spec, entries, facts)
     _check_tp(spec, facts, notices)
     _check_lengths(spec, facts)
     _check_model_class(spec, facts)
@@ -301,20 +311,16 @@ def _check_per_tensor(spec: NeuronConfigSpec, entries: list[str], facts: ModelFa
         )
 
 
-def _check_fp8_biases(spec: NeuronConfigSpec, entries: list[str], facts: ModelFacts) -> None:
-    if not spec.quantization_dtype.startswith("f8"):
-        return
-    for has_bias, kind, flag in (
-        (facts.attention_bias, "self_attn", "attention_bias"),
-        (facts.mlp_bias, "mlp", "mlp_bias"),
-    ):
-        missing = [f"layers.{i}.{kind}" for i in range(facts.num_layers) if f"layers.{i}.{kind}" not in entries]
-        if has_bias and missing:
-            raise _fail(
-                f"config.json has {flag}=true, and NxD's fp8 path drops Linear biases",
-                f"use --dtype int8, or keep every biased block in bf16 (add {missing[:3]}"
-                f"{' ...' if len(missing) > 3 else ''} to modules_to_not_convert)",
-            )
+def _with_fp8_forced(spec: NeuronConfigSpec, entries: list[str], facts: ModelFacts, notices: list[str]) -> list[str]:
+    """fp8 weights: add every biased block (hf/families.py: NxD's fp8 quantizer drops Linear biases)."""
+    forced = facts.forced_bf16(spec.quantization_dtype)
+    added = [block for block in forced if block not in entries]
+    if added:
+        notices.append(
+            f"added {len(added)} blocks ({added[0]}{' ...' if len(added) > 1 else ''}) to modules_to_not_convert: "
+            f"{forced[added[0]]}"
+        )
+    return [*entries, *added]
 
 
 def _check_tp(spec: NeuronConfigSpec, facts: ModelFacts, notices: list[str]) -> None:

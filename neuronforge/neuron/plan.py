@@ -29,12 +29,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.hf.families import check_family
 from neuronforge.neuron.config import ModelFacts, NeuronConfigSpec, choose_tp
 from neuronforge.neuron.dtypes import KvDtype, QuantDtype, QuantType
 from neuronforge.neuron.instances import NEURON_INSTANCES, Price, instance_price, neuron_instance
 from neuronforge.neuron.weight_memory import (
     HeadLayout,
     WeightMemory,
+    cache_length,
     checkpoint_shapes,
     config_shapes,
     gqa_layout,
@@ -61,6 +63,7 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], name: str) -> ModelShape:
+        check_family(config, name)  # a family NxDI serves as transformers computes it, or refused before planning
         heads = int(config.get("num_attention_heads") or 0)
         head_dim = int(config.get("head_dim") or (int(config.get("hidden_size", 0)) // heads if heads else 0))
         return cls(name, ModelFacts.from_config(config), head_dim, config_shapes(config), False)
@@ -198,11 +201,12 @@ def allowed_tps(facts: ModelFacts, neuron_cores: int) -> list[int]:
 
 
 def effective_not_convert(model: ModelShape, deployment: Deployment) -> tuple[str, ...]:
-    """A tied model keeps lm_head bf16: NxDI copies the float embedding into it (neuron-config adds it too)."""
+    """A tied model keeps lm_head bf16: NxDI copies the float embedding into it; with fp8 weights the biased blocks
+    stay bf16 (hf/families.py). neuron-config adds both too."""
     entries = tuple(deployment.modules_to_not_convert)
     if model.facts.tie_word_embeddings and "lm_head" not in entries:
         entries = (*entries, "lm_head")
-    return entries
+    return (*entries, *(b for b in model.facts.forced_bf16(deployment.weight_dtype) if b not in entries))
 
 
 def plan_row(model: ModelShape, deployment: Deployment, instance: str, tp: int) -> PlanRow:
@@ -223,7 +227,8 @@ def plan_row(model: ModelShape, deployment: Deployment, instance: str, tp: int) 
         effective_not_convert(model, deployment),
         deployment.qtype,
     )
-    kv = kv_cache_bytes(layout, facts.num_layers, tp, deployment.batch_size, deployment.seq_len, deployment.kv == "fp8")
+    length = cache_length(deployment.seq_len, facts.sliding_window)
+    kv = kv_cache_bytes(layout, facts.num_layers, tp, deployment.batch_size, length, deployment.kv == "fp8")
     usable = int(entry.hbm_bytes_per_core * (1.0 - deployment.headroom))
     host = entry.host_gib * GIB - HOST_RESERVE_BYTES
     return PlanRow(
@@ -336,7 +341,7 @@ def require_spec_fits(spec: NeuronConfigSpec, model_dir: Path) -> PlanRow:
     deployment = deployment_from(
         dtype=spec.quantization_dtype,
         kv="fp8" if spec.kv_cache_quant else "bf16",
-        seq_len=spec.seq_len,  # NxDI sizes the KV cache by max_length, which defaults to seq_len (config.py:138)
+        seq_len=spec.seq_len,  # NxDI's max_length defaults to seq_len (config.py:138); a sliding window replaces it
         batch_size=spec.batch_size,
         modules_to_not_convert=tuple(spec.modules_to_not_convert),
         qtype=spec.quantization_type,

@@ -40,7 +40,7 @@ class Block:
     linears: list[str]
     weights: int  # number of weight elements
     rows: int  # output channels (one fp32 scale each)
-    forced: bool = False  # always kept in bf16 (tied lm_head)
+    forced: bool = False  # always kept in bf16 (tied lm_head; biased blocks under fp8, hf/families.py)
 
 
 @dataclass
@@ -77,8 +77,9 @@ def is_tied(model: nn.Module) -> bool:
     return bool(getattr(model.config, "tie_word_embeddings", False))
 
 
-def find_blocks(model: nn.Module) -> list[Block]:
-    """Group the Linears NxDI would quantize into blocks, in model order."""
+def find_blocks(model: nn.Module, dtype: str | None = None) -> list[Block]:
+    """Group the Linears NxDI would quantize into blocks, in model order; forced ones are those NxDI must keep bf16
+    for `dtype` weights (a tied lm_head; with fp8, the biased blocks: `forced_bf16`)."""
     from neuronforge.neuron.module_names import block_of
     from neuronforge.neuron.qlinear import quantizable_linears
 
@@ -96,7 +97,17 @@ def find_blocks(model: nn.Module) -> list[Block]:
         block.rows += linear.weight.shape[0]
     if "lm_head" in blocks and is_tied(model):
         blocks["lm_head"].forced = True
+    for name in forced_bf16(model, dtype):
+        if name in blocks:
+            blocks[name].forced = True
     return list(blocks.values())
+
+
+def forced_bf16(model: nn.Module, dtype: str | None) -> dict[str, str]:
+    """Block -> why NxDI must keep it bf16 with `dtype` weights, from the model's config (hf/families.py)."""
+    from neuronforge.hf.families import forced_bf16_blocks
+
+    return forced_bf16_blocks(model.config.to_dict(), dtype) if hasattr(model, "config") else {}
 
 
 def calibration_batches(samples: list[torch.Tensor], batch_size: int = SENSITIVITY_BATCH) -> Iterable[torch.Tensor]:
@@ -461,7 +472,7 @@ def analyze(
     step: Callable[[], None] | None = None,
 ) -> SensitivityResult:
     """Score every block with `method`; with `measured`, also score the cheap methods and correlate them."""
-    blocks = find_blocks(model)
+    blocks = find_blocks(model, dtype)
     start = time.perf_counter()
     if method == "variance":
         return SensitivityResult(method, blocks, variance_scores(model, blocks), time.perf_counter() - start)
