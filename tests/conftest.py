@@ -110,7 +110,7 @@ def make_tiny_family(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPath
     )
 
     common: dict[str, object] = dict(
-        vocab_size=512,
+        vocab_size=544,  # Qwen's tokenizer class adds <|endoftext|> to the 512 trained tokens
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -121,27 +121,24 @@ def make_tiny_family(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPath
         eos_token_id=2,
         rope_theta=10000.0,
     )
-    configs: dict[str, Callable[..., object]] = {
-        "llama3": lambda **kw: LlamaConfig(
-            **common,
-            tie_word_embeddings=True,
-            rope_scaling=dict(
-                rope_type="llama3",
-                factor=8.0,
-                low_freq_factor=1.0,
-                high_freq_factor=4.0,
-                original_max_position_embeddings=64,  # every band of the head_dim-16 frequencies is scaled
-            ),
-            **kw,
-        ),
-        "qwen2": lambda **kw: Qwen2Config(**common, tie_word_embeddings=False, **kw),
-        "qwen3": lambda **kw: Qwen3Config(**common, head_dim=32, tie_word_embeddings=True, **kw),
-        "mistral": lambda **kw: MistralConfig(**common, head_dim=16, tie_word_embeddings=False, **kw),
+    llama3_rope = dict(
+        rope_type="llama3",
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=64,  # every band of the head_dim-16 frequencies is scaled
+    )
+    configs: dict[str, tuple[type, dict[str, object]]] = {
+        "llama3": (LlamaConfig, dict(tie_word_embeddings=True, rope_scaling=llama3_rope)),
+        "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),
+        "qwen3": (Qwen3Config, dict(head_dim=32, tie_word_embeddings=True)),
+        "mistral": (MistralConfig, dict(head_dim=16, tie_word_embeddings=False)),
     }
 
     def build(family: str, *, seed: int = 0, **overrides: object) -> Path:
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(configs[family](**overrides))
+        config_class, settings = configs[family]
+        model = AutoModelForCausalLM.from_config(config_class(**{**common, **settings, **overrides}))
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith("_proj.weight") or name.endswith("lm_head.weight"):
