@@ -437,7 +437,7 @@ def test_standin_classes_reject_what_the_real_ones_cannot_shard(
     qwen2 = _stage1(make_tiny_family("qwen2"), tmp_path / "qwen2")
     for model, dtype, config_cls, model_cls, error in (
         (nemo_like, "int8", MistralInferenceConfig, NeuronMistralForCausalLM, "cannot be sharded"),
-        (qwen2, "f8e4m3", Qwen2InferenceConfig, NeuronQwen2ForCausalLM, r"q_proj\.bias is missing"),
+        (qwen2, "f8e4m3", Qwen2InferenceConfig, NeuronQwen2ForCausalLM, r"[qkv]_proj\.bias is missing"),
     ):
         quantized = tmp_path / f"q-{model.name}"
         quantized.mkdir()
