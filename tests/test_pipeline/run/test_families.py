@@ -48,7 +48,9 @@ def neuron_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[obj
     _drop_standin_modules()
 
 
-@pytest.mark.parametrize("family, dtype", [("llama3", "int8"), ("qwen2", "f8e4m3"), ("qwen3", "int8"), ("mistral", "int8")])
+@pytest.mark.parametrize(
+    "family, dtype", [("llama3", "int8"), ("qwen2", "f8e4m3"), ("qwen3", "int8"), ("mistral", "int8")]
+)
 def test_each_family_runs_end_to_end(
     neuron_host, make_tiny_family: Callable[..., Path], tmp_path: Path, family: str, dtype: str
 ) -> None:
