@@ -26,7 +26,7 @@ COMPILE_ONLY_HELP = (
 
 
 def neuron_config_command(
-    model: str = typer.Option(..., "--model", help="Stage-1 output folder (or any Llama/Mistral HF folder)."),
+    model: str = typer.Option(..., "--model", help="Stage-1 output folder (or any HF folder of a supported family)."),
     out: Path = typer.Option(..., "--out", help="Folder for neuron_config.json and modules_to_not_convert.json."),
     dtype: str = typer.Option("int8", "--dtype", help=DTYPE_HELP),
     not_convert: NotConvertOpt = None,

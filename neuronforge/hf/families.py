@@ -25,6 +25,8 @@ aws-neuron/neuronx-distributed-inference; NXDI8 = @cd3abf3, NxDI 0.8, SDK 2.28; 
   and scale (aws-neuron/neuronx-distributed@v2.28.0 src/neuronx_distributed/quantization/quantization_utils.py:154-181,
   224-227), while int8's torch dynamic Linear keeps the bias (:110-119). So with f8e4m3 every biased block stays
   bf16 (`forced_bf16_blocks`): for Qwen2 that is every layers.{i}.self_attn.
+
+User documentation, with the families x SDK x dtype table: docs/model-families.md.
 """
 
 from __future__ import annotations

@@ -367,7 +367,7 @@ def _select_and_tune(
         raise NeuronforgeError(
             f"{getattr(model, 'name_or_path', '') or type(model).__name__} has no decoder Linear layers to quantize "
             "(attention/MLP projections)",
-            "pass a Llama/Mistral checkpoint with num_hidden_layers >= 1",
+            "pass a checkpoint of a supported family (docs/model-families.md) with num_hidden_layers >= 1",
         )
     blocks = find_blocks(model, options.dtype)
     if samples is None:

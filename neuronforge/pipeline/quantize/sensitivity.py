@@ -87,7 +87,7 @@ def find_blocks(model: nn.Module, dtype: str | None = None) -> list[Block]:
     if not linears:
         raise NeuronforgeError(
             "the model has no Linear layers NxD Inference would quantize (q/k/v/o, gate/up/down, lm_head)",
-            "pass a Llama- or Mistral-family causal LM",
+            "pass a causal LM of a supported family (docs/model-families.md)",
         )
     blocks: dict[str, Block] = {}
     for name, linear in linears.items():
