@@ -43,11 +43,10 @@ class Family:
     """What NxDI's class for one HF model_type reads from config.json."""
 
     model_type: str
-    architecture: str  # HF class vLLM-neuron picks the NxDI class by
     reads_head_dim: bool  # False: the class sizes heads as hidden_size // num_attention_heads
     qkv_bias: bool  # q/k/v biases whatever the config says (Qwen2)
     reads_attention_bias: bool  # config.attention_bias / mlp_bias honoured (Llama)
-    qk_norm: bool
+    qk_norm: bool  # q_norm/k_norm over head_dim
     rope_types: tuple[str, ...]  # RoPE types the class computes as transformers does
     sliding_window: bool  # config.sliding_window sizes the KV cache and masks attention
     note: str
@@ -56,10 +55,10 @@ class Family:
 FAMILIES: dict[str, Family] = {
     family.model_type: family
     for family in (
-        Family("llama", "LlamaForCausalLM", True, False, True, False, ("default", "llama3"), True, "Llama 2/3.x"),
-        Family("mistral", "MistralForCausalLM", False, False, False, False, ("default",), True, "Mistral 7B"),
-        Family("qwen2", "Qwen2ForCausalLM", False, True, False, False, ("default",), False, "Qwen2, Qwen2.5"),
-        Family("qwen3", "Qwen3ForCausalLM", True, False, False, True, ("default",), False, "Qwen3 dense"),
+        Family("llama", True, False, True, False, ("default", "llama3"), True, "Llama 2/3.x"),
+        Family("mistral", False, False, False, False, ("default",), True, "Mistral 7B"),
+        Family("qwen2", False, True, False, False, ("default",), False, "Qwen2, Qwen2.5"),
+        Family("qwen3", True, False, False, True, ("default",), False, "Qwen3 dense"),
     )
 }
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.families import FAMILIES
 from neuronforge.neuron.module_names import linear_name, nxdi_skips
 
 BF16_BYTES = 2
@@ -184,7 +185,8 @@ def config_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         "mlp.down_proj": (hidden, inter),
     }
     biased = {module for module in linears if _biased(config, module)}
-    qk_norm = config.get("model_type") == "qwen3"  # q_norm/k_norm over head_dim (hf/families.py)
+    family = FAMILIES.get(str(config.get("model_type")))
+    qk_norm = family is not None and family.qk_norm
     for i in range(int(config["num_hidden_layers"])):
         prefix = f"model.layers.{i}"
         shapes[f"{prefix}.input_layernorm.weight"] = (hidden,)
@@ -202,7 +204,8 @@ def config_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def _biased(config: Mapping[str, Any], module: str) -> bool:
     """Whether this Linear has a bias: Qwen2's q/k/v always (not o_proj), Llama's by attention_bias/mlp_bias."""
-    if config.get("model_type") == "qwen2":
+    family = FAMILIES.get(str(config.get("model_type")))
+    if family is not None and family.qkv_bias:
         return module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
     return bool(config.get("mlp_bias" if module.startswith("mlp.") else "attention_bias"))
 

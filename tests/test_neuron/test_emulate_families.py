@@ -115,3 +115,18 @@ def test_qwen2_biases_survive_int8_and_keep_attention_bf16_with_fp8(make_tiny_fa
     assert not isinstance(kept, NeuronQuantLinear)
     assert torch.equal(kept.bias, source.model.layers[1].self_attn.k_proj.bias)
     assert "7 of 15 Linears quantized, 8 kept bf16" in fp8.spec.describe(len(fp8.converted), 15)
+
+
+@torch.inference_mode()
+def test_fp8_kv_cache_reaches_every_family_s_attention(tiny_family_dir: Path) -> None:
+    """The fp8 KV attention (neuron/kv_cache.py) replaces each family's attention: context-encoding positions are the
+    bf16 model's, every decode position reads fp8 K/V, and each layer's cache writes are counted."""
+    ids, prefill = tokens(seq=20, seed=2), 9
+    plain = load_emulated(tiny_family_dir, EmulationSpec(fast_bf16=False)).logits(ids, prefill_len=prefill)
+    emulated = load_emulated(tiny_family_dir, EmulationSpec(kv_fp8=True, fast_bf16=False))
+    got = emulated.logits(ids, prefill_len=prefill)
+    assert torch.equal(got[:, :prefill], plain[:, :prefill])
+    assert torch.all((got[:, prefill:] - plain[:, prefill:]).abs().amax(dim=-1) > 0)
+    config = emulated.model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    assert emulated.kv_risk.total == 2 * config.num_hidden_layers * ids.numel() * config.num_key_value_heads * head_dim
