@@ -52,13 +52,50 @@ class Family:
     note: str
 
 
+_PLAIN = ("default",)
 FAMILIES: dict[str, Family] = {
     family.model_type: family
     for family in (
-        Family("llama", True, False, True, False, ("default", "llama3"), True, "Llama 2/3.x"),
-        Family("mistral", False, False, False, False, ("default",), True, "Mistral 7B"),
-        Family("qwen2", False, True, False, False, ("default",), False, "Qwen2, Qwen2.5"),
-        Family("qwen3", True, False, False, True, ("default",), False, "Qwen3 dense"),
+        Family(
+            "llama",
+            reads_head_dim=True,
+            qkv_bias=False,
+            reads_attention_bias=True,
+            qk_norm=False,
+            rope_types=("default", "llama3"),
+            sliding_window=True,
+            note="Llama 2/3.x",
+        ),
+        Family(
+            "mistral",
+            reads_head_dim=False,
+            qkv_bias=False,
+            reads_attention_bias=False,
+            qk_norm=False,
+            rope_types=_PLAIN,
+            sliding_window=True,
+            note="Mistral 7B",
+        ),
+        Family(
+            "qwen2",
+            reads_head_dim=False,
+            qkv_bias=True,
+            reads_attention_bias=False,
+            qk_norm=False,
+            rope_types=_PLAIN,
+            sliding_window=False,
+            note="Qwen2, Qwen2.5",
+        ),
+        Family(
+            "qwen3",
+            reads_head_dim=True,
+            qkv_bias=False,
+            reads_attention_bias=False,
+            qk_norm=True,
+            rope_types=_PLAIN,
+            sliding_window=False,
+            note="Qwen3 dense",
+        ),
     )
 }
 
@@ -151,7 +188,8 @@ def forced_bf16_blocks(config: Mapping[str, Any], dtype: str | None) -> dict[str
     kinds = []
     if attention_biased(config):
         kinds.append(("self_attn", "q/k/v biases"))
-    if FAMILIES.get(str(config.get("model_type"))) is not None and config.get("mlp_bias"):
+    family = FAMILIES.get(str(config.get("model_type")))
+    if family is not None and family.reads_attention_bias and config.get("mlp_bias"):
         kinds.append(("mlp", "MLP biases"))
     reason = "{what}: NxD's fp8 quantizer drops Linear biases (quantization_utils.py:154-181), so the block stays bf16"
     return {f"layers.{i}.{kind}": reason.format(what=what) for kind, what in kinds for i in range(layers)}
