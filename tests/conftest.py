@@ -89,6 +89,79 @@ def tiny_llama_dir(make_tiny_llama: Callable[..., Path]) -> Path:
     return make_tiny_llama()
 
 
+# Tiny random models of each supported family, built with transformers' own config classes: what differs is what
+# NxDI's class for the family reads differently (neuronforge/hf/families.py).
+FAMILIES = ("llama3", "qwen2", "qwen3", "mistral")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_family(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory for a tiny random model of a family: 'llama3' (rope_scaling llama3), 'qwen2' (q/k/v biases, untied),
+    'qwen3' (q/k norms, head_dim 32 != hidden 64 / 4 heads, tied), 'mistral' (explicit head_dim = hidden / heads).
+    Biases and norm weights are random, so a dropped bias or a misplaced norm changes the logits."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        MistralConfig,
+        Qwen2Config,
+        Qwen3Config,
+    )
+
+    common: dict[str, object] = dict(
+        vocab_size=544,  # Qwen's tokenizer class adds <|endoftext|> to the 512 trained tokens
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_theta=10000.0,
+    )
+    llama3_rope = dict(
+        rope_type="llama3",
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=64,  # every band of the head_dim-16 frequencies is scaled
+    )
+    configs: dict[str, tuple[type, dict[str, object]]] = {
+        "llama3": (LlamaConfig, dict(tie_word_embeddings=True, rope_scaling=llama3_rope)),
+        "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),
+        "qwen3": (Qwen3Config, dict(head_dim=32, tie_word_embeddings=True)),
+        "mistral": (MistralConfig, dict(head_dim=16, tie_word_embeddings=False)),
+    }
+
+    def build(family: str, *, seed: int = 0, **overrides: object) -> Path:
+        torch.manual_seed(seed)
+        config_class, settings = configs[family]
+        model = AutoModelForCausalLM.from_config(config_class(**{**common, **settings, **overrides}))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("_proj.weight") or name.endswith("lm_head.weight"):
+                    param.normal_(0.0, 0.08)
+                    param[:, :: max(1, param.shape[1] // 4)] *= 6.0
+                elif name.endswith(".bias"):
+                    param.normal_(0.0, 0.5)
+                elif name.endswith("norm.weight"):
+                    param.uniform_(0.5, 1.5)
+        out = tmp_path_factory.mktemp(f"tiny-{family}")
+        model.to(torch.bfloat16).save_pretrained(out)
+        AutoTokenizer.from_pretrained(tiny_tokenizer_dir).save_pretrained(out)
+        return out
+
+    return build
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny_family_dir(request: pytest.FixtureRequest, make_tiny_family: Callable[..., Path]) -> Path:
+    """One tiny model per supported family (tests using it run once per family)."""
+    return make_tiny_family(request.param)
+
+
 @pytest.fixture(scope="session")
 def stage1_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama as stage 1 writes it: a config.json transformers 4.57 (NxDI) and 5 read alike."""

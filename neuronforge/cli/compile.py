@@ -18,7 +18,7 @@ C = CompileOptions
 
 
 def neuron_config_command(
-    model: str = typer.Option(..., "--model", help="Stage-1 output folder (or any Llama/Mistral HF folder)."),
+    model: str = typer.Option(..., "--model", help="Stage-1 output folder (or any HF folder of a supported family)."),
     out: Path = typer.Option(..., "--out", help="Folder for neuron_config.json and modules_to_not_convert.json."),
     dtype: QuantDtype | None = model_option(N, "dtype"),
     not_convert: NotConvertOpt = None,

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 from neuronforge.core.bits import same_bits
 from neuronforge.core.memory import release_freed_tensors, trim_free_heap
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.families import check_family
 from neuronforge.hf.headers import read_header
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# NxD Inference model classes we target, keyed by HF `model_type`.
-SUPPORTED_MODEL_TYPES: dict[str, str] = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 DEFAULT_MODEL = "smollm2"
 
 
@@ -47,7 +46,8 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def validate_hf_folder(path: Path) -> Path:
-    """Check that `path` is a loadable HF causal-LM folder of a supported architecture."""
+    """Check that `path` is a loadable HF causal-LM folder of a supported family that NxDI computes as transformers
+    does (hf/families.py), reading only config.json and the safetensors headers."""
     if not path.exists():
         raise NeuronforgeError(
             f"model path {path} does not exist",
@@ -63,13 +63,7 @@ def validate_hf_folder(path: Path) -> Path:
             f"{path} has no *.safetensors weights",
             "re-save the model with save_pretrained(..., safe_serialization=True)",
         )
-    model_type = read_config(path).get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_MODEL_TYPES.items())
-        raise NeuronforgeError(
-            f"{path} holds a '{model_type}' model; neuronforge supports: {supported}",
-            "use a Llama- or Mistral-family checkpoint",
-        )
+    check_family(read_config(path), str(path))  # before any weight is read (hf/families.py)
     header_shapes(path)
     return path
 

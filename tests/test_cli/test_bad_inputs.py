@@ -126,7 +126,7 @@ CASES = [
     Case("1.4", "run --model {fx}/noconfig --out r", "no config.json"),
     Case("1.5", "run --model {fx}/badjson --out r", "is not valid JSON"),
     Case("1.6", "run --model {fx}/listjson --out r", "not an object"),
-    Case("1.7", "run --model {fx}/gpt2 --out r", "holds a 'gpt2' model"),
+    Case("1.7", "run --model {fx}/gpt2 --out r", "a 'gpt2' model is not supported"),
     Case("1.8", "run --model {fx}/afile --out r", "not a Hugging Face model folder"),
     Case("1.9", "run --model {fx}/noweights --out r", "no *.safetensors"),
     Case("1.10", "run --model {fx}/truncated --out r", "truncated"),
@@ -498,7 +498,7 @@ def test_s3_inputs_and_outputs(
 
 def test_doctor_names_what_is_wrong_with_the_model(fx: Path) -> None:
     """8.4-8.6: doctor flags an unsupported architecture and a file, and still exits 0 (it is a report)."""
-    for model, expected in (("gpt2", "holds a 'gpt2' model"), ("afile", "not a Hugging Face model folder")):
+    for model, expected in (("gpt2", "a 'gpt2' model is not supported"), ("afile", "not a Hugging Face model folder")):
         result = _invoke(["doctor", "--json", "--model", str(fx / model)])
         assert result.exit_code == 0, result.output
         checks = {check["name"]: check for check in json.loads(result.output)["checks"]}
@@ -595,3 +595,47 @@ def test_odd_dimensions_untied_mistral_fp8_all_blocks(
     )
     assert emulated.exit_code == 0, emulated.output
     assert "15 of 15 Linears quantized" in _flat(emulated.output)
+
+
+@pytest.fixture(scope="module")
+def unserved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny real checkpoints of families NxDI does not serve as neuronforge needs (MoE, Gemma), and a Mistral shaped
+    like Mistral-NeMo (head_dim 32 while hidden 64 / 4 heads = 16), each saved by transformers."""
+    from transformers import AutoModelForCausalLM, GemmaConfig, MistralConfig, MixtralConfig, Qwen3MoeConfig
+
+    root = tmp_path_factory.mktemp("unserved")
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    for name, config in {
+        "mixtral": MixtralConfig(**small, num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1),
+        "qwen3_moe": Qwen3MoeConfig(**small, num_key_value_heads=1, num_experts=2, moe_intermediate_size=32),
+        "gemma": GemmaConfig(**small, num_key_value_heads=1, head_dim=16),
+        "nemo": MistralConfig(**{**small, "hidden_size": 64}, num_key_value_heads=1, head_dim=64),
+    }.items():
+        AutoModelForCausalLM.from_config(config).save_pretrained(root / name)
+    return root
+
+
+@pytest.mark.parametrize("model", ["mixtral", "qwen3_moe", "gemma", "nemo"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "run --model {m} --out r",
+        "quantize --model {m} --out q",
+        "emulate --model {m}",
+        "neuron-config --model {m} --out c --sdk 2.31",
+        "plan --model {m}",
+    ],
+)
+def test_an_unserved_family_is_refused_before_any_work(
+    unserved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, argv: str
+) -> None:
+    """Everything but llama/mistral/qwen2/qwen3 dense is refused from config.json alone, with the supported list; a
+    Mistral whose head_dim NxDI's Mistral class ignores (NEW-2) with the reason. Nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    output = check_clean_error(_invoke(argv.format(m=unserved / model).split()))
+    if model == "nemo":
+        assert "head_dim 64" in output and "hidden_size // num_attention_heads = 32" in output
+    else:
+        assert f"a '{model}' model is not supported" in output
+        assert "llama (Llama 2/3.x), mistral (Mistral 7B), qwen2 (Qwen2, Qwen2.5), qwen3 (Qwen3 dense)" in output
+    assert list(tmp_path.iterdir()) == []

@@ -90,3 +90,39 @@ def test_embedded_smollm2_reads_the_same_in_transformers_457(transformers457: Pa
     got = read_with_457(transformers457, smollm2_dir)
     assert {"rope_theta": got["rope_theta"], "rope_scaling": got["rope_scaling"]} == read_with_5(smollm2_dir)
     assert got["rope_theta"] == 100000.0
+
+
+READ_FAMILY = """
+import json, sys
+from transformers import AutoConfig
+config = AutoConfig.from_pretrained(sys.argv[1])
+keys = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
+        "rope_scaling", "tie_word_embeddings", "attention_bias", "sliding_window", "use_sliding_window", "rms_norm_eps")
+print(json.dumps({key: getattr(config, key, None) for key in keys}))
+"""
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "mistral"])
+def test_each_family_s_stage1_config_reads_the_same_in_transformers_457(
+    transformers457: Path, make_tiny_family: Callable[..., Path], tmp_path: Path, family: str
+) -> None:
+    """What NxDI's class for each family reads (hf/families.py: head_dim, biases, RoPE, sliding window, tying), as
+    transformers 4.57.6 reads it from the config.json stage 1 writes, equals what transformers 5 computes with."""
+    from transformers import AutoConfig
+
+    from neuronforge.hf.config_compat import make_config_portable
+
+    out = Path(shutil.copytree(make_tiny_family(family), tmp_path / "stage1"))
+    make_config_portable(out)  # what stage 1 writes (tests/test_pipeline/quantize/test_api.py checks it is)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    run = subprocess.run([str(transformers457), "-c", READ_FAMILY, str(out)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    old = json.loads(run.stdout.strip().splitlines()[-1])
+    new = AutoConfig.from_pretrained(out)
+    head_dim = getattr(new, "head_dim", None) or new.hidden_size // new.num_attention_heads
+    assert (old["head_dim"] or old["hidden_size"] // old["num_attention_heads"]) == head_dim
+    assert {"rope_theta": old["rope_theta"], "rope_scaling": old["rope_scaling"]} == read_with_5(out)
+    for key in ("model_type", "num_key_value_heads", "tie_word_embeddings", "rms_norm_eps", "sliding_window"):
+        assert old[key] == getattr(new, key, None), key
+    assert bool(old["use_sliding_window"]) == bool(getattr(new, "use_sliding_window", False))
+    assert bool(old["attention_bias"]) == bool(getattr(new, "attention_bias", False))

@@ -1,16 +1,22 @@
-"""CPU emulator of what an inf2/trn1 computes for an NxDI-compiled, quantized Llama.
+"""CPU emulator of what an inf2/trn1 computes for an NxDI-compiled, quantized model of a supported family.
 
 Weights: every Linear NxDI converts becomes a NeuronQuantLinear (codes on NxD's grid, bf16 matmul, fp32
 per-row scale); with tp_degree > 1 the row-parallel layers round each rank's partial output before the
 all-reduce (qlinear.py). KV cache: NxDI's direct-cast fp8 cache, with decode attention scores rounded as the
 device rounds them (kv_cache.py). Everything else is the HF model in bf16. The fp32 accumulation order, the
 all-reduce's internal precision, prefill attention and values with |K/V| > 240 are not modelled exactly.
+
+Families (hf/families.py): what NxDI's class computes differently from transformers is refused before loading, so
+the HF model is the device's model: Qwen2's q/k/v biases are added after the scaled GEMM (NxD
+quantization_layers.py:698); Qwen3's q/k norms run per head before RoPE (NxDI attention_base.py:609-612, as
+transformers); Llama 3.x RoPE frequencies are transformers' llama3 ones bit for bit (tests/test_neuron/
+test_emulate_families.py checks them against a transcription of NxDI's Llama3RotaryEmbedding).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -105,6 +111,15 @@ class EmulatedModel:
         return sequence.cpu()
 
 
+def with_forced_bf16(spec: EmulationSpec, config: Mapping[str, object]) -> EmulationSpec:
+    """`spec` with the blocks NxDI keeps bf16 for its weight dtype added, as neuron-config adds them (with fp8, every
+    biased block: NxD's fp8 quantizer drops Linear biases, hf/families.py)."""
+    from neuronforge.hf.families import forced_bf16_blocks
+
+    added = [b for b in forced_bf16_blocks(config, spec.dtype) if b not in spec.modules_to_not_convert]
+    return replace(spec, modules_to_not_convert=(*spec.modules_to_not_convert, *added)) if added else spec
+
+
 def _untie_lm_head(model: PreTrainedModel) -> None:
     """Give lm_head its own weight so quantizing it never touches the embedding."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
@@ -129,6 +144,7 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
     )
 
     model.eval()
+    spec = with_forced_bf16(spec, model.config.to_dict())
     if spec.dtype is not None:
         _untie_lm_head(model)
         convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
@@ -157,7 +173,7 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
     weight larger than a window (a vocabulary-sized lm_head) is quantized from the file a block of rows at a time,
     never whole in bf16 (0.2 GB at 49152 x 2048). An untied input embedding stays in the file and is read a row
     per token (hf/file_embedding.py): another 0.2 GB there, 1 GB for Llama 3 8B."""
-    from neuronforge.hf.folders import load_model, row_blocks
+    from neuronforge.hf.folders import load_model, read_config, row_blocks
     from neuronforge.neuron.numerics.qlinear import (
         NeuronQuantLinear,
         convert_to_neuron_numerics,
@@ -170,6 +186,7 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
             convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
 
     path = Path(model_dir)
+    spec = with_forced_bf16(spec, read_config(path))
     check_not_convert_matches(path, spec)
     by_rows = _quantized_by_rows(path, spec)
     deferred = {f"{name}.weight" for name in by_rows}

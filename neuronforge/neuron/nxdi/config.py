@@ -1,9 +1,10 @@
-"""A validated NxD Inference NeuronConfig for a quantized Llama/Mistral, and the files that carry it.
+"""A validated NxD Inference NeuronConfig for a quantized model of a supported family, and the files that carry it.
 
 NxDI's NeuronConfig accepts unknown keys with only a log warning, matches `modules_to_not_convert`
 by substring, silently drops fp8 Linear biases and mis-handles tied lm_heads (docs/nxd-numerics.md,
 with the NxDI/NxD source lines). Every one of those turns into a bad endpoint hours
-later, so this module refuses them up front with a NeuronforgeError that says what to do.
+later, so this module refuses them up front with a NeuronforgeError that says what to do, or (tied lm_head,
+biased blocks under fp8: hf/families.py) keeps the block bf16 and says so.
 
 Tensor parallelism (NxDI's GQA rules, modules/attention/gqa.py): we require tp_degree to divide
 num_attention_heads, because otherwise NxDI pads the query heads with zero heads (wasted compute,
@@ -218,12 +219,13 @@ def make_spec(**fields: Any) -> NeuronConfigSpec:
 
 
 def check_against_model(spec: NeuronConfigSpec, facts: ModelFacts) -> NeuronConfigSpec:
-    """Apply the model-dependent rules; returns the spec with lm_head added for tied models and notices set."""
+    """Apply the model-dependent rules; returns the spec with lm_head added for tied models, the biased blocks for
+    fp8 weights, and notices set."""
     notices = list(spec.notices)
     entries = _with_tied_lm_head(list(spec.modules_to_not_convert), facts, notices)
     _check_layer_indices(entries, facts)
+    entries = _with_fp8_forced(spec, entries, facts, notices)
     _check_per_tensor(spec, entries, facts)
-    _check_fp8_biases(spec, entries, facts)
     _check_tp(spec, facts, notices)
     _check_lengths(spec, facts)
     _check_model_class(spec, facts)
@@ -260,20 +262,16 @@ def _check_per_tensor(spec: NeuronConfigSpec, entries: list[str], facts: ModelFa
         )
 
 
-def _check_fp8_biases(spec: NeuronConfigSpec, entries: list[str], facts: ModelFacts) -> None:
-    if not spec.quantization_dtype.startswith("f8"):
-        return
-    for has_bias, kind, flag in (
-        (facts.attention_bias, "self_attn", "attention_bias"),
-        (facts.mlp_bias, "mlp", "mlp_bias"),
-    ):
-        missing = [f"layers.{i}.{kind}" for i in range(facts.num_layers) if f"layers.{i}.{kind}" not in entries]
-        if has_bias and missing:
-            raise _fail(
-                f"config.json has {flag}=true, and NxD's fp8 path drops Linear biases",
-                f"use --dtype int8, or keep every biased block in bf16 (add {missing[:3]}"
-                f"{' ...' if len(missing) > 3 else ''} to modules_to_not_convert)",
-            )
+def _with_fp8_forced(spec: NeuronConfigSpec, entries: list[str], facts: ModelFacts, notices: list[str]) -> list[str]:
+    """fp8 weights: add every biased block (hf/families.py: NxD's fp8 quantizer drops Linear biases)."""
+    forced = facts.forced_bf16(spec.quantization_dtype)
+    added = [block for block in forced if block not in entries]
+    if added:
+        notices.append(
+            f"added {len(added)} blocks ({added[0]}{' ...' if len(added) > 1 else ''}) to modules_to_not_convert: "
+            f"{forced[added[0]]}"
+        )
+    return [*entries, *added]
 
 
 def _check_tp(spec: NeuronConfigSpec, facts: ModelFacts, notices: list[str]) -> None:
@@ -417,7 +415,7 @@ def _require_fits(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
     deployment = deployment_from(
         dtype=spec.quantization_dtype,
         kv="fp8" if spec.kv_cache_quant else "bf16",
-        seq_len=spec.seq_len,  # NxDI sizes the KV cache by max_length, which defaults to seq_len (config.py:138)
+        seq_len=spec.seq_len,  # NxDI's max_length defaults to seq_len (config.py:138); a sliding window replaces it
         batch_size=spec.batch_size,
         modules_to_not_convert=tuple(spec.modules_to_not_convert),
         qtype=spec.quantization_type,

@@ -8,6 +8,8 @@ checkpoint's `architectures` through NxDI's MODEL_TYPES (vllm_neuron/worker/neur
 :639-653). NxDI 0.8 (SDK 2.28) has no "mistral" entry and no models/mistral (utils/constants.py:47-63), so its vLLM
 cannot serve Mistral at all; NxDI 0.9 maps "mistral" to models/mistral/modeling_mistral.NeuronMistralForCausalLM
 (constants.py:7,55 at ef2731e), which SDK 2.31 (NxDI 0.10) is assumed to keep (its source was not available).
+Qwen2 and Qwen3 dense have classes in both (constants.py:9,12,57,60 at cd3abf3; :10,13,60,63 at ef2731e). What each
+class reads from config.json, and what neuronforge refuses because of it, is in hf/families.py.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ _MISTRAL = (
     "NeuronMistralForCausalLM",
     "MistralInferenceConfig",
 )
+_QWEN2 = ("neuronx_distributed_inference.models.qwen2.modeling_qwen2", "NeuronQwen2ForCausalLM", "Qwen2InferenceConfig")
+_QWEN3 = ("neuronx_distributed_inference.models.qwen3.modeling_qwen3", "NeuronQwen3ForCausalLM", "Qwen3InferenceConfig")
 # HF model_type -> SDK -> (module, causal-LM class, InferenceConfig subclass); a missing SDK is unsupported.
 MODEL_CLASSES: dict[str, dict[str, tuple[str, str, str]]] = {
     "llama": {"2.28": _LLAMA, "2.31": _LLAMA},
     "mistral": {"2.31": _MISTRAL},
+    "qwen2": {"2.28": _QWEN2, "2.31": _QWEN2},
+    "qwen3": {"2.28": _QWEN3, "2.31": _QWEN3},
 }
 
 

@@ -30,12 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neuronforge.core.knobs import BatchSize, SeqLen
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.hf.families import check_family
 from neuronforge.neuron.numerics.dtypes import KvOption, QuantDtype, QuantTypeOption
 from neuronforge.neuron.planner.instances import NEURON_INSTANCES, Price, instance_price, neuron_instance
 from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp
 from neuronforge.neuron.planner.weight_memory import (
     HeadLayout,
     WeightMemory,
+    cache_length,
     checkpoint_shapes,
     config_shapes,
     gqa_layout,
@@ -62,6 +64,7 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], name: str) -> ModelShape:
+        check_family(config, name)  # a family NxDI serves as transformers computes it, or refused before planning
         heads = int(config.get("num_attention_heads") or 0)
         head_dim = int(config.get("head_dim") or (int(config.get("hidden_size", 0)) // heads if heads else 0))
         return cls(name, ModelFacts.from_config(config), head_dim, config_shapes(config), False)
@@ -206,11 +209,12 @@ def allowed_tps(facts: ModelFacts, neuron_cores: int) -> list[int]:
 
 
 def effective_not_convert(model: ModelShape, deployment: Deployment) -> tuple[str, ...]:
-    """A tied model keeps lm_head bf16: NxDI copies the float embedding into it (neuron-config adds it too)."""
+    """A tied model keeps lm_head bf16: NxDI copies the float embedding into it; with fp8 weights the biased blocks
+    stay bf16 (hf/families.py). neuron-config adds both too."""
     entries = tuple(deployment.modules_to_not_convert)
     if model.facts.tie_word_embeddings and "lm_head" not in entries:
         entries = (*entries, "lm_head")
-    return entries
+    return (*entries, *(b for b in model.facts.forced_bf16(deployment.weight_dtype) if b not in entries))
 
 
 def plan_row(model: ModelShape, deployment: Deployment, instance: str, tp: int) -> PlanRow:
@@ -231,7 +235,8 @@ def plan_row(model: ModelShape, deployment: Deployment, instance: str, tp: int) 
         effective_not_convert(model, deployment),
         deployment.qtype,
     )
-    kv = kv_cache_bytes(layout, facts.num_layers, tp, deployment.batch_size, deployment.seq_len, deployment.kv == "fp8")
+    length = cache_length(deployment.seq_len, facts.sliding_window)
+    kv = kv_cache_bytes(layout, facts.num_layers, tp, deployment.batch_size, length, deployment.kv == "fp8")
     usable = int(entry.hbm_bytes_per_core * (1.0 - deployment.headroom))
     host = entry.host_gib * GIB - HOST_RESERVE_BYTES
     return PlanRow(

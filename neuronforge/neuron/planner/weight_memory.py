@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.families import FAMILIES
 from neuronforge.neuron.numerics.dtypes import QuantDtype, QuantType
 from neuronforge.neuron.numerics.module_names import linear_name, nxdi_skips
 
@@ -148,18 +149,26 @@ def rank_shapes(shapes: dict[str, tuple[int, ...]], layout: HeadLayout, tp: int)
 
 def kv_cache_bytes(layout: HeadLayout, num_layers: int, tp: int, batch_size: int, seq_len: int, kv_fp8: bool) -> int:
     """One rank's KV cache: a K and a V of (batch, kv heads per rank, seq_len, head_dim) per layer
-    (kv_cache_manager.py:159-237); fp8 direct cast stores 1 byte per value, bf16 2."""
+    (kv_cache_manager.py:159-237); fp8 direct cast stores 1 byte per value, bf16 2. `seq_len` is the cache length:
+    a set sliding_window replaces it (`cache_length`)."""
     values = num_layers * 2 * batch_size * layout.kv_heads_per_rank(tp) * seq_len * layout.head_dim
     return values * (CODE_BYTES if kv_fp8 else BF16_BYTES)
 
 
+def cache_length(seq_len: int, sliding_window: int | None) -> int:
+    """The KV cache length NxDI allocates: sliding_window whenever the class reads one and it is set, even above
+    seq_len, else max_length = seq_len (NXDI8 modules/kvcache/kv_cache_manager.py:195-203, NXDI9 :196-202)."""
+    return sliding_window or seq_len
+
+
 def config_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The HF parameter shapes of a Llama/Mistral from its config.json alone (for planning without weights)."""
+    """The HF parameter shapes of a model of a supported family from its config.json alone (planning without weights):
+    Qwen2's q/k/v biases, Qwen3's q/k norms, an explicit head_dim."""
     required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
     missing = [key for key in required if key not in config]
     if missing:
         raise NeuronforgeError(
-            f"config.json lacks {missing}", "pass the config.json of a Llama/Mistral model (written by save_pretrained)"
+            f"config.json lacks {missing}", "pass the config.json of a model written by save_pretrained"
         )
     hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
     heads = int(config["num_attention_heads"])
@@ -176,18 +185,30 @@ def config_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         "mlp.up_proj": (inter, hidden),
         "mlp.down_proj": (hidden, inter),
     }
-    biased = {"self_attn": bool(config.get("attention_bias")), "mlp": bool(config.get("mlp_bias"))}
+    biased = {module for module in linears if _biased(config, module)}
+    family = FAMILIES.get(str(config.get("model_type")))
+    qk_norm = family is not None and family.qk_norm
     for i in range(int(config["num_hidden_layers"])):
         prefix = f"model.layers.{i}"
         shapes[f"{prefix}.input_layernorm.weight"] = (hidden,)
         shapes[f"{prefix}.post_attention_layernorm.weight"] = (hidden,)
+        if qk_norm:
+            shapes[f"{prefix}.self_attn.q_norm.weight"] = shapes[f"{prefix}.self_attn.k_norm.weight"] = (head_dim,)
         for module, shape in linears.items():
             shapes[f"{prefix}.{module}.weight"] = shape
-            if biased[module.split(".")[0]]:
+            if module in biased:
                 shapes[f"{prefix}.{module}.bias"] = (shape[0],)
     if not config.get("tie_word_embeddings", False):
         shapes["lm_head.weight"] = (vocab, hidden)
     return shapes
+
+
+def _biased(config: Mapping[str, Any], module: str) -> bool:
+    """Whether this Linear has a bias: Qwen2's q/k/v always (not o_proj), Llama's by attention_bias/mlp_bias."""
+    family = FAMILIES.get(str(config.get("model_type")))
+    if family is not None and family.qkv_bias:
+        return module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    return bool(config.get("mlp_bias" if module.startswith("mlp.") else "attention_bias"))
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:

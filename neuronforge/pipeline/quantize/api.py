@@ -340,7 +340,7 @@ def _analyze(model: PreTrainedModel, samples: list[torch.Tensor], options: Quant
     from neuronforge.core.progress import progress
     from neuronforge.pipeline.quantize.sensitivity import analyze, find_blocks
 
-    blocks = [b for b in find_blocks(model) if not b.forced]
+    blocks = [b for b in find_blocks(model, options.dtype) if not b.forced]
     with progress() as bar:
         total = len(blocks) if options.sensitivity == "measured" else 1
         task = bar.add_task(f"sensitivity ({options.sensitivity})", total=total)
@@ -388,9 +388,9 @@ def _select_and_tune(
         raise NeuronforgeError(
             f"{getattr(model, 'name_or_path', '') or type(model).__name__} has no decoder Linear layers to quantize "
             "(attention/MLP projections)",
-            "pass a Llama/Mistral checkpoint with num_hidden_layers >= 1",
+            "pass a checkpoint of a supported family (docs/model-families.md) with num_hidden_layers >= 1",
         )
-    blocks = find_blocks(model)
+    blocks = find_blocks(model, options.dtype)
     if samples is None:
         samples = calibration_samples(
             tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
@@ -481,6 +481,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     from neuronforge.hf.not_convert import write_not_convert
     from neuronforge.pipeline.quantize import grid_export
     from neuronforge.pipeline.quantize.plots import sensitivity_chart
+    from neuronforge.pipeline.quantize.sensitivity import forced_bf16
 
     start = time.perf_counter()
     out = Path(options.out).expanduser()
@@ -523,6 +524,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             # `run` a temporary folder renamed into place afterwards)
             "dtype": options.dtype,
             "modules_to_not_convert": kept,
+            "forced_bf16": forced_bf16(model, options.dtype),  # kept whatever the selection: NxDI needs them bf16
             "grid_agreement": ours.fraction if targets else None,
             "grid_matching_weights": ours.matching,
             "quantized_weights": ours.total,

@@ -47,7 +47,7 @@ class Block:
     linears: list[str]
     weights: int  # number of weight elements
     rows: int  # output channels (one fp32 scale each)
-    forced: bool = False  # always kept in bf16 (tied lm_head)
+    forced: bool = False  # always kept in bf16 (tied lm_head; biased blocks under fp8, hf/families.py)
 
 
 @dataclass
@@ -84,8 +84,9 @@ def is_tied(model: nn.Module) -> bool:
     return bool(getattr(model.config, "tie_word_embeddings", False))
 
 
-def find_blocks(model: nn.Module) -> list[Block]:
-    """Group the Linears NxDI would quantize into blocks, in model order."""
+def find_blocks(model: nn.Module, dtype: str | None = None) -> list[Block]:
+    """Group the Linears NxDI would quantize into blocks, in model order; forced ones are those NxDI must keep bf16
+    for `dtype` weights (a tied lm_head; with fp8, the biased blocks: `forced_bf16`)."""
     from neuronforge.neuron.numerics.module_names import block_of
     from neuronforge.neuron.numerics.qlinear import quantizable_linears
 
@@ -93,7 +94,7 @@ def find_blocks(model: nn.Module) -> list[Block]:
     if not linears:
         raise NeuronforgeError(
             "the model has no Linear layers NxD Inference would quantize (q/k/v/o, gate/up/down, lm_head)",
-            "pass a Llama- or Mistral-family causal LM",
+            "pass a causal LM of a supported family (docs/model-families.md)",
         )
     blocks: dict[str, Block] = {}
     for name, linear in linears.items():
@@ -103,7 +104,18 @@ def find_blocks(model: nn.Module) -> list[Block]:
         block.rows += linear.weight.shape[0]
     if "lm_head" in blocks and is_tied(model):
         blocks["lm_head"].forced = True
+    for name in forced_bf16(model, dtype):
+        if name in blocks:
+            blocks[name].forced = True
     return list(blocks.values())
+
+
+def forced_bf16(model: nn.Module, dtype: str | None) -> dict[str, str]:
+    """Block -> why NxDI must keep it bf16 with `dtype` weights, from the model's config (hf/families.py)."""
+    from neuronforge.hf.families import forced_bf16_blocks
+
+    config = getattr(model, "config", None)
+    return forced_bf16_blocks(config.to_dict(), dtype) if config is not None else {}
 
 
 def calibration_batches(samples: list[torch.Tensor], batch_size: int = SENSITIVITY_BATCH) -> Iterable[torch.Tensor]:
@@ -474,7 +486,7 @@ def analyze(
     step: Callable[[], None] | None = None,
 ) -> SensitivityResult:
     """Score every block with `method`; with `measured`, also score the cheap methods and correlate them."""
-    blocks = find_blocks(model)
+    blocks = find_blocks(model, dtype)
     start = time.perf_counter()
     if method == "variance":
         return SensitivityResult(method, blocks, variance_scores(model, blocks), time.perf_counter() - start)

@@ -373,3 +373,79 @@ def test_cli_compile_only_flag(
     result = CliRunner().invoke(app, [*args, "--compile-only"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "c" / RECORD_FILE).read_text())["compile_only"] is True
+
+
+FAMILY_CLASSES = {
+    "llama3": "NeuronLlamaForCausalLM",
+    "qwen2": "NeuronQwen2ForCausalLM",
+    "qwen3": "NeuronQwen3ForCausalLM",
+    "mistral": "NeuronMistralForCausalLM",
+}
+
+
+def _stage1(folder: Path, out: Path) -> Path:
+    from neuronforge.hf.config_compat import make_config_portable
+
+    shutil.copytree(folder, out)
+    make_config_portable(out)
+    return out
+
+
+@pytest.mark.parametrize("sdk", ["2.28", "2.31"])
+@pytest.mark.parametrize("family", list(FAMILY_CLASSES))
+def test_each_family_compiles_with_the_class_vllm_serves_it_with(
+    inf2: ModuleType, make_tiny_family: Callable[..., Path], tmp_path: Path, family: str, sdk: str
+) -> None:
+    """NxDI's MODEL_TYPES (utils/constants.py:47-64 at cd3abf3, :49-66 at ef2731e): one class per family and SDK;
+    the stand-in's class has the real one's required attributes and head size (tests/nxdi_standin/README.md)."""
+    model = _stage1(make_tiny_family(family), tmp_path / "m")
+    options = CompileOptions(model=str(model), out=tmp_path / "c", dtype="f8e4m3", seq_len=128, sdk=sdk)
+    if family == "mistral" and sdk == "2.28":
+        with pytest.raises(NeuronforgeError, match="cannot serve model_type 'mistral'"):
+            compile_model(options)
+        assert inf2.CALLS == []
+        return
+    compile_model(options)
+    assert [name for name, _ in inf2.CALLS if name.startswith("Neuron") and name.endswith("CausalLM")] == [
+        FAMILY_CLASSES[family]
+    ]
+    spec = json.loads((tmp_path / "c" / RECORD_FILE).read_text())["spec"]
+    if family == "qwen2":  # NxD's fp8 quantizer would drop the q/k/v biases: attention stays bf16
+        assert {"layers.0.self_attn", "layers.1.self_attn"} <= set(spec["modules_to_not_convert"])
+    else:
+        assert not any(entry.endswith("self_attn") for entry in spec["modules_to_not_convert"])
+
+
+def test_standin_classes_reject_what_the_real_ones_cannot_shard(
+    inf2: ModuleType, make_tiny_family: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Mistral's class sizes heads as hidden // heads (NEW-2): a head_dim-32 checkpoint of hidden 64 / 4 heads cannot be
+    sharded; Qwen2's class adds q/k/v biases that an fp8 checkpoint without excluded attention lacks. neuronforge
+    refuses the first before any work and keeps Qwen2's attention bf16 under fp8, so neither reaches NxDI."""
+    from neuronx_distributed_inference.models.config import NeuronConfig
+    from neuronx_distributed_inference.models.mistral.modeling_mistral import (
+        MistralInferenceConfig,
+        NeuronMistralForCausalLM,
+    )
+    from neuronx_distributed_inference.models.qwen2.modeling_qwen2 import NeuronQwen2ForCausalLM, Qwen2InferenceConfig
+    from neuronx_distributed_inference.utils.hf_adapter import load_pretrained_config
+
+    nemo_like = _stage1(make_tiny_family("mistral", head_dim=32), tmp_path / "nemo")
+    with pytest.raises(NeuronforgeError, match=r"head_dim 32.*hidden_size // num_attention_heads = 16"):
+        compile_model(CompileOptions(model=str(nemo_like), out=tmp_path / "c", seq_len=128, sdk="2.31"))
+    assert inf2.CALLS == []
+    qwen2 = _stage1(make_tiny_family("qwen2"), tmp_path / "qwen2")
+    for model, dtype, config_cls, model_cls, error in (
+        (nemo_like, "int8", MistralInferenceConfig, NeuronMistralForCausalLM, "cannot be sharded"),
+        (qwen2, "f8e4m3", Qwen2InferenceConfig, NeuronQwen2ForCausalLM, r"[qkv]_proj\.bias is missing"),
+    ):
+        quantized = tmp_path / f"q-{model.name}"
+        quantized.mkdir()
+        neuron_config = NeuronConfig(
+            quantized=True, quantized_checkpoints_path=str(quantized), quantization_dtype=dtype,
+            quantization_type="per_channel_symmetric", torch_dtype="bfloat16",
+        )  # fmt: skip
+        config = config_cls(neuron_config, load_config=load_pretrained_config(str(model)))
+        model_cls.save_quantized_state_dict(str(model), config)
+        with pytest.raises(RuntimeError, match=error):
+            model_cls(str(model), config).compile(str(tmp_path / f"out-{model.name}"))

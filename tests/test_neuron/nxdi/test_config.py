@@ -198,28 +198,28 @@ def test_per_tensor_refuses_a_skip_list() -> None:
     assert ok.modules_to_not_convert == []
 
 
-def test_fp8_with_biases_must_keep_those_blocks_bf16() -> None:
+def test_fp8_keeps_every_biased_block_bf16_and_says_so() -> None:
+    """NxD's fp8 quantizer drops Linear biases (hf/families.py), so fp8 keeps the biased blocks bf16 on its own."""
     biased = facts(num_hidden_layers=2, attention_bias=True)
-    refused(
-        r"attention_bias=true.*drops Linear biases.*layers\.0\.self_attn",
-        check_against_model,
-        spec(quantization_dtype="f8e4m3"),
-        biased,
-    )
-    refused(
-        r"layers\.1\.self_attn",
-        check_against_model,
-        spec(quantization_dtype="f8e4m3", modules_to_not_convert=["layers.0.self_attn"]),
-        biased,
-    )
     both = ["layers.0.self_attn", "layers.1.self_attn"]
-    assert check_against_model(spec(quantization_dtype="f8e4m3", modules_to_not_convert=both), biased)
-    assert check_against_model(spec(quantization_dtype="int8"), biased)
-    refused(
-        r"mlp_bias=true",
-        check_against_model,
-        spec(quantization_dtype="f8e4m3", modules_to_not_convert=both),
-        facts(num_hidden_layers=2, attention_bias=True, mlp_bias=True),
+    done = check_against_model(spec(quantization_dtype="f8e4m3"), biased)
+    assert done.modules_to_not_convert == both
+    assert any("drops Linear biases" in notice and "layers.0.self_attn" in notice for notice in done.notices)
+    partly = check_against_model(
+        spec(quantization_dtype="f8e4m3", modules_to_not_convert=["layers.1.self_attn"]), biased
+    )
+    assert partly.modules_to_not_convert == ["layers.1.self_attn", "layers.0.self_attn"]
+    assert (
+        check_against_model(spec(quantization_dtype="int8"), biased).modules_to_not_convert == []
+    )  # int8 keeps biases
+    mlp = check_against_model(spec(quantization_dtype="f8e4m3"), facts(num_hidden_layers=1, mlp_bias=True))
+    assert mlp.modules_to_not_convert == ["layers.0.mlp"]
+    # Qwen2's q/k/v biases exist whatever the config says (modeling_qwen2.py:59-62): no attention_bias key.
+    qwen2 = facts(model_type="qwen2", num_hidden_layers=2)
+    assert qwen2.attention_bias
+    assert check_against_model(spec(quantization_dtype="f8e4m3"), qwen2).modules_to_not_convert == both
+    assert (
+        check_against_model(spec(quantization_dtype="f8e4m3"), facts(model_type="qwen3")).modules_to_not_convert == []
     )
 
 

@@ -156,13 +156,13 @@ def test_smallest_instance_follows_memory_and_price() -> None:
 
 
 def test_every_instance_and_allowed_tp_is_planned() -> None:
-    nemo = load_model_shape(CONFIGS / "mistral-nemo-12b.json")
-    rows = plan(nemo, deployment_from()).rows
+    llama = load_model_shape(CONFIGS / "llama-3.1-8b.json")
+    rows = plan(llama, deployment_from()).rows
     assert {(r.instance, r.tp) for r in rows if r.instance == "ml.inf2.48xlarge"} == {
         ("ml.inf2.48xlarge", tp) for tp in (1, 2, 4, 8, 16)
     }
     assert [r.price.ec2 for r in rows] == sorted(r.price.ec2 for r in rows)
-    text = render_markdown(plan(nemo, deployment_from()))
+    text = render_markdown(plan(llama, deployment_from()))
     assert "| ml.trn1.32xlarge | 32 | 1 (replicated) |" in text and "pinned 2026-08-26" in text
 
 
@@ -202,3 +202,82 @@ def test_a_tp_degree_the_instance_cannot_run_is_refused() -> None:
         plan_row(llama, deployment_from(), "ml.inf2.xlarge", 4)
     with pytest.raises(NeuronforgeError, match=r"use --tp-degree in \[1, 2, 4, 8\]"):
         plan_row(llama, deployment_from(), "ml.inf2.24xlarge", 12)  # 12 cores, but 12 does not divide 32 heads
+
+
+FAMILY_CONFIGS = [
+    "qwen2.5-7b",
+    "qwen3-8b",
+    "qwen3-14b",
+    "qwen3-0.6b",
+    "llama-3.1-8b",
+    "mistral-7b-v0.3",
+    "mistral-7b-v0.1",
+]
+
+
+@pytest.mark.parametrize("name", FAMILY_CONFIGS)
+def test_config_shapes_of_each_family_are_transformers_own(name: str) -> None:
+    """The planner's shapes from config.json alone (Qwen2 q/k/v biases, Qwen3 q/k norms and explicit head_dim, tied
+    Qwen3-0.6B) are the parameters transformers builds for the published config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads((CONFIGS / f"{name}.json").read_text())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    assert config_shapes(config) == {key: tuple(p.shape) for key, p in model.named_parameters()}
+
+
+def test_each_family_plans_from_its_published_config() -> None:
+    int8 = {
+        name: plan(load_model_shape(CONFIGS / f"{name}.json"), deployment_from()).smallest for name in FAMILY_CONFIGS
+    }
+    assert {name: (row.instance, row.tp) for name, row in int8.items() if row} == {
+        "qwen2.5-7b": ("ml.inf2.xlarge", 2),
+        "qwen3-8b": ("ml.inf2.xlarge", 2),
+        "qwen3-14b": ("ml.inf2.8xlarge", 2),  # 14.5 GiB to load through host RAM > 16 - 4 GiB on inf2.xlarge
+        "qwen3-0.6b": ("ml.inf2.xlarge", 2),
+        "llama-3.1-8b": ("ml.inf2.xlarge", 2),
+        "mistral-7b-v0.3": ("ml.inf2.xlarge", 2),
+        "mistral-7b-v0.1": ("ml.inf2.xlarge", 2),
+    }
+
+
+def test_fp8_keeps_qwen2_attention_bf16_in_the_plan() -> None:
+    """NxD's fp8 quantizer drops q/k/v biases, so every self_attn block of Qwen2 stays bf16 (hf/families.py)."""
+    qwen = load_model_shape(CONFIGS / "qwen2.5-7b.json")
+    fp8 = plan_row(qwen, deployment_from(dtype="f8e4m3"), "ml.inf2.xlarge", 2)
+    int8 = plan_row(qwen, deployment_from(dtype="int8"), "ml.inf2.xlarge", 2)
+    attention = 28 * 4  # q, k, v, o per layer
+    assert int8.weights.bf16_linears == 0 and fp8.weights.bf16_linears == attention
+    # One rank, one layer: q 1792 + k 256 + v 256 rows of 3584, o 3584 x 1792 -> W = 3584 x 4096 weights. int8:
+    # W code bytes + fp32 scales of the 2304 q/k/v rows and of o's 3584 rows (replicated); bf16: 2W. Biases: bf16 both.
+    weights, scales = 3584 * 4096, 4 * (2304 + 3584)
+    assert fp8.weights.total_bytes - int8.weights.total_bytes == 28 * (2 * weights - (weights + scales))
+
+
+def test_sliding_window_sizes_the_kv_cache_as_nxdi_does() -> None:
+    """NEW-7: NxDI's cache is sliding_window long whenever the class reads one (kv_cache_manager.py:198-203), even
+    when the window is longer than seq_len; Qwen's classes ignore the config's sliding_window (model_base.py:111)."""
+    v01 = load_model_shape(CONFIGS / "mistral-7b-v0.1.json")
+    v03 = load_model_shape(CONFIGS / "mistral-7b-v0.3.json")
+    window = plan_row(v01, deployment_from(seq_len=1024), "ml.inf2.xlarge", 2)
+    full = plan_row(v03, deployment_from(seq_len=1024), "ml.inf2.xlarge", 2)
+    assert window.kv_bytes == 32 * 2 * 1 * 4 * 4096 * 128  # fp8, 4 KV heads per rank, 4096 positions
+    assert full.kv_bytes == 32 * 2 * 1 * 4 * 1024 * 128 == window.kv_bytes // 4
+    assert plan_row(v01, deployment_from(seq_len=8192), "ml.inf2.xlarge", 2).kv_bytes == window.kv_bytes
+    qwen = load_model_shape(CONFIGS / "qwen2.5-7b.json")  # sliding_window 131072, use_sliding_window false
+    assert plan_row(qwen, deployment_from(seq_len=1024), "ml.inf2.xlarge", 2).kv_bytes == 28 * 2 * 2 * 1024 * 128
+
+
+def test_mistral_nemo_is_refused_before_planning() -> None:
+    """NEW-2: NxDI's Mistral class sizes heads as 5120 // 32 = 160, NeMo's weights have head_dim 128."""
+    with pytest.raises(NeuronforgeError, match=r"head_dim 128.*hidden_size // num_attention_heads = 160"):
+        load_model_shape(CONFIGS / "mistral-nemo-12b.json")
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "gemma", "phi3"])
+def test_other_families_are_refused_with_the_supported_list(model_type: str) -> None:
+    config = {**json.loads((CONFIGS / "llama-3.1-8b.json").read_text()), "model_type": model_type}
+    with pytest.raises(NeuronforgeError, match=rf"'{model_type}' model is not supported.*qwen2.*qwen3"):
+        ModelShape.from_config(config, model_type)

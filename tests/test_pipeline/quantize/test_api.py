@@ -577,3 +577,51 @@ def test_no_source_page_is_held_while_a_shard_is_written(
     monkeypatch.setattr(safetensors.torch, "save_file", watched_save)
     quantize(options_from(model=str(sharded), out=tmp_path / "q", autoround=autoround, **FAST))
     assert len(shards) > 2 and resident == dict.fromkeys((s.name for s in shards), 0)
+
+
+@pytest.mark.parametrize(
+    "family, dtype, autoround",
+    [
+        ("llama3", "int8", True),
+        ("qwen2", "int8", False),
+        ("qwen2", "f8e4m3", True),
+        ("qwen3", "f8e4m3", True),
+        ("mistral", "int8", False),
+    ],
+)
+def test_each_family_exports_a_fixed_point_of_nxd_s_quantizer(
+    make_tiny_family, tmp_path: Path, family: str, dtype: str, autoround: bool
+) -> None:
+    """Sensitivity, AutoRound and the grid-exact export on each family: every quantized weight is already on NxD's
+    grid (re-quantizing it gives back its own values), biases and norms (Qwen3's q/k norms) stay bit-identical,
+    and with fp8 Qwen2's biased attention blocks are kept bf16 whatever the selection (hf/families.py)."""
+    out, tiny_family_dir = tmp_path / "q", make_tiny_family(family)
+    result = quantize(
+        options_from(
+            model=str(tiny_family_dir), out=out, dtype=dtype, selection="topk", topk=1, autoround=autoround, **FAST
+        )
+    )
+    assert result.grid_agreement == 1.0
+    config = json.loads((tiny_family_dir / "config.json").read_text())
+    report = json.loads((out / "quantization_report.json").read_text())
+    forced = report["forced_bf16"]
+    if config["model_type"] == "qwen2" and dtype == "f8e4m3":
+        assert set(forced) == {"layers.0.self_attn", "layers.1.self_attn"}
+        assert all("drops Linear biases" in why for why in forced.values())
+    else:
+        assert forced == {}
+    kept = result.modules_to_not_convert
+    assert set(forced) <= set(kept) and set(kept) - set(forced) - {"lm_head"}  # topk 1 chose one more block
+    before, after = _tensors(tiny_family_dir), _tensors(out)
+    assert set(before) == set(after)
+    quantized = 0
+    for key, tensor in after.items():
+        block = "lm_head" if key == "lm_head.weight" else ".".join(key.removeprefix("model.").split(".")[:3])
+        if (key.endswith("_proj.weight") or block == "lm_head") and block not in kept:
+            codes, scale = quantize_weight(tensor, dtype)  # NxD's quantizer on what NxDI reads
+            assert torch.equal(grid_export.exact_bf16(codes, scale, dtype), tensor), key  # a fixed point
+            quantized += 1
+        else:
+            assert torch.equal(tensor, before[key]), key  # biases, norms, embeddings, kept blocks
+    untied_head = int(not config["tie_word_embeddings"] and "lm_head" not in kept)
+    assert quantized == 14 + untied_head - sum(4 if b.endswith("self_attn") else 3 for b in kept if b != "lm_head")

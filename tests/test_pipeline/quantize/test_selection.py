@@ -128,7 +128,7 @@ def test_instance_budget_keeps_as_many_blocks_as_still_fit(tmp_path: Path) -> No
 
 
 def test_instance_budget_refuses_when_nothing_fits(tmp_path: Path) -> None:
-    config = CONFIGS / "mistral-nemo-12b.json"
+    config = CONFIGS / "qwen3-14b.json"  # int8: 14.5 GiB to load through 12 GiB of usable host RAM
     (tmp_path / "config.json").write_text(config.read_text())
     with pytest.raises(NeuronforgeError, match=r"will not fit ml\.inf2\.xlarge") as err:
         instance_budget(tmp_path, "ml.inf2.xlarge", deployment_from(dtype="int8"))
