@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
+from rich.markup import escape
 
 from neuronforge.core.presets import presets_help
 
@@ -32,7 +33,7 @@ def model_option(
     return typer.Option(
         None,
         *(decls or (f"--{field.replace('_', '-')}",)),
-        help=text if text is not None else (info.description or ""),
+        help=escape(text if text is not None else (info.description or "")),  # rich would eat "[eval]"
         show_default=default_text or False,
     )
 

@@ -15,6 +15,7 @@ import pydantic
 import pytest
 import typer.main
 from pydantic import BaseModel
+from rich.markup import escape
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
@@ -124,7 +125,7 @@ def knob_problems(command: str, params: list[Any], model: type[BaseModel]) -> li
         wanted = _bounds(field)
         if declared and any(wanted.get(name) != value for name, value in declared.items()):
             problems.append(f"{where}: bounds {declared}, model {wanted}")
-        if field.description and field.description not in (param.help or ""):
+        if field.description and escape(field.description) not in (param.help or ""):
             problems.append(f"{where}: help {param.help!r} is not the model's {field.description!r}")
     return problems
 
