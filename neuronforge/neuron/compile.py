@@ -204,6 +204,16 @@ def check_host_memory(needed: int, available: int | None, compile_only: bool) ->
     )
 
 
+def tokenizer_config_problem(model_dir: Path) -> str | None:
+    """Why transformers 4.57 (this host's, the endpoint's) could not load the model's tokenizer (or None)."""
+    import json
+
+    from neuronforge.hf.config_compat import TOKENIZER_CONFIG_FILE, tokenizer_problem
+
+    path = model_dir / TOKENIZER_CONFIG_FILE
+    return tokenizer_problem(json.loads(path.read_text())) if path.is_file() else None
+
+
 def make_loadable(api: NxdiApi, compiled: Path, spec: NeuronConfigSpec) -> None:
     """Rewrite kv_quant_config in compiled/neuron_config.json so NxDI's loader accepts it, then prove it does.
 
@@ -238,7 +248,7 @@ def make_loadable(api: NxdiApi, compiled: Path, spec: NeuronConfigSpec) -> None:
 
 def compile_model(options: CompileOptions) -> Path:
     """Quantize (NxD) and compile; unless compile_only, load and smoke-test. The folder appears only on success."""
-    from neuronforge.hf.config_compat import rope_problem
+    from neuronforge.hf.config_compat import make_tokenizer_portable, rope_problem
     from neuronforge.hf.folders import load_tokenizer, read_config, validate_hf_folder
 
     if Path(options.out).exists() and not options.overwrite:
@@ -249,6 +259,12 @@ def compile_model(options: CompileOptions) -> Path:
             f"{model_dir}/config.json: {problem}",
             "run `neuronforge quantize` on it (stage 1 writes a config.json both read the same), or add the "
             "top-level rope_theta and rope_scaling that transformers 4.x writes",
+        )
+    if problem := tokenizer_config_problem(model_dir):
+        raise NeuronforgeError(
+            f"{model_dir}/tokenizer_config.json: {problem}",
+            "run `neuronforge quantize` on it (stage 1 writes a tokenizer both read the same), or set "
+            '"tokenizer_class" to "PreTrainedTokenizerFast" in a copy of the folder',
         )
     spec = resolve_spec(options, model_dir)  # runs anywhere: a bad config fails before the Neuron checks
     api = load_nxdi(model_facts(model_dir).model_type, spec.sdk)  # fail fast off a Neuron host
@@ -289,6 +305,7 @@ def compile_model(options: CompileOptions) -> Path:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         load_tokenizer(model_dir).save_pretrained(tmp)
+        make_tokenizer_portable(tmp)  # saved by transformers 5 when compile runs there (tests, stand-in)
         atomic_write_json(
             tmp / RECORD_FILE,
             {

@@ -28,6 +28,7 @@ from neuronforge.core.aws import call
 from neuronforge.core.hashing import sha256_file
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.config_compat import make_tokenizer_portable
 from neuronforge.neuron.compile import QUANTIZED_DIR, RECORD_FILE
 from neuronforge.neuron.nxdi_json import unloadable_kv_quant_config
 from neuronforge.sagemaker.images import pinned
@@ -210,6 +211,7 @@ def package_model(
         for path in tokenizer_files:
             if not (tmp / CHECKPOINT_SUBDIR / path.name).exists():
                 shutil.copy2(path, tmp / CHECKPOINT_SUBDIR / path.name)
+        make_tokenizer_portable(tmp / CHECKPOINT_SUBDIR)  # replaces the package's link, never the source file
         atomic_write_json(tmp / SERVING, serving)
         sizes = {
             "package": tree_bytes(tmp),

@@ -336,6 +336,29 @@ def test_config_saved_by_transformers5_is_refused(inf2: ModuleType, tiny_llama_d
     assert "neuronforge quantize" in (info.value.fix or "") and inf2.CALLS == []
 
 
+def test_tokenizer_saved_by_transformers5_is_refused(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
+    """NEW-1: transformers 4.57 (NxDI's smoke test, vLLM) has no class TokenizersBackend; refused before any work."""
+    model = tmp_path / "v5"
+    shutil.copytree(model_dir, model)
+    tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(
+        json.dumps({**tokenizer_config, "tokenizer_class": "TokenizersBackend"})
+    )
+    with pytest.raises(NeuronforgeError, match="TokenizersBackend") as info:
+        compile_model(CompileOptions(model=str(model), out=tmp_path / "c", seq_len=128))
+    assert "PreTrainedTokenizerFast" in (info.value.fix or "") and inf2.CALLS == []
+
+
+def test_compiled_folder_tokenizer_is_one_transformers_457_loads(
+    inf2: ModuleType, model_dir: Path, tmp_path: Path
+) -> None:
+    """compile re-saves the tokenizer (with transformers 5 here) and keeps the class name 4.57 knows."""
+    compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128))
+    assert json.loads((tmp_path / "c" / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "PreTrainedTokenizerFast"
+    )
+
+
 def _as_mistral(model_dir: Path, out: Path) -> Path:
     shutil.copytree(model_dir, out)
     config = json.loads((out / "config.json").read_text())

@@ -49,6 +49,15 @@ def test_layout_and_manifest(package: Path, tiny_llama_dir: Path) -> None:
     assert not list(package.parent.glob(".pkg.partial-*"))
 
 
+def test_package_tokenizer_is_one_transformers_457_loads(package: Path, tiny_llama_dir: Path) -> None:
+    """NEW-1: the endpoint's vLLM runs transformers 4.57, which has no TokenizersBackend; the source stays as it was."""
+    source = json.loads((tiny_llama_dir / "tokenizer_config.json").read_text())
+    packaged = json.loads((package / "checkpoint" / "tokenizer_config.json").read_text())
+    assert source["tokenizer_class"] == "TokenizersBackend"  # saved by transformers 5
+    assert packaged == {**source, "tokenizer_class": "PreTrainedTokenizerFast"}
+    assert verify_package(package)
+
+
 def test_int8_without_fp8_kv_has_no_fp8_env(tmp_path: Path, tiny_llama_dir: Path) -> None:
     compiled = make_compiled(tmp_path)
     config = json.loads((compiled / "neuron_config.json").read_text())
