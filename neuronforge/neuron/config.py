@@ -106,6 +106,10 @@ class NeuronConfigSpec(BaseModel):
 
     tp_degree: int = Field(ge=1)
     batch_size: int = Field(1, ge=1)
+    # Continuous batching, as vllm-neuron compiles a model for max_num_seqs = batch_size (batching_fields below).
+    ctx_batch_size: int = Field(1, ge=1)
+    tkg_batch_size: int = Field(1, ge=1)
+    is_continuous_batching: bool = False
     seq_len: int = Field(ge=1)
     n_positions: int = Field(ge=1)
     torch_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
@@ -120,6 +124,13 @@ class NeuronConfigSpec(BaseModel):
     target_instance: str = DEFAULT_INSTANCE
     sdk: str = DEFAULT_SDK
     notices: list[str] = Field(default_factory=list, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batching_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("batch_size", 1), int):
+            return {**batching_fields(data.get("batch_size", 1)), **data}
+        return data
 
     @field_validator("quantization_dtype", mode="before")
     @classmethod
@@ -191,6 +202,20 @@ class NeuronConfigSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _batching(self) -> NeuronConfigSpec:
+        expected = batching_fields(self.batch_size)
+        got = {key: getattr(self, key) for key in expected}
+        if got != expected:
+            raise _fail(
+                f"batch_size {self.batch_size} with {got}",
+                f"use {expected} (set only --batch-size): vllm-neuron serves every request in its own KV-cache slot "
+                "(seq_id), which only a continuous-batching compile honours; with static batching NxDI's context "
+                "encoding writes the cache from batch line 0 (kv_cache_manager.py:488-515), so concurrent requests "
+                "would overwrite each other's cache",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _kv_pair(self) -> NeuronConfigSpec:
         if self.kv_cache_quant != (self.kv_quant_config is not None):
             raise _fail(
@@ -207,6 +232,18 @@ class NeuronConfigSpec(BaseModel):
     @property
     def weights_fp8_e4m3(self) -> bool:
         return self.quantization_dtype == "f8e4m3"
+
+
+def batching_fields(batch_size: int) -> dict[str, Any]:
+    """NeuronConfig batching for an endpoint serving `batch_size` concurrent requests, as vllm-neuron sets it.
+
+    vllm-neuron gives each new request a free seq_id (its KV-cache line) and prefills it alone
+    (worker/neuronx_distributed_model_runner.py:130-136, 704-724 at a5ef7c8); when it compiles a model itself it
+    sets ctx_batch_size=1, batch_size=max_num_seqs and is_continuous_batching=(batch_size > 1), leaving
+    tkg_batch_size at NxDI's default batch_size (worker/neuronx_distributed_model_loader.py:751-764;
+    NxDI models/config.py:161-164 at cd3abf3 and ef2731e). A precompiled model is loaded as compiled (:214-218).
+    """
+    return {"ctx_batch_size": 1, "tkg_batch_size": batch_size, "is_continuous_batching": batch_size > 1}
 
 
 class ModelFacts(BaseModel):

@@ -30,6 +30,7 @@ from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.config_compat import make_tokenizer_portable
 from neuronforge.neuron.compile import QUANTIZED_DIR, RECORD_FILE
+from neuronforge.neuron.config import batching_fields
 from neuronforge.neuron.nxdi_json import unloadable_kv_quant_config
 from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, COMPILED_SUBDIR, serving_environment
@@ -113,6 +114,14 @@ def _read_neuron_config(compiled: Path) -> dict[str, Any]:
         raise NeuronforgeError(
             f"{compiled}/neuron_config.json: {problem}, so the vLLM endpoint would fail to start",
             "recompile with this neuronforge (`neuronforge compile` rewrites it in a form NxDI re-reads)",
+        )
+    batch = int(neuron_config.get("batch_size") or 1)
+    expected = batching_fields(batch)
+    if batch > 1 and any(neuron_config.get(key) != value for key, value in expected.items()):
+        raise NeuronforgeError(
+            f"{compiled} was compiled for batch_size {batch} without continuous batching ({expected} expected), so "
+            "concurrent requests on the endpoint would overwrite each other's KV cache",
+            "recompile with this neuronforge (it compiles batch > 1 the way vllm-neuron serves it)",
         )
     return neuron_config
 

@@ -58,6 +58,20 @@ def test_package_tokenizer_is_one_transformers_457_loads(package: Path, tiny_lla
     assert verify_package(package)
 
 
+def test_package_refuses_a_static_batching_compile(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """NEW-3: vLLM serves max_num_seqs = batch_size requests in their own KV slots; static batching mixes them."""
+    compiled = make_compiled(tmp_path)
+    config = json.loads((compiled / "neuron_config.json").read_text())
+    config["neuron_config"].update(batch_size=4, ctx_batch_size=4, tkg_batch_size=4)  # NxDI's defaults without CB
+    (compiled / "neuron_config.json").write_text(json.dumps(config))
+    with pytest.raises(NeuronforgeError, match="without continuous batching"):
+        package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+    config["neuron_config"].update(ctx_batch_size=1, is_continuous_batching=True)
+    (compiled / "neuron_config.json").write_text(json.dumps(config))
+    out = package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+    assert json.loads((out / "serving.json").read_text())["max_num_seqs"] == 4
+
+
 def test_int8_without_fp8_kv_has_no_fp8_env(tmp_path: Path, tiny_llama_dir: Path) -> None:
     compiled = make_compiled(tmp_path)
     config = json.loads((compiled / "neuron_config.json").read_text())
