@@ -36,7 +36,7 @@ def neuron_config_command(
     qtype: QtypeOpt = "per_channel_symmetric",
     batch_size: BatchSizeOpt = 1,
     seq_len: SeqLenOpt = 1024,
-    sdk: SdkOpt = "2.28",
+    sdk: SdkOpt = None,
 ) -> None:
     """Validate a NeuronConfig for NxD Inference and write it (runs anywhere, no Neuron SDK needed)."""
     from neuronforge.assets.models import resolve_model
@@ -75,7 +75,7 @@ def compile_command(
     ),
     batch_size: BatchSizeOpt = 1,
     seq_len: SeqLenOpt = 1024,
-    sdk: SdkOpt = "2.28",
+    sdk: SdkOpt = None,
     overwrite: OverwriteOpt = False,
     compile_only: bool = typer.Option(False, "--compile-only", help=COMPILE_ONLY_HELP),
 ) -> None:

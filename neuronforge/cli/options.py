@@ -41,7 +41,12 @@ BudgetInstanceOpt = Annotated[
         "(replaces --max-extra-memory; `neuronforge plan` shows the memory model).",
     ),
 ]
-SdkOpt = Annotated[str, typer.Option("--sdk", help="Neuron SDK release to target (2.28 or 2.31).")]
+SdkOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sdk", help="Neuron SDK release to target (2.28 or 2.31); default 2.28, or 2.31 for a model only it serves."
+    ),
+]
 CalibSeqLenOpt = Annotated[int, typer.Option("--calib-seq-len", help="Tokens per calibration window.")]
 PresetOpt = Annotated[
     str | None,

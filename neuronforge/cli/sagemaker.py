@@ -30,6 +30,7 @@ from neuronforge.cli.options import (
     WaitOpt,
 )
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.versions import DEFAULT_SDK
 
 if TYPE_CHECKING:
     from neuronforge.sagemaker.code import CodeBundle
@@ -201,6 +202,9 @@ def compile_command(
     dtype: str = typer.Option("int8", "--dtype"),
     kv: str = typer.Option("fp8", "--kv", help="fp8 | bf16 KV cache."),
     seq_len: int = typer.Option(1024, "--seq-len", help="Longest prompt + generation the endpoint serves."),
+    sdk: str = typer.Option(
+        DEFAULT_SDK, "--sdk", help="Neuron SDK of the compile (its pinned serving image runs the job): 2.28 or 2.31."
+    ),
     volume_gb: JobVolumeOpt = 200,
     max_runtime: MaxRuntimeOpt = 4 * 3600,
     wheel: Path | None = WheelOpt,
@@ -233,6 +237,7 @@ def compile_command(
             dtype=dtype,
             kv=kv,
             seq_len=seq_len,
+            sdk=sdk,
             code=shipped[1] if shipped else None,
             install=install,
         )
@@ -267,6 +272,11 @@ def deploy_command(
     instance_type: str = typer.Option("ml.inf2.xlarge", "--instance-type", help="ml.inf2.* endpoint instance."),
     volume_gb: int = typer.Option(64, "--volume-gb", help="Endpoint EBS volume (>= package size)."),
     startup_timeout: int = typer.Option(3600, "--startup-timeout", help="Container startup health check, 60..3600 s."),
+    sdk: str | None = typer.Option(
+        None,
+        "--sdk",
+        help="Serving image's Neuron SDK; default: the package's compile SDK (its S3 manifest; 2.28 with --dry-run).",
+    ),
     name: NameOpt = None,
     role: RoleOpt = None,
     region: RegionOpt = None,
@@ -277,23 +287,32 @@ def deploy_command(
     """Model (uncompressed S3 prefix) -> endpoint config (inf2) -> endpoint, after verifying the package in S3."""
     from neuronforge.sagemaker.requests import deployment_requests
 
-    requests = deployment_requests(
-        _name(name, "endpoint"),
-        role_arn=_role(role),
-        region=_region(region),
-        model_data_s3=model_data,
-        instance_type=instance_type,
-        image=image,
-        volume_gb=volume_gb,
-        startup_timeout_s=startup_timeout,
-    )
+    endpoint = _name(name, "endpoint")
+
+    def requests_for(serving_sdk: str) -> dict[str, Any]:
+        return deployment_requests(
+            endpoint,
+            role_arn=_role(role),
+            region=_region(region),
+            model_data_s3=model_data,
+            instance_type=instance_type,
+            sdk=serving_sdk,
+            image=image,
+            volume_gb=volume_gb,
+            startup_timeout_s=startup_timeout,
+        )
+
+    requests = requests_for(sdk or DEFAULT_SDK)  # every input checked before any AWS call
     if dry_run:
         _print_requests(requests)
         return
     from neuronforge.core.aws import client
+    from neuronforge.sagemaker.packaging import remote_compile_sdk
     from neuronforge.sagemaker.submit import clients, deploy
 
     sm, s3 = clients(_region(region))
+    if sdk is None:
+        requests = requests_for(remote_compile_sdk(model_data, s3))
     console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait, ecr=client('ecr', _region(region)))}")
 
 
@@ -338,6 +357,9 @@ def pipeline_command(
     dtype: str = typer.Option("int8", "--dtype"),
     kv: str = typer.Option("fp8", "--kv"),
     seq_len: int = typer.Option(1024, "--seq-len"),
+    sdk: str = typer.Option(
+        DEFAULT_SDK, "--sdk", help="Neuron SDK of the compile (its pinned serving image runs the job): 2.28 or 2.31."
+    ),
     quantize_instance: str = typer.Option("ml.g6e.2xlarge", "--quantize-instance"),
     compile_instance: str = typer.Option("ml.trn1.2xlarge", "--compile-instance"),
     endpoint_instance: str = typer.Option("ml.inf2.xlarge", "--endpoint-instance"),
@@ -366,6 +388,7 @@ def pipeline_command(
             dtype=dtype,
             kv=kv,
             seq_len=seq_len,
+            sdk=sdk,
             quantize_instance=quantize_instance,
             compile_instance=compile_instance,
             endpoint_instance=endpoint_instance,

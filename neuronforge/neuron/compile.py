@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,9 +36,9 @@ from neuronforge.neuron.config import (
 )
 from neuronforge.neuron.dtypes import KvDtype, QuantDtype, QuantType
 from neuronforge.neuron.host import host_memory_bytes, host_neuron_cores
-from neuronforge.neuron.nxdi_api import NxdiApi, check_installed_sdk, installed_nxdi_version, load_nxdi
+from neuronforge.neuron.nxdi_api import NxdiApi, check_installed_sdk, host_sdk, installed_nxdi_version, load_nxdi
 from neuronforge.neuron.nxdi_json import kv_settings, loadable_kv_quant_config
-from neuronforge.neuron.versions import DEFAULT_SDK, neuron_sdk
+from neuronforge.neuron.versions import neuron_sdk
 from neuronforge.neuron.weight_memory import checkpoint_shapes
 
 QUANTIZED_DIR = "quantized_checkpoint"
@@ -75,7 +76,7 @@ class CompileOptions(BaseModel):
     seq_len: int = 1024
     not_convert: Path | None = None
     neuron_config: Path | None = None
-    sdk: str = DEFAULT_SDK
+    sdk: str | None = None  # None: the installed NxDI's SDK, else the model type's default (nxdi_api)
     smoke_prompt: str = "The capital of France is"
     smoke_tokens: int = 16
     overwrite: bool = False
@@ -142,7 +143,7 @@ def resolve_spec(options: CompileOptions, model_dir: Path) -> NeuronConfigSpec:
         quantization_type=options.qtype,
         batch_size=options.batch_size,
         seq_len=options.seq_len,
-        sdk=options.sdk,
+        sdk=options.sdk or host_sdk(),
     )
 
 
@@ -283,10 +284,16 @@ def compile_model(options: CompileOptions) -> Path:
         timings[name] = round(time.perf_counter() - start, 3)
         return result
 
-    final_quantized = Path(options.out).resolve() / QUANTIZED_DIR
     smoke = None
-    with atomic_dir(options.out, overwrite=options.overwrite) as tmp, scoped_env(env):
-        quantized_dir = tmp / QUANTIZED_DIR
+    with (
+        atomic_dir(options.out, overwrite=options.overwrite) as tmp,
+        tempfile.TemporaryDirectory(prefix="nf-quantized-") as scratch,
+        scoped_env(env),
+    ):
+        # R6: NxD's quantized checkpoint (int8/fp8 codes + fp32 other tensors) only feeds the presharding in compile();
+        # load() and vLLM read weights/tp*_sharded_checkpoint.safetensors (application_base.py:388-398), so it lives
+        # in $TMPDIR (the job's storage volume in SageMaker jobs) and is deleted with it.
+        quantized_dir = Path(scratch) / QUANTIZED_DIR
         quantized_dir.mkdir()  # NxDI writes a pickle instead of safetensors if the directory is missing
         spec = spec.model_copy(update={"quantized_checkpoints_path": str(quantized_dir)})
         neuron_config = api.NeuronConfig(**nxdi_neuron_config_kwargs(api, spec))
@@ -313,9 +320,7 @@ def compile_model(options: CompileOptions) -> Path:
                 "sdk": spec.sdk,
                 "pins": neuron_sdk(spec.sdk).pins(),
                 "installed": {"neuronx-distributed-inference": installed},
-                "spec": spec.model_copy(update={"quantized_checkpoints_path": str(final_quantized)}).model_dump(
-                    mode="json"
-                ),
+                "spec": spec.model_dump(mode="json"),  # quantized_checkpoints_path: deleted after presharding
                 "notices": spec.notices,
                 "env": env,
                 "compile_only": options.compile_only,

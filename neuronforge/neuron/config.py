@@ -28,7 +28,7 @@ from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.not_convert import NOT_CONVERT_FILE, read_not_convert, write_not_convert
 from neuronforge.neuron.dtypes import QuantDtype, QuantType
 from neuronforge.neuron.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
-from neuronforge.neuron.nxdi_api import model_class_problem
+from neuronforge.neuron.nxdi_api import default_sdk, model_class_problem
 from neuronforge.neuron.versions import DEFAULT_SDK, SDKS
 
 NEURON_CONFIG_FILE = "neuron_config.json"
@@ -417,11 +417,21 @@ def build_neuron_config_spec(
     seq_len: int = 1024,
     torch_dtype: str = "bfloat16",
     quantized_checkpoints_path: str = "quantized_checkpoint",
-    sdk: str = DEFAULT_SDK,
+    sdk: str | None = None,
 ) -> NeuronConfigSpec:
-    """Read the model's config.json and build a NeuronConfigSpec that passes every rule above."""
+    """Read the model's config.json and build a NeuronConfigSpec that passes every rule above.
+
+    Without `sdk`, the model type's default (nxdi_api.default_sdk): DEFAULT_SDK unless its vLLM cannot serve it.
+    """
     facts = model_facts(model_dir)
     notices: list[str] = []
+    if sdk is None:
+        sdk = default_sdk(facts.model_type)
+        if sdk != DEFAULT_SDK:
+            notices.append(
+                f"Neuron SDK {sdk} chosen: SDK {DEFAULT_SDK}'s vLLM cannot serve model_type {facts.model_type!r}, and "
+                f"SDK {sdk}'s Inf2/Trn1 support is disputed between AWS sources (docs/conformance.md, 'SDK pairing')"
+            )
     if tp_degree is None:
         tp_degree = choose_tp(facts, instance)
         notices.append(f"tp_degree {tp_degree} chosen: the largest that divides the query heads and fits {instance}")
@@ -454,6 +464,16 @@ def _require_fits(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
 
     require_spec_fits(spec, model_dir)
     return spec
+
+
+def check_servable(model_dir: Path, sdk: str | None) -> None:
+    """Refuse, before any work, a model that the SDK the compile would target (`sdk`, else this host's, else the model
+    type's default) has no vLLM-served NxDI class for: `run` would otherwise quantize and emulate, then fail."""
+    from neuronforge.neuron.nxdi_api import host_sdk
+
+    model_type = model_facts(model_dir).model_type
+    if problem := model_class_problem(model_type, sdk or host_sdk() or default_sdk(model_type)):
+        raise _fail(*problem)
 
 
 def model_facts(model_dir: Path) -> ModelFacts:

@@ -15,7 +15,7 @@ from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
-from neuronforge.sagemaker.requests import Request, delete_requests, status_requests
+from neuronforge.sagemaker.requests import SDK_TAG, Request, delete_requests, status_requests
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -109,7 +109,8 @@ def wait_for_job(request: Request, sm: BaseClient) -> str:
 def check_package(requests: dict[str, Request], s3: BaseClient) -> None:
     """Before anything is created: the package in S3 matches its manifest and its tp_degree fits the instance."""
     model_data = requests["create_model"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
-    manifest = verify_remote_package(model_data, s3)
+    tags = {tag["Key"]: tag["Value"] for tag in requests["create_model"].get("Tags", [])}
+    manifest = verify_remote_package(model_data, s3, tags[SDK_TAG])
     variant = requests["create_endpoint_config"]["ProductionVariants"][0]
     validate_tp_degree(variant["InstanceType"], manifest["serving"]["tp_degree"])
 

@@ -164,15 +164,35 @@ def test_package_leaves_out_nxdi_quantized_checkpoint_and_reports_sizes(package:
     assert (tmp_path / "compiled-src" / "quantized_checkpoint" / "model.safetensors").is_file()  # source untouched
 
 
-def test_package_refuses_a_compile_for_another_sdk(tmp_path: Path, tiny_llama_dir: Path) -> None:
-    """R5: the serving image runs SDK 2.31 (images.json); a 2.28 compile would not load there."""
-    with pytest.raises(NeuronforgeError, match=r"compiled with Neuron SDK 2\.28, but the serving image runs SDK 2\.31"):
-        package_model(tmp_path / "pkg", compiled=make_compiled(tmp_path, sdk="2.28"), checkpoint=tiny_llama_dir)
+def test_package_refuses_a_compile_no_serving_image_loads(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """R5/NEW-9: the compile's SDK picks the serving image, whose exact NxDI build must be the one that compiled."""
+    compiled = make_compiled(tmp_path / "other-build")
+    record = json.loads((compiled / "neuronforge_compile.json").read_text())
+    record["installed"] = {"neuronx-distributed-inference": "0.8.15000"}
+    (compiled / "neuronforge_compile.json").write_text(json.dumps(record))
+    with pytest.raises(
+        NeuronforgeError, match=r"NxD Inference 0\.8\.15000, but the SDK 2\.28 serving image .* 0\.8\.16251"
+    ):
+        package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+    record.update(sdk="2.30")
+    (compiled / "neuronforge_compile.json").write_text(json.dumps(record))
+    with pytest.raises(NeuronforgeError, match="no serving image for Neuron SDK '2.30'"):
+        package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
     compiled = make_compiled(tmp_path / "norecord")
     (compiled / "neuronforge_compile.json").unlink()
     with pytest.raises(NeuronforgeError, match="Neuron SDK is unknown"):
         package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
     assert not (tmp_path / "pkg").exists()
+
+
+def test_package_records_the_serving_image_of_its_compile_sdk(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """NEW-4: a 2.28 compile (the default) and a 2.31 compile each package for their own SDK's image."""
+    for sdk, base in (("2.28", "0.13.0-neuronx-py312-sdk2.28.0"), ("2.31", "0.16.0-neuronx-py312-sdk2.31.1")):
+        out = package_model(
+            tmp_path / sdk, compiled=make_compiled(tmp_path / f"c{sdk}", sdk=sdk), checkpoint=tiny_llama_dir
+        )
+        manifest = verify_package(out)
+        assert manifest["compile_sdk"] == sdk and base in manifest["serving_image"]
 
 
 def test_package_refuses_kv_config_nxdi_cannot_reread(tmp_path: Path, tiny_llama_dir: Path) -> None:

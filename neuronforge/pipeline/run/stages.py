@@ -317,9 +317,11 @@ NEURON_KEYS = ("dtype", "kv", "instance", "tp_degree", "batch_size", "seq_len", 
 def _neuron_spec(ctx: StageContext) -> NeuronConfigSpec:
     """The NxD config for the quantized checkpoint; unset keys take the compile step's defaults."""
     from neuronforge.neuron.config import build_neuron_config_spec
+    from neuronforge.neuron.nxdi_api import host_sdk
 
     config = _given(ctx).config
-    given = {"instance": config.instance, "tp_degree": config.tp_degree, "seq_len": config.seq_len, "sdk": config.sdk}
+    sdk = config.sdk or host_sdk()  # on a Neuron host, its SDK; else the model type's default
+    given = {"instance": config.instance, "tp_degree": config.tp_degree, "seq_len": config.seq_len, "sdk": sdk}
     return build_neuron_config_spec(
         _quantized(ctx),
         dtype=config.dtype,
