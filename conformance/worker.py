@@ -40,12 +40,11 @@ def vllm_neuron_default_config(source: Path, max_num_seqs: int, seq_len: int, tp
 
 
 def run(case: dict[str, Any], steps: dict[str, str]) -> None:
+    import device_stubs
     import torch
     import transformers
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
-
-    import device_stubs
 
     model = Path(case["model"])
     steps["transformers"] = transformers.__version__
@@ -96,7 +95,7 @@ def run(case: dict[str, Any], steps: dict[str, str]) -> None:
     make_loadable(api, compiled, spec)
     steps["config-save"] = "neuron_config.json written by NxDI, rewritten loadable, re-read by NxDI"
 
-    reloaded = api.model_class(str(compiled))  # what vllm-neuron's loader does with NEURON_COMPILED_ARTIFACTS (:214)
+    reloaded = api.model_class(str(compiled))  # what vllm-neuron's loader does with NEURON_COMPILED_ARTIFACTS (:216)
     got = reloaded.config.neuron_config
     keys = ("batch_size", "ctx_batch_size", "tkg_batch_size", "is_continuous_batching")
     vllm = vllm_neuron_default_config(Path(case["vllm_neuron"]), spec.batch_size, spec.seq_len, spec.tp_degree)
