@@ -60,9 +60,6 @@ class _StubMeta(type):
     def __bool__(cls) -> bool:
         return False
 
-    def __mro_entries__(cls, bases: tuple[Any, ...]) -> tuple[type, ...]:
-        return (object,)
-
 
 def stub(name: str) -> type:
     """A new stub class called `name`."""
