@@ -21,7 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "neuronforge.hf": BASE,
     "neuronforge.assets": BASE | {"neuronforge.hf"},
     "neuronforge.neuron": BASE | {"neuronforge.hf"},
-    "neuronforge.sagemaker": BASE | {"neuronforge.neuron", "neuronforge.version"},
+    "neuronforge.sagemaker": BASE
+    | {"neuronforge.hf", "neuronforge.neuron", "neuronforge.version"},  # packaging: HF folder
     "neuronforge.doctor": BASE | {"neuronforge.hf", "neuronforge.assets", "neuronforge.neuron"},
     "neuronforge.pipeline.quantize": BASE
     | {"neuronforge.hf", "neuronforge.assets", "neuronforge.neuron", "neuronforge.version"},
