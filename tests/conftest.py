@@ -164,14 +164,14 @@ def tiny_family_dir(request: pytest.FixtureRequest, make_tiny_family: Callable[.
 
 @pytest.fixture(scope="session")
 def stage1_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama as stage 1 writes it: a config.json transformers 4.57 (NxDI) and 5 read alike."""
+    """The tiny Llama as stage 1 writes it: config.json and tokenizer transformers 4.57 (NxDI) and 5 read alike."""
     import shutil
 
-    from neuronforge.hf.config_compat import make_config_portable
+    from neuronforge.hf.config_compat import make_portable
 
     out = tmp_path_factory.mktemp("stage1") / "model"
     shutil.copytree(tiny_llama_dir, out)
-    make_config_portable(out)
+    make_portable(out)
     return out
 
 

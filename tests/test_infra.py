@@ -104,8 +104,9 @@ def test_gpu_host_gets_python_3_11_or_newer(stack: dict[str, Any]) -> None:
 
 
 def test_inf2_host_is_pinned_to_the_serving_images_neuron_sdk(stack: dict[str, Any]) -> None:
-    """Neuron SSM has no per-SDK path; the vLLM 0.16 single-framework DLAMI is SDK 2.31, as the serving image."""
-    assert pinned()["images"]["neuron"]["neuron_sdk"] == "2.31" and "vllm0.16.0" in pinned()["images"]["neuron"]["uri"]
+    """Neuron SSM has no per-SDK path; the vLLM 0.16 single-framework DLAMI is SDK 2.31, as the 2.31 serving image
+    (a compile there targets that SDK: nxdi_api.host_sdk)."""
+    assert "vllm0.16.0" in pinned()["images"]["neuron"]["2.31"]["uri"]
     assert stack["Parameters"]["NeuronAmiId"]["Default"] == (
         "/aws/service/neuron/dlami/pytorch-inference-vllm-0.16/ubuntu-24.04/latest/image_id"
     )

@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "neuronforge.neuron.planner": BASE | {"neuronforge.hf", "neuronforge.neuron.numerics"},
     "neuronforge.neuron.nxdi": BASE
     | {"neuronforge.hf", "neuronforge.neuron", "neuronforge.neuron.numerics", "neuronforge.neuron.planner"},
-    "neuronforge.sagemaker": BASE | NEURON | {"neuronforge.version"},
+    "neuronforge.sagemaker": BASE | NEURON | {"neuronforge.hf", "neuronforge.version"},  # packaging: HF folder
     "neuronforge.doctor": BASE | NEURON | {"neuronforge.hf", "neuronforge.assets"},
     "neuronforge.pipeline.quantize": BASE | NEURON | {"neuronforge.hf", "neuronforge.assets", "neuronforge.version"},
     "neuronforge.pipeline.evaluate": BASE

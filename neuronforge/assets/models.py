@@ -15,7 +15,7 @@ from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.core.cache import cache_dir
 from neuronforge.core.hashing import sha256_file
 from neuronforge.errors import NeuronforgeError
-from neuronforge.hf.config_compat import make_config_portable
+from neuronforge.hf.config_compat import make_portable
 from neuronforge.hf.folders import force_offline, validate_hf_folder
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def fetch(name: str = "smollm2", *, force: bool = False) -> Path:
     spec = _spec(name)
     final = embedded_model_dir(name)
     if (final / PROVENANCE_FILE).exists() and not force:
-        make_config_portable(final)  # caches written before neuronforge wrote portable configs
+        make_portable(final)  # caches written before neuronforge wrote portable configs
         return validate_hf_folder(final)
     source = gguf_path(name)
     model, tokenizer = load_gguf(source)
@@ -116,8 +116,8 @@ def fetch(name: str = "smollm2", *, force: bool = False) -> Path:
     clean = to_plain_hf(model).to(torch.bfloat16)  # type: ignore[arg-type]
     with atomic_dir(final, overwrite=True) as tmp:
         clean.save_pretrained(tmp)
-        make_config_portable(tmp)  # transformers 5 writes rope_parameters only; NxDI reads with 4.57
         tokenizer.save_pretrained(tmp)
+        make_portable(tmp)  # transformers 5 writes rope_parameters and TokenizersBackend; NxDI reads with 4.57
         atomic_write_json(
             tmp / PROVENANCE_FILE,
             {

@@ -32,6 +32,7 @@ from neuronforge.cli.options import (
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype, QuantDtype
 from neuronforge.neuron.nxdi.config import NeuronConfigOptions
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS
 from neuronforge.pipeline.quantize.api import QuantizeSettings
 from neuronforge.sagemaker.packaging import PackageOptions
 
@@ -229,6 +230,9 @@ def compile_command(
     dtype: QuantDtype | None = model_option(N, "dtype"),
     kv: KvDtype | None = model_option(N, "kv"),
     seq_len: int | None = model_option(N, "seq_len"),
+    sdk: str | None = model_option(
+        N, "sdk", text=(N.model_fields["sdk"].description or "") + "; the job runs that SDK's pinned image"
+    ),
     volume_gb: JobVolumeOpt = None,
     max_runtime: MaxRuntimeOpt = 4 * 3600,
     wheel: Path | None = WheelOpt,
@@ -263,6 +267,7 @@ def compile_command(
             dtype=deployment.dtype,
             kv=deployment.kv,
             seq_len=deployment.seq_len,
+            sdk=sdk or DEFAULT_SDK,
             code=shipped[1] if shipped else None,
             install=install,
         )
@@ -297,6 +302,11 @@ def deploy_command(
     instance_type: str = typer.Option("ml.inf2.xlarge", "--instance-type", help="ml.inf2.* endpoint instance."),
     volume_gb: int = typer.Option(64, "--volume-gb", help="Endpoint EBS volume (>= package size)."),
     startup_timeout: int = typer.Option(3600, "--startup-timeout", help="Container startup health check, 60..3600 s."),
+    sdk: str | None = typer.Option(
+        None,
+        "--sdk",
+        help="Serving image's Neuron SDK; default: the package's compile SDK (its S3 manifest; 2.28 with --dry-run).",
+    ),
     name: NameOpt = None,
     role: RoleOpt = None,
     region: RegionOpt = None,
@@ -307,24 +317,33 @@ def deploy_command(
     """Model (uncompressed S3 prefix) -> endpoint config (inf2) -> endpoint, after verifying the package in S3."""
     from neuronforge.sagemaker.requests import deployment_requests
 
-    requests = deployment_requests(
-        _name(name, "endpoint"),
-        role_arn=_role(role),
-        region=_region(region),
-        model_data_s3=model_data,
-        instance_type=instance_type,
-        image=image,
-        volume_gb=volume_gb,
-        startup_timeout_s=startup_timeout,
-    )
+    endpoint = _name(name, "endpoint")
+
+    def requests_for(serving_sdk: str) -> dict[str, Any]:
+        return deployment_requests(
+            endpoint,
+            role_arn=_role(role),
+            region=_region(region),
+            model_data_s3=model_data,
+            instance_type=instance_type,
+            sdk=serving_sdk,
+            image=image,
+            volume_gb=volume_gb,
+            startup_timeout_s=startup_timeout,
+        )
+
+    requests = requests_for(sdk or DEFAULT_SDK)  # every input checked before any AWS call
     if dry_run:
         _print_requests(requests)
         return
     from neuronforge.core.aws import client
+    from neuronforge.sagemaker.packaging import remote_compile_sdk
     from neuronforge.sagemaker.submit import clients, deploy
 
     sm, s3 = clients(_region(region))
     ecr = client("ecr", _region(region))
+    if sdk is None:
+        requests = requests_for(remote_compile_sdk(model_data, s3))
     console.print(f"[green]created:[/] {deploy(requests, sm, s3, wait=wait, ecr=ecr, region=_region(region))}")
 
 
@@ -369,6 +388,11 @@ def pipeline_command(
     dtype: ExportDtype | None = model_option(QuantizeSettings, "dtype"),
     kv: KvDtype | None = model_option(QuantizeSettings, "kv"),
     seq_len: int | None = model_option(QuantizeSettings, "seq_len"),
+    sdk: str | None = typer.Option(
+        None,
+        "--sdk",
+        help=f"Neuron SDK of the compile (its pinned serving image runs the job): {' or '.join(SDKS)}; default {DEFAULT_SDK}.",
+    ),
     quantize_instance: str = typer.Option("ml.g6e.2xlarge", "--quantize-instance"),
     compile_instance: str = typer.Option("ml.trn1.2xlarge", "--compile-instance"),
     endpoint_instance: str = typer.Option("ml.inf2.xlarge", "--endpoint-instance"),
@@ -403,6 +427,7 @@ def pipeline_command(
             dtype=deployment.dtype,
             kv=deployment.kv,
             seq_len=deployment.seq_len,
+            sdk=sdk or DEFAULT_SDK,
             quantize_instance=quantize_instance,
             compile_instance=compile_instance,
             endpoint_instance=endpoint_instance,

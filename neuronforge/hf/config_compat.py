@@ -1,4 +1,4 @@
-"""config.json files that transformers 4.57 (what NxDI reads them with) and 5 (what we write them with) read alike.
+"""config.json and tokenizer_config.json files that transformers 4.57 (NxDI's, the Neuron host's) and 5 read alike.
 
 transformers 5 saves RoPE settings only as `rope_parameters` ({"rope_theta": ..., "rope_type": ..., scaling keys}).
 transformers 4.57, which NxDI 0.8 pins (setup.py:43) and reads the model's config with (utils/hf_adapter.py:49),
@@ -6,6 +6,14 @@ knows only top-level `rope_theta` and `rope_scaling`, and silently falls back to
 (configuration_llama.py defaults in 4.57.6): SmolLM2 (theta 100000) would run with the wrong RoPE on the device.
 Writing both spellings fixes that, and transformers 5 reads the result exactly as it reads its own file (checked:
 AutoConfig(...).to_dict() is identical); tests/test_hf/test_transformers457_contract.py checks it in a 4.57.6 venv.
+
+transformers 5 also saves `"tokenizer_class": "TokenizersBackend"`, a name 4.57 does not have: 4.57.6's AutoTokenizer
+resolves a class only as "PreTrainedTokenizerFast", a name in TOKENIZER_MAPPING_NAMES or an attribute of the
+`transformers` module (models/auto/tokenization_auto.py:807-834), else raises "Tokenizer class TokenizersBackend does
+not exist" (:1152-1154), so the endpoint and NxDI's smoke test cannot load the tokenizer. transformers 5 defines
+PreTrainedTokenizerFast as an alias of TokenizersBackend (tokenization_utils_tokenizers.py:1580 in 5.23) and both
+classes read tokenizer.json as saved, so that name gives the same token ids and chat template in both (checked in the
+same contract test).
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from typing import Any
 from neuronforge.core.atomic import atomic_write_text
 
 CONFIG_FILE = "config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# transformers 5 tokenizer class names that 4.57 lacks -> the name both versions load the same tokenizer.json with.
+PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 
 
 def legacy_rope(rope_parameters: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
@@ -53,3 +64,31 @@ def make_config_portable(folder: Path) -> None:
     config = json.loads(path.read_text())
     if rope_problem(config):
         atomic_write_text(path, json.dumps(portable_config(config), indent=2, sort_keys=True) + "\n")
+
+
+def tokenizer_problem(tokenizer_config: Mapping[str, Any]) -> str | None:
+    """Why transformers 4.57 cannot load the tokenizer this tokenizer_config.json names (or None)."""
+    name = tokenizer_config.get("tokenizer_class")
+    if name not in PORTABLE_TOKENIZER_CLASSES:
+        return None
+    return (
+        f"tokenizer_class {name!r} exists only in transformers 5, so transformers 4.57 (NxD Inference, vLLM on the "
+        "Neuron host) cannot load this tokenizer"
+    )
+
+
+def make_tokenizer_portable(folder: Path) -> None:
+    """Rewrite `folder`/tokenizer_config.json's class to one 4.57 knows, when needed; only for folders we wrote."""
+    path = Path(folder) / TOKENIZER_CONFIG_FILE
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if tokenizer_problem(config):
+        portable = {**config, "tokenizer_class": PORTABLE_TOKENIZER_CLASSES[config["tokenizer_class"]]}
+        atomic_write_text(path, json.dumps(portable, indent=2, ensure_ascii=False) + "\n")
+
+
+def make_portable(folder: Path) -> None:
+    """config.json and tokenizer_config.json of a folder neuronforge wrote, readable alike by transformers 4.57 and 5."""
+    make_config_portable(folder)
+    make_tokenizer_portable(folder)

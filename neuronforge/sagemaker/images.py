@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK
 from neuronforge.version import __version__
 
 ImageKind = Literal["quantize", "neuron"]
@@ -93,12 +94,24 @@ def neuron_repository(region: str, account: str) -> str:
     )
 
 
-def image_uri(kind: ImageKind, region: str, account: str) -> str:
-    """The pinned URI of `kind` in `region`; `account` owns the private ECR repository."""
+def neuron_image(sdk: str) -> dict[str, Any]:
+    """The pinned serving image of Neuron SDK `sdk` (its URI template, base DLC and the versions it ships)."""
+    images = {key: value for key, value in pinned()["images"]["neuron"].items() if not key.startswith("_")}
+    if sdk not in images:
+        raise NeuronforgeError(
+            f"neuronforge has no serving image for Neuron SDK {sdk!r}",
+            f"compile with one of: {', '.join(f'--sdk {s}' for s in images)}",
+        )
+    return dict(images[sdk])
+
+
+def image_uri(kind: ImageKind, region: str, account: str, sdk: str = DEFAULT_SDK) -> str:
+    """The pinned URI of `kind` in `region` (the Neuron image: of SDK `sdk`); `account` owns the private ECR."""
     data = pinned()
-    template = data["images"][kind]["uri"]
     if kind == "neuron":
+        template = neuron_image(sdk)["uri"]
         return template.format(repository=neuron_repository(region, account), version=__version__)
+    template = data["images"][kind]["uri"]
     partition_of(region)
     return template.format(
         dlc_account=data["dlc_registry_accounts"][region], region=region, dns_suffix=dns_suffix(region)

@@ -91,7 +91,8 @@ def run(stage: str, args: list[str]) -> int:
         package = Path(os.environ["NF_OUT"])
         device = "cpu (--compile-only cross-compile)" if "--compile-only" in args else "neuron"
         _report(report | {"device": device}, package.parent)
-        compiled = Path(os.environ.get("TMPDIR", "/tmp")) / "nfc"
+        compiled = Path(os.environ.get("TMPDIR", "/tmp")) / "nfc"  # TMPDIR: the job's storage volume (NEW-6)
+        compiled.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(["neuronforge", "compile", *args, "--out", str(compiled)])
         if done.returncode:
             return done.returncode

@@ -32,9 +32,13 @@ from neuronforge.core.knobs import TpDegree
 from neuronforge.core.logs import LOG_DIR
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.config_compat import make_tokenizer_portable
 from neuronforge.neuron.nxdi.compile import QUANTIZED_DIR, RECORD_FILE
+from neuronforge.neuron.nxdi.config import batching_fields
 from neuronforge.neuron.nxdi.config_json import unloadable_kv_quant_config
-from neuronforge.sagemaker.images import pinned
+from neuronforge.neuron.nxdi.runtime import public_version
+from neuronforge.neuron.nxdi.versions import SDKS
+from neuronforge.sagemaker.images import neuron_image
 from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, COMPILED_SUBDIR, serving_environment
 from neuronforge.version import __version__
 
@@ -117,25 +121,38 @@ def _read_neuron_config(compiled: Path) -> dict[str, Any]:
             f"{compiled}/neuron_config.json: {problem}, so the vLLM endpoint would fail to start",
             "recompile with this neuronforge (`neuronforge compile` rewrites it in a form NxDI re-reads)",
         )
+    batch = int(neuron_config.get("batch_size") or 1)
+    expected = batching_fields(batch)
+    if batch > 1 and any(neuron_config.get(key) != value for key, value in expected.items()):
+        raise NeuronforgeError(
+            f"{compiled} was compiled for batch_size {batch} without continuous batching ({expected} expected), so "
+            "concurrent requests on the endpoint would overwrite each other's KV cache",
+            "recompile with this neuronforge (it compiles batch > 1 the way vllm-neuron serves it)",
+        )
     return neuron_config
 
 
 def check_compile_sdk(compiled: Path) -> str:
-    """The compile's Neuron SDK, which must be the serving image's: NEFFs and NxDI configs do not cross SDKs."""
-    image = pinned()["images"]["neuron"]
-    serving_sdk = image["neuron_sdk"]
+    """The compile's Neuron SDK, which picks the serving image: NEFFs and NxDI configs do not cross NxDI builds.
+
+    The NxDI version the compile recorded must be exactly the one that SDK's serving image pins (NEW-9: an NxDI
+    0.10.17970 host is not the 0.10.18399 image).
+    """
     fix = (
-        f"recompile with `neuronforge compile --sdk {serving_sdk}` on a host with that SDK, or with "
+        "recompile with `neuronforge compile --sdk <2.28|2.31>` on a host with that SDK's pinned NxDI, or with "
         "`neuronforge sagemaker compile`, which runs the serving image"
     )
-    record = compiled / RECORD_FILE
-    if not record.is_file():
+    record_path = compiled / RECORD_FILE
+    if not record_path.is_file():
         raise NeuronforgeError(f"{compiled} has no {RECORD_FILE}, so its Neuron SDK is unknown", fix)
-    sdk = json.loads(record.read_text()).get("sdk")
-    if sdk != serving_sdk:
+    record = json.loads(record_path.read_text())
+    sdk = str(record.get("sdk"))
+    image = neuron_image(sdk)
+    installed = (record.get("installed") or {}).get("neuronx-distributed-inference")
+    if public_version(installed) != image["nxdi"]:
         raise NeuronforgeError(
-            f"{compiled} was compiled with Neuron SDK {sdk}, but the serving image runs SDK {serving_sdk} "
-            f"({image['base']})",
+            f"{compiled} was compiled with NxD Inference {installed or 'of unknown version'}, but the SDK {sdk} "
+            f"serving image ({image['base']}) runs NxD Inference {image['nxdi']}",
             fix,
         )
     return sdk
@@ -233,6 +250,7 @@ def package_model(
         for path in tokenizer_files:
             if not (tmp / CHECKPOINT_SUBDIR / path.name).exists():
                 shutil.copy2(path, tmp / CHECKPOINT_SUBDIR / path.name)
+        make_tokenizer_portable(tmp / CHECKPOINT_SUBDIR)  # replaces the package's link, never the source file
         atomic_write_json(tmp / SERVING, serving)
         sizes = {
             "package": tree_bytes(tmp),
@@ -240,7 +258,8 @@ def package_model(
             "compiled": tree_bytes(tmp / COMPILED_SUBDIR),
             "left_out": {f"{COMPILED_SUBDIR}/{QUANTIZED_DIR}": tree_bytes(compiled / QUANTIZED_DIR)},
         }
-        extra = {"serving": serving, "compile_sdk": compile_sdk, "sizes": sizes}
+        image = neuron_image(compile_sdk)
+        extra = {"serving": serving, "compile_sdk": compile_sdk, "serving_image": image["base"], "sizes": sizes}
         atomic_write_json(tmp / MANIFEST, build_manifest(tmp, extra))
     if empty_dir:  # the directory may be a mount point: move the entries in, the manifest last
         for entry in sorted(target.iterdir(), key=lambda p: p.name == MANIFEST):
@@ -348,12 +367,29 @@ def _remove_partial_upload(s3: S3Client, bucket: str, key_prefix: str, keys: lis
     return f"removed the objects this upload had written under {where}"
 
 
-def verify_remote_package(s3_uri: str, s3: S3Client) -> dict[str, Any]:
-    """Before any endpoint exists: the prefix holds exactly the manifest's files, with the manifest's sizes."""
+def _remote_manifest(s3_uri: str, s3: S3Client) -> dict[str, Any]:
     bucket, key_prefix = s3uri.split(s3uri.prefix(s3_uri))
     fix = "upload the package first: neuronforge package DIR --upload " + s3uri.prefix(s3_uri)
     obj = call(s3.get_object, Bucket=bucket, Key=key_prefix + MANIFEST, fix=fix)
-    manifest = json.loads(obj["Body"].read())
+    return json.loads(obj["Body"].read())
+
+
+def remote_compile_sdk(s3_uri: str, s3: S3Client) -> str:
+    """The Neuron SDK an uploaded package was compiled with: its serving image's."""
+    sdk = _remote_manifest(s3_uri, s3).get("compile_sdk")
+    if sdk not in SDKS:
+        raise NeuronforgeError(
+            f"{s3uri.prefix(s3_uri)}manifest.json names no Neuron SDK neuronforge serves ({sdk!r})",
+            "re-package the compile with this neuronforge and upload it again",
+        )
+    return str(sdk)
+
+
+def verify_remote_package(s3_uri: str, s3: S3Client, sdk: str) -> dict[str, Any]:
+    """Before any endpoint exists: the prefix holds exactly the manifest's files, with the manifest's sizes, and was
+    compiled with Neuron SDK `sdk`, the endpoint image's."""
+    bucket, key_prefix = s3uri.split(s3uri.prefix(s3_uri))
+    manifest = _remote_manifest(s3_uri, s3)
     remote: dict[str, int] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
         remote |= {obj["Key"][len(key_prefix) :]: obj["Size"] for obj in page.get("Contents", [])}
@@ -365,11 +401,11 @@ def verify_remote_package(s3_uri: str, s3: S3Client) -> dict[str, Any]:
             f"s3://{bucket}/{key_prefix} does not match its manifest ({'; '.join(problems[:5])})",
             "re-upload the package to an empty prefix (SageMaker copies every object under it)",
         )
-    serving_sdk = pinned()["images"]["neuron"]["neuron_sdk"]
-    if manifest.get("compile_sdk") != serving_sdk:
+    if manifest.get("compile_sdk") != sdk:
+        compiled_with = manifest.get("compile_sdk", "unknown")
         raise NeuronforgeError(
-            f"s3://{bucket}/{key_prefix} was compiled with Neuron SDK {manifest.get('compile_sdk', 'unknown')}, but "
-            f"the endpoint image runs SDK {serving_sdk}",
-            f"recompile with --sdk {serving_sdk} (or `neuronforge sagemaker compile`), package and upload again",
+            f"s3://{bucket}/{key_prefix} was compiled with Neuron SDK {compiled_with}, but the endpoint would run the "
+            f"SDK {sdk} image",
+            f"deploy with --sdk {compiled_with}" if compiled_with in SDKS else "recompile, package and upload again",
         )
     return manifest

@@ -15,15 +15,17 @@ from neuronforge.core import s3uri
 from neuronforge.errors import NeuronforgeError, one_of
 from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
 from neuronforge.neuron.nxdi.compile import FP8_ENV, PLATFORM_TARGET
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK
 from neuronforge.sagemaker import limits
 from neuronforge.sagemaker.code import CHANNEL, CHANNEL_DIR, PROCESSING_DIR, CodeBundle
-from neuronforge.sagemaker.images import account_of_role, image_uri, pinned
+from neuronforge.sagemaker.images import account_of_role, image_uri
 from neuronforge.sagemaker.instances import NVME_FAMILIES, Role, family, validate_instance, validate_tp_degree
 from neuronforge.version import __version__
 
 Request = dict[str, Any]
 
 INFERENCE_AMI = "al2-ami-sagemaker-inference-neuron-2"
+SDK_TAG = "neuronforge:neuron-sdk"  # the model's tag naming the Neuron SDK whose image serves it
 MODEL_DIR = "/opt/ml/model"
 DEFAULT_VOLUME_GB = 200
 PACKAGE_SUBDIR = "package"  # the compile job writes the endpoint's model directory to /opt/ml/model/package
@@ -43,6 +45,12 @@ JOB_SCRIPT = (
     'pip install -q $NF_PIP "$NF_INSTALL";exec python -P -m neuronforge.sagemaker.job "$@"'
 )
 COMPILE_PIP = "--force-reinstall --no-deps"
+
+# NEW-6: the compile's work folders (its output before packaging, NxD's quantized checkpoint, NxDI's compiler workdir,
+# default /tmp/nxd_model/: application_base.py:150 at cd3abf3) go on the job's ML storage volume, which VolumeSizeInGB
+# sizes, instead of the container's root filesystem. A training job keeps its File-mode channels on that volume
+# under /opt/ml/input/data; a processing job its inputs under /opt/ml/processing.
+COMPILE_WORK_DIRS = {"compile": "/opt/ml/input/data/nf-work", "compile-cpu": "/opt/ml/processing/nf-work"}
 DTYPES: tuple[str, ...] = get_args(ExportDtype)
 KV_DTYPES: tuple[str, ...] = get_args(KvDtype)
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
@@ -228,7 +236,7 @@ def quantize_job_request(
 
 
 def _compile_args(
-    checkpoint: str, dtype: str, tp_degree: int, kv: str, target_instance: str, seq_len: int
+    checkpoint: str, dtype: str, tp_degree: int, kv: str, target_instance: str, seq_len: int, sdk: str
 ) -> list[str]:
     """`neuronforge compile` flags; --sdk is the Neuron SDK of the pinned image the job runs in."""
     one_of(dtype, DTYPES, "--dtype")
@@ -247,27 +255,30 @@ def _compile_args(
         "--instance",
         target_instance,
         "--sdk",
-        pinned()["images"]["neuron"]["neuron_sdk"],
+        sdk,
     ]
 
 
-def _compile_env(target_instance: str, checkpoint: str, package_out: str) -> dict[str, str]:
+def _compile_env(kind: Role, checkpoint: str, package_out: str) -> dict[str, str]:
     # inf2 and trn1 are the same NeuronCore-v2 target, which NxD/NxDI only recognise as "trn1" (neuron/compile.py);
     # set before NxD is imported, "inf2" would make NxD's hardware enum CUSTOM instead of TRN1.
+    work = COMPILE_WORK_DIRS[kind]
     return {
         "NEURON_PLATFORM_TARGET_OVERRIDE": PLATFORM_TARGET,
+        "TMPDIR": work,
+        "BASE_COMPILE_WORK_DIR": f"{work}/nxd_model/",
         "NF_CKPT": checkpoint,
         "NF_OUT": package_out,
         "HF_HUB_OFFLINE": "1",
     }
 
 
-def _compile_image(job: JobSettings, kind: Role, target_instance: str, tp_degree: int) -> str:
-    """Validate a compile job (its instance, the inf2 target, tp for that target) and pick its Neuron image."""
+def _compile_image(job: JobSettings, kind: Role, target_instance: str, tp_degree: int, sdk: str) -> str:
+    """Validate a compile job (its instance, the inf2 target, tp for that target) and pick its SDK's Neuron image."""
     _checked_settings(job, kind)
     validate_instance("serve", target_instance)
     validate_tp_degree(target_instance, tp_degree)
-    return job.image or image_uri("neuron", job.region, account_of_role(job.role_arn))
+    return job.image or image_uri("neuron", job.region, account_of_role(job.role_arn), sdk)
 
 
 def compile_job_request(
@@ -280,6 +291,7 @@ def compile_job_request(
     dtype: str = "int8",
     kv: str = "fp8",
     seq_len: int = 1024,
+    sdk: str = DEFAULT_SDK,
     code: CodeBundle | None = None,
     install: str | None = None,
 ) -> Request:
@@ -287,7 +299,7 @@ def compile_job_request(
 
     The compile loads and smoke-tests the model on the trn1 host itself, so tp_degree must fit its NeuronCores too.
     """
-    image = _compile_image(job, "compile", target_instance, tp_degree)
+    image = _compile_image(job, "compile", target_instance, tp_degree, sdk)
     try:
         validate_tp_degree(job.instance_type, tp_degree)
     except NeuronforgeError as exc:
@@ -296,9 +308,9 @@ def compile_job_request(
             "use --instance-type ml.trn1.32xlarge (32 NeuronCores), or --processing to cross-compile without loading",
         ) from None
     checkpoint = "/opt/ml/input/data/checkpoint"
-    env = _compile_env(target_instance, checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
+    env = _compile_env("compile", checkpoint, f"{MODEL_DIR}/{PACKAGE_SUBDIR}")
     env |= install_environment(code, install, CHANNEL_DIR, reinstall=True)
-    args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len)
+    args = _compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len, sdk)
     channels = {"checkpoint": checkpoint_s3}
     return _training_job(job, "compile", image, ["compile", *args], channels, output_s3, env, code)
 
@@ -313,6 +325,7 @@ def compile_processing_request(
     dtype: str = "int8",
     kv: str = "fp8",
     seq_len: int = 1024,
+    sdk: str = DEFAULT_SDK,
     code: CodeBundle | None = None,
     install: str | None = None,
 ) -> Request:
@@ -321,11 +334,11 @@ def compile_processing_request(
     A CPU host has no NeuronCores, so the compile runs with --compile-only (no load, no smoke test), and the
     package goes into the output directory SageMaker creates before the entrypoint runs.
     """
-    image = _compile_image(job, "compile-cpu", target_instance, tp_degree)
+    image = _compile_image(job, "compile-cpu", target_instance, tp_degree, sdk)
     checkpoint, out = "/opt/ml/processing/input/checkpoint", "/opt/ml/processing/output"
-    args = [*_compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len), "--compile-only"]
+    args = [*_compile_args(checkpoint, dtype, tp_degree, kv, target_instance, seq_len, sdk), "--compile-only"]
     inputs = [("checkpoint", checkpoint_s3, checkpoint)] + ([(CHANNEL, code.s3_prefix, PROCESSING_DIR)] if code else [])
-    env = _compile_env(target_instance, checkpoint, f"{out}/{PACKAGE_SUBDIR}")
+    env = _compile_env("compile-cpu", checkpoint, f"{out}/{PACKAGE_SUBDIR}")
     env |= install_environment(code, install, PROCESSING_DIR, reinstall=True)
     request = {
         "ProcessingJobName": job.name,
@@ -385,8 +398,11 @@ def serving_environment(fp8: bool = False) -> dict[str, str]:
     return env
 
 
-def model_request(name: str, *, role_arn: str, region: str, model_data_s3: str, image: str | None = None) -> Request:
-    """A model whose data is the uncompressed package prefix, copied as-is to /opt/ml/model.
+def model_request(
+    name: str, *, role_arn: str, region: str, model_data_s3: str, sdk: str = DEFAULT_SDK, image: str | None = None
+) -> Request:
+    """A model whose data is the uncompressed package prefix, copied as-is to /opt/ml/model, served by the image of
+    Neuron SDK `sdk` (the package's compile SDK, which `deploy` checks against its manifest through the SDK tag).
 
     fp8-specific variables come from the package's serving.json, which the `serve` wrapper applies.
     """
@@ -396,7 +412,7 @@ def model_request(name: str, *, role_arn: str, region: str, model_data_s3: str, 
         "ModelName": name,
         "ExecutionRoleArn": role_arn,
         "PrimaryContainer": {
-            "Image": image or image_uri("neuron", region, account),
+            "Image": image or image_uri("neuron", region, account, sdk),
             "Environment": serving_environment(),
             "ModelDataSource": {
                 "S3DataSource": {
@@ -406,7 +422,7 @@ def model_request(name: str, *, role_arn: str, region: str, model_data_s3: str, 
                 }
             },
         },
-        "Tags": [{"Key": "neuronforge:version", "Value": __version__}],
+        "Tags": [{"Key": "neuronforge:version", "Value": __version__}, {"Key": SDK_TAG, "Value": sdk}],
     }
     return limits.check("sagemaker", "CreateModel", request)
 
@@ -458,13 +474,15 @@ def deployment_requests(
     model_data_s3: str,
     instance_type: str,
     tp_degree: int | None = None,
+    sdk: str = DEFAULT_SDK,
     image: str | None = None,
     volume_gb: int = 64,
     startup_timeout_s: int = 3600,
 ) -> dict[str, Request]:
-    """Model, endpoint config and endpoint for one package, all named after `name`."""
+    """Model, endpoint config and endpoint for one package (compiled with Neuron SDK `sdk`), all named after `name`."""
+    model = model_request(name, role_arn=role_arn, region=region, model_data_s3=model_data_s3, sdk=sdk, image=image)
     return {
-        "create_model": model_request(name, role_arn=role_arn, region=region, model_data_s3=model_data_s3, image=image),
+        "create_model": model,
         "create_endpoint_config": endpoint_config_request(
             name,
             model_name=name,

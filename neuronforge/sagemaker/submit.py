@@ -15,7 +15,7 @@ from neuronforge.errors import NeuronforgeError
 from neuronforge.sagemaker.images import pinned
 from neuronforge.sagemaker.instances import validate_tp_degree
 from neuronforge.sagemaker.packaging import verify_remote_package
-from neuronforge.sagemaker.requests import Request, status_requests, validate_name
+from neuronforge.sagemaker.requests import SDK_TAG, Request, status_requests, validate_name
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -200,7 +200,8 @@ def wait_for_endpoint(requests: dict[str, Request], sm: BaseClient) -> None:
 def check_package(requests: dict[str, Request], s3: BaseClient) -> None:
     """Before anything is created: the package in S3 matches its manifest and its tp_degree fits the instance."""
     model_data = requests["create_model"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
-    manifest = verify_remote_package(model_data, s3)
+    tags = {tag["Key"]: tag["Value"] for tag in requests["create_model"].get("Tags", [])}
+    manifest = verify_remote_package(model_data, s3, tags[SDK_TAG])
     variant = requests["create_endpoint_config"]["ProductionVariants"][0]
     validate_tp_degree(variant["InstanceType"], manifest["serving"]["tp_degree"])
 

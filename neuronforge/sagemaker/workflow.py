@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from neuronforge.core import s3uri
 from neuronforge.core.presets import PRESETS
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK
 from neuronforge.sagemaker.code import CodeBundle
 from neuronforge.sagemaker.requests import (
     CHECKPOINT_SUBDIR,
@@ -50,6 +51,7 @@ class PipelineSettings:
     dtype: str = "int8"
     kv: str = "fp8"
     seq_len: int = 1024
+    sdk: str = DEFAULT_SDK  # the compile's Neuron SDK, whose pinned image compiles and serves
     quantize_instance: str = "ml.g6e.2xlarge"
     compile_instance: str = "ml.trn1.2xlarge"
     endpoint_instance: str = "ml.inf2.xlarge"
@@ -200,6 +202,7 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
         dtype=s.dtype,
         kv=s.kv,
         seq_len=s.seq_len,
+        sdk=s.sdk,
         code=s.code,
         install=s.install,
     )
@@ -216,6 +219,7 @@ def build_pipeline(settings: PipelineSettings) -> Pipeline:
         model_data_s3=s.output_s3,
         instance_type=s.endpoint_instance,
         tp_degree=s.tp_degree,
+        sdk=s.sdk,
     )
     model = deploy["create_model"]
     model.pop("ModelName")

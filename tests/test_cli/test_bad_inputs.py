@@ -67,6 +67,10 @@ def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
     tensors[key] = tensors[key][:, :120].contiguous()
     save_file(tensors, shape, metadata={"format": "pt"})
     shutil.copytree(make_tiny_llama("bad-inputs-v100", vocab_size=100), root / "vocab100")  # tokenizer has 512
+    mistral = variant("mistral")
+    config = json.loads((mistral / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
+    _write(mistral / "config.json", json.dumps(config))
     notok = variant("notok")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (notok / name).unlink(missing_ok=True)
@@ -136,6 +140,9 @@ CASES = [
     Case("1.20", "run --model {fx}/vocab100 --out r", "has 512 tokens but the model's vocab_size is 100"),
     Case("1.22", "emulate --model {fx}/vocab100", "has 512 tokens but the model's vocab_size is 100"),
     Case("1.23", "run --model {fx}/notok --out r", "no usable tokenizer"),
+    Case(
+        "own-sdk-mistral", "run --model {fx}/mistral --out r --sdk 2.28", "SDK 2.28 cannot serve model_type 'mistral'"
+    ),
     # texts
     Case("2.1", "run --model {fx}/ok --out r --text {fx}/tx/empty.txt", "contains no text"),
     Case("2.2", "run --model {fx}/ok --out r --text {fx}/tx/short.txt " + " ".join(S), "fewer than one window"),

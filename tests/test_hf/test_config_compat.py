@@ -36,3 +36,18 @@ def test_plain_rope_has_no_scaling_and_4x_configs_are_left_alone() -> None:
     assert portable_config(legacy) == legacy and rope_problem(legacy) is None
     mismatch = {"rope_theta": 10000.0, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}
     assert "rope_theta 100000.0" in (rope_problem(mismatch) or "")
+
+
+def test_tokenizer_class_transformers_457_lacks_is_renamed_and_nothing_else_changes(tmp_path: Path) -> None:
+    """NEW-1: only `TokenizersBackend` (transformers 5's name) becomes PreTrainedTokenizerFast; other classes stay."""
+    from neuronforge.hf.config_compat import make_tokenizer_portable, tokenizer_problem
+
+    path = tmp_path / "tokenizer_config.json"
+    saved = {"tokenizer_class": "TokenizersBackend", "bos_token": "<s>", "model_max_length": 8192, "extra": "é"}
+    path.write_text(json.dumps(saved))
+    assert "exists only in transformers 5" in (tokenizer_problem(saved) or "")
+    make_tokenizer_portable(tmp_path)
+    assert json.loads(path.read_text()) == {**saved, "tokenizer_class": "PreTrainedTokenizerFast"}
+    for name in ("LlamaTokenizerFast", "PreTrainedTokenizerFast", None):
+        assert tokenizer_problem({"tokenizer_class": name}) is None
+    make_tokenizer_portable(tmp_path / "absent")  # no tokenizer_config.json: nothing to do

@@ -1,8 +1,10 @@
-"""Contract with NxD Inference's transformers: our exported config.json, read by transformers 4.57.6 in its own venv.
+"""Contract with NxD Inference's transformers: our exported config.json and tokenizer, read by transformers 4.57.6.
 
 NxDI 0.8 pins transformers==4.57.* (setup.py:43) and reads the model's config with AutoConfig (utils/hf_adapter.py:49);
-a config.json written by transformers 5 alone reads there as RoPE theta 10000 with no scaling. The venv is built
-once (torch-free: transformers and its small dependencies from PyPI) under $NEURONFORGE_CACHE/venvs and reused.
+a config.json written by transformers 5 alone reads there as RoPE theta 10000 with no scaling. The tokenizer is loaded
+there by NxDI's smoke test and by vLLM on the endpoint; transformers 5 saves a class name 4.57 does not know. The venv
+is built once (torch-free: transformers, jinja2 for chat templates, and their small dependencies from PyPI) under
+$NEURONFORGE_CACHE/venvs and reused.
 """
 
 from __future__ import annotations
@@ -23,6 +25,19 @@ from neuronforge.cli import app
 from neuronforge.core.cache import cache_dir
 
 TRANSFORMERS = "transformers==4.57.6"
+REQUIREMENTS = (TRANSFORMERS, "jinja2")
+TEXTS = ["The capital of France is", "  two  spaces\tand a tab\n", "</s><s>special tokens inline<unk>", "café ü 日本"]
+CHAT = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+TOKENIZE = """
+import json, sys
+import transformers
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+texts, chat = json.loads(sys.argv[2])
+print(json.dumps(dict(version=transformers.__version__, ids=[tokenizer(t).input_ids for t in texts],
+                      chat=tokenizer.apply_chat_template(chat, tokenize=False) if tokenizer.chat_template else None,
+                      specials=[tokenizer.bos_token, tokenizer.eos_token])))
+"""
 READ = """
 import json, sys
 import transformers
@@ -36,7 +51,7 @@ print(json.dumps({"version": transformers.__version__, "rope_theta": config.rope
 @pytest.fixture(scope="session")
 def transformers457() -> Path:
     """Python of a venv holding only transformers 4.57.6 (no torch), built once per cache."""
-    venv = cache_dir() / "venvs" / TRANSFORMERS.replace("==", "-")
+    venv = cache_dir() / "venvs" / "-".join(REQUIREMENTS).replace("==", "-")
     python = venv / "bin" / "python"
     if (venv / ".complete").is_file():
         return python
@@ -44,19 +59,48 @@ def transformers457() -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True, timeout=300)
     pip = [str(partial / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    result = subprocess.run([*pip, TRANSFORMERS], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"pip install {TRANSFORMERS} failed (needs PyPI):\n{result.stderr[-2000:]}"
+    result = subprocess.run([*pip, *REQUIREMENTS], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"pip install {REQUIREMENTS} failed (needs PyPI):\n{result.stderr[-2000:]}"
     (partial / ".complete").touch()
     shutil.rmtree(venv, ignore_errors=True)
     partial.rename(venv)  # venv scripts keep the .partial path in shebangs; we only ever run `bin/python -c`
     return python
 
 
-def read_with_457(python: Path, folder: Path) -> dict[str, Any]:
+def run_457(python: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    out = subprocess.run([str(python), "-c", READ, str(folder)], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(python), "-c", script, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def read_with_457(python: Path, folder: Path) -> dict[str, Any]:
+    out = run_457(python, READ, str(folder))
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tokenize_with_457(python: Path, folder: Path) -> dict[str, Any]:
+    """Token ids, rendered chat template and special tokens as transformers 4.57.6 loads the folder's tokenizer."""
+    out = run_457(python, TOKENIZE, str(folder), json.dumps([TEXTS, CHAT]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tokenize_with_5(folder: Path) -> dict[str, Any]:
+    """The same, as transformers 5 (our side: calibration, emulation) loads it."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    chat = tokenizer.apply_chat_template(CHAT, tokenize=False) if tokenizer.chat_template else None
+    ids = [tokenizer(t).input_ids for t in TEXTS]
+    return {"version": transformers.__version__, "ids": ids, "chat": chat,
+            "specials": [tokenizer.bos_token, tokenizer.eos_token]}  # fmt: skip
+
+
+def assert_same_tokenizer(python: Path, folder: Path, reference: dict[str, Any]) -> None:
+    got = tokenize_with_457(python, folder)
+    assert got["version"] == "4.57.6"
+    assert {k: got[k] for k in ("ids", "chat", "specials")} == {k: reference[k] for k in ("ids", "chat", "specials")}
 
 
 def read_with_5(folder: Path) -> dict[str, Any]:
@@ -126,3 +170,45 @@ def test_each_family_s_stage1_config_reads_the_same_in_transformers_457(
         assert old[key] == getattr(new, key, None), key
     assert bool(old["use_sliding_window"]) == bool(getattr(new, "use_sliding_window", False))
     assert bool(old["attention_bias"]) == bool(getattr(new, "attention_bias", False))
+
+
+CHATML = (
+    "{% for m in messages %}{{ bos_token }}{{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ bos_token }}assistant\n{% endif %}"
+)
+
+
+def test_stage1_export_of_a_v5_saved_tokenizer_loads_the_same_in_transformers_457(
+    transformers457: Path, make_tiny_llama: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A folder saved by transformers 5 (tokenizer_class TokenizersBackend, chat template) exported by stage 1."""
+    from transformers import AutoTokenizer
+
+    source = make_tiny_llama("tokenizer-contract")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(source)
+    reference = tokenize_with_5(source)
+    assert reference["chat"] and reference["ids"][2][:2] == [2, 1]  # the special tokens are single ids
+    assert "TokenizersBackend" in run_457(transformers457, TOKENIZE, str(source), "[[], []]").stderr  # the bug
+    out = tmp_path / "stage1"
+    args = ["quantize", "--model", str(source), "--out", str(out), "--no-autoround", "--nsamples", "2"]
+    result = CliRunner().invoke(app, [*args, "--calib-seq-len", "32", "--selection", "none"])
+    assert result.exit_code == 0, result.output
+    assert_same_tokenizer(transformers457, out, reference)
+    assert tokenize_with_5(out) == reference  # and our side still reads it as before
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_tokenizer_loads_the_same_in_transformers_457(
+    transformers457: Path, smollm2_dir: Path, tmp_path: Path
+) -> None:
+    """The embedded model (converted from GGUF by transformers 5) and its stage-1 export."""
+    reference = tokenize_with_5(smollm2_dir)
+    assert reference["chat"] is not None
+    assert_same_tokenizer(transformers457, smollm2_dir, reference)
+    out = tmp_path / "stage1"
+    args = ["quantize", "--model", str(smollm2_dir), "--out", str(out), "--no-autoround", "--nsamples", "2"]
+    result = CliRunner().invoke(app, [*args, "--calib-seq-len", "32", "--selection", "none"])
+    assert result.exit_code == 0, result.output
+    assert_same_tokenizer(transformers457, out, reference)

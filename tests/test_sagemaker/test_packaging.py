@@ -49,6 +49,29 @@ def test_layout_and_manifest(package: Path, tiny_llama_dir: Path) -> None:
     assert not list(package.parent.glob(".pkg.partial-*"))
 
 
+def test_package_tokenizer_is_one_transformers_457_loads(package: Path, tiny_llama_dir: Path) -> None:
+    """NEW-1: the endpoint's vLLM runs transformers 4.57, which has no TokenizersBackend; the source stays as it was."""
+    source = json.loads((tiny_llama_dir / "tokenizer_config.json").read_text())
+    packaged = json.loads((package / "checkpoint" / "tokenizer_config.json").read_text())
+    assert source["tokenizer_class"] == "TokenizersBackend"  # saved by transformers 5
+    assert packaged == {**source, "tokenizer_class": "PreTrainedTokenizerFast"}
+    assert verify_package(package)
+
+
+def test_package_refuses_a_static_batching_compile(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """NEW-3: vLLM serves max_num_seqs = batch_size requests in their own KV slots; static batching mixes them."""
+    compiled = make_compiled(tmp_path)
+    config = json.loads((compiled / "neuron_config.json").read_text())
+    config["neuron_config"].update(batch_size=4, ctx_batch_size=4, tkg_batch_size=4)  # NxDI's defaults without CB
+    (compiled / "neuron_config.json").write_text(json.dumps(config))
+    with pytest.raises(NeuronforgeError, match="without continuous batching"):
+        package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+    config["neuron_config"].update(ctx_batch_size=1, is_continuous_batching=True)
+    (compiled / "neuron_config.json").write_text(json.dumps(config))
+    out = package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+    assert json.loads((out / "serving.json").read_text())["max_num_seqs"] == 4
+
+
 def test_int8_without_fp8_kv_has_no_fp8_env(tmp_path: Path, tiny_llama_dir: Path) -> None:
     compiled = make_compiled(tmp_path)
     config = json.loads((compiled / "neuron_config.json").read_text())
@@ -141,15 +164,35 @@ def test_package_leaves_out_nxdi_quantized_checkpoint_and_reports_sizes(package:
     assert (tmp_path / "compiled-src" / "quantized_checkpoint" / "model.safetensors").is_file()  # source untouched
 
 
-def test_package_refuses_a_compile_for_another_sdk(tmp_path: Path, tiny_llama_dir: Path) -> None:
-    """R5: the serving image runs SDK 2.31 (images.json); a 2.28 compile would not load there."""
-    with pytest.raises(NeuronforgeError, match=r"compiled with Neuron SDK 2\.28, but the serving image runs SDK 2\.31"):
-        package_model(tmp_path / "pkg", compiled=make_compiled(tmp_path, sdk="2.28"), checkpoint=tiny_llama_dir)
+def test_package_refuses_a_compile_no_serving_image_loads(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """R5/NEW-9: the compile's SDK picks the serving image, whose exact NxDI build must be the one that compiled."""
+    compiled = make_compiled(tmp_path / "other-build")
+    record = json.loads((compiled / "neuronforge_compile.json").read_text())
+    record["installed"] = {"neuronx-distributed-inference": "0.8.15000"}
+    (compiled / "neuronforge_compile.json").write_text(json.dumps(record))
+    with pytest.raises(
+        NeuronforgeError, match=r"NxD Inference 0\.8\.15000, but the SDK 2\.28 serving image .* 0\.8\.16251"
+    ):
+        package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
+    record.update(sdk="2.30")
+    (compiled / "neuronforge_compile.json").write_text(json.dumps(record))
+    with pytest.raises(NeuronforgeError, match="no serving image for Neuron SDK '2.30'"):
+        package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
     compiled = make_compiled(tmp_path / "norecord")
     (compiled / "neuronforge_compile.json").unlink()
     with pytest.raises(NeuronforgeError, match="Neuron SDK is unknown"):
         package_model(tmp_path / "pkg", compiled=compiled, checkpoint=tiny_llama_dir)
     assert not (tmp_path / "pkg").exists()
+
+
+def test_package_records_the_serving_image_of_its_compile_sdk(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """NEW-4: a 2.28 compile (the default) and a 2.31 compile each package for their own SDK's image."""
+    for sdk, base in (("2.28", "0.13.0-neuronx-py312-sdk2.28.0"), ("2.31", "0.16.0-neuronx-py312-sdk2.31.1")):
+        out = package_model(
+            tmp_path / sdk, compiled=make_compiled(tmp_path / f"c{sdk}", sdk=sdk), checkpoint=tiny_llama_dir
+        )
+        manifest = verify_package(out)
+        assert manifest["compile_sdk"] == sdk and base in manifest["serving_image"]
 
 
 def test_package_refuses_kv_config_nxdi_cannot_reread(tmp_path: Path, tiny_llama_dir: Path) -> None:

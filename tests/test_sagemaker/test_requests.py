@@ -71,8 +71,16 @@ def test_compile_job_golden() -> None:
     spec = request["AlgorithmSpecification"]
     assert all(len(item) <= 256 for item in spec["ContainerEntrypoint"] + spec["ContainerArguments"])  # API limit
     assert request["AlgorithmSpecification"]["TrainingImage"].endswith(
-        "/neuronforge:neuron-sdk2.31.1-vllm0.16.0-nf0.1.0"
-    )
+        "/neuronforge:neuron-sdk2.28.0-vllm0.13.0-nf0.1.0"
+    )  # the default SDK's image compiles (and `--sdk 2.28` is passed to compile)
+    env = request["Environment"]  # NEW-6: work folders on the job's storage volume, not the container's root
+    assert env["TMPDIR"].startswith("/opt/ml/input/data/") and env["BASE_COMPILE_WORK_DIR"].startswith(env["TMPDIR"])
+    other = compile_job_request(
+        job("ml.trn1.32xlarge", "nf-compile"), checkpoint_s3="s3://nf-bucket/ckpt/", output_s3="s3://nf-bucket/runs/",
+        tp_degree=24, target_instance="ml.inf2.48xlarge", sdk="2.31",
+    )  # fmt: skip
+    assert other["AlgorithmSpecification"]["TrainingImage"].endswith("/neuronforge:neuron-sdk2.31.1-vllm0.16.0-nf0.1.0")
+    assert other["AlgorithmSpecification"]["ContainerArguments"][-2:] == ["--sdk", "2.31"]
 
 
 def test_compile_processing_golden() -> None:
@@ -179,10 +187,13 @@ def test_quantize_image_keeps_the_torch_neuronforge_pins() -> None:
 def test_neuron_image_tag_is_per_version_and_repository_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     from neuronforge.version import __version__
 
+    repository = "123456789012.dkr.ecr.us-east-1.amazonaws.com/neuronforge"
     uri = images.image_uri("neuron", "us-east-1", "123456789012")
-    assert (
-        uri == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/neuronforge:neuron-sdk2.31.1-vllm0.16.0-nf{__version__}"
-    )
+    assert uri == f"{repository}:neuron-sdk2.28.0-vllm0.13.0-nf{__version__}"  # the default SDK's
+    uri = images.image_uri("neuron", "us-east-1", "123456789012", "2.31")
+    assert uri == f"{repository}:neuron-sdk2.31.1-vllm0.16.0-nf{__version__}"
+    with pytest.raises(NeuronforgeError, match="no serving image for Neuron SDK '2.29'"):
+        images.image_uri("neuron", "us-east-1", "123456789012", "2.29")
     monkeypatch.setenv(images.REPOSITORY_ENV, "123456789012.dkr.ecr.us-east-1.amazonaws.com/nf-stack-2")
     assert images.image_uri("neuron", "us-east-1", "1").startswith(
         "123456789012.dkr.ecr.us-east-1.amazonaws.com/nf-stack-2:"
@@ -290,9 +301,17 @@ def test_neuron_catalogue() -> None:
 
 
 def test_dockerfile_base_matches_pinned_image() -> None:
+    """The Dockerfile's default base is the default SDK's; each SDK's image pins the NxDI versions.py pins."""
+    from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS
+
     dockerfile = (Path(images.__file__).parent / "serving" / "Dockerfile").read_text()
-    base = images.pinned()["images"]["neuron"]["base"]
-    assert f"ARG BASE={base}\n" in dockerfile
+    assert f"ARG BASE={images.neuron_image(DEFAULT_SDK)['base']}\n" in dockerfile
+    served = {key for key in images.pinned()["images"]["neuron"] if not key.startswith("_")}
+    assert served == set(SDKS)
+    for sdk in SDKS:
+        image = images.neuron_image(sdk)
+        assert image["nxdi"] == SDKS[sdk].nxdi and f"sdk{sdk}." in image["base"] and f"sdk{sdk}." in image["uri"]
+        assert SDKS[sdk].neuronx_cc in (image["neuronx_cc"], None)
 
 
 def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:

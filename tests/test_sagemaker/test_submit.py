@@ -59,7 +59,7 @@ def test_upload_is_multipart_and_verified(aws: tuple[Any, Any], package: Path) -
     head = s3.head_object(Bucket=BUCKET, Key=big, ChecksumMode="ENABLED")
     expected = s3_sha256(package / "compiled/weights/tp1_sharded_checkpoint.safetensors")
     assert expected.endswith("-2") and head["ChecksumSHA256"] == expected.removesuffix("-2")
-    manifest = verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+    manifest = verify_remote_package(f"s3://{BUCKET}/pkg/", s3, "2.28")
     assert manifest["serving"]["tp_degree"] == 2
 
 
@@ -91,7 +91,7 @@ def test_upload_verifies_sha256_on_an_sse_kms_bucket(aws: tuple[Any, Any], kms_b
     keys = upload_package(package, f"s3://{kms_bucket}/pkg/", s3)
     head = s3.head_object(Bucket=kms_bucket, Key=keys[0], ChecksumMode="ENABLED")
     assert head["ServerSideEncryption"] == "aws:kms" and head["ChecksumSHA256"]
-    assert verify_remote_package(f"s3://{kms_bucket}/pkg/", s3)["serving"]["tp_degree"] == 2
+    assert verify_remote_package(f"s3://{kms_bucket}/pkg/", s3, "2.28")["serving"]["tp_degree"] == 2
 
 
 def test_upload_refuses_an_object_whose_checksum_differs(
@@ -109,16 +109,16 @@ def test_upload_refuses_an_object_whose_checksum_differs(
 def test_remote_verification_catches_missing_and_stray_objects(aws: tuple[Any, Any], package: Path) -> None:
     _, s3 = aws
     with pytest.raises(NeuronforgeError, match="GetObject failed: NoSuchKey") as info:
-        verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+        verify_remote_package(f"s3://{BUCKET}/pkg/", s3, "2.28")
     assert info.value.fix and "neuronforge package DIR --upload s3://nf-test-bucket/pkg/" in info.value.fix
     upload_package(package, f"s3://{BUCKET}/pkg", s3)
     s3.put_object(Bucket=BUCKET, Key="pkg/stray.txt", Body=b"x")
     with pytest.raises(NeuronforgeError, match="not in manifest: stray.txt"):
-        verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+        verify_remote_package(f"s3://{BUCKET}/pkg/", s3, "2.28")
     s3.delete_object(Bucket=BUCKET, Key="pkg/stray.txt")
     s3.delete_object(Bucket=BUCKET, Key="pkg/compiled/model.pt")
     with pytest.raises(NeuronforgeError, match="missing: compiled/model.pt"):
-        verify_remote_package(f"s3://{BUCKET}/pkg/", s3)
+        verify_remote_package(f"s3://{BUCKET}/pkg/", s3, "2.28")
 
 
 def test_upload_refuses_a_tampered_package(aws: tuple[Any, Any], package: Path) -> None:
@@ -285,10 +285,20 @@ def test_cli_aws_failures_are_errors_not_tracebacks(aws: tuple[Any, Any], monkey
 
 
 def test_deploy_refuses_a_package_compiled_for_another_sdk(aws: tuple[Any, Any], package: Path) -> None:
-    """R5: an uploaded package whose compile SDK is not the endpoint image's (here: a pre-R5 manifest) is refused."""
+    """R5/NEW-4: the endpoint's image must be the package's compile SDK's; a pre-R5 manifest names none."""
     sm, s3 = aws
     manifest = json.loads((package / "manifest.json").read_text())
-    assert manifest["compile_sdk"] == "2.31"
+    assert manifest["compile_sdk"] == "2.28"
+    upload_package(package, f"s3://{BUCKET}/pkg228", s3)
+    requests = deployment_requests(
+        "nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/pkg228", instance_type="ml.inf2.xlarge",
+        sdk="2.31",
+    )  # fmt: skip
+    with pytest.raises(
+        NeuronforgeError, match=r"compiled with Neuron SDK 2\.28, but the endpoint would run the SDK 2\.31"
+    ) as info:
+        deploy(requests, sm, s3)
+    assert info.value.fix == "deploy with --sdk 2.28"
     manifest.pop("compile_sdk")
     (package / "manifest.json").write_text(json.dumps(manifest))
     upload_package(package, f"s3://{BUCKET}/old", s3)
@@ -296,7 +306,7 @@ def test_deploy_refuses_a_package_compiled_for_another_sdk(aws: tuple[Any, Any],
         "nf-ep", role_arn=ROLE, region=REGION, model_data_s3=f"s3://{BUCKET}/old", instance_type="ml.inf2.xlarge"
     )
     with pytest.raises(
-        NeuronforgeError, match=r"compiled with Neuron SDK unknown, but the endpoint image runs SDK 2\.31"
+        NeuronforgeError, match=r"compiled with Neuron SDK unknown, but the endpoint would run the SDK 2\.28"
     ):
         deploy(requests, sm, s3)
     assert sm.list_models()["Models"] == []

@@ -7,14 +7,17 @@ import os
 from pathlib import Path
 
 
-def make_compiled(root: Path, tp_degree: int = 2, dtype: str = "int8", sdk: str = "2.31") -> Path:
+def make_compiled(root: Path, tp_degree: int = 2, dtype: str = "int8", sdk: str = "2.28") -> Path:
     """A compiled directory shaped like `neuronforge compile`'s: model.pt, neuron_config.json (NxDI's nested form,
-    kv_quant_config as neuronforge rewrites it), presharded weights, NxDI's quantized_checkpoint/ and the record."""
+    kv_quant_config as neuronforge rewrites it), presharded weights, the record, and NxDI's quantized_checkpoint/
+    (compiles before R6 left it there)."""
     compiled = root / "compiled-src"
     (compiled / "weights").mkdir(parents=True)
     (compiled / "quantized_checkpoint").mkdir()
     (compiled / "quantized_checkpoint" / "model.safetensors").write_bytes(os.urandom(7000))
-    (compiled / "neuronforge_compile.json").write_text(json.dumps({"sdk": sdk}))
+    nxdi = {"2.28": "0.8.16251+f3ca5575", "2.31": "0.10.18399+ed62453e"}[sdk]  # as the serving images install it
+    record = {"sdk": sdk, "installed": {"neuronx-distributed-inference": nxdi}}
+    (compiled / "neuronforge_compile.json").write_text(json.dumps(record))
     (compiled / "model.pt").write_bytes(os.urandom(3000))
     (compiled / "weights" / "tp0_sharded_checkpoint.safetensors").write_bytes(os.urandom(5000))
     config = {

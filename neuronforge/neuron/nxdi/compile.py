@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from neuronforge.neuron.nxdi.config import (
     revalidate,
 )
 from neuronforge.neuron.nxdi.config_json import kv_settings, loadable_kv_quant_config
-from neuronforge.neuron.nxdi.runtime import NxdiApi, check_installed_sdk, installed_nxdi_version, load_nxdi
+from neuronforge.neuron.nxdi.runtime import NxdiApi, check_installed_sdk, host_sdk, installed_nxdi_version, load_nxdi
 from neuronforge.neuron.nxdi.versions import neuron_sdk
 from neuronforge.neuron.planner.weight_memory import checkpoint_shapes
 
@@ -132,7 +133,10 @@ def resolve_spec(options: CompileOptions, model_dir: Path) -> NeuronConfigSpec:
     if options.neuron_config is not None:
         return revalidate(read_neuron_config(options.neuron_config), model_dir)
     return neuron_config(
-        model_dir, NeuronConfigOptions(**options.model_dump(include=set(NeuronConfigOptions.model_fields)))
+        model_dir,
+        NeuronConfigOptions(
+            **{**options.model_dump(include=set(NeuronConfigOptions.model_fields)), "sdk": options.sdk or host_sdk()}
+        ),
     )
 
 
@@ -194,6 +198,16 @@ def check_host_memory(needed: int, available: int | None, compile_only: bool) ->
     )
 
 
+def tokenizer_config_problem(model_dir: Path) -> str | None:
+    """Why transformers 4.57 (this host's, the endpoint's) could not load the model's tokenizer (or None)."""
+    import json
+
+    from neuronforge.hf.config_compat import TOKENIZER_CONFIG_FILE, tokenizer_problem
+
+    path = model_dir / TOKENIZER_CONFIG_FILE
+    return tokenizer_problem(json.loads(path.read_text())) if path.is_file() else None
+
+
 def make_loadable(api: NxdiApi, compiled: Path, spec: NeuronConfigSpec) -> None:
     """Rewrite kv_quant_config in compiled/neuron_config.json so NxDI's loader accepts it, then prove it does.
 
@@ -228,7 +242,7 @@ def make_loadable(api: NxdiApi, compiled: Path, spec: NeuronConfigSpec) -> None:
 
 def compile_model(options: CompileOptions) -> Path:
     """Quantize (NxD) and compile; unless compile_only, load and smoke-test. The folder appears only on success."""
-    from neuronforge.hf.config_compat import rope_problem
+    from neuronforge.hf.config_compat import make_tokenizer_portable, rope_problem
     from neuronforge.hf.folders import load_tokenizer, read_config, validate_hf_folder
 
     if Path(options.out).exists() and not options.overwrite:
@@ -239,6 +253,12 @@ def compile_model(options: CompileOptions) -> Path:
             f"{model_dir}/config.json: {problem}",
             "run `neuronforge quantize` on it (stage 1 writes a config.json both read the same), or add the "
             "top-level rope_theta and rope_scaling that transformers 4.x writes",
+        )
+    if problem := tokenizer_config_problem(model_dir):
+        raise NeuronforgeError(
+            f"{model_dir}/tokenizer_config.json: {problem}",
+            "run `neuronforge quantize` on it (stage 1 writes a tokenizer both read the same), or set "
+            '"tokenizer_class" to "PreTrainedTokenizerFast" in a copy of the folder',
         )
     spec = resolve_spec(options, model_dir)  # runs anywhere: a bad config fails before the Neuron checks
     api = load_nxdi(model_facts(model_dir).model_type, spec.sdk)  # fail fast off a Neuron host
@@ -257,10 +277,16 @@ def compile_model(options: CompileOptions) -> Path:
         timings[name] = round(time.perf_counter() - start, 3)
         return result
 
-    final_quantized = Path(options.out).resolve() / QUANTIZED_DIR
     smoke = None
-    with atomic_dir(options.out, overwrite=options.overwrite) as tmp, scoped_env(env):
-        quantized_dir = tmp / QUANTIZED_DIR
+    with (
+        atomic_dir(options.out, overwrite=options.overwrite) as tmp,
+        tempfile.TemporaryDirectory(prefix="nf-quantized-") as scratch,
+        scoped_env(env),
+    ):
+        # R6: NxD's quantized checkpoint (int8/fp8 codes + fp32 other tensors) only feeds the presharding in compile();
+        # load() and vLLM read weights/tp*_sharded_checkpoint.safetensors (application_base.py:388-398), so it lives
+        # in $TMPDIR (the job's storage volume in SageMaker jobs) and is deleted with it.
+        quantized_dir = Path(scratch) / QUANTIZED_DIR
         quantized_dir.mkdir()  # NxDI writes a pickle instead of safetensors if the directory is missing
         spec = spec.model_copy(update={"quantized_checkpoints_path": str(quantized_dir)})
         neuron_config = api.NeuronConfig(**nxdi_neuron_config_kwargs(api, spec))
@@ -279,6 +305,7 @@ def compile_model(options: CompileOptions) -> Path:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         load_tokenizer(model_dir).save_pretrained(tmp)
+        make_tokenizer_portable(tmp)  # saved by transformers 5 when compile runs there (tests, stand-in)
         atomic_write_json(
             tmp / RECORD_FILE,
             {
@@ -286,9 +313,7 @@ def compile_model(options: CompileOptions) -> Path:
                 "sdk": spec.sdk,
                 "pins": neuron_sdk(spec.sdk).pins(),
                 "installed": {"neuronx-distributed-inference": installed},
-                "spec": spec.model_copy(update={"quantized_checkpoints_path": str(final_quantized)}).model_dump(
-                    mode="json"
-                ),
+                "spec": spec.model_dump(mode="json"),  # quantized_checkpoints_path: deleted after presharding
                 "notices": spec.notices,
                 "env": env,
                 "compile_only": options.compile_only,

@@ -29,7 +29,7 @@ from neuronforge.core.knobs import BatchSize, SeqLen, TpDegree
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.hf.not_convert import NOT_CONVERT_FILE, read_not_convert, write_not_convert
 from neuronforge.neuron.numerics.dtypes import KvOption, QuantDtype, QuantDtypeOption, QuantType, QuantTypeOption
-from neuronforge.neuron.nxdi.runtime import model_class_problem
+from neuronforge.neuron.nxdi.runtime import default_sdk, model_class_problem
 from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS
 from neuronforge.neuron.planner.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
 from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp, keeps_gqa
@@ -110,6 +110,10 @@ class NeuronConfigSpec(BaseModel):
 
     tp_degree: int = Field(ge=1)
     batch_size: int = Field(1, ge=1)
+    # Continuous batching, as vllm-neuron compiles a model for max_num_seqs = batch_size (batching_fields below).
+    ctx_batch_size: int = Field(1, ge=1)
+    tkg_batch_size: int = Field(1, ge=1)
+    is_continuous_batching: bool = False
     seq_len: int = Field(ge=1)
     n_positions: int = Field(ge=1)
     torch_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
@@ -124,6 +128,13 @@ class NeuronConfigSpec(BaseModel):
     target_instance: str = DEFAULT_INSTANCE
     sdk: str = DEFAULT_SDK
     notices: list[str] = Field(default_factory=list, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batching_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("batch_size", 1), int):
+            return {**batching_fields(data.get("batch_size", 1)), **data}
+        return data
 
     @field_validator("quantization_dtype", mode="before")
     @classmethod
@@ -195,6 +206,20 @@ class NeuronConfigSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _batching(self) -> NeuronConfigSpec:
+        expected = batching_fields(self.batch_size)
+        got = {key: getattr(self, key) for key in expected}
+        if got != expected:
+            raise _fail(
+                f"batch_size {self.batch_size} with {got}",
+                f"use {expected} (set only --batch-size): vllm-neuron serves every request in its own KV-cache slot "
+                "(seq_id), which only a continuous-batching compile honours; with static batching NxDI's context "
+                "encoding writes the cache from batch line 0 (kv_cache_manager.py:488-515), so concurrent requests "
+                "would overwrite each other's cache",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _kv_pair(self) -> NeuronConfigSpec:
         if self.kv_cache_quant != (self.kv_quant_config is not None):
             raise _fail(
@@ -211,6 +236,18 @@ class NeuronConfigSpec(BaseModel):
     @property
     def weights_fp8_e4m3(self) -> bool:
         return self.quantization_dtype == "f8e4m3"
+
+
+def batching_fields(batch_size: int) -> dict[str, Any]:
+    """NeuronConfig batching for an endpoint serving `batch_size` concurrent requests, as vllm-neuron sets it.
+
+    vllm-neuron gives each new request a free seq_id (its KV-cache line) and prefills it alone
+    (worker/neuronx_distributed_model_runner.py:130-136, 704-724 at a5ef7c8); when it compiles a model itself it
+    sets ctx_batch_size=1, batch_size=max_num_seqs and is_continuous_batching=(batch_size > 1), leaving
+    tkg_batch_size at NxDI's default batch_size (worker/neuronx_distributed_model_loader.py:751-764;
+    NxDI models/config.py:161-164 at cd3abf3 and ef2731e). A precompiled model is loaded as compiled (:214-218).
+    """
+    return {"ctx_batch_size": 1, "tkg_batch_size": batch_size, "is_continuous_batching": batch_size > 1}
 
 
 def make_spec(**fields: Any) -> NeuronConfigSpec:
@@ -342,7 +379,11 @@ class NeuronConfigOptions(BaseModel):
     qtype: QuantTypeOption = "per_channel_symmetric"
     batch_size: BatchSize = 1
     seq_len: SeqLen = 1024
-    sdk: str = Field(DEFAULT_SDK, description=f"Neuron SDK release to target ({' or '.join(SDKS)})")
+    sdk: str | None = Field(
+        None,
+        description=f"Neuron SDK release to target ({' or '.join(SDKS)}); default: this host's NxDI, else "
+        f"{DEFAULT_SDK}, or the SDK that serves the model type",
+    )
 
 
 def neuron_config(model_dir: Path, options: NeuronConfigOptions | None = None) -> NeuronConfigSpec:
@@ -379,11 +420,21 @@ def build_neuron_config_spec(
     seq_len: int = 1024,
     torch_dtype: str = "bfloat16",
     quantized_checkpoints_path: str = "quantized_checkpoint",
-    sdk: str = DEFAULT_SDK,
+    sdk: str | None = None,
 ) -> NeuronConfigSpec:
-    """Read the model's config.json and build a NeuronConfigSpec that passes every rule above."""
+    """Read the model's config.json and build a NeuronConfigSpec that passes every rule above.
+
+    Without `sdk`, the model type's default (nxdi_api.default_sdk): DEFAULT_SDK unless its vLLM cannot serve it.
+    """
     facts = model_facts(model_dir)
     notices: list[str] = []
+    if sdk is None:
+        sdk = default_sdk(facts.model_type)
+        if sdk != DEFAULT_SDK:
+            notices.append(
+                f"Neuron SDK {sdk} chosen: SDK {DEFAULT_SDK}'s vLLM cannot serve model_type {facts.model_type!r}, and "
+                f"SDK {sdk}'s Inf2/Trn1 support is disputed between AWS sources (docs/conformance.md, 'SDK pairing')"
+            )
     if tp_degree is None:
         tp_degree = choose_tp(facts, instance)
         notices.append(f"tp_degree {tp_degree} chosen: the largest that divides the query heads and fits {instance}")
@@ -422,6 +473,16 @@ def _require_fits(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
     )
     require_fits(load_model_shape(model_dir), deployment, spec.target_instance, spec.tp_degree)
     return spec
+
+
+def check_servable(model_dir: Path, sdk: str | None) -> None:
+    """Refuse, before any work, a model that the SDK the compile would target (`sdk`, else this host's, else the model
+    type's default) has no vLLM-served NxDI class for: `run` would otherwise quantize and emulate, then fail."""
+    from neuronforge.neuron.nxdi.runtime import host_sdk
+
+    model_type = model_facts(model_dir).model_type
+    if problem := model_class_problem(model_type, sdk or host_sdk() or default_sdk(model_type)):
+        raise _fail(*problem)
 
 
 def model_facts(model_dir: Path) -> ModelFacts:

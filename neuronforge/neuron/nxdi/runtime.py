@@ -61,19 +61,41 @@ def installed_nxdi_version() -> str | None:
         return None
 
 
-def _release(version: str) -> list[str]:
-    return version.split(".")[:2]
+def public_version(version: str | None) -> str | None:
+    """'0.8.16251+f3ca5575' -> '0.8.16251': the Neuron DLCs pin NxDI with a local build suffix (Dockerfile ARGs)."""
+    return None if version is None else version.split("+", 1)[0]
 
 
 def check_installed_sdk(sdk: str, installed: str | None) -> None:
-    """Refuse to compile for `sdk` with another NxDI release installed: the record would name the wrong SDK."""
+    """Refuse to compile for `sdk` unless its exact NxDI build is installed: the record must name the NxDI that the
+    SDK's serving image loads with (NEW-9: compiled artifacts do not cross NxDI builds, e.g. 0.10.17970 vs 18399)."""
     pinned = neuron_sdk(sdk).nxdi
-    if installed is not None and _release(installed) != _release(pinned):
-        matching = [entry.sdk for entry in SDKS.values() if _release(entry.nxdi) == _release(installed)]
+    if public_version(installed) == pinned:
+        return
+    if installed is None:
         raise NeuronforgeError(
-            f"--sdk {sdk} expects NxD Inference {pinned}, but this host has {installed}",
-            f"pass --sdk {matching[0]}" if matching else install_hint(sdk),
+            "NxD Inference is importable but has no pip metadata, so its version (and Neuron SDK) is unknown",
+            f"install it with pip: {install_hint(sdk)}",
         )
+    matching = [entry.sdk for entry in SDKS.values() if entry.nxdi == public_version(installed)]
+    raise NeuronforgeError(
+        f"--sdk {sdk} expects NxD Inference {pinned}, but this host has {installed}",
+        f"pass --sdk {matching[0]}" if matching else install_hint(sdk),
+    )
+
+
+def host_sdk() -> str | None:
+    """The supported SDK whose exact NxDI build this host has installed (None off a Neuron host or for another build):
+    a compile with no --sdk targets it, since only it can compile here."""
+    installed = public_version(installed_nxdi_version())
+    return next((entry.sdk for entry in SDKS.values() if entry.nxdi == installed), None)
+
+
+def default_sdk(model_type: str) -> str:
+    """The SDK a model compiles for when none is named: DEFAULT_SDK (documented for Inf2) where its vLLM serves the
+    model type, else the first SDK that does (Mistral: 2.31); DEFAULT_SDK for a type no SDK serves (refused later)."""
+    served = MODEL_CLASSES.get(model_type, {})
+    return DEFAULT_SDK if DEFAULT_SDK in served or not served else next(iter(served))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ row-parallel scales, and its KV cache (weight_memory.py models the sharding). A 
   (Neuron docs, neuron-runtime/explore/device-memory.rst). None of it is measured here.
 - host RAM: NxDI reads every rank's presharded weights into host memory before it copies them to the
   device (application_base.py:388-414), so tp x one rank's weights must fit the instance's RAM minus a
-  4 GiB reserve for the OS, Python, torch and the server (a judgement, not a measurement).
+  4 GiB reserve (HOST_RESERVE_BASIS): the OS and, beside those weights, vLLM's API-server and engine-core processes
+  (each with torch, NxDI and the tokenizer loaded). A judgement, not a measurement: tight on inf2.xlarge (16 GiB).
 
 The smallest instance is the cheapest inf2 (the family neuronforge serves on) with a fitting row; trn1
 rows are shown too. Evidence and the price sources: docs/deployment-planner.md.
@@ -48,6 +49,10 @@ from neuronforge.neuron.planner.weight_memory import (
 
 HEADROOM = 0.10
 HOST_RESERVE_BYTES = 4 * 2**30
+HOST_RESERVE_BASIS = (
+    "the OS and vLLM's API-server and engine-core processes (torch, NxDI, tokenizer) beside the weights NxDI reads "
+    "into RAM; a judgement, not measured"
+)
 SERVING_FAMILY = "inf2"
 GIB = 2**30
 
@@ -295,7 +300,8 @@ def render_markdown(result: Plan) -> str:
     lines.append(
         f"usable/core = 16 GiB HBM minus {100 * d.headroom:.0f}% headroom for what the model leaves out (NEFF code, "
         "runtime, scratchpad, DMA rings, I/O); host load = tp x weights/core, read into host RAM at load "
-        f"(must fit the instance's RAM minus {HOST_RESERVE_BYTES // GIB} GiB). On-demand prices, {price.region}, "
+        f"(must fit the instance's RAM minus {HOST_RESERVE_BYTES // GIB} GiB for {HOST_RESERVE_BASIS}). "
+        f"On-demand prices, {price.region}, "
         f"pinned {price.as_of} (neuronforge/neuron/planner/instance_prices.json); n/a = no source found."
     )
     return "\n".join(lines) + "\n"

@@ -37,7 +37,7 @@ from neuronforge.core.knobs import (
 from neuronforge.core.outputs import check_writable
 from neuronforge.core.presets import PRESETS, PresetName, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
-from neuronforge.hf.config_compat import make_config_portable
+from neuronforge.hf.config_compat import make_portable
 from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
 from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
 from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity
@@ -217,7 +217,7 @@ def _export(
     for item in src.iterdir():
         if item.is_file() and not any(item.match(p) for p in WEIGHT_FILES):
             shutil.copy2(item, dst / item.name)
-    make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
+    make_portable(dst)  # a source saved by transformers 5: rope_parameters only, TokenizersBackend; NxDI reads 4.57
     linears = {f"{name}.weight": cast("nn.Linear", model.get_submodule(name)) for name in targets}
     parameters = {name for name, _ in model.named_parameters()}  # before the export consumes the model
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})

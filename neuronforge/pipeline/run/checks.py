@@ -1,8 +1,9 @@
 """What `neuronforge run` checks before it creates a folder or loads a model.
 
 Order: the output location (never overlapping an input; new, empty, or already a run directory), then,
-when a selected stage reads them, the model folder (headers and a meta-device skeleton, no weights), its
-tokenizer, the module names, and the text (decodes, and is long enough for the windows asked for).
+when a selected stage reads them, the model folder (headers and a meta-device skeleton, no weights), whether the
+target Neuron SDK's vLLM can serve its model type (when compile or package runs), its tokenizer, the module names,
+and the text (decodes, and is long enough for the windows asked for).
 A bad input therefore fails in seconds, with nothing written, instead of after the model load.
 """
 
@@ -60,6 +61,7 @@ def check_inputs(config: RunConfig, model: str, text: Path | None) -> None:
     """Model folder, tokenizer, module names and text, for the selected stages that read them."""
     from neuronforge.assets.texts import calibration_samples, evaluation_windows, resolve_splits
     from neuronforge.hf.folders import check_weights, load_tokenizer, validate_hf_folder
+    from neuronforge.neuron.nxdi.config import check_servable
     from neuronforge.pipeline.quantize.api import check_block_names_in
 
     selected = set(config.stages)
@@ -71,6 +73,8 @@ def check_inputs(config: RunConfig, model: str, text: Path | None) -> None:
     if model in EMBEDDED_MODELS and not (folder / "config.json").exists():
         return  # fetched and checked by the model stage
     validate_hf_folder(folder)
+    if selected & {"compile", "package"}:
+        check_servable(folder, config.sdk)
     check_weights(folder)
     tokenizer = load_tokenizer(folder)
     if config.modules_to_not_convert is not None and "quantize" in selected:

@@ -284,13 +284,14 @@ NEURON_KEYS = ("dtype", "kv", "instance", "tp_degree", "batch_size", "seq_len", 
 def _neuron_spec(ctx: Context) -> NeuronConfigSpec:
     """The NxD config for the quantized checkpoint; unset keys take the compile step's defaults."""
     from neuronforge.neuron.nxdi.config import build_neuron_config_spec
+    from neuronforge.neuron.nxdi.runtime import host_sdk
 
     config = _given(ctx).config
     given: dict[str, Any] = {
         "instance": config.instance,
         "tp_degree": config.tp_degree,
         "seq_len": config.seq_len,
-        "sdk": config.sdk,
+        "sdk": config.sdk or host_sdk(),  # on a Neuron host, its SDK; else the model type's default
     }
     return build_neuron_config_spec(
         _quantized(ctx),

@@ -146,12 +146,13 @@ def test_fp8_call_sequence_env_and_config(inf2: ModuleType, model_dir: Path, tmp
     assert type(config).__name__ == "LlamaInferenceConfig" and config.num_hidden_layers == 2  # HF config loaded
     assert config.rope_theta == 10000.0  # read through the stand-in's transformers-4.57 defaults
 
-    assert (out / "model.pt").is_file() and (out / QUANTIZED_DIR / "model.safetensors").is_file()
+    assert (out / "model.pt").is_file() and not (out / QUANTIZED_DIR).exists()  # R6: only presharding reads it
     assert (out / "weights" / "tp0_sharded_checkpoint.safetensors").is_file()
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not list(tmp_path.glob(".compiled.partial-*"))
     record = json.loads((out / RECORD_FILE).read_text())
-    assert record["spec"]["quantized_checkpoints_path"] == str(out.resolve() / QUANTIZED_DIR)
+    quantized = Path(record["spec"]["quantized_checkpoints_path"])
+    assert quantized.name == QUANTIZED_DIR and not quantized.parent.exists()  # written in $TMPDIR, then deleted
     assert record["env"]["UNSAFE_FP8FNCAST"] == "1" and record["smoke"]["completion"]
     assert record["compile_only"] is False
     assert set(record["timings"]) == {"quantize_s", "compile_s", "load_s", "smoke_s"}
@@ -328,12 +329,60 @@ def test_sdk_must_match_the_installed_nxdi(
     assert record["sdk"] == "2.31" and record["installed"] == {"neuronx-distributed-inference": "0.10.18399"}
 
 
+def test_sdk_check_compares_the_exact_nxdi_build(
+    inf2: ModuleType, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NEW-9: an NxDI 0.10.17970 (SDK 2.30) host is not SDK 2.31's 0.10.18399, and an NxDI without pip metadata has
+    no known SDK: both would record an SDK whose serving image loads another NxDI."""
+    options = CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128, sdk="2.31")
+    for installed, message in (("0.10.17970", "expects NxD Inference 0.10.18399"), (None, "no pip metadata")):
+        monkeypatch.setattr(compile_module, "installed_nxdi_version", lambda installed=installed: installed)
+        with pytest.raises(NeuronforgeError, match=message):
+            compile_model(options)
+    assert not (tmp_path / "c").exists() and inf2.CALLS == []
+
+
+def test_without_sdk_the_compile_targets_the_hosts_nxdi(
+    inf2: ModuleType, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DLC/DLAMI's NxDI build decides the SDK when none is named (the local build suffix is ignored)."""
+    compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "a", seq_len=128))
+    assert json.loads((tmp_path / "a" / RECORD_FILE).read_text())["sdk"] == "2.28"  # the stand-in's metadata
+    monkeypatch.setattr("neuronforge.neuron.nxdi.runtime.installed_nxdi_version", lambda: "0.10.18399+ed62453e")
+    monkeypatch.setattr(compile_module, "installed_nxdi_version", lambda: "0.10.18399+ed62453e")
+    compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "b", seq_len=128))
+    assert json.loads((tmp_path / "b" / RECORD_FILE).read_text())["sdk"] == "2.31"
+
+
 def test_config_saved_by_transformers5_is_refused(inf2: ModuleType, tiny_llama_dir: Path, tmp_path: Path) -> None:
     """N1: without top-level rope_theta, NxDI (transformers 4.57) would use RoPE theta 10000 whatever the model says."""
     assert "rope_theta" not in json.loads((tiny_llama_dir / "config.json").read_text())
     with pytest.raises(NeuronforgeError, match="rope_theta") as info:
         compile_model(CompileOptions(model=str(tiny_llama_dir), out=tmp_path / "c", seq_len=128))
     assert "neuronforge quantize" in (info.value.fix or "") and inf2.CALLS == []
+
+
+def test_tokenizer_saved_by_transformers5_is_refused(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
+    """NEW-1: transformers 4.57 (NxDI's smoke test, vLLM) has no class TokenizersBackend; refused before any work."""
+    model = tmp_path / "v5"
+    shutil.copytree(model_dir, model)
+    tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(
+        json.dumps({**tokenizer_config, "tokenizer_class": "TokenizersBackend"})
+    )
+    with pytest.raises(NeuronforgeError, match="TokenizersBackend") as info:
+        compile_model(CompileOptions(model=str(model), out=tmp_path / "c", seq_len=128))
+    assert "PreTrainedTokenizerFast" in (info.value.fix or "") and inf2.CALLS == []
+
+
+def test_compiled_folder_tokenizer_is_one_transformers_457_loads(
+    inf2: ModuleType, model_dir: Path, tmp_path: Path
+) -> None:
+    """compile re-saves the tokenizer (with transformers 5 here) and keeps the class name 4.57 knows."""
+    compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c", seq_len=128))
+    assert json.loads((tmp_path / "c" / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "PreTrainedTokenizerFast"
+    )
 
 
 def _as_mistral(model_dir: Path, out: Path) -> Path:
@@ -344,8 +393,11 @@ def _as_mistral(model_dir: Path, out: Path) -> Path:
     return out
 
 
-def test_mistral_compiles_with_the_class_vllm_serves_it_with(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
+def test_mistral_compiles_with_the_class_vllm_serves_it_with(
+    inf2: ModuleType, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """R2: NxDI 0.8's vLLM has no Mistral class (refused on 2.28); from 0.9 on it is NeuronMistralForCausalLM."""
+    monkeypatch.setattr(compile_module, "installed_nxdi_version", lambda: "0.10.18399")
     mistral = _as_mistral(model_dir, tmp_path / "mistral")
     with pytest.raises(NeuronforgeError, match="cannot serve model_type 'mistral'") as info:
         compile_model(CompileOptions(model=str(mistral), out=tmp_path / "c", seq_len=128, sdk="2.28"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +363,47 @@ def test_install_page_uses_the_pins() -> None:
     section = text.split("## Installing the Neuron packages", 1)[1].split("\n## ", 1)[0]
     for version in SDKS.values():
         assert version.pip_install_command() in section
+
+
+def test_batch_above_one_compiles_continuous_batching_as_vllm_neuron_does(tiny_llama_dir: Path) -> None:
+    """NEW-3: vllm-neuron puts each request in its own KV slot and prefills it alone (ctx_batch_size 1)."""
+    single = {"ctx_batch_size": 1, "tkg_batch_size": 1, "is_continuous_batching": False}
+    assert spec().neuron_config_kwargs().items() >= single.items()
+    built = build_neuron_config_spec(tiny_llama_dir, batch_size=4, seq_len=128)
+    kwargs = built.neuron_config_kwargs()
+    assert {k: kwargs[k] for k in ("batch_size", "ctx_batch_size", "tkg_batch_size", "is_continuous_batching")} == {
+        "batch_size": 4, "ctx_batch_size": 1, "tkg_batch_size": 4, "is_continuous_batching": True
+    }  # fmt: skip
+    refused("continuous batching|KV-cache slot", spec, batch_size=4, ctx_batch_size=4, is_continuous_batching=False)
+    refused("KV-cache slot", spec, batch_size=4, is_continuous_batching=False)
+
+
+def test_batch_settings_survive_the_neuron_config_file(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    built = build_neuron_config_spec(tiny_llama_dir, batch_size=3, seq_len=128)
+    config_path, _ = write_config_files(built, tmp_path)
+    assert read_neuron_config(config_path).model_dump() == built.model_dump()
+    saved = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**saved, "ctx_batch_size": 3}))  # static batching, as before NEW-3
+    refused("KV-cache slot", read_neuron_config, config_path)
+
+
+def test_default_sdk_serves_every_family_and_an_unservable_choice_is_refused(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """NEW-4: with defaults, Llama targets 2.28 (documented for Inf2) and Mistral 2.31 (2.28's vLLM has no Mistral);
+    `run` checks this before any work (check_servable), naming the SDK that serves it."""
+    from neuronforge.neuron.nxdi.config import check_servable
+
+    mistral = tmp_path / "mistral"
+    shutil.copytree(tiny_llama_dir, mistral)
+    config = json.loads((mistral / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
+    (mistral / "config.json").write_text(json.dumps(config))
+    assert build_neuron_config_spec(tiny_llama_dir, seq_len=128).sdk == DEFAULT_SDK == "2.28"
+    chosen = build_neuron_config_spec(mistral, seq_len=128)
+    assert chosen.sdk == "2.31" and any("Neuron SDK 2.31 chosen" in notice for notice in chosen.notices)
+    check_servable(mistral, None)
+    check_servable(tiny_llama_dir, "2.31")
+    assert (
+        refused("SDK 2.28 cannot serve model_type 'mistral'", check_servable, mistral, "2.28").fix == "use --sdk 2.31"
+    )

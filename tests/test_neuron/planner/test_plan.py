@@ -164,6 +164,9 @@ def test_every_instance_and_allowed_tp_is_planned() -> None:
     assert [r.price.ec2 for r in rows] == sorted(r.price.ec2 for r in rows)
     text = render_markdown(plan(llama, deployment_from()))
     assert "| ml.trn1.32xlarge | 32 | 1 (replicated) |" in text and "pinned 2026-08-26" in text
+    # NEW-8: the host-RAM reserve says what it is for and that it is a judgement
+    assert "minus 4 GiB for the OS and vLLM's API-server and engine-core processes" in " ".join(text.split())
+    assert "not measured" in text
 
 
 def test_a_model_too_large_for_any_instance_says_so() -> None:

@@ -2,7 +2,7 @@
 
 Copied (Apache-2.0; reformatted by ruff) from aws-neuron/neuronx-distributed-inference@cd3abf3 (NxDI 0.8, SDK 2.28),
 src/neuronx_distributed_inference/models/config.py: to_torch_dtype 46-55 and to_dict 62-77 verbatim;
-NeuronConfig.__init__ keeps, line for line, the keys neuronforge sets or NxDI derives from them (92-138, 164-170,
+NeuronConfig.__init__ keeps, line for line, the keys neuronforge sets or NxDI derives from them (92-138, 161-170,
 210-228, 299-304, 574-580, 604-605, 656-663); InferenceConfig 808-871 and 886-1001 without fused speculation.
 """
 
@@ -70,6 +70,10 @@ class NeuronConfig:
 
         self.max_context_length = kwargs.pop("max_context_length", self.seq_len)
         self.max_length = kwargs.pop("max_length", self.seq_len)
+        self.ctx_batch_size = kwargs.pop("ctx_batch_size", self.batch_size)
+        self.tkg_batch_size = kwargs.pop("tkg_batch_size", self.batch_size)
+        self.max_batch_size = kwargs.pop("max_batch_size", self.batch_size)
+        self.is_continuous_batching = kwargs.pop("is_continuous_batching", False)
         self.kv_cache_batch_size = kwargs.pop("kv_cache_batch_size", self.batch_size)
         self.buckets = kwargs.pop("buckets", [self.seq_len])
 
