@@ -149,3 +149,10 @@ def resolve_model(spec: str | Path) -> Path:
 def fetch_or_resolve(spec: str | Path) -> Path:
     """Like `resolve_model`, but an embedded model not fetched yet is fetched (what `run` and `emulate` want)."""
     return fetch(str(spec)) if str(spec) in EMBEDDED_MODELS else resolve_model(spec)
+
+
+def input_path(model: str | Path | None) -> str | Path | None:
+    """Where a `--model` value lives on disk, for the output-overlap checks: an embedded name's cache folder."""
+    if model is not None and str(model) in EMBEDDED_MODELS:
+        return embedded_model_dir(str(model))
+    return model

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from neuronforge.cli.app import console
+from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import (
     BatchSizeOpt,
     InstanceOpt,
@@ -37,13 +37,16 @@ def neuron_config_command(
     batch_size: BatchSizeOpt = 1,
     seq_len: SeqLenOpt = 1024,
     sdk: SdkOpt = "2.28",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Validate a NeuronConfig for NxD Inference and write it (runs anywhere, no Neuron SDK needed)."""
     from neuronforge.assets.models import resolve_model
+    from neuronforge.core.outputs import output_dir
     from neuronforge.neuron.compile import print_notices
     from neuronforge.neuron.config import build_neuron_config_spec, default_not_convert, write_config_files
 
     model_dir = resolve_model(model)
+    out = checked_out(out, overwrite, model=model_dir, not_convert=not_convert)
     spec = build_neuron_config_spec(
         model_dir,
         dtype=dtype,
@@ -57,8 +60,10 @@ def neuron_config_command(
         sdk=sdk,
     )
     print_notices(spec.notices)
-    for path in write_config_files(spec, out):
-        console.print(f"[green]wrote:[/] {path}")
+    with output_dir(out, overwrite=overwrite) as tmp:
+        written = write_config_files(spec, tmp)
+    for path in written:
+        console.print(f"[green]wrote:[/] {out / path.name}")
 
 
 def compile_command(
@@ -84,11 +89,12 @@ def compile_command(
     from neuronforge.errors import validated
     from neuronforge.neuron.compile import CompileOptions, compile_model
 
+    model_dir = resolve_model(model)
     options = validated(
         CompileOptions,
         "compile",
-        model=str(resolve_model(model)),
-        out=out,
+        model=str(model_dir),
+        out=checked_out(out, overwrite, model=model_dir, neuron_config=neuron_config),
         dtype=dtype,
         tp=tp_degree,
         kv=kv,

@@ -51,7 +51,7 @@ def emulate_command(
         0,
         "--threads",
         min=0,
-        help="CPU threads for torch (0: torch's default). On a shared machine 1 is often fastest.",
+        help="CPU threads for torch (0: torch's default; at most the CPUs this process may use). On a shared machine 1 is often fastest.",
     ),
     tp_degree: int = typer.Option(
         1, "--tp-degree", min=1, help="NeuronCores the compiled model is sharded over (row-parallel rounding)."
@@ -74,7 +74,9 @@ def emulate_command(
     if threads:
         import torch
 
-        torch.set_num_threads(threads)
+        from neuronforge.core.devices import capped_threads
+
+        torch.set_num_threads(capped_threads(threads))
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()
     weight = one_of(dtype, WEIGHT_DTYPES, "--dtype")
     spec = EmulationSpec(
@@ -138,7 +140,7 @@ def quantize_nxd_command(
             "NxDI honours it at runtime: those layers would run without a scale. Prefer per_channel."
         )
     _tied_lm_head_warning(model_dir, dtype, modules)
-    out = checked_out(out, model=model_dir, not_convert=not_convert)
+    out = checked_out(out, overwrite, model=model_dir, not_convert=not_convert)
     result = write_quantized_checkpoint(model_dir, out, dtype, qtype, modules, overwrite=overwrite)
     size = sum(f.stat().st_size for f in result.out_dir.glob("*.safetensors"))
     console.print(

@@ -71,7 +71,7 @@ def evaluate_command(
 
     options = options_from(
         model=model,
-        out=checked_out(out, model=model, text=text, gsm8k=gsm8k),
+        out=checked_out(out, True, model=model, text=text, gsm8k=gsm8k),  # its own folder is re-used (a cache)
         dtype=dtype,
         kv=kv,
         text=text,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from neuronforge.cli.app import App, console
+from neuronforge.cli.app import App, checked_out, console
 from neuronforge.cli.options import (
     CalibSeqLenOpt,
     DryRunOpt,
@@ -406,6 +406,7 @@ def package_command(
         from neuronforge.neuron.weight_memory import format_bytes
         from neuronforge.sagemaker.packaging import load_manifest
 
+        checked_out(out, overwrite, compiled=compiled, checkpoint=checkpoint, tokenizer=tokenizer)
         package_model(
             out, compiled=compiled, checkpoint=checkpoint, tokenizer=tokenizer, tp_degree=tp_degree, overwrite=overwrite
         )

@@ -21,9 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from neuronforge.core.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.atomic import atomic_write_json
+from neuronforge.core.outputs import check_apart, check_replaceable, output_dir
 from neuronforge.core.progress import err_console
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, expect
 from neuronforge.neuron.config import (
     DEFAULT_INSTANCE,
     NeuronConfigSpec,
@@ -241,8 +242,9 @@ def compile_model(options: CompileOptions) -> Path:
     from neuronforge.hf.config_compat import rope_problem
     from neuronforge.hf.folders import load_tokenizer, read_config, validate_hf_folder
 
-    if Path(options.out).exists() and not options.overwrite:
-        raise NeuronforgeError(f"{options.out} already exists", "choose another --out, or pass --overwrite")
+    options = expect(options, CompileOptions, "nf.compile")
+    check_apart(options.out, {"--model": options.model, "--neuron-config": options.neuron_config})
+    check_replaceable(Path(options.out), overwrite=options.overwrite)
     model_dir = validate_hf_folder(Path(options.model))
     if problem := rope_problem(read_config(model_dir)):
         raise NeuronforgeError(
@@ -269,7 +271,7 @@ def compile_model(options: CompileOptions) -> Path:
 
     final_quantized = Path(options.out).resolve() / QUANTIZED_DIR
     smoke = None
-    with atomic_dir(options.out, overwrite=options.overwrite) as tmp, scoped_env(env):
+    with output_dir(Path(options.out), overwrite=options.overwrite) as tmp, scoped_env(env):
         quantized_dir = tmp / QUANTIZED_DIR
         quantized_dir.mkdir()  # NxDI writes a pickle instead of safetensors if the directory is missing
         spec = spec.model_copy(update={"quantized_checkpoints_path": str(quantized_dir)})

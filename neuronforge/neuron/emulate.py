@@ -164,6 +164,11 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
     there is one and the converted model fits in it, else the CPU). Same numerics everywhere: fp32 GEMMs on
     the exact codes, rounded once to bf16."""
     from neuronforge.core.devices import accelerator
+    from neuronforge.errors import expect
+    from neuronforge.hf.folders import check_loaded_model
+
+    check_loaded_model(model, "nf.emulate")
+    spec = expect(spec, EmulationSpec, "nf.emulate")
     from neuronforge.neuron.qlinear import (
         Bf16Linear,
         Fp32Gemm,
@@ -201,7 +206,8 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
     weight larger than a window (a vocabulary-sized lm_head) is quantized from the file a block of rows at a time,
     never whole in bf16 (0.2 GB at 49152 x 2048). An untied input embedding stays in the file and is read a row
     per token (hf/file_embedding.py): another 0.2 GB there, 1 GB for Llama 3 8B."""
-    from neuronforge.hf.folders import load_model, row_blocks
+    from neuronforge.errors import expect
+    from neuronforge.hf.folders import load_model, row_blocks, validate_hf_folder
     from neuronforge.neuron.qlinear import (
         NeuronQuantLinear,
         convert_to_neuron_numerics,
@@ -213,7 +219,8 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
         if spec.dtype is not None:
             convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
 
-    path = Path(model_dir)
+    spec = expect(spec, EmulationSpec, "nf.load_emulated")
+    path = validate_hf_folder(Path(expect(model_dir, (str, Path), "nf.load_emulated", "a model folder path")))
     by_rows = _quantized_by_rows(path, spec)
     deferred = {f"{name}.weight" for name in by_rows}
     model = load_model(path, after_window=convert_arrived, deferred=deferred, embedding_from_file=True)

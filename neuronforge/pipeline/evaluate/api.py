@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from neuronforge.core.outputs import mark_output
 from neuronforge.core.presets import PRESETS, apply_preset
-from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.errors import validated
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
 from neuronforge.pipeline.quantize.selection import SelectionRule
@@ -186,6 +187,7 @@ def stage_checkpoint(
         result = quantize(quantize_options(model=str(source), out=tmp / "checkpoint", text=options.text, **stage_opts))
         result = result.model_copy(update={"out_dir": folder / "checkpoint"})
         atomic_write_json(tmp / "result.json", result.model_dump(mode="json"))
+    mark_output(Path(options.out))  # an interrupted evaluate's folder is still its own, and resumes
     return result, False
 
 
@@ -259,22 +261,22 @@ def _task_score(
 
 def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     """Measure every variant and write report.md/json/png into `options.out` (see the module docstring)."""
-    from neuronforge.assets.models import resolve_model
+    from neuronforge.errors import expect
+
+    options = expect(options, EvaluateOptions, "nf.evaluate")
+    from neuronforge.assets.models import input_path, resolve_model
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
+    from neuronforge.core.outputs import check_apart, check_replaceable
     from neuronforge.core.progress import err_console, progress
     from neuronforge.hf.folders import force_offline, load_tokenizer, read_config
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_from_logits
     from neuronforge.neuron.plan import load_model_shape, smallest_for
     from neuronforge.neuron.weight_memory import weight_memory
     from neuronforge.pipeline.evaluate.gsm8k import load_problems
-    from neuronforge.pipeline.evaluate.report import REPORT_JSON
 
     out = Path(options.out)
-    if out.is_dir() and any(out.iterdir()) and not ((out / REPORT_JSON).is_file() or (out / STAGES_DIR).is_dir()):
-        raise NeuronforgeError(  # its report.md/json/png would replace files of the same name
-            f"--out {out} already holds files and is not an evaluate output folder (no {REPORT_JSON} or {STAGES_DIR}/)",
-            "choose a new or empty folder for --out",
-        )
+    check_apart(out, {"--model": input_path(options.model), "--text": options.text, "--gsm8k": options.gsm8k})
+    check_replaceable(out, overwrite=True)  # its own earlier folder is re-used (a stage cache), never another's
     force_offline()
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -381,6 +383,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
         command=command,
     )
     write_report(report, Path(options.out))
+    mark_output(Path(options.out))
     return report
 
 
