@@ -172,7 +172,7 @@ def check_replaceable(out: Path, *, overwrite: bool, flag: str = "--out") -> Non
         raise NeuronforgeError(
             f"{flag} {out} holds files neuronforge did not write ({', '.join(foreign[:3])}): replacing the folder "
             "would delete them",
-            f"move them out of {out}, or choose another {flag}",
+            f"move them out of {out}" + (f", or choose another {flag}" if flag.startswith("--") else ""),
         )
     if not overwrite:
         raise NeuronforgeError(

@@ -427,6 +427,23 @@ def test_run_directory_is_only_ever_changed_where_the_run_made_it(
     assert _tree(tmp_path) == before
 
 
+def test_a_file_put_into_a_stage_folder_is_not_deleted_when_the_stage_runs_again(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """I08: a user's file inside r/quantize/ was deleted when quantize re-ran; the stage is refused instead."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model,quantize", *S, "--no-autoround"]
+    first = _invoke([*argv, "--selection", "none"])
+    assert first.exit_code == 0, first.output
+    _write(tmp_path / "r" / "quantize" / "NOTES.md", "the user's")
+    output = check_clean_error(_invoke([*argv, "--selection", "none"]))
+    assert "holds files neuronforge did not write (NOTES.md)" in output
+    assert (tmp_path / "r" / "quantize" / "NOTES.md").read_text() == "the user's"
+    (tmp_path / "r" / "quantize" / "NOTES.md").unlink()
+    again = _invoke([*argv, "--selection", "none"])
+    assert again.exit_code == 0 and "up to date" in again.output, again.output
+
+
 def test_truncated_manifest_and_existing_config_file(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """6.7 and 3.1."""
     monkeypatch.chdir(tmp_path)

@@ -20,7 +20,7 @@ from typing import Any
 
 from neuronforge.core.atomic import atomic_dir, remove_leftovers
 from neuronforge.core.hashing import content_hash, fingerprint
-from neuronforge.core.outputs import RUN_LOCK
+from neuronforge.core.outputs import RUN_LOCK, check_replaceable, mark_output, written_files
 from neuronforge.core.package_versions import package_versions
 from neuronforge.errors import NeuronforgeError, interrupt_message
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest, StageRecord
@@ -251,6 +251,8 @@ def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[st
         return
     final = run_dir / stage.name
     _check_owned(final, manifest)
+    if written_files(final) is not None:  # (an older run's folder has no list: the manifest is its record)
+        check_replaceable(final, overwrite=True, flag="the stage folder")  # a file put there is not deleted (I08)
     if stage.name not in manifest.created:
         manifest.created.append(stage.name)  # saved by start(), before the folder exists
     manifest.start(run_dir, stage.name, fp, canonical, versions)
@@ -260,6 +262,7 @@ def _run_one(stage: Stage, ctx: StageContext, chosen: set[str], by_name: dict[st
         with atomic_dir(final, overwrite=True) as tmp:
             ctx.workdir = tmp
             result = stage.run(ctx)
+            mark_output(tmp)
     except BaseException as exc:
         if isinstance(exc, NeuronforgeError):
             message = exc.what
