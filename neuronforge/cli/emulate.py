@@ -99,6 +99,9 @@ def emulate_command(
         )
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
     tokenizer = load_tokenizer(model_dir)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if max_new_tokens and ids.numel() == 0:  # before the load and the perplexity run, not after (report D17)
+        raise NeuronforgeError("--prompt is empty after tokenization", "pass a prompt with some text")
     windows = {name: evaluation_windows(tokenizer, body, eval_seq_len, max_tokens) for name, body in texts.items()}
     emulated = load_emulated(model_dir, spec)
     console.print(f"[bold]{escape(model)}[/]: {spec.describe(len(emulated.converted), len(linears))}")
@@ -110,9 +113,6 @@ def emulate_command(
     if spec.kv_fp8:
         console.print(f"  KV risk: {emulated.kv_risk.describe()}")
     if max_new_tokens:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        if ids.numel() == 0:
-            raise NeuronforgeError("--prompt is empty after tokenization", "pass a prompt with some text")
         new = emulated.generate(ids, max_new_tokens)[0, ids.shape[1] :]
         console.print(f"  greedy: {prompt}[cyan]{tokenizer.decode(new, skip_special_tokens=True)}[/]", highlight=False)
     console.print(f"  wall time {time.perf_counter() - started:.1f} s")

@@ -395,8 +395,12 @@ def package_command(
     region: RegionOpt = None,
 ) -> None:
     """Lay out the endpoint's model directory with manifest.json; optionally upload it to S3 and verify."""
+    from neuronforge.core.s3uri import S3Uri
     from neuronforge.sagemaker.packaging import package_model, verify_package
 
+    if upload:  # the destination and the region before the package is written, not after (report E28)
+        S3Uri.parse(upload)
+        region = _region(region)
     if compiled is None and checkpoint is None:
         verify_package(out)
         console.print(f"[green]verified:[/] {out} matches its manifest")

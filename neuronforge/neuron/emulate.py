@@ -207,7 +207,7 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
     never whole in bf16 (0.2 GB at 49152 x 2048). An untied input embedding stays in the file and is read a row
     per token (hf/file_embedding.py): another 0.2 GB there, 1 GB for Llama 3 8B."""
     from neuronforge.errors import expect
-    from neuronforge.hf.folders import load_model, row_blocks, validate_hf_folder
+    from neuronforge.hf.folders import load_model, read_config, row_blocks, validate_hf_folder
     from neuronforge.neuron.qlinear import (
         NeuronQuantLinear,
         convert_to_neuron_numerics,
@@ -221,6 +221,12 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
 
     spec = expect(spec, EmulationSpec, "nf.load_emulated")
     path = validate_hf_folder(Path(expect(model_dir, (str, Path), "nf.load_emulated", "a model folder path")))
+    heads = read_config(path)["num_attention_heads"]
+    if heads % spec.tp_degree:  # NxDI refuses it (neuron-config says so): no device computes this (report D15)
+        raise NeuronforgeError(
+            f"tp_degree {spec.tp_degree} does not divide num_attention_heads={heads}, so NxDI cannot shard this model",
+            f"use a tp degree that divides {heads}",
+        )
     by_rows = _quantized_by_rows(path, spec)
     deferred = {f"{name}.weight" for name in by_rows}
     model = load_model(path, after_window=convert_arrived, deferred=deferred, embedding_from_file=True)

@@ -111,6 +111,8 @@ def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
     _write(root / "cfg" / "ncbare.json", '{"modules_to_not_convert": ["layers.0"]}')
     _write(root / "cfg" / "ncbad.json", '{"modules_to_not_convert": [')
     _write(root / "afile.out", "a file where a folder should be")
+    (root / "tx" / "adir.txt").mkdir()
+    (root / "cfg" / "adir.yaml").mkdir()
     return root
 
 
@@ -316,6 +318,12 @@ CASES = [
     Case("D05", "run --model {fx}/ok --out r --seq-len 256 --sdk 9.99", "'9.99'"),
     Case("D06", "run --model {fx}/ok --out r --budget-instance ml.bogus.xlarge", "ml.bogus.xlarge is not a known"),
     Case("X13", "run --model {fx}/ok --out r", "seq_len 1024 exceeds the model's max_position_embeddings 256"),
+    Case("D15", "emulate --model {fx}/ok --tp-degree 3", "tp_degree 3 does not divide num_attention_heads=4"),
+    Case("B03", "run --model {fx}/ok --out r --text {fx}/tx/adir.txt", "adir.txt is a folder, not a file"),
+    Case("B14", "run --model {fx}/ok --out r --text /dev/null", "/dev/null is not a regular file"),
+    Case("C11", "run --config {fx}/cfg/adir.yaml", "adir.yaml is a folder, not a file"),
+    Case("C19", "config init {fx}/cfg/adir.yaml --overwrite", "adir.yaml is a folder"),
+    Case("E28", "package pkg --compiled {fx}/comp --checkpoint {fx}/ok --upload /some/dir", "is not an s3:// URI"),
     # run directory
     Case("6.6", "run --stages emulate,foo", "unknown stage(s) foo"),
     Case("6.5", "run --model {fx}/ok --out r --stages emulate", "stage 'model' has no finished output"),
@@ -620,6 +628,46 @@ def test_a_sigterm_that_lands_in_a_finalizer_is_not_lost(trigger: Callable[[], N
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGHUP, previous[1])
         sys.unraisablehook = previous[2]
+
+
+def test_sighup_stops_with_an_error_line() -> None:
+    """G11r: a closed terminal (SIGHUP) exited 129 with no message and the manifest left at 'running'."""
+    from neuronforge.cli.app import stop_on_sigterm
+    from neuronforge.errors import Interrupted, interrupt_message
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP), sys.unraisablehook
+    stop_on_sigterm()
+    try:
+        with pytest.raises(Interrupted) as raised:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+        assert raised.value.signal_number == signal.SIGHUP and interrupt_message(raised.value) == "stopped by SIGHUP"
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGHUP, previous[1])
+        sys.unraisablehook = previous[2]
+
+
+def test_an_empty_prompt_is_refused_before_the_model_loads(fx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D17: `emulate --prompt ''` was refused only after the whole perplexity run."""
+    import neuronforge.neuron.emulate
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(neuronforge.neuron.emulate, "load_emulated", never)
+    output = check_clean_error(_invoke(["emulate", "--model", str(fx / "ok"), "--prompt", "", "--max-tokens", "64"]))
+    assert "--prompt is empty after tokenization" in output
+
+
+def test_a_lock_that_is_a_folder_is_named(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """I11: `.lock` replaced by a folder gave the raw 'Is a directory' with the generic fix."""
+    monkeypatch.chdir(tmp_path)
+    assert _invoke(["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model"]).exit_code == 0
+    (tmp_path / "r" / ".lock").unlink()
+    (tmp_path / "r" / ".lock").mkdir()
+    output = check_clean_error(_invoke(["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model"]))
+    assert "r/.lock is not the run's lock file" in output and "fix: remove" in output
 
 
 def test_a_full_disk_during_quantize_is_one_error_and_the_next_run_works(

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from neuronforge.assets.models import EMBEDDED_MODELS
 from neuronforge.core.presets import KNOBS, PRESETS, apply_preset, presets_help
 from neuronforge.core.s3uri import is_s3
-from neuronforge.core.utf8 import read_utf8
+from neuronforge.core.utf8 import read_utf8, require_file
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.selection import Selection
@@ -163,9 +163,7 @@ def _format_problems(exc: ValidationError, source: str) -> NeuronforgeError:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Raw key/values of a .yaml/.yml or .toml config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise NeuronforgeError(f"config file {path} does not exist", "create one with: neuronforge config init")
+    path = require_file(Path(path), "config file", "create one with: neuronforge config init")
     text = read_utf8(path)
     try:
         if path.suffix in (".yaml", ".yml"):

@@ -97,6 +97,11 @@ Listener = Callable[[StageEvent], None]
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory (released by the OS even on SIGKILL)."""
     path = run_dir / LOCK_FILE
+    if path.is_dir() or (path.exists() and not path.is_file()):  # was a raw "Is a directory" (report I11)
+        raise NeuronforgeError(
+            f"{path} is not the run's lock file (it is a folder or a special file)",
+            f"remove {path}; the run recreates it",
+        )
     with path.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
