@@ -65,7 +65,8 @@ def stop_on_sigterm() -> None:
         raise Interrupted(signal.Signals(signum).name, signum)
 
     signal.signal(signal.SIGTERM, raise_interrupted)
-    signal.signal(signal.SIGHUP, raise_interrupted)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under `nohup` a closed terminal must not stop it
+        signal.signal(signal.SIGHUP, raise_interrupted)
     sys.unraisablehook = _redeliver_dropped_interrupt
 
 

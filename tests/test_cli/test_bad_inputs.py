@@ -86,6 +86,17 @@ def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
         tensors[key][3, 0] = value
         save_file(tensors, weights, metadata={"format": "pt"})
     shutil.copytree(make_compiled(root / "compiled"), root / "comp")
+    mistral = variant("mistral")  # the same weights as MistralForCausalLM (its names are Llama's)
+    _write(
+        mistral / "config.json",
+        json.dumps(
+            {
+                **json.loads((ok / "config.json").read_text()),
+                "model_type": "mistral",
+                "architectures": ["MistralForCausalLM"],
+            }
+        ),
+    )
     _write(variant("m_nc") / "modules_to_not_convert.json", '{"modules_to_not_convert": ["lm_head"]}')
 
     _write(root / "tx" / "empty.txt", "")
@@ -317,6 +328,7 @@ CASES = [
     Case("D04", "run --model {fx}/ok --out r --instance ml.bogus.xlarge", "ml.bogus.xlarge is not a known"),
     Case("D05", "run --model {fx}/ok --out r --seq-len 256 --sdk 9.99", "'9.99'"),
     Case("D06", "run --model {fx}/ok --out r --budget-instance ml.bogus.xlarge", "ml.bogus.xlarge is not a known"),
+    Case("X04", "run --model {fx}/mistral --out r --seq-len 256", "cannot serve model_type 'mistral'"),
     Case("X13", "run --model {fx}/ok --out r", "seq_len 1024 exceeds the model's max_position_embeddings 256"),
     Case("D15", "emulate --model {fx}/ok --tp-degree 3", "tp_degree 3 does not divide num_attention_heads=4"),
     Case("B03", "run --model {fx}/ok --out r --text {fx}/tx/adir.txt", "adir.txt is a folder, not a file"),
@@ -636,6 +648,7 @@ def test_sighup_stops_with_an_error_line() -> None:
     from neuronforge.errors import Interrupted, interrupt_message
 
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP), sys.unraisablehook
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a background shell may ignore it: then `nohup` rules apply)
     stop_on_sigterm()
     try:
         with pytest.raises(Interrupted) as raised:
