@@ -247,13 +247,14 @@ def check_model(model: str) -> tuple[Check | None, ModelShape | None]:
     """(a check of the folder as the run will check it, its shape) for a model on this host."""
     from neuronforge.core.s3uri import is_s3
     from neuronforge.errors import NeuronforgeError
-    from neuronforge.hf.folders import header_shapes, read_config, validate_hf_folder
+    from neuronforge.hf.folders import check_weights, header_shapes, read_config, validate_hf_folder
 
     path = _model_path(model)
     if is_s3(model) or not path.exists():
         return None, None
     try:
         validate_hf_folder(path)
+        check_weights(path)  # transformers' own view of config.json, as `run` checks it
     except NeuronforgeError as exc:
         return Check("Model", "warn", exc.what, exc.fix), None
     params = sum(math.prod(shape) for shape in header_shapes(path).values())

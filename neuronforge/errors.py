@@ -55,3 +55,20 @@ def validated(schema: type[Model], command: str, /, **values: Any) -> Model:
         raise NeuronforgeError(
             f"invalid {command} options: {problems}", f"see `neuronforge {command} --help`"
         ) from None
+
+
+Expected = TypeVar("Expected")
+
+
+def expect(value: Any, kind: type[Expected] | tuple[type, ...], where: str, what: str | None = None) -> Expected:
+    """An argument of the Python API of the type it must have; otherwise a NeuronforgeError naming both types
+    (instead of an AttributeError or a torch error many frames deeper)."""
+    if isinstance(value, kind):
+        return value  # type: ignore[return-value]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = " or ".join(k.__name__ for k in kinds)
+    raise NeuronforgeError(
+        f"{where} takes {what or 'a ' + names}, got {type(value).__name__} {value!r:.60}",
+        f"pass {what or names}"
+        + (f", e.g. nf.{kinds[0].__name__}(...)" if issubclass(kinds[0], pydantic.BaseModel) else ""),
+    )

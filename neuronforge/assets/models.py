@@ -109,7 +109,7 @@ def fetch(name: str = "smollm2", *, force: bool = False) -> Path:
     final = embedded_model_dir(name)
     if (final / PROVENANCE_FILE).exists() and not force:
         make_portable(final)  # caches written before neuronforge wrote portable configs
-        return validate_hf_folder(final)
+        return _validated_cache(name, final)
     source = gguf_path(name)
     model, tokenizer = load_gguf(source)
     # (transformers types PreTrainedModel.to as functools.wraps(nn.Module.to), whose self mypy cannot bind)
@@ -143,10 +143,28 @@ def resolve_model(spec: str | Path) -> Path:
                 f"the embedded model '{spec_str}' has not been fetched yet (looked in {path})",
                 f"run: neuronforge model fetch {spec_str}",
             )
-        return validate_hf_folder(path)
+        return _validated_cache(spec_str, path)
     return validate_hf_folder(Path(spec_str).expanduser())
+
+
+def _validated_cache(name: str, folder: Path) -> Path:
+    """The embedded model's cached folder, validated; damage there is fixed by fetching it again (report K08)."""
+    try:
+        return validate_hf_folder(folder)
+    except NeuronforgeError as exc:
+        raise NeuronforgeError(
+            f"the cached embedded model '{name}' is damaged: {exc.what}",
+            f"run: neuronforge model fetch {name} --overwrite",
+        ) from None
 
 
 def fetch_or_resolve(spec: str | Path) -> Path:
     """Like `resolve_model`, but an embedded model not fetched yet is fetched (what `run` and `emulate` want)."""
     return fetch(str(spec)) if str(spec) in EMBEDDED_MODELS else resolve_model(spec)
+
+
+def input_path(model: str | Path | None) -> str | Path | None:
+    """Where a `--model` value lives on disk, for the output-overlap checks: an embedded name's cache folder."""
+    if model is not None and str(model) in EMBEDDED_MODELS:
+        return embedded_model_dir(str(model))
+    return model

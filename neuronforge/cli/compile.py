@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from neuronforge.cli.app import console
-from neuronforge.cli.options import NotConvertOpt, given, model_option
+from neuronforge.cli.app import checked_out, console
+from neuronforge.cli.options import NotConvertOpt, OverwriteOpt, given, model_option
 from neuronforge.errors import validated
 from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
 from neuronforge.neuron.nxdi.compile import CompileOptions
@@ -29,20 +29,26 @@ def neuron_config_command(
     batch_size: int | None = model_option(N, "batch_size"),
     seq_len: int | None = model_option(N, "seq_len"),
     sdk: str | None = model_option(N, "sdk"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Validate a NeuronConfig for NxD Inference and write it (runs anywhere, no Neuron SDK needed)."""
     flags = given(locals(), N)
     from neuronforge.assets.models import resolve_model
+    from neuronforge.core.outputs import output_dir
     from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.nxdi.compile import print_notices
     from neuronforge.neuron.nxdi.config import neuron_config, write_config_files
 
+    model_dir = resolve_model(model)
+    out = checked_out(out, overwrite, model=model_dir, not_convert=not_convert)
     if not_convert is not None:
         flags["modules_to_not_convert"] = read_not_convert(not_convert)
-    spec = neuron_config(resolve_model(model), validated(N, "neuron-config", **flags))
+    spec = neuron_config(model_dir, validated(N, "neuron-config", **flags))
     print_notices(spec.notices)
-    for path in write_config_files(spec, out):
-        console.print(f"[green]wrote:[/] {path}")
+    with output_dir(out, overwrite=overwrite) as tmp:
+        written = write_config_files(spec, tmp)
+    for path in written:
+        console.print(f"[green]wrote:[/] {out / path.name}")
 
 
 def compile_command(
@@ -69,6 +75,8 @@ def compile_command(
 
     if not_convert is not None:
         flags["modules_to_not_convert"] = read_not_convert(not_convert)
-    options = validated(C, "compile", **{**flags, "model": str(resolve_model(model))})
+    model_dir = resolve_model(model)
+    checked = checked_out(out, bool(overwrite), model=model_dir, neuron_config=neuron_config)
+    options = validated(C, "compile", **{**flags, "model": str(model_dir), "out": checked})
     path = compile_model(options)
     console.print(f"[green]compiled:[/] {path}")

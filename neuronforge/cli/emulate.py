@@ -51,7 +51,7 @@ def emulate_command(
         0,
         "--threads",
         min=0,
-        help="CPU threads for torch (0: torch's default). On a shared machine 1 is often fastest.",
+        help="CPU threads for torch (0: torch's default; at most the CPUs this process may use). On a shared machine 1 is often fastest.",
     ),
     tp_degree: int | None = model_option(M, "tp_degree"),
     exact_bf16: bool = typer.Option(
@@ -73,7 +73,9 @@ def emulate_command(
     if threads:
         import torch
 
-        torch.set_num_threads(threads)
+        from neuronforge.core.devices import capped_threads
+
+        torch.set_num_threads(capped_threads(threads))
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()
     options = validated(M, "emulate", **flags, modules_to_not_convert=modules, fast_bf16=not exact_bf16)
     spec = options.spec()
@@ -81,6 +83,9 @@ def emulate_command(
     model_dir = fetch_or_resolve(model)
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
     tokenizer = load_tokenizer(model_dir)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if max_new_tokens and ids.numel() == 0:  # before the load and the perplexity run, not after (report D17)
+        raise NeuronforgeError("--prompt is empty after tokenization", "pass a prompt with some text")
     windows = held_out_windows(tokenizer, texts, options.eval_seq_len, options.eval_tokens)
     emulated = load_emulated(model_dir, spec)
     linears = checkpoint_linears(header_shapes(model_dir))
@@ -93,9 +98,6 @@ def emulate_command(
     if report.kv_risk is not None:
         console.print(f"  KV risk: {report.kv_risk.describe()}")
     if max_new_tokens:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        if ids.numel() == 0:
-            raise NeuronforgeError("--prompt is empty after tokenization", "pass a prompt with some text")
         new = emulated.generate(ids, max_new_tokens)[0, ids.shape[1] :]
         console.print(f"  greedy: {prompt}[cyan]{tokenizer.decode(new, skip_special_tokens=True)}[/]", highlight=False)
     console.print(f"  wall time {time.perf_counter() - started:.1f} s")
@@ -125,7 +127,7 @@ def quantize_nxd_command(
             "NxDI honours it at runtime: those layers would run without a scale. Prefer per_channel."
         )
     _tied_lm_head_warning(model_dir, dtype, modules)
-    out = checked_out(out, model=model_dir, not_convert=not_convert)
+    out = checked_out(out, overwrite, model=model_dir, not_convert=not_convert)
     result = write_quantized_checkpoint(model_dir, out, dtype, qtype, modules, overwrite=overwrite)
     size = sum(f.stat().st_size for f in result.out_dir.glob("*.safetensors"))
     console.print(

@@ -67,7 +67,7 @@ def evaluate_command(
     if lm_eval_tasks is not None:
         flags["lm_eval_tasks"] = [t for t in lm_eval_tasks.split(",") if t]
     options = options_from(**{**flags, "preset": preset})
-    out = checked_out(options.out, model=options.model, text=options.text, gsm8k=options.gsm8k)
+    out = checked_out(options.out, True, model=options.model, text=options.text, gsm8k=options.gsm8k)
     options = options.model_copy(update={"out": out})
     with third_party_logs(third_party_log(out), verbose):
         report = evaluate(options, command=shlex.join(["neuronforge", *sys.argv[1:]]))

@@ -169,6 +169,8 @@ def config_init(
         typer.echo(text, nl=False)
         return
     target = Path(path)
+    if target.is_dir():  # (--overwrite replaced the folder's temp file name in the error: C19)
+        raise NeuronforgeError(f"{target} is a folder", "pass a file path for the configuration, e.g. neuronforge.yaml")
     if target.exists() and not overwrite:
         raise NeuronforgeError(f"{target} already exists", "pass --overwrite to replace it, or choose another path")
     atomic_write_text(target, text)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from neuronforge.cli.app import App, console
+from neuronforge.cli.app import App, checked_out, console
 from neuronforge.cli.options import (
     DryRunOpt,
     ImageOpt,
@@ -459,8 +459,12 @@ def package_command(
 ) -> None:
     """Lay out the endpoint's model directory with manifest.json; optionally upload it to S3 and verify."""
     flags = given(locals(), P)
+    from neuronforge.core.s3uri import S3Uri
     from neuronforge.sagemaker.packaging import package, verify_package
 
+    if upload:  # the destination and the region before the package is written, not after (report E28)
+        S3Uri.parse(upload)
+        region = _region(region)
     if compiled is None and checkpoint is None:
         verify_package(out)
         console.print(f"[green]verified:[/] {out} matches its manifest")
@@ -470,6 +474,7 @@ def package_command(
         from neuronforge.neuron.planner.weight_memory import format_bytes
         from neuronforge.sagemaker.packaging import load_manifest
 
+        checked_out(out, bool(overwrite), compiled=compiled, checkpoint=checkpoint, tokenizer=tokenizer)
         package(validated(P, "package", **flags))
         sizes = load_manifest(out)["sizes"]
         left_out = ", ".join(f"{name} {format_bytes(n)}" for name, n in sizes["left_out"].items() if n)

@@ -5,20 +5,38 @@ everything a user points `--out` at: an output may not be, contain or sit inside
 inputs; it must be a folder we can write; a standalone command never writes inside a run directory (that
 belongs to `neuronforge run`, which replaces its stage folders); and `run` only adopts a folder that is
 new, empty, or already a run directory (see docs/file-safety.md).
+
+Every other command that writes a folder (quantize, quantize-nxd, neuron-config, compile, package) goes through
+`output_dir`: the folder must be new, empty, or one neuronforge wrote (it carries `OUTPUT_MARKER`, which lists
+every file written), and `--overwrite` replaces such a folder only while it holds nothing but those files.
+A file the user put there is never deleted: the command refuses and names it (docs/output-contract.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
+from neuronforge.core.atomic import (
+    atomic_dir,
+    atomic_write_json,
+    disk_full_error,
+    is_disk_full,
+    is_leftover_name,
+    new_partial_dir,
+    remove_leftovers,
+    tree_bytes,
+)
 from neuronforge.core.s3uri import SCHEME, is_s3
 from neuronforge.errors import NeuronforgeError
 
 RUN_MANIFEST = "manifest.json"  # what makes a folder a run directory (with the run's keys in it)
 RUN_LOCK = ".lock"
+OUTPUT_MARKER = ".neuronforge-output.json"  # in every folder `output_dir` wrote: the files it wrote
 
 
 def local_path(path: str | Path) -> Path:
@@ -92,7 +110,9 @@ def check_writable(path: Path, flag: str = "--out") -> None:
         )
 
 
-def check_output(out: Path, inputs: Mapping[str, str | Path | None], flag: str = "--out") -> Path:
+def check_output(
+    out: Path, inputs: Mapping[str, str | Path | None], flag: str = "--out", *, overwrite: bool = False
+) -> Path:
     """All checks for a standalone command's output folder; returns it as an absolute path."""
     out = local_path(out)
     check_apart(out, inputs, flag)
@@ -103,7 +123,98 @@ def check_output(out: Path, inputs: Mapping[str, str | Path | None], flag: str =
             f"choose a {flag} outside {run_dir}",
         )
     check_writable(out, flag)
+    check_replaceable(out, overwrite=overwrite, flag=flag)
     return out
+
+
+def _files_under(folder: Path) -> set[str]:
+    """Every file (and link) below `folder`, as relative POSIX paths; left out: the marker, and the temp folders
+    and files of a killed neuronforge writer (`core.atomic`'s pid-tagged names, which the next writer removes)."""
+    found = set()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_leftover_name(d)]
+        for name in [*files, *(d for d in dirs if (Path(root) / d).is_symlink())]:
+            if not is_leftover_name(name):
+                found.add((Path(root) / name).relative_to(folder).as_posix())
+    found.discard(OUTPUT_MARKER)
+    return found
+
+
+def written_files(folder: Path) -> set[str] | None:
+    """The files neuronforge recorded writing into `folder`; None when it carries no (readable) marker."""
+    try:
+        payload = json.loads((Path(folder) / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    files = payload.get("files") if isinstance(payload, dict) else None
+    return set(files) if isinstance(files, list) and all(isinstance(f, str) for f in files) else None
+
+
+def check_replaceable(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
+    """`out` is new or empty, or a folder neuronforge wrote that holds only its files and `overwrite` is given."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise NeuronforgeError(f"{flag} {out} is a file, not a folder", f"choose a folder path for {flag}")
+    present = _files_under(out)
+    if not present:  # empty, or only empty folders and a killed writer's temp files
+        return
+    owned = written_files(out)
+    if owned is None:
+        raise NeuronforgeError(
+            f"{flag} {out} already holds files neuronforge did not write ({', '.join(sorted(present)[:3])}); it never "
+            "replaces or deletes them",
+            f"choose a new or empty folder for {flag}",
+        )
+    foreign = sorted(present - owned)
+    if foreign:
+        raise NeuronforgeError(
+            f"{flag} {out} holds files neuronforge did not write ({', '.join(foreign[:3])}): replacing the folder "
+            "would delete them",
+            f"move them out of {out}" + (f", or choose another {flag}" if flag.startswith("--") else ""),
+        )
+    if not overwrite:
+        raise NeuronforgeError(
+            f"{flag} {out} already exists (an earlier neuronforge output)",
+            f"pass --overwrite to replace it, or choose another {flag}",
+        )
+
+
+def mark_output(folder: Path) -> None:
+    """Record every file now in `folder` as written by neuronforge (`output_dir` does this for its folder;
+    `evaluate` after each step it adds to the folder it re-uses as a cache)."""
+    atomic_write_json(folder / OUTPUT_MARKER, {"files": sorted(_files_under(folder))})
+
+
+@contextmanager
+def output_dir(out: Path, *, overwrite: bool = False, flag: str = "--out") -> Iterator[Path]:
+    """Yield a temp folder that becomes `out` (with its marker) only if the block succeeds: the one way a
+    command writes its output folder. `out` is checked again here (`check_replaceable`), so the Python API
+    gets the same contract as the CLI. An existing empty folder is filled in place (it may be a mount point)."""
+    out = Path(out)
+    check_replaceable(out, overwrite=overwrite, flag=flag)
+    if not (out.is_dir() and not any(out.iterdir())):
+        with atomic_dir(out, overwrite=True) as tmp:
+            yield tmp
+            mark_output(tmp)
+        return
+    remove_leftovers(out.parent, out.name)
+    tmp = new_partial_dir(out)
+    try:
+        yield tmp
+        mark_output(tmp)
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == OUTPUT_MARKER):  # the marker last
+            shutil.move(entry, out / entry.name)
+        tmp.rmdir()
+    except BaseException as exc:
+        written = tree_bytes(tmp) + tree_bytes(out) if is_disk_full(exc) else 0
+        shutil.rmtree(tmp, ignore_errors=True)
+        for entry in out.iterdir():  # it was empty: whatever is there now, this block moved in
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if is_disk_full(exc):
+            raise disk_full_error(out, written) from None
+        raise
 
 
 def check_run_dir(out: Path, inputs: Mapping[str, str | Path | None]) -> Path:

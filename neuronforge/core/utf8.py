@@ -18,3 +18,16 @@ def read_utf8(path: Path) -> str:
             f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} (byte offset {exc.start})",
             f"convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > {Path(path).stem}-utf8{Path(path).suffix}`",
         ) from None
+
+
+def require_file(path: Path, what: str, fix: str) -> Path:
+    """`path` is an existing regular file; a folder or a device (`/dev/null`) is named as what it is, not as
+    missing (report B03, B14, C11)."""
+    path = Path(path)
+    if path.is_dir():
+        raise NeuronforgeError(f"{what} {path} is a folder, not a file", fix)
+    if path.exists() and not path.is_file():
+        raise NeuronforgeError(f"{what} {path} is not a regular file (a device, pipe or socket)", fix)
+    if not path.exists():
+        raise NeuronforgeError(f"{what} {path} does not exist", fix)
+    return path

@@ -63,30 +63,93 @@ def validate_hf_folder(path: Path) -> Path:
             f"{path} has no *.safetensors weights",
             "re-save the model with save_pretrained(..., safe_serialization=True)",
         )
-    check_family(read_config(path), str(path))  # before any weight is read (hf/families.py)
-    header_shapes(path)
+    config = read_config(path)
+    if config.get("model_type") is None:
+        raise NeuronforgeError(
+            f"{path}/config.json has no model_type", "re-export the model with save_pretrained (it writes model_type)"
+        )
+    check_family(config, str(path))  # before any weight is read (hf/families.py)
+    check_config_values(path, config)
+    check_index(path, shard_headers(path))
     return path
 
 
-def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape across a folder's shards, read from the headers by safetensors itself.
+# config.json sizes that must be positive integers (transformers would divide by them, or take a string)
+POSITIVE_INT_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "head_dim",
+)
 
-    safetensors checks that each header is complete and its offsets cover the file exactly, so a truncated
-    or padded shard is caught here, without reading any weights.
-    """
+
+def check_config_values(path: Path, config: dict[str, Any]) -> None:
+    """The sizes config.json gives are positive integers: a 0, a negative number or "64" fails here, named,
+    instead of as a ZeroDivisionError or a type error deep inside transformers (report A22-A24)."""
+    fix = "fix config.json (or re-export the model with save_pretrained)"
+    for key in POSITIVE_INT_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue  # absent or null: transformers' default (or a derived value) applies
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise NeuronforgeError(f"{path}/config.json: {key} must be a positive integer, got {value!r}", fix)
+
+
+def shard_headers(path: Path) -> dict[str, dict[str, tuple[int, ...]]]:
+    """shard file name -> {tensor key: shape}, from each *.safetensors header (safetensors checks each file is
+    complete: a truncated or padded shard is caught here, without reading any weights)."""
     from safetensors import SafetensorError, safe_open
 
-    shapes: dict[str, tuple[int, ...]] = {}
+    shards: dict[str, dict[str, tuple[int, ...]]] = {}
     for shard in sorted(path.glob("*.safetensors")):
         try:
             with safe_open(shard, framework="numpy") as handle:
-                shapes.update({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
+                shards[shard.name] = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         except (SafetensorError, OSError) as exc:
             raise NeuronforgeError(
                 f"{shard} is not a readable safetensors file ({exc}); it may be truncated or still downloading",
                 "copy or download the model again",
             ) from None
-    return shapes
+    return shards
+
+
+def _index_map(path: Path) -> dict[str, str]:
+    """model.safetensors.index.json's weight_map, checked to be an object of tensor key -> file name."""
+    index = path / INDEX_NAME
+    fix = "re-save the model with save_pretrained (it writes the index with its shards), or delete the index of a "
+    fix += "single-file model"
+    try:
+        payload = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NeuronforgeError(f"{index} is not valid JSON ({exc})", fix) from None
+    mapping = payload.get("weight_map") if isinstance(payload, dict) else None
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise NeuronforgeError(f"{index} has no weight_map object (tensor name -> shard file)", fix)
+    return mapping
+
+
+def check_index(path: Path, shards: dict[str, dict[str, tuple[int, ...]]]) -> None:
+    """A sharded folder's index names shards that exist and that hold the tensors it maps to them (report A06-A10:
+    a damaged index was a JSONDecodeError or KeyError traceback after the model stage had passed)."""
+    if not (path / INDEX_NAME).exists():
+        return
+    fix = "re-save the model with save_pretrained, or copy the shards and the index again"
+    for key, shard in _index_map(path).items():
+        if shard not in shards:
+            raise NeuronforgeError(
+                f"{path}/{INDEX_NAME} maps {key} to {shard}, which is not in the folder (a missing shard?)", fix
+            )
+        if key not in shards[shard]:
+            raise NeuronforgeError(f"{path}/{INDEX_NAME} maps {key} to {shard}, but that shard does not hold it", fix)
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape across a folder's shards, read from the headers (see `shard_headers`)."""
+    return {key: shape for shapes in shard_headers(path).values() for key, shape in shapes.items()}
 
 
 READ_BLOCK_BYTES = 16 << 20
@@ -133,9 +196,15 @@ def check_weights(path: Path) -> None:
 
     force_offline()
     found = header_shapes(path)
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
+    try:  # transformers' own validators (rope_scaling, head counts, types): their errors are no NeuronforgeError
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except Exception as exc:
+        raise NeuronforgeError(
+            f"{path}/config.json is invalid: transformers cannot build the model from it ({type(exc).__name__}: {exc})",
+            "fix config.json (or re-export the model with save_pretrained)",
+        ) from None
     tied = set(getattr(skeleton, "_tied_weights_keys", None) or ()) if config.tie_word_embeddings else set()
     fix = "re-export the model with save_pretrained, or fix config.json to match the weights"
     for key, tensor in skeleton.state_dict().items():
@@ -168,9 +237,8 @@ def weight_map(path: Path) -> dict[str, str]:
     """Tensor key -> safetensors file of an HF folder (reads only the index or the single file's header)."""
     from safetensors import safe_open
 
-    index = path / INDEX_NAME
-    if index.exists():
-        return dict(json.loads(index.read_text())["weight_map"])
+    if (path / INDEX_NAME).exists():
+        return _index_map(path)
     if (path / SINGLE_NAME).exists():
         with safe_open(path / SINGLE_NAME, framework="pt") as handle:
             return dict.fromkeys(handle.keys(), SINGLE_NAME)
@@ -229,9 +297,24 @@ def copied_tensors(
     1.2e9 parameters)."""
     for run in runs:
         if len(run) == 1:
-            yield run[0], _copied_by_rows(file, run[0], dtype, window)
+            yield run[0], finite(file, run[0], _copied_by_rows(file, run[0], dtype, window))
         else:  # the copies are made before the run's map is closed; no mapped tensor leaves the comprehension
-            yield from [(key, tensor.to(dtype, copy=True)) for key, tensor in mapped_tensors(file, [run])]
+            copies = [(key, tensor.to(dtype, copy=True)) for key, tensor in mapped_tensors(file, [run])]
+            yield from [(key, finite(file, key, tensor)) for key, tensor in copies]
+
+
+def finite(file: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` when every value is finite. A NaN or inf weight makes every logit NaN: quantize reported 100% grid
+    agreement and emulate a NaN perplexity beside "emulation exact" (report X14/X15); it is named here instead."""
+    import torch
+
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise NeuronforgeError(
+            f"{file}: weight {key} holds NaN or infinite values, so every output of the model would be NaN",
+            "use a checkpoint without NaN/inf weights (re-export it, or check the training or conversion that "
+            "wrote it)",
+        )
+    return tensor
 
 
 def _copied_by_rows(file: Path, key: str, dtype: torch.dtype, window: int) -> torch.Tensor:
@@ -262,7 +345,7 @@ def row_blocks(
     for start in range(0, rows, step):
         with safe_open(file, framework="pt") as handle:
             block = handle.get_slice(key)[start : start + step].to(dtype, copy=True)
-        yield slice(start, start + step), block
+        yield slice(start, start + step), finite(file, key, block)
 
 
 def load_model(
@@ -358,3 +441,28 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         ) from exc
     check_tokenizer(path, tokenizer)
     return tokenizer
+
+
+def check_loaded_model(model: Any, where: str) -> None:
+    """The Python API's `model` argument is a torch module whose weights are loaded (not on the meta device):
+    a string or None was an AttributeError, a meta model a torch error 16 frames deep (report J09, J21)."""
+    import torch
+
+    from neuronforge.errors import expect
+
+    expect(model, torch.nn.Module, where, "a loaded model (a torch.nn.Module, e.g. AutoModelForCausalLM)")
+    meta = [name for name, param in model.named_parameters() if param.is_meta]
+    if meta:
+        raise NeuronforgeError(
+            f"{where}: the model's weights are on the meta device (not loaded), e.g. {meta[0]}",
+            "load the weights first (from_pretrained without device_map='meta'/init_empty_weights)",
+        )
+
+
+def check_tokenizer_object(tokenizer: Any, where: str) -> None:
+    """The Python API's `tokenizer` argument is a transformers tokenizer (a string was called as one: J11)."""
+    from transformers import PreTrainedTokenizerBase
+
+    from neuronforge.errors import expect
+
+    expect(tokenizer, PreTrainedTokenizerBase, where, "a tokenizer (AutoTokenizer.from_pretrained(folder))")

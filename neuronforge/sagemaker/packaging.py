@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuronforge.core import s3uri
-from neuronforge.core.atomic import atomic_dir, atomic_write_json, link_tree
+from neuronforge.core.atomic import atomic_write_json, link_tree, tree_bytes
 from neuronforge.core.aws import call, uninterrupted
 from neuronforge.core.hashing import sha256_file
 from neuronforge.core.knobs import TpDegree
 from neuronforge.core.logs import LOG_DIR
+from neuronforge.core.outputs import OUTPUT_MARKER, check_apart, check_replaceable, output_dir
 from neuronforge.core.package_versions import installed_versions
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.config_compat import make_tokenizer_portable
@@ -99,7 +100,10 @@ def _versions() -> dict[str, str]:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != MANIFEST)
+    """The package's files; manifest.json and the output marker (written after it) are not listed in it."""
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in (MANIFEST, OUTPUT_MARKER)
+    )
 
 
 def build_manifest(root: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -156,10 +160,6 @@ def check_compile_sdk(compiled: Path) -> str:
             fix,
         )
     return sdk
-
-
-def tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
 
 
 def _check_checkpoint(checkpoint: Path, tokenizer: Path | None) -> list[Path]:
@@ -231,19 +231,18 @@ def package_model(
 ) -> Path:
     """Write the endpoint's model directory at `out` atomically and return it.
 
-    An existing empty directory is filled (SageMaker creates a processing job's output LocalPath before the
-    entrypoint runs); anything else that exists needs `overwrite`.
+    `out` follows the output contract (`core.outputs.output_dir`): new, empty (SageMaker creates a processing
+    job's output LocalPath before the entrypoint runs; it is filled in place), or an earlier package holding
+    only the files neuronforge wrote, replaced with `overwrite`. It may not be, hold or sit inside an input.
     """
     out, compiled, checkpoint = Path(out), Path(compiled), Path(checkpoint)
-    empty_dir = out.is_dir() and not any(out.iterdir())
-    if out.exists() and not overwrite and not empty_dir:
-        raise NeuronforgeError(f"{out} already exists", "pass --overwrite or choose another output directory")
+    check_apart(out, {"--compiled": compiled, "--checkpoint": checkpoint, "--tokenizer": tokenizer})
+    check_replaceable(out, overwrite=overwrite)
     neuron_config = _read_neuron_config(compiled)
     compile_sdk = check_compile_sdk(compiled)
     tokenizer_files = _check_checkpoint(checkpoint, tokenizer)
     serving = serving_config(neuron_config, tp_degree, max_num_seqs)
-    target = out.with_name(f".{out.name}.package") if empty_dir else out
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    with output_dir(out, overwrite=overwrite) as tmp:
         # NxDI's quantized_checkpoint/ (fp32 non-quantized tensors) is not needed: the presharded weights/ serve.
         link_tree(compiled, tmp / COMPILED_SUBDIR, ignore=(QUANTIZED_DIR,))
         link_tree(checkpoint, tmp / CHECKPOINT_SUBDIR, ignore=(LOG_DIR,))  # `quantize`'s third-party log
@@ -261,10 +260,6 @@ def package_model(
         image = neuron_image(compile_sdk)
         extra = {"serving": serving, "compile_sdk": compile_sdk, "serving_image": image["base"], "sizes": sizes}
         atomic_write_json(tmp / MANIFEST, build_manifest(tmp, extra))
-    if empty_dir:  # the directory may be a mount point: move the entries in, the manifest last
-        for entry in sorted(target.iterdir(), key=lambda p: p.name == MANIFEST):
-            shutil.move(entry, out / entry.name)
-        target.rmdir()
     return out
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from testkit.fakes import make_compiled
 from typer.testing import CliRunner
 
 from neuronforge.cli import app
@@ -75,6 +76,33 @@ def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (notok / name).unlink(missing_ok=True)
 
+    _broken_shards(ok, root, load_file, save_file)
+    for name, changes in CONFIG_DAMAGE.items():
+        folder = variant(name)
+        config = {**json.loads((folder / "config.json").read_text()), **changes}
+        _write(folder / "config.json", json.dumps({k: v for k, v in config.items() if v is not DROP}))
+    for name, key, value in (
+        ("nan", "model.layers.0.self_attn.q_proj.weight", float("nan")),
+        ("inf", "model.layers.1.mlp.up_proj.weight", float("inf")),
+    ):
+        weights = variant(name) / "model.safetensors"
+        tensors = load_file(weights)
+        tensors[key][3, 0] = value
+        save_file(tensors, weights, metadata={"format": "pt"})
+    shutil.copytree(make_compiled(root / "compiled"), root / "comp")
+    mistral = variant("mistral")  # the same weights as MistralForCausalLM (its names are Llama's)
+    _write(
+        mistral / "config.json",
+        json.dumps(
+            {
+                **json.loads((ok / "config.json").read_text()),
+                "model_type": "mistral",
+                "architectures": ["MistralForCausalLM"],
+            }
+        ),
+    )
+    _write(variant("m_nc") / "modules_to_not_convert.json", '{"modules_to_not_convert": ["lm_head"]}')
+
     _write(root / "tx" / "empty.txt", "")
     _write(root / "tx" / "short.txt", "one two three four five six seven eight nine ten")
     _write(root / "tx" / "nonutf8.txt", PROSE.encode() * 20 + b"caf\xe9 \xff\n")
@@ -98,7 +126,57 @@ def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
     _write(root / "cfg" / "ncbare.json", '{"modules_to_not_convert": ["layers.0"]}')
     _write(root / "cfg" / "ncbad.json", '{"modules_to_not_convert": [')
     _write(root / "afile.out", "a file where a folder should be")
+    (root / "tx" / "adir.txt").mkdir()
+    (root / "cfg" / "adir.yaml").mkdir()
     return root
+
+
+DROP = object()  # a config.json key removed
+CONFIG_DAMAGE: dict[str, dict[str, object]] = {
+    "heads_zero": {"num_attention_heads": 0},  # A22
+    "cfg_strings": {"hidden_size": "64"},  # A23
+    "cfg_negative_layers": {"num_hidden_layers": -1},  # A24
+    "rope_bad": {"rope_scaling": {"rope_type": "nonsense", "factor": -1.0}},  # A17
+    "no_model_type": {"model_type": DROP},  # A21
+}
+
+
+def _broken_shards(ok: Path, root: Path, load_file: Callable[..., dict], save_file: Callable[..., None]) -> None:
+    """A two-shard copy of `ok` with its index, and the damaged indexes of report A06-A10."""
+    tensors = load_file(ok / "model.safetensors")
+    keys = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    sharded = root / "sharded"
+    shutil.copytree(ok, sharded, ignore=shutil.ignore_patterns("model.safetensors"))
+    for name, names in shards.items():
+        save_file({key: tensors[key] for key in names}, sharded / name, metadata={"format": "pt"})
+    mapping = {key: name for name, names in shards.items() for key in names}
+    wrong = {**mapping, keys[0]: "model-00002-of-00002.safetensors"}
+    for name, index in (
+        ("shard_badindex", "{not json"),
+        ("shard_noweightmap", json.dumps({"metadata": {}})),
+        ("shard_indexwrong", json.dumps({"weight_map": wrong})),
+        ("shard_missingfile", json.dumps({"weight_map": mapping})),
+    ):
+        shutil.copytree(sharded, root / name)
+        _write(root / name / "model.safetensors.index.json", index)
+    (root / "shard_missingfile" / "model-00002-of-00002.safetensors").unlink()
+    _write(sharded / "model.safetensors.index.json", json.dumps({"metadata": {}, "weight_map": mapping}))
+
+
+def _notes(tmp: Path, fx: Path) -> None:
+    """Folders of the user's (E53, E25, E26) and one neuronforge wrote that the user then added a file to."""
+    _write(tmp / "nc" / "neuron_config.json", "{}")
+    _write(tmp / "mine" / "NOTES.md", "my notes")
+    shutil.copytree(fx / "comp", tmp / "comp")
+    shutil.copytree(fx / "ok", tmp / "ck")
+    shutil.copytree(fx / "comp", tmp / "proj" / "compiled")
+    shutil.copytree(fx / "ok", tmp / "proj" / "ckpt")
+    _write(tmp / "proj" / "NOTES.md", "my notes")
+    _write(tmp / "ours" / "neuron_config.json", "{}")
+    _write(tmp / "ours" / ".neuronforge-output.json", '{"files": ["neuron_config.json"]}')
+    shutil.copytree(tmp / "ours", tmp / "ours-notes")
+    _write(tmp / "ours-notes" / "NOTES.md", "my notes")
 
 
 def _user_folders(tmp: Path, fx: Path) -> None:
@@ -196,11 +274,76 @@ CASES = [
     Case(
         "own-evaluate-user-folder",
         "evaluate --model {fx}/ok --out o-unrel",
-        "is not an evaluate output folder",
+        "neuronforge did not write (notes.txt)",
         setup=_user_folders,
     ),
     Case("own-evaluate-out-model", "evaluate --model {fx}/ok --out {fx}/ok", "is the same location as --model"),
     Case("own-evaluate-budget", "evaluate --model {fx}/ok --out e --max-extra-memory 5", "max_extra_memory"),
+    Case("E14", "neuron-config --model {fx}/m_nc --out {fx}/m_nc --not-convert {fx}/cfg/nc99.json", "same location"),
+    Case(
+        "E53", "neuron-config --model {fx}/ok --out nc", "neuronforge did not write (neuron_config.json)", setup=_notes
+    ),
+    Case(
+        "E25", "package comp --compiled comp --checkpoint ck --overwrite", "same location as --compiled", setup=_notes
+    ),
+    Case("E26", "package proj --compiled proj/compiled --checkpoint proj/ckpt --overwrite", "contains", setup=_notes),
+    Case(
+        "own-package-notes",
+        "package mine --compiled {fx}/comp --checkpoint {fx}/ok --overwrite",
+        "NOTES.md",
+        setup=_notes,
+    ),
+    Case(
+        "own-nxd-notes", "quantize-nxd --model {fx}/ok --out mine --overwrite", "did not write (NOTES.md)", setup=_notes
+    ),
+    Case("own-nxd-in-compiled", "quantize-nxd --model {fx}/ok --out comp --overwrite", "did not write", setup=_notes),
+    Case("own-config-ours-no-overwrite", "neuron-config --model {fx}/ok --out ours", "pass --overwrite", setup=_notes),
+    Case(
+        "own-config-ours-user-file",
+        "neuron-config --model {fx}/ok --out ours-notes --overwrite",
+        "did not write (NOTES.md): replacing the folder would delete them",
+        setup=_notes,
+    ),
+    Case("own-quantize-user-file", "quantize --model {fx}/ok --out mine", "did not write (NOTES.md)", setup=_notes),
+    Case("own-compile-notes", "compile --model {fx}/ok --out mine --overwrite", "did not write", setup=_notes),
+    # damaged shards and config values, NaN weights (refused before the model loads, or while it loads)
+    Case("A06", "run --model {fx}/shard_badindex --out r", "model.safetensors.index.json is not valid JSON"),
+    Case("A07", "run --model {fx}/shard_noweightmap --out r", "has no weight_map"),
+    Case("A08", "run --model {fx}/shard_missingfile --out r", "which is not in the folder"),
+    Case("A10", "run --model {fx}/shard_indexwrong --out r", "but that shard does not hold it"),
+    Case("own-shard-quantize", "quantize --model {fx}/shard_indexwrong --out q", "does not hold it"),
+    Case("own-shard-emulate", "emulate --model {fx}/shard_badindex", "is not valid JSON"),
+    Case("A17", "run --model {fx}/rope_bad --out r", "config.json is invalid"),
+    Case("A21", "run --model {fx}/no_model_type --out r", "has no model_type"),
+    Case("A22", "run --model {fx}/heads_zero --out r", "num_attention_heads must be a positive integer, got 0"),
+    Case("A23", "run --model {fx}/cfg_strings --out r", "hidden_size must be a positive integer, got '64'"),
+    Case("A24", "run --model {fx}/cfg_negative_layers --out r", "num_hidden_layers must be a positive integer"),
+    Case("E01", "plan --model {fx}/heads_zero", "num_attention_heads must be a positive integer"),
+    Case(
+        "X15",
+        "quantize --model {fx}/nan --out q --no-autoround " + " ".join(S[:6]),
+        "model.layers.0.self_attn.q_proj.weight holds NaN or infinite values",
+    ),
+    Case("A30", "quantize --model {fx}/inf --out q " + " ".join(S[:6]), "up_proj.weight holds NaN or infinite"),
+    Case(
+        "X14",
+        "emulate --model {fx}/nan --eval-tokens 64 --eval-seq-len 32 --max-new-tokens 0",
+        "holds NaN or infinite values",
+    ),
+    # deployment settings, refused before any stage runs (were refused at package, after quantize and emulate)
+    Case("D01", "run --model {fx}/ok --out r --seq-len 256 --tp-degree 3", "tp_degree 3"),
+    Case("D03", "run --model {fx}/ok --out r --seq-len 1000000", "exceeds the model's max_position_embeddings"),
+    Case("D04", "run --model {fx}/ok --out r --instance ml.bogus.xlarge", "ml.bogus.xlarge is not a known"),
+    Case("D05", "run --model {fx}/ok --out r --seq-len 256 --sdk 9.99", "'9.99'"),
+    Case("D06", "run --model {fx}/ok --out r --budget-instance ml.bogus.xlarge", "ml.bogus.xlarge is not a known"),
+    Case("X04", "run --model {fx}/mistral --out r --seq-len 256 --sdk 2.28", "cannot serve model_type 'mistral'"),
+    Case("X13", "run --model {fx}/ok --out r", "seq_len 1024 exceeds the model's max_position_embeddings 256"),
+    Case("D15", "emulate --model {fx}/ok --tp-degree 3", "tp_degree 3 does not divide num_attention_heads=4"),
+    Case("B03", "run --model {fx}/ok --out r --text {fx}/tx/adir.txt", "adir.txt is a folder, not a file"),
+    Case("B14", "run --model {fx}/ok --out r --text /dev/null", "/dev/null is not a regular file"),
+    Case("C11", "run --config {fx}/cfg/adir.yaml", "adir.yaml is a folder, not a file"),
+    Case("C19", "config init {fx}/cfg/adir.yaml --overwrite", "adir.yaml is a folder"),
+    Case("E28", "package pkg --compiled {fx}/comp --checkpoint {fx}/ok --upload /some/dir", "is not an s3:// URI"),
     # run directory
     Case("6.6", "run --stages emulate,foo", "unknown stage(s) foo"),
     Case("6.5", "run --model {fx}/ok --out r --stages emulate", "stage 'model' has no finished output"),
@@ -310,6 +453,23 @@ def test_run_directory_is_only_ever_changed_where_the_run_made_it(
     )
     assert "was not made by neuronforge" in output and "quantize" in output
     assert _tree(tmp_path) == before
+
+
+def test_a_file_put_into_a_stage_folder_is_not_deleted_when_the_stage_runs_again(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """I08: a user's file inside r/quantize/ was deleted when quantize re-ran; the stage is refused instead."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model,quantize", *S, "--no-autoround"]
+    first = _invoke([*argv, "--selection", "none"])
+    assert first.exit_code == 0, first.output
+    _write(tmp_path / "r" / "quantize" / "NOTES.md", "the user's")
+    output = check_clean_error(_invoke([*argv, "--selection", "none"]))
+    assert "holds files neuronforge did not write (NOTES.md)" in output
+    assert (tmp_path / "r" / "quantize" / "NOTES.md").read_text() == "the user's"
+    (tmp_path / "r" / "quantize" / "NOTES.md").unlink()
+    again = _invoke([*argv, "--selection", "none"])
+    assert again.exit_code == 0 and "up to date" in again.output, again.output
 
 
 def test_truncated_manifest_and_existing_config_file(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -440,29 +600,198 @@ def test_sigterm_stops_a_run_with_an_error_and_no_partial_output(fx: Path, tmp_p
     assert not [p for p in run_dir.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
-def test_a_sigterm_that_lands_in_a_finalizer_is_not_lost() -> None:
-    """Python drops exceptions raised in `__del__`: a SIGTERM handled there was lost and the run went on to finish
-    (CI, a garbage-collected regex pattern during an import). It is delivered again instead."""
-    from neuronforge.cli.app import stop_on_sigterm
-    from neuronforge.errors import Interrupted
+class _Freed:
+    pass
 
+
+def _signal_in_del() -> None:
     class SignalledWhileFreed:
         def __del__(self) -> None:
             os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode, still inside __del__
             sum(range(1000))
 
-    previous = signal.getsignal(signal.SIGTERM)
+    SignalledWhileFreed()  # freed at once
+
+
+def _signal_in_weakref_callback() -> None:
+    import weakref
+
+    def callback(ref: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))
+
+    obj = _Freed()
+    ref = weakref.ref(obj, callback)
+    del obj
+    assert ref() is None
+
+
+@pytest.mark.parametrize("trigger", [_signal_in_del, _signal_in_weakref_callback], ids=["__del__", "weakref-G10"])
+def test_a_sigterm_that_lands_in_a_finalizer_is_not_lost(trigger: Callable[[], None]) -> None:
+    """Python drops exceptions raised in `__del__` and in weakref callbacks: a SIGTERM handled there was lost and
+    the command went on to exit 0 (CI: a garbage-collected regex pattern; report G10: `evaluate`, a
+    WeakKeyDictionary callback). It is delivered again instead."""
+    from neuronforge.cli.app import stop_on_sigterm
+    from neuronforge.errors import Interrupted
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP), sys.unraisablehook
     stop_on_sigterm()
     try:
         with pytest.raises(Interrupted):
-            SignalledWhileFreed()  # freed at once
+            trigger()
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 time.sleep(0.01)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no later delivery may reach pytest's default handler
         time.sleep(0.2)
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGHUP, previous[1])
+        sys.unraisablehook = previous[2]
+
+
+def test_sighup_stops_with_an_error_line() -> None:
+    """G11r: a closed terminal (SIGHUP) exited 129 with no message and the manifest left at 'running'."""
+    from neuronforge.cli.app import stop_on_sigterm
+    from neuronforge.errors import Interrupted, interrupt_message
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP), sys.unraisablehook
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a background shell may ignore it: then `nohup` rules apply)
+    stop_on_sigterm()
+    try:
+        with pytest.raises(Interrupted) as raised:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+        assert raised.value.signal_number == signal.SIGHUP and interrupt_message(raised.value) == "stopped by SIGHUP"
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGHUP, previous[1])
+        sys.unraisablehook = previous[2]
+
+
+def test_an_empty_prompt_is_refused_before_the_model_loads(fx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D17: `emulate --prompt ''` was refused only after the whole perplexity run."""
+    import neuronforge.neuron.numerics.emulate
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(neuronforge.neuron.numerics.emulate, "load_emulated", never)
+    output = check_clean_error(_invoke(["emulate", "--model", str(fx / "ok"), "--prompt", "", "--max-tokens", "64"]))
+    assert "--prompt is empty after tokenization" in output
+
+
+def test_a_lock_that_is_a_folder_is_named(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """I11: `.lock` replaced by a folder gave the raw 'Is a directory' with the generic fix."""
+    monkeypatch.chdir(tmp_path)
+    assert _invoke(["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model"]).exit_code == 0
+    (tmp_path / "r" / ".lock").unlink()
+    (tmp_path / "r" / ".lock").mkdir()
+    output = check_clean_error(_invoke(["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model"]))
+    assert "r/.lock is not the run's lock file" in output and "fix: remove" in output
+
+
+def test_a_full_disk_during_quantize_is_one_error_and_the_next_run_works(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F02: ENOSPC inside safetensors is a SafetensorError (no OSError): it was a traceback."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["quantize", "--model", str(fx / "ok"), "--out", "q", "--no-autoround", "--selection", "none", *S[2:6]]
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", disk_full)
+        output = check_clean_error(_invoke(argv))
+    assert f"the disk holding {tmp_path / 'q'} is full: writing it needs more than" in output
+    assert "free space on that disk" in output and list(tmp_path.iterdir()) == []
+    result = _invoke(argv)
+    assert result.exit_code == 0, result.output
+
+
+def test_thread_count_is_capped_to_the_machine(fx: Path) -> None:
+    """D19: `emulate --threads 100000` made the tokenizer's thread pool fail, then segfaulted (exit 139)."""
+    import torch
+
+    from neuronforge.core.devices import usable_cpus
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["emulate", "--model", str(fx / "ok"), "--threads", "100000", "--max-tokens", "64"]
+        result = _invoke([*argv, "--eval-seq-len", "32", "--max-new-tokens", "2"])
+        assert result.exit_code == 0, result.output
+        assert f"--threads 100000 capped at {usable_cpus()}" in _flat(result.output)
+        assert torch.get_num_threads() <= usable_cpus()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _api_cases(fx: Path, tmp: Path) -> dict[str, Callable[[], object]]:
+    """The Python API misused as report J01-J21 did (and J05: out inside the model folder)."""
+    import neuronforge as nf
+
+    def meta_model() -> object:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(fx / "ok"))
+        return nf.quantize_model(model, AutoTokenizer.from_pretrained(fx / "ok"))
+
+    def loaded() -> object:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(fx / "ok")
+
+    return {
+        "J01": lambda: nf.quantize(str(fx / "ok")),
+        "J02": lambda: nf.quantize(None),
+        "J05": lambda: nf.quantize(nf.QuantizeOptions(model=str(fx / "ok"), out=fx / "ok" / "q")),
+        "J07": lambda: nf.run({"model": str(fx / "ok"), "out": str(tmp / "r")}),
+        "J09": lambda: nf.quantize_model(None, None),
+        "J11": lambda: nf.quantize_model(loaded(), "a string as tokenizer"),
+        "J18": lambda: nf.load_emulated(str(fx / "ok"), "int8"),
+        "J20": lambda: nf.plan(nf.load_model_shape(fx / "ok"), "int8"),
+        "J21": meta_model,
+        "own-emulate": lambda: nf.emulate("model", nf.EmulationSpec()),
+        "own-evaluate": lambda: nf.evaluate("eval"),
+        "own-compile": lambda: nf.compile({"model": "m"}),
+    }
+
+
+API_CASES = {
+    "J01": "nf.quantize takes a QuantizeOptions, got str",
+    "J02": "nf.quantize takes a QuantizeOptions, got NoneType",
+    "J05": "is inside --model",
+    "J07": "nf.run takes a RunConfig, got dict",
+    "J09": "nf.quantize_model takes a loaded model",
+    "J11": "nf.quantize_model takes a tokenizer",
+    "J18": "nf.load_emulated takes a EmulationSpec, got str",
+    "J20": "nf.plan takes a Deployment, got str",
+    "J21": "the model's weights are on the meta device",
+    "own-emulate": "nf.emulate takes a loaded model",
+    "own-evaluate": "nf.evaluate takes a EvaluateOptions, got str",
+    "own-compile": "nf.compile takes a CompileOptions, got dict",
+}
+
+
+@pytest.mark.parametrize(("case", "error"), API_CASES.items(), ids=list(API_CASES))
+def test_python_api_misuse_is_a_neuronforge_error(
+    case: str, error: str, fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nf.*` with an argument of the wrong type raises NeuronforgeError naming it, never an AttributeError or a
+    torch error many frames deep, and changes nothing."""
+    from neuronforge.errors import NeuronforgeError
+
+    monkeypatch.chdir(tmp_path)
+    before = (_tree(fx), _tree(tmp_path))
+    with pytest.raises(NeuronforgeError) as raised:
+        _api_cases(fx, tmp_path)[case]()
+    assert error in _flat(str(raised.value)) and raised.value.fix
+    assert (_tree(fx), _tree(tmp_path)) == before
 
 
 S3_CASES = [
@@ -510,6 +839,11 @@ def test_doctor_names_what_is_wrong_with_the_model(fx: Path) -> None:
         assert result.exit_code == 0, result.output
         checks = {check["name"]: check for check in json.loads(result.output)["checks"]}
         assert checks["Model"]["status"] == "warn" and expected in checks["Model"]["detail"]
+    for model, expected in (("shard_badindex", "is not valid JSON"), ("heads_zero", "num_attention_heads")):
+        checks = {
+            c["name"]: c for c in json.loads(_invoke(["doctor", "--json", "--model", str(fx / model)]).output)["checks"]
+        }
+        assert checks["Model"]["status"] == "warn" and expected in checks["Model"]["detail"]  # E46/E47: were "ok"
     ok = json.loads(_invoke(["doctor", "--json", "--model", str(fx / "ok")]).output)
     checks = {check["name"]: check for check in ok["checks"]}
     assert checks["Model"]["status"] == "ok" and "llama, 2 layers" in checks["Model"]["detail"]

@@ -59,3 +59,31 @@ def test_permissions_follow_the_umask(tmp_path: Path, umask: int, folder: int, f
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "stage").stat().st_mode) == folder
     assert stat.S_IMODE((tmp_path / "stage" / "manifest.json").stat().st_mode) == file
+
+
+DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def test_a_full_disk_is_one_error_naming_the_output_and_leaves_nothing(tmp_path: Path) -> None:
+    """F01-F03: ENOSPC, as an OSError or as the text of safetensors' own error (no OSError), was a traceback."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from neuronforge.core.atomic import atomic_file, atomic_write_bytes
+
+    final = tmp_path / "out"
+    for raised in (OSError(errno.ENOSPC, "No space left on device"), SafetensorError(DISK_FULL)):
+        with pytest.raises(
+            NeuronforgeError, match=r"the disk holding .*out is full: writing it needs more than 1\.0 KiB"
+        ):
+            with atomic_dir(final) as tmp:
+                (tmp / "part").write_bytes(b"x" * 1024)
+                raise raised
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(NeuronforgeError, match="is full"), atomic_file(tmp_path / "f") as tmp:
+        tmp.write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_bytes(tmp_path / "f", b"ok")  # once space is back, the same write works
+    assert (tmp_path / "f").read_bytes() == b"ok"

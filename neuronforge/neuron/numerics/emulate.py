@@ -133,6 +133,11 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
     there is one and the converted model fits in it, else the CPU). Same numerics everywhere: fp32 GEMMs on
     the exact codes, rounded once to bf16."""
     from neuronforge.core.devices import accelerator
+    from neuronforge.errors import expect
+    from neuronforge.hf.folders import check_loaded_model
+
+    check_loaded_model(model, "nf.emulate")
+    spec = expect(spec, EmulationSpec, "nf.emulate")
     from neuronforge.neuron.numerics.qlinear import (
         Bf16Linear,
         Fp32Gemm,
@@ -173,7 +178,8 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
     weight larger than a window (a vocabulary-sized lm_head) is quantized from the file a block of rows at a time,
     never whole in bf16 (0.2 GB at 49152 x 2048). An untied input embedding stays in the file and is read a row
     per token (hf/file_embedding.py): another 0.2 GB there, 1 GB for Llama 3 8B."""
-    from neuronforge.hf.folders import load_model, read_config, row_blocks
+    from neuronforge.errors import expect
+    from neuronforge.hf.folders import load_model, read_config, row_blocks, validate_hf_folder
     from neuronforge.neuron.numerics.qlinear import (
         NeuronQuantLinear,
         convert_to_neuron_numerics,
@@ -185,7 +191,14 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = Non
         if spec.dtype is not None:
             convert_to_neuron_numerics(model, spec.dtype, spec.modules_to_not_convert, spec.qtype, spec.tp_degree)
 
-    path = Path(model_dir)
+    spec = expect(spec, EmulationSpec, "nf.load_emulated")
+    path = validate_hf_folder(Path(expect(model_dir, (str, Path), "nf.load_emulated", "a model folder path")))
+    heads = read_config(path)["num_attention_heads"]
+    if heads % spec.tp_degree:  # NxDI refuses it (neuron-config says so): no device computes this (report D15)
+        raise NeuronforgeError(
+            f"tp_degree {spec.tp_degree} does not divide num_attention_heads={heads}, so NxDI cannot shard this model",
+            f"use a tp degree that divides {heads}",
+        )
     spec = with_forced_bf16(spec, read_config(path))
     check_not_convert_matches(path, spec)
     by_rows = _quantized_by_rows(path, spec)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neuronforge.core.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.atomic import atomic_write_json
+from neuronforge.core.outputs import check_apart, check_replaceable, output_dir
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import INDEX_NAME, SINGLE_NAME, read_config, validate_hf_folder, weight_map
 from neuronforge.hf.not_convert import write_not_convert
@@ -130,8 +131,8 @@ def write_quantized_checkpoint(
     hf_dir = validate_hf_folder(Path(hf_dir))
     quant_dtype, quant_type = validate_options(dtype, qtype)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise NeuronforgeError(f"{out_dir} already exists", "choose another --out or pass --overwrite")
+    check_apart(out_dir, {"--model": hf_dir})
+    check_replaceable(out_dir, overwrite=overwrite)
     source_map = weight_map(hf_dir)
     sources = sorted(set(source_map.values()))
     # Tied models save no lm_head.weight; NxDI builds lm_head from the HF model, i.e. from the embedding.
@@ -139,7 +140,7 @@ def write_quantized_checkpoint(
     names = _shard_names(len(sources))
     written_map: dict[str, str] = {}
     total_size = 0
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with output_dir(out_dir, overwrite=overwrite) as tmp:
         record = NxdCheckpoint(out_dir=out_dir, shards=names)
         for source, name in zip(sources, names, strict=True):
             with safe_open(hf_dir / source, framework="pt") as handle:

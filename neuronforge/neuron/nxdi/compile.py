@@ -22,10 +22,11 @@ from typing import Any, cast
 
 from pydantic import AliasChoices, ConfigDict, Field
 
-from neuronforge.core.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.atomic import atomic_write_json
 from neuronforge.core.knobs import TpDegree
+from neuronforge.core.outputs import check_apart, check_replaceable, output_dir
 from neuronforge.core.progress import err_console
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, expect
 from neuronforge.neuron.host import host_memory_bytes, host_neuron_cores
 from neuronforge.neuron.nxdi.config import (
     NeuronConfigOptions,
@@ -245,8 +246,9 @@ def compile_model(options: CompileOptions) -> Path:
     from neuronforge.hf.config_compat import make_tokenizer_portable, rope_problem
     from neuronforge.hf.folders import load_tokenizer, read_config, validate_hf_folder
 
-    if Path(options.out).exists() and not options.overwrite:
-        raise NeuronforgeError(f"{options.out} already exists", "choose another --out, or pass --overwrite")
+    options = expect(options, CompileOptions, "nf.compile")
+    check_apart(options.out, {"--model": options.model, "--neuron-config": options.neuron_config})
+    check_replaceable(Path(options.out), overwrite=options.overwrite)
     model_dir = validate_hf_folder(Path(options.model))
     if problem := rope_problem(read_config(model_dir)):
         raise NeuronforgeError(
@@ -279,7 +281,7 @@ def compile_model(options: CompileOptions) -> Path:
 
     smoke = None
     with (
-        atomic_dir(options.out, overwrite=options.overwrite) as tmp,
+        output_dir(Path(options.out), overwrite=options.overwrite) as tmp,
         tempfile.TemporaryDirectory(prefix="nf-quantized-") as scratch,
         scoped_env(env),
     ):

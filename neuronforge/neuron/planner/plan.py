@@ -30,8 +30,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuronforge.core.knobs import BatchSize, SeqLen
-from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.errors import NeuronforgeError, expect, validated
 from neuronforge.hf.families import check_family
+from neuronforge.hf.folders import check_config_values
 from neuronforge.neuron.numerics.dtypes import KvOption, QuantDtype, QuantTypeOption
 from neuronforge.neuron.planner.instances import NEURON_INSTANCES, Price, instance_price, neuron_instance
 from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp
@@ -89,6 +90,7 @@ def load_model_shape(path: Path, name: str | None = None) -> ModelShape:
         raise NeuronforgeError(f"{config_file} is not valid JSON ({exc})", "pass the model's config.json") from None
     if not isinstance(config, dict):
         raise NeuronforgeError(f"{config_file} does not hold a JSON object", "pass the model's config.json")
+    check_config_values(config_file.parent, config)  # heads 0 planned "fitting" tp degrees (report E01)
     shape = ModelShape.from_config(config, name or (path.stem if path.is_file() else path.name))
     if path.is_dir() and any(path.glob("*.safetensors")):
         return ModelShape(shape.name, shape.facts, shape.head_dim, checkpoint_shapes(path), True)
@@ -251,6 +253,8 @@ def plan_row(model: ModelShape, deployment: Deployment, instance: str, tp: int) 
 
 def plan(model: ModelShape, deployment: Deployment) -> Plan:
     """Every (instance, tp) row and the smallest inf2 instance that fits."""
+    model = expect(model, ModelShape, "nf.plan", "a ModelShape (nf.load_model_shape(folder))")
+    deployment = expect(deployment, Deployment, "nf.plan")
     rows = [
         plan_row(model, deployment, name, tp)
         for name, entry in NEURON_INSTANCES.items()

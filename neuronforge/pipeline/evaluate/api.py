@@ -31,8 +31,9 @@ from neuronforge.core.knobs import (
     Threshold,
     Topk,
 )
+from neuronforge.core.outputs import check_apart, check_replaceable, mark_output
 from neuronforge.core.presets import PRESETS, PresetName, apply_preset
-from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.errors import expect, validated
 from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
 from neuronforge.pipeline.quantize.api import QuantizeSettings
@@ -224,6 +225,7 @@ def variant_checkpoint(
         )
         result = result.model_copy(update={"out_dir": folder / "checkpoint"})
         atomic_write_json(tmp / "result.json", result.model_dump(mode="json"))
+    mark_output(Path(options.out))  # an interrupted evaluate's folder is still its own, and resumes
     return result, False
 
 
@@ -330,7 +332,8 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     from neuronforge.core.progress import progress
     from neuronforge.hf.folders import force_offline
 
-    _check_out(Path(options.out))
+    options = expect(options, EvaluateOptions, "nf.evaluate")
+    _check_out(options)
     force_offline()
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -350,16 +353,14 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     return _write(options, prepared, results, timings, command)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an --out that holds someone else's files: report.md/json/png would replace files of that name."""
-    from neuronforge.pipeline.evaluate.report import REPORT_JSON
+def _check_out(options: EvaluateOptions) -> None:
+    """Refuse an --out that overlaps an input, or holds files neuronforge did not write (core/outputs.py); its own
+    earlier folder is re-used, as the variant checkpoints' cache."""
+    from neuronforge.assets.models import input_path
 
-    if out.is_dir() and any(out.iterdir()) and not ((out / REPORT_JSON).is_file() or (out / VARIANTS_DIR).is_dir()):
-        raise NeuronforgeError(
-            f"--out {out} already holds files and is not an evaluate output folder "
-            f"(no {REPORT_JSON} or {VARIANTS_DIR}/)",
-            "choose a new or empty folder for --out",
-        )
+    out = Path(options.out)
+    check_apart(out, {"--model": input_path(options.model), "--text": options.text, "--gsm8k": options.gsm8k})
+    check_replaceable(out, overwrite=True)
 
 
 def _prepare(options: EvaluateOptions) -> Prepared:
@@ -489,6 +490,7 @@ def _write(
         command=command,
     )
     write_report(report, Path(options.out))
+    mark_output(Path(options.out))
     return report
 
 

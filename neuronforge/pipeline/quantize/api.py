@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import pydantic
 
-from neuronforge.core.atomic import atomic_dir, atomic_write_json
+from neuronforge.core.atomic import atomic_write_json
 from neuronforge.core.knobs import (
     BatchSize,
     BudgetInstance,
@@ -34,9 +34,9 @@ from neuronforge.core.knobs import (
     Topk,
     TpDegree,
 )
-from neuronforge.core.outputs import check_writable
+from neuronforge.core.outputs import check_apart, check_replaceable, check_writable, output_dir
 from neuronforge.core.presets import PRESETS, PresetName, apply_preset
-from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.errors import NeuronforgeError, expect, validated
 from neuronforge.hf.config_compat import make_portable
 from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
 from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
@@ -446,10 +446,13 @@ def quantize_model(
     import torch
 
     from neuronforge.core.progress import track
+    from neuronforge.hf.folders import check_loaded_model, check_tokenizer_object
     from neuronforge.neuron.numerics.qlinear import quantizable_linears
     from neuronforge.pipeline.quantize import grid_export
 
-    options = settings if settings is not None else QuantizeSettings()
+    check_loaded_model(model, "nf.quantize_model")
+    check_tokenizer_object(tokenizer, "nf.quantize_model")
+    options = expect(settings, QuantizeSettings, "nf.quantize_model") if settings is not None else QuantizeSettings()
     if options.budget_instance is not None:
         raise NeuronforgeError(
             "budget_instance sizes the model from its folder, and quantize_model has only the loaded model",
@@ -474,7 +477,7 @@ def quantize_model(
 def quantize(options: QuantizeOptions) -> QuantizeResult:
     """Run stage 1 folder to folder and write `options.out` atomically. See the module docstring."""
 
-    from neuronforge.assets.models import resolve_model
+    from neuronforge.assets.models import input_path, resolve_model
     from neuronforge.assets.texts import calibration_samples, resolve_splits
     from neuronforge.core.memory import reuse_freed_tensors
     from neuronforge.hf.folders import load_model, load_tokenizer
@@ -484,10 +487,11 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     from neuronforge.pipeline.quantize.sensitivity import forced_bf16
 
     start = time.perf_counter()
+    options = expect(options, QuantizeOptions, "nf.quantize")
     out = Path(options.out).expanduser()
-    if out.exists():
-        raise NeuronforgeError(f"output folder {out} already exists", "pick a new --out or delete the old folder")
+    check_apart(out, {"--model": input_path(options.model), "--text": options.text})
     check_writable(out)
+    check_replaceable(out, overwrite=False)
     # Everything that can be wrong with the inputs is checked before the (long) model load.
     src = resolve_model(options.model)
     fits = _instance_budget(options, src) if options.budget_instance else None  # refuses before any heavy work
@@ -505,7 +509,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     timings = {"load": load_seconds, **tuned.timings}
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
 
-    with atomic_dir(out) as tmp:
+    with output_dir(out) as tmp:
         # The naive figure describes AutoRound's stock export, so it is measured when AutoRound tuned the model
         # (on the RTN path it would only cost time: importing auto-round and two more passes over every weight).
         check = _export(src, tmp, model, targets, options.dtype, autoround=options.autoround)

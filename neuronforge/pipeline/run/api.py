@@ -51,8 +51,10 @@ def run_pipeline(
     Every input and the output location are checked first (`checks`), so a bad one fails before anything
     is written or loaded.
     """
+    from neuronforge.errors import expect
     from neuronforge.pipeline.run.stages import STAGES, RunInputs
 
+    config = expect(config, RunConfig, "nf.run")
     check_output(config)
     target = config.run_dir()
     remote = target if storage.is_s3(target) else None

@@ -10,6 +10,7 @@ A bad input therefore fails in seconds, with nothing written, instead of after t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir
 from neuronforge.core.outputs import check_apart, check_run_dir, is_run_dir
@@ -84,3 +85,35 @@ def check_inputs(config: RunConfig, model: str, text: Path | None) -> None:
     if "emulate" in selected:
         for body in splits.evaluation.values():
             evaluation_windows(tokenizer, body, config.calib_seq_len, config.eval_tokens)
+    check_deployment(config, folder)
+
+
+DEPLOYS = ("compile", "package")  # the stages that build the NeuronConfig (emulate reads only the instance)
+
+
+def check_deployment(config: RunConfig, folder: Path) -> None:
+    """The deployment settings (--tp-degree, --seq-len, --sdk, --instance, --budget-instance; the model family on
+    that SDK, its max_position_embeddings) pass neuron-config's own rules before any stage runs: they used to fail
+    only at `package`, after quantize and emulate (report D01-D06, X04, X13). Nothing is kept bf16 here (stage 1
+    decides that), which needs the least memory: what fails here fails at package too."""
+    from neuronforge.neuron.nxdi.config import build_neuron_config_spec
+    from neuronforge.neuron.planner.instances import neuron_instance
+
+    for instance in (config.budget_instance, config.instance):
+        if instance is not None:
+            neuron_instance(instance)
+    if not set(config.stages) & set(DEPLOYS):
+        return
+    given: dict[str, Any] = {
+        "instance": config.instance,
+        "tp_degree": config.tp_degree,
+        "seq_len": config.seq_len,
+        "sdk": config.sdk,
+    }
+    build_neuron_config_spec(
+        folder,
+        dtype=config.dtype,
+        kv=config.kv,
+        batch_size=config.batch_size,
+        **{k: v for k, v in given.items() if v is not None},
+    )

@@ -33,7 +33,7 @@ from neuronforge.core.knobs import (
 )
 from neuronforge.core.presets import KNOBS, PRESETS, PresetName, apply_preset, presets_help
 from neuronforge.core.s3uri import is_s3
-from neuronforge.core.utf8 import read_utf8
+from neuronforge.core.utf8 import read_utf8, require_file
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.dtypes import ExportDtypeOption, KvOption
 from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
@@ -168,9 +168,7 @@ def _format_problems(exc: ValidationError, source: str) -> NeuronforgeError:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Raw key/values of a .yaml/.yml or .toml config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise NeuronforgeError(f"config file {path} does not exist", "create one with: neuronforge config init")
+    path = require_file(Path(path), "config file", "create one with: neuronforge config init")
     text = read_utf8(path)
     try:
         if path.suffix in (".yaml", ".yml"):

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from neuronforge.core.atomic import atomic_dir, remove_leftovers
 from neuronforge.core.hashing import content_hash, fingerprint
-from neuronforge.core.outputs import RUN_LOCK
+from neuronforge.core.outputs import RUN_LOCK, check_replaceable, mark_output, written_files
 from neuronforge.core.package_versions import package_versions
 from neuronforge.errors import NeuronforgeError, interrupt_message
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest, StageRecord
@@ -111,6 +111,11 @@ Listener = Callable[[StageEvent], None]
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory (released by the OS even on SIGKILL)."""
     path = run_dir / LOCK_FILE
+    if path.is_dir() or (path.exists() and not path.is_file()):  # was a raw "Is a directory" (report I11)
+        raise NeuronforgeError(
+            f"{path} is not the run's lock file (it is a folder or a special file)",
+            f"remove {path}; the run recreates it",
+        )
     with path.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -267,6 +272,8 @@ def _run_one(
         return
     final = run_dir / stage.name
     _check_owned(final, manifest)
+    if written_files(final) is not None:  # (an older run's folder has no list: the manifest is its record)
+        check_replaceable(final, overwrite=True, flag="the stage folder")  # a file put there is not deleted (I08)
     if stage.name not in manifest.created:
         manifest.created.append(stage.name)  # saved by start(), before the folder exists
     manifest.start(run_dir, stage.name, fp, canonical, versions)
@@ -275,6 +282,7 @@ def _run_one(
         listener(StageEvent(stage.name, "running", stage.help))
         with atomic_dir(final, overwrite=True) as tmp:
             result = stage.run(StageRun(run_dir, ctx.config, manifest, workdir=tmp))
+            mark_output(tmp)
     except BaseException as exc:
         if isinstance(exc, NeuronforgeError):
             message = exc.what

@@ -5,20 +5,21 @@ when its size matches and its local mtime equals the object's LastModified (set 
 transfer), so re-running against the same bucket moves nothing. Mirrors are exact: local files the
 prefix no longer holds are removed, and remote objects the local directory no longer holds are
 deleted on upload, so content hashes agree on both sides. Names with a component starting with "."
-(locks, partial writes) are never transferred. Every AWS failure becomes a NeuronforgeError.
+(locks, partial writes) are never transferred, except the output marker that lists what neuronforge wrote
+into a folder (core/outputs.py). Every AWS failure becomes a NeuronforgeError.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, overload
 
 from neuronforge.core.aws import AUTH_CODES, CREDENTIALS_FIX, translate
 from neuronforge.core.cache import cache_dir
-from neuronforge.core.outputs import RUN_MANIFEST
+from neuronforge.core.outputs import OUTPUT_MARKER, RUN_MANIFEST
 from neuronforge.core.s3uri import S3Uri, is_s3
 from neuronforge.errors import NeuronforgeError
 
@@ -65,14 +66,19 @@ def aws_errors(uri: S3Uri | str) -> Iterator[None]:
         raise NeuronforgeError(f"cannot reach S3 for {uri} ({exc})", "check network access and the region") from None
 
 
+def _transferred(parts: Sequence[str]) -> bool:
+    """Whether a relative name is mirrored: no dot-named component other than the output marker."""
+    return not any(part.startswith(".") and part != OUTPUT_MARKER for part in parts)
+
+
 def _walk(root: Path) -> dict[str, Path]:
-    """Relative POSIX name -> file, skipping anything with a dot-named component."""
+    """Relative POSIX name -> file, skipping anything with a dot-named component (`_transferred`)."""
     if not root.exists():
         return {}
     files = {}
     for path in root.rglob("*"):
         rel = path.relative_to(root)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+        if path.is_file() and _transferred(rel.parts):
             files[rel.as_posix()] = path
     return files
 
@@ -90,7 +96,7 @@ def _list(client: Any, uri: S3Uri) -> dict[str, dict[str, Any]]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.prefix):
         for item in page.get("Contents", []):
             rel = item["Key"][len(uri.prefix) :]
-            if rel and not rel.endswith("/") and not any(part.startswith(".") for part in rel.split("/")):
+            if rel and not rel.endswith("/") and _transferred(rel.split("/")):
                 objects[rel] = {"size": item["Size"], "modified": item["LastModified"].timestamp()}
     return objects
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import neuronforge.neuron.nxdi.compile as compile_module
 from neuronforge.cli import app
+from neuronforge.core.outputs import OUTPUT_MARKER
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.host import DEV_ROOT_ENV
 from neuronforge.neuron.nxdi.compile import FP8_ENV, QUANTIZED_DIR, RECORD_FILE, CompileOptions, compile_model
@@ -263,7 +264,9 @@ def test_failed_compile_leaves_no_output(
 
 
 def test_existing_output_needs_overwrite(inf2: ModuleType, model_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "c").mkdir()
+    (tmp_path / "c").mkdir()  # an earlier compile's folder (the marker lists what it wrote: core/outputs.py)
+    (tmp_path / "c" / "model.pt").write_text("old")
+    (tmp_path / "c" / OUTPUT_MARKER).write_text('{"files": ["model.pt"]}')
     with pytest.raises(NeuronforgeError, match="already exists"):
         compile_model(CompileOptions(model=str(model_dir), out=tmp_path / "c"))
     assert inf2.CALLS == []

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from neuronforge.core.outputs import OUTPUT_MARKER
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.run.manifest import Manifest
 from neuronforge.pipeline.run.runner import (
@@ -182,7 +183,7 @@ def test_sigkill_mid_stage_then_rerun_resumes_with_complete_output(tmp_path: Pat
     run_stages(run_dir, STAGES, _config(tmp_path))
     assert _executed(tmp_path) == ["total"]
     assert (run_dir / "total" / "total.txt").read_text() == "90"
-    assert sorted(p.name for p in (run_dir / "total").iterdir()) == ["total.txt"]
+    assert sorted(p.name for p in (run_dir / "total").iterdir()) == [OUTPUT_MARKER, "total.txt"]
     assert not [p for p in run_dir.iterdir() if ".partial-" in p.name or ".old-" in p.name]
     assert Manifest.load(run_dir).stages["total"].status == "done"
 
