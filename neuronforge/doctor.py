@@ -47,23 +47,45 @@ class Check:
     fix: str | None = None
 
 
-def check_cuda() -> Check:
-    """A CUDA GPU makes stage 1 fast; without one it runs on CPU (fine for small models)."""
+def check_cuda(
+    problem: str | None | Literal["probe"] = "probe", present: bool | None = None, driver_cuda: str | None = "probe"
+) -> Check:
+    """Can torch use a CUDA GPU here, and if the host has one it cannot use, why (core/devices.py: the same probe
+    `--device` uses): a CPU-only torch build, no driver, or a driver older than the torch wheel's CUDA runtime."""
     import torch
 
-    if not torch.cuda.is_available():
+    from neuronforge.core.devices import CUDA_INSTALL_FIX, cuda_problem, driver_cuda_version, gpu_present
+
+    problem = cuda_problem() if problem == "probe" else problem
+    present = gpu_present() if present is None else present
+    if problem is None:
+        names = [
+            f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / GIB:.0f} GiB)"
+            for i in range(torch.cuda.device_count())
+        ]
+        return Check("CUDA GPU", "ok", f"{', '.join(names)}; torch {torch.__version__}, CUDA {torch.version.cuda}")
+    if not present:
         return Check(
             "CUDA GPU",
             "absent",
-            f"none visible to torch {torch.__version__} (stage 1 runs on CPU)",
-            "fine for small models; for 7B+ run stage 1 on a GPU host (ml.g6e/g5, or EC2 g6e) with a CUDA "
-            "build of torch",
+            f"no NVIDIA GPU on this host (stage 1 runs on CPU: fine for small models; {problem})",
+            "for 7B+ run stage 1 on a GPU host (ml.g6e/g5, or EC2 g6e) with a CUDA build of torch (docs/gpu.md)",
         )
-    names = [
-        f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / GIB:.0f} GiB)"
-        for i in range(torch.cuda.device_count())
-    ]
-    return Check("CUDA GPU", "ok", ", ".join(names))
+    driver = driver_cuda_version() if driver_cuda == "probe" else driver_cuda
+    detail = f"this host has an NVIDIA GPU, but {problem}"
+    fix = CUDA_INSTALL_FIX
+    wanted = torch.version.cuda
+    if driver and wanted and _version(driver) < _version(wanted):
+        detail += f"; the driver supports CUDA up to {driver}, this torch needs CUDA {wanted}"
+        fix = (
+            f"upgrade the NVIDIA driver to one that supports CUDA {wanted}, or install the torch 2.13.0 build for "
+            f"CUDA {driver} or lower from https://download.pytorch.org/whl/ (docs/gpu.md)"
+        )
+    return Check("CUDA GPU", "warn", detail + " (`--device auto` would run on the CPU)", fix)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2])
 
 
 def check_neuron(dev_root: Path = Path("/dev"), versions: dict[str, str] | None = None) -> Check:

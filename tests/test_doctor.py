@@ -108,3 +108,19 @@ def test_memory_estimate_covers_the_sensitivity_at_quantize_defaults() -> None:
         assert short.status == "warn" and "layer inputs of 32 x 256 calibration tokens" in short.detail
         assert "--nsamples" in short.fix
     assert doctor.stage1_peak(small, nsamples=2, seqlen=32)[0] < doctor.stage1_peak(small)[0]
+
+
+def test_doctor_names_a_driver_too_old_for_the_torch_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The install story is checked: a GPU host whose driver cannot run this torch's CUDA is a warning with the fix."""
+    import torch
+
+    from neuronforge.doctor import check_cuda
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    check = check_cuda(problem="torch cannot use the GPU: driver too old", present=True, driver_cuda="12.4")
+    assert check.status == "warn"
+    assert "driver supports CUDA up to 12.4, this torch needs CUDA 13.0" in check.detail
+    assert "download.pytorch.org" in (check.fix or "")
+    assert check_cuda(problem="CPU-only build", present=False).status == "absent"
+    cpu_build = check_cuda(problem="this torch is a CPU-only build", present=True, driver_cuda="13.0")
+    assert cpu_build.status == "warn" and "CPU-only" in cpu_build.detail

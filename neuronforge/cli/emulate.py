@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from neuronforge.cli.app import checked_out, console
-from neuronforge.cli.options import KvOpt, ModelOpt, NotConvertOpt, OverwriteOpt, QtypeOpt, TextOpt
+from neuronforge.cli.options import DeviceOpt, KvOpt, ModelOpt, NotConvertOpt, OverwriteOpt, QtypeOpt, TextOpt
 from neuronforge.core.progress import err_console, track
 from neuronforge.errors import NeuronforgeError, one_of
 from neuronforge.neuron.dtypes import QUANT_DTYPES, KvDtype
@@ -61,10 +61,12 @@ def emulate_command(
         "--exact-bf16",
         help="Use torch's bf16 GEMMs for bf16 layers (bit-identical to HF, several times slower on CPUs without bf16).",
     ),
+    device: DeviceOpt = "auto",
 ) -> None:
     """Perplexity and greedy text as an inf2/trn1 would compute them (int8/fp8 weights, fp8 KV cache), on CPU."""
     from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
+    from neuronforge.core.devices import device_info, resolve_device
     from neuronforge.hf.folders import header_shapes, load_tokenizer
     from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
@@ -85,6 +87,7 @@ def emulate_command(
         fast_bf16=not exact_bf16,
         tp_degree=tp_degree,
     )
+    resolve_device(device)  # type: ignore[arg-type]  # `cuda` without a usable GPU refuses before any work
     texts = resolve_splits(text).evaluation
     model_dir = fetch_or_resolve(model)
     linears = checkpoint_linears(header_shapes(model_dir))
@@ -98,8 +101,10 @@ def emulate_command(
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
     tokenizer = load_tokenizer(model_dir)
     windows = {name: evaluation_windows(tokenizer, body, eval_seq_len, max_tokens) for name, body in texts.items()}
-    emulated = load_emulated(model_dir, spec)
+    emulated = load_emulated(model_dir, spec, device)  # type: ignore[arg-type]  # (a DEVICE_CHOICES value)
     console.print(f"[bold]{escape(model)}[/]: {spec.describe(len(emulated.converted), len(linears))}")
+    info = device_info(emulated.device)
+    console.print(f"  device: {escape(str(info['device']))} ({escape(str(info['name']))})")
     scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), "perplexity")}
     for name, value in scores.items():
         console.print(

@@ -11,6 +11,7 @@ import typer
 from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import (
     BudgetInstanceOpt,
+    DeviceOpt,
     ModelOpt,
     PresetCalibSeqLenOpt,
     PresetIterOpt,
@@ -60,6 +61,7 @@ def evaluate_command(
         None, "--lm-eval-tasks", help="Comma-separated lm-eval tasks (needs neuronforge[eval] and the task data)."
     ),
     lm_eval_limit: int | None = typer.Option(None, "--lm-eval-limit", help="Examples per lm-eval task."),
+    device: DeviceOpt = "auto",
 ) -> None:
     """Accuracy, weight memory and smallest inf2 instance of bf16, RTN, AutoRound and selective variants.
 
@@ -70,6 +72,7 @@ def evaluate_command(
     from neuronforge.pipeline.evaluate.report import REPORT_MD
 
     options = options_from(
+        device=device,
         model=model,
         out=checked_out(out, model=model, text=text, gsm8k=gsm8k),
         dtype=dtype,

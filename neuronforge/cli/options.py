@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from neuronforge.core.devices import DEVICE_HELP
 from neuronforge.core.presets import presets_help
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Embedded model name ('smollm2') or a Hugging Face folder.")]
@@ -77,3 +78,5 @@ JobVolumeOpt = Annotated[int, typer.Option("--volume-gb", help="EBS volume of th
 MaxRuntimeOpt = Annotated[int, typer.Option("--max-runtime", help="Seconds after which SageMaker stops the job.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Block until the job finishes / the endpoint is InService.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+# Declared once in core/devices.py (the `device` field of every options model that computes).
+DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]  # (pydantic checks the choice)

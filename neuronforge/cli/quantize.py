@@ -11,6 +11,7 @@ from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import (
     BatchSizeOpt,
     BudgetInstanceOpt,
+    DeviceOpt,
     KvOpt,
     ModelOpt,
     NotConvertOpt,
@@ -57,6 +58,7 @@ def quantize_command(
         "--minmax-tuning/--no-minmax-tuning",
         help="Also tune AutoRound's per-row range shrink (clips outliers; off by default, see README).",
     ),
+    device: DeviceOpt = "auto",
 ) -> None:
     """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint.
 
@@ -86,6 +88,7 @@ def quantize_command(
         threshold=threshold,
         autoround=autoround,
         minmax_tuning=minmax_tuning,
+        device=device,
         modules_to_not_convert=read_not_convert(not_convert) if not_convert else None,
     )
     result = quantize(options)
@@ -108,4 +111,5 @@ def quantize_command(
         f"values kept on Neuron (within bf16 precision): {percent(result.value_agreement)}  "
         f"(naive export: {percent(result.naive_value_agreement)})"
     )
+    console.print(f"device: {escape(str(result.device.get('device')))} ({escape(str(result.device.get('name')))})")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

@@ -133,6 +133,7 @@ def run_command(
     batch_size: int | None = typer.Option(None, "--batch-size", help=_h("batch_size")),
     seq_len: int | None = typer.Option(None, "--seq-len", help=_h("seq_len")),
     sdk: str | None = typer.Option(None, "--sdk", help=_h("sdk")),
+    device: str | None = typer.Option(None, "--device", help=_h("device")),
 ) -> None:
     """Run the pipeline end to end: model -> quantize -> emulate -> (Neuron host) compile -> package.
 

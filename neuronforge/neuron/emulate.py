@@ -22,6 +22,8 @@ from neuronforge.neuron.kv_cache import ATTENTION_NAME, STATE_KWARG, KVRisk, KVS
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from neuronforge.core.devices import DeviceRequest
+
 
 @dataclass(frozen=True)
 class EmulationSpec:
@@ -159,11 +161,14 @@ def _untie_lm_head(model: PreTrainedModel) -> None:
         model.config.tie_word_embeddings = False
 
 
-def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
-    """Convert `model` in place to the numerics `spec` describes and move it to `device` (default: the GPU when
-    there is one and the converted model fits in it, else the CPU). Same numerics everywhere: fp32 GEMMs on
-    the exact codes, rounded once to bf16."""
-    from neuronforge.core.devices import accelerator
+def emulate(
+    model: PreTrainedModel, spec: EmulationSpec, device: DeviceRequest | torch.device = "auto"
+) -> EmulatedModel:
+    """Convert `model` in place to the numerics `spec` describes and move it to `device`: a torch device, or a
+    `--device` request (`auto`: the GPU when torch can use it and the converted model fits in the memory this
+    process can use there, else the CPU, said so; `cuda`: the GPU or a refusal). Same numerics everywhere: fp32
+    GEMMs on the exact codes, rounded once to bf16."""
+    from neuronforge.core.devices import placement
     from neuronforge.neuron.qlinear import (
         Bf16Linear,
         Fp32Gemm,
@@ -191,11 +196,13 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
         register_attention()
         model.set_attn_implementation(ATTENTION_NAME)
     resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    model.to(device or accelerator(needed_bytes=resident * 5 // 4))  # room for one layer's activations and operand
+    if not isinstance(device, torch.device):
+        device = placement(device, needed_bytes=resident * 5 // 4)  # room for one layer's activations and operand
+    model.to(device)
     return EmulatedModel(model, spec, converted)
 
 
-def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
+def load_emulated(model_dir: Path, spec: EmulationSpec, device: DeviceRequest | torch.device = "auto") -> EmulatedModel:
     """Load an HF folder in bf16, converting the Linears of each map window as they arrive, so host memory holds
     the converted model plus one window of bf16 weights (the spec validated itself before the load). A per-channel
     weight larger than a window (a vocabulary-sized lm_head) is quantized from the file a block of rows at a time,

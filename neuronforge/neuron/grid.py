@@ -34,10 +34,21 @@ def fp8_max(dtype: str) -> float:
     raise ValueError(f"{dtype} is not an fp8 dtype")
 
 
+def divide(values: torch.Tensor, divisor: float) -> torch.Tensor:
+    """`values / divisor` as NxD's CPU computes it (IEEE division), on any device.
+
+    CUDA computes `tensor / python_float` as a multiply by the fp32 reciprocal (pytorch/pytorch
+    aten/src/ATen/native/cuda/BinaryDivTrueKernel.cu: "if the second operand is a CPU scalar, compute
+    a * reciprocal(b)"), one ulp off for some values: 6% of int8 and 56% of e4m3 row scales. A divisor tensor on
+    the values' own device is no CPU scalar, so every device divides.
+    """
+    return values / torch.full((), divisor, dtype=values.dtype, device=values.device)
+
+
 def int8_per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
     """fp32 `[out, 1]` scale = max(amax_row / 127, fp32 eps)."""
     amax = weight.float().abs().amax(dim=1, keepdim=True)
-    return torch.clamp(amax / INT8_PER_CHANNEL_DIVISOR, min=FP32_EPS)
+    return torch.clamp(divide(amax, INT8_PER_CHANNEL_DIVISOR), min=FP32_EPS)
 
 
 def int8_codes(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -53,7 +64,7 @@ def _int8_rounded(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def fp8_per_channel_scale(weight: torch.Tensor, dtype: str) -> torch.Tensor:
     amax = weight.float().abs().amax(dim=1, keepdim=True)
-    return torch.clamp(amax / fp8_max(dtype), min=FP8_SCALE_FLOOR)
+    return torch.clamp(divide(amax, fp8_max(dtype)), min=FP8_SCALE_FLOOR)
 
 
 def fp8_codes(weight: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -86,10 +97,10 @@ def quantize_weight(
     if qtype == "per_tensor_symmetric":
         if dtype == "int8":
             amax = weight.float().abs().max()
-            scale = torch.clamp(amax / INT8_PER_TENSOR_DIVISOR, min=FP32_EPS).reshape(1)
+            scale = torch.clamp(divide(amax, INT8_PER_TENSOR_DIVISOR), min=FP32_EPS).reshape(1)
             return int8_codes(weight, scale), scale
         # NxD computes the fp8 per-tensor scale in the weight's own dtype, without an epsilon.
-        scale = weight.abs().max() / fp8_max(dtype)
+        scale = divide(weight.abs().max(), fp8_max(dtype))
         codes = torch.clamp(weight / scale, -fp8_max(dtype), fp8_max(dtype)).to(TORCH_DTYPES[dtype])
         return codes, scale.float().reshape(())
     raise ValueError(f"unknown quantization type {qtype!r}; expected one of {QUANT_TYPES}")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from neuronforge.core.devices import DeviceField
 from neuronforge.core.presets import PRESETS, apply_preset
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
@@ -73,6 +74,7 @@ class EvaluateOptions(pydantic.BaseModel):
     max_new_tokens: int = pydantic.Field(256, ge=1)
     lm_eval_tasks: list[str] = pydantic.Field(default_factory=list)
     lm_eval_limit: int | None = pydantic.Field(None, ge=1)
+    device: DeviceField = "auto"  # GPU stage and emulation (not in the stage cache keys: same bits on any device)
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -183,7 +185,11 @@ def stage_checkpoint(
         result = QuantizeResult.model_validate_json(result_file.read_text())
         return result.model_copy(update={"out_dir": folder / "checkpoint"}), True
     with atomic_dir(folder, overwrite=True) as tmp:
-        result = quantize(quantize_options(model=str(source), out=tmp / "checkpoint", text=options.text, **stage_opts))
+        result = quantize(
+            quantize_options(
+                model=str(source), out=tmp / "checkpoint", text=options.text, device=options.device, **stage_opts
+            )
+        )
         result = result.model_copy(update={"out_dir": folder / "checkpoint"})
         atomic_write_json(tmp / "result.json", result.model_dump(mode="json"))
     return result, False
@@ -261,6 +267,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     """Measure every variant and write report.md/json/png into `options.out` (see the module docstring)."""
     from neuronforge.assets.models import resolve_model
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
+    from neuronforge.core.devices import device_info, release, resolve_device
     from neuronforge.core.progress import err_console, progress
     from neuronforge.hf.folders import force_offline, load_tokenizer, read_config
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity_from_logits
@@ -276,6 +283,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
             "choose a new or empty folder for --out",
         )
     force_offline()
+    device = resolve_device(options.device)  # `cuda` without a usable GPU refuses before any work
     start = time.perf_counter()
     timings: dict[str, float] = {}
     source = resolve_model(options.model)
@@ -318,7 +326,10 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
             spec = EmulationSpec(
                 dtype=options.dtype if plan.weights else None, kv_fp8=plan.kv_fp8, modules_to_not_convert=tuple(mtnc)
             )
-            emulated = load_emulated(checkpoints.get(plan.stage, source) if plan.stage else source, spec)
+            release(device)  # the previous variant's cached GPU blocks count as free for this one
+            emulated = load_emulated(
+                checkpoints.get(plan.stage, source) if plan.stage else source, spec, options.device
+            )
             windows_task = bar.add_task(f"  {plan.label}", total=total_windows)
             logits = {
                 t: text_logits(
@@ -361,6 +372,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
                     kv_out_of_range=emulated.kv_risk.fraction if plan.kv_fp8 else None,
                     lm_eval=lm_eval_scores,
                     seconds=time.perf_counter() - t0,
+                    device=str(emulated.device),
                     **figures,
                 )
             )
@@ -379,6 +391,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
         variants=results,
         timings={k: round(v, 1) for k, v in timings.items()},
         command=command,
+        device=device_info(device),
     )
     write_report(report, Path(options.out))
     return report

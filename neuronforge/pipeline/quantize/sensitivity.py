@@ -121,10 +121,11 @@ def _layer_inputs(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, 
         raise _Captured
 
     decoder = model.get_decoder()
+    embedding = model.get_input_embeddings()
     handle = decoder.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with torch.no_grad():
-            decoder(inputs_embeds=model.get_input_embeddings()(batch).float(), use_cache=False)
+        with torch.no_grad():  # the ids go where the model lives (the caller's model may be on the GPU)
+            decoder(inputs_embeds=embedding(batch.to(embedding.weight.device)).float(), use_cache=False)
     except _Captured:
         pass
     finally:
@@ -133,12 +134,15 @@ def _layer_inputs(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _on(value: Any, device: torch.device) -> Any:
+    """`value` with every tensor in it (in tuples and keyword dicts: RoPE's cos/sin, the mask) moved to `device`."""
     import torch
 
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, tuple):
         return tuple(_on(v, device) for v in value)
+    if isinstance(value, dict):
+        return {key: _on(v, device) for key, v in value.items()}
     return value
 
 
@@ -233,9 +237,9 @@ def first_order_scores(
     blocks: list[Block],
     samples: list[torch.Tensor],
     dtype: str,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """sum |dL/dW * (W - Q(W))| per block, computed one decoder layer at a time on `device` (default: the accelerator).
+    """sum |dL/dW * (W - Q(W))| per block, computed one decoder layer at a time on `device`.
 
     A forward pass keeps each layer's fp32 input activations on the host; the backward pass then walks the layers
     from the LM head down, recomputing one layer in fp32 on the device, back-propagating the incoming gradient and
@@ -244,9 +248,7 @@ def first_order_scores(
     """
     import torch
 
-    from neuronforge.core.devices import accelerator
-
-    device = torch.device(device or accelerator())
+    device = torch.device(device)
     by_name = {b.name: b for b in blocks if not b.forced}
     layers = model.get_decoder().layers
     batches = list(calibration_batches(samples))
@@ -255,7 +257,7 @@ def first_order_scores(
     kwargs: list[dict[str, Any]] = []
     for batch in batches:
         hidden, layer_kwargs = _layer_inputs(model, batch)
-        inputs[0].append(hidden)
+        inputs[0].append(hidden.cpu())
         kwargs.append(_on(layer_kwargs, device))
     storage: dict[str, torch.Tensor] = {}  # one decoder layer's fp32 weights, reused layer after layer
     with torch.no_grad():
@@ -334,7 +336,7 @@ def _head_backward(
     hidden = [h.to(device).requires_grad_(True) for h in hidden_states]
     normed = [norm(h) for h in hidden]
     scored = [n.detach()[:, :-1] for n in normed]  # the last position has no next token
-    targets = [batch[:, 1:].to(device) for batch in batches]
+    targets = [batch[:, 1:].to(device) for batch in batches]  # (the ids may be wherever the caller's model is)
     weights = [(batch.shape[0] / total) / targets[i].numel() for i, batch in enumerate(batches)]
     with torch.no_grad():
         # Each token's max logit and log of sum(exp(logit - max)), kept apart as log_softmax keeps them: their sum
@@ -377,7 +379,10 @@ def _next_token_logprobs(model: nn.Module, samples: list[torch.Tensor]) -> list[
     import torch
 
     with torch.no_grad():
-        return [torch.log_softmax(model(input_ids=b).logits.float(), dim=-1) for b in calibration_batches(samples)]
+        return [
+            torch.log_softmax(model(input_ids=b.to(model.device)).logits.float(), dim=-1)
+            for b in calibration_batches(samples)
+        ]
 
 
 def measured_scores(
@@ -459,20 +464,22 @@ def analyze(
     dtype: str,
     method: Sensitivity = "first_order",
     step: Callable[[], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> SensitivityResult:
-    """Score every block with `method`; with `measured`, also score the cheap methods and correlate them."""
+    """Score every block with `method` (first-order: one layer at a time on `device`; measured: where the model
+    lives); with `measured`, also score the cheap methods and correlate them."""
     blocks = find_blocks(model)
     start = time.perf_counter()
     if method == "variance":
         return SensitivityResult(method, blocks, variance_scores(model, blocks), time.perf_counter() - start)
     if method == "first_order":
         return SensitivityResult(
-            method, blocks, first_order_scores(model, blocks, samples, dtype), time.perf_counter() - start
+            method, blocks, first_order_scores(model, blocks, samples, dtype, device), time.perf_counter() - start
         )
     scores = measured_scores(model, blocks, samples, dtype, step)
     seconds = time.perf_counter() - start
     extra = {
-        "first_order": first_order_scores(model, blocks, samples, dtype),
+        "first_order": first_order_scores(model, blocks, samples, dtype, device),
         "variance": variance_scores(model, blocks),
     }
     return SensitivityResult(method, blocks, scores, seconds, extra, {m: spearman(s, scores) for m, s in extra.items()})

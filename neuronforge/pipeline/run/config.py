@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from neuronforge.assets.models import EMBEDDED_MODELS
+from neuronforge.core.devices import DeviceField
 from neuronforge.core.presets import KNOBS, PRESETS, apply_preset, presets_help
 from neuronforge.core.s3uri import is_s3
 from neuronforge.core.utf8 import read_utf8
@@ -100,6 +101,7 @@ class RunConfig(BaseModel):
     batch_size: int = Field(1, ge=1, description="compiled batch size")
     seq_len: int | None = Field(None, ge=1, description="compiled sequence length; default: the compile step's")
     sdk: str | None = Field(None, description="Neuron SDK release to target; default: the compile step's")
+    device: DeviceField = "auto"  # quantize, emulate and evaluate (not in any stage's inputs: same bits anywhere)
 
     @model_validator(mode="before")
     @classmethod

@@ -135,6 +135,7 @@ def _quantize_run(ctx: StageContext) -> StageResult:
         text=_given(ctx).text,
         **_config_values(ctx, QUANTIZE_KEYS),
         **_budget_deployment(ctx),
+        device=_given(ctx).config.device,
     )
     result = quantize(options)
     return StageResult(
@@ -178,11 +179,13 @@ def _emulated_tp(ctx: StageContext) -> int:
 def _emulate_run(ctx: StageContext) -> StageResult:
     """Held-out perplexity: bf16 on the CPU vs the quantized checkpoint as Neuron would compute it."""
     from neuronforge.assets.texts import evaluation_windows, resolve_splits
+    from neuronforge.core.devices import device_info, release, resolve_device
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import load_tokenizer
     from neuronforge.neuron.emulate import EmulationSpec, load_emulated, perplexity
 
     config = _given(ctx).config
+    device = resolve_device(config.device)
     source = ctx.output("model", "model")
     tokenizer = load_tokenizer(source)
     splits = resolve_splits(_given(ctx).text)
@@ -205,8 +208,11 @@ def _emulate_run(ctx: StageContext) -> StageResult:
     ppl: dict[str, dict[str, float]] = {}
     kv_risk: dict[str, Any] = {}
     quantized_linears = 0
+    ran_on: dict[str, str] = {}
     for variant, (path, spec) in variants.items():
-        emulated = load_emulated(path, spec)
+        release(device)  # the bf16 variant's cached GPU blocks count as free for the quantized one
+        emulated = load_emulated(path, spec, config.device)
+        ran_on[variant] = str(emulated.device)
         quantized_linears = max(quantized_linears, len(emulated.converted))
         ppl[variant] = {
             name: round(perplexity(emulated, ids), 4)
@@ -227,6 +233,7 @@ def _emulate_run(ctx: StageContext) -> StageResult:
         "tokens_per_text": {name: int(ids.numel()) for name, ids in windows.items()},
         "modules_to_not_convert": _not_converted(ctx),
         "quantized_linears": quantized_linears,
+        "device": {**device_info(device), "variants": ran_on},
     }
     atomic_write_json(ctx.workdir / "emulation.json", summary)
     atomic_write_text(ctx.workdir / "emulation.md", emulation_markdown(summary))
@@ -302,6 +309,7 @@ def _evaluate_run(ctx: StageContext) -> StageResult:
             topk=config.topk,
             threshold=config.threshold,
             **({"seq_len": config.seq_len} if config.seq_len else {}),
+            device=config.device,
             **selection,
         ),
         command="neuronforge run --stages evaluate",
