@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from neuronforge.core import presets
 from neuronforge.core.presets import SENSITIVITY_BATCH
 from neuronforge.errors import NeuronforgeError
 
@@ -245,10 +246,22 @@ def first_order_scores(
     from the LM head down, recomputing one layer in fp32 on the device, back-propagating the incoming gradient and
     scoring that layer's Linears at once. Two forwards and one backward in all; the device holds one layer, its
     gradients and one batch of activations. Same numbers as a whole-model fp32 forward+backward (summation order aside).
+    Only the first `presets.first_order_windows` samples are scored, so the host memory of the layer inputs stays
+    bounded whatever calibration budget AutoRound gets (said so when it cuts).
     """
     import torch
 
     device = torch.device(device)
+    scored = presets.first_order_windows(len(samples), samples[0].shape[-1]) if samples else 0
+    if scored < len(samples):
+        from neuronforge.core.progress import err_console
+
+        err_console.print(
+            f"note: the first-order sensitivity scores {scored} of the {len(samples)} calibration windows "
+            f"({scored * samples[0].shape[-1]} tokens; its host memory grows with tokens x layers x hidden); "
+            "AutoRound tunes on all of them"
+        )
+        samples = samples[:scored]
     by_name = {b.name: b for b in blocks if not b.forced}
     layers = model.get_decoder().layers
     batches = list(calibration_batches(samples))

@@ -221,3 +221,15 @@ def test_unknown_method_is_refused_by_the_options(tmp_path: Path) -> None:
         evaluate_options(out=tmp_path, sensitivity="hessian")
     with pytest.raises(NeuronforgeError, match="sensitivity: Input should be"):
         build_config({"sensitivity": "hessian"}, {})
+
+
+def test_first_order_scores_a_bounded_number_of_tokens(tiny_llama_dir: Path, samples, monkeypatch, capsys) -> None:
+    """Its host memory grows with the tokens it scores (every layer's inputs are kept for the backward pass):
+    a large AutoRound budget is cut to FIRST_ORDER_MAX_TOKENS for it, and it says so."""
+    from neuronforge.core import presets
+
+    model = load_model(tiny_llama_dir)
+    first_two = first_order_scores(model, find_blocks(model), samples[:2], "int8", device="cpu")
+    monkeypatch.setattr(presets, "FIRST_ORDER_MAX_TOKENS", 2 * samples[0].shape[-1])
+    assert first_order_scores(model, find_blocks(model), samples, "int8", device="cpu") == first_two
+    assert "scores 2 of the 4 calibration windows" in " ".join(capsys.readouterr().err.split())
