@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
@@ -184,3 +186,21 @@ def device_info(device: torch.device) -> dict[str, Any]:
     else:
         info.update(name=device.type, memory_bytes=None)
     return info
+
+
+@contextmanager
+def small_op_threads(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on the CPU for loops of small (1 MB) elementwise ops: the grid export and the scores.
+    With two threads each op pays an OpenMP barrier: on a loaded 2-core host one 14336 x 4096 export took 7-17 s
+    with two threads and 1.0-1.3 s with one (docs/gpu.md, "Speed"). Elsewhere (GEMMs, a GPU) nothing changes."""
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

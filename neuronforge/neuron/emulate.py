@@ -74,6 +74,7 @@ class EmulationSpec:
 
 # Bytes of fp32 logits each step of `EmulatedModel.token_nll` makes (a block of positions of one window).
 NLL_BLOCK_BYTES = 4 << 20
+GPU_NLL_BLOCK_BYTES = 256 << 20  # on a GPU (a whole 256-token window at a 128k vocabulary is 131 MB)
 # Bytes of a weight larger than a map window `load_emulated` reads and quantizes at a time.
 QUANTIZE_BLOCK_BYTES = 4 << 20
 # Above this many bytes of fp32 weight copies, GEMM operands are made per call instead of kept (see qlinear).
@@ -120,7 +121,8 @@ class EmulatedModel:
         hidden = self.model.get_decoder()(ids, use_cache=False, **kwargs).last_hidden_state
         head = self.model.get_output_embeddings()
         predicted = ids.shape[1] - 1
-        per_block = max(1, NLL_BLOCK_BYTES // (4 * head.out_features))
+        budget = NLL_BLOCK_BYTES if self.device.type == "cpu" else GPU_NLL_BLOCK_BYTES
+        per_block = max(1, budget // (4 * head.out_features))
         blocks = torch.arange(predicted, device=self.device).tensor_split(-(-predicted // per_block))  # even sizes
         nll = torch.empty(ids.shape[0], predicted)
         for window, (states, targets) in enumerate(zip(hidden, ids, strict=True)):

@@ -85,7 +85,7 @@ def quantize_weight(
         # (a whole 49152 x 2048 head would take three 0.4 GB ones).
         codes = torch.empty(weight.shape, dtype=TORCH_DTYPES[dtype], device=weight.device)
         scale = torch.empty((weight.shape[0], 1), dtype=torch.float32, device=weight.device)
-        for rows in row_chunks(weight.shape):
+        for rows in row_chunks(weight.shape, chunk_elements(weight.device)):
             block = weight[rows].float()  # once (a bf16 weight would otherwise be converted for scale and codes)
             if dtype == "int8":
                 scale[rows] = int8_per_channel_scale(block)
@@ -111,9 +111,17 @@ def quantize_weight(
 # mapping fresh pages each time). Measured on a 5632x2048 weight, the export's grid math runs 4.5x faster than
 # with 64 MB blocks (benchmarks/bench_scale.py).
 CHUNK_ELEMENTS = 1 << 18
+# On a GPU the math of a 1 MB block takes microseconds and its ~130 launches and syncs a millisecond or more
+# (docs/gpu.md): blocks of 64M elements (256 MB of fp32 temporaries) keep the device busy instead.
+GPU_CHUNK_ELEMENTS = 1 << 26
 
 
-def row_chunks(shape: torch.Size | tuple[int, ...], max_elements: int = CHUNK_ELEMENTS) -> list[slice]:
+def chunk_elements(device: torch.device | str) -> int:
+    """Row-block size for per-row math on `device`: cache-sized on the CPU, launch-bound-proof elsewhere."""
+    return CHUNK_ELEMENTS if torch.device(device).type == "cpu" else GPU_CHUNK_ELEMENTS
+
+
+def row_chunks(shape: torch.Size | tuple[int, ...], max_elements: int) -> list[slice]:
     """Row slices of a [out, in] weight, each of at most `max_elements` elements (one row at least)."""
     step = max(1, max_elements // max(1, shape[1]))
     return [slice(start, start + step) for start in range(0, shape[0], step)]

@@ -243,3 +243,27 @@ def test_autoround_data_types_divide_as_nxd_on_a_gpu(dtype: str, monkeypatch: py
         qdq, scale = qdq.cpu(), scale.cpu()
     assert torch.equal(scale, cpu_scale)
     assert torch.equal(qdq, cpu_qdq)
+
+
+def test_a_gpu_takes_the_grid_math_in_large_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the 1 MB row blocks sized for a CPU cache would be launch-bound (each costs ~130 torch calls):
+    a whole 2048 x 1024 weight is one block there, eight on the CPU, with the same codes."""
+    from testkit.device_sim import simulated_gpu
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RowMaxima(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            RowMaxima.calls += func is torch.ops.aten.amax.default
+            return func(*args, **(kwargs or {}))
+
+    weight = torch.randn(2048, 1024, generator=torch.Generator().manual_seed(2))
+    with RowMaxima():
+        cpu_codes, _ = quantize_weight(weight, "int8")
+    assert RowMaxima.calls == 8
+    RowMaxima.calls = 0
+    with simulated_gpu(monkeypatch) as gpu, RowMaxima():
+        codes, _ = quantize_weight(weight.to(gpu.device), "int8")
+    assert RowMaxima.calls == 1
+    assert torch.equal(codes.cpu(), cpu_codes)

@@ -192,6 +192,7 @@ def _export(
     """
     import json
 
+    from neuronforge.core.devices import small_op_threads
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import shard_keys
     from neuronforge.pipeline.quantize import grid_export
@@ -207,7 +208,8 @@ def _export(
     shards = shard_keys(src)
     for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
         start = time.perf_counter()
-        tensors = _shard_tensors(src / shard, keys, model, parameters, linears, dtype, device, check, autoround)
+        with small_op_threads(device):
+            tensors = _shard_tensors(src / shard, keys, model, parameters, linears, dtype, device, check, autoround)
         check.export_s += time.perf_counter() - start
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         check.verify_s += _write_checked(dst / shard, tensors)
@@ -267,7 +269,7 @@ def _grid_exact(
     """`linear`'s weight on NxD's grid in grid-exact bf16, checked and measured into `check` (see `_export`)."""
     import torch
 
-    from neuronforge.neuron.grid import quantize_weight, row_chunks
+    from neuronforge.neuron.grid import chunk_elements, quantize_weight, row_chunks
     from neuronforge.neuron.module_names import block_of
     from neuronforge.pipeline.quantize import grid_export
 
@@ -276,7 +278,7 @@ def _grid_exact(
     assert weight.dtype == torch.bfloat16, key
     source_in_model = not autoround and source.dtype == torch.bfloat16  # the model holds the source's bits
     err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
-    for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
+    for rows in row_chunks(source.shape, chunk_elements(device)):  # per-row math: chunks bound the temporaries
         tuned = weight[rows].to(device).float()  # a copy: `weight` is overwritten below
         codes, scale = quantize_weight(tuned, dtype)
         out = weight[rows] if weight.device == device else None

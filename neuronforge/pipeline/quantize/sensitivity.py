@@ -177,12 +177,14 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
 def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: str) -> float:
     """sum |dL/dW * (Q(W) - W)| over (weight, its gradient) pairs, a row block at a time on the gradient's device
     (lm_head's weight stays on the host, its gradient is formed on the accelerator)."""
-    from neuronforge.neuron.grid import rounding_error, row_chunks
+    from neuronforge.core.devices import small_op_threads
+    from neuronforge.neuron.grid import chunk_elements, rounding_error, row_chunks
 
     total = 0.0
     for weight, grad in weights:
-        for rows in row_chunks(weight.shape):
-            total += float(rounding_error(weight[rows].to(grad.device), dtype).mul_(grad[rows]).abs_().sum())
+        with small_op_threads(grad.device):
+            for rows in row_chunks(weight.shape, chunk_elements(grad.device)):
+                total += float(rounding_error(weight[rows].to(grad.device), dtype).mul_(grad[rows]).abs_().sum())
     return total
 
 
