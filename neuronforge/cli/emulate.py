@@ -87,7 +87,7 @@ def emulate_command(
         fast_bf16=not exact_bf16,
         tp_degree=tp_degree,
     )
-    resolve_device(device)  # type: ignore[arg-type]  # `cuda` without a usable GPU refuses before any work
+    resolved = resolve_device(device)  # type: ignore[arg-type]  # `cuda` without a usable GPU refuses at once
     texts = resolve_splits(text).evaluation
     model_dir = fetch_or_resolve(model)
     linears = checkpoint_linears(header_shapes(model_dir))
@@ -101,7 +101,8 @@ def emulate_command(
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
     tokenizer = load_tokenizer(model_dir)
     windows = {name: evaluation_windows(tokenizer, body, eval_seq_len, max_tokens) for name, body in texts.items()}
-    emulated = load_emulated(model_dir, spec, device)  # type: ignore[arg-type]  # (a DEVICE_CHOICES value)
+    # (on a GPU the request: the model is placed by what fits once it is converted)
+    emulated = load_emulated(model_dir, spec, resolved if resolved.type == "cpu" else device)  # type: ignore[arg-type]
     console.print(f"[bold]{escape(model)}[/]: {spec.describe(len(emulated.converted), len(linears))}")
     info = device_info(emulated.device)
     console.print(f"  device: {escape(str(info['device']))} ({escape(str(info['name']))})")

@@ -327,8 +327,10 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
                 dtype=options.dtype if plan.weights else None, kv_fp8=plan.kv_fp8, modules_to_not_convert=tuple(mtnc)
             )
             release(device)  # the previous variant's cached GPU blocks count as free for this one
-            emulated = load_emulated(
-                checkpoints.get(plan.stage, source) if plan.stage else source, spec, options.device
+            emulated = load_emulated(  # (on a GPU the request: each variant is placed by what fits now)
+                checkpoints.get(plan.stage, source) if plan.stage else source,
+                spec,
+                device if device.type == "cpu" else options.device,
             )
             windows_task = bar.add_task(f"  {plan.label}", total=total_windows)
             logits = {

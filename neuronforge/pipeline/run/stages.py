@@ -211,7 +211,7 @@ def _emulate_run(ctx: StageContext) -> StageResult:
     ran_on: dict[str, str] = {}
     for variant, (path, spec) in variants.items():
         release(device)  # the bf16 variant's cached GPU blocks count as free for the quantized one
-        emulated = load_emulated(path, spec, config.device)
+        emulated = load_emulated(path, spec, device if device.type == "cpu" else config.device)
         ran_on[variant] = str(emulated.device)
         quantized_linears = max(quantized_linears, len(emulated.converted))
         ppl[variant] = {
