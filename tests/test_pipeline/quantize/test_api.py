@@ -468,7 +468,9 @@ def test_row_blocks_change_nothing(make_tiny_llama, tmp_path: Path, monkeypatch)
     (files, report, sens), (files_rows, report_rows, sens_rows) = runs.values()
     assert all(torch.equal(files[k], files_rows[k]) for k in files)
     error, error_rows = report.pop("per_block_relative_error"), report_rows.pop("per_block_relative_error")
-    assert report == report_rows and error == pytest.approx(error_rows, rel=1e-6)  # float sums in another order
+    # fp32 partial sums in another order (the block size reaches the export since grid.chunk_elements reads it per
+    # call; `row_chunks`' old default was bound at import, so this test used to compare one block size with itself)
+    assert report == report_rows and error == pytest.approx(error_rows, rel=1e-5)
     scores = {b["block"]: b["score"] for b in sens["blocks"]}
     assert scores == pytest.approx({b["block"]: b["score"] for b in sens_rows["blocks"]}, rel=1e-6)
 
