@@ -14,6 +14,11 @@ host can take. Not a test: numbers depend on the machine.
 
     python benchmarks/bench_scale.py                      # 0.3b and 1.2b: nxdi, nxd-math, quantize (RTN), emulate; 3 rounds
     python benchmarks/bench_scale.py --sizes 0.3b --stages nxdi,quantize,autoround --repeat 1
+    python benchmarks/bench_scale.py --device cuda --stages nxdi,quantize,autoround,emulate --repeat 1  # GPU host
+
+Each stage's peak RSS is its own process's (VmHWM): `ru_maxrss` of a child started by a large driver process
+reports the driver's high-water mark. On a GPU the GPU's peak allocation is measured too, and every row says
+which device ran it (`--device`, default auto).
 
 Needs about 3x the largest checkpoint (2.4 GB for 1.2b) of free RAM and 10 GB of disk.
 """
@@ -169,7 +174,7 @@ def nxdi_quantized_state_dict(folder: Path) -> dict:
     return {k: v for k, v in state.items() if v is not None}  # NxDI's prune_state_dict
 
 
-def run_stage(stage: str, folder: Path, work: Path) -> None:
+def run_stage(stage: str, folder: Path, work: Path, device: str = "auto") -> None:
     """One stage, in this (fresh) process."""
     if stage == "nxdi":  # saved as NxDI does (modules/checkpoint.py:171-183: HF's sharded safetensors, 10 GB shards)
         from huggingface_hub import save_torch_state_dict
@@ -198,7 +203,7 @@ def run_stage(stage: str, folder: Path, work: Path) -> None:
         from neuronforge.pipeline.quantize.api import options_from, quantize
 
         extra = dict(iters=1) if stage == "autoround" else dict(autoround=False)
-        quantize(options_from(model=str(folder), out=work / stage, **CALIBRATION, **extra))
+        quantize(options_from(model=str(folder), out=work / stage, device=device, **CALIBRATION, **extra))
     elif stage == "emulate":
         from neuronforge.assets.texts import embedded_splits, evaluation_windows
         from neuronforge.hf.folders import load_tokenizer
@@ -206,16 +211,26 @@ def run_stage(stage: str, folder: Path, work: Path) -> None:
 
         text = next(iter(embedded_splits().evaluation.values()))
         windows = evaluation_windows(load_tokenizer(folder), text, 64, 256)
-        emulated = load_emulated(folder, EmulationSpec(dtype="int8", kv_fp8=True))
+        emulated = load_emulated(folder, EmulationSpec(dtype="int8", kv_fp8=True), device)  # type: ignore[arg-type]
         perplexity(emulated, windows)
     else:
         raise SystemExit(f"unknown stage {stage}")
 
 
-def measure(stage: str, folder: Path, work: Path) -> dict[str, float]:
+def peak_rss() -> int:
+    """This process's own peak RSS. (`ru_maxrss` is not: a child keeps its parent's high-water mark through
+    fork and exec, so a stage run from a driver that built a checkpoint would report the driver's peak.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(stage: str, folder: Path, work: Path, device: str = "auto") -> dict[str, float]:
     os.sync()  # the previous stage's dirty pages are written back on its account, not this one's
     start = time.perf_counter()
     command = [sys.executable, __file__, "--run-stage", stage, "--model", str(folder), "--work", str(work)]
+    command += ["--device", device]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return {**json.loads(out.strip().splitlines()[-1]), "wall_s": time.perf_counter() - start}
 
@@ -233,21 +248,27 @@ def main() -> None:
     parser.add_argument("--stages", default="nxdi,nxd-math,quantize,emulate", help=f"any of {','.join(STAGES)}")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all stages (medians are reported)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="quantize/emulate device")
     parser.add_argument("--run-stage", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_stage:
-        import torch  # noqa: F401  (what every stage imports before it holds any weight)
+        import torch  # (what every stage imports before it holds any weight)
         from transformers import LlamaForCausalLM  # noqa: F401
 
-        imports_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        run_stage(args.run_stage, args.model, args.work)
+        from neuronforge.core.devices import resolve_device
+
+        imports_rss = peak_rss()
+        device = resolve_device(args.device)
+        run_stage(args.run_stage, args.model, args.work, args.device)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         result = {
-            "peak_rss": usage.ru_maxrss * 1024,
+            "peak_rss": peak_rss(),
             "imports_rss": imports_rss,
             "cpu_s": usage.ru_utime + usage.ru_stime,
+            "device": str(device) if args.run_stage not in ANCHORS else "cpu",
+            "gpu_peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         }
         print(json.dumps(result))
         return
@@ -260,7 +281,7 @@ def main() -> None:
         for round_ in range(1, args.repeat + 1):
             with tempfile.TemporaryDirectory() as work:
                 for stage in stages:
-                    result = measure(stage, folder, Path(work))
+                    result = measure(stage, folder, Path(work), args.device)
                     runs.append({"size": size, "params": params, "stage": stage, "round": round_, **result})
                     r = runs[-1]
                     print(
@@ -300,6 +321,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "imports_rss": top["imports_rss"],
                 "wall_s": statistics.median(r["wall_s"] for r in group),
                 "cpu_s": statistics.median(r["cpu_s"] for r in group),
+                "device": top.get("device", "cpu"),
+                "gpu_peak": max((r.get("gpu_peak") or 0 for r in group), default=0) or None,
             }
         )
     return rows
@@ -316,14 +339,18 @@ def time_ratios(runs: list[dict], size: str, clock: str, anchor: str = "nxdi") -
 
 def report(runs: list[dict], stages: list[str]) -> None:
     rows = summarize(runs)
-    print("\n| size | params | stage | peak RSS | bytes/param | above imports | wall | s per 1e9 params | CPU time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| size | params | stage | device | peak RSS | bytes/param | above imports | wall | s per 1e9 params | "
+        "CPU time | GPU peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        gpu_peak = f"{r['gpu_peak'] / GB:.2f} GB" if r["gpu_peak"] else "n/a"
         print(
-            f"| {r['size']} | {r['params'] / 1e9:.2f}e9 | {r['stage']} | {r['peak_rss'] / GB:.2f} GB | "
+            f"| {r['size']} | {r['params'] / 1e9:.2f}e9 | {r['stage']} | {r['device']} | {r['peak_rss'] / GB:.2f} GB | "
             f"{r['peak_rss'] / r['params']:.2f} | {above_imports(r):.2f} | {r['wall_s']:.1f} s | "
             f"{r['wall_s'] / r['params'] * 1e9:.0f} | "
-            f"{r['cpu_s']:.1f} s |"
+            f"{r['cpu_s']:.1f} s | {gpu_peak} |"
         )
     print(f"(median time and largest peak over {max(r['rounds'] for r in rows)} round(s))")
     by = {(r["size"], r["stage"]): r for r in rows}

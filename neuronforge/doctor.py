@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from neuronforge.core.package_versions import package_versions
-from neuronforge.core.presets import PRESETS, SENSITIVITY_BATCH
+from neuronforge.core.presets import PRESETS, SENSITIVITY_BATCH, first_order_windows
 from neuronforge.neuron.host import neuron_devices
 
 Status = Literal["ok", "warn", "absent"]
@@ -47,23 +47,45 @@ class Check:
     fix: str | None = None
 
 
-def check_cuda() -> Check:
-    """A CUDA GPU makes stage 1 fast; without one it runs on CPU (fine for small models)."""
+def check_cuda(
+    problem: str | None | Literal["probe"] = "probe", present: bool | None = None, driver_cuda: str | None = "probe"
+) -> Check:
+    """Can torch use a CUDA GPU here, and if the host has one it cannot use, why (core/devices.py: the same probe
+    `--device` uses): a CPU-only torch build, no driver, or a driver older than the torch wheel's CUDA runtime."""
     import torch
 
-    if not torch.cuda.is_available():
+    from neuronforge.core.devices import CUDA_INSTALL_FIX, cuda_problem, driver_cuda_version, gpu_present
+
+    problem = cuda_problem() if problem == "probe" else problem
+    present = gpu_present() if present is None else present
+    if problem is None:
+        names = [
+            f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / GIB:.0f} GiB)"
+            for i in range(torch.cuda.device_count())
+        ]
+        return Check("CUDA GPU", "ok", f"{', '.join(names)}; torch {torch.__version__}, CUDA {torch.version.cuda}")
+    if not present:
         return Check(
             "CUDA GPU",
             "absent",
-            f"none visible to torch {torch.__version__} (stage 1 runs on CPU)",
-            "fine for small models; for 7B+ run stage 1 on a GPU host (ml.g6e/g5, or EC2 g6e) with a CUDA "
-            "build of torch",
+            f"no NVIDIA GPU on this host (stage 1 runs on CPU: fine for small models; {problem})",
+            "for 7B+ run stage 1 on a GPU host (ml.g6e/g5, or EC2 g6e) with a CUDA build of torch (docs/gpu.md)",
         )
-    names = [
-        f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / GIB:.0f} GiB)"
-        for i in range(torch.cuda.device_count())
-    ]
-    return Check("CUDA GPU", "ok", ", ".join(names))
+    driver = driver_cuda_version() if driver_cuda == "probe" else driver_cuda
+    detail = f"this host has an NVIDIA GPU, but {problem}"
+    fix = CUDA_INSTALL_FIX
+    wanted = torch.version.cuda
+    if driver and wanted and _version(driver) < _version(wanted):
+        detail += f"; the driver supports CUDA up to {driver}, this torch needs CUDA {wanted}"
+        fix = (
+            f"upgrade the NVIDIA driver to one that supports CUDA {wanted}, or install the torch 2.13.0 build for "
+            f"CUDA {driver} or lower from https://download.pytorch.org/whl/ (docs/gpu.md)"
+        )
+    return Check("CUDA GPU", "warn", detail + " (`--device auto` would run on the CPU)", fix)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2])
 
 
 def check_neuron(dev_root: Path = Path("/dev"), versions: dict[str, str] | None = None) -> Check:
@@ -182,21 +204,28 @@ def stage1_peak(
     shape: ModelShape, nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.calib_seq_len
 ) -> tuple[int, int, int]:
     """(peak, sensitivity phase, of which layer inputs) host bytes of `neuronforge quantize` calibrating on
-    `nsamples` windows of `seqlen` tokens (see the constants above)."""
-    layer_inputs = (shape.layers + 1) * nsamples * seqlen * shape.hidden * 4
+    `nsamples` windows of `seqlen` tokens (see the constants above; the first-order pass scores at most
+    `first_order_windows` of them)."""
+    layer_inputs = (shape.layers + 1) * first_order_windows(nsamples, seqlen) * seqlen * shape.hidden * 4
     batch = min(nsamples, SENSITIVITY_BATCH) * seqlen * (shape.hidden + shape.intermediate)
     sensitivity = int(shape.params * SENSITIVITY_BYTES_PER_PARAM) + layer_inputs + batch * SENSITIVITY_BATCH_BYTES
     autoround = int(shape.params * AUTOROUND_BYTES_PER_PARAM)
     return BASELINE_BYTES + max(sensitivity, autoround), BASELINE_BYTES + sensitivity, layer_inputs
 
 
-def check_memory(shape: ModelShape | None, total: int | None = None) -> Check:
-    """Host RAM vs the measured peak of loading and quantizing a model of `shape` on CPU at quantize's defaults."""
+def check_memory(
+    shape: ModelShape | None,
+    total: int | None = None,
+    nsamples: int = CALIBRATION.nsamples,
+    seqlen: int = CALIBRATION.calib_seq_len,
+) -> Check:
+    """Host RAM vs the measured peak of loading and quantizing a model of `shape` calibrating on `nsamples`
+    windows of `seqlen` tokens (quantize's defaults unless the user asked for another budget)."""
     total = total if total is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     detail = f"{total / GIB:.1f} GiB RAM, {os.cpu_count()} CPU cores"
     if shape is None:
         return Check("Memory", "ok", detail)
-    need, sensitivity, layer_inputs = stage1_peak(shape)
+    need, sensitivity, layer_inputs = stage1_peak(shape, nsamples, seqlen)
     in_sensitivity = sensitivity >= need
     where = (
         f"in the sensitivity analysis, {layer_inputs / GIB:.2f} GiB of it the layer inputs of "
@@ -265,11 +294,14 @@ def check_model(model: str) -> tuple[Check | None, ModelShape | None]:
     return Check("Model", "ok", detail), shape
 
 
-def diagnose(model: str, where: Path) -> tuple[list[Check], str]:
-    """All checks for running `model` with outputs under `where`, plus the model-size note."""
+def diagnose(
+    model: str, where: Path, nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.calib_seq_len
+) -> tuple[list[Check], str]:
+    """All checks for running `model` with outputs under `where` at this calibration budget, plus the size note."""
     size, note = model_size(model)
     model_check, shape = check_model(model)
-    checks = [check_cuda(), check_neuron(), *check_aws(), check_disk(where, size), check_memory(shape)]
+    memory = check_memory(shape, nsamples=nsamples, seqlen=seqlen)
+    checks = [check_cuda(), check_neuron(), *check_aws(), check_disk(where, size), memory]
     return checks + ([model_check] if model_check else []), note
 
 

@@ -13,6 +13,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The simulated GPU device must exist before autograd's first backward pass in this process (the engine
+    sizes its per-device queues once): register it first (testkit/device_sim.py)."""
+    from testkit.device_sim import device
+
+    device()
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real embedded model, converted once into the user's cache (about a minute the first time)."""

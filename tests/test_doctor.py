@@ -108,3 +108,50 @@ def test_memory_estimate_covers_the_sensitivity_at_quantize_defaults() -> None:
         assert short.status == "warn" and "layer inputs of 32 x 256 calibration tokens" in short.detail
         assert "--nsamples" in short.fix
     assert doctor.stage1_peak(small, nsamples=2, seqlen=32)[0] < doctor.stage1_peak(small)[0]
+
+
+def test_doctor_names_a_driver_too_old_for_the_torch_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The install story is checked: a GPU host whose driver cannot run this torch's CUDA is a warning with the fix."""
+    import torch
+
+    from neuronforge.doctor import check_cuda
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    check = check_cuda(problem="torch cannot use the GPU: driver too old", present=True, driver_cuda="12.4")
+    assert check.status == "warn"
+    assert "driver supports CUDA up to 12.4, this torch needs CUDA 13.0" in check.detail
+    assert "download.pytorch.org" in (check.fix or "")
+    assert check_cuda(problem="CPU-only build", present=False).status == "absent"
+    cpu_build = check_cuda(problem="this torch is a CPU-only build", present=True, driver_cuda="13.0")
+    assert cpu_build.status == "warn" and "CPU-only" in cpu_build.detail
+
+
+# Llama-3-8B, Mistral-Nemo-12B and Llama-3-70B (config.json: layers, hidden_size, intermediate_size)
+LARGE = {
+    "8B": doctor.ModelShape(8_030_261_248, 32, 4096, 14336),
+    "12B": doctor.ModelShape(12_247_782_400, 40, 5120, 14336),
+    "70B": doctor.ModelShape(70_553_706_496, 80, 8192, 28672),
+}
+
+
+def test_a_gpu_budget_keeps_host_memory_bounded() -> None:
+    """At 128 x 2048 calibration tokens (docs/gpu.md's largest budget) the first-order pass used to hold
+    (layers + 1) x 262144 x hidden x 4 bytes of layer inputs: 142 GB at 8B. It scores at most 8192 tokens now."""
+    for name, shape in LARGE.items():
+        default, _, default_inputs = doctor.stage1_peak(shape)
+        large, _, inputs = doctor.stage1_peak(shape, nsamples=128, seqlen=2048)
+        assert inputs == default_inputs == (shape.layers + 1) * 8192 * shape.hidden * 4, name
+        assert large < 1.4 * default, name  # only the batch of windows through one layer grows
+    assert doctor.stage1_peak(LARGE["8B"], nsamples=128, seqlen=2048)[0] < 35e9  # was 170 GB
+
+
+def test_doctor_sizes_the_host_for_the_budget_asked(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    def memory(*budget: str) -> str:
+        result = CliRunner().invoke(
+            app, ["doctor", "--json", "--model", str(tiny_llama_dir), "--out", str(tmp_path), *budget]
+        )
+        assert result.exit_code == 0, result.output
+        return next(c for c in json.loads(result.output)["checks"] if c["name"] == "Memory")["detail"]
+
+    assert "32 x 256 calibration tokens" in memory() or "AutoRound" in memory()
+    assert memory("--nsamples", "2", "--calib-seq-len", "64") != memory("--preset", "gpu")

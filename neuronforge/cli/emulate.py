@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import ModelOpt, NotConvertOpt, OverwriteOpt, TextOpt, given, model_option
+from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
@@ -59,11 +60,13 @@ def emulate_command(
         "--exact-bf16",
         help="Use torch's bf16 GEMMs for bf16 layers (bit-identical to HF, several times slower on CPUs without bf16).",
     ),
+    device: DeviceRequest | None = model_option(M, "device"),
 ) -> None:
     """Perplexity and greedy text as an inf2/trn1 would compute them (int8/fp8 weights, fp8 KV cache), on CPU."""
     flags = given(locals(), M)
     from neuronforge.assets.models import fetch_or_resolve
     from neuronforge.assets.texts import held_out_windows, resolve_splits
+    from neuronforge.core.devices import device_info, resolve_device
     from neuronforge.hf.folders import header_shapes, load_tokenizer
     from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.numerics.emulate import load_emulated, perplexity_report
@@ -79,6 +82,7 @@ def emulate_command(
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()
     options = validated(M, "emulate", **flags, modules_to_not_convert=modules, fast_bf16=not exact_bf16)
     spec = options.spec()
+    resolved = resolve_device(options.device)  # `cuda` without a usable GPU refuses at once
     texts = resolve_splits(text).evaluation
     model_dir = fetch_or_resolve(model)
     _tied_lm_head_warning(model_dir, spec.dtype, modules)
@@ -87,9 +91,12 @@ def emulate_command(
     if max_new_tokens and ids.numel() == 0:  # before the load and the perplexity run, not after (report D17)
         raise NeuronforgeError("--prompt is empty after tokenization", "pass a prompt with some text")
     windows = held_out_windows(tokenizer, texts, options.eval_seq_len, options.eval_tokens)
-    emulated = load_emulated(model_dir, spec)
+    # (on a GPU the request: the model is placed by what fits once it is converted)
+    emulated = load_emulated(model_dir, spec, resolved if resolved.type == "cpu" else options.device)
     linears = checkpoint_linears(header_shapes(model_dir))
     console.print(f"[bold]{escape(model)}[/]: {spec.describe(len(emulated.converted), len(linears))}")
+    info = device_info(emulated.device)
+    console.print(f"  device: {escape(str(info['device']))} ({escape(str(info['name']))})")
     report = perplexity_report(emulated, windows)
     for name, value in report.perplexity.items():
         console.print(

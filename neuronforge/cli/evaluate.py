@@ -8,6 +8,7 @@ from pathlib import Path
 
 from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import VerboseOpt, given, model_option, preset_option
+from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import third_party_log, third_party_logs
 from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.evaluate.api import EvaluateOptions
@@ -54,6 +55,7 @@ def evaluate_command(
     lm_eval_tasks: str | None = model_option(E, "lm_eval_tasks", text="comma-separated; " + _h("lm_eval_tasks")),
     lm_eval_limit: int | None = model_option(E, "lm_eval_limit"),
     verbose: VerboseOpt = False,
+    device: DeviceRequest | None = model_option(E, "device"),
 ) -> None:
     """Accuracy, weight memory and smallest inf2 instance of bf16, RTN, AutoRound and selective variants.
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import NotConvertOpt, VerboseOpt, given, model_option, preset_option
+from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import LOG_FILE, third_party_log, third_party_logs
 from neuronforge.core.progress import err_console
 from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
@@ -45,6 +46,7 @@ def quantize_command(
     autoround: bool | None = model_option(Q, "autoround", "--autoround/--no-autoround"),
     minmax_tuning: bool | None = model_option(Q, "minmax_tuning", "--minmax-tuning/--no-minmax-tuning"),
     verbose: VerboseOpt = False,
+    device: DeviceRequest | None = model_option(Q, "device"),
 ) -> None:
     """Stage 1: sensitivity + AutoRound on NxD's grid -> grid-exact fake-quantized bf16 checkpoint.
 
@@ -88,4 +90,5 @@ def quantize_command(
         f"values kept on Neuron (within bf16 precision): {percent(result.value_agreement)}  "
         f"(naive export: {percent(result.naive_value_agreement)})"
     )
+    console.print(f"device: {escape(str(result.device.get('device')))} ({escape(str(result.device.get('name')))})")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from neuronforge.cli.app import App, console
 from neuronforge.cli.options import OverwriteOpt, VerboseOpt
+from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import third_party_log, third_party_logs
 from neuronforge.core.presets import presets_help
 from neuronforge.core.progress import err_console
@@ -129,6 +130,7 @@ def run_command(
     seq_len: int | None = typer.Option(None, "--seq-len", help=_h("seq_len")),
     sdk: str | None = typer.Option(None, "--sdk", help=_h("sdk")),
     verbose: VerboseOpt = False,
+    device: DeviceRequest | None = typer.Option(None, "--device", help=_h("device")),
 ) -> None:
     """Run the pipeline end to end: model -> quantize -> emulate -> (Neuron host) compile -> package.
 

@@ -1,23 +1,209 @@
-"""Which device the heavy steps run on: the first CUDA GPU when there is one (and the work fits), else the CPU."""
+"""Which device the heavy steps run on, chosen once per command from `--device auto|cuda|cpu`, never silently.
+
+`cuda` without a usable GPU refuses at once, with torch's own reason (a CPU-only torch build, no NVIDIA driver,
+a driver older than the CUDA runtime the torch wheel was built with). `auto` uses the GPU when torch can, and
+says so loudly when the host has an NVIDIA GPU that torch cannot use. Every report records `device_info`.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-def accelerator(needed_bytes: int = 0) -> str:
-    """`cuda:0` on a GPU host whose free GPU memory holds `needed_bytes`, else `cpu` (torch imported on call)."""
+import pydantic
+
+from neuronforge.errors import NeuronforgeError
+
+if TYPE_CHECKING:
     import torch
 
-    if not torch.cuda.is_available():
-        return "cpu"
-    if needed_bytes and torch.cuda.mem_get_info(0)[0] < needed_bytes:
+DeviceRequest = Literal["auto", "cuda", "cpu"]
+DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceRequest)
+DEVICE_HELP = (
+    "Where the heavy steps run: auto (the first CUDA GPU when torch can use it, else the CPU, with a warning "
+    "when the host has a GPU torch cannot use), cuda (refuse at once without a usable GPU), or cpu."
+)
+# The one declaration of the knob: every options model that computes has `device: DeviceField = "auto"`.
+DeviceField = Annotated[DeviceRequest, pydantic.Field(description=DEVICE_HELP)]
+
+CUDA_INSTALL_FIX = (
+    "install a CUDA build of torch 2.13.0 whose CUDA version the NVIDIA driver supports (`nvidia-smi` prints the "
+    "highest it supports; docs/gpu.md), check with `neuronforge doctor`, or pass --device cpu"
+)
+
+
+def cuda_problem() -> str | None:
+    """Why torch cannot use a CUDA GPU on this host, in torch's own words; None when it can."""
+    import torch
+
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build, without CUDA support"
+    if torch.cuda.is_available():
+        return None
+    try:  # torch's own probe names the cause: no driver, a driver too old for this CUDA runtime, no device
+        torch.cuda.init()
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError or AssertionError depending on the cause
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU: {exc}"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device (check CUDA_VISIBLE_DEVICES)"
+
+
+def driver_cuda_version(nvidia_smi_output: str | None = None) -> str | None:
+    """The highest CUDA version the NVIDIA driver supports ("CUDA Version: 12.4" in `nvidia-smi`'s header)."""
+    import re
+    import subprocess
+
+    if nvidia_smi_output is None:
+        if shutil.which("nvidia-smi") is None:
+            return None
+        try:
+            nvidia_smi_output = subprocess.run(
+                ["nvidia-smi"], capture_output=True, text=True, timeout=30, check=False
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+    found = re.search(r"CUDA Version:\s*([0-9]+\.[0-9]+)", nvidia_smi_output)
+    return found.group(1) if found else None
+
+
+def gpu_present() -> bool:
+    """Does this host have an NVIDIA GPU at all, whether or not torch can use it?"""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def cuda_device() -> torch.device:
+    """The GPU the heavy steps use (the first one). Tests put a simulated device here (tests/device_sim.py)."""
+    import torch
+
+    return torch.device("cuda", 0)
+
+
+def resolve_device(request: DeviceRequest) -> torch.device:
+    """The device `--device request` means on this host; refuses `cuda` without a usable GPU (see module doc)."""
+    import torch
+
+    if request not in DEVICE_CHOICES:
+        raise NeuronforgeError(f"unknown device {request!r}", f"use one of: {', '.join(DEVICE_CHOICES)}")
+    if request == "cpu":
+        return torch.device("cpu")
+    problem = cuda_problem()
+    if problem is None:
+        return cuda_device()
+    if request == "cuda":
+        raise NeuronforgeError(f"--device cuda: {problem}", CUDA_INSTALL_FIX)
+    if gpu_present():
         from neuronforge.core.progress import err_console
 
-        free = torch.cuda.mem_get_info(0)[0]
         err_console.print(
-            f"note: running on the CPU: {needed_bytes / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free on the GPU"
+            f"[yellow]warning:[/] this host has an NVIDIA GPU, but {problem}; running on the CPU "
+            f"(hours for a large model). fix: {CUDA_INSTALL_FIX}",
+            highlight=False,
         )
-        return "cpu"
-    return "cuda:0"
+    return torch.device("cpu")
+
+
+def usable_bytes(free: int, reserved: int, allocated: int) -> int:
+    """GPU memory this process can still use: the driver's free memory plus what torch's caching allocator holds
+    but no tensor uses (reserved - allocated), which `torch.cuda.mem_get_info` counts as used."""
+    return free + max(0, reserved - allocated)
+
+
+def gpu_usable_bytes(device: torch.device) -> int:
+    """`usable_bytes` of `device`, measured after dropping this process's dead tensors."""
+    import torch
+
+    release(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    return usable_bytes(free, torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device))
+
+
+def release(device: torch.device) -> None:
+    """Free what the previous model left behind on `device` (between emulated variants)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def placement(request: DeviceRequest, needed_bytes: int) -> torch.device:
+    """Where a whole model of `needed_bytes` goes: the resolved device when it fits there; with `auto`, the CPU
+    (said so) when it does not; with `cuda`, a refusal, never a silent fallback."""
+    import torch
+
+    device = resolve_device(request)
+    if device.type != "cuda":
+        return device
+    usable = gpu_usable_bytes(device)
+    if usable >= needed_bytes:
+        return device
+    if request == "cuda":
+        raise NeuronforgeError(
+            f"--device cuda: the model needs {needed_bytes / 1e9:.1f} GB of GPU memory, {usable / 1e9:.1f} GB is usable",
+            "use a GPU with more memory, or pass --device auto (CPU when it does not fit) or --device cpu",
+        )
+    from neuronforge.core.progress import err_console
+
+    err_console.print(
+        f"note: running on the CPU: the model needs {needed_bytes / 1e9:.1f} GB of GPU memory, "
+        f"{usable / 1e9:.1f} GB is usable"
+    )
+    return torch.device("cpu")
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """What a report records about the device a step ran on: which, its name and memory, and torch's build."""
+    import torch
+
+    info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "torch_cuda": torch.version.cuda}
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info.update(name=properties.name, memory_bytes=int(properties.total_memory))
+        info["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    elif device.type == "cpu":
+        info.update(name=_cpu_name(), memory_bytes=host_memory_bytes(), threads=torch.get_num_threads())
+    else:
+        info.update(name=device.type, memory_bytes=None)
+    return info
+
+
+@contextmanager
+def small_op_threads(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on the CPU for loops of small (1 MB) elementwise ops: the grid export and the scores.
+    With two threads each op pays an OpenMP barrier: on a loaded 2-core host one 14336 x 4096 export took 7-17 s
+    with two threads and 1.0-1.3 s with one (docs/gpu.md, "Speed"). Elsewhere (GEMMs, a GPU) nothing changes."""
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def usable_cpus() -> int:

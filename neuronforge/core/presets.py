@@ -13,6 +13,16 @@ from typing import Any, Literal, NamedTuple
 PresetName = Literal["gpu", "cpu-demo", "cpu-fast"]
 # Calibration windows the sensitivity analysis runs through a layer at once (its host memory grows with it).
 SENSITIVITY_BATCH = 4
+# Calibration tokens the first-order sensitivity scores at most (the gpu preset's 32 x 256). It holds every decoder
+# layer's input for all of them on the host for its backward pass, (layers + 1) x tokens x hidden x 4 bytes:
+# 4.4 GB for an 8B model at this cap, 142 GB at 128 x 2048 tokens. A ranking of blocks needs no more; AutoRound
+# still tunes on every window.
+FIRST_ORDER_MAX_TOKENS = 32 * 256
+
+
+def first_order_windows(nsamples: int, calib_seq_len: int) -> int:
+    """How many of `nsamples` calibration windows the first-order sensitivity scores (one at least)."""
+    return max(1, min(nsamples, FIRST_ORDER_MAX_TOKENS // calib_seq_len))
 
 
 class Preset(NamedTuple):

@@ -75,3 +75,24 @@ def test_flatness_is_judged_above_the_imports(capsys) -> None:
     out = capsys.readouterr().out
     assert "quantize bytes/param 3.83 -> 2.83; above imports 2.50 -> 2.50 (+0%; flat within 15%: ok)" in out
     assert "emulate bytes/param 4.33 -> 2.33; above imports 3.00 -> 2.00 (-33%; flat within 15%: MISSED)" in out
+
+
+def test_a_stage_reports_its_own_peak_not_its_drivers(tmp_path: Path) -> None:
+    """A child started from a large process inherits its `ru_maxrss` high-water mark (the first GPU-host run builds
+    its checkpoints in the driver): each stage's peak is read from its own VmHWM instead."""
+    import json
+    import subprocess
+    import sys
+
+    held = bytearray(600_000_000)
+    held[::4096] = b"\1" * len(held[::4096])  # resident
+    code = (
+        "import importlib.util, json, resource, sys\n"
+        f"spec = importlib.util.spec_from_file_location('bench_scale', {str(SCRIPT)!r})\n"
+        "bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)\n"
+        "print(json.dumps([bench.peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))\n"
+    )
+    own, inherited = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout)  # fmt: skip
+    del held
+    assert inherited > 500e6 and own < 300e6

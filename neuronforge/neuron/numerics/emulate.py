@@ -29,9 +29,12 @@ from neuronforge.neuron.numerics.kv_cache import ATTENTION_NAME, STATE_KWARG, KV
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from neuronforge.core.devices import DeviceRequest
+
 
 # Bytes of fp32 logits each step of `EmulatedModel.token_nll` makes (a block of positions of one window).
 NLL_BLOCK_BYTES = 4 << 20
+GPU_NLL_BLOCK_BYTES = 256 << 20  # on a GPU (a whole 256-token window at a 128k vocabulary is 131 MB)
 # Bytes of a weight larger than a map window `load_emulated` reads and quantizes at a time.
 QUANTIZE_BLOCK_BYTES = 4 << 20
 # Above this many bytes of fp32 weight copies, GEMM operands are made per call instead of kept (see qlinear).
@@ -78,7 +81,8 @@ class EmulatedModel:
         hidden = self.model.get_decoder()(ids, use_cache=False, **kwargs).last_hidden_state
         head = self.model.get_output_embeddings()
         predicted = ids.shape[1] - 1
-        per_block = max(1, NLL_BLOCK_BYTES // (4 * head.out_features))
+        budget = NLL_BLOCK_BYTES if self.device.type == "cpu" else GPU_NLL_BLOCK_BYTES
+        per_block = max(1, budget // (4 * head.out_features))
         blocks = torch.arange(predicted, device=self.device).tensor_split(-(-predicted // per_block))  # even sizes
         nll = torch.empty(ids.shape[0], predicted)
         for window, (states, targets) in enumerate(zip(hidden, ids, strict=True)):
@@ -128,11 +132,14 @@ def _untie_lm_head(model: PreTrainedModel) -> None:
         model.config.tie_word_embeddings = False
 
 
-def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
-    """Convert `model` in place to the numerics `spec` describes and move it to `device` (default: the GPU when
-    there is one and the converted model fits in it, else the CPU). Same numerics everywhere: fp32 GEMMs on
-    the exact codes, rounded once to bf16."""
-    from neuronforge.core.devices import accelerator
+def emulate(
+    model: PreTrainedModel, spec: EmulationSpec, device: DeviceRequest | torch.device = "auto"
+) -> EmulatedModel:
+    """Convert `model` in place to the numerics `spec` describes and move it to `device`: a torch device, or a
+    `--device` request (`auto`: the GPU when torch can use it and the converted model fits in the memory this
+    process can use there, else the CPU, said so; `cuda`: the GPU or a refusal). Same numerics everywhere: fp32
+    GEMMs on the exact codes, rounded once to bf16."""
+    from neuronforge.core.devices import placement
     from neuronforge.errors import expect
     from neuronforge.hf.folders import check_loaded_model
 
@@ -166,13 +173,13 @@ def emulate(model: PreTrainedModel, spec: EmulationSpec, device: str | None = No
         register_attention()
         model.set_attn_implementation(ATTENTION_NAME)
     resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    # Room for one layer's activations and operand. (The ignore: transformers types PreTrainedModel.to as
-    # functools.wraps(nn.Module.to), whose self mypy cannot bind.)
-    model.to(device or accelerator(needed_bytes=resident * 5 // 4))  # type: ignore[arg-type]
+    if not isinstance(device, torch.device):
+        device = placement(device, needed_bytes=resident * 5 // 4)  # room for one layer's activations and operand
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to as functools.wraps(nn.Module.to)
     return EmulatedModel(model, spec, converted)
 
 
-def load_emulated(model_dir: Path, spec: EmulationSpec, device: str | None = None) -> EmulatedModel:
+def load_emulated(model_dir: Path, spec: EmulationSpec, device: DeviceRequest | torch.device = "auto") -> EmulatedModel:
     """Load an HF folder in bf16, converting the Linears of each map window as they arrive, so host memory holds
     the converted model plus one window of bf16 weights (the spec validated itself before the load). A per-channel
     weight larger than a window (a vocabulary-sized lm_head) is quantized from the file a block of rows at a time,

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neuronforge.core.devices import DeviceField
 from neuronforge.core.knobs import EvalSeqLen, EvalTokens
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.dtypes import (
@@ -93,6 +94,7 @@ class EmulateOptions(BaseModel):
         1, ge=1, description="NeuronCores the compiled model is sharded over (row-parallel rounding)"
     )
     fast_bf16: bool = True
+    device: DeviceField = "auto"
     eval_tokens: EvalTokens = 1024
     eval_seq_len: EvalSeqLen = Field(
         256, description="tokens per evaluation window; the second half of each window decodes"

@@ -53,6 +53,12 @@ def row_parallel_matmul(
 
 # Bytes of fp32 each GEMM step may create: its operand rows, or its output columns.
 GEMM_BLOCK_BYTES = 4 << 20
+# On a GPU: 256 MB steps, so an 8B model's forward is ~30 launches per layer, not ~1000 (docs/gpu.md).
+GPU_GEMM_BLOCK_BYTES = 256 << 20
+
+
+def gemm_block_bytes(device: torch.device) -> int:
+    return GEMM_BLOCK_BYTES if device.type == "cpu" else GPU_GEMM_BLOCK_BYTES
 
 
 class Fp32Gemm(nn.Module):
@@ -75,7 +81,7 @@ class Fp32Gemm(nn.Module):
             self._fp32 = weight.detach().float()
         kept = self._fp32 if self.keep_fp32 else None
         tokens = x.numel() // x.shape[-1]
-        step = max(1, GEMM_BLOCK_BYTES // (4 * max(tokens, weight.shape[1])))
+        step = max(1, gemm_block_bytes(weight.device) // (4 * max(tokens, weight.shape[1])))
         for start in range(0, weight.shape[0], step):
             rows = slice(start, start + step)
             yield rows, kept[rows] if kept is not None else weight[rows].detach().float()

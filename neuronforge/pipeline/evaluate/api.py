@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import pydantic
 
+from neuronforge.core.devices import DeviceField, device_info, release, resolve_device
 from neuronforge.core.knobs import (
     BudgetInstance,
     CalibSeqLen,
@@ -105,6 +106,7 @@ class EvaluateOptions(pydantic.BaseModel):
         default_factory=list, description="lm-eval tasks (needs neuronforge[eval] and the task data)"
     )
     lm_eval_limit: int | None = pydantic.Field(None, ge=1, description="examples per lm-eval task")
+    device: DeviceField = "auto"  # GPU stage and emulation (not in the variant cache keys: same bits on any device)
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -221,7 +223,9 @@ def variant_checkpoint(
         return result.model_copy(update={"out_dir": folder / "checkpoint"}), True
     with atomic_dir(folder, overwrite=True) as tmp:
         result = quantize(
-            quantize_options(model=str(source), out=tmp / "checkpoint", text=options.text, **variant_opts)
+            quantize_options(
+                model=str(source), out=tmp / "checkpoint", text=options.text, device=options.device, **variant_opts
+            )
         )
         result = result.model_copy(update={"out_dir": folder / "checkpoint"})
         atomic_write_json(tmp / "result.json", result.model_dump(mode="json"))
@@ -335,6 +339,7 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     options = expect(options, EvaluateOptions, "nf.evaluate")
     _check_out(options)
     force_offline()
+    device = resolve_device(options.device)  # `cuda` without a usable GPU refuses before any work
     start = time.perf_counter()
     timings: dict[str, float] = {}
     prepared = _prepare(options)
@@ -346,11 +351,11 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     with progress() as bar:
         overall = bar.add_task("variants", total=len(plans))
         for plan in plans:
-            result, reference = _measure(plan, options, prepared, checkpoints, reference, bar)
+            result, reference = _measure(plan, options, prepared, checkpoints, reference, bar, device)
             results.append(result)
             bar.advance(overall)
     timings["total"] = time.perf_counter() - start
-    return _write(options, prepared, results, timings, command)
+    return _write(options, prepared, results, timings, command, device)
 
 
 def _check_out(options: EvaluateOptions) -> None:
@@ -408,6 +413,7 @@ def _measure(
     checkpoints: Checkpoints,
     reference: Reference | None,
     bar: Progress,
+    device: torch.device,
 ) -> tuple[VariantResult, Reference]:
     """One variant through the emulator: its logits on every window, compared with the reference (the first
     variant measured, bf16), plus task scores, weight memory and the smallest instance; (result, reference)."""
@@ -423,7 +429,12 @@ def _measure(
         kv="fp8" if plan.kv_fp8 else "bf16",
         modules_to_not_convert=tuple(mtnc),
     )
-    emulated = load_emulated(checkpoints.paths[plan.checkpoint] if plan.checkpoint else prepared.source, spec)
+    release(device)  # the previous variant's cached GPU blocks count as free for this one
+    emulated = load_emulated(  # (on a GPU the request: each variant is placed by what fits now)
+        checkpoints.paths[plan.checkpoint] if plan.checkpoint else prepared.source,
+        spec,
+        device if device.type == "cpu" else options.device,
+    )
     windows_task = bar.add_task(f"  {plan.label}", total=sum(w.shape[0] for w in windows.values()))
     logits = {
         t: text_logits(
@@ -462,6 +473,7 @@ def _measure(
         kv_out_of_range=emulated.kv_risk.fraction if plan.kv_fp8 else None,
         lm_eval=lm_eval_scores,
         seconds=time.perf_counter() - t0,
+        device=str(emulated.device),
         **figures,
     )
     return result, reference
@@ -473,6 +485,7 @@ def _write(
     results: list[VariantResult],
     timings: dict[str, float],
     command: str,
+    device: torch.device,
 ) -> EvaluationReport:
     """The report of every variant, written as report.md/json/png into `options.out`."""
     problems = prepared.problems
@@ -488,6 +501,7 @@ def _write(
         variants=results,
         timings={k: round(v, 1) for k, v in timings.items()},
         command=command,
+        device=device_info(device),
     )
     write_report(report, Path(options.out))
     mark_output(Path(options.out))

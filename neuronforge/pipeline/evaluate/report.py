@@ -44,6 +44,7 @@ class VariantResult(BaseModel):
     lm_eval: dict[str, dict[str, float]] = Field(default_factory=dict)  # task -> metric -> value
     flags: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    device: str = ""  # where its emulation ran (`auto` may put a variant too large for the GPU on the CPU)
 
     @property
     def mean_ppl_recovery(self) -> float:
@@ -60,6 +61,7 @@ class EvaluationReport(BaseModel):
     variants: list[VariantResult]
     timings: dict[str, float] = Field(default_factory=dict)
     command: str = ""
+    device: dict[str, object] = Field(default_factory=dict)  # core/devices.py `device_info` of --device
 
     @property
     def flagged(self) -> list[VariantResult]:
@@ -130,6 +132,12 @@ def render_markdown(report: EvaluationReport) -> str:
     lines += _lm_eval_table(report)
     if report.command:
         lines += ["", f"Command: `{report.command}`"]
+    if report.device:
+        where = sorted({v.device for v in report.variants if v.device})
+        lines.append(
+            f"Device: {report.device.get('device')} ({report.device.get('name')}); variants emulated on "
+            f"{', '.join(where) or 'n/a'}"
+        )
     if report.timings:
         lines.append("Timings (s): " + ", ".join(f"{k} {t:.1f}" for k, t in report.timings.items()))
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import pydantic
 
 from neuronforge.core.atomic import atomic_write_json
+from neuronforge.core.devices import DeviceField
 from neuronforge.core.knobs import (
     BatchSize,
     BudgetInstance,
@@ -88,6 +89,8 @@ class QuantizeSettings(pydantic.BaseModel):
     seq_len: SeqLen = 1024
     batch_size: BatchSize = 1
     tp_degree: TpDegree = None
+    device: DeviceField = "auto"  # where sensitivity, AutoRound and the grid export run (not in any cache key:
+    # the checkpoint's bits do not depend on it)
 
     @pydantic.model_validator(mode="after")
     def _budget_instance_needs_budget(self) -> QuantizeSettings:
@@ -126,6 +129,7 @@ class QuantizeResult(pydantic.BaseModel):
     value_agreement: float | None
     naive_value_agreement: float | None
     timings: dict[str, float]
+    device: dict[str, Any] = pydantic.Field(default_factory=dict)  # core/devices.py `device_info`
 
 
 @dataclass
@@ -186,7 +190,13 @@ class ExportCheck:
 
 
 def _export(
-    src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: ExportDtype, autoround: bool
+    src: Path,
+    dst: Path,
+    model: nn.Module,
+    targets: list[str],
+    dtype: ExportDtype,
+    autoround: bool,
+    device: torch.device,
 ) -> ExportCheck:
     """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
 
@@ -198,8 +208,8 @@ def _export(
     shard is read back and must equal what was checked, bit for bit; then its weights leave the model (which is
     consumed), so host RAM falls shard by shard and leaves room for the page cache of the shards still to be
     written. Extra memory: one map window of the source (`mapped_tensors`) and the few tensors the model lacks.
-    The grid math (elementwise IEEE fp32 and row maxima, so the same bits on any
-    device) runs on the accelerator when there is one.
+    The grid math (elementwise IEEE fp32 and row maxima, every division tensor by tensor: the same bits on any
+    device, see neuron/grid.py) runs on `device`.
     `autoround`: AutoRound tuned the targets, so its stock export of each weight is measured too (what tuning
     without us would have shipped). Without it (RTN) the targets still hold what `load_model` read from `src`,
     so where the source is bf16 the error statistics take the source's values from the model and the source's
@@ -207,9 +217,7 @@ def _export(
     """
     import json
 
-    import torch
-
-    from neuronforge.core.devices import accelerator
+    from neuronforge.core.devices import small_op_threads
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import shard_keys
     from neuronforge.pipeline.quantize import grid_export
@@ -221,12 +229,12 @@ def _export(
     linears = {f"{name}.weight": cast("nn.Linear", model.get_submodule(name)) for name in targets}
     parameters = {name for name, _ in model.named_parameters()}  # before the export consumes the model
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})
-    device = torch.device(accelerator())
     total = 0
     shards = shard_keys(src)
     for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
         start = time.perf_counter()
-        tensors = _shard_tensors(src / shard, keys, model, parameters, linears, dtype, device, check, autoround)
+        with small_op_threads(device):
+            tensors = _shard_tensors(src / shard, keys, model, parameters, linears, dtype, device, check, autoround)
         check.export_s += time.perf_counter() - start
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         check.verify_s += _write_checked(dst / shard, tensors)
@@ -286,7 +294,7 @@ def _grid_exact(
     """`linear`'s weight on NxD's grid in grid-exact bf16, checked and measured into `check` (see `_export`)."""
     import torch
 
-    from neuronforge.neuron.numerics.grid import quantize_weight, row_chunks
+    from neuronforge.neuron.numerics.grid import chunk_elements, quantize_weight, row_chunks
     from neuronforge.neuron.numerics.module_names import block_of
     from neuronforge.pipeline.quantize import grid_export
 
@@ -295,7 +303,7 @@ def _grid_exact(
     assert weight.dtype == torch.bfloat16, key
     source_in_model = not autoround and source.dtype == torch.bfloat16  # the model holds the source's bits
     err = check.per_block.setdefault(block_of(key.removesuffix(".weight")), {"sq_err": 0.0, "sq_norm": 0.0})
-    for rows in row_chunks(source.shape):  # every step is per row: chunks bound the fp32 temporaries
+    for rows in row_chunks(source.shape, chunk_elements(device)):  # per-row math: chunks bound the temporaries
         tuned = weight[rows].to(device).float()  # a copy: `weight` is overwritten below
         codes, scale = quantize_weight(tuned, dtype)
         out = weight[rows] if weight.device == device else None
@@ -336,7 +344,9 @@ def _versions() -> dict[str, str]:
     return package_versions(("neuronforge", "torch", "transformers", "auto-round"))
 
 
-def _analyze(model: PreTrainedModel, samples: list[torch.Tensor], options: QuantizeSettings) -> SensitivityResult:
+def _analyze(
+    model: PreTrainedModel, samples: list[torch.Tensor], options: QuantizeSettings, device: torch.device
+) -> SensitivityResult:
     from neuronforge.core.progress import progress
     from neuronforge.pipeline.quantize.sensitivity import analyze, find_blocks
 
@@ -344,7 +354,9 @@ def _analyze(model: PreTrainedModel, samples: list[torch.Tensor], options: Quant
     with progress() as bar:
         total = len(blocks) if options.sensitivity == "measured" else 1
         task = bar.add_task(f"sensitivity ({options.sensitivity})", total=total)
-        result = analyze(model, samples, options.dtype, options.sensitivity, step=lambda: bar.advance(task))
+        result = analyze(
+            model, samples, options.dtype, options.sensitivity, step=lambda: bar.advance(task), device=device
+        )
         bar.update(task, completed=total)
     return result
 
@@ -375,6 +387,7 @@ def _select_and_tune(
     options: QuantizeSettings,
     fits: Callable[[Sequence[str]], bool] | None,
     samples: list[torch.Tensor] | None,
+    device: torch.device,
 ) -> _Tuned:
     """Sensitivity -> selection -> AutoRound on NxD's grid: what both the in-memory and the folder path share."""
     from neuronforge.assets.texts import calibration_samples, resolve_splits
@@ -400,7 +413,7 @@ def _select_and_tune(
     if options.modules_to_not_convert is not None:
         kept = _explicit_kept(options.modules_to_not_convert, blocks)
     else:
-        sensitivity = _analyze(model, samples, options)
+        sensitivity = _analyze(model, samples, options, device)
         timings["sensitivity"] = sensitivity.seconds
         kept = select(
             blocks,
@@ -428,6 +441,7 @@ def _select_and_tune(
             options.calib_seq_len,
             targets,
             minmax_tuning=options.minmax_tuning,
+            device=device,
         )
         untouched, timings["autoround"] = tuned.untouched, tuned.seconds
     return _Tuned(kept, targets, untouched, sensitivity, timings)
@@ -441,10 +455,12 @@ def quantize_model(
     """Quantize a loaded HF causal LM in place onto NxD's grid; nothing is written to disk.
 
     Every decoder Linear outside the kept blocks ends up holding the bf16 value NxD re-quantizes to the
-    returned codes (exactly representable in fp32 or bf16 models). fp32 is the fast dtype on CPUs.
+    returned codes (exactly representable in fp32 or bf16 models). fp32 is the fast dtype on CPUs. The model may
+    live on any device and stays there; the heavy steps run on `settings.device`.
     """
     import torch
 
+    from neuronforge.core.devices import resolve_device
     from neuronforge.core.progress import track
     from neuronforge.hf.folders import check_loaded_model, check_tokenizer_object
     from neuronforge.neuron.numerics.qlinear import quantizable_linears
@@ -458,7 +474,7 @@ def quantize_model(
             "budget_instance sizes the model from its folder, and quantize_model has only the loaded model",
             "use nf.quantize(nf.QuantizeOptions(model=<folder>, ...)), or budget selection with max_extra_memory",
         )
-    tuned = _select_and_tune(model, tokenizer, options, None, None)
+    tuned = _select_and_tune(model, tokenizer, options, None, None, resolve_device(options.device))
     linears = quantizable_linears(model)
     timings = tuned.timings
     t0 = time.perf_counter()
@@ -479,6 +495,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
 
     from neuronforge.assets.models import input_path, resolve_model
     from neuronforge.assets.texts import calibration_samples, resolve_splits
+    from neuronforge.core.devices import device_info, resolve_device
     from neuronforge.core.memory import reuse_freed_tensors
     from neuronforge.hf.folders import load_model, load_tokenizer
     from neuronforge.hf.not_convert import write_not_convert
@@ -492,6 +509,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     check_apart(out, {"--model": input_path(options.model), "--text": options.text})
     check_writable(out)
     check_replaceable(out, overwrite=False)
+    device = resolve_device(options.device)  # `cuda` without a usable GPU refuses here, before anything is loaded
     # Everything that can be wrong with the inputs is checked before the (long) model load.
     src = resolve_model(options.model)
     fits = _instance_budget(options, src) if options.budget_instance else None  # refuses before any heavy work
@@ -505,14 +523,14 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     model = load_model(src)
     reuse_freed_tensors()  # one model streamed through: layer-sized temporaries reuse the heap (core/memory.py)
     load_seconds = time.perf_counter() - start
-    tuned = _select_and_tune(model, tokenizer, options, fits, samples)
+    tuned = _select_and_tune(model, tokenizer, options, fits, samples, device)
     timings = {"load": load_seconds, **tuned.timings}
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
 
     with output_dir(out) as tmp:
         # The naive figure describes AutoRound's stock export, so it is measured when AutoRound tuned the model
         # (on the RTN path it would only cost time: importing auto-round and two more passes over every weight).
-        check = _export(src, tmp, model, targets, options.dtype, autoround=options.autoround)
+        check = _export(src, tmp, model, targets, options.dtype, options.autoround, device)
         ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
         timings["export"], timings["verify"] = check.export_s, check.verify_s
@@ -545,6 +563,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
                 b: (e["sq_err"] / e["sq_norm"]) ** 0.5 if e["sq_norm"] else 0.0 for b, e in per_block.items()
             },
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "device": device_info(device),
             "versions": _versions(),
         }
         atomic_write_json(tmp / "quantization_report.json", report)
@@ -556,4 +575,5 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         value_agreement=report["grid_value_agreement"],
         naive_value_agreement=report["naive_value_agreement"],
         timings=timings,
+        device=report["device"],
     )

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from neuronforge.core.logs import adopt_third_party_loggers
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.numerics.grid import E4M3_NEURON_MAX, FP8_SCALE_FLOOR, FP32_EPS, INT8_PER_CHANNEL_DIVISOR
+from neuronforge.neuron.numerics.grid import (
+    E4M3_NEURON_MAX,
+    FP8_SCALE_FLOOR,
+    FP32_EPS,
+    INT8_PER_CHANNEL_DIVISOR,
+    divide,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -84,8 +90,8 @@ def nxd_int_sym(
         raise ValueError(f"{NXD_INT} supports bits=8, group_size=-1 only (got bits={bits}, group_size={group_size})")
     tensor, orig_shape, pad_len = reshape_pad_tensor_by_group_size(tensor, group_size)
     amax = _row_amax(tensor, tensor_min, tensor_max).float() * max_scale
-    scale = torch.clamp(amax / INT8_PER_CHANNEL_DIVISOR, min=FP32_EPS)
-    active = amax / INT8_PER_CHANNEL_DIVISOR > FP32_EPS
+    scale = torch.clamp(divide(amax, INT8_PER_CHANNEL_DIVISOR), min=FP32_EPS)  # (IEEE on every device, as NxD)
+    active = divide(amax, INT8_PER_CHANNEL_DIVISOR) > FP32_EPS
     scale = scale.unsqueeze(-1)
     q = torch.clamp(round_ste(tensor.float() / scale + v), -INT8_PER_CHANNEL_DIVISOR, INT8_PER_CHANNEL_DIVISOR)
     q = _pin_row_extreme(tensor, q, INT8_PER_CHANNEL_DIVISOR, active)
@@ -112,8 +118,8 @@ def nxd_fp8_sym(
     if isinstance(max_scale, torch.Tensor):
         max_scale = max_scale.to(tensor.device)
     amax = _row_amax(tensor, tensor_min, tensor_max).float() * max_scale
-    active = amax / E4M3_NEURON_MAX > FP8_SCALE_FLOOR
-    scale = torch.clamp(amax / E4M3_NEURON_MAX, min=FP8_SCALE_FLOOR).unsqueeze(-1)
+    active = divide(amax, E4M3_NEURON_MAX) > FP8_SCALE_FLOOR
+    scale = torch.clamp(divide(amax, E4M3_NEURON_MAX), min=FP8_SCALE_FLOOR).unsqueeze(-1)
     x = torch.clamp(tensor.float() / scale + v, -E4M3_NEURON_MAX, E4M3_NEURON_MAX)
     q = _pin_row_extreme(tensor, float8_e4m3fn_ste(x), E4M3_NEURON_MAX, active)
     qdq = revert_tensor_by_pad((q * scale).to(tensor.dtype), orig_shape=orig_shape, pad_len=pad_len)
@@ -266,6 +272,7 @@ def run_autoround(
     targets: list[str],
     *,
     minmax_tuning: bool = False,
+    device: torch.device | str = "cpu",
 ) -> TuneResult:
     """Tune `model` in place on our data types, in fp32. `targets` are the HF Linear names we expect quantized.
 
@@ -278,11 +285,9 @@ def run_autoround(
     `_quantize_data_driven`, `mv_module_from_gpu`) and each decoder block is moved to the device with its cached
     activations. `low_gpu_mem_usage` stays off so those activations stay on the GPU; `low_cpu_mem_usage`
     (auto-round's default) only streams MoE or meta-skeleton models and switches itself off for a dense model
-    already in host RAM (orchestrator.py, same function).
+    already in host RAM (orchestrator.py, same function). Tuning runs on `device`; the model ends where it was.
     """
     from auto_round import AutoRound, SignRoundConfig
-
-    from neuronforge.core.devices import accelerator
 
     if iters < 1:
         raise NeuronforgeError(
@@ -295,7 +300,7 @@ def run_autoround(
     adopt_third_party_loggers()  # auto-round's logger exists now: into the log file when a command keeps one
     register_nxd_dtypes()
     start = time.perf_counter()
-    device = accelerator()
+    home = next(model.parameters()).device  # the caller's model goes back there (auto-round leaves it on the host)
     try:
         with _fp32_a_block_at_a_time(model, targets, dtype), _our_block_bar():
             rounder = AutoRound(
@@ -308,7 +313,7 @@ def run_autoround(
                 nsamples=len(samples),
                 seqlen=seqlen,
                 batch_size=min(8, len(samples)),
-                device_map=device,
+                device_map=str(device),
                 enable_torch_compile=False,  # minutes on CPU, and our data types are untested under it on GPU
                 amp=False,
                 low_cpu_mem_usage=True,
@@ -320,7 +325,7 @@ def run_autoround(
             f"AutoRound found no usable calibration data (exit code {exc.code})",
             "supply more text (--text) or lower --calib-seq-len",
         ) from None
-    model.to("cpu")  # type: ignore[arg-type]  # transformers types .to as functools.wraps(nn.Module.to)
+    model.to(home)  # type: ignore[arg-type]  # transformers types .to as functools.wraps(nn.Module.to)
     tuned = [n for n in targets if int((resolved.get(n) or {}).get("bits", 16)) <= 8]
     untouched = [n for n in targets if n not in tuned]
     return TuneResult(tuned=tuned, untouched=untouched, seconds=time.perf_counter() - start)

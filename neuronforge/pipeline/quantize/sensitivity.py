@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from neuronforge.core import presets
 from neuronforge.core.presets import SENSITIVITY_BATCH
 from neuronforge.errors import NeuronforgeError
 
@@ -140,10 +141,13 @@ def _layer_inputs(model: PreTrainedModel, batch: torch.Tensor) -> tuple[torch.Te
         raise _Captured
 
     decoder = model.get_decoder()
+    embedding = model.get_input_embeddings()
     handle = decoder.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with torch.no_grad():
-            decoder(inputs_embeds=model.get_input_embeddings()(batch).float(), use_cache=False)
+        with torch.no_grad():  # the ids go where the model lives (the caller's model may be on the GPU)
+            decoder(
+                inputs_embeds=embedding(batch.to(cast(torch.Tensor, embedding.weight).device)).float(), use_cache=False
+            )
     except _Captured:
         pass
     finally:
@@ -152,12 +156,15 @@ def _layer_inputs(model: PreTrainedModel, batch: torch.Tensor) -> tuple[torch.Te
 
 
 def _on(value: Any, device: torch.device) -> Any:
+    """`value` with every tensor in it (in tuples and keyword dicts: RoPE's cos/sin, the mask) moved to `device`."""
     import torch
 
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, tuple):
         return tuple(_on(v, device) for v in value)
+    if isinstance(value, dict):
+        return {key: _on(v, device) for key, v in value.items()}
     return value
 
 
@@ -191,12 +198,14 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
 def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: QuantDtype) -> float:
     """sum |dL/dW * (Q(W) - W)| over (weight, its gradient) pairs, a row block at a time on the gradient's device
     (lm_head's weight stays on the host, its gradient is formed on the accelerator)."""
-    from neuronforge.neuron.numerics.grid import rounding_error, row_chunks
+    from neuronforge.core.devices import small_op_threads
+    from neuronforge.neuron.numerics.grid import chunk_elements, rounding_error, row_chunks
 
     total = 0.0
     for weight, grad in weights:
-        for rows in row_chunks(weight.shape):
-            total += float(rounding_error(weight[rows].to(grad.device), dtype).mul_(grad[rows]).abs_().sum())
+        with small_op_threads(grad.device):
+            for rows in row_chunks(weight.shape, chunk_elements(grad.device)):
+                total += float(rounding_error(weight[rows].to(grad.device), dtype).mul_(grad[rows]).abs_().sum())
     return total
 
 
@@ -252,20 +261,30 @@ def first_order_scores(
     blocks: list[Block],
     samples: list[torch.Tensor],
     dtype: QuantDtype,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """sum |dL/dW * (W - Q(W))| per block, computed one decoder layer at a time on `device` (default: the accelerator).
+    """sum |dL/dW * (W - Q(W))| per block, computed one decoder layer at a time on `device`.
 
     A forward pass keeps each layer's fp32 input activations on the host; the backward pass then walks the layers
     from the LM head down, recomputing one layer in fp32 on the device, back-propagating the incoming gradient and
     scoring that layer's Linears at once. Two forwards and one backward in all; the device holds one layer, its
     gradients and one batch of activations. Same numbers as a whole-model fp32 forward+backward (summation order aside).
+    Only the first `presets.first_order_windows` samples are scored, so the host memory of the layer inputs stays
+    bounded whatever calibration budget AutoRound gets (said so when it cuts).
     """
     import torch
 
-    from neuronforge.core.devices import accelerator
+    device = torch.device(device)
+    scored = presets.first_order_windows(len(samples), samples[0].shape[-1]) if samples else 0
+    if scored < len(samples):
+        from neuronforge.core.progress import err_console
 
-    device = torch.device(device or accelerator())
+        err_console.print(
+            f"note: the first-order sensitivity scores {scored} of the {len(samples)} calibration windows "
+            f"({scored * samples[0].shape[-1]} tokens; its host memory grows with tokens x layers x hidden); "
+            "AutoRound tunes on all of them"
+        )
+        samples = samples[:scored]
     by_name = {b.name: b for b in blocks if not b.forced}
     layers = model.get_decoder().layers
     batches = list(calibration_batches(samples))
@@ -274,7 +293,7 @@ def first_order_scores(
     kwargs: list[dict[str, Any]] = []
     for batch in batches:
         hidden, layer_kwargs = _layer_inputs(model, batch)
-        inputs[0].append(hidden)
+        inputs[0].append(hidden.cpu())
         kwargs.append(_on(layer_kwargs, device))
     storage: dict[str, torch.Tensor] = {}  # one decoder layer's fp32 weights, reused layer after layer
     with torch.no_grad():
@@ -354,7 +373,7 @@ def _head_backward(
     hidden = [h.to(device).requires_grad_(True) for h in hidden_states]
     normed = [norm(h) for h in hidden]
     scored = [n.detach()[:, :-1] for n in normed]  # the last position has no next token
-    targets = [batch[:, 1:].to(device) for batch in batches]
+    targets = [batch[:, 1:].to(device) for batch in batches]  # (the ids may be wherever the caller's model is)
     weights = [(batch.shape[0] / total) / targets[i].numel() for i, batch in enumerate(batches)]
     with torch.no_grad():
         # Each token's max logit and log of sum(exp(logit - max)), kept apart as log_softmax keeps them: their sum
@@ -398,7 +417,10 @@ def _next_token_logprobs(model: nn.Module, samples: list[torch.Tensor]) -> list[
     import torch
 
     with torch.no_grad():
-        return [torch.log_softmax(model(input_ids=b).logits.float(), dim=-1) for b in calibration_batches(samples)]
+        return [
+            torch.log_softmax(model(input_ids=b.to(cast(torch.device, model.device))).logits.float(), dim=-1)
+            for b in calibration_batches(samples)
+        ]
 
 
 def measured_scores(
@@ -484,20 +506,22 @@ def analyze(
     dtype: QuantDtype,
     method: Sensitivity = "first_order",
     step: Callable[[], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> SensitivityResult:
-    """Score every block with `method`; with `measured`, also score the cheap methods and correlate them."""
+    """Score every block with `method` (first-order: one layer at a time on `device`; measured: where the model
+    lives); with `measured`, also score the cheap methods and correlate them."""
     blocks = find_blocks(model, dtype)
     start = time.perf_counter()
     if method == "variance":
         return SensitivityResult(method, blocks, variance_scores(model, blocks), time.perf_counter() - start)
     if method == "first_order":
         return SensitivityResult(
-            method, blocks, first_order_scores(model, blocks, samples, dtype), time.perf_counter() - start
+            method, blocks, first_order_scores(model, blocks, samples, dtype, device), time.perf_counter() - start
         )
     scores = measured_scores(model, blocks, samples, dtype, step)
     seconds = time.perf_counter() - start
     extra = {
-        "first_order": first_order_scores(model, blocks, samples, dtype),
+        "first_order": first_order_scores(model, blocks, samples, dtype, device),
         "variance": variance_scores(model, blocks),
     }
     return SensitivityResult(method, blocks, scores, seconds, extra, {m: spearman(s, scores) for m, s in extra.items()})

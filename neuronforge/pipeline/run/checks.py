@@ -67,6 +67,10 @@ def check_inputs(config: RunConfig, model: str, text: Path | None) -> None:
 
     selected = set(config.stages)
     target = config.run_dir()
+    if selected & {"quantize", "emulate", "evaluate"} and config.device == "cuda":
+        from neuronforge.core.devices import resolve_device
+
+        resolve_device("cuda")  # without a usable GPU: refused before the first stage, with torch's reason
     if not selected & set(READS_INPUTS) or (not is_s3(target) and _finished_before(config, Path(target))):
         return
     splits = resolve_splits(text)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from neuronforge.assets.models import EMBEDDED_MODELS
+from neuronforge.core.devices import DeviceField
 from neuronforge.core.knobs import (
     BatchSize,
     BudgetInstance,
@@ -103,6 +104,7 @@ class RunConfig(BaseModel):
     batch_size: BatchSize = 1
     seq_len: SeqLen | None = Field(None, description="compiled sequence length; default: the compile step's")
     sdk: str | None = Field(None, description="Neuron SDK release to target; default: the compile step's")
+    device: DeviceField = "auto"  # quantize, emulate and evaluate (not in any stage's inputs: same bits anywhere)
 
     @model_validator(mode="before")
     @classmethod

@@ -108,12 +108,14 @@ def key_fields(model: type[BaseModel], excluded: Mapping[str, str]) -> tuple[str
 
 
 DEPLOYMENT = "the deployment an instance budget is checked against: a key only with budget_instance"
+SAME_BITS = "where it runs: the same bits on any device (core/devices.py), so passed on but never a key"
 QUANTIZE_EXCLUDED = {
     "text": "an input of its own (the local copy of the text)",
     "kv": DEPLOYMENT,
     "seq_len": DEPLOYMENT,
     "batch_size": DEPLOYMENT,
     "tp_degree": DEPLOYMENT,
+    "device": SAME_BITS,
 }
 QUANTIZE_KEYS = key_fields(QuantizeSettings, QUANTIZE_EXCLUDED)
 
@@ -154,6 +156,7 @@ def _quantize_run(ctx: Running) -> StageResult:
         text=_given(ctx).text,
         **_config_values(ctx, QUANTIZE_KEYS),
         **_budget_deployment(ctx),
+        device=_given(ctx).config.device,
     )
     result = quantize(options)
     return StageResult(summary=QuantizeSummary.model_validate(result.model_dump(exclude={"out_dir"})))
@@ -189,10 +192,12 @@ def _emulated_tp(ctx: Context) -> int:
 def _emulate_run(ctx: Running) -> StageResult:
     """Held-out perplexity: bf16 on the CPU vs the quantized checkpoint as Neuron would compute it."""
     from neuronforge.assets.texts import held_out_windows, resolve_splits
+    from neuronforge.core.devices import device_info, release, resolve_device
     from neuronforge.hf.folders import load_tokenizer
     from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_report
 
     config = _given(ctx).config
+    device = resolve_device(config.device)
     source = ctx.output("model", "model")
     tokenizer = load_tokenizer(source)
     texts = resolve_splits(_given(ctx).text).evaluation
@@ -210,8 +215,11 @@ def _emulate_run(ctx: Running) -> StageResult:
         ),
     }
     reports = {}
+    ran_on: dict[str, str] = {}
     for variant, (path, spec) in variants.items():
-        emulated = load_emulated(path, spec)
+        release(device)  # the bf16 variant's cached GPU blocks count as free for the quantized one
+        emulated = load_emulated(path, spec, device if device.type == "cpu" else config.device)
+        ran_on[variant] = str(emulated.device)
         reports[variant] = perplexity_report(emulated, windows, f"perplexity, {variant}")
         del emulated
     ppl = {variant: {n: round(v, 4) for n, v in report.perplexity.items()} for variant, report in reports.items()}
@@ -230,6 +238,7 @@ def _emulate_run(ctx: Running) -> StageResult:
         tokens_per_text=reports["neuron"].tokens,
         modules_to_not_convert=_not_converted(ctx),
         quantized_linears=max(report.quantized_linears for report in reports.values()),
+        device={**device_info(device), "variants": ran_on},
     )
     atomic_write_json(ctx.workdir / "emulation.json", summary.model_dump(mode="json"))
     atomic_write_text(ctx.workdir / "emulation.md", summary.markdown())
@@ -251,6 +260,7 @@ EVALUATE_EXCLUDED = {
     "max_new_tokens": EVALUATE_DEFAULT,
     "lm_eval_tasks": EVALUATE_DEFAULT,
     "lm_eval_limit": EVALUATE_DEFAULT,
+    "device": SAME_BITS,
 }
 EVALUATE_KEYS = key_fields(EvaluateOptions, EVALUATE_EXCLUDED)
 
@@ -270,6 +280,7 @@ def _evaluate_run(ctx: Running) -> StageResult:
             out=ctx.workdir / "report",
             text=_given(ctx).text,
             eval_seq_len=config.calib_seq_len,
+            device=config.device,
         ),
         command="neuronforge run --stages evaluate",
     )

@@ -45,6 +45,7 @@ class EmulateSummary(BaseModel):
     tokens_per_text: dict[str, int]
     modules_to_not_convert: list[str]
     quantized_linears: int
+    device: dict[str, Any] = {}  # core/devices.py device_info, plus where each variant ran
 
     def note(self, run_dir: Path) -> str:
         return ""

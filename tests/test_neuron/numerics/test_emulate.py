@@ -372,17 +372,25 @@ def test_perplexity_never_holds_a_batch_of_logits(tiny_llama_dir: Path, monkeypa
     assert vocabulary_wide and all(len(shape) == 2 and shape[0] <= 5 for shape in vocabulary_wide)
 
 
-def test_emulation_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, monkeypatch) -> None:
-    spec = EmulationSpec(dtype="int8")
-    on_cpu = load_emulated(tiny_llama_dir, spec, device="cpu")
-    assert on_cpu.device.type == "cpu" and on_cpu.logits(tokens()).device.type == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    # This CPU-only torch cannot move the model to the GPU it was told exists: the CUDA path was taken.
-    with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
-        load_emulated(tiny_llama_dir, spec)
-    # A model larger than the GPU's free memory stays on the CPU.
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 48 << 30))
-    assert load_emulated(tiny_llama_dir, spec).device.type == "cpu"
+@pytest.mark.parametrize("tied", [True, False])
+def test_emulation_on_a_gpu_computes_what_the_cpu_computes(make_tiny_llama, tied: bool, monkeypatch) -> None:
+    """`--device auto` on a (simulated) GPU: the whole model, an untied embedding read from its file included,
+    runs there (a tensor left on the host fails), with the CPU's logits, perplexity and greedy tokens."""
+    from testkit.device_sim import simulated_gpu
+
+    folder = make_tiny_llama(f"emulate-gpu-{tied}", tie_word_embeddings=tied)
+    spec = EmulationSpec(dtype="int8", kv_fp8=True)
+    windows, prompt = tokens(), tokens(n=1, seq=6)
+    on_cpu = load_emulated(folder, spec, device="cpu")
+    assert on_cpu.device.type == "cpu"
+    expected = (on_cpu.logits(windows), perplexity(on_cpu, windows), on_cpu.generate(prompt, 4))
+    with simulated_gpu(monkeypatch) as gpu:
+        on_gpu = load_emulated(folder, spec)
+        assert on_gpu.device == gpu.device
+        got = (on_gpu.logits(windows), perplexity(on_gpu, windows), on_gpu.generate(prompt, 4))
+    assert torch.allclose(got[0], expected[0], atol=0.05)  # bf16 attention kernels differ by device in the last bits
+    assert got[1] == pytest.approx(expected[1], rel=1e-3)
+    assert got[0].device.type == "cpu" and got[2].device.type == "cpu"
 
 
 def test_bad_spec_is_a_clear_error(tiny_llama_dir: Path) -> None:

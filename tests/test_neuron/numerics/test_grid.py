@@ -207,3 +207,63 @@ def test_per_channel_quantization_never_holds_the_weight_in_fp32_whole(dtype: st
         want_codes = fp8_codes(full, want_scale, dtype)
     assert torch.equal(scale, want_scale) and torch.equal(codes.view(torch.int8), want_codes.view(torch.int8))
     assert torch.equal(module.codes.view(torch.int8), codes.view(torch.int8)) and torch.equal(module.scale, scale)
+
+
+@pytest.mark.parametrize(("dtype", "divisor"), [("int8", 127.0), ("f8e4m3", 240.0)])
+def test_scales_are_nxd_division_on_a_gpu_too(dtype: str, divisor: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU (simulated: CUDA divides by a CPU scalar as a multiply by its fp32 reciprocal) the scales and codes
+    are still those of NxD's CPU division, bit for bit, so a GPU checkpoint is byte-identical to a CPU one."""
+    from testkit.device_sim import on_device, simulated_gpu
+
+    weight = torch.randn(512, 64, generator=torch.Generator().manual_seed(0)).mul_(0.02).to(torch.bfloat16)
+    amax = weight.float().abs().amax(dim=1, keepdim=True)
+    reciprocal = amax * torch.tensor(1.0 / divisor, dtype=torch.float32)
+    assert int((reciprocal != amax / divisor).sum()) > 5  # the inputs tell the two formulas apart
+    cpu_codes, cpu_scale = quantize_weight(weight, dtype)
+    with simulated_gpu(monkeypatch) as gpu:
+        codes, scale = quantize_weight(weight.to(gpu.device), dtype)
+        assert on_device(codes) and on_device(scale)
+        codes, scale = codes.cpu(), scale.cpu()
+    assert torch.equal(scale, cpu_scale)
+    assert torch.equal(codes.view(torch.uint8), cpu_codes.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+def test_autoround_data_types_divide_as_nxd_on_a_gpu(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AutoRound's tuning on our grid (autoround_nxd.py) computes the same scales on a GPU as on the CPU."""
+    from testkit.device_sim import simulated_gpu
+
+    from neuronforge.pipeline.quantize.autoround_nxd import nxd_fp8_sym, nxd_int_sym
+
+    quantize = nxd_int_sym if dtype == "int8" else nxd_fp8_sym
+    weight = torch.randn(512, 64, generator=torch.Generator().manual_seed(1)).mul_(0.02)
+    cpu_qdq, cpu_scale, _ = quantize(weight)
+    with simulated_gpu(monkeypatch) as gpu:
+        qdq, scale, _ = quantize(weight.to(gpu.device))
+        qdq, scale = qdq.cpu(), scale.cpu()
+    assert torch.equal(scale, cpu_scale)
+    assert torch.equal(qdq, cpu_qdq)
+
+
+def test_a_gpu_takes_the_grid_math_in_large_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the 1 MB row blocks sized for a CPU cache would be launch-bound (each costs ~130 torch calls):
+    a whole 2048 x 1024 weight is one block there, eight on the CPU, with the same codes."""
+    from testkit.device_sim import simulated_gpu
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RowMaxima(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            RowMaxima.calls += func is torch.ops.aten.amax.default
+            return func(*args, **(kwargs or {}))
+
+    weight = torch.randn(2048, 1024, generator=torch.Generator().manual_seed(2))
+    with RowMaxima():
+        cpu_codes, _ = quantize_weight(weight, "int8")
+    assert RowMaxima.calls == 8
+    RowMaxima.calls = 0
+    with simulated_gpu(monkeypatch) as gpu, RowMaxima():
+        codes, _ = quantize_weight(weight.to(gpu.device), "int8")
+    assert RowMaxima.calls == 1
+    assert torch.equal(codes.cpu(), cpu_codes)

@@ -131,6 +131,28 @@ def test_rerun_reuses_cached_variant_checkpoints(tiny_run, monkeypatch):
     assert len(calls) == 1 and len(list((options.out / "variants").glob("rtn_selective-*"))) == 2
 
 
+def test_evaluate_on_a_gpu(tiny_run, tmp_path, monkeypatch):
+    """`--device cuda` (simulated GPU): the cached stage checkpoints serve (the device is in no cache key: same
+    bits anywhere), every variant and the gsm8k generations run on the device, and the report records it."""
+    import shutil
+
+    from testkit.device_sim import simulated_gpu
+
+    import neuronforge.pipeline.quantize.api as quantize_module
+
+    options, on_cpu = tiny_run
+    shutil.copytree(options.out, tmp_path / "report")
+    monkeypatch.setattr(quantize_module, "quantize", lambda o: pytest.fail("a stage ran again"))
+    with simulated_gpu(monkeypatch) as gpu:
+        on_gpu = ev.evaluate(options.model_copy(update={"out": tmp_path / "report", "device": "cuda"}))
+    assert gpu.ops_on_device > 10_000
+    assert on_gpu.device["device"] == "gpusim:0" and on_cpu.device["device"] == "cpu"
+    assert {v.device for v in on_gpu.variants} == {"gpusim:0"}
+    for gpu_variant, cpu_variant in zip(on_gpu.variants, on_cpu.variants, strict=True):
+        assert gpu_variant.perplexity == pytest.approx(cpu_variant.perplexity, rel=1e-3), gpu_variant.key
+    assert "Device: gpusim:0" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_a_zeroed_layer_is_flagged_as_broken(tiny_llama_dir):
     from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_from_logits
 

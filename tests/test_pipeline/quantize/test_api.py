@@ -403,11 +403,10 @@ def test_quantize_model_refuses_a_model_without_decoder_linears(tiny_tokenizer_d
         quantize_model(torch.nn.Linear(4, 4), AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
 
 
-def test_autoround_tunes_on_the_accelerator_with_activations_beside_the_block(
-    tiny_llama_dir: Path, monkeypatch
-) -> None:
-    """On a CUDA host auto-round gets the GPU, fp32 tuning and its GPU-resident activation cache."""
+def test_autoround_tunes_on_the_gpu_with_activations_beside_the_block(tiny_llama_dir: Path, monkeypatch) -> None:
+    """With a usable GPU auto-round gets it, fp32 tuning and its GPU-resident activation cache."""
     import auto_round
+    from testkit.device_sim import simulated_gpu
 
     seen: dict[str, object] = {}
 
@@ -418,13 +417,12 @@ def test_autoround_tunes_on_the_accelerator_with_activations_beside_the_block(
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(auto_round, "AutoRound", fake_autoround)
-    with pytest.raises(Stop):
+    with simulated_gpu(monkeypatch), pytest.raises(Stop):
         quantize(
             options_from(model=str(tiny_llama_dir), out=tiny_llama_dir.parent / "never", sensitivity="variance", **FAST)
         )
-    assert seen["device_map"] == "cuda:0" and seen["amp"] is False
+    assert seen["device_map"] == "gpusim:0" and seen["amp"] is False
     assert seen["low_gpu_mem_usage"] is False and seen["low_cpu_mem_usage"] is True
 
 
@@ -473,20 +471,55 @@ def test_row_blocks_change_nothing(make_tiny_llama, tmp_path: Path, monkeypatch)
     (files, report, sens), (files_rows, report_rows, sens_rows) = runs.values()
     assert all(torch.equal(files[k], files_rows[k]) for k in files)
     error, error_rows = report.pop("per_block_relative_error"), report_rows.pop("per_block_relative_error")
-    assert report == report_rows and error == pytest.approx(error_rows, rel=1e-6)  # float sums in another order
+    # fp32 partial sums in another order (the block size reaches the export since grid.chunk_elements reads it per
+    # call; `row_chunks`' old default was bound at import, so this test used to compare one block size with itself)
+    assert report == report_rows and error == pytest.approx(error_rows, rel=1e-5)
     scores = {b["block"]: b["score"] for b in sens["blocks"]}
     assert scores == pytest.approx({b["block"]: b["score"] for b in sens_rows["blocks"]}, rel=1e-6)
 
 
-def test_grid_export_runs_on_the_accelerator_when_there_is_one(
-    tiny_llama_dir: Path, tmp_path: Path, monkeypatch
-) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    out = tmp_path / "q"
-    # This CPU-only torch cannot move the weights to the GPU it was told exists: the CUDA path was taken ...
-    with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
-        quantize(options_from(model=str(tiny_llama_dir), out=out, autoround=False, sensitivity="variance", **FAST))
-    assert not out.exists()  # ... and nothing half-written was left behind
+@pytest.mark.parametrize("dtype", ["int8", "f8e4m3"])
+def test_stage1_on_a_gpu_writes_the_cpu_s_bytes(make_tiny_llama, tmp_path: Path, dtype: str, monkeypatch) -> None:
+    """`quantize --device cuda` runs sensitivity and the grid export on the (simulated) GPU, where a tensor left
+    on the wrong device fails and scalar divisions round as CUDA rounds them: the checkpoint is byte-identical to
+    the CPU's, and the report records the device."""
+    from testkit.device_sim import simulated_gpu
+
+    src = make_tiny_llama("gpu-stage1", tie_word_embeddings=False)
+    settings = dict(model=str(src), dtype=dtype, autoround=False, **FAST)
+    quantize(options_from(out=tmp_path / "cpu", device="cpu", **settings))
+    with simulated_gpu(monkeypatch) as gpu:
+        quantize(options_from(out=tmp_path / "gpu", device="cuda", **settings))
+    assert gpu.ops_on_device > 1000
+    cpu, on_gpu = _tensors(tmp_path / "cpu"), _tensors(tmp_path / "gpu")
+    assert all(torch.equal(cpu[k].view(torch.uint8), on_gpu[k].view(torch.uint8)) for k in cpu)
+    cpu_report, gpu_report = (
+        json.loads((tmp_path / r / "quantization_report.json").read_text()) for r in ("cpu", "gpu")
+    )
+    assert cpu_report["device"]["device"] == "cpu" and cpu_report["device"]["memory_bytes"] > 0
+    assert gpu_report["device"]["device"] == "gpusim:0"
+    assert cpu_report["modules_to_not_convert"] == gpu_report["modules_to_not_convert"]
+
+
+def test_quantize_model_on_a_model_that_lives_on_the_gpu(tiny_llama_dir: Path, monkeypatch) -> None:
+    """Python API: a model already on the GPU is quantized where it is (calibration ids follow it) and stays there,
+    with the CPU's codes. (RTN: auto-round's own block moves assign `param.data` across devices, which the
+    simulated device cannot take; its device arguments are checked below.)"""
+    from testkit.device_sim import on_device, simulated_gpu
+
+    from neuronforge.hf.folders import load_model, load_tokenizer
+    from neuronforge.pipeline.quantize.api import QuantizeSettings, quantize_model
+
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    settings = QuantizeSettings(autoround=False, **FAST)
+    on_cpu = quantize_model(load_model(tiny_llama_dir), tokenizer, settings.model_copy(update={"device": "cpu"}))
+    with simulated_gpu(monkeypatch) as gpu:
+        model = load_model(tiny_llama_dir).to(gpu.device)
+        done = quantize_model(model, tokenizer, settings.model_copy(update={"device": "cuda"}))
+        assert all(on_device(p) for p in model.parameters())
+        codes = {name: c.cpu() for name, c in done.codes.items()}
+    assert done.modules_to_not_convert == on_cpu.modules_to_not_convert
+    assert all(torch.equal(codes[n].view(torch.uint8), on_cpu.codes[n].view(torch.uint8)) for n in on_cpu.codes)
 
 
 def test_a_shard_the_disk_garbles_is_refused_and_nothing_is_left(make_tiny_llama, tmp_path: Path, monkeypatch) -> None:
@@ -628,3 +661,25 @@ def test_each_family_exports_a_fixed_point_of_nxd_s_quantizer(
             assert torch.equal(tensor, before[key]), key  # biases, norms, embeddings, kept blocks
     untied_head = int(not config["tie_word_embeddings"] and "lm_head" not in kept)
     assert quantized == 14 + untied_head - sum(4 if b.endswith("self_attn") else 3 for b in kept if b != "lm_head")
+
+
+def test_the_cpu_export_runs_its_small_ops_on_one_thread(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The export's 1 MB-block loop pays an OpenMP barrier per op with two threads (7-17 s against 1.0-1.3 s for a
+    14336 x 4096 weight on a loaded host): on the CPU it runs on one, and the caller's setting comes back."""
+    from neuronforge.neuron.numerics import grid
+
+    real, seen = grid.quantize_weight, []
+
+    def watched(weight: torch.Tensor, dtype: str = "int8", *args: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(weight, dtype, *args)
+
+    monkeypatch.setattr(grid, "quantize_weight", watched)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        quantize(options_from(model=str(tiny_llama_dir), out=tmp_path / "q", autoround=False, device="cpu", **FAST))
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from neuronforge.assets.texts import calibration_samples, embedded_splits
-from neuronforge.core.devices import accelerator
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import load_model, load_tokenizer
 from neuronforge.neuron.numerics.grid import dequantize, quantize_weight
@@ -131,15 +130,33 @@ def test_the_lm_head_is_never_in_fp32_whole(make_tiny_llama, samples, monkeypatc
     assert made and shape not in made
 
 
-def test_first_order_runs_on_the_accelerator_when_there_is_one(tiny_llama_dir: Path, samples, monkeypatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert accelerator() == "cuda:0"
+def test_first_order_runs_on_a_gpu_as_on_the_cpu(tiny_llama_dir: Path, samples, monkeypatch) -> None:
+    """Every line after the first move to the device runs (simulated GPU, tests/testkit/device_sim.py: a tensor
+    left on the wrong device fails): same scores as on the CPU, and the model itself never leaves the host."""
+    from testkit.device_sim import simulated_gpu
+
     model = load_model(tiny_llama_dir)
-    # This CPU-only torch cannot place the layer copies on the GPU it was told exists: the CUDA path was taken.
-    with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
-        first_order_scores(model, find_blocks(model), samples, "int8")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert accelerator() == "cpu"
+    on_cpu = first_order_scores(model, find_blocks(model), samples, "int8", device="cpu")
+    with simulated_gpu(monkeypatch) as gpu:
+        on_gpu = first_order_scores(model, find_blocks(model), samples, "int8", device=gpu.device)
+    assert gpu.ops_on_device > 1000
+    assert on_gpu == pytest.approx(on_cpu, rel=1e-6)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+@pytest.mark.parametrize("method", ["first_order", "measured"])
+def test_sensitivity_of_a_model_that_lives_on_the_gpu(tiny_llama_dir: Path, samples, method, monkeypatch) -> None:
+    """A caller's model already on the GPU (Python API): the calibration ids go where the model is, and the
+    model stays there. (`measured` runs the model in bf16, whose attention kernels differ by device in the last
+    bits, as a real GPU's do: the KL figures agree to a few percent.)"""
+    from testkit.device_sim import on_device, simulated_gpu
+
+    on_cpu = analyze(load_model(tiny_llama_dir), samples, "int8", method, device="cpu").scores
+    with simulated_gpu(monkeypatch) as gpu:
+        model = load_model(tiny_llama_dir).to(gpu.device)
+        on_gpu = analyze(model, samples, "int8", method, device=gpu.device).scores
+        assert all(on_device(p) for p in model.parameters())
+    assert on_gpu == pytest.approx(on_cpu, rel=1e-5 if method == "first_order" else 0.1)
 
 
 def test_scores_are_computed_on_the_gradient_s_device(monkeypatch) -> None:
@@ -204,3 +221,15 @@ def test_unknown_method_is_refused_by_the_options(tmp_path: Path) -> None:
         evaluate_options(out=tmp_path, sensitivity="hessian")
     with pytest.raises(NeuronforgeError, match="sensitivity: Input should be"):
         build_config({"sensitivity": "hessian"}, {})
+
+
+def test_first_order_scores_a_bounded_number_of_tokens(tiny_llama_dir: Path, samples, monkeypatch, capsys) -> None:
+    """Its host memory grows with the tokens it scores (every layer's inputs are kept for the backward pass):
+    a large AutoRound budget is cut to FIRST_ORDER_MAX_TOKENS for it, and it says so."""
+    from neuronforge.core import presets
+
+    model = load_model(tiny_llama_dir)
+    first_two = first_order_scores(model, find_blocks(model), samples[:2], "int8", device="cpu")
+    monkeypatch.setattr(presets, "FIRST_ORDER_MAX_TOKENS", 2 * samples[0].shape[-1])
+    assert first_order_scores(model, find_blocks(model), samples, "int8", device="cpu") == first_two
+    assert "scores 2 of the 4 calibration windows" in " ".join(capsys.readouterr().err.split())

@@ -61,6 +61,12 @@ def test_cli_run_end_to_end_then_nothing_to_do_then_only_what_changed(tiny: Path
         assert 1.0 < base < 1e4 and abs(emulation["perplexity"]["neuron"][name] / base - 1.0) < 0.5
     assert emulation["kv_risk"]["values"] > 0 and emulation["modules_to_not_convert"] == kept
     assert "Neuron-emulated ppl" in result.output
+    assert emulation["device"]["device"] == "cpu" and emulation["device"]["variants"] == {
+        "bf16": "cpu",
+        "neuron": "cpu",
+    }
+    report = json.loads((run_dir / "quantize" / "checkpoint" / "quantization_report.json").read_text())
+    assert report["device"]["device"] == "cpu"
     assert f"model: {tiny}" in result.output
     summary = _flat(result.output)
     assert "recovery and the smallest inf2 instance" in summary
@@ -201,3 +207,9 @@ def test_s3_paths_end_to_end_and_a_second_host_continues(
             s3.head_object(Bucket="nf-runs", Key="runs/r1/package/compile_input/neuron_config.json")["ContentLength"]
             > 0
         )
+
+
+def test_run_on_cuda_without_a_usable_gpu_refuses_before_any_stage(tiny: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--model", str(tiny), "--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert result.exit_code != 0 and "CPU-only build" in _flat(result.output)
+    assert not (tmp_path / "run" / "manifest.json").exists()
