@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from neuronforge.hf.folders import load_model
-from neuronforge.neuron.emulate import EmulationSpec, load_emulated
-from neuronforge.neuron.qlinear import NeuronQuantLinear
+from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
+from neuronforge.neuron.numerics.qlinear import NeuronQuantLinear
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 

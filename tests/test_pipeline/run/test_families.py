@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import neuronforge.neuron.compile as compile_module
+import neuronforge.neuron.nxdi.compile as compile_module
 from neuronforge.cli import app
 from neuronforge.neuron.host import DEV_ROOT_ENV
 from neuronforge.pipeline.run.manifest import Manifest
