@@ -86,8 +86,8 @@ def run(stage: str, args: list[str]) -> int:
     if stage == "quantize":
         report |= cuda_device()
         _report(report, Path(_value(args, "--out")).parent)
-        device = [] if "--device" in args else ["--device", "cuda"]  # never a silent CPU run of AutoRound
-        return subprocess.run(["neuronforge", "quantize", *args, *device]).returncode
+        cuda = [] if "--device" in args else ["--device", "cuda"]  # never a silent CPU run of AutoRound
+        return subprocess.run(["neuronforge", "quantize", *args, *cuda]).returncode
     if stage == "compile":
         package = Path(os.environ["NF_OUT"])
         device = "cpu (--compile-only cross-compile)" if "--compile-only" in args else "neuron"
