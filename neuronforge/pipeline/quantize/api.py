@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
+    from neuronforge.pipeline.quantize.autoround_nxd import BlockChoice
     from neuronforge.pipeline.quantize.grid_export import Agreement
     from neuronforge.pipeline.quantize.sensitivity import Block, SensitivityResult
 
@@ -346,6 +347,7 @@ class _Tuned:
     untouched: list[str]  # targets AutoRound left alone (rounded to the grid without tuning)
     sensitivity: SensitivityResult | None
     timings: dict[str, float]
+    blocks: list[BlockChoice]  # per decoder block: AutoRound or RTN, whichever won on held-out calibration windows
 
 
 def _select_and_tune(
@@ -394,22 +396,28 @@ def _select_and_tune(
     linears = quantizable_linears(model)
     targets = [n for n in linears if block_of(n) not in kept]
     untouched = list(targets)
+    blocks: list[BlockChoice] = []
     if options.autoround and targets:
-        from neuronforge.pipeline.quantize.autoround_nxd import keep_bf16_layer_config, run_autoround
+        from neuronforge.pipeline.quantize.autoround_nxd import check_windows, keep_bf16_layer_config, run_autoround
 
+        check = check_windows(options.nsamples)  # more windows of the same calibration text, never tuned on
+        windows = calibration_samples(
+            tokenizer, resolve_splits(options.text).calibration, options.nsamples + check, options.calib_seq_len
+        )
         tuned = run_autoround(
             model,
             tokenizer,
-            samples,
+            windows,
             options.dtype,
             keep_bf16_layer_config(model, kept, block_of),
             options.iters,
             options.calib_seq_len,
             targets,
             minmax_tuning=options.minmax_tuning,
+            check=check,
         )
-        untouched, timings["autoround"] = tuned.untouched, tuned.seconds
-    return _Tuned(kept, targets, untouched, sensitivity, timings)
+        untouched, blocks, timings["autoround"] = tuned.untouched, tuned.blocks, tuned.seconds
+    return _Tuned(kept, targets, untouched, sensitivity, timings, blocks)
 
 
 def quantize_model(
@@ -514,6 +522,14 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             "by NxD; measured when AutoRound tuned the model (null with --no-autoround)",
             "autoround_tuned_layers": len(targets) - len(untouched) if options.autoround else 0,
             "rtn_layers": untouched,
+            "autoround_vs_rtn": {
+                "definition": "per decoder block, relative squared error of its output against the bf16 block's on "
+                "calibration windows AutoRound did not tune on; the better of AutoRound's tuning and RTN is kept",
+                "blocks": [
+                    {"block": c.block, "autoround": c.autoround_error, "rtn": c.rtn_error, "kept": c.winner}
+                    for c in tuned.blocks
+                ],
+            },
             "per_block_relative_error": {
                 b: (e["sq_err"] / e["sq_norm"]) ** 0.5 if e["sq_norm"] else 0.0 for b, e in per_block.items()
             },
