@@ -24,7 +24,14 @@ ALLOWED: dict[str, set[str]] = {
     "neuronforge.sagemaker": BASE | {"neuronforge.neuron", "neuronforge.version"},
     "neuronforge.doctor": BASE | {"neuronforge.hf", "neuronforge.assets", "neuronforge.neuron"},
     "neuronforge.pipeline.quantize": BASE
-    | {"neuronforge.hf", "neuronforge.assets", "neuronforge.neuron", "neuronforge.version"},
+    | {
+        "neuronforge.hf",
+        "neuronforge.assets",
+        "neuronforge.neuron",
+        "neuronforge.version",
+        "neuronforge.pipeline.evaluate.metrics",  # the accuracy target scores candidates as evaluate does
+    },
+    "neuronforge.pipeline.evaluate.metrics": set(),  # pure functions of logits, below both stages
     "neuronforge.pipeline.evaluate": BASE
     | {
         "neuronforge.hf",

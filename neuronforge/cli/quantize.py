@@ -23,6 +23,9 @@ from neuronforge.cli.options import (
     TpDegreeOpt,
 )
 from neuronforge.core.progress import err_console
+from neuronforge.pipeline.quantize.api import QuantizeSettings
+
+TARGET_KL = QuantizeSettings.model_fields["target_kl"]  # declared once, in the settings model
 
 
 def quantize_command(
@@ -50,6 +53,7 @@ def quantize_command(
     seq_len: SeqLenOpt = 1024,
     batch_size: BatchSizeOpt = 1,
     tp_degree: TpDegreeOpt = None,
+    target_kl: float | None = typer.Option(TARGET_KL.default, "--target-kl", help=TARGET_KL.description),
     not_convert: NotConvertOpt = None,
     autoround: bool = typer.Option(True, "--autoround/--no-autoround", help="--no-autoround: RTN on NxD's grid."),
     minmax_tuning: bool = typer.Option(
@@ -86,6 +90,7 @@ def quantize_command(
         threshold=threshold,
         autoround=autoround,
         minmax_tuning=minmax_tuning,
+        target_kl=target_kl,
         modules_to_not_convert=read_not_convert(not_convert) if not_convert else None,
     )
     result = quantize(options)
@@ -108,4 +113,17 @@ def quantize_command(
         f"values kept on Neuron (within bf16 precision): {percent(result.value_agreement)}  "
         f"(naive export: {percent(result.naive_value_agreement)})"
     )
+    if result.accuracy_target is not None:
+        target = result.accuracy_target
+        where = f"{target['instance']} (tp {target['tp_degree']}, ${target['usd_per_hour']:.2f}/h)"
+        console.print(
+            f"accuracy target KL {target['target_kl']:g}: validation KL {target['validation']['kl']:.5f}, "
+            f"test KL {target['test']['kl']:.5f} (split the search never read), floor {target['floor_kl']:.5f}; "
+            f"{target['kept_blocks']} bf16 blocks, +{target['extra_bytes'] / 2**20:.1f} MiB, smallest inf2: "
+            f"{escape(where) if target['instance'] else 'none'}"
+        )
+        console.print(
+            f"frontier: {target['candidates_measured']} candidates measured in {target['search_seconds']:.0f} s -> "
+            f"{escape(str(result.out_dir / 'frontier.md'))}"
+        )
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

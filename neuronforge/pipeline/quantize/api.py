@@ -38,6 +38,14 @@ if TYPE_CHECKING:
     from neuronforge.pipeline.quantize.autoround_nxd import BlockChoice
     from neuronforge.pipeline.quantize.grid_export import Agreement
     from neuronforge.pipeline.quantize.sensitivity import Block, SensitivityResult
+    from neuronforge.pipeline.quantize.target import Frontier, TargetSearch
+
+
+TARGET_KL_HELP = (
+    "Accuracy target: keep the fewest bf16 blocks whose mean per-token KL to bf16 (emulated Neuron numerics, "
+    "this --kv) on validation text is at most this; writes frontier.json/.md/.png and the test-split KL "
+    "(see docs/accuracy-target.md). Replaces --selection/--max-extra-memory."
+)
 
 
 class QuantizeSettings(pydantic.BaseModel):
@@ -70,6 +78,24 @@ class QuantizeSettings(pydantic.BaseModel):
     seq_len: int = pydantic.Field(1024, ge=1)
     batch_size: int = pydantic.Field(1, ge=1)
     tp_degree: int | None = pydantic.Field(None, ge=1)
+    target_kl: float | None = pydantic.Field(None, gt=0, description=TARGET_KL_HELP)
+
+    @pydantic.model_validator(mode="after")
+    def _target_chooses_the_blocks(self) -> QuantizeSettings:
+        if self.target_kl is None:
+            return self
+        if self.selection == "none":
+            raise NeuronforgeError(
+                "--target-kl chooses which blocks stay bf16, and --selection none quantizes every block",
+                "drop --selection none (to quantize everything, drop --target-kl instead)",
+            )
+        if self.selection != "budget" or self.modules_to_not_convert is not None or self.budget_instance is not None:
+            raise NeuronforgeError(
+                "--target-kl chooses which blocks stay bf16 itself; it cannot be combined with --selection "
+                f"{self.selection}, --not-convert or --budget-instance",
+                "drop those options, or drop --target-kl",
+            )
+        return self
 
     @pydantic.model_validator(mode="after")
     def _budget_instance_needs_budget(self) -> QuantizeSettings:
@@ -108,6 +134,8 @@ class QuantizeResult(pydantic.BaseModel):
     value_agreement: float | None
     naive_value_agreement: float | None
     timings: dict[str, float]
+    # With target_kl: the chosen point (validation and test KL, instance) and where the frontier was written.
+    accuracy_target: dict[str, Any] | None = None
 
 
 @dataclass
@@ -167,7 +195,15 @@ class ExportCheck:
     verify_s: float = 0.0  # saving and reading back
 
 
-def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: str, autoround: bool) -> ExportCheck:
+def _export(
+    src: Path,
+    dst: Path,
+    model: nn.Module,
+    targets: list[str],
+    dtype: str,
+    autoround: bool,
+    from_source: Sequence[str] = (),
+) -> ExportCheck:
     """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
 
     Per shard: each target weight is rounded to NxD's grid from the model (bf16: as loaded for RTN, grid-exact
@@ -183,7 +219,8 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
     `autoround`: AutoRound tuned the targets, so its stock export of each weight is measured too (what tuning
     without us would have shipped). Without it (RTN) the targets still hold what `load_model` read from `src`,
     so where the source is bf16 the error statistics take the source's values from the model and the source's
-    Linear weights are never read.
+    Linear weights are never read. `from_source`: Linears the model holds quantized that the checkpoint keeps bf16
+    (an accuracy target's choice, made after tuning every block): written from the source, as a kept block is.
     """
     import json
 
@@ -199,7 +236,8 @@ def _export(src: Path, dst: Path, model: nn.Module, targets: list[str], dtype: s
             shutil.copy2(item, dst / item.name)
     make_config_portable(dst)  # a source saved by transformers 5 has rope_parameters only; NxDI reads with 4.57
     linears = {f"{name}.weight": model.get_submodule(name) for name in targets}
-    parameters = {name for name, _ in model.named_parameters()}  # before the export consumes the model
+    # (before the export consumes the model; `from_source` weights then come from the source shard, cast to bf16)
+    parameters = {name for name, _ in model.named_parameters()} - {f"{name}.weight" for name in from_source}
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})
     device = torch.device(accelerator())
     total = 0
@@ -386,7 +424,7 @@ def _select_and_tune(
         kept = select(
             blocks,
             sensitivity.scores,
-            options.selection,
+            "none" if options.target_kl is not None else options.selection,  # the target search chooses later
             options.max_extra_memory,
             options.topk,
             options.threshold,
@@ -442,6 +480,12 @@ def quantize_model(
             "budget_instance sizes the model from its folder, and quantize_model has only the loaded model",
             "use nf.quantize(nf.QuantizeOptions(model=<folder>, ...)), or budget selection with max_extra_memory",
         )
+    if options.target_kl is not None:
+        raise NeuronforgeError(
+            "target_kl measures candidates against the model's folder (its bf16 Linears, its instance plan), and "
+            "quantize_model has only the loaded model",
+            "use nf.quantize(nf.QuantizeOptions(model=<folder>, target_kl=...))",
+        )
     tuned = _select_and_tune(model, tokenizer, options, None, None)
     linears = quantizable_linears(model)
     timings = tuned.timings
@@ -483,6 +527,8 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     samples = calibration_samples(
         tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
     )
+    # An accuracy target measures its reference and floor first: a target below the floor fails before any tuning.
+    search = _target_search(options, src, tokenizer) if options.target_kl is not None else None
     # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
     model = load_model(src)
     reuse_freed_tensors()  # one model streamed through: layer-sized temporaries reuse the heap (core/memory.py)
@@ -490,11 +536,25 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     tuned = _select_and_tune(model, tokenizer, options, fits, samples)
     timings = {"load": load_seconds, **tuned.timings}
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
+    frontier = None
+    if search is not None:
+        from neuronforge.neuron.module_names import block_of
+        from neuronforge.pipeline.quantize.sensitivity import find_blocks
+
+        assert sensitivity is not None  # (target_kl excludes an explicit list)
+        frontier = search.search(model, find_blocks(model), sensitivity.scores)
+        timings["target_search"] = frontier.seconds
+        assert frontier.chosen is not None
+        kept = frontier.chosen.kept
+        targets = [name for name in targets if block_of(name) not in kept]
+        untouched = [name for name in untouched if name in targets]
+        del search  # its bf16 model and reference logits
+    restored = [name for name in tuned.targets if name not in targets]  # tuned, then kept bf16 by the target
 
     with atomic_dir(out) as tmp:
         # The naive figure describes AutoRound's stock export, so it is measured when AutoRound tuned the model
         # (on the RTN path it would only cost time: importing auto-round and two more passes over every weight).
-        check = _export(src, tmp, model, targets, options.dtype, autoround=options.autoround)
+        check = _export(src, tmp, model, targets, options.dtype, autoround=options.autoround, from_source=restored)
         ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
         timings["export"], timings["verify"] = check.export_s, check.verify_s
@@ -504,6 +564,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         if sensitivity is not None:
             atomic_write_json(tmp / "sensitivity.json", {**sensitivity.to_json(), "kept_bf16": kept})
             sensitivity_chart(sensitivity.scores, kept, sensitivity.method, tmp / "sensitivity.png")
+        accuracy_target = _write_frontier(frontier, tmp) if frontier is not None else None
         report = {
             "model": str(src),
             "options": options.model_dump(mode="json", exclude={"out"}),  # (out: where this file is; under
@@ -533,6 +594,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             "per_block_relative_error": {
                 b: (e["sq_err"] / e["sq_norm"]) ** 0.5 if e["sq_norm"] else 0.0 for b, e in per_block.items()
             },
+            "accuracy_target": accuracy_target,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "versions": _versions(),
         }
@@ -545,4 +607,54 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         value_agreement=report["grid_value_agreement"],
         naive_value_agreement=report["naive_value_agreement"],
         timings=timings,
+        accuracy_target=accuracy_target,
     )
+
+
+def _target_search(options: QuantizeSettings, src: Path, tokenizer: PreTrainedTokenizerBase) -> TargetSearch:
+    """The accuracy target's reference and floor, at the deployment's KV cache and tp degree (compile's default tp
+    for its default instance when none is given, as the emulate stage of `run` does)."""
+    from neuronforge.neuron.config import DEFAULT_INSTANCE, choose_tp, model_facts
+    from neuronforge.pipeline.quantize.target import TargetSearch
+
+    assert options.target_kl is not None
+    return TargetSearch(
+        src,
+        tokenizer,
+        options.text,
+        options.target_kl,
+        options.dtype,
+        options.kv,
+        options.tp_degree or choose_tp(model_facts(src), DEFAULT_INSTANCE),
+        {"seq_len": options.seq_len, "batch_size": options.batch_size},
+    )
+
+
+def _write_frontier(frontier: Frontier, folder: Path) -> dict[str, Any]:
+    """frontier.json/.md/.png into the checkpoint folder; returns the chosen point for the report."""
+    from dataclasses import asdict
+
+    from neuronforge.core.atomic import atomic_write_text
+    from neuronforge.pipeline.quantize.plots import frontier_chart
+    from neuronforge.pipeline.quantize.target import FRONTIER_JSON, FRONTIER_MD, FRONTIER_PNG, frontier_markdown
+
+    assert frontier.chosen is not None and frontier.test is not None
+    atomic_write_json(folder / FRONTIER_JSON, frontier.to_json())
+    atomic_write_text(folder / FRONTIER_MD, frontier_markdown(frontier))
+    frontier_chart(frontier, folder / FRONTIER_PNG)
+    return {
+        "target_kl": frontier.target_kl,
+        "kv": frontier.kv,
+        "floor_kl": frontier.floor.kl,
+        "validation": asdict(frontier.chosen.validation),
+        "test": asdict(frontier.test),
+        "kept_blocks": len(frontier.chosen.kept),
+        "extra_bytes": frontier.chosen.extra_bytes,
+        "weight_bytes": frontier.chosen.weight_bytes,
+        "instance": frontier.chosen.instance,
+        "tp_degree": frontier.chosen.tp_degree,
+        "usd_per_hour": frontier.chosen.usd_per_hour,
+        "candidates_measured": len(frontier.points),
+        "search_seconds": round(frontier.seconds, 1),
+        "frontier": FRONTIER_JSON,
+    }
