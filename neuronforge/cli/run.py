@@ -72,6 +72,11 @@ def _summary(outcome: Any, seconds: float, config: RunConfig) -> None:
             note = f"{record.summary['model_type']}, {record.summary['layers']} layers"
         if name == "quantize" and record.status == "done":
             note = "bf16 blocks: " + (", ".join(record.summary.get("modules_to_not_convert", [])) or "none")
+            if target := record.summary.get("accuracy_target"):
+                note += (
+                    f"; target KL {target['target_kl']:g}: validation {target['validation']['kl']:.5f}, test "
+                    f"{target['test']['kl']:.5f}, deploys on {target['instance']} (see quantize/checkpoint/frontier.md)"
+                )
         if name == "evaluate" and record.status == "done":
             note = str(outcome.run_dir / name / record.summary["report"])
         if name == "package" and record.status == "done":
@@ -121,6 +126,7 @@ def run_command(
     budget_instance: str | None = typer.Option(None, "--budget-instance", help=_h("budget_instance")),
     topk: int | None = typer.Option(None, "--topk", help=_h("topk")),
     threshold: float | None = typer.Option(None, "--threshold", help=_h("threshold")),
+    target_kl: float | None = typer.Option(None, "--target-kl", help=_h("target_kl")),
     modules_to_not_convert: str | None = typer.Option(
         None, "--modules-to-not-convert", help="comma-separated; " + _h("modules_to_not_convert")
     ),

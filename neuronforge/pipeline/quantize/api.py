@@ -48,6 +48,25 @@ TARGET_KL_HELP = (
 )
 
 
+def check_target(
+    target_kl: float | None, selection: str, modules_to_not_convert: list[str] | None, budget_instance: str | None
+) -> None:
+    """An accuracy target chooses the bf16 blocks itself: refuse every other way of choosing them (quantize, run)."""
+    if target_kl is None:
+        return
+    if selection == "none":
+        raise NeuronforgeError(
+            "--target-kl chooses which blocks stay bf16, and --selection none quantizes every block",
+            "drop --selection none (to quantize everything, drop --target-kl instead)",
+        )
+    if selection != "budget" or modules_to_not_convert is not None or budget_instance is not None:
+        raise NeuronforgeError(
+            "--target-kl chooses which blocks stay bf16 itself; it cannot be combined with --selection "
+            f"{selection}, --not-convert / modules_to_not_convert or --budget-instance",
+            "drop those options, or drop --target-kl",
+        )
+
+
 class QuantizeSettings(pydantic.BaseModel):
     """How to quantize: every knob except where the model comes from and where it goes (`quantize_model` input).
 
@@ -82,19 +101,7 @@ class QuantizeSettings(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _target_chooses_the_blocks(self) -> QuantizeSettings:
-        if self.target_kl is None:
-            return self
-        if self.selection == "none":
-            raise NeuronforgeError(
-                "--target-kl chooses which blocks stay bf16, and --selection none quantizes every block",
-                "drop --selection none (to quantize everything, drop --target-kl instead)",
-            )
-        if self.selection != "budget" or self.modules_to_not_convert is not None or self.budget_instance is not None:
-            raise NeuronforgeError(
-                "--target-kl chooses which blocks stay bf16 itself; it cannot be combined with --selection "
-                f"{self.selection}, --not-convert or --budget-instance",
-                "drop those options, or drop --target-kl",
-            )
+        check_target(self.target_kl, self.selection, self.modules_to_not_convert, self.budget_instance)
         return self
 
     @pydantic.model_validator(mode="after")

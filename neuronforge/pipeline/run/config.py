@@ -23,6 +23,7 @@ from neuronforge.core.s3uri import is_s3
 from neuronforge.core.utf8 import read_utf8
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.dtypes import ExportDtype, KvDtype
+from neuronforge.pipeline.quantize.api import QuantizeSettings, check_target
 from neuronforge.pipeline.quantize.selection import Selection
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
@@ -91,6 +92,7 @@ class RunConfig(BaseModel):
     modules_to_not_convert: list[str] | None = Field(
         None, description="explicit blocks kept bf16 (e.g. lm_head, layers.0.mlp); skips the selection"
     )
+    target_kl: float | None = QuantizeSettings.model_fields["target_kl"]  # declared once, in quantize's settings
     autoround: bool = Field(True, description="false: round-to-nearest on NxD's grid, no tuning")
     minmax_tuning: bool = Field(False, description="also tune AutoRound's per-row range shrink (clips outliers)")
     kv: KvDtype = Field("fp8", description="KV cache on Neuron (emulated on CPU): fp8 (e4m3) or bf16")
@@ -128,6 +130,11 @@ class RunConfig(BaseModel):
         if value is None or is_s3(value) or (info.field_name == "model" and value in EMBEDDED_MODELS):
             return value
         return os.path.abspath(Path(value).expanduser())
+
+    @model_validator(mode="after")
+    def _target_chooses_the_blocks(self) -> RunConfig:
+        check_target(self.target_kl, self.selection, self.modules_to_not_convert, self.budget_instance)
+        return self
 
     @model_validator(mode="after")
     def _tuning_steps(self) -> RunConfig:

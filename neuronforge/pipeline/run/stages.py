@@ -94,6 +94,7 @@ QUANTIZE_KEYS = (
     "topk",
     "threshold",
     "modules_to_not_convert",
+    "target_kl",
     "autoround",
     "minmax_tuning",
 )
@@ -114,9 +115,10 @@ def _model_text_inputs(keys: tuple[str, ...]) -> Callable[[StageContext], dict[s
 
 
 def _budget_deployment(ctx: StageContext) -> dict[str, Any]:
-    """The deployment an instance budget is checked against (nothing without one: cache keys stay put)."""
+    """The deployment an instance budget or an accuracy target is checked against (nothing without one: cache keys
+    stay put)."""
     config = _given(ctx).config
-    if config.budget_instance is None:
+    if config.budget_instance is None and config.target_kl is None:
         return {}
     given = {"kv": config.kv, "batch_size": config.batch_size, "tp_degree": config.tp_degree, "seq_len": config.seq_len}
     return {key: value for key, value in given.items() if value is not None}
@@ -144,9 +146,17 @@ def _quantize_run(ctx: StageContext) -> StageResult:
             "naive_agreement": result.naive_agreement,
             "value_agreement": result.value_agreement,
             "naive_value_agreement": result.naive_value_agreement,
+            "accuracy_target": result.accuracy_target,
             "timings": result.timings,
         }
     )
+
+
+def _instance(ctx: StageContext) -> str | None:
+    """The instance to compile for: the configured one, else the cheapest that holds what an accuracy target chose
+    (the frontier's point `run` deploys), else None (the compile step's default)."""
+    target = ctx.summary("quantize").get("accuracy_target") or {}
+    return _given(ctx).config.instance or target.get("instance")
 
 
 # --- emulate -------------------------------------------------------------------------------------
@@ -172,7 +182,7 @@ def _emulated_tp(ctx: StageContext) -> int:
     from neuronforge.neuron.config import DEFAULT_INSTANCE, choose_tp, model_facts
 
     config = _given(ctx).config
-    return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), config.instance or DEFAULT_INSTANCE)
+    return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), _instance(ctx) or DEFAULT_INSTANCE)
 
 
 def _emulate_run(ctx: StageContext) -> StageResult:
@@ -319,7 +329,7 @@ def _neuron_spec(ctx: StageContext) -> NeuronConfigSpec:
     from neuronforge.neuron.config import build_neuron_config_spec
 
     config = _given(ctx).config
-    given = {"instance": config.instance, "tp_degree": config.tp_degree, "seq_len": config.seq_len, "sdk": config.sdk}
+    given = {"instance": _instance(ctx), "tp_degree": config.tp_degree, "seq_len": config.seq_len, "sdk": config.sdk}
     return build_neuron_config_spec(
         _quantized(ctx),
         dtype=config.dtype,
