@@ -38,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
         "neuronforge.assets",
         "neuronforge.neuron",
         "neuronforge.pipeline.quantize",
+        "neuronforge.pipeline.evaluate.metrics",
         "neuronforge.version",
     },
     "neuronforge.pipeline.run": BASE
@@ -47,6 +48,7 @@ ALLOWED: dict[str, set[str]] = {
         "neuronforge.neuron",
         "neuronforge.pipeline.quantize",
         "neuronforge.pipeline.evaluate",
+        "neuronforge.pipeline.evaluate.metrics",
         "neuronforge.sagemaker",
         "neuronforge.version",
     },
