@@ -215,6 +215,7 @@ class TargetSearch:
     def search(self, model: nn.Module, blocks: Sequence[Block], scores: dict[str, float]) -> Frontier:
         """Measure prefixes of the ranking on `model` (quantized in place, every choosable block; left untouched),
         and, for comparison, the set the budget rule keeps by default (not a candidate: `run` never deploys it)."""
+        from neuronforge.core.progress import err_console
         from neuronforge.neuron.emulate import emulate
         from neuronforge.neuron.module_names import block_of
         from neuronforge.neuron.plan import smallest_for
@@ -263,6 +264,10 @@ class TargetSearch:
                     finally:
                         for name in names:
                             _replace(quantized.model, name, own[name])
+                    err_console.print(
+                        f"target KL {self.target_kl:g}: {prefix} of {len(ranked)} blocks bf16 -> validation KL "
+                        f"{measured[prefix].validation.kl:.5f} ({'meets' if measured[prefix].meets else 'above'})"
+                    )
             return measured[prefix].meets
 
         bisect_prefix(len(ranked), meets)
