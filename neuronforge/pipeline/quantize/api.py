@@ -539,7 +539,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
     model = load_model(src)
     reuse_freed_tensors()  # one model streamed through: layer-sized temporaries reuse the heap (core/memory.py)
-    load_seconds = time.perf_counter() - start
+    load_seconds = time.perf_counter() - start - (search.seconds if search is not None else 0.0)
     tuned = _select_and_tune(model, tokenizer, options, fits, samples)
     timings = {"load": load_seconds, **tuned.timings}
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
