@@ -30,10 +30,24 @@ ALLOWED: dict[str, set[str]] = {
     | {"neuronforge.hf", "neuronforge.neuron", "neuronforge.neuron.numerics", "neuronforge.neuron.planner"},
     "neuronforge.sagemaker": BASE | NEURON | {"neuronforge.hf", "neuronforge.version"},  # packaging: HF folder
     "neuronforge.doctor": BASE | NEURON | {"neuronforge.hf", "neuronforge.assets"},
-    "neuronforge.pipeline.quantize": BASE | NEURON | {"neuronforge.hf", "neuronforge.assets", "neuronforge.version"},
+    "neuronforge.pipeline.quantize": BASE
+    | NEURON
+    | {
+        "neuronforge.hf",
+        "neuronforge.assets",
+        "neuronforge.version",
+        "neuronforge.pipeline.evaluate.metrics",  # the accuracy target scores candidates as evaluate does
+    },
+    "neuronforge.pipeline.evaluate.metrics": set(),  # pure functions of logits, below both stages
     "neuronforge.pipeline.evaluate": BASE
     | NEURON
-    | {"neuronforge.hf", "neuronforge.assets", "neuronforge.pipeline.quantize", "neuronforge.version"},
+    | {
+        "neuronforge.hf",
+        "neuronforge.assets",
+        "neuronforge.pipeline.quantize",
+        "neuronforge.pipeline.evaluate.metrics",
+        "neuronforge.version",
+    },
     "neuronforge.pipeline.run": BASE
     | NEURON
     | {
@@ -41,6 +55,7 @@ ALLOWED: dict[str, set[str]] = {
         "neuronforge.assets",
         "neuronforge.pipeline.quantize",
         "neuronforge.pipeline.evaluate",
+        "neuronforge.pipeline.evaluate.metrics",
         "neuronforge.sagemaker",
         "neuronforge.version",
     },

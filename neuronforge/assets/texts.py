@@ -112,6 +112,16 @@ def embedded_splits(names: tuple[str, ...] = tuple(EMBEDDED_TEXTS)) -> TextSplit
     return split_corpus({name: load_embedded_text(name) for name in names})
 
 
+def validation_test_splits(held_out: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Each held-out document cut in two at the paragraph break nearest its middle: a validation half (what an
+    accuracy-target search measures candidates on) and a test half (the search never reads it: an unbiased
+    figure for the set it chose). Both come from the held-out tail, so neither shares text with calibration."""
+    validation, test = {}, {}
+    for name, text in held_out.items():
+        validation[name], test[name] = split_document(text, 0.5)
+    return validation, test
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line; a bad line names itself in the error."""
     for lineno, line in enumerate(read_utf8(path).splitlines(), 1):

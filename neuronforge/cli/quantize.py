@@ -42,6 +42,7 @@ def quantize_command(
     seq_len: int | None = model_option(Q, "seq_len"),
     batch_size: int | None = model_option(Q, "batch_size"),
     tp_degree: int | None = model_option(Q, "tp_degree"),
+    target_kl: float | None = model_option(Q, "target_kl"),
     not_convert: NotConvertOpt = None,
     autoround: bool | None = model_option(Q, "autoround", "--autoround/--no-autoround"),
     minmax_tuning: bool | None = model_option(Q, "minmax_tuning", "--minmax-tuning/--no-minmax-tuning"),
@@ -91,4 +92,17 @@ def quantize_command(
         f"(naive export: {percent(result.naive_value_agreement)})"
     )
     console.print(f"device: {escape(str(result.device.get('device')))} ({escape(str(result.device.get('name')))})")
+    if result.accuracy_target is not None:
+        target = result.accuracy_target
+        where = f"{target['instance']} (tp {target['tp_degree']}, ${target['usd_per_hour']:.2f}/h)"
+        console.print(
+            f"accuracy target KL {target['target_kl']:g}: validation KL {target['validation']['kl']:.5f}, "
+            f"test KL {target['test']['kl']:.5f} (split the search never read), floor {target['floor_kl']:.5f}; "
+            f"{target['kept_blocks']} bf16 blocks, +{target['extra_bytes'] / 2**20:.1f} MiB, smallest inf2: "
+            f"{escape(where) if target['instance'] else 'none'}"
+        )
+        console.print(
+            f"frontier: {target['candidates_measured']} candidates measured in {target['search_seconds']:.0f} s -> "
+            f"{escape(str(result.out_dir / 'frontier.md'))}"
+        )
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

@@ -117,6 +117,7 @@ def run_command(
     budget_instance: str | None = typer.Option(None, "--budget-instance", help=_h("budget_instance")),
     topk: int | None = typer.Option(None, "--topk", help=_h("topk")),
     threshold: float | None = typer.Option(None, "--threshold", help=_h("threshold")),
+    target_kl: float | None = typer.Option(None, "--target-kl", help=_h("target_kl")),
     modules_to_not_convert: str | None = typer.Option(
         None, "--modules-to-not-convert", help="comma-separated; " + _h("modules_to_not_convert")
     ),

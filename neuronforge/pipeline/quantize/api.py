@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
 
 import pydantic
 
@@ -48,8 +48,40 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from neuronforge.pipeline.quantize.autoround_nxd import BlockChoice
     from neuronforge.pipeline.quantize.grid_export import Agreement
     from neuronforge.pipeline.quantize.sensitivity import Block, SensitivityResult
+    from neuronforge.pipeline.quantize.target import Frontier, TargetSearch
+
+
+TARGET_KL_HELP = (
+    "Accuracy target: keep the fewest bf16 blocks whose mean per-token KL to bf16 (emulated Neuron numerics, "
+    "this --kv) on validation text is at most this; writes frontier.json/.md/.png and the test-split KL "
+    "(see docs/accuracy-target.md). Replaces --selection/--max-extra-memory."
+)
+
+
+def check_target(
+    target_kl: float | None, selection: str, modules_to_not_convert: list[str] | None, budget_instance: str | None
+) -> None:
+    """An accuracy target chooses the bf16 blocks itself: refuse every other way of choosing them (quantize, run)."""
+    if target_kl is None:
+        return
+    if selection == "none":
+        raise NeuronforgeError(
+            "--target-kl chooses which blocks stay bf16, and --selection none quantizes every block",
+            "drop --selection none (to quantize everything, drop --target-kl instead)",
+        )
+    if selection != "budget" or modules_to_not_convert is not None or budget_instance is not None:
+        raise NeuronforgeError(
+            "--target-kl chooses which blocks stay bf16 itself; it cannot be combined with --selection "
+            f"{selection}, --not-convert / modules_to_not_convert or --budget-instance",
+            "drop those options, or drop --target-kl",
+        )
+
+
+# The accuracy target, declared once (RunConfig takes the same field).
+TargetKl = Annotated[float | None, pydantic.Field(gt=0, description=TARGET_KL_HELP)]
 
 
 class QuantizeSettings(pydantic.BaseModel):
@@ -91,6 +123,12 @@ class QuantizeSettings(pydantic.BaseModel):
     tp_degree: TpDegree = None
     device: DeviceField = "auto"  # where sensitivity, AutoRound and the grid export run (not in any cache key:
     # the checkpoint's bits do not depend on it)
+    target_kl: TargetKl = None
+
+    @pydantic.model_validator(mode="after")
+    def _target_chooses_the_blocks(self) -> QuantizeSettings:
+        check_target(self.target_kl, self.selection, self.modules_to_not_convert, self.budget_instance)
+        return self
 
     @pydantic.model_validator(mode="after")
     def _budget_instance_needs_budget(self) -> QuantizeSettings:
@@ -130,6 +168,8 @@ class QuantizeResult(pydantic.BaseModel):
     naive_value_agreement: float | None
     timings: dict[str, float]
     device: dict[str, Any] = pydantic.Field(default_factory=dict)  # core/devices.py `device_info`
+    # With target_kl: the chosen point (validation and test KL, instance) and where the frontier was written.
+    accuracy_target: dict[str, Any] | None = None
 
 
 @dataclass
@@ -197,6 +237,7 @@ def _export(
     dtype: ExportDtype,
     autoround: bool,
     device: torch.device,
+    from_source: Sequence[str] = (),
 ) -> ExportCheck:
     """Write `src`'s files to `dst` with every target Linear's weight on NxD's grid, one shard at a time.
 
@@ -213,7 +254,8 @@ def _export(
     `autoround`: AutoRound tuned the targets, so its stock export of each weight is measured too (what tuning
     without us would have shipped). Without it (RTN) the targets still hold what `load_model` read from `src`,
     so where the source is bf16 the error statistics take the source's values from the model and the source's
-    Linear weights are never read.
+    Linear weights are never read. `from_source`: Linears the model holds quantized that the checkpoint keeps bf16
+    (an accuracy target's choice, made after tuning every block): written from the source, as a kept block is.
     """
     import json
 
@@ -227,7 +269,8 @@ def _export(
             shutil.copy2(item, dst / item.name)
     make_portable(dst)  # a source saved by transformers 5: rope_parameters only, TokenizersBackend; NxDI reads 4.57
     linears = {f"{name}.weight": cast("nn.Linear", model.get_submodule(name)) for name in targets}
-    parameters = {name for name, _ in model.named_parameters()}  # before the export consumes the model
+    # (before the export consumes the model; `from_source` weights then come from the source shard, cast to bf16)
+    parameters = {name for name, _ in model.named_parameters()} - {f"{name}.weight" for name in from_source}
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})
     total = 0
     shards = shard_keys(src)
@@ -379,6 +422,7 @@ class _Tuned:
     untouched: list[str]  # targets AutoRound left alone (rounded to the grid without tuning)
     sensitivity: SensitivityResult | None
     timings: dict[str, float]
+    blocks: list[BlockChoice]  # per decoder block: AutoRound or RTN, whichever won on held-out calibration windows
 
 
 def _select_and_tune(
@@ -418,7 +462,7 @@ def _select_and_tune(
         kept = select(
             blocks,
             sensitivity.scores,
-            options.selection,
+            "none" if options.target_kl is not None else options.selection,  # the target search chooses later
             options.max_extra_memory,
             options.topk,
             options.threshold,
@@ -428,13 +472,18 @@ def _select_and_tune(
     linears = quantizable_linears(model)
     targets = [n for n in linears if block_of(n) not in kept]
     untouched = list(targets)
+    choices: list[BlockChoice] = []
     if options.autoround and targets:
-        from neuronforge.pipeline.quantize.autoround_nxd import keep_bf16_layer_config, run_autoround
+        from neuronforge.pipeline.quantize.autoround_nxd import check_windows, keep_bf16_layer_config, run_autoround
 
+        check = check_windows(options.nsamples)  # more windows of the same calibration text, never tuned on
+        windows = calibration_samples(
+            tokenizer, resolve_splits(options.text).calibration, options.nsamples + check, options.calib_seq_len
+        )
         tuned = run_autoround(
             model,
             tokenizer,
-            samples,
+            windows,
             options.dtype,
             keep_bf16_layer_config(model, kept, block_of),
             options.iters,
@@ -442,9 +491,10 @@ def _select_and_tune(
             targets,
             minmax_tuning=options.minmax_tuning,
             device=device,
+            check=check,
         )
-        untouched, timings["autoround"] = tuned.untouched, tuned.seconds
-    return _Tuned(kept, targets, untouched, sensitivity, timings)
+        untouched, choices, timings["autoround"] = tuned.untouched, tuned.blocks, tuned.seconds
+    return _Tuned(kept, targets, untouched, sensitivity, timings, choices)
 
 
 def quantize_model(
@@ -473,6 +523,12 @@ def quantize_model(
         raise NeuronforgeError(
             "budget_instance sizes the model from its folder, and quantize_model has only the loaded model",
             "use nf.quantize(nf.QuantizeOptions(model=<folder>, ...)), or budget selection with max_extra_memory",
+        )
+    if options.target_kl is not None:
+        raise NeuronforgeError(
+            "target_kl measures candidates against the model's folder (its bf16 Linears, its instance plan), and "
+            "quantize_model has only the loaded model",
+            "use nf.quantize(nf.QuantizeOptions(model=<folder>, target_kl=...))",
         )
     tuned = _select_and_tune(model, tokenizer, options, None, None, resolve_device(options.device))
     linears = quantizable_linears(model)
@@ -519,18 +575,34 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     samples = calibration_samples(
         tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
     )
+    # An accuracy target measures its reference and floor first: a target below the floor fails before any tuning.
+    search = _target_search(options, src, tokenizer) if options.target_kl is not None else None
     # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
     model = load_model(src)
     reuse_freed_tensors()  # one model streamed through: layer-sized temporaries reuse the heap (core/memory.py)
-    load_seconds = time.perf_counter() - start
+    load_seconds = time.perf_counter() - start - (search.seconds if search is not None else 0.0)
     tuned = _select_and_tune(model, tokenizer, options, fits, samples, device)
     timings = {"load": load_seconds, **tuned.timings}
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
+    frontier = None
+    if search is not None:
+        from neuronforge.neuron.numerics.module_names import block_of
+        from neuronforge.pipeline.quantize.sensitivity import find_blocks
+
+        assert sensitivity is not None  # (target_kl excludes an explicit list)
+        frontier = search.search(model, find_blocks(model), sensitivity.scores)
+        timings["target_search"] = frontier.seconds
+        assert frontier.chosen is not None
+        kept = frontier.chosen.kept
+        targets = [name for name in targets if block_of(name) not in kept]
+        untouched = [name for name in untouched if name in targets]
+        del search  # its bf16 model and reference logits
+    restored = [name for name in tuned.targets if name not in targets]  # tuned, then kept bf16 by the target
 
     with output_dir(out) as tmp:
         # The naive figure describes AutoRound's stock export, so it is measured when AutoRound tuned the model
         # (on the RTN path it would only cost time: importing auto-round and two more passes over every weight).
-        check = _export(src, tmp, model, targets, options.dtype, options.autoround, device)
+        check = _export(src, tmp, model, targets, options.dtype, options.autoround, device, from_source=restored)
         ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
         timings["export"], timings["verify"] = check.export_s, check.verify_s
@@ -540,6 +612,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         if sensitivity is not None:
             atomic_write_json(tmp / "sensitivity.json", {**sensitivity.to_json(), "kept_bf16": kept})
             sensitivity_chart(sensitivity.scores, kept, sensitivity.method, tmp / "sensitivity.png")
+        accuracy_target = _write_frontier(frontier, tmp) if frontier is not None else None
         report: dict[str, Any] = {
             "model": str(src),
             "options": options.model_dump(mode="json", exclude={"out"}),  # (out: where this file is; under
@@ -559,9 +632,18 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             "by NxD; measured when AutoRound tuned the model (null with --no-autoround)",
             "autoround_tuned_layers": len(targets) - len(untouched) if options.autoround else 0,
             "rtn_layers": untouched,
+            "autoround_vs_rtn": {
+                "definition": "per decoder block, relative squared error of its output against the bf16 block's on "
+                "calibration windows AutoRound did not tune on; the better of AutoRound's tuning and RTN is kept",
+                "blocks": [
+                    {"block": c.block, "autoround": c.autoround_error, "rtn": c.rtn_error, "kept": c.winner}
+                    for c in tuned.blocks
+                ],
+            },
             "per_block_relative_error": {
                 b: (e["sq_err"] / e["sq_norm"]) ** 0.5 if e["sq_norm"] else 0.0 for b, e in per_block.items()
             },
+            "accuracy_target": accuracy_target,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "device": device_info(device),
             "versions": _versions(),
@@ -576,4 +658,54 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         naive_value_agreement=report["naive_value_agreement"],
         timings=timings,
         device=report["device"],
+        accuracy_target=accuracy_target,
     )
+
+
+def _target_search(options: QuantizeSettings, src: Path, tokenizer: PreTrainedTokenizerBase) -> TargetSearch:
+    """The accuracy target's reference and floor, at the deployment's KV cache and tp degree (compile's default tp
+    for its default instance when none is given, as the emulate stage of `run` does)."""
+    from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, choose_tp, model_facts
+    from neuronforge.pipeline.quantize.target import TargetSearch
+
+    assert options.target_kl is not None
+    return TargetSearch(
+        src,
+        tokenizer,
+        options.text,
+        options.target_kl,
+        options.dtype,
+        options.kv,
+        options.tp_degree or choose_tp(model_facts(src), DEFAULT_INSTANCE),
+        {"seq_len": options.seq_len, "batch_size": options.batch_size},
+    )
+
+
+def _write_frontier(frontier: Frontier, folder: Path) -> dict[str, Any]:
+    """frontier.json/.md/.png into the checkpoint folder; returns the chosen point for the report."""
+    from dataclasses import asdict
+
+    from neuronforge.core.atomic import atomic_write_text
+    from neuronforge.pipeline.quantize.plots import frontier_chart
+    from neuronforge.pipeline.quantize.target import FRONTIER_JSON, FRONTIER_MD, FRONTIER_PNG, frontier_markdown
+
+    assert frontier.chosen is not None and frontier.test is not None
+    atomic_write_json(folder / FRONTIER_JSON, frontier.to_json())
+    atomic_write_text(folder / FRONTIER_MD, frontier_markdown(frontier))
+    frontier_chart(frontier, folder / FRONTIER_PNG)
+    return {
+        "target_kl": frontier.target_kl,
+        "kv": frontier.kv,
+        "floor_kl": frontier.floor.kl,
+        "validation": asdict(frontier.chosen.validation),
+        "test": asdict(frontier.test),
+        "kept_blocks": len(frontier.chosen.kept),
+        "extra_bytes": frontier.chosen.extra_bytes,
+        "weight_bytes": frontier.chosen.weight_bytes,
+        "instance": frontier.chosen.instance,
+        "tp_degree": frontier.chosen.tp_degree,
+        "usd_per_hour": frontier.chosen.usd_per_hour,
+        "candidates_measured": len(frontier.points),
+        "search_seconds": round(frontier.seconds, 1),
+        "frontier": FRONTIER_JSON,
+    }

@@ -18,6 +18,7 @@ block's tuning ends when the model is bf16.
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel
 
-    from neuronforge.neuron.numerics.dtypes import ExportDtype
+    from neuronforge.neuron.numerics.dtypes import ExportDtype, QuantDtype
 
 NXD_INT = "nxd_int"
 NXD_FP8 = "nxd_fp8"
@@ -155,9 +156,55 @@ def keep_bf16_layer_config(model: nn.Module, blocks_kept: list[str], block_of: C
     return {name: {"bits": 16} for name in quantizable_linears(model) if name != "lm_head" and block_of(name) in kept}
 
 
+@dataclass(frozen=True)
+class BlockChoice:
+    """AutoRound's tuned block against the RTN block, on calibration windows the tuning never saw.
+
+    Errors are relative squared errors of the block's output against the bf16 model's block output
+    (sum (out - ref)^2 / sum ref^2), both fed the same (quantized-model) inputs, as auto-round's own loss is.
+    """
+
+    block: str
+    autoround_error: float
+    rtn_error: float
+
+    @property
+    def winner(self) -> str:
+        return "autoround" if self.autoround_error <= self.rtn_error else "rtn"
+
+
+def check_indices(samples: int, check: int) -> list[int]:
+    """Which of `samples` calibration windows are held out of tuning to compare AutoRound with RTN: `check` of
+    them spread evenly (the windows are evenly spaced over the calibration text, so both sets cover every text)."""
+    if check <= 0:
+        return []
+    step = samples / check
+    return sorted({min(samples - 1, int(step * i + step / 2)) for i in range(check)})
+
+
+def _relative_error(outputs: torch.Tensor, reference: torch.Tensor) -> float:
+    import torch
+
+    difference = outputs.float() - reference.float()
+    return float(torch.sum(difference * difference) / torch.clamp(torch.sum(reference.float() ** 2), min=1e-30))
+
+
+def _rtn_(linears: dict[str, nn.Linear], originals: dict[str, torch.Tensor], dtype: QuantDtype) -> None:
+    """Set each Linear to its original weight rounded to NxD's grid (what NxD's own quantizer would store)."""
+    from neuronforge.neuron.numerics.grid import dequantize, quantize_weight
+
+    for name, module in linears.items():
+        codes, scale = quantize_weight(originals[name], dtype)
+        module.weight.data = dequantize(codes, scale, originals[name].dtype).to(module.weight.device)
+
+
 @contextmanager
-def _fp32_a_block_at_a_time(model: PreTrainedModel, targets: list[str], dtype: ExportDtype) -> Iterator[None]:
-    """Tune a bf16 model in fp32 one decoder block at a time, so the host holds it in bf16 plus one block in fp32.
+def _fp32_a_block_at_a_time(
+    model: PreTrainedModel, targets: list[str], dtype: ExportDtype, check: list[int], choices: list[BlockChoice]
+) -> Iterator[None]:
+    """Tune a bf16 model in fp32 one decoder block at a time, so the host holds it in bf16 plus one block in fp32;
+    and keep, per block, AutoRound's tuning or RTN, whichever reproduces the bf16 block better on the `check`
+    calibration windows (indices into auto-round's cached samples, which tune on the others).
 
     auto-round with `amp=False` casts the whole model to fp32 unless HF's `model.dtype` (its first parameter, the
     embedding) already reads fp32 (auto-round 0.16.1 context/model.py:455-481). So only the embedding goes to fp32:
@@ -166,16 +213,20 @@ def _fp32_a_block_at_a_time(model: PreTrainedModel, targets: list[str], dtype: E
     per block from compressors/orchestrator.py:298, which has no hook of its own) and settled when it returns,
     after computing the next block's inputs in fp32: its tuned Linears become the checked grid-exact bf16 the
     export would write (NxD re-derives the same codes from it), everything else goes back to bf16 exactly (auto-round
-    changed nothing else). A model not in bf16 is tuned as before, cast to fp32 whole.
+    changed nothing else). A model not in bf16 is cast to fp32 whole (and compared per block the same way).
+
+    Why held-out windows: auto-round keeps the best of its iterations by the loss on the windows it tunes on, and
+    iteration 0 is RTN (v = 0), so on those windows the tuned block never loses (sign_round/quantizer.py:554); on
+    few, short windows it still overfits and loses on unseen text (cpu-fast int8: held-out KL 0.0106 vs RTN's 0.0093).
     """
     import torch
     from auto_round.algorithms.composer import AlgorithmComposer
 
-    if next(model.parameters()).dtype != torch.bfloat16:
+    bf16 = next(model.parameters()).dtype == torch.bfloat16
+    if not bf16:
         model.to(torch.float32)  # type: ignore[arg-type]  # transformers types .to as functools.wraps(nn.Module.to)
-        yield
-        return
     wanted = set(targets)
+    names = {id(module): name for name, module in model.named_modules()}
     compress_block = AlgorithmComposer.compress_block
 
     def cast(root: nn.Module, to: torch.dtype) -> None:  # parameters only: buffers (RoPE's inv_freq) keep theirs
@@ -193,19 +244,73 @@ def _fp32_a_block_at_a_time(model: PreTrainedModel, targets: list[str], dtype: E
                 module.weight = torch.nn.Parameter(exact, requires_grad=False)
         cast(root, torch.bfloat16)
 
-    def tune_in_fp32(composer: Any, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        cast(block, torch.float32)
-        result = compress_block(composer, block, *args, **kwargs)
-        settle(block)
+    def tune_and_compare(
+        composer: Any, block: nn.Module, fp_inputs: Any, input_others: dict, *args: Any, **kwargs: Any
+    ) -> Any:
+        if bf16:
+            cast(block, torch.float32)
+        linears = {names[id(m)]: typing.cast(nn.Linear, m) for m in block.modules() if names.get(id(m)) in wanted}
+        q_inputs = kwargs.get("q_inputs")
+        if not check or not linears or not isinstance(fp_inputs, list) or len(fp_inputs) <= len(check):
+            result = compress_block(composer, block, fp_inputs, input_others, *args, **kwargs)
+        else:
+            result = _compare_with_rtn(
+                composer, compress_block, block, linears, fp_inputs, q_inputs, input_others, args, kwargs
+            )
+        if bf16:
+            settle(block)
         return result
 
-    cast(model.get_input_embeddings(), torch.float32)
-    AlgorithmComposer.compress_block = tune_in_fp32
+    def _compare_with_rtn(
+        composer: Any,
+        compress: Callable[..., Any],
+        block: nn.Module,
+        linears: dict[str, nn.Linear],
+        fp_inputs: list,
+        q_inputs: list | None,
+        input_others: dict,
+        args: tuple,
+        kwargs: dict,
+    ) -> Any:
+        forward = composer.block_forward
+        held_out = torch.tensor(check)
+        tune = [i for i in range(len(fp_inputs)) if i not in set(check)]
+        inputs = q_inputs if q_inputs is not None else fp_inputs  # what the block sees in the quantized model
+        with torch.no_grad():
+            reference = forward(block, fp_inputs, input_others)  # the bf16 model's block, every window
+        originals = {name: m.weight.detach().clone() for name, m in linears.items()}
+        subset = {
+            key: [value[i] for i in tune] if isinstance(value, list) and len(value) == len(fp_inputs) else value
+            for key, value in kwargs.items()  # q_inputs, and input_ids (token ids) when auto-round passes them
+        }
+        subset["reference_output"] = [reference[i] for i in tune]
+        compress(composer, block, [fp_inputs[i] for i in tune], input_others, *args, **subset)
+        linears = {
+            name: typing.cast(nn.Linear, model.get_submodule(name)) for name in linears
+        }  # (auto-round unwraps its wrappers)
+        with torch.no_grad():
+            reference_check = torch.cat([reference[i] for i in check])
+            tuned_error = _relative_error(forward(block, inputs, input_others, held_out), reference_check)
+            tuned = {name: m.weight.detach().clone() for name, m in linears.items()}
+            _rtn_(linears, originals, dtype)
+            rtn_error = _relative_error(forward(block, inputs, input_others, held_out), reference_check)
+            choice = BlockChoice(names.get(id(block), ""), tuned_error, rtn_error)
+            if choice.winner == "autoround":
+                for name, module in linears.items():
+                    module.weight.data = tuned[name]
+            choices.append(choice)
+            outputs = forward(block, inputs, input_others)  # the next block's (quantized-model) inputs
+        return outputs, reference
+
+    if bf16:
+        cast(model.get_input_embeddings(), torch.float32)
+    AlgorithmComposer.compress_block = tune_and_compare
     try:
         yield
     finally:
         AlgorithmComposer.compress_block = compress_block
-    settle(model)  # the embedding, and anything auto-round rounded outside the blocks
+    if bf16:
+        settle(model)  # the embedding, and anything auto-round rounded outside the blocks
 
 
 class _BlockBar:
@@ -254,11 +359,18 @@ def _our_block_bar() -> Iterator[None]:
 
 @dataclass
 class TuneResult:
-    """Which Linears auto-round tuned on our grid, and which it left alone (dims not multiple of 32 etc.)."""
+    """Which Linears auto-round tuned on our grid, and which it left alone (dims not multiple of 32 etc.); per
+    decoder block, AutoRound against RTN on the held-out calibration windows (the loser's weights are gone)."""
 
     tuned: list[str] = field(default_factory=list)
     untouched: list[str] = field(default_factory=list)
+    blocks: list[BlockChoice] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def check_windows(nsamples: int) -> int:
+    """Calibration windows held out of tuning to compare AutoRound with RTN per block (on top of `nsamples`)."""
+    return max(2, nsamples // 4)
 
 
 def run_autoround(
@@ -273,8 +385,11 @@ def run_autoround(
     *,
     minmax_tuning: bool = False,
     device: torch.device | str = "cpu",
+    check: int = 0,
 ) -> TuneResult:
     """Tune `model` in place on our data types, in fp32. `targets` are the HF Linear names we expect quantized.
+    `check` of `samples`, spread evenly, are windows held out of tuning: on them each tuned decoder block is compared with
+    its RTN version and the better one is kept (`_fp32_a_block_at_a_time`).
 
     Returns which of `targets` auto-round actually quantized; the caller rounds the rest with RTN. A bf16 model
     comes back in bf16, its tuned Linears already grid-exact (`_fp32_a_block_at_a_time`); any other comes back fp32.
@@ -301,8 +416,10 @@ def run_autoround(
     register_nxd_dtypes()
     start = time.perf_counter()
     home = next(model.parameters()).device  # the caller's model goes back there (auto-round leaves it on the host)
+    choices: list[BlockChoice] = []
+    held_out = check_indices(len(samples), check)
     try:
-        with _fp32_a_block_at_a_time(model, targets, dtype), _our_block_bar():
+        with _fp32_a_block_at_a_time(model, targets, dtype, held_out, choices), _our_block_bar():
             rounder = AutoRound(
                 model,
                 tokenizer=tokenizer,
@@ -328,4 +445,4 @@ def run_autoround(
     model.to(home)  # type: ignore[arg-type]  # transformers types .to as functools.wraps(nn.Module.to)
     tuned = [n for n in targets if int((resolved.get(n) or {}).get("bits", 16)) <= 8]
     untouched = [n for n in targets if n not in tuned]
-    return TuneResult(tuned=tuned, untouched=untouched, seconds=time.perf_counter() - start)
+    return TuneResult(tuned=tuned, untouched=untouched, blocks=choices, seconds=time.perf_counter() - start)

@@ -37,6 +37,7 @@ from neuronforge.core.s3uri import is_s3
 from neuronforge.core.utf8 import read_utf8, require_file
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.dtypes import ExportDtypeOption, KvOption
+from neuronforge.pipeline.quantize.api import TargetKl, check_target
 from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
 from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity
 
@@ -95,6 +96,7 @@ class RunConfig(BaseModel):
     modules_to_not_convert: list[str] | None = Field(
         None, description="explicit blocks kept bf16 (e.g. lm_head, layers.0.mlp); skips the selection"
     )
+    target_kl: TargetKl = None
     autoround: bool = Field(True, description="false: round-to-nearest on NxD's grid, no tuning")
     minmax_tuning: bool = Field(False, description="also tune AutoRound's per-row range shrink (clips outliers)")
     kv: KvOption = "fp8"
@@ -133,6 +135,11 @@ class RunConfig(BaseModel):
         if value is None or is_s3(value) or (info.field_name == "model" and value in EMBEDDED_MODELS):
             return value
         return os.path.abspath(Path(value).expanduser())
+
+    @model_validator(mode="after")
+    def _target_chooses_the_blocks(self) -> RunConfig:
+        check_target(self.target_kl, self.selection, self.modules_to_not_convert, self.budget_instance)
+        return self
 
     @model_validator(mode="after")
     def _tuning_steps(self) -> RunConfig:

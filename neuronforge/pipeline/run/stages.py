@@ -135,9 +135,10 @@ def _model_text_inputs(keys: tuple[str, ...]) -> Callable[[Context], dict[str, A
 
 
 def _budget_deployment(ctx: Context) -> dict[str, Any]:
-    """The deployment an instance budget is checked against (nothing without one: cache keys stay put)."""
+    """The deployment an instance budget or an accuracy target is checked against (nothing without one: cache keys
+    stay put)."""
     config = _given(ctx).config
-    if config.budget_instance is None:
+    if config.budget_instance is None and config.target_kl is None:
         return {}
     given = {"kv": config.kv, "batch_size": config.batch_size, "tp_degree": config.tp_degree, "seq_len": config.seq_len}
     return {key: value for key, value in given.items() if value is not None}
@@ -160,6 +161,13 @@ def _quantize_run(ctx: Running) -> StageResult:
     )
     result = quantize(options)
     return StageResult(summary=QuantizeSummary.model_validate(result.model_dump(exclude={"out_dir"})))
+
+
+def _instance(ctx: Context) -> str | None:
+    """The instance to compile for: the configured one, else the cheapest that holds what an accuracy target chose
+    (the frontier's point `run` deploys), else None (the compile step's default)."""
+    target = ctx.summary("quantize", QuantizeSummary).accuracy_target or {}
+    return _given(ctx).config.instance or target.get("instance")
 
 
 # --- emulate -------------------------------------------------------------------------------------
@@ -186,7 +194,7 @@ def _emulated_tp(ctx: Context) -> int:
     from neuronforge.neuron.planner.model_facts import choose_tp
 
     config = _given(ctx).config
-    return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), config.instance or DEFAULT_INSTANCE)
+    return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), _instance(ctx) or DEFAULT_INSTANCE)
 
 
 def _emulate_run(ctx: Running) -> StageResult:
@@ -299,7 +307,7 @@ def _neuron_spec(ctx: Context) -> NeuronConfigSpec:
 
     config = _given(ctx).config
     given: dict[str, Any] = {
-        "instance": config.instance,
+        "instance": _instance(ctx),
         "tp_degree": config.tp_degree,
         "seq_len": config.seq_len,
         "sdk": config.sdk or host_sdk(),  # on a Neuron host, its SDK; else the model type's default

@@ -30,9 +30,17 @@ class QuantizeSummary(BaseModel):
     value_agreement: float | None
     naive_value_agreement: float | None
     timings: dict[str, float]
+    accuracy_target: dict[str, Any] | None = None  # with --target-kl: the chosen point of the frontier
+    device: dict[str, Any] = {}  # core/devices.py device_info
 
     def note(self, run_dir: Path) -> str:
-        return "bf16 blocks: " + (", ".join(self.modules_to_not_convert) or "none")
+        note = "bf16 blocks: " + (", ".join(self.modules_to_not_convert) or "none")
+        if target := self.accuracy_target:
+            note += (
+                f"; target KL {target['target_kl']:g}: validation {target['validation']['kl']:.5f}, test "
+                f"{target['test']['kl']:.5f}, deploys on {target['instance']} (see quantize/checkpoint/frontier.md)"
+            )
+        return note
 
 
 class EmulateSummary(BaseModel):

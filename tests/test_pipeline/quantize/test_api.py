@@ -683,3 +683,40 @@ def test_the_cpu_export_runs_its_small_ops_on_one_thread(tiny_llama_dir: Path, t
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_tuned_block_worse_than_rtn_on_unseen_calibration_windows_is_replaced_by_rtn(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """AutoRound is never kept where it loses to RTN: a block whose tuning hurts its output (here, tuning is made
+    to scale every weight by 1.5) is compared with RTN on calibration windows it did not tune on, and RTN's
+    weights (what NxD's own quantizer stores) are written instead; the report says which won, per block."""
+    from auto_round.algorithms.composer import AlgorithmComposer
+
+    compress_block = AlgorithmComposer.compress_block
+    calls: list[int] = []
+
+    def harmful(composer: object, block: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        result = compress_block(composer, block, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the first decoder block only
+            for name, module in block.named_modules():
+                if name.endswith("_proj"):
+                    module.weight.data *= 1.5
+        return result
+
+    monkeypatch.setattr(AlgorithmComposer, "compress_block", harmful)
+    out = tmp_path / "q"
+    quantize(options_from(model=str(tiny_llama_dir), out=out, selection="none", **FAST))
+    report = json.loads((out / "quantization_report.json").read_text())
+    blocks = {b["block"]: b for b in report["autoround_vs_rtn"]["blocks"]}
+    assert list(blocks) == ["model.layers.0", "model.layers.1"]
+    harmed = blocks["model.layers.0"]
+    assert harmed["kept"] == "rtn" and harmed["autoround"] > harmed["rtn"] > 0
+    before, after = _tensors(tiny_llama_dir), _tensors(out)
+    for key, tensor in after.items():
+        if key.startswith("model.layers.0.") and key.endswith("_proj.weight"):
+            # RTN's grid values of the source weight, exactly (not the harmed tuning: its rows are 1.5x larger)
+            codes, scale = quantize_weight(tensor)
+            rtn_codes, rtn_scale = quantize_weight(before[key])
+            assert torch.equal(codes, rtn_codes) and torch.equal(scale, rtn_scale), key

@@ -1,0 +1,345 @@
+"""Accuracy target (`--target-kl`): the fewest extra bf16 weight bytes whose emulated KL meets the target.
+
+Every candidate is measured, not predicted: the model is quantized once (every choosable block), then a
+candidate keeps a prefix of the sensitivity ranking in bf16 by swapping those blocks' Linears, in one emulated
+model of Neuron numerics (deployment's weight dtype, KV cache and tp degree), for the source model's bf16
+Linears; nothing is tuned again. KL is the mean per-token KL(bf16 reference || candidate) on a validation
+split; the chosen set is then scored once on a test split the search never saw. Both splits halve each
+held-out document (assets/texts.py `validation_test_splits`), so neither overlaps the calibration text.
+
+The search bisects the prefix length k of the ranking (blocks by sensitivity per extra byte, as the budget rule
+orders them): the all-quantized model first, then the middle of the open interval, knowing the all-bf16-weights
+end (the floor: what the KV cache alone costs) meets any target the floor allows. About log2(blocks) + 1 forward
+passes over the validation windows. Every measured point becomes a row of the frontier (frontier.json/.md/.png):
+kept blocks, weight bytes, KL, top-1 agreement, perplexity recovery, and the cheapest inf2 instance that holds it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from neuronforge.neuron.numerics.emulate import EmulatedModel, EmulationSpec
+    from neuronforge.neuron.planner.plan import ModelShape
+    from neuronforge.pipeline.quantize.sensitivity import Block
+
+WINDOW = 256  # tokens per scored window: the first half is prefill, the rest decodes through the KV cache
+SPLIT_TOKENS = 512  # tokens scored per text and split (validation, test): 2 windows
+BATCH = 4  # windows per forward pass
+FRONTIER_JSON = "frontier.json"
+FRONTIER_MD = "frontier.md"
+FRONTIER_PNG = "frontier.png"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's figures against the bf16 reference on one split."""
+
+    kl: float
+    top1: float
+    ppl_recovery: float  # percent of the reference's perplexity kept (100 = no loss)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured candidate of the frontier."""
+
+    kept: list[str]  # bf16 blocks (modules_to_not_convert), forced ones included
+    prefix: int  # how many blocks of the ranking it keeps (-1: not a prefix, the budget default)
+    extra_bytes: int  # bf16 bytes over the all-quantized model's choosable blocks
+    weight_bytes: int  # the whole model's weights as NxD stores them
+    validation: Scores
+    meets: bool
+    instance: str | None  # cheapest inf2 instance that holds it (neuron/plan.py), None: none does
+    tp_degree: int | None
+    usd_per_hour: float | None  # EC2 on-demand
+
+
+@dataclass
+class Frontier:
+    target_kl: float
+    kv: str
+    tp_degree: int  # the emulated deployment's (row-parallel partial sums are rounded per rank)
+    floor: Scores  # all weights bf16, the deployment's KV cache (validation)
+    ranking: list[str]
+    points: list[Point] = field(default_factory=list)
+    chosen: Point | None = None
+    budget: Point | None = None  # what the budget rule's default (max_extra_memory 0.10) keeps, measured alike
+    test: Scores | None = None  # the chosen set on the test split
+    floor_test: Scores | None = None
+    tokens: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target_kl": self.target_kl,
+            "kv": self.kv,
+            "tp_degree": self.tp_degree,
+            "metric": "mean per-token KL(bf16 weights and KV || candidate) in nats, emulated Neuron numerics",
+            "floor": {"validation": asdict(self.floor), "test": asdict(self.floor_test) if self.floor_test else None},
+            "ranking": self.ranking,
+            "points": [asdict(p) for p in sorted(self.points, key=lambda p: p.prefix)],
+            "chosen": asdict(self.chosen) if self.chosen else None,
+            "chosen_test": asdict(self.test) if self.test else None,
+            "budget_default": asdict(self.budget) if self.budget else None,
+            "tokens": self.tokens,
+            "search": {
+                "method": "bisection on the ranking's prefix",
+                "measured": len(self.points),
+                "seconds": self.seconds,
+            },
+        }
+
+
+def bisect_prefix(count: int, meets: Callable[[int], bool]) -> int:
+    """The smallest prefix length k in 0..count found by bisection with `meets(k)` true, `meets(count)` assumed
+    true (the floor was checked). Probes k = 0 first; each probe is one measurement. Exact when the KL falls as
+    blocks are kept; otherwise the k it returns still meets the target (it was measured), only maybe not the least."""
+    if meets(0):
+        return 0
+    failing, meeting = 0, count
+    while meeting - failing > 1:
+        middle = (failing + meeting) // 2
+        if meets(middle):
+            meeting = middle
+        else:
+            failing = middle
+    return meeting
+
+
+def ranking(blocks: Sequence[Block], scores: dict[str, float]) -> list[Block]:
+    """Choosable blocks by damage avoided per extra byte, highest first (the budget rule's order)."""
+    from neuronforge.pipeline.quantize.selection import extra_bytes
+
+    choosable = [b for b in blocks if not b.forced]
+    return sorted(choosable, key=lambda b: scores[b.name] / max(extra_bytes(b), 1), reverse=True)
+
+
+def cheapest_meeting(points: Sequence[Point]) -> Point:
+    """The point `run` deploys: the lowest hourly price, then the fewest weight bytes, of those meeting the target."""
+    meeting = [p for p in points if p.meets]
+    return min(meeting, key=lambda p: (p.usd_per_hour if p.usd_per_hour is not None else float("inf"), p.weight_bytes))
+
+
+class TargetSearch:
+    """The reference, the floor and the bf16 Linears, measured before any tuning; `search` after it."""
+
+    def __init__(
+        self,
+        source: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        text: Path | None,
+        target_kl: float,
+        dtype: str,
+        kv: str,
+        tp_degree: int,
+        deployment: dict[str, Any],
+    ) -> None:
+        from neuronforge.assets.texts import evaluation_windows, resolve_splits, validation_test_splits
+        from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
+        from neuronforge.neuron.planner.plan import load_model_shape
+
+        start = time.perf_counter()
+        self.source, self.target_kl, self.dtype, self.kv, self.tp = source, target_kl, dtype, kv, tp_degree
+        self.deployment = deployment
+        self.shape: ModelShape = load_model_shape(source)
+        validation, test = validation_test_splits(resolve_splits(text).evaluation)
+        try:
+            self.windows = {
+                split: {name: evaluation_windows(tokenizer, body, WINDOW, SPLIT_TOKENS) for name, body in texts.items()}
+                for split, texts in (("validation", validation), ("test", test))
+            }
+        except NeuronforgeError as exc:
+            raise NeuronforgeError(
+                f"--target-kl scores {WINDOW}-token windows on each half of the held-out text: {exc.what}",
+                "supply more text (--text): its last quarter is held out and halved into validation and test",
+            ) from None
+        reference = load_emulated(source, EmulationSpec(tp_degree=tp_degree))
+        self.reference = {split: self._logits(reference, w) for split, w in self.windows.items()}
+        del reference
+        self.bf16: EmulatedModel = load_emulated(source, self._spec(None, ()))
+        self.floor = self._scores(self.bf16, "validation")
+        self.seconds = time.perf_counter() - start
+        if target_kl < self.floor.kl:
+            raise NeuronforgeError(
+                f"--target-kl {target_kl:g} is below the floor: with every weight in bf16 the {kv} KV cache alone "
+                f"costs KL {self.floor.kl:.5f} on the validation text",
+                f"ask for --target-kl >= {self.floor.kl:.5f}"
+                + (", or deploy with --kv bf16 (no KV cache error, 2x the cache memory)" if kv == "fp8" else ""),
+            )
+
+    def _spec(self, dtype: str | None, kept: Sequence[str]) -> EmulationSpec:
+        from neuronforge.neuron.numerics.emulate import EmulationSpec
+
+        return EmulationSpec(
+            dtype=cast(QuantDtype | None, dtype),
+            kv=cast(KvDtype, self.kv),
+            modules_to_not_convert=tuple(kept),
+            tp_degree=self.tp,
+        )
+
+    @staticmethod
+    def _logits(emulated: EmulatedModel, windows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import torch
+
+        return {
+            name: torch.cat([emulated.device_logits(batch).cpu() for batch in ids.split(BATCH)])
+            for name, ids in windows.items()
+        }
+
+    def _scores(self, emulated: EmulatedModel, split: str) -> Scores:
+        import torch
+
+        from neuronforge.neuron.numerics.emulate import perplexity_from_logits
+        from neuronforge.pipeline.evaluate.metrics import divergence, recovery
+
+        logits = self._logits(emulated, self.windows[split])
+        reference = self.reference[split]
+        measured = divergence(pair for name in logits for pair in zip(reference[name], logits[name], strict=True))
+        ids = torch.cat(list(self.windows[split].values()))
+        ppl_reference = perplexity_from_logits(torch.cat(list(reference.values())), ids)
+        ppl = perplexity_from_logits(torch.cat(list(logits.values())), ids)
+        return Scores(measured.kl, measured.agreement, recovery(ppl_reference, ppl, higher_is_better=False))
+
+    def search(self, model: nn.Module, blocks: Sequence[Block], scores: dict[str, float]) -> Frontier:
+        """Measure prefixes of the ranking on `model` (quantized in place, every choosable block; left untouched),
+        and, for comparison, the set the budget rule keeps by default (not a candidate: `run` never deploys it)."""
+        from neuronforge.core.progress import err_console
+        from neuronforge.neuron.numerics.emulate import emulate
+        from neuronforge.neuron.numerics.module_names import block_of
+        from neuronforge.neuron.planner.plan import smallest_for
+        from neuronforge.neuron.planner.weight_memory import weight_memory
+        from neuronforge.pipeline.quantize.selection import extra_bytes, select
+
+        start = time.perf_counter()
+        forced = [b.name for b in blocks if b.forced]
+        ranked = ranking(blocks, scores)
+        frontier = Frontier(self.target_kl, self.kv, self.tp, self.floor, [b.name for b in ranked])
+        quantized = emulate(
+            cast("PreTrainedModel", copy.deepcopy(model)), self._spec(self.dtype, forced), device=self.bf16.device
+        )
+        own = {name: quantized.model.get_submodule(name) for name in quantized.converted}
+        measured: dict[int, Point] = {}
+
+        def point(prefix: int, validation: Scores, kept_blocks: Sequence[str] | None = None) -> Point:
+            chosen = set(kept_blocks if kept_blocks is not None else [b.name for b in ranked[:prefix]]) | set(forced)
+            kept = [b.name for b in blocks if b.name in chosen]
+            row = smallest_for(self.shape, cast(QuantDtype, self.dtype), self.kv == "fp8", kept, **self.deployment)
+            return Point(
+                kept=kept,
+                prefix=prefix,
+                extra_bytes=sum(extra_bytes(b) for b in ranked if b.name in chosen),
+                weight_bytes=weight_memory(self.shape.shapes, cast(QuantDtype, self.dtype), kept).total_bytes,
+                validation=validation,
+                meets=validation.kl <= self.target_kl,
+                instance=row.instance if row else None,
+                tp_degree=row.tp if row else None,
+                usd_per_hour=row.price.ec2 if row else None,
+            )
+
+        def swapped(keep: set[str]) -> list[str]:
+            """Put the bf16 Linears of the blocks `keep` into the quantized model."""
+            names = [name for name in own if block_of(name) in keep]
+            for name in names:
+                _replace(quantized.model, name, self.bf16.model.get_submodule(name))
+            return names
+
+        def meets(prefix: int) -> bool:
+            if prefix not in measured:
+                if prefix == len(ranked):  # every weight bf16: the floor, measured already
+                    measured[prefix] = point(prefix, self.floor)
+                else:
+                    names = swapped({b.name for b in ranked[:prefix]})
+                    try:
+                        measured[prefix] = point(prefix, self._scores(quantized, "validation"))
+                    finally:
+                        for name in names:
+                            _replace(quantized.model, name, own[name])
+                    err_console.print(
+                        f"target KL {self.target_kl:g}: {prefix} of {len(ranked)} blocks bf16 -> validation KL "
+                        f"{measured[prefix].validation.kl:.5f} ({'meets' if measured[prefix].meets else 'above'})"
+                    )
+            return measured[prefix].meets
+
+        bisect_prefix(len(ranked), meets)
+        meets(len(ranked))  # the floor is a point of the frontier too
+        frontier.points = list(measured.values())
+        frontier.chosen = cheapest_meeting(frontier.points)
+        # The chosen set on text the search never read (and the floor there, for scale).
+        names = swapped(set(frontier.chosen.kept))
+        frontier.test = self._scores(quantized, "test")
+        for name in names:
+            _replace(quantized.model, name, own[name])
+        budget = select(list(blocks), scores, "budget").kept  # (its default max_extra_memory)
+        names = swapped(set(budget))
+        frontier.budget = point(-1, self._scores(quantized, "validation"), budget)
+        for name in names:
+            _replace(quantized.model, name, own[name])
+        frontier.floor_test = self._scores(self.bf16, "test")
+        frontier.tokens = {
+            split: {name: int(ids.numel()) for name, ids in windows.items()} for split, windows in self.windows.items()
+        }
+        frontier.seconds = self.seconds + time.perf_counter() - start
+        return frontier
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    from neuronforge.neuron.numerics.qlinear import replace_module
+
+    replace_module(model, name, module)
+
+
+def frontier_markdown(frontier: Frontier) -> str:
+    """The frontier as a table, cheapest deployment meeting the target marked."""
+
+    def mb(n: int) -> str:
+        return f"{n / 2**20:.1f}"
+
+    lines = [
+        f"# Accuracy/cost frontier: target KL {frontier.target_kl:g}, {frontier.kv} KV cache",
+        "",
+        f"Floor (all weights bf16, {frontier.kv} KV): validation KL {frontier.floor.kl:.5f}"
+        + (f", test KL {frontier.floor_test.kl:.5f}" if frontier.floor_test else ""),
+        "",
+        "| bf16 blocks (ranking prefix) | extra MiB | weights MiB | validation KL | top-1 | ppl recovery % | meets "
+        "| smallest inf2 | $/h |",
+        "|---:|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for p in sorted(frontier.points, key=lambda p: p.prefix):
+        mark = " **(chosen)**" if frontier.chosen is not None and p.prefix == frontier.chosen.prefix else ""
+        price = f"{p.usd_per_hour:.2f}" if p.usd_per_hour is not None else "n/a"
+        lines.append(
+            f"| {p.prefix}{mark} | {mb(p.extra_bytes)} | {mb(p.weight_bytes)} | {p.validation.kl:.5f} "
+            f"| {p.validation.top1:.4f} | {p.validation.ppl_recovery:.2f} | {'yes' if p.meets else 'no'} "
+            f"| {p.instance or 'none'}{f' (tp {p.tp_degree})' if p.tp_degree else ''} | {price} |"
+        )
+    if frontier.chosen is not None and frontier.test is not None:
+        lines += [
+            "",
+            f"Chosen: {len(frontier.chosen.kept)} bf16 blocks ({', '.join(frontier.chosen.kept) or 'none'}); "
+            f"validation KL {frontier.chosen.validation.kl:.5f}, test KL {frontier.test.kl:.5f} "
+            f"(top-1 {frontier.test.top1:.4f}) on text the search never read.",
+        ]
+    if frontier.budget is not None:
+        b = frontier.budget
+        lines.append(
+            f"For comparison, the budget rule's default (--max-extra-memory 0.10) keeps {len(b.kept)} bf16 blocks: "
+            f"+{mb(b.extra_bytes)} MiB, validation KL {b.validation.kl:.5f}."
+        )
+    lines.append(
+        f"Search: {len(frontier.points)} candidates measured (bisection on the sensitivity ranking), "
+        f"{frontier.seconds:.0f} s including the reference and the floor."
+    )
+    return "\n".join(lines) + "\n"
