@@ -90,17 +90,6 @@ def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
         tensors[key][3, 0] = value
         save_file(tensors, weights, metadata={"format": "pt"})
     shutil.copytree(make_compiled(root / "compiled"), root / "comp")
-    mistral = variant("mistral")  # the same weights as MistralForCausalLM (its names are Llama's)
-    _write(
-        mistral / "config.json",
-        json.dumps(
-            {
-                **json.loads((ok / "config.json").read_text()),
-                "model_type": "mistral",
-                "architectures": ["MistralForCausalLM"],
-            }
-        ),
-    )
     _write(variant("m_nc") / "modules_to_not_convert.json", '{"modules_to_not_convert": ["lm_head"]}')
 
     _write(root / "tx" / "empty.txt", "")

@@ -249,7 +249,7 @@ def _fp32_a_block_at_a_time(
     ) -> Any:
         if bf16:
             cast(block, torch.float32)
-        linears = {names[id(m)]: typing.cast(nn.Linear, m) for m in block.modules() if names.get(id(m)) in wanted}
+        linears = {names[id(m)]: typing.cast("nn.Linear", m) for m in block.modules() if names.get(id(m)) in wanted}
         q_inputs = kwargs.get("q_inputs")
         if not check or not linears or not isinstance(fp_inputs, list) or len(fp_inputs) <= len(check):
             result = compress_block(composer, block, fp_inputs, input_others, *args, **kwargs)
@@ -286,7 +286,7 @@ def _fp32_a_block_at_a_time(
         subset["reference_output"] = [reference[i] for i in tune]
         compress(composer, block, [fp_inputs[i] for i in tune], input_others, *args, **subset)
         linears = {
-            name: typing.cast(nn.Linear, model.get_submodule(name)) for name in linears
+            name: typing.cast("nn.Linear", model.get_submodule(name)) for name in linears
         }  # (auto-round unwraps its wrappers)
         with torch.no_grad():
             reference_check = torch.cat([reference[i] for i in check])
