@@ -13,9 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir
+from neuronforge.core.devices import CUDA_INSTALL_FIX, cuda_problem, driver_cuda_version, gpu_present
 from neuronforge.core.package_versions import package_versions
 from neuronforge.core.presets import PRESETS, SENSITIVITY_BATCH, first_order_windows
+from neuronforge.core.s3uri import is_s3
+from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.folders import check_weights, header_shapes, read_config, validate_hf_folder
 from neuronforge.neuron.host import neuron_devices
+from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, install_hint, neuron_sdk
 
 Status = Literal["ok", "warn", "absent"]
 NEURON_PACKAGES = ("neuronx-distributed-inference", "neuronx-distributed", "neuronx-cc", "torch-neuronx")
@@ -54,8 +60,6 @@ def check_cuda(
     `--device` uses): a CPU-only torch build, no driver, or a driver older than the torch wheel's CUDA runtime."""
     import torch
 
-    from neuronforge.core.devices import CUDA_INSTALL_FIX, cuda_problem, driver_cuda_version, gpu_present
-
     problem = cuda_problem() if problem == "probe" else problem
     present = gpu_present() if present is None else present
     if problem is None:
@@ -90,8 +94,6 @@ def _version(text: str) -> tuple[int, ...]:
 
 def check_neuron(dev_root: Path = Path("/dev"), versions: dict[str, str] | None = None) -> Check:
     """Neuron devices and the SDK packages compile needs (PyPI holds only placeholders for them)."""
-    from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, install_hint, neuron_sdk
-
     devices = neuron_devices(dev_root)
     versions = versions if versions is not None else package_versions(NEURON_PACKAGES)
     installed = {name: v for name, v in versions.items() if v != "absent"}
@@ -250,16 +252,11 @@ def check_memory(
 
 
 def _model_path(model: str) -> Path:
-    from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir
-
     return embedded_model_dir(model) if model in EMBEDDED_MODELS else Path(model).expanduser()
 
 
 def model_size(model: str) -> tuple[int | None, str]:
     """(bytes, note) of the model's weights when it is on this host; never downloads anything."""
-    from neuronforge.assets.models import EMBEDDED_MODELS
-    from neuronforge.core.s3uri import is_s3
-
     if is_s3(model):
         return None, f"{model} is remote; its size is checked when the run downloads it"
     path = _model_path(model)
@@ -274,10 +271,6 @@ def model_size(model: str) -> tuple[int | None, str]:
 
 def check_model(model: str) -> tuple[Check | None, ModelShape | None]:
     """(a check of the folder as the run will check it, its shape) for a model on this host."""
-    from neuronforge.core.s3uri import is_s3
-    from neuronforge.errors import NeuronforgeError
-    from neuronforge.hf.folders import check_weights, header_shapes, read_config, validate_hf_folder
-
     path = _model_path(model)
     if is_s3(model) or not path.exists():
         return None, None

@@ -26,7 +26,9 @@ from typer._click import Context
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer >= 0.29 bundles its own click
 from typer.core import TyperGroup
 
+from neuronforge.assets.models import input_path
 from neuronforge.core.atomic import is_disk_full
+from neuronforge.core.outputs import check_output
 from neuronforge.core.progress import err_console
 from neuronforge.errors import Interrupted, NeuronforgeError, interrupt_message
 
@@ -170,9 +172,6 @@ def checked_out(out: Path, overwrite: bool = False, **inputs: str | Path | None)
     """A standalone command's --out, refused before any work when it overlaps an input (`model=...`,
     `text=...`; an embedded model name stands for its cache folder), is a file, is not writable, is inside a
     run directory, or exists and is not a folder neuronforge may replace (`core.outputs.check_replaceable`)."""
-    from neuronforge.assets.models import input_path
-    from neuronforge.core.outputs import check_output
-
     flags = {f"--{name.replace('_', '-')}": value for name, value in inputs.items()}
     if "--model" in flags:
         flags["--model"] = input_path(flags["--model"])

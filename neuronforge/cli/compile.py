@@ -6,12 +6,15 @@ from pathlib import Path
 
 import typer
 
+from neuronforge.assets.models import resolve_model
 from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import NotConvertOpt, OverwriteOpt, given, model_option
+from neuronforge.core.outputs import output_dir
 from neuronforge.errors import validated
+from neuronforge.hf.not_convert import read_not_convert
 from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
-from neuronforge.neuron.nxdi.compile import CompileOptions
-from neuronforge.neuron.nxdi.config import NeuronConfigOptions
+from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model, print_notices
+from neuronforge.neuron.nxdi.config import NeuronConfigOptions, neuron_config, write_config_files
 
 N = NeuronConfigOptions
 C = CompileOptions
@@ -33,11 +36,6 @@ def neuron_config_command(
 ) -> None:
     """Validate a NeuronConfig for NxD Inference and write it (runs anywhere, no Neuron SDK needed)."""
     flags = given(locals(), N)
-    from neuronforge.assets.models import resolve_model
-    from neuronforge.core.outputs import output_dir
-    from neuronforge.hf.not_convert import read_not_convert
-    from neuronforge.neuron.nxdi.compile import print_notices
-    from neuronforge.neuron.nxdi.config import neuron_config, write_config_files
 
     model_dir = resolve_model(model)
     out = checked_out(out, overwrite, model=model_dir, not_convert=not_convert)
@@ -69,9 +67,6 @@ def compile_command(
 ) -> None:
     """Quantize with NxD and compile; then load and smoke-test on the host's NeuronCores (needs NxD Inference)."""
     flags = given(locals(), C)
-    from neuronforge.assets.models import resolve_model
-    from neuronforge.hf.not_convert import read_not_convert
-    from neuronforge.neuron.nxdi.compile import compile_model
 
     if not_convert is not None:
         flags["modules_to_not_convert"] = read_not_convert(not_convert)

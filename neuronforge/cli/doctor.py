@@ -11,6 +11,10 @@ from rich.table import Table
 
 from neuronforge.cli.app import console
 from neuronforge.cli.options import JsonOpt, model_option, preset_option
+from neuronforge.core.presets import apply_preset
+from neuronforge.doctor import as_json as checks_json
+from neuronforge.doctor import capabilities, diagnose
+from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.quantize.api import QuantizeSettings
 
 
@@ -25,11 +29,6 @@ def doctor_command(
     """Report what this host can do: CUDA GPU, Neuron devices and SDK, AWS credentials/region, disk, memory.
 
     Memory is sized for the calibration budget you will quantize with (--preset/--nsamples/--calib-seq-len)."""
-    from neuronforge.core.presets import apply_preset
-    from neuronforge.doctor import as_json as checks_json
-    from neuronforge.doctor import capabilities, diagnose
-    from neuronforge.errors import NeuronforgeError
-
     try:
         budget = apply_preset({"preset": preset, "nsamples": nsamples, "calib_seq_len": calib_seq_len}, "gpu")
     except ValueError as exc:

@@ -9,13 +9,18 @@ from typing import Literal
 import typer
 from rich.markup import escape
 
+from neuronforge.assets.models import fetch_or_resolve
+from neuronforge.assets.texts import held_out_windows, resolve_splits
 from neuronforge.cli.app import checked_out, console
 from neuronforge.cli.options import ModelOpt, NotConvertOpt, OverwriteOpt, TextOpt, given, model_option
-from neuronforge.core.devices import DeviceRequest
+from neuronforge.core.devices import DeviceRequest, capped_threads, device_info, resolve_device
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.hf.folders import header_shapes, load_tokenizer, read_config
+from neuronforge.hf.not_convert import read_not_convert
 from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype, QuantType
 from neuronforge.neuron.numerics.emulation_spec import EmulateOptions
+from neuronforge.neuron.numerics.module_names import checkpoint_linears, nxdi_skips
 from neuronforge.neuron.nxdi.config import NeuronConfigOptions
 
 WeightDtype = Literal[QuantDtype, "none"]
@@ -23,9 +28,6 @@ DEFAULT_PROMPT = "The play Hamlet, by William Shakespeare, is"
 
 
 def _tied_lm_head_warning(model_dir: Path, dtype: str | None, not_convert: tuple[str, ...]) -> None:
-    from neuronforge.hf.folders import read_config
-    from neuronforge.neuron.numerics.module_names import nxdi_skips
-
     if dtype and read_config(model_dir).get("tie_word_embeddings") and not nxdi_skips("lm_head", not_convert):
         err_console.print(
             "[yellow]warning:[/] tied embeddings with a quantized lm_head: NxDI's tied-weight update may replace "
@@ -64,19 +66,11 @@ def emulate_command(
 ) -> None:
     """Perplexity and greedy text as an inf2/trn1 would compute them (int8/fp8 weights, fp8 KV cache), on CPU."""
     flags = given(locals(), M)
-    from neuronforge.assets.models import fetch_or_resolve
-    from neuronforge.assets.texts import held_out_windows, resolve_splits
-    from neuronforge.core.devices import device_info, resolve_device
-    from neuronforge.hf.folders import header_shapes, load_tokenizer
-    from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.numerics.emulate import load_emulated, perplexity_report
-    from neuronforge.neuron.numerics.module_names import checkpoint_linears
 
     started = time.perf_counter()
     if threads:
         import torch
-
-        from neuronforge.core.devices import capped_threads
 
         torch.set_num_threads(capped_threads(threads))
     modules = tuple(read_not_convert(not_convert)) if not_convert else ()
@@ -121,8 +115,6 @@ def quantize_nxd_command(
     """Write what NxDI's save_quantized_state_dict would write, on CPU, one shard at a time."""
     deployment = validated(NeuronConfigOptions, "quantize-nxd", **given(locals(), NeuronConfigOptions))
     dtype, qtype = deployment.dtype, deployment.qtype
-    from neuronforge.assets.models import fetch_or_resolve
-    from neuronforge.hf.not_convert import read_not_convert
     from neuronforge.neuron.nxdi.checkpoint import per_tensor_list_ignored, write_quantized_checkpoint
 
     started = time.perf_counter()

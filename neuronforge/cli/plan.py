@@ -8,10 +8,19 @@ from typing import Literal
 
 import typer
 
+from neuronforge.assets.models import resolve_model
 from neuronforge.cli.app import console
 from neuronforge.cli.options import JsonOpt, NotConvertOpt, given, model_option
 from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype
-from neuronforge.neuron.planner.plan import Deployment
+from neuronforge.neuron.nxdi.config import default_not_convert
+from neuronforge.neuron.planner.plan import (
+    Deployment,
+    deployment_from,
+    load_model_shape,
+    nothing_fits,
+    plan,
+    render_markdown,
+)
 
 PlanDtype = Literal["bf16", QuantDtype]
 
@@ -33,9 +42,6 @@ def plan_command(
     Default blocks kept in bf16: <model>/modules_to_not_convert.json when the folder has one (stage 1 writes it).
     """
     flags = given(locals(), Deployment)
-    from neuronforge.assets.models import resolve_model
-    from neuronforge.neuron.nxdi.config import default_not_convert
-    from neuronforge.neuron.planner.plan import deployment_from, load_model_shape, nothing_fits, plan, render_markdown
 
     path = Path(model)
     source = path if path.exists() else resolve_model(model)

@@ -14,8 +14,9 @@ from neuronforge.cli.options import NotConvertOpt, VerboseOpt, given, model_opti
 from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import LOG_FILE, third_party_log, third_party_logs
 from neuronforge.core.progress import err_console
+from neuronforge.hf.not_convert import read_not_convert
 from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
-from neuronforge.pipeline.quantize.api import QuantizeOptions
+from neuronforge.pipeline.quantize.api import QuantizeOptions, options_from, quantize
 from neuronforge.pipeline.quantize.selection import Selection
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
@@ -54,8 +55,6 @@ def quantize_command(
     --kv, --seq-len, --batch-size and --tp-degree describe the deployment --budget-instance is checked against.
     """
     flags = given(locals(), Q)
-    from neuronforge.hf.not_convert import read_not_convert
-    from neuronforge.pipeline.quantize.api import options_from, quantize
 
     options = options_from(
         **{

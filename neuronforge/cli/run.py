@@ -15,6 +15,7 @@ from rich.table import Table
 
 from neuronforge.cli.app import App, console
 from neuronforge.cli.options import OverwriteOpt, VerboseOpt
+from neuronforge.core.atomic import atomic_write_text
 from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import third_party_log, third_party_logs
 from neuronforge.core.presets import presets_help
@@ -23,9 +24,11 @@ from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype
 from neuronforge.pipeline.quantize.selection import Selection
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
+from neuronforge.pipeline.run import storage
 from neuronforge.pipeline.run.api import RunOutcome, finished, run_pipeline, variant_lines
 from neuronforge.pipeline.run.config import ALL_STAGES, RunConfig, build_config, default_config_yaml, read_config_file
 from neuronforge.pipeline.run.runner import StageEvent
+from neuronforge.pipeline.run.storage import is_s3, localize
 from neuronforge.pipeline.run.summaries import ModelSummary, PackageSummary, QuantizeSummary
 
 
@@ -138,9 +141,6 @@ def run_command(
     Outputs go to a run directory with a manifest.json; a re-run skips every stage whose inputs are
     unchanged and resumes at the first stage that did not finish.
     """
-    from neuronforge.pipeline.run import storage
-    from neuronforge.pipeline.run.storage import is_s3, localize
-
     overrides = {name: value for name, value in locals().items() if name in RunConfig.model_fields or name == "preset"}
     file_values, source = {}, "the command line"
     if config is not None:
@@ -165,8 +165,6 @@ def config_init(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the default run configuration as commented YAML (every key `neuronforge run` accepts)."""
-    from neuronforge.core.atomic import atomic_write_text
-
     text = default_config_yaml()
     if path == "-":
         typer.echo(text, nl=False)

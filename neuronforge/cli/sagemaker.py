@@ -29,12 +29,48 @@ from neuronforge.cli.options import (
     given,
     model_option,
 )
+from neuronforge.core.aws import call, client
+from neuronforge.core.s3uri import S3Uri
 from neuronforge.errors import NeuronforgeError, validated
 from neuronforge.neuron.numerics.dtypes import ExportDtype, KvDtype, QuantDtype
 from neuronforge.neuron.nxdi.config import NeuronConfigOptions
 from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS
+from neuronforge.neuron.planner.weight_memory import format_bytes
 from neuronforge.pipeline.quantize.api import QuantizeSettings
-from neuronforge.sagemaker.packaging import PackageOptions
+from neuronforge.sagemaker.code import prepared, upload
+from neuronforge.sagemaker.images import partition_of
+from neuronforge.sagemaker.invoke import completion_body, invoke, invoke_request
+from neuronforge.sagemaker.packaging import (
+    PackageOptions,
+    load_manifest,
+    package,
+    remote_compile_sdk,
+    upload_package,
+    verify_package,
+)
+from neuronforge.sagemaker.requests import (
+    CHECKPOINT_SUBDIR,
+    PACKAGE_SUBDIR,
+    JobSettings,
+    compile_job_request,
+    compile_processing_request,
+    delete_requests,
+    deployment_requests,
+    quantize_job_request,
+    status_requests,
+    training_output_prefix,
+)
+from neuronforge.sagemaker.submit import (
+    clients,
+    delete_endpoint,
+    deploy,
+    job_left_running,
+    status,
+    stop_job_fix,
+    submit_job,
+    wait_for_job,
+)
+from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline, sdk_errors
 
 # The job runs `neuronforge quantize`, whose calibration budget is the gpu preset unless a knob is given.
 GPU_PRESET = "from the gpu preset"
@@ -64,8 +100,6 @@ InstallOpt = typer.Option(
 
 def _region(region: str | None) -> str:
     """The region, which must be one SageMaker runs in (botocore's endpoint data) and neuronforge has images for."""
-    from neuronforge.sagemaker.images import partition_of
-
     found = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not found:
         raise NeuronforgeError("no AWS region given", "pass --region us-east-1 or set AWS_DEFAULT_REGION")
@@ -81,7 +115,6 @@ def _shipped(wheel: Path | None, install: str | None, output_s3: str) -> Iterato
             raise NeuronforgeError("--wheel and --install both say where neuronforge comes from", "pass only one")
         yield None
         return
-    from neuronforge.sagemaker.code import prepared
 
     with prepared(wheel, output_s3) as found:
         yield found
@@ -114,8 +147,6 @@ def _job_settings(
     max_wait: int | None = None,
 ) -> JobSettings:
     """The settings every job command shares, with the role, region and name defaults filled in."""
-    from neuronforge.sagemaker.requests import JobSettings
-
     return JobSettings(
         name=_name(name, stage),
         role_arn=_role(role),
@@ -143,10 +174,6 @@ def _run_job(
     shipped: tuple[Path, CodeBundle] | None,
 ) -> None:
     """Print (--dry-run) or upload the shipped wheel and submit the job; `result` says where its output will land."""
-    from neuronforge.core.aws import client
-    from neuronforge.sagemaker.code import upload
-    from neuronforge.sagemaker.submit import clients, job_left_running, stop_job_fix, submit_job, wait_for_job
-
     if dry_run:
         _print_requests({call_name: request})
         return
@@ -196,7 +223,6 @@ def quantize_command(
 ) -> None:
     """GPU training job running `neuronforge quantize`; output lands in <output-s3>/<name>/output/model/checkpoint/."""
     settings = validated(QuantizeSettings, "sagemaker quantize", **given(locals(), QuantizeSettings))
-    from neuronforge.sagemaker.requests import CHECKPOINT_SUBDIR, quantize_job_request, training_output_prefix
 
     job = _job_settings("quantize", name, role, region, instance_type, volume_gb, max_runtime, image, spot, max_wait)
     dtype = settings.dtype
@@ -247,12 +273,6 @@ def compile_command(
     """Neuron compile job (`neuronforge compile` + `neuronforge package`) with the pinned Neuron image."""
     flags = given(locals(), N)
     deployment = validated(N, "sagemaker compile", **{**flags, **({"instance": target} if target else {})})
-    from neuronforge.sagemaker.requests import (
-        PACKAGE_SUBDIR,
-        compile_job_request,
-        compile_processing_request,
-        training_output_prefix,
-    )
 
     instance_type = instance_type or ("ml.r7i.8xlarge" if processing else "ml.trn1.2xlarge")
     job = _job_settings("compile", name, role, region, instance_type, volume_gb, max_runtime, image)
@@ -287,9 +307,6 @@ def upload_code_command(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Upload a wheel of the running neuronforge and print its s3:// URI (the stack's NeuronforgeSource)."""
-    from neuronforge.sagemaker.code import prepared, upload
-    from neuronforge.sagemaker.submit import clients
-
     with prepared(wheel, output_s3) as (path, bundle):
         if not dry_run:
             upload(path, bundle, clients(_region(region))[1])
@@ -315,8 +332,6 @@ def deploy_command(
     wait: WaitOpt = False,
 ) -> None:
     """Model (uncompressed S3 prefix) -> endpoint config (inf2) -> endpoint, after verifying the package in S3."""
-    from neuronforge.sagemaker.requests import deployment_requests
-
     endpoint = _name(name, "endpoint")
 
     def requests_for(serving_sdk: str) -> dict[str, Any]:
@@ -336,9 +351,6 @@ def deploy_command(
     if dry_run:
         _print_requests(requests)
         return
-    from neuronforge.core.aws import client
-    from neuronforge.sagemaker.packaging import remote_compile_sdk
-    from neuronforge.sagemaker.submit import clients, deploy
 
     sm, s3 = clients(_region(region))
     ecr = client("ecr", _region(region))
@@ -352,9 +364,6 @@ def status_command(
     name: str = typer.Argument(..., help="Job or endpoint name."), region: RegionOpt = None, dry_run: DryRunOpt = False
 ) -> None:
     """Status of a training job, processing job or endpoint."""
-    from neuronforge.sagemaker.requests import status_requests
-    from neuronforge.sagemaker.submit import clients, status
-
     if dry_run:
         _print_requests(status_requests(name))
         return
@@ -368,9 +377,6 @@ def delete_command(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Delete an endpoint with its endpoint config and model."""
-    from neuronforge.sagemaker.requests import delete_requests
-    from neuronforge.sagemaker.submit import clients, delete_endpoint
-
     if dry_run:
         _print_requests(delete_requests(name))
         return
@@ -410,10 +416,6 @@ def pipeline_command(
 ) -> None:
     """SDK v3 Pipeline quantize -> compile -> model -> endpoint; --dry-run prints its definition() JSON."""
     deployment = validated(QuantizeSettings, "sagemaker pipeline", **given(locals(), QuantizeSettings))
-    from neuronforge.core.aws import call
-    from neuronforge.sagemaker.code import upload
-    from neuronforge.sagemaker.submit import clients
-    from neuronforge.sagemaker.workflow import PipelineSettings, build_pipeline, sdk_errors
 
     with _shipped(wheel, install, output_s3) as shipped:
         settings = PipelineSettings(
@@ -459,8 +461,6 @@ def package_command(
 ) -> None:
     """Lay out the endpoint's model directory with manifest.json; optionally upload it to S3 and verify."""
     flags = given(locals(), P)
-    from neuronforge.core.s3uri import S3Uri
-    from neuronforge.sagemaker.packaging import package, verify_package
 
     if upload:  # the destination and the region before the package is written, not after (report E28)
         S3Uri.parse(upload)
@@ -471,9 +471,6 @@ def package_command(
     elif compiled is None or checkpoint is None:
         raise NeuronforgeError("--compiled and --checkpoint go together", "pass both, or neither to re-upload OUT")
     else:
-        from neuronforge.neuron.planner.weight_memory import format_bytes
-        from neuronforge.sagemaker.packaging import load_manifest
-
         checked_out(out, bool(overwrite), compiled=compiled, checkpoint=checkpoint, tokenizer=tokenizer)
         package(validated(P, "package", **flags))
         sizes = load_manifest(out)["sizes"]
@@ -484,9 +481,6 @@ def package_command(
             + (f"; left out {left_out})" if left_out else ")")
         )
     if upload:
-        from neuronforge.sagemaker.packaging import upload_package
-        from neuronforge.sagemaker.submit import clients
-
         keys = upload_package(out, upload, clients(_region(region))[1])
         console.print(f"[green]uploaded and verified:[/] {len(keys)} objects under {upload}")
 
@@ -499,12 +493,9 @@ def invoke_command(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Send one completion request to the endpoint and print the generated text."""
-    from neuronforge.sagemaker.invoke import completion_body, invoke, invoke_request
-
     body = completion_body(prompt, max_tokens)
     if dry_run:
         _print_requests({"invoke_endpoint": invoke_request(endpoint, body)})
         return
-    from neuronforge.core.aws import client
 
     typer.echo(invoke(endpoint, body, client("sagemaker-runtime", _region(region))))

@@ -7,8 +7,12 @@ says so loudly when the host has an NVIDIA GPU that torch cannot use. Every repo
 
 from __future__ import annotations
 
+import gc
 import os
+import platform
+import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import pydantic
 
+from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
 
 if TYPE_CHECKING:
@@ -53,9 +58,6 @@ def cuda_problem() -> str | None:
 
 def driver_cuda_version(nvidia_smi_output: str | None = None) -> str | None:
     """The highest CUDA version the NVIDIA driver supports ("CUDA Version: 12.4" in `nvidia-smi`'s header)."""
-    import re
-    import subprocess
-
     if nvidia_smi_output is None:
         if shutil.which("nvidia-smi") is None:
             return None
@@ -95,8 +97,6 @@ def resolve_device(request: DeviceRequest) -> torch.device:
     if request == "cuda":
         raise NeuronforgeError(f"--device cuda: {problem}", CUDA_INSTALL_FIX)
     if gpu_present():
-        from neuronforge.core.progress import err_console
-
         err_console.print(
             f"[yellow]warning:[/] this host has an NVIDIA GPU, but {problem}; running on the CPU "
             f"(hours for a large model). fix: {CUDA_INSTALL_FIX}",
@@ -122,8 +122,6 @@ def gpu_usable_bytes(device: torch.device) -> int:
 
 def release(device: torch.device) -> None:
     """Free what the previous model left behind on `device` (between emulated variants)."""
-    import gc
-
     import torch
 
     gc.collect()
@@ -147,7 +145,6 @@ def placement(request: DeviceRequest, needed_bytes: int) -> torch.device:
             f"--device cuda: the model needs {needed_bytes / 1e9:.1f} GB of GPU memory, {usable / 1e9:.1f} GB is usable",
             "use a GPU with more memory, or pass --device auto (CPU when it does not fit) or --device cpu",
         )
-    from neuronforge.core.progress import err_console
 
     err_console.print(
         f"note: running on the CPU: the model needs {needed_bytes / 1e9:.1f} GB of GPU memory, "
@@ -167,7 +164,6 @@ def _cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
 
     return platform.processor() or platform.machine()
 
@@ -208,8 +204,6 @@ def small_op_threads(device: torch.device) -> Iterator[None]:
 
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, which containers and `taskset` narrow)."""
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -221,7 +215,5 @@ def capped_threads(requested: int) -> int:
     tokenizer's thread pool fail to start and the process segfault (report D19: `emulate --threads 100000`)."""
     cpus = usable_cpus()
     if requested > cpus:
-        from neuronforge.core.progress import err_console
-
         err_console.print(f"note: --threads {requested} capped at {cpus}, the CPUs this process may use")
     return min(requested, cpus)

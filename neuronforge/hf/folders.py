@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from neuronforge.core.bits import same_bits
 from neuronforge.core.memory import release_freed_tensors, trim_free_heap
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, expect
 from neuronforge.hf.families import check_family
 from neuronforge.hf.headers import read_header
 
@@ -448,8 +448,6 @@ def check_loaded_model(model: Any, where: str) -> None:
     a string or None was an AttributeError, a meta model a torch error 16 frames deep (report J09, J21)."""
     import torch
 
-    from neuronforge.errors import expect
-
     expect(model, torch.nn.Module, where, "a loaded model (a torch.nn.Module, e.g. AutoModelForCausalLM)")
     meta = [name for name, param in model.named_parameters() if param.is_meta]
     if meta:
@@ -462,7 +460,5 @@ def check_loaded_model(model: Any, where: str) -> None:
 def check_tokenizer_object(tokenizer: Any, where: str) -> None:
     """The Python API's `tokenizer` argument is a transformers tokenizer (a string was called as one: J11)."""
     from transformers import PreTrainedTokenizerBase
-
-    from neuronforge.errors import expect
 
     expect(tokenizer, PreTrainedTokenizerBase, where, "a tokenizer (AutoTokenizer.from_pretrained(folder))")

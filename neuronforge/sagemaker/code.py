@@ -10,7 +10,9 @@ with the neuronforge baked into an image, and the job (job.py) can tell which of
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -113,8 +115,6 @@ def build_wheel(dest: Path, source: Path | None = None) -> Path:
 
 
 def _has_setuptools() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("setuptools") is not None
 
 
@@ -129,8 +129,6 @@ def bundle_for(wheel: Path, output_s3: str) -> CodeBundle:
 
 def upload(wheel: Path, bundle: CodeBundle, s3: BaseClient) -> None:
     """Upload the wheel unless that exact content is already there; S3 verifies the SHA-256 on arrival."""
-    import base64
-
     bucket, key = s3uri.split(bundle.s3_uri)
     fix = f"check that bucket {bucket} exists and the credentials may write to it"
     checksum = base64.b64encode(bytes.fromhex(bundle.sha256)).decode()

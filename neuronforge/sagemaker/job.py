@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import neuronforge
 from neuronforge.errors import NeuronforgeError
 
 
@@ -33,8 +34,6 @@ def wheel_version(filename: str) -> str:
 def shipped_code() -> dict[str, str]:
     """The imported neuronforge's distribution version and folder; with a shipped wheel ($NF_SHA256 set), an error
     unless that is exactly the wheel's version and the imported package is the one that distribution installed."""
-    import neuronforge
-
     dist = importlib.metadata.distribution("neuronforge")
     imported = Path(neuronforge.__file__).resolve().parent
     found = {"distribution": dist.version, "imported_from": str(imported), "install": os.environ.get("NF_INSTALL", "")}

@@ -32,6 +32,7 @@ from neuronforge.core.knobs import TpDegree
 from neuronforge.core.logs import LOG_DIR
 from neuronforge.core.outputs import OUTPUT_MARKER, check_apart, check_replaceable, output_dir
 from neuronforge.core.package_versions import installed_versions
+from neuronforge.core.progress import progress
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.config_compat import make_tokenizer_portable
 from neuronforge.neuron.nxdi.compile import QUANTIZED_DIR, RECORD_FILE
@@ -297,8 +298,6 @@ def verify_package(root: Path) -> dict[str, Any]:
 def upload_package(root: Path, s3_uri: str, s3: S3Client) -> list[str]:
     """Verify checksums, upload with managed multipart transfers and a progress bar, then check S3's SHA-256."""
     from boto3.s3.transfer import TransferConfig
-
-    from neuronforge.core.progress import progress
 
     root = Path(root)
     manifest = verify_package(root)

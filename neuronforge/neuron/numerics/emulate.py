@@ -21,10 +21,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import torch
+from transformers import DynamicCache
 
-from neuronforge.errors import NeuronforgeError
+from neuronforge.core.devices import placement
+from neuronforge.core.progress import track
+from neuronforge.errors import NeuronforgeError, expect
+from neuronforge.hf.families import forced_bf16_blocks
+from neuronforge.hf.folders import (
+    MAP_WINDOW_BYTES,
+    check_loaded_model,
+    header_shapes,
+    load_model,
+    read_config,
+    row_blocks,
+    validate_hf_folder,
+    weight_map,
+)
 from neuronforge.neuron.numerics.emulation_spec import EmulationSpec
 from neuronforge.neuron.numerics.kv_cache import ATTENTION_NAME, STATE_KWARG, KVRisk, KVState, register_attention
+from neuronforge.neuron.numerics.module_names import checkpoint_linears, linear_name, nxdi_skips, unmatched
+from neuronforge.neuron.numerics.qlinear import (
+    Bf16Linear,
+    Fp32Gemm,
+    NeuronQuantLinear,
+    convert_to_neuron_numerics,
+    is_row_parallel,
+    quantizable_linears,
+    replace_module,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -97,8 +121,6 @@ class EmulatedModel:
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy decoding like the device: prefill the prompt, then one token per step. Returns [1, s + n]."""
-        from transformers import DynamicCache
-
         if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
             raise NeuronforgeError(f"generate takes one non-empty prompt [1, s], got shape {tuple(input_ids.shape)}")
         eos = self.model.generation_config.eos_token_id
@@ -118,8 +140,6 @@ class EmulatedModel:
 def with_forced_bf16(spec: EmulationSpec, config: Mapping[str, object]) -> EmulationSpec:
     """`spec` with the blocks NxDI keeps bf16 for its weight dtype added, as neuron-config adds them (with fp8, every
     biased block: NxD's fp8 quantizer drops Linear biases, hf/families.py)."""
-    from neuronforge.hf.families import forced_bf16_blocks
-
     added = [b for b in forced_bf16_blocks(config, spec.dtype) if b not in spec.modules_to_not_convert]
     return replace(spec, modules_to_not_convert=(*spec.modules_to_not_convert, *added)) if added else spec
 
@@ -139,21 +159,8 @@ def emulate(
     `--device` request (`auto`: the GPU when torch can use it and the converted model fits in the memory this
     process can use there, else the CPU, said so; `cuda`: the GPU or a refusal). Same numerics everywhere: fp32
     GEMMs on the exact codes, rounded once to bf16."""
-    from neuronforge.core.devices import placement
-    from neuronforge.errors import expect
-    from neuronforge.hf.folders import check_loaded_model
-
     check_loaded_model(model, "nf.emulate")
     spec = expect(spec, EmulationSpec, "nf.emulate")
-    from neuronforge.neuron.numerics.qlinear import (
-        Bf16Linear,
-        Fp32Gemm,
-        NeuronQuantLinear,
-        convert_to_neuron_numerics,
-        is_row_parallel,
-        quantizable_linears,
-        replace_module,
-    )
 
     model.eval()
     spec = with_forced_bf16(spec, model.config.to_dict())
@@ -185,14 +192,6 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: DeviceRequest | 
     weight larger than a window (a vocabulary-sized lm_head) is quantized from the file a block of rows at a time,
     never whole in bf16 (0.2 GB at 49152 x 2048). An untied input embedding stays in the file and is read a row
     per token (hf/file_embedding.py): another 0.2 GB there, 1 GB for Llama 3 8B."""
-    from neuronforge.errors import expect
-    from neuronforge.hf.folders import load_model, read_config, row_blocks, validate_hf_folder
-    from neuronforge.neuron.numerics.qlinear import (
-        NeuronQuantLinear,
-        convert_to_neuron_numerics,
-        is_row_parallel,
-        replace_module,
-    )
 
     def convert_arrived(model: PreTrainedModel) -> None:
         if spec.dtype is not None:
@@ -223,9 +222,6 @@ def load_emulated(model_dir: Path, spec: EmulationSpec, device: DeviceRequest | 
 def check_not_convert_matches(model_dir: Path, spec: EmulationSpec) -> None:
     """Refuse a modules_to_not_convert entry that keeps no Linear of the checkpoint in bf16 (NxDI's substring rule):
     such a list quantizes what the user meant to keep, silently (read from the headers: nothing is loaded)."""
-    from neuronforge.hf.folders import header_shapes
-    from neuronforge.neuron.numerics.module_names import checkpoint_linears, unmatched
-
     if spec.dtype is None or not spec.modules_to_not_convert:
         return
     missing = unmatched(spec.modules_to_not_convert, checkpoint_linears(header_shapes(model_dir)))
@@ -241,9 +237,6 @@ def check_not_convert_matches(model_dir: Path, spec: EmulationSpec) -> None:
 def _quantized_by_rows(path: Path, spec: EmulationSpec) -> dict[str, tuple[Path, tuple[int, int]]]:
     """HF Linear name -> (shard, weight shape) for the Linears `spec` quantizes per channel whose bf16 weight is
     larger than a map window (read from the headers: no weight is loaded)."""
-    from neuronforge.hf.folders import MAP_WINDOW_BYTES, header_shapes, weight_map
-    from neuronforge.neuron.numerics.module_names import linear_name, nxdi_skips
-
     if spec.dtype is None or spec.qtype != "per_channel_symmetric":
         return {}
     shapes = header_shapes(path)
@@ -305,8 +298,6 @@ def perplexity_report(
     emulated: EmulatedModel, windows: Mapping[str, torch.Tensor], label: str = "perplexity"
 ) -> PerplexityReport:
     """`perplexity` of every text's [n, s] windows, with a progress bar named `label`."""
-    from neuronforge.core.progress import track
-
     scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), label)}
     return PerplexityReport(
         perplexity=scores,

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from neuronforge.neuron.numerics.grid import E4M3_NEURON_MAX
 
@@ -120,8 +123,6 @@ def fp8_kv_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """A transformers AttentionInterface function: sdpa for prefill rows, fp8-cache reads for decode rows."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
     state = kwargs.pop(STATE_KWARG, None)
     if not isinstance(state, KVState):
         raise RuntimeError(f"{ATTENTION_NAME} needs a KVState in the '{STATE_KWARG}' forward kwarg")
@@ -152,8 +153,5 @@ def fp8_kv_attention(
 
 def register_attention() -> None:
     """Make ATTENTION_NAME a valid `attn_implementation` (sdpa's mask, fp8-cache attention); idempotent."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     AttentionInterface.register(ATTENTION_NAME, fp8_kv_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from neuronforge.core.atomic import atomic_write_json
 from neuronforge.core.outputs import check_apart, check_replaceable, output_dir
 from neuronforge.errors import NeuronforgeError
@@ -125,9 +128,6 @@ def write_quantized_checkpoint(
 
     Like NxDI, per_tensor_symmetric ignores `modules_to_not_convert` here (see `per_tensor_list_ignored`).
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     hf_dir = validate_hf_folder(Path(hf_dir))
     quant_dtype, quant_type = validate_options(dtype, qtype)
     out_dir = Path(out_dir)

@@ -11,6 +11,8 @@ NeuronCores (application_base.py:292-315); load() runs torch.jit.load and nxd_mo
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +29,8 @@ from neuronforge.core.knobs import TpDegree
 from neuronforge.core.outputs import check_apart, check_replaceable, output_dir
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError, expect
+from neuronforge.hf.config_compat import TOKENIZER_CONFIG_FILE, make_tokenizer_portable, rope_problem, tokenizer_problem
+from neuronforge.hf.folders import load_tokenizer, read_config, validate_hf_folder
 from neuronforge.neuron.host import host_memory_bytes, host_neuron_cores
 from neuronforge.neuron.nxdi.config import (
     NeuronConfigOptions,
@@ -143,8 +147,6 @@ def resolve_spec(options: CompileOptions, model_dir: Path) -> NeuronConfigSpec:
 
 def smoke_generate(api: NxdiApi, model: Any, model_dir: Path, prompt: str, max_new_tokens: int) -> str:
     """Greedy-generate a few tokens through NxDI's HF adapter; an empty completion is a failed compile."""
-    from neuronforge.hf.folders import load_tokenizer
-
     tokenizer = load_tokenizer(model_dir)
     inputs = tokenizer(prompt, return_tensors="pt")
     adapter = api.HuggingFaceGenerationAdapter(model)
@@ -173,8 +175,6 @@ def check_host_cores(tp_degree: int, cores: int) -> None:
 
 def host_bytes_needed(model_dir: Path) -> int:
     """RAM NxD's quantize step needs for this checkpoint (see HOST_BYTES_PER_PARAM)."""
-    import math
-
     params = sum(math.prod(shape) for shape in checkpoint_shapes(model_dir).values())
     return HOST_BYTES_PER_PARAM * params + HOST_MARGIN_BYTES
 
@@ -201,9 +201,6 @@ def check_host_memory(needed: int, available: int | None, compile_only: bool) ->
 
 def tokenizer_config_problem(model_dir: Path) -> str | None:
     """Why transformers 4.57 (this host's, the endpoint's) could not load the model's tokenizer (or None)."""
-    import json
-
-    from neuronforge.hf.config_compat import TOKENIZER_CONFIG_FILE, tokenizer_problem
 
     path = model_dir / TOKENIZER_CONFIG_FILE
     return tokenizer_problem(json.loads(path.read_text())) if path.is_file() else None
@@ -215,8 +212,6 @@ def make_loadable(api: NxdiApi, compiled: Path, spec: NeuronConfigSpec) -> None:
     The proof is NxDI's own `config_class.load(path)`, the call `NeuronLlamaForCausalLM(path)` makes when vllm-neuron
     loads precompiled artifacts (application_base.py:82-83); its KV settings must equal the spec's.
     """
-    import json
-
     path = compiled / "neuron_config.json"
     saved = json.loads(path.read_text())
     written = saved["neuron_config"].get("kv_quant_config")
@@ -243,9 +238,6 @@ def make_loadable(api: NxdiApi, compiled: Path, spec: NeuronConfigSpec) -> None:
 
 def compile_model(options: CompileOptions) -> Path:
     """Quantize (NxD) and compile; unless compile_only, load and smoke-test. The folder appears only on success."""
-    from neuronforge.hf.config_compat import make_tokenizer_portable, rope_problem
-    from neuronforge.hf.folders import load_tokenizer, read_config, validate_hf_folder
-
     options = expect(options, CompileOptions, "nf.compile")
     check_apart(options.out, {"--model": options.model, "--neuron-config": options.neuron_config})
     check_replaceable(Path(options.out), overwrite=options.overwrite)

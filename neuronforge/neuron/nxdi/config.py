@@ -27,9 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from neuronforge.core.atomic import atomic_write_json
 from neuronforge.core.knobs import BatchSize, SeqLen, TpDegree
 from neuronforge.errors import NeuronforgeError, validated
+from neuronforge.hf.folders import read_config, validate_hf_folder
 from neuronforge.hf.not_convert import NOT_CONVERT_FILE, read_not_convert, write_not_convert
 from neuronforge.neuron.numerics.dtypes import KvOption, QuantDtype, QuantDtypeOption, QuantType, QuantTypeOption
-from neuronforge.neuron.nxdi.runtime import default_sdk, model_class_problem
+from neuronforge.neuron.nxdi.runtime import default_sdk, host_sdk, model_class_problem
 from neuronforge.neuron.nxdi.versions import DEFAULT_SDK, SDKS
 from neuronforge.neuron.planner.instances import NEURON_INSTANCES, neuron_cores, neuron_instance
 from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp, keeps_gqa
@@ -478,8 +479,6 @@ def _require_fits(spec: NeuronConfigSpec, model_dir: Path) -> NeuronConfigSpec:
 def check_servable(model_dir: Path, sdk: str | None) -> None:
     """Refuse, before any work, a model that the SDK the compile would target (`sdk`, else this host's, else the model
     type's default) has no vLLM-served NxDI class for: `run` would otherwise quantize and emulate, then fail."""
-    from neuronforge.neuron.nxdi.runtime import host_sdk
-
     model_type = model_facts(model_dir).model_type
     if problem := model_class_problem(model_type, sdk or host_sdk() or default_sdk(model_type)):
         raise _fail(*problem)
@@ -487,8 +486,6 @@ def check_servable(model_dir: Path, sdk: str | None) -> None:
 
 def model_facts(model_dir: Path) -> ModelFacts:
     """ModelFacts of a validated model folder."""
-    from neuronforge.hf.folders import read_config, validate_hf_folder
-
     return ModelFacts.from_config(read_config(validate_hf_folder(Path(model_dir))))
 
 

@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import pydantic
 
+from neuronforge.assets.models import input_path, resolve_model
+from neuronforge.assets.texts import held_out_windows, resolve_splits
+from neuronforge.core.atomic import atomic_dir, atomic_write_json
 from neuronforge.core.devices import DeviceField, device_info, release, resolve_device
+from neuronforge.core.hashing import fingerprint
 from neuronforge.core.knobs import (
     BudgetInstance,
     CalibSeqLen,
@@ -33,11 +37,19 @@ from neuronforge.core.knobs import (
     Topk,
 )
 from neuronforge.core.outputs import check_apart, check_replaceable, mark_output
+from neuronforge.core.package_versions import package_versions
 from neuronforge.core.presets import PRESETS, PresetName, apply_preset
+from neuronforge.core.progress import err_console, progress
 from neuronforge.errors import expect, validated
+from neuronforge.hf.folders import force_offline, load_tokenizer, read_config
 from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
+from neuronforge.neuron.planner.plan import load_model_shape, smallest_for
+from neuronforge.neuron.planner.weight_memory import weight_memory
+from neuronforge.pipeline.evaluate.gsm8k import load_problems, score_problems
+from neuronforge.pipeline.evaluate.lm_eval_adapter import require_lm_eval, run_lm_eval
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
-from neuronforge.pipeline.quantize.api import QuantizeSettings
+from neuronforge.pipeline.quantize.api import QuantizeResult, QuantizeSettings, quantize
+from neuronforge.pipeline.quantize.api import options_from as quantize_options
 from neuronforge.pipeline.quantize.selection import SelectionRule
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
@@ -206,12 +218,6 @@ def variant_checkpoint(
 ) -> tuple[QuantizeResult, bool]:
     """The variant's checkpoint and quantize result, from `<out>/variants/<variant>-<key>` when cached;
     (result, reused)."""
-    from neuronforge.core.atomic import atomic_dir, atomic_write_json
-    from neuronforge.core.hashing import fingerprint
-    from neuronforge.core.package_versions import package_versions
-    from neuronforge.pipeline.quantize.api import QuantizeResult, quantize
-    from neuronforge.pipeline.quantize.api import options_from as quantize_options
-
     variant_opts = _variant_options(options, variant, kept)
     key, _ = fingerprint(
         {"model": source, "text": options.text, "options": variant_opts}, package_versions(VARIANT_PACKAGES)
@@ -297,9 +303,6 @@ def _task_score(
     options: EvaluateOptions,
     label: str,
 ) -> float:
-    from neuronforge.core.progress import progress
-    from neuronforge.pipeline.evaluate.gsm8k import score_problems
-
     with progress() as bar:
         task = bar.add_task(f"gsm8k {label}", total=len(problems))
         score = score_problems(
@@ -333,9 +336,6 @@ class Checkpoints:
 
 def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
     """Measure every variant and write report.md/json/png into `options.out` (see the module docstring)."""
-    from neuronforge.core.progress import progress
-    from neuronforge.hf.folders import force_offline
-
     options = expect(options, EvaluateOptions, "nf.evaluate")
     _check_out(options)
     force_offline()
@@ -361,8 +361,6 @@ def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
 def _check_out(options: EvaluateOptions) -> None:
     """Refuse an --out that overlaps an input, or holds files neuronforge did not write (core/outputs.py); its own
     earlier folder is re-used, as the variant checkpoints' cache."""
-    from neuronforge.assets.models import input_path
-
     out = Path(options.out)
     check_apart(out, {"--model": input_path(options.model), "--text": options.text, "--gsm8k": options.gsm8k})
     check_replaceable(out, overwrite=True)
@@ -370,18 +368,10 @@ def _check_out(options: EvaluateOptions) -> None:
 
 def _prepare(options: EvaluateOptions) -> Prepared:
     """Inputs, held-out windows and shapes: everything but the variants, checked before any quantize run."""
-    from neuronforge.assets.models import resolve_model
-    from neuronforge.assets.texts import held_out_windows, resolve_splits
-    from neuronforge.hf.folders import load_tokenizer, read_config
-    from neuronforge.neuron.planner.plan import load_model_shape
-    from neuronforge.pipeline.evaluate.gsm8k import load_problems
-
     source = resolve_model(options.model)
     tokenizer = load_tokenizer(source)
     problems = load_problems(options.gsm8k, options.task_limit) if options.gsm8k else None
     if options.lm_eval_tasks:
-        from neuronforge.pipeline.evaluate.lm_eval_adapter import require_lm_eval
-
         require_lm_eval()
     texts = resolve_splits(options.text).evaluation
     windows = held_out_windows(tokenizer, texts, options.eval_seq_len, options.eval_tokens)
@@ -394,8 +384,6 @@ def _prepare(options: EvaluateOptions) -> Prepared:
 def _variant_checkpoints(options: EvaluateOptions, prepared: Prepared, timings: dict[str, float]) -> Checkpoints:
     """Quantize (or reuse) each variant checkpoint; RTN + selective first, since AutoRound + selective reuses its
     list of bf16 blocks."""
-    from neuronforge.core.progress import err_console
-
     checkpoints = Checkpoints(paths={}, kept={"rtn": prepared.forced})
     for variant in VARIANT_CHECKPOINTS:
         t0 = time.perf_counter()
@@ -418,8 +406,6 @@ def _measure(
     """One variant through the emulator: its logits on every window, compared with the reference (the first
     variant measured, bf16), plus task scores, weight memory and the smallest instance; (result, reference)."""
     from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_from_logits
-    from neuronforge.neuron.planner.plan import smallest_for
-    from neuronforge.neuron.planner.weight_memory import weight_memory
 
     t0 = time.perf_counter()
     windows = prepared.windows
@@ -522,6 +508,5 @@ def _lm_eval_scores(
 ) -> dict[str, dict[str, float]]:
     if not options.lm_eval_tasks:
         return {}
-    from neuronforge.pipeline.evaluate.lm_eval_adapter import run_lm_eval
 
     return run_lm_eval(emulated, tokenizer, options.lm_eval_tasks, options.lm_eval_limit)

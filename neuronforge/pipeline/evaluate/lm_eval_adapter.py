@@ -9,8 +9,10 @@ continuation is scored as decoded tokens, as on the device.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from neuronforge.core.progress import track
 from neuronforge.errors import NeuronforgeError
 from neuronforge.pipeline.evaluate.gsm8k import new_tokens
 
@@ -110,8 +112,6 @@ class EmulatedRequests:
 
 def require_lm_eval() -> None:
     """Fail early, before hours of work, when the `[eval]` extra is missing."""
-    import importlib.util
-
     if importlib.util.find_spec("lm_eval") is None:
         raise NeuronforgeError("lm-evaluation-harness is not installed", "pip install 'neuronforge[eval]'")
 
@@ -120,8 +120,6 @@ def emulated_lm(model: LogitsModel, tokenizer: PreTrainedTokenizerBase, max_leng
     """An `lm_eval.api.model.LM` backed by the emulator (needs the `[eval]` extra)."""
     require_lm_eval()
     from lm_eval.api.model import LM
-
-    from neuronforge.core.progress import track
 
     requests = EmulatedRequests(model, tokenizer, max_length)
 

@@ -12,17 +12,20 @@ docs/memory.md.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
 
 import pydantic
 
-from neuronforge.core.atomic import atomic_write_json
-from neuronforge.core.devices import DeviceField
+from neuronforge.assets.models import input_path, resolve_model
+from neuronforge.assets.texts import calibration_samples, resolve_splits
+from neuronforge.core.atomic import atomic_write_json, atomic_write_text
+from neuronforge.core.devices import DeviceField, device_info, resolve_device, small_op_threads
 from neuronforge.core.knobs import (
     BatchSize,
     BudgetInstance,
@@ -35,13 +38,40 @@ from neuronforge.core.knobs import (
     Topk,
     TpDegree,
 )
+from neuronforge.core.memory import reuse_freed_tensors
 from neuronforge.core.outputs import check_apart, check_replaceable, check_writable, output_dir
+from neuronforge.core.package_versions import package_versions
 from neuronforge.core.presets import PRESETS, PresetName, apply_preset
+from neuronforge.core.progress import progress, track
 from neuronforge.errors import NeuronforgeError, expect, validated
 from neuronforge.hf.config_compat import make_portable
+from neuronforge.hf.folders import (
+    check_loaded_model,
+    check_tokenizer_object,
+    differing_tensors,
+    header_shapes,
+    load_model,
+    load_tokenizer,
+    map_windows,
+    mapped_tensors,
+    shard_keys,
+)
+from neuronforge.hf.not_convert import write_not_convert
 from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
-from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
-from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity
+from neuronforge.neuron.numerics.module_names import block_of, canonical_blocks, checkpoint_linears
+from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, choose_tp, model_facts, normalize_instance
+from neuronforge.neuron.planner.plan import deployment_from, instance_budget
+from neuronforge.pipeline.quantize import grid_export
+from neuronforge.pipeline.quantize.plots import frontier_chart, sensitivity_chart
+from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection, select
+from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity, analyze, find_blocks, forced_bf16
+from neuronforge.pipeline.quantize.target import (
+    FRONTIER_JSON,
+    FRONTIER_MD,
+    FRONTIER_PNG,
+    TargetSearch,
+    frontier_markdown,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -204,9 +234,6 @@ def check_block_names(entries: list[str], names: list[str]) -> None:
 
 def check_block_names_in(entries: list[str], model_dir: Path) -> None:
     """`check_block_names` against a checkpoint's own blocks, from its safetensors headers (nothing loaded)."""
-    from neuronforge.hf.folders import header_shapes
-    from neuronforge.neuron.numerics.module_names import canonical_blocks, checkpoint_linears
-
     check_block_names(entries, canonical_blocks(checkpoint_linears(header_shapes(model_dir))))
 
 
@@ -257,12 +284,6 @@ def _export(
     Linear weights are never read. `from_source`: Linears the model holds quantized that the checkpoint keeps bf16
     (an accuracy target's choice, made after tuning every block): written from the source, as a kept block is.
     """
-    import json
-
-    from neuronforge.core.devices import small_op_threads
-    from neuronforge.core.progress import track
-    from neuronforge.hf.folders import shard_keys
-    from neuronforge.pipeline.quantize import grid_export
 
     for item in src.iterdir():
         if item.is_file() and not any(item.match(p) for p in WEIGHT_FILES):
@@ -313,8 +334,6 @@ def _shard_tensors(
     outlives it: one would keep the source's map, and every page read through it, resident during the write."""
     import torch
 
-    from neuronforge.hf.folders import map_windows, mapped_tensors
-
     others = [key for key in keys if key in parameters and key not in linears]
     tensors = {key: model.get_parameter(key).detach().to(torch.bfloat16) for key in others}
     for key, source in mapped_tensors(file, map_windows(file, [key for key in keys if key not in tensors])):
@@ -338,8 +357,6 @@ def _grid_exact(
     import torch
 
     from neuronforge.neuron.numerics.grid import chunk_elements, quantize_weight, row_chunks
-    from neuronforge.neuron.numerics.module_names import block_of
-    from neuronforge.pipeline.quantize import grid_export
 
     # bf16, as `load_model` made it (AutoRound's block-wise tuning keeps it bf16): overwritten row block by row block.
     weight = linear.weight.detach()
@@ -368,8 +385,6 @@ def _write_checked(path: Path, tensors: dict[str, torch.Tensor]) -> float:
     """Save one shard and read it back: it must hold what was checked, bit for bit. Returns the seconds it took."""
     from safetensors.torch import save_file
 
-    from neuronforge.hf.folders import differing_tensors
-
     start = time.perf_counter()
     save_file(tensors, path, metadata={"format": "pt"})
     differ = differing_tensors(path, tensors)
@@ -382,17 +397,12 @@ def _write_checked(path: Path, tensors: dict[str, torch.Tensor]) -> float:
 
 
 def _versions() -> dict[str, str]:
-    from neuronforge.core.package_versions import package_versions
-
     return package_versions(("neuronforge", "torch", "transformers", "auto-round"))
 
 
 def _analyze(
     model: PreTrainedModel, samples: list[torch.Tensor], options: QuantizeSettings, device: torch.device
 ) -> SensitivityResult:
-    from neuronforge.core.progress import progress
-    from neuronforge.pipeline.quantize.sensitivity import analyze, find_blocks
-
     blocks = [b for b in find_blocks(model, options.dtype) if not b.forced]
     with progress() as bar:
         total = len(blocks) if options.sensitivity == "measured" else 1
@@ -406,9 +416,6 @@ def _analyze(
 
 def _instance_budget(options: QuantizeSettings, src: Path) -> Callable[[Sequence[str]], bool]:
     """Does the model, with these blocks kept bf16, fit options.budget_instance (neuron/plan.py)?"""
-    from neuronforge.neuron.nxdi.config import normalize_instance
-    from neuronforge.neuron.planner.plan import deployment_from, instance_budget
-
     deployment = deployment_from(
         dtype=options.dtype, kv=options.kv, seq_len=options.seq_len, batch_size=options.batch_size
     )
@@ -434,11 +441,7 @@ def _select_and_tune(
     device: torch.device,
 ) -> _Tuned:
     """Sensitivity -> selection -> AutoRound on NxD's grid: what both the in-memory and the folder path share."""
-    from neuronforge.assets.texts import calibration_samples, resolve_splits
-    from neuronforge.neuron.numerics.module_names import block_of
     from neuronforge.neuron.numerics.qlinear import quantizable_linears
-    from neuronforge.pipeline.quantize.selection import select
-    from neuronforge.pipeline.quantize.sensitivity import find_blocks
 
     timings: dict[str, float] = {}
     if not [name for name in quantizable_linears(model) if name != "lm_head"]:
@@ -510,11 +513,7 @@ def quantize_model(
     """
     import torch
 
-    from neuronforge.core.devices import resolve_device
-    from neuronforge.core.progress import track
-    from neuronforge.hf.folders import check_loaded_model, check_tokenizer_object
     from neuronforge.neuron.numerics.qlinear import quantizable_linears
-    from neuronforge.pipeline.quantize import grid_export
 
     check_loaded_model(model, "nf.quantize_model")
     check_tokenizer_object(tokenizer, "nf.quantize_model")
@@ -549,16 +548,6 @@ def quantize_model(
 def quantize(options: QuantizeOptions) -> QuantizeResult:
     """Run stage 1 folder to folder and write `options.out` atomically. See the module docstring."""
 
-    from neuronforge.assets.models import input_path, resolve_model
-    from neuronforge.assets.texts import calibration_samples, resolve_splits
-    from neuronforge.core.devices import device_info, resolve_device
-    from neuronforge.core.memory import reuse_freed_tensors
-    from neuronforge.hf.folders import load_model, load_tokenizer
-    from neuronforge.hf.not_convert import write_not_convert
-    from neuronforge.pipeline.quantize import grid_export
-    from neuronforge.pipeline.quantize.plots import sensitivity_chart
-    from neuronforge.pipeline.quantize.sensitivity import forced_bf16
-
     start = time.perf_counter()
     options = expect(options, QuantizeOptions, "nf.quantize")
     out = Path(options.out).expanduser()
@@ -586,9 +575,6 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
     frontier = None
     if search is not None:
-        from neuronforge.neuron.numerics.module_names import block_of
-        from neuronforge.pipeline.quantize.sensitivity import find_blocks
-
         assert sensitivity is not None  # (target_kl excludes an explicit list)
         frontier = search.search(model, find_blocks(model), sensitivity.scores)
         timings["target_search"] = frontier.seconds
@@ -665,9 +651,6 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
 def _target_search(options: QuantizeSettings, src: Path, tokenizer: PreTrainedTokenizerBase) -> TargetSearch:
     """The accuracy target's reference and floor, at the deployment's KV cache and tp degree (compile's default tp
     for its default instance when none is given, as the emulate stage of `run` does)."""
-    from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, choose_tp, model_facts
-    from neuronforge.pipeline.quantize.target import TargetSearch
-
     assert options.target_kl is not None
     return TargetSearch(
         src,
@@ -683,11 +666,6 @@ def _target_search(options: QuantizeSettings, src: Path, tokenizer: PreTrainedTo
 
 def _write_frontier(frontier: Frontier, folder: Path) -> dict[str, Any]:
     """frontier.json/.md/.png into the checkpoint folder; returns the chosen point for the report."""
-    from dataclasses import asdict
-
-    from neuronforge.core.atomic import atomic_write_text
-    from neuronforge.pipeline.quantize.plots import frontier_chart
-    from neuronforge.pipeline.quantize.target import FRONTIER_JSON, FRONTIER_MD, FRONTIER_PNG, frontier_markdown
 
     assert frontier.chosen is not None and frontier.test is not None
     atomic_write_json(folder / FRONTIER_JSON, frontier.to_json())

@@ -24,15 +24,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+from auto_round import AutoRound, QuantizationScheme, SignRoundConfig
+from auto_round.algorithms.composer import AlgorithmComposer
+from auto_round.compressors import orchestrator
+from auto_round.data_type.register import QUANT_FUNC_WITH_DTYPE
+from auto_round.data_type.utils import (
+    float8_e4m3fn_ste,
+    reshape_pad_tensor_by_group_size,
+    revert_tensor_by_pad,
+    round_ste,
+)
+
 from neuronforge.core.logs import adopt_third_party_loggers
+from neuronforge.core.progress import progress
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.grid import (
     E4M3_NEURON_MAX,
     FP8_SCALE_FLOOR,
     FP32_EPS,
     INT8_PER_CHANNEL_DIVISOR,
+    dequantize,
     divide,
+    quantize_weight,
 )
+from neuronforge.neuron.numerics.qlinear import quantizable_linears
+from neuronforge.pipeline.quantize.grid_export import checked_grid_exact
 
 if TYPE_CHECKING:
     import torch
@@ -50,8 +67,6 @@ SCHEME_DATA_TYPES = {"int8": NXD_INT, "f8e4m3": NXD_FP8}
 
 def _row_amax(tensor: torch.Tensor, tensor_min: Any, tensor_max: Any) -> torch.Tensor:
     """Per-row |max| from auto-round's cached min/max when given (wrapper.py), else from the tensor."""
-    import torch
-
     if tensor_min is None or tensor_max is None:
         return tensor.abs().amax(dim=-1)
     lo = torch.as_tensor(tensor_min, device=tensor.device)
@@ -61,8 +76,6 @@ def _row_amax(tensor: torch.Tensor, tensor_min: Any, tensor_max: Any) -> torch.T
 
 def _pin_row_extreme(tensor: torch.Tensor, q: torch.Tensor, qmax: float, active: torch.Tensor) -> torch.Tensor:
     """Set the code of each active row's largest-magnitude weight to +-qmax (keeps the gradient path of the rest)."""
-    import torch
-
     idx = tensor.detach().abs().argmax(dim=-1, keepdim=True)
     sign = torch.where(torch.gather(tensor.detach(), -1, idx) < 0, -1.0, 1.0).to(q.dtype)
     pinned = torch.scatter(q, -1, idx, sign * qmax)
@@ -84,9 +97,6 @@ def nxd_int_sym(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """int8 symmetric on NxD's per-channel grid: scale = amax/127 (fp32, floor fp32 eps), codes in [-127, 127]."""
-    import torch
-    from auto_round.data_type.utils import reshape_pad_tensor_by_group_size, revert_tensor_by_pad, round_ste
-
     if bits != 8 or group_size != -1:
         raise ValueError(f"{NXD_INT} supports bits=8, group_size=-1 only (got bits={bits}, group_size={group_size})")
     tensor, orig_shape, pad_len = reshape_pad_tensor_by_group_size(tensor, group_size)
@@ -110,9 +120,6 @@ def nxd_fp8_sym(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, None]:
     """fp8 e4m3 on Neuron's grid: scale = max(amax/240, 1e-5) in fp32, values cast to e4m3 with RNE, |x| <= 240."""
-    import torch
-    from auto_round.data_type.utils import float8_e4m3fn_ste, reshape_pad_tensor_by_group_size, revert_tensor_by_pad
-
     if group_size != -1:
         raise ValueError(f"{NXD_FP8} supports per-channel (group_size=-1) only, got {group_size}")
     tensor, orig_shape, pad_len = reshape_pad_tensor_by_group_size(tensor, group_size)
@@ -129,16 +136,12 @@ def nxd_fp8_sym(
 
 def register_nxd_dtypes() -> None:
     """Add our data types to auto-round's registry (idempotent); stock entries stay untouched."""
-    from auto_round.data_type.register import QUANT_FUNC_WITH_DTYPE
-
     QUANT_FUNC_WITH_DTYPE[REGISTERED_NAMES["int8"]] = nxd_int_sym
     QUANT_FUNC_WITH_DTYPE[REGISTERED_NAMES["f8e4m3"]] = nxd_fp8_sym
 
 
 def nxd_scheme(dtype: ExportDtype) -> Any:
     """The auto-round QuantizationScheme that selects our data type: weight-only, 8 bits, per-channel."""
-    from auto_round import QuantizationScheme
-
     if dtype not in SCHEME_DATA_TYPES:
         raise NeuronforgeError(f"unknown dtype {dtype!r}", f"use one of: {', '.join(SCHEME_DATA_TYPES)}")
     return QuantizationScheme(bits=8, group_size=-1, sym=True, data_type=SCHEME_DATA_TYPES[dtype], act_bits=16)
@@ -150,8 +153,6 @@ def keep_bf16_layer_config(model: nn.Module, blocks_kept: list[str], block_of: C
     Exact module names are matched as-is by auto-round; short names like `layers.1.` would be
     turned into substring regexes that also hit `layers.10.`.
     """
-    from neuronforge.neuron.numerics.qlinear import quantizable_linears
-
     kept = set(blocks_kept)
     return {name: {"bits": 16} for name in quantizable_linears(model) if name != "lm_head" and block_of(name) in kept}
 
@@ -183,16 +184,12 @@ def check_indices(samples: int, check: int) -> list[int]:
 
 
 def _relative_error(outputs: torch.Tensor, reference: torch.Tensor) -> float:
-    import torch
-
     difference = outputs.float() - reference.float()
     return float(torch.sum(difference * difference) / torch.clamp(torch.sum(reference.float() ** 2), min=1e-30))
 
 
 def _rtn_(linears: dict[str, nn.Linear], originals: dict[str, torch.Tensor], dtype: QuantDtype) -> None:
     """Set each Linear to its original weight rounded to NxD's grid (what NxD's own quantizer would store)."""
-    from neuronforge.neuron.numerics.grid import dequantize, quantize_weight
-
     for name, module in linears.items():
         codes, scale = quantize_weight(originals[name], dtype)
         module.weight.data = dequantize(codes, scale, originals[name].dtype).to(module.weight.device)
@@ -219,9 +216,6 @@ def _fp32_a_block_at_a_time(
     iteration 0 is RTN (v = 0), so on those windows the tuned block never loses (sign_round/quantizer.py:554); on
     few, short windows it still overfits and loses on unseen text (cpu-fast int8: held-out KL 0.0106 vs RTN's 0.0093).
     """
-    import torch
-    from auto_round.algorithms.composer import AlgorithmComposer
-
     bf16 = next(model.parameters()).dtype == torch.bfloat16
     if not bf16:
         model.to(torch.float32)  # type: ignore[arg-type]  # transformers types .to as functools.wraps(nn.Module.to)
@@ -235,8 +229,6 @@ def _fp32_a_block_at_a_time(
                 param.data = param.data.to(to)
 
     def settle(root: nn.Module) -> None:
-        from neuronforge.pipeline.quantize.grid_export import checked_grid_exact
-
         inside = {id(module) for module in root.modules()}
         for name, module in model.named_modules():
             if name in wanted and id(module) in inside and module.weight.dtype == torch.float32:
@@ -321,8 +313,6 @@ class _BlockBar:
     open_bars: list[_BlockBar] = []
 
     def __init__(self, iterable: Any = None, *args: Any, total: int | None = None, **kwargs: Any) -> None:
-        from neuronforge.core.progress import progress
-
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self._bar = progress()
@@ -345,8 +335,6 @@ class _BlockBar:
 @contextmanager
 def _our_block_bar() -> Iterator[None]:
     """auto-round's per-block bar drawn as ours while the block runs (and closed if tuning fails midway)."""
-    from auto_round.compressors import orchestrator
-
     saved = orchestrator.tqdm
     orchestrator.tqdm = _BlockBar
     try:
@@ -402,8 +390,6 @@ def run_autoround(
     (auto-round's default) only streams MoE or meta-skeleton models and switches itself off for a dense model
     already in host RAM (orchestrator.py, same function). Tuning runs on `device`; the model ends where it was.
     """
-    from auto_round import AutoRound, SignRoundConfig
-
     if iters < 1:
         raise NeuronforgeError(
             f"iters must be >= 1 for AutoRound, got {iters}", "use --no-autoround for plain rounding"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,6 @@ def sensitivity_chart(scores: dict[str, float], kept: list[str], method: str, pa
 
 
 def _save(fig: Any, plt: Any, path: Path) -> None:
-    import io
-
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

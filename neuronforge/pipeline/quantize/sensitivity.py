@@ -17,14 +17,19 @@ reported as forced and never scored.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from neuronforge.core import presets
+from neuronforge.core.devices import small_op_threads
 from neuronforge.core.presets import SENSITIVITY_BATCH
+from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.families import forced_bf16_blocks
+from neuronforge.neuron.numerics.module_names import block_of
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +93,6 @@ def is_tied(model: nn.Module) -> bool:
 def find_blocks(model: nn.Module, dtype: str | None = None) -> list[Block]:
     """Group the Linears NxDI would quantize into blocks, in model order; forced ones are those NxDI must keep bf16
     for `dtype` weights (a tied lm_head; with fp8, the biased blocks: `forced_bf16`)."""
-    from neuronforge.neuron.numerics.module_names import block_of
     from neuronforge.neuron.numerics.qlinear import quantizable_linears
 
     linears = quantizable_linears(model)
@@ -113,8 +117,6 @@ def find_blocks(model: nn.Module, dtype: str | None = None) -> list[Block]:
 
 def forced_bf16(model: nn.Module, dtype: str | None) -> dict[str, str]:
     """Block -> why NxDI must keep it bf16 with `dtype` weights, from the model's config (hf/families.py)."""
-    from neuronforge.hf.families import forced_bf16_blocks
-
     config = getattr(model, "config", None)
     return forced_bf16_blocks(config.to_dict(), dtype) if config is not None else {}
 
@@ -175,8 +177,6 @@ def _fp32_copy(module: nn.Module, device: torch.device, storage: dict[str, torch
     `storage`, they are converted into the same fp32 tensors block after block (decoder layers share their
     shapes), so the fp32 copies of a whole model are not mapped and zero-filled afresh layer by layer.
     """
-    import copy
-
     import torch
 
     memo: dict[int, Any] = {}
@@ -198,7 +198,6 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
 def _score(weights: list[tuple[torch.Tensor, torch.Tensor]], dtype: QuantDtype) -> float:
     """sum |dL/dW * (Q(W) - W)| over (weight, its gradient) pairs, a row block at a time on the gradient's device
     (lm_head's weight stays on the host, its gradient is formed on the accelerator)."""
-    from neuronforge.core.devices import small_op_threads
     from neuronforge.neuron.numerics.grid import chunk_elements, rounding_error, row_chunks
 
     total = 0.0
@@ -277,8 +276,6 @@ def first_order_scores(
     device = torch.device(device)
     scored = presets.first_order_windows(len(samples), samples[0].shape[-1]) if samples else 0
     if scored < len(samples):
-        from neuronforge.core.progress import err_console
-
         err_console.print(
             f"note: the first-order sensitivity scores {scored} of the {len(samples)} calibration windows "
             f"({scored * samples[0].shape[-1]} tokens; its host memory grows with tokens x layers x hidden); "

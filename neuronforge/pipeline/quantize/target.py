@@ -23,8 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from neuronforge.assets.texts import evaluation_windows, resolve_splits, validation_test_splits
+from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype
+from neuronforge.neuron.numerics.module_names import block_of
+from neuronforge.neuron.planner.plan import load_model_shape, smallest_for
+from neuronforge.neuron.planner.weight_memory import weight_memory
+from neuronforge.pipeline.quantize.selection import extra_bytes, select
 
 if TYPE_CHECKING:
     import torch
@@ -121,8 +127,6 @@ def bisect_prefix(count: int, meets: Callable[[int], bool]) -> int:
 
 def ranking(blocks: Sequence[Block], scores: dict[str, float]) -> list[Block]:
     """Choosable blocks by damage avoided per extra byte, highest first (the budget rule's order)."""
-    from neuronforge.pipeline.quantize.selection import extra_bytes
-
     choosable = [b for b in blocks if not b.forced]
     return sorted(choosable, key=lambda b: scores[b.name] / max(extra_bytes(b), 1), reverse=True)
 
@@ -147,9 +151,7 @@ class TargetSearch:
         tp_degree: int,
         deployment: dict[str, Any],
     ) -> None:
-        from neuronforge.assets.texts import evaluation_windows, resolve_splits, validation_test_splits
         from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
-        from neuronforge.neuron.planner.plan import load_model_shape
 
         start = time.perf_counter()
         self.source, self.target_kl, self.dtype, self.kv, self.tp = source, target_kl, dtype, kv, tp_degree
@@ -216,12 +218,7 @@ class TargetSearch:
     def search(self, model: nn.Module, blocks: Sequence[Block], scores: dict[str, float]) -> Frontier:
         """Measure prefixes of the ranking on `model` (quantized in place, every choosable block; left untouched),
         and, for comparison, the set the budget rule keeps by default (not a candidate: `run` never deploys it)."""
-        from neuronforge.core.progress import err_console
         from neuronforge.neuron.numerics.emulate import emulate
-        from neuronforge.neuron.numerics.module_names import block_of
-        from neuronforge.neuron.planner.plan import smallest_for
-        from neuronforge.neuron.planner.weight_memory import weight_memory
-        from neuronforge.pipeline.quantize.selection import extra_bytes, select
 
         start = time.perf_counter()
         forced = [b.name for b in blocks if b.forced]

@@ -14,12 +14,15 @@ from typing import Any, Protocol, TypeVar, overload
 
 from pydantic import BaseModel
 
+from neuronforge.errors import expect
+from neuronforge.neuron.planner.plan import describe, load_model_shape, smallest_for
 from neuronforge.pipeline.evaluate.report import VariantResult
 from neuronforge.pipeline.run import storage
 from neuronforge.pipeline.run.checks import check_inputs, check_mirror, check_output
 from neuronforge.pipeline.run.config import RunConfig
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest
 from neuronforge.pipeline.run.runner import Listener, Stage, run_stages
+from neuronforge.pipeline.run.stages import STAGES, RunInputs
 from neuronforge.pipeline.run.summaries import SUMMARIES, EmulateSummary, EvaluateSummary, ModelSummary
 
 Summary = TypeVar("Summary", bound=BaseModel)
@@ -51,9 +54,6 @@ def run_pipeline(
     Every input and the output location are checked first (`checks`), so a bad one fails before anything
     is written or loaded.
     """
-    from neuronforge.errors import expect
-    from neuronforge.pipeline.run.stages import STAGES, RunInputs
-
     config = expect(config, RunConfig, "nf.run")
     check_output(config)
     target = config.run_dir()
@@ -121,7 +121,6 @@ def variant_lines(outcome: RunOutcome, config: RunConfig) -> list[VariantLine]:
     emulate, model = finished(outcome, "emulate", EmulateSummary), finished(outcome, "model", ModelSummary)
     if emulate is None or model is None:
         return []
-    from neuronforge.neuron.planner.plan import describe, load_model_shape, smallest_for
 
     shape = load_model_shape(Path(model.path), name=config.model)
     deployment = {"seq_len": config.seq_len or 1024, "batch_size": config.batch_size}

@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from neuronforge.assets.models import EMBEDDED_MODELS, embedded_model_dir
+from neuronforge.assets.texts import calibration_samples, evaluation_windows, resolve_splits
+from neuronforge.core.devices import resolve_device
 from neuronforge.core.outputs import check_apart, check_run_dir, is_run_dir
 from neuronforge.core.s3uri import is_s3
 from neuronforge.errors import NeuronforgeError
+from neuronforge.hf.folders import check_weights, load_tokenizer, validate_hf_folder
+from neuronforge.neuron.nxdi.config import build_neuron_config_spec, check_servable
+from neuronforge.neuron.planner.instances import neuron_instance
+from neuronforge.pipeline.quantize.api import check_block_names_in
 from neuronforge.pipeline.run import storage
 from neuronforge.pipeline.run.config import RunConfig
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest
@@ -60,16 +66,9 @@ def _finished_before(config: RunConfig, run_dir: Path) -> bool:
 
 def check_inputs(config: RunConfig, model: str, text: Path | None) -> None:
     """Model folder, tokenizer, module names and text, for the selected stages that read them."""
-    from neuronforge.assets.texts import calibration_samples, evaluation_windows, resolve_splits
-    from neuronforge.hf.folders import check_weights, load_tokenizer, validate_hf_folder
-    from neuronforge.neuron.nxdi.config import check_servable
-    from neuronforge.pipeline.quantize.api import check_block_names_in
-
     selected = set(config.stages)
     target = config.run_dir()
     if selected & {"quantize", "emulate", "evaluate"} and config.device == "cuda":
-        from neuronforge.core.devices import resolve_device
-
         resolve_device("cuda")  # without a usable GPU: refused before the first stage, with torch's reason
     if not selected & set(READS_INPUTS) or (not is_s3(target) and _finished_before(config, Path(target))):
         return
@@ -100,9 +99,6 @@ def check_deployment(config: RunConfig, folder: Path) -> None:
     that SDK, its max_position_embeddings) pass neuron-config's own rules before any stage runs: they used to fail
     only at `package`, after quantize and emulate (report D01-D06, X04, X13). Nothing is kept bf16 here (stage 1
     decides that), which needs the least memory: what fails here fails at package too."""
-    from neuronforge.neuron.nxdi.config import build_neuron_config_spec
-    from neuronforge.neuron.planner.instances import neuron_instance
-
     for instance in (config.budget_instance, config.instance):
         if instance is not None:
             neuron_instance(instance)

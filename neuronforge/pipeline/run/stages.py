@@ -18,10 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from neuronforge.assets.models import EMBEDDED_MODELS, fetch_or_resolve
+from neuronforge.assets.texts import held_out_windows, resolve_splits
 from neuronforge.core.atomic import atomic_write_json, atomic_write_text, link_tree
+from neuronforge.core.devices import device_info, release, resolve_device
+from neuronforge.hf.folders import load_tokenizer, read_config
 from neuronforge.neuron.host import neuron_unavailable
-from neuronforge.pipeline.evaluate.api import EvaluateOptions
-from neuronforge.pipeline.quantize.api import QuantizeSettings
+from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
+from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, build_neuron_config_spec, model_facts, write_config_files
+from neuronforge.neuron.nxdi.runtime import host_sdk
+from neuronforge.neuron.planner.model_facts import choose_tp
+from neuronforge.pipeline.evaluate.api import EvaluateOptions, evaluate
+from neuronforge.pipeline.quantize.api import QuantizeOptions, QuantizeSettings, quantize
 from neuronforge.pipeline.run.config import RunConfig
 from neuronforge.pipeline.run.runner import Stage, StageContext, StageResult, StageRun
 from neuronforge.pipeline.run.summaries import (
@@ -32,6 +40,7 @@ from neuronforge.pipeline.run.summaries import (
     PackageSummary,
     QuantizeSummary,
 )
+from neuronforge.sagemaker.packaging import package_model
 
 if TYPE_CHECKING:
     from neuronforge.neuron.nxdi.config import NeuronConfigSpec
@@ -71,8 +80,6 @@ def _not_converted(ctx: Context) -> list[str]:
 
 
 def _model_inputs(ctx: Context) -> dict[str, Any]:
-    from neuronforge.assets.models import EMBEDDED_MODELS
-
     model = _given(ctx).model
     if model in EMBEDDED_MODELS:
         return {"embedded": model, "wheel_sha256": EMBEDDED_MODELS[model].archive.sha256}
@@ -80,9 +87,6 @@ def _model_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def _model_run(ctx: Running) -> StageResult:
-    from neuronforge.assets.models import fetch_or_resolve
-    from neuronforge.hf.folders import read_config
-
     path = fetch_or_resolve(_given(ctx).model)
     config = read_config(path)
     summary = ModelSummary(
@@ -149,8 +153,6 @@ def _quantize_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def _quantize_run(ctx: Running) -> StageResult:
-    from neuronforge.pipeline.quantize.api import QuantizeOptions, quantize
-
     options = QuantizeOptions(
         model=str(ctx.output("model", "model")),
         out=ctx.workdir / CHECKPOINT,
@@ -190,18 +192,12 @@ def _emulate_inputs(ctx: Context) -> dict[str, Any]:
 
 def _emulated_tp(ctx: Context) -> int:
     """The tp_degree the compile stage will use (explicit, or chosen for the target instance as compile chooses it)."""
-    from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, model_facts
-    from neuronforge.neuron.planner.model_facts import choose_tp
-
     config = _given(ctx).config
     return config.tp_degree or choose_tp(model_facts(_quantized(ctx)), _instance(ctx) or DEFAULT_INSTANCE)
 
 
 def _emulate_run(ctx: Running) -> StageResult:
     """Held-out perplexity: bf16 on the CPU vs the quantized checkpoint as Neuron would compute it."""
-    from neuronforge.assets.texts import held_out_windows, resolve_splits
-    from neuronforge.core.devices import device_info, release, resolve_device
-    from neuronforge.hf.folders import load_tokenizer
     from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_report
 
     config = _given(ctx).config
@@ -275,8 +271,6 @@ EVALUATE_KEYS = key_fields(EvaluateOptions, EVALUATE_EXCLUDED)
 
 def _evaluate_run(ctx: Running) -> StageResult:
     """The full table (bf16, RTN, AutoRound, selective variants); it quantizes its own variants."""
-    from neuronforge.pipeline.evaluate.api import evaluate
-
     config = _given(ctx).config
     # Unset run keys (seq_len: the compile step's) take evaluate's defaults; selection "none" leaves evaluate's own
     # (its selective variants need a rule).
@@ -302,9 +296,6 @@ NEURON_KEYS = ("dtype", "kv", "instance", "tp_degree", "batch_size", "seq_len", 
 
 def _neuron_spec(ctx: Context) -> NeuronConfigSpec:
     """The NxD config for the quantized checkpoint; unset keys take the compile step's defaults."""
-    from neuronforge.neuron.nxdi.config import build_neuron_config_spec
-    from neuronforge.neuron.nxdi.runtime import host_sdk
-
     config = _given(ctx).config
     given: dict[str, Any] = {
         "instance": _instance(ctx),
@@ -327,9 +318,6 @@ def _compile_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def _compile_run(ctx: Running) -> StageResult:
-    from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
-    from neuronforge.neuron.nxdi.config import write_config_files
-
     config_path, _ = write_config_files(_neuron_spec(ctx), ctx.workdir / "config")
     compiled = compile_model(
         CompileOptions(model=str(_quantized(ctx)), out=ctx.workdir / COMPILED, neuron_config=config_path)
@@ -347,11 +335,7 @@ def _package_inputs(ctx: Context) -> dict[str, Any]:
 
 def _package_run(ctx: Running) -> StageResult:
     """Endpoint package when a compile exists; otherwise checkpoint + neuron config for a Neuron compile job."""
-    from neuronforge.neuron.nxdi.config import write_config_files
-
     if ctx.done("compile"):
-        from neuronforge.sagemaker.packaging import package_model
-
         package_model(
             ctx.workdir / ENDPOINT,
             compiled=ctx.output("compile") / COMPILED,
