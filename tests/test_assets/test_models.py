@@ -83,7 +83,7 @@ def test_non_llama_architecture_names_the_supported_ones(tmp_path: Path) -> None
     with pytest.raises(NeuronforgeError) as info:
         resolve_model(tmp_path)
     assert (
-        "'gpt2'" in info.value.what and "llama (LlamaForCausalLM)" in info.value.what and "mistral" in info.value.what
+        "'gpt2'" in info.value.what and "llama (Llama 2/3.x)" in info.value.what and "qwen3" in info.value.what
     )
 
 
