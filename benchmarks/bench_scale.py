@@ -211,7 +211,7 @@ def run_stage(stage: str, folder: Path, work: Path, device: str = "auto") -> Non
 
         text = next(iter(embedded_splits().evaluation.values()))
         windows = evaluation_windows(load_tokenizer(folder), text, 64, 256)
-        emulated = load_emulated(folder, EmulationSpec(dtype="int8", kv_fp8=True), device)  # type: ignore[arg-type]
+        emulated = load_emulated(folder, EmulationSpec(dtype="int8", kv="fp8"), device)  # type: ignore[arg-type]
         perplexity(emulated, windows)
     else:
         raise SystemExit(f"unknown stage {stage}")

@@ -666,7 +666,7 @@ def test_an_empty_prompt_is_refused_before_the_model_loads(fx: Path, monkeypatch
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(neuronforge.neuron.numerics.emulate, "load_emulated", never)
-    output = check_clean_error(_invoke(["emulate", "--model", str(fx / "ok"), "--prompt", "", "--max-tokens", "64"]))
+    output = check_clean_error(_invoke(["emulate", "--model", str(fx / "ok"), "--prompt", "", "--eval-tokens", "64"]))
     assert "--prompt is empty after tokenization" in output
 
 
@@ -709,7 +709,7 @@ def test_thread_count_is_capped_to_the_machine(fx: Path) -> None:
 
     before = torch.get_num_threads()
     try:
-        argv = ["emulate", "--model", str(fx / "ok"), "--threads", "100000", "--max-tokens", "64"]
+        argv = ["emulate", "--model", str(fx / "ok"), "--threads", "100000", "--eval-tokens", "64"]
         result = _invoke([*argv, "--eval-seq-len", "32", "--max-new-tokens", "2"])
         assert result.exit_code == 0, result.output
         assert f"--threads 100000 capped at {usable_cpus()}" in _flat(result.output)

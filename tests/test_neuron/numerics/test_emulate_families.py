@@ -123,7 +123,7 @@ def test_fp8_kv_cache_reaches_every_family_s_attention(tiny_family_dir: Path) ->
     bf16 model's, every decode position reads fp8 K/V, and each layer's cache writes are counted."""
     ids, prefill = tokens(seq=20, seed=2), 9
     plain = load_emulated(tiny_family_dir, EmulationSpec(fast_bf16=False)).logits(ids, prefill_len=prefill)
-    emulated = load_emulated(tiny_family_dir, EmulationSpec(kv_fp8=True, fast_bf16=False))
+    emulated = load_emulated(tiny_family_dir, EmulationSpec(kv="fp8", fast_bf16=False))
     got = emulated.logits(ids, prefill_len=prefill)
     assert torch.equal(got[:, :prefill], plain[:, :prefill])
     assert torch.all((got[:, prefill:] - plain[:, prefill:]).abs().amax(dim=-1) > 0)

@@ -439,20 +439,28 @@ FAMILY_CLASSES = {
 
 
 def _stage1(folder: Path, out: Path) -> Path:
-    from neuronforge.hf.config_compat import make_config_portable
+    from neuronforge.hf.config_compat import make_portable
 
     shutil.copytree(folder, out)
-    make_config_portable(out)
+    make_portable(out)
     return out
 
 
 @pytest.mark.parametrize("sdk", ["2.28", "2.31"])
 @pytest.mark.parametrize("family", list(FAMILY_CLASSES))
 def test_each_family_compiles_with_the_class_vllm_serves_it_with(
-    inf2: ModuleType, make_tiny_family: Callable[..., Path], tmp_path: Path, family: str, sdk: str
+    inf2: ModuleType,
+    make_tiny_family: Callable[..., Path],
+    tmp_path: Path,
+    family: str,
+    sdk: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """NxDI's MODEL_TYPES (utils/constants.py:47-64 at cd3abf3, :49-66 at ef2731e): one class per family and SDK;
     the stand-in's class has the real one's required attributes and head size (tests/nxdi_standin/README.md)."""
+    if sdk == "2.31":  # the stand-in's metadata says SDK 2.28's NxDI build
+        monkeypatch.setattr("neuronforge.neuron.nxdi.runtime.installed_nxdi_version", lambda: "0.10.18399")
+        monkeypatch.setattr(compile_module, "installed_nxdi_version", lambda: "0.10.18399")
     model = _stage1(make_tiny_family(family), tmp_path / "m")
     options = CompileOptions(model=str(model), out=tmp_path / "c", dtype="f8e4m3", seq_len=128, sdk=sdk)
     if family == "mistral" and sdk == "2.28":

@@ -48,8 +48,12 @@ def test_end_to_end_is_grid_exact(tiny_llama_dir: Path, tmp_path: Path, dtype: s
     sens = json.loads((out / "sensitivity.json").read_text())
     assert sens["method"] == "first_order" and sens["kept_bf16"] == kept
     assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        assert (out / name).read_bytes() == (tiny_llama_dir / name).read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == (tiny_llama_dir / "tokenizer.json").read_bytes()
+    source_tokenizer = json.loads((tiny_llama_dir / "tokenizer_config.json").read_text())
+    assert json.loads((out / "tokenizer_config.json").read_text()) == {  # issue 29: a class 4.57 can load
+        **source_tokenizer,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
     # config.json: the source's, plus the rope_theta/rope_scaling that transformers 4.57 (NxDI) reads
     source_config = json.loads((tiny_llama_dir / "config.json").read_text())
     assert json.loads((out / "config.json").read_text()) == portable_config(source_config) != source_config
@@ -320,19 +324,23 @@ def test_layers_autoround_leaves_alone_are_rounded_on_nxd_grid(make_tiny_llama, 
 
 
 def test_minmax_tuning_is_opt_in_and_shrinks_row_ranges(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    """With --minmax-tuning AutoRound may clip rows (smaller NxD scale); the grid stays exact either way."""
+    """With --minmax-tuning AutoRound may clip rows (smaller NxD scale) in the blocks where it beat RTN (issue 32 keeps
+    RTN elsewhere); the grid stays exact either way."""
     result = quantize(
         options_from(
-            model=str(tiny_llama_dir), out=tmp_path / "q", selection="none", minmax_tuning=True, **{**FAST, "iters": 8}
+            model=str(tiny_llama_dir), out=tmp_path / "q", selection="none", minmax_tuning=True, **{**FAST, "iters": 24}
         )
     )
     assert result.grid_agreement == 1.0
     before, after = _tensors(tiny_llama_dir), _tensors(tmp_path / "q")
+    report = json.loads((tmp_path / "q" / "quantization_report.json").read_text())
+    tuned = [b["block"] for b in report["autoround_vs_rtn"]["blocks"] if b["kept"] == "autoround"]
     ratios = [
         quantize_weight(after[k], "int8")[1] / quantize_weight(before[k], "int8")[1]
         for k in after
-        if k.endswith("_proj.weight")
+        if k.endswith("_proj.weight") and any(k.startswith(block + ".") for block in tuned)
     ]
+    assert tuned, "AutoRound lost to RTN on every block, so this test shows nothing about its range shrink"
     assert all(bool((r <= 1.0).all()) for r in ratios)
     assert any(bool((r < 0.99).any()) for r in ratios)
 

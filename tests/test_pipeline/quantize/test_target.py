@@ -204,6 +204,6 @@ def test_quantize_to_a_target_writes_the_chosen_set_and_its_frontier(tiny_llama_
     tp = frontier["tp_degree"]
     assert tp == 2  # compile's default for the tiny model on inf2.xlarge (2 NeuronCores, 4 heads)
     search = TargetSearch(tiny_llama_dir, load_tokenizer(tiny_llama_dir), None, 1.0, "int8", "fp8", tp, {})
-    spec = EmulationSpec(dtype="int8", kv_fp8=True, modules_to_not_convert=tuple(chosen["kept"]), tp_degree=tp)
+    spec = EmulationSpec(dtype="int8", kv="fp8", modules_to_not_convert=tuple(chosen["kept"]), tp_degree=tp)
     again = search._scores(load_emulated(out, spec), "validation")
     assert again.kl == pytest.approx(chosen["validation"]["kl"], rel=1e-6, abs=1e-9)
