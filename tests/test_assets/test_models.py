@@ -82,9 +82,7 @@ def test_non_llama_architecture_names_the_supported_ones(tmp_path: Path) -> None
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(tmp_path)
     with pytest.raises(NeuronforgeError) as info:
         resolve_model(tmp_path)
-    assert (
-        "'gpt2'" in info.value.what and "llama (Llama 2/3.x)" in info.value.what and "qwen3" in info.value.what
-    )
+    assert "'gpt2'" in info.value.what and "llama (Llama 2/3.x)" in info.value.what and "qwen3" in info.value.what
 
 
 def test_any_hf_folder_is_accepted(tiny_llama_dir: Path) -> None:
