@@ -29,6 +29,8 @@ from typing import Any
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {"tie_word_embeddings": True},
     "mistral": {"tie_word_embeddings": False, "sliding_window": None},
+    "qwen2": {"tie_word_embeddings": True, "use_sliding_window": False},  # q/k/v biases (int8 keeps them)
+    "qwen3": {"tie_word_embeddings": True, "head_dim": 16},  # q_norm/k_norm, explicit head_dim
 }
 # neuronforge SDK -> (NxDI source, NxD source). 2.31 runs NxDI 0.10, whose source is not public: 0.9 stands in.
 SDK_SOURCES = {"2.28": ("nxdi-0.8", "nxd-0.8"), "2.31": ("nxdi-0.9", "nxd-0.9")}
