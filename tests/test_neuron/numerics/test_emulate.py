@@ -282,6 +282,7 @@ def test_a_weight_larger_than_a_window_is_never_whole_in_bf16(
     # gate/up/down are 128 KiB in bf16, every other weight 64 KiB or less
     folder = make_tiny_llama("emu-wide-mlp", intermediate_size=1024)
     monkeypatch.setattr(folders, "MAP_WINDOW_BYTES", 96 << 10)
+    monkeypatch.setattr(emulate_module, "MAP_WINDOW_BYTES", 96 << 10)  # (imported by name there)
     monkeypatch.setattr(emulate_module, "QUANTIZE_BLOCK_BYTES", 16 << 10)
     whole: dict[str, int] = {}
     blocks: dict[str, list[int]] = {}
@@ -299,6 +300,7 @@ def test_a_weight_larger_than_a_window_is_never_whole_in_bf16(
 
     monkeypatch.setattr(folders, "copied_tensors", watched_copies)
     monkeypatch.setattr(folders, "row_blocks", watched_blocks)
+    monkeypatch.setattr(emulate_module, "row_blocks", watched_blocks)  # (imported by name there)
     emulated = load_emulated(folder, EmulationSpec(dtype="int8"))
     mlp = {f"model.layers.{i}.mlp.{proj}.weight" for i in range(2) for proj in ("gate_proj", "up_proj", "down_proj")}
     assert set(blocks) == mlp and not mlp & set(whole) and max(whole.values()) <= 96 << 10

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 from safetensors.torch import load_file
 
+import neuronforge.neuron.nxdi.checkpoint as checkpoint_module
 from neuronforge.core.outputs import OUTPUT_MARKER
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.not_convert import NOT_CONVERT_FILE
@@ -166,6 +167,8 @@ def test_streams_one_shard_at_a_time(
 
     monkeypatch.setattr(safetensors, "safe_open", SpyOpen)
     monkeypatch.setattr(safetensors.torch, "save_file", spy_save)
+    monkeypatch.setattr(checkpoint_module, "safe_open", SpyOpen)  # (imported by name there)
+    monkeypatch.setattr(checkpoint_module, "save_file", spy_save)
     out = tmp_path / "nxd"
     write_quantized_checkpoint(model_dir, out, "int8")
 
@@ -199,6 +202,7 @@ def test_atomic_and_bad_input(tiny_llama_dir: Path, tmp_path: Path, monkeypatch:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(checkpoint_module, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
         write_quantized_checkpoint(tiny_llama_dir, out, "int8")
     assert list(tmp_path.iterdir()) == []  # no half-written output, no temp dir left behind

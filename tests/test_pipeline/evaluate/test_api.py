@@ -116,7 +116,7 @@ def test_rerun_reuses_cached_variant_checkpoints(tiny_run, monkeypatch):
     options, first = tiny_run
     calls = []
     real = quantize_module.quantize
-    monkeypatch.setattr(quantize_module, "quantize", lambda o: calls.append(o) or real(o))
+    monkeypatch.setattr(ev, "quantize", lambda o: calls.append(o) or real(o))  # (imported by name there)
     again = ev.evaluate(options)
     assert calls == []
     assert [v.perplexity for v in again.variants] == [v.perplexity for v in first.variants]
