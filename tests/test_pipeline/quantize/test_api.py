@@ -425,7 +425,10 @@ def test_autoround_tunes_on_the_gpu_with_activations_beside_the_block(tiny_llama
         seen.update(kwargs)
         raise Stop
 
+    from neuronforge.pipeline.quantize import autoround_nxd
+
     monkeypatch.setattr(auto_round, "AutoRound", fake_autoround)
+    monkeypatch.setattr(autoround_nxd, "AutoRound", fake_autoround)  # (imported by name there)
     with simulated_gpu(monkeypatch), pytest.raises(Stop):
         quantize(
             options_from(model=str(tiny_llama_dir), out=tiny_llama_dir.parent / "never", sensitivity="variance", **FAST)
