@@ -280,12 +280,13 @@ class Figures(TypedDict):
     flags: list[str]
 
 
-def compare(reference: Reference, logits: dict[str, torch.Tensor], *, quantized: bool) -> Figures:
-    """Perplexity, recovery, KL and agreement of one variant's logits against the reference."""
-    from neuronforge.neuron.numerics.emulate import perplexity_from_logits
+def compare(
+    reference: Reference, logits: dict[str, torch.Tensor], ppl: dict[str, float], *, quantized: bool
+) -> Figures:
+    """Recovery, KL and agreement of one variant's logits and perplexity (`perplexity_report`'s) against the
+    reference."""
     from neuronforge.pipeline.evaluate.metrics import divergence, recovery, sanity_flags
 
-    ppl = {t: perplexity_from_logits(logits[t], reference.windows[t]) for t in logits}
     measured = divergence(pair for t in logits for pair in zip(reference.logits[t], logits[t], strict=True))
     return {
         "perplexity": ppl,
@@ -405,7 +406,7 @@ def _measure(
 ) -> tuple[VariantResult, Reference]:
     """One variant through the emulator: its logits on every window, compared with the reference (the first
     variant measured, bf16), plus task scores, weight memory and the smallest instance; (result, reference)."""
-    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_from_logits
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_report
 
     t0 = time.perf_counter()
     windows = prepared.windows
@@ -432,13 +433,12 @@ def _measure(
     problems = prepared.problems
     accuracy = _task_score(emulated, prepared.tokenizer, problems, options, plan.label) if problems else None
     lm_eval_scores = _lm_eval_scores(emulated, prepared.tokenizer, options)
+    measured = perplexity_report(emulated, windows, logits=logits)
     if reference is None:
-        reference = Reference(
-            windows, logits, {t: perplexity_from_logits(logits[t], windows[t]) for t in logits}, accuracy
-        )
-    figures = compare(reference, logits, quantized=plan.key != "bf16")
-    if plan.kv_fp8 and emulated.kv_risk.over:
-        figures["flags"].append(emulated.kv_risk.describe())
+        reference = Reference(windows, logits, measured.perplexity, accuracy)
+    figures = compare(reference, logits, measured.perplexity, quantized=plan.key != "bf16")
+    if measured.kv_risk is not None and measured.kv_risk.over:
+        figures["flags"].append(measured.kv_risk.describe())
     memory = weight_memory(prepared.model_shape.shapes, spec.dtype, mtnc)
     instance = smallest_for(prepared.model_shape, spec.dtype, plan.kv_fp8, mtnc, seq_len=options.seq_len)
     result = VariantResult(
@@ -456,7 +456,7 @@ def _measure(
         instance_usd_per_hour=instance.price.ec2 if instance else None,
         task_accuracy=accuracy,
         task_recovery=_task_recovery(reference.task_accuracy, accuracy),
-        kv_out_of_range=emulated.kv_risk.fraction if plan.kv_fp8 else None,
+        kv_out_of_range=measured.kv_risk.fraction if measured.kv_risk is not None else None,
         lm_eval=lm_eval_scores,
         seconds=time.perf_counter() - t0,
         device=str(emulated.device),
