@@ -305,10 +305,17 @@ def copied_tensors(
 
 def finite(file: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` when every value is finite. A NaN or inf weight makes every logit NaN: quantize reported 100% grid
-    agreement and emulate a NaN perplexity beside "emulation exact" (report X14/X15); it is named here instead."""
+    agreement and emulate a NaN perplexity beside "emulation exact" (report X14/X15); it is named here instead.
+    The check looks at the extremes only (amin/amax propagate NaN, and an inf is one): one min/max pass costs an
+    eighth of `isfinite`'s boolean tensor in bf16 (17 vs 135 ms on a 5632 x 2048 matrix; isfinite took 20 s of a
+    1.17e9-parameter load)."""
     import torch
 
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    if (
+        tensor.is_floating_point()
+        and tensor.numel()
+        and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
+    ):
         raise NeuronforgeError(
             f"{file}: weight {key} holds NaN or infinite values, so every output of the model would be NaN",
             "use a checkpoint without NaN/inf weights (re-export it, or check the training or conversion that "
