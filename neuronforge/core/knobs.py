@@ -68,10 +68,16 @@ MaxExtraMemory = Annotated[
     ),
     FINITE,
 ]
-Topk = Annotated[int | None, Field(ge=0, description="topk selection: how many blocks stay bf16")]
+Topk = Annotated[
+    int | None, Field(ge=0, description="topk selection: how many blocks stay bf16 (required with selection topk)")
+]
 Threshold = Annotated[
     float | None,
-    Field(ge=0.0, le=1.0, description="threshold selection: blocks whose share of the total sensitivity is >= this"),
+    Field(
+        ge=0.0,
+        le=1.0,
+        description="threshold selection (required with it): blocks whose share of the total sensitivity is >= this",
+    ),
     FINITE,
 ]
 BudgetInstance = Annotated[
