@@ -32,6 +32,7 @@ from neuronforge.core.knobs import (
     Iters,
     MaxExtraMemory,
     Nsamples,
+    PathText,
     SeqLen,
     Threshold,
     Topk,
@@ -46,11 +47,11 @@ from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, K
 from neuronforge.neuron.planner.plan import load_model_shape, smallest_for
 from neuronforge.neuron.planner.weight_memory import weight_memory
 from neuronforge.pipeline.evaluate.gsm8k import load_problems, score_problems
-from neuronforge.pipeline.evaluate.lm_eval_adapter import require_lm_eval, run_lm_eval
+from neuronforge.pipeline.evaluate.lm_eval_adapter import check_lm_eval_tasks, run_lm_eval
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
 from neuronforge.pipeline.quantize.api import QuantizeResult, QuantizeSettings, quantize
 from neuronforge.pipeline.quantize.api import options_from as quantize_options
-from neuronforge.pipeline.quantize.selection import SelectionRule
+from neuronforge.pipeline.quantize.selection import SelectionRule, missing_selection_value
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class EvaluateOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     default_preset: ClassVar[PresetName] = "cpu-fast"  # fills iters/nsamples/calib_seq_len left unset
 
-    model: str = pydantic.Field("smollm2", description="embedded model name ('smollm2') or a Hugging Face folder")
+    model: PathText = pydantic.Field("smollm2", description="embedded model name ('smollm2') or a Hugging Face folder")
     out: Path = pydantic.Field(Path("eval"), description="folder for report.md/json/png and the variant checkpoints")
     dtype: ExportDtypeOption = "int8"
     kv: KvOption = "fp8"
@@ -135,6 +136,9 @@ class EvaluateOptions(pydantic.BaseModel):
             )
         if self.iters < 1:
             raise ValueError(f"iters must be >= 1 (got {self.iters}): evaluate tunes AutoRound variants")
+        problem = missing_selection_value(self.selection, self.topk, self.threshold)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -373,7 +377,7 @@ def _prepare(options: EvaluateOptions) -> Prepared:
     tokenizer = load_tokenizer(source)
     problems = load_problems(options.gsm8k, options.task_limit) if options.gsm8k else None
     if options.lm_eval_tasks:
-        require_lm_eval()
+        check_lm_eval_tasks(options.lm_eval_tasks)
     texts = resolve_splits(options.text).evaluation
     windows = held_out_windows(tokenizer, texts, options.eval_seq_len, options.eval_tokens)
     model_shape = load_model_shape(source, name=str(options.model))

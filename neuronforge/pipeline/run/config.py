@@ -27,6 +27,7 @@ from neuronforge.core.knobs import (
     Iters,
     MaxExtraMemory,
     Nsamples,
+    PathText,
     SeqLen,
     Threshold,
     Topk,
@@ -38,7 +39,7 @@ from neuronforge.core.utf8 import read_utf8, require_file
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.dtypes import ExportDtypeOption, KvOption
 from neuronforge.pipeline.quantize.api import TargetKl, check_target
-from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
+from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection, missing_selection_value
 from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity
 
 DEFAULT_PRESET: PresetName = "cpu-demo"  # `make demo`'s budget
@@ -69,14 +70,16 @@ class RunConfig(BaseModel):
     # strict: a YAML `iters: yes` or `nsamples: 2.0` is a type error, not 1 or 2.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str = Field("smollm2", description="embedded model name, Hugging Face model folder, or s3:// prefix of one")
-    out: str | None = Field(
+    model: PathText = Field(
+        "smollm2", description="embedded model name, Hugging Face model folder, or s3:// prefix of one"
+    )
+    out: PathText | None = Field(
         None, description="run directory (local or s3://); default: runs/<model>-<dtype> in the current directory"
     )
     stages: list[str] = Field(
         list(DEFAULT_STAGES), description=f"stages to run, in this order: {', '.join(ALL_STAGES)}"
     )
-    text: str | None = Field(
+    text: PathText | None = Field(
         None,
         description="your own .txt/.jsonl (local or s3://) for calibration and evaluation; default: embedded texts",
     )
@@ -139,6 +142,13 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _target_chooses_the_blocks(self) -> RunConfig:
         check_target(self.target_kl, self.selection, self.modules_to_not_convert, self.budget_instance)
+        return self
+
+    @model_validator(mode="after")
+    def _selection_has_its_value(self) -> RunConfig:
+        problem = missing_selection_value(self.selection, self.topk, self.threshold)
+        if problem and self.modules_to_not_convert is None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
