@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuronforge.cli.app import App, console
-from neuronforge.cli.options import OverwriteOpt, VerboseOpt
+from neuronforge.cli.options import OverwriteOpt, VerboseOpt, parse_path_text
 from neuronforge.core.atomic import atomic_write_text
 from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import third_party_log, third_party_logs
@@ -99,6 +99,7 @@ def run_command(
         None,
         "--config",
         "-c",
+        parser=parse_path_text,
         help="YAML/TOML config file (local or s3://); "
         "flags override its keys. Write one with `neuronforge config init`.",
     ),
@@ -175,7 +176,7 @@ config_cli = App(help="Write the run configuration file.")
 
 @config_cli.command("init")
 def config_init(
-    path: str = typer.Argument("neuronforge.yaml", help="where to write it ('-' prints it)"),
+    path: str = typer.Argument("neuronforge.yaml", parser=parse_path_text, help="where to write it ('-' prints it)"),
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the default run configuration as commented YAML (every key `neuronforge run` accepts)."""

@@ -3,14 +3,32 @@
 An options model gives each knob its own default (quantize starts from the gpu preset, run from cpu-demo), but
 the type below, with its bounds and description, is the same everywhere; the CLI takes its help from the model
 field (cli/options.py `model_option`), so a knob's rules cannot drift between commands. The dtype vocabularies
-live in neuron/dtypes.py.
+live in neuron/dtypes.py. The path types are here too: every path option refuses an empty string once, in
+`not_empty_path` (the CLI's path flags parse with it: cli/options.py `parse_path`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
+
+EMPTY_PATH = "an empty path ('') is not a path: it would silently mean the current directory"
+
+
+def not_empty_path(value: Any) -> Any:
+    """Refuse '' (and blanks) as a path: Path('') is the current directory, so an empty YAML value or a `--text ''`
+    quietly pointed at the folder the user stood in and failed later about something else (report B15, C09, C20)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{EMPTY_PATH} (write . for that)")
+    return value
+
+
+# A local path (a folder or file the command reads or writes).
+LocalPath = Annotated[Path, BeforeValidator(not_empty_path)]
+# A local path or an s3:// URI, or (for `model`) an embedded model name: kept as text.
+PathText = Annotated[str, BeforeValidator(not_empty_path)]
 
 # Stage 1: calibration budget (core/presets.py holds the values a preset fills in).
 Iters = Annotated[int, Field(ge=0, description="AutoRound tuning steps per block (>= 1 with AutoRound)")]

@@ -174,6 +174,13 @@ def _user_folders(tmp: Path, fx: Path) -> None:
     _write(tmp / "o-dl2" / "quantize" / "results.csv", "data")
 
 
+def _configs(tmp: Path, fx: Path) -> None:
+    """Config files with an empty path (report C09, C20) and a key given twice (C08)."""
+    _write(tmp / "c-out.yaml", 'out: ""\n')
+    _write(tmp / "c-text.yaml", 'text: ""\n')
+    _write(tmp / "c-dup.yaml", "iters: 1\nnsamples: 2\niters: 7\n")
+
+
 def _project(tmp: Path, fx: Path) -> None:
     """A project folder holding the user's model (report 4.10: `cd o-dl; run --model ./model --out .`)."""
     shutil.copytree(fx / "ok", tmp / "o-dl" / "model")
@@ -336,6 +343,26 @@ CASES = [
     # run directory
     Case("6.6", "run --stages emulate,foo", "unknown stage(s) foo"),
     Case("6.5", "run --model {fx}/ok --out r --stages emulate", "stage 'model' has no finished output"),
+    # round 2: paths33
+    Case("B15", "run --model {fx}/ok --out r --text {empty} " + " ".join(S), "text: an empty path ('')"),
+    Case(
+        "C09",
+        "run --config c-out.yaml --model {fx}/ok",
+        "from c-out.yaml and the command line: out: an empty path",
+        setup=_configs,
+    ),
+    Case(
+        "C20",
+        "run --config c-text.yaml --model {fx}/ok --out r",
+        "c-text.yaml and the command line: text: an empty",
+        setup=_configs,
+    ),
+    Case(
+        "C08",
+        "run --config c-dup.yaml --model {fx}/ok --out r --stages model",
+        "c-dup.yaml gives the key 'iters' twice",
+        setup=_configs,
+    ),
 ]
 
 
@@ -378,7 +405,7 @@ def test_bad_input_is_a_clean_error_and_changes_nothing(
     cwd = tmp_path / case.cwd
     monkeypatch.chdir(cwd)
     before = (_tree(fx), _tree(tmp_path))
-    argv = [part.format(fx=fx, tmp=tmp_path) for part in case.argv.split()]
+    argv = [part.format(fx=fx, tmp=tmp_path, empty="") for part in case.argv.split()]
     output = check_clean_error(CliRunner().invoke(app, argv))
     assert case.error in output
     assert (_tree(fx), _tree(tmp_path)) == before, "a failed command changed or left files"
@@ -386,6 +413,44 @@ def test_bad_input_is_a_clean_error_and_changes_nothing(
 
 def _invoke(argv: list[str]) -> object:
     return CliRunner().invoke(app, argv)
+
+
+# Path flags typed str (they may name an embedded model or an s3:// URI), beside every flag typed Path.
+TEXT_PATHS = {("run", "config"), ("run", "model"), ("run", "out"), ("run", "text"), ("config init", "path")}
+
+
+def _path_flags() -> list[tuple[str, str]]:
+    """(command, flag or '' for an argument) for every path parameter of every command."""
+    import typer.main
+
+    found = []
+
+    def walk(command: object, path: str) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+        for param in getattr(command, "params", []):
+            annotation = str(param.type_descriptor.annotation)
+            if "Path" in annotation or (path, param.name) in TEXT_PATHS or param.name == "model":
+                found.append((path, param.opts[0] if param.param_type_name == "option" else ""))
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+@pytest.mark.parametrize(("command", "flag"), _path_flags(), ids=[" ".join(p).strip() for p in _path_flags()])
+def test_every_path_flag_refuses_an_empty_path(command: str, flag: str, tmp_path: Path) -> None:
+    """B15 for every command: '' became the current directory (Path('') is '.') and the error, if any, talked
+    about something else; each path flag now refuses it while parsing, before anything is read or written."""
+    _write(tmp_path / "mine.txt", "the user's")  # were '' taken as '.', no command could write here
+    before = _tree(tmp_path)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        output = check_clean_error(_invoke([*command.split(), *([flag] if flag else []), ""]))
+    finally:
+        os.chdir(cwd)
+    assert "an empty path ('')" in output
+    assert _tree(tmp_path) == before
 
 
 @pytest.fixture
