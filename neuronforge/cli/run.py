@@ -6,6 +6,7 @@ so that only flags actually given override the config file.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -153,7 +154,7 @@ def run_command(
     target = settings.run_dir()
     console.print(f"run directory: {target}{'' if is_s3(target) else f' ({Path(target).resolve()})'}")
     log_dir = storage.local_mirror(target) if is_s3(target) else Path(target)
-    existed = log_dir.exists()
+    existed = os.path.lexists(log_dir)  # (False for a name too long: run_pipeline's checks say so, naming --out)
     try:
         with third_party_logs(third_party_log(log_dir), verbose):
             outcome = run_pipeline(settings, listener=_print_event)
@@ -167,7 +168,7 @@ def run_command(
 def _drop_if_only_logs(folder: Path) -> None:
     """A run refused before any stage leaves no folder behind, even when a library logged while it checked."""
     logs = third_party_log(folder).parent
-    if folder.is_dir() and {p.name for p in folder.iterdir()} == {logs.name}:
+    if os.path.isdir(folder) and {p.name for p in folder.iterdir()} == {logs.name}:
         shutil.rmtree(folder)
 
 

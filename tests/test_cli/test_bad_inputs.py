@@ -181,6 +181,10 @@ def _configs(tmp: Path, fx: Path) -> None:
     _write(tmp / "c-dup.yaml", "iters: 1\nnsamples: 2\niters: 7\n")
 
 
+def _links(tmp: Path, fx: Path) -> None:
+    (tmp / "dang").symlink_to("nowhere")  # a dangling link (report O07)
+
+
 def _project(tmp: Path, fx: Path) -> None:
     """A project folder holding the user's model (report 4.10: `cd o-dl; run --model ./model --out .`)."""
     shutil.copytree(fx / "ok", tmp / "o-dl" / "model")
@@ -363,6 +367,15 @@ CASES = [
         "c-dup.yaml gives the key 'iters' twice",
         setup=_configs,
     ),
+    Case("O06", "run --model {fx}/ok --out " + "x" * 300 + " " + " ".join(S), "x is too long: a name in it is longer"),
+    Case("own-quantize-long-out", "quantize --model {fx}/ok --out " + "q" * 300, "is too long"),
+    Case(
+        "O07",
+        "run --model {fx}/ok --out dang --stages model",
+        "dang is a dangling symbolic link (to nowhere",
+        setup=_links,
+    ),
+    Case("own-quantize-dangling", "quantize --model {fx}/ok --out dang/q", "dangling symbolic link", setup=_links),
 ]
 
 
@@ -413,6 +426,19 @@ def test_bad_input_is_a_clean_error_and_changes_nothing(
 
 def _invoke(argv: list[str]) -> object:
     return CliRunner().invoke(app, argv)
+
+
+def test_a_deleted_current_directory_is_named(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """O12: run from a folder deleted underneath the shell said "No such file or directory" without a path (and
+    with absolute paths torch failed to load); every command now says what is wrong before it starts."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    for argv in (["run", "--model", str(fx / "ok"), "--out", "r", *S], ["model", "list"]):
+        output = check_clean_error(_invoke(argv))
+        assert "the current directory no longer exists" in output
+    assert _tree(tmp_path) == {}
 
 
 # Path flags typed str (they may name an embedded model or an s3:// URI), beside every flag typed Path.

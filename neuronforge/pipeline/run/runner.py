@@ -24,7 +24,7 @@ from neuronforge.core.atomic import atomic_dir, remove_leftovers
 from neuronforge.core.hashing import content_hash, fingerprint
 from neuronforge.core.outputs import RUN_LOCK, check_replaceable, mark_output, written_files
 from neuronforge.core.package_versions import package_versions
-from neuronforge.errors import NeuronforgeError, interrupt_message
+from neuronforge.errors import NeuronforgeError, interrupt_message, os_error
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest, StageRecord
 
 LOCK_FILE = RUN_LOCK
@@ -231,10 +231,7 @@ def run_stages(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise NeuronforgeError(
-            f"cannot create the run directory {run_dir} ({exc.strerror})",
-            "choose a writable --out, or fix its permissions",
-        ) from None
+        raise os_error(exc, run_dir, "--out") from None
     with run_lock(run_dir):
         clean_partials(run_dir)
         manifest = Manifest.load(run_dir)
