@@ -441,6 +441,43 @@ def test_a_deleted_current_directory_is_named(fx: Path, tmp_path: Path, monkeypa
     assert _tree(tmp_path) == {}
 
 
+def test_an_unwritable_cache_names_neuronforge_cache(
+    locked_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K01: an empty cache nobody may write, and the embedded model must be fetched: the raw "Operation not
+    permitted: <cache>/downloads" with the generic fix became an error naming the variable and what to do."""
+    monkeypatch.setenv("NEURONFORGE_CACHE", str(locked_dir))
+    before = _tree(tmp_path)
+    output = check_clean_error(
+        _invoke(["emulate", "--model", "smollm2", "--eval-tokens", "64", "--eval-seq-len", "32"])
+    )
+    assert "error: NEURONFORGE_CACHE=" in output and "o-immut cannot be written" in output  # (the path may wrap)
+    assert "set NEURONFORGE_CACHE to a folder you can write" in output
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("case", "value", "error"),
+    [
+        ("K02", "{tmp}/cfile", "cfile is a file, not a folder"),
+        ("K09", "cache", "NEURONFORGE_CACHE=cache is a relative path: it would be a different cache in every folder"),
+    ],
+)
+def test_a_cache_that_is_a_file_or_relative_is_refused(
+    case: str, value: str, error: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K02: "Not a directory: cfile/downloads". K09: a relative NEURONFORGE_CACHE was a new cache in each folder;
+    it is refused (resolving it against one folder would still leave the next command's cache elsewhere)."""
+    _write(tmp_path / "cfile", "a file")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEURONFORGE_CACHE", value.format(tmp=tmp_path))
+    before = _tree(tmp_path)
+    for argv in (["model", "list"], ["model", "fetch", "smollm2"]):
+        output = check_clean_error(_invoke(argv))
+        assert "error: NEURONFORGE_CACHE=" in output and error in output
+    assert _tree(tmp_path) == before
+
+
 # Path flags typed str (they may name an embedded model or an s3:// URI), beside every flag typed Path.
 TEXT_PATHS = {("run", "config"), ("run", "model"), ("run", "out"), ("run", "text"), ("config init", "path")}
 
