@@ -48,6 +48,8 @@ def _print_event(event: StageEvent) -> None:
     elif event.status == "up to date":
         took = f"; it took {event.seconds:.1f} s when it ran" if event.seconds is not None else ""
         err_console.print(f"[green]ok {event.stage}[/] up to date: inputs unchanged, not run again{took}")
+    elif event.status == "warning":
+        err_console.print(f"[yellow]warning:[/] {message}")
     elif event.status == "skipped":
         err_console.print(f"[yellow]-- {event.stage}[/] skipped: {message}")
     else:

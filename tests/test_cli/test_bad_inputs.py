@@ -589,6 +589,55 @@ def test_a_file_put_into_a_stage_folder_is_not_deleted_when_the_stage_runs_again
     assert again.exit_code == 0 and "up to date" in again.output, again.output
 
 
+def test_a_stage_folder_replaced_by_a_link_or_a_file_is_refused(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """I02: r/quantize replaced by a symbolic link to a copy of it was followed and accepted as up to date.
+    I12: a stage folder replaced by a regular file was silently replaced (a `.…partial-*` folder left behind).
+    Both are refused before anything is written, and the run works again once the folder is back."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model,quantize", *S, "--no-autoround"]
+    first = _invoke([*argv, "--selection", "none"])
+    assert first.exit_code == 0, first.output
+    shutil.copytree(tmp_path / "r" / "quantize", tmp_path / "qcopy")
+    shutil.rmtree(tmp_path / "r" / "quantize")
+    (tmp_path / "r" / "quantize").symlink_to(tmp_path / "qcopy")
+    before = _tree(tmp_path)
+    output = check_clean_error(_invoke([*argv, "--selection", "none"]))
+    assert "r/quantize is a symbolic link" in output and "never follows or replaces a link" in output
+    assert _tree(tmp_path) == before
+    (tmp_path / "r" / "quantize").unlink()
+    shutil.move(tmp_path / "qcopy", tmp_path / "r" / "quantize")
+
+    shutil.rmtree(tmp_path / "r" / "model")
+    _write(tmp_path / "r" / "model", "a file in place of the stage folder")
+    before = _tree(tmp_path)
+    output = check_clean_error(_invoke([*argv, "--selection", "none"]))
+    assert "r/model is a file, not the stage folder this run made" in output
+    assert _tree(tmp_path) == before
+    (tmp_path / "r" / "model").unlink()
+    again = _invoke([*argv, "--selection", "none"])
+    assert again.exit_code == 0, again.output
+
+
+def test_a_run_directory_of_another_model_is_replaced_with_a_warning(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O13: `run --out r` where r holds another model's run replaced its results without a word. `run` has no
+    --overwrite (a run directory is meant to be re-used: what changed runs again), so it warns, naming both."""
+    monkeypatch.chdir(tmp_path)
+    first = _invoke(["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model"])
+    assert first.exit_code == 0, first.output
+    assert "warning:" not in first.output
+    second = _invoke(["run", "--model", str(fx / "m_nc"), "--out", "r", "--stages", "model"])
+    assert second.exit_code == 0, second.output
+    output = _flat(second.output)
+    assert "warning:" in output and "holds the results of another model" in output
+    assert "ok)" in output and "m_nc" in output.split("replace them", 1)[1]
+    same = _invoke(["run", "--model", str(fx / "m_nc"), "--out", "r", "--stages", "model"])
+    assert same.exit_code == 0 and "warning:" not in same.output, same.output
+
+
 def test_truncated_manifest_and_existing_config_file(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """6.7 and 3.1."""
     monkeypatch.chdir(tmp_path)
