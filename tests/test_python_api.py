@@ -62,3 +62,13 @@ def test_one_name_per_concept_and_one_options_model_per_step(tiny_llama_dir: Pat
     assert spec.tp_degree == 1 and spec.modules_to_not_convert == ["lm_head"]
     with pytest.raises(pydantic.ValidationError, match="tp_degree"):
         nf.PackageOptions(out=tmp_path / "p", compiled=tmp_path, checkpoint=tmp_path, tp_degree=0)
+
+
+def test_path_options_take_the_path_fetch_model_returns(tmp_path: Path) -> None:
+    """J04: `nf.QuantizeOptions(model=nf.fetch_model(...))` was "Input should be a valid string"."""
+    model = tmp_path / "m"
+    assert nf.QuantizeOptions(model=model, out=tmp_path / "q").model == str(model)  # type: ignore[arg-type]
+    assert nf.EvaluateOptions(model=model).model == str(model)  # type: ignore[arg-type]
+    assert nf.CompileOptions(model=model, out=tmp_path / "c").model == str(model)  # type: ignore[arg-type]
+    config = nf.RunConfig(model=model, out=tmp_path / "r", text=tmp_path / "t.txt")  # type: ignore[arg-type]
+    assert (config.model, config.out, config.text) == (str(model), str(tmp_path / "r"), str(tmp_path / "t.txt"))

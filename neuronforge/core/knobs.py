@@ -1,18 +1,49 @@
-"""The numeric knobs several options models share, each declared once: its bounds and its help text.
+"""The knobs several options models share, each declared once: its bounds and its help text.
 
 An options model gives each knob its own default (quantize starts from the gpu preset, run from cpu-demo), but
 the type below, with its bounds and description, is the same everywhere; the CLI takes its help from the model
 field (cli/options.py `model_option`), so a knob's rules cannot drift between commands. The dtype vocabularies
-live in neuron/dtypes.py. The path types are here too: every path option refuses an empty string once, in
-`not_empty_path` (the CLI's path flags parse with it: cli/options.py `parse_path`).
+live in neuron/dtypes.py. Every float knob carries `FINITE` and every path given as text `PathText`
+(tests/test_cli/test_knobs.py walks every options model to check it). Every path option refuses an empty
+string, once, in `not_empty_path` (`LocalPath`, `PathText`; the CLI's path flags parse with it:
+cli/options.py `parse_path`).
 """
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic_core import PydanticCustomError
+
+
+def _finite(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """NaN and infinities are named as such, before the bounds would call NaN "greater than 1" (report C14, E03)."""
+    number = value
+    if isinstance(value, str):  # pydantic would read "nan" as a float too
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, float) and math.isnan(number):
+        raise PydanticCustomError("not_a_number", "not a number (nan); give a finite number")
+    if isinstance(number, float) and math.isinf(number):
+        raise PydanticCustomError(
+            "not_finite", "not a finite number ({value}); give a finite number", {"value": number}
+        )
+    return handler(value)
+
+
+# A float knob's marker: NaN and +-inf are refused with their name, whatever the knob's bounds.
+FINITE = WrapValidator(_finite)
+
+
+def _as_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
 
 EMPTY_PATH = "an empty path ('') is not a path: it would silently mean the current directory"
 
@@ -27,11 +58,19 @@ def not_empty_path(value: Any) -> Any:
 
 # A local path (a folder or file the command reads or writes).
 LocalPath = Annotated[Path, BeforeValidator(not_empty_path)]
-# A local path or an s3:// URI, or (for `model`) an embedded model name: kept as text.
-PathText = Annotated[str, BeforeValidator(not_empty_path)]
+# A field that takes a name, an s3:// URI or a local path, as text: a pathlib.Path (what nf.fetch_model returns)
+# is accepted too (report J04). (Annotated before-validators run last first: _as_text, then not_empty_path.)
+PathText = Annotated[str, BeforeValidator(not_empty_path), BeforeValidator(_as_text)]
 
 # Stage 1: calibration budget (core/presets.py holds the values a preset fills in).
-Iters = Annotated[int, Field(ge=0, description="AutoRound tuning steps per block (>= 1 with AutoRound)")]
+# At most 10,000 steps: 10x auto-round's own "best" recipe (1000; default 200, light 50: auto-round 0.16.1
+# auto_round/cli/main.py RECIPES) and 200x our gpu preset. Each step is a forward and backward pass of one block
+# over the calibration batch, so 10,000 is already hours per block of a 7B model; more is a typo (report D13).
+MAX_ITERS = 10_000
+Iters = Annotated[
+    int,
+    Field(ge=0, le=MAX_ITERS, description=f"AutoRound tuning steps per block (>= 1 with AutoRound, <= {MAX_ITERS})"),
+]
 Nsamples = Annotated[int, Field(ge=1, description="calibration windows")]
 CalibSeqLen = Annotated[int, Field(ge=8, description="tokens per calibration window")]
 
@@ -43,11 +82,19 @@ MaxExtraMemory = Annotated[
         le=1.0,
         description="budget selection: extra weight memory allowed for bf16 blocks (a fraction: 0.05 = 5%)",
     ),
+    FINITE,
 ]
-Topk = Annotated[int | None, Field(ge=0, description="topk selection: how many blocks stay bf16")]
+Topk = Annotated[
+    int | None, Field(ge=0, description="topk selection: how many blocks stay bf16 (required with selection topk)")
+]
 Threshold = Annotated[
     float | None,
-    Field(ge=0.0, le=1.0, description="threshold selection: blocks whose share of the total sensitivity is >= this"),
+    Field(
+        ge=0.0,
+        le=1.0,
+        description="threshold selection (required with it): blocks whose share of the total sensitivity is >= this",
+    ),
+    FINITE,
 ]
 BudgetInstance = Annotated[
     str | None,

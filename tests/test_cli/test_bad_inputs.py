@@ -29,6 +29,8 @@ from typer.testing import CliRunner
 from neuronforge.cli import app
 
 S = ["--iters", "1", "--nsamples", "2", "--calib-seq-len", "32", "--eval-tokens", "64"]
+SM = "--role arn:aws:iam::123456789012:role/r --region us-east-1 --install neuronforge==0.1.0 --dry-run"
+Q_BAD = " --iters -5 --nsamples 0 --calib-seq-len -1"
 PROSE = (
     "The play was first printed in a quarto edition, and the folio text that followed it differs in many "
     "places, so editors have long compared the two in order to recover what the author wrote. "
@@ -191,6 +193,14 @@ def _project(tmp: Path, fx: Path) -> None:
     _write(tmp / "o-dl" / "model" / "README-mine.txt", "important")
 
 
+def _knobs(tmp: Path, fx: Path) -> None:
+    """Run configs with a NaN and an infinite knob (C14, C16), a config.json with 10**6 layers (E06)."""
+    _write(tmp / "c-nan.yaml", "max_extra_memory: .nan\n")
+    _write(tmp / "c-inf.yaml", "selection: threshold\nthreshold: .inf\n")
+    config = {**json.loads((fx / "ok" / "config.json").read_text()), "num_hidden_layers": 10**6}
+    _write(tmp / "huge" / "config.json", json.dumps(config))
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -347,6 +357,26 @@ CASES = [
     # run directory
     Case("6.6", "run --stages emulate,foo", "unknown stage(s) foo"),
     Case("6.5", "run --model {fx}/ok --out r --stages emulate", "stage 'model' has no finished output"),
+    # round 2: validate33
+    Case("C14", "run --config c-nan.yaml --model {fx}/ok --out r", "max_extra_memory: not a number", setup=_knobs),
+    Case(
+        "C16",
+        "run --config c-inf.yaml --model {fx}/ok --out r " + " ".join(S),
+        "threshold: not a finite number",
+        setup=_knobs,
+    ),
+    Case("D07", "run --model {fx}/ok --out r --max-extra-memory nan " + " ".join(S), "max_extra_memory: not a number"),
+    Case("D08", "quantize --model {fx}/ok --out q --no-autoround --selection topk --topk -1", "topk: Input should be"),
+    Case("D10", "quantize --model {fx}/ok --out q --selection threshold --threshold nan", "threshold: not a number"),
+    Case("D11", "quantize --model {fx}/ok --out q --selection threshold --threshold -5", "threshold: Input should be"),
+    Case("D12", "quantize --model {fx}/ok --out q --selection topk", "selection topk needs topk"),
+    Case("D13", "quantize --model {fx}/ok --out q --iters 100000000000000000000000", "iters: Input should be less"),
+    Case("E03", "plan --model {fx}/ok --headroom nan", "headroom: not a number"),
+    Case("E06", "plan --model huge/config.json", "num_hidden_layers must be at most", setup=_knobs),
+    Case("E20", "compile --model {fx}/ok --out comp --tp-degree 0", "invalid compile options: tp_degree"),
+    Case("E27", "package pkg --compiled {fx}/comp --checkpoint {fx}/ok --tp-degree 0", "tp_degree: Input should be"),
+    Case("E30b", "sagemaker quantize --model-s3 s3://b/m/ --output-s3 s3://b/o/ " + SM + Q_BAD, "calib_seq_len"),
+    Case("E33", "sagemaker compile --checkpoint-s3 s3://b/c/ --output-s3 s3://b/o/ --tp-degree 0 " + SM, "tp_degree: "),
     # round 2: paths33
     Case("B15", "run --model {fx}/ok --out r --text {empty} " + " ".join(S), "text: an empty path ('')"),
     Case(
@@ -422,6 +452,47 @@ def test_bad_input_is_a_clean_error_and_changes_nothing(
     output = check_clean_error(CliRunner().invoke(app, argv))
     assert case.error in output
     assert (_tree(fx), _tree(tmp_path)) == before, "a failed command changed or left files"
+
+
+LATE = ("C16", "D08", "D10", "D11", "D12", "D13")  # were refused only after the model load and sensitivity
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.id in LATE], ids=LATE)
+def test_selection_knobs_are_refused_before_the_model_loads(
+    case: Case, fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The options model refuses them, so the CLI, a config file and `nf.*` all stop before any work."""
+    from transformers import AutoModelForCausalLM
+
+    def loaded(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", loaded)
+    test_bad_input_is_a_clean_error_and_changes_nothing(case, fx, tmp_path, monkeypatch)
+
+
+def test_lm_eval_tasks_are_checked_before_any_variant_is_quantized(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """D27: hellaswag without its data here (offline, empty datasets cache) failed only after three quantize
+    runs and left ev/stages/; a misspelt task name likewise. Both are refused before the model loads."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+
+    def loaded(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the lm-eval tasks were checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", loaded)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")  # nothing cached here
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    before = _tree(fx)
+    argv = ["evaluate", "--model", str(fx / "ok"), "--out", "ev", "--lm-eval-tasks"]
+    output = check_clean_error(_invoke([*argv, "hellaswag"]))
+    assert "the data of lm-eval task(s) hellaswag is not available on this host" in output
+    output = check_clean_error(_invoke([*argv, "hellaswagg"]))
+    assert "unknown lm-eval task(s) hellaswagg (hellaswagg: did you mean hellaswag" in output
+    assert _tree(fx) == before and not (tmp_path / "ev").exists()
 
 
 def _invoke(argv: list[str]) -> object:

@@ -235,3 +235,40 @@ def test_the_python_api_refuses_an_empty_path(model: type[BaseModel], field: str
     model(**values)  # valid without the empty value
     with pytest.raises(pydantic.ValidationError, match=r"an empty path \(''\)"):
         model(**{**values, field: ""})
+
+
+# --- every float knob names NaN and infinity (report C14, D07, E03), declared once in core/knobs.py -----------
+
+
+def _is_float(annotation: Any) -> bool:
+    return annotation is float or float in get_args(annotation)
+
+
+FLOAT_KNOBS = sorted(
+    {
+        (model.__name__, name, model)
+        for model in {*MODELS.values(), RunConfig}
+        for name, field in model.model_fields.items()
+        if _is_float(field.annotation)
+    },
+    key=lambda knob: knob[:2],
+)
+
+
+@pytest.mark.parametrize(
+    ("model", "name"), [k[2:0:-1] for k in FLOAT_KNOBS], ids=[f"{k[0]}.{k[1]}" for k in FLOAT_KNOBS]
+)
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "not a number (nan)"),
+        (float("inf"), "not a finite number (inf)"),
+        ("-inf", "not a finite number (-inf)"),
+    ],
+)
+def test_every_float_knob_names_nan_and_infinity(model: type[BaseModel], name: str, value: Any, message: str) -> None:
+    """NaN was reported as "should be less than or equal to 1": the bounds ran first."""
+    with pytest.raises(pydantic.ValidationError) as raised:
+        model.model_validate({name: value})
+    found = [error["msg"] for error in raised.value.errors() if error["loc"] == (name,)]
+    assert found == [f"{message}; give a finite number"]

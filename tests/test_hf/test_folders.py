@@ -14,6 +14,7 @@ from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.folders import (
     READ_BLOCK_BYTES,
     differing_tensors,
+    finite,
     load_model,
     map_windows,
     mapped_tensors,
@@ -209,3 +210,15 @@ def test_no_page_of_a_shard_stays_mapped_once_it_is_loaded(make_tiny_llama, tmp_
     resident: list[int] = []
     load_model(folder, after_window=lambda model: resident.append(sum(mapped_rss(shard) for shard in shards)))
     assert len(resident) >= len(shards) > 2 and set(resident) == {0}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_one_non_finite_value_anywhere_is_named(dtype: torch.dtype, bad: float) -> None:
+    """The load's check looks at the extremes only; one NaN or inf in a large matrix still shows in them."""
+    weight = torch.randn(1000, 333).to(dtype)
+    assert finite(Path("m.safetensors"), "w", weight) is weight
+    assert finite(Path("m.safetensors"), "e", weight[:0]).numel() == 0  # (aminmax refuses an empty tensor)
+    weight[517, 200] = bad
+    with pytest.raises(NeuronforgeError, match="m.safetensors: weight w holds NaN or infinite"):
+        finite(Path("m.safetensors"), "w", weight)

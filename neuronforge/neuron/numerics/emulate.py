@@ -286,7 +286,7 @@ def perplexity(
 @dataclass(frozen=True)
 class PerplexityReport:
     """Held-out perplexity of one emulated model, per text: what `emulate`, the run's emulate stage and evaluate
-    report (evaluate computes the same NLL from the logits it also compares, `perplexity_from_logits`)."""
+    report, all through `perplexity_report`."""
 
     perplexity: dict[str, float]
     tokens: dict[str, int]  # tokens scored per text
@@ -295,10 +295,18 @@ class PerplexityReport:
 
 
 def perplexity_report(
-    emulated: EmulatedModel, windows: Mapping[str, torch.Tensor], label: str = "perplexity"
+    emulated: EmulatedModel,
+    windows: Mapping[str, torch.Tensor],
+    label: str = "perplexity",
+    logits: Mapping[str, torch.Tensor] | None = None,
 ) -> PerplexityReport:
-    """`perplexity` of every text's [n, s] windows, with a progress bar named `label`."""
-    scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), label)}
+    """`perplexity` of every text's [n, s] windows, with a progress bar named `label`. Given the model's `logits`
+    for those windows (evaluate holds them for the KL anyway), the same NLL comes from them instead of a second
+    forward pass: `EmulatedModel.token_nll` computes each position's logits with the same GEMM as `device_logits`."""
+    if logits is None:
+        scores = {name: perplexity(emulated, windows[name]) for name in track(list(windows), label)}
+    else:
+        scores = {name: perplexity_from_logits(logits[name], windows[name]) for name in windows}
     return PerplexityReport(
         perplexity=scores,
         tokens={name: int(ids.numel()) for name, ids in windows.items()},

@@ -25,11 +25,11 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neuronforge.core.knobs import BatchSize, SeqLen
+from neuronforge.core.knobs import FINITE, BatchSize, SeqLen
 from neuronforge.errors import NeuronforgeError, expect, validated
 from neuronforge.hf.families import check_family
 from neuronforge.hf.folders import check_config_values
@@ -110,12 +110,13 @@ class Deployment(BaseModel):
     batch_size: BatchSize = 1
     modules_to_not_convert: tuple[str, ...] = ()
     qtype: QuantTypeOption = "per_channel_symmetric"
-    headroom: float = Field(
-        HEADROOM,
-        ge=0.0,
-        lt=1.0,
-        description="share of each NeuronCore's 16 GiB kept free for code, scratchpad and runtime",
-    )
+    headroom: Annotated[
+        float,
+        Field(
+            ge=0.0, lt=1.0, description="share of each NeuronCore's 16 GiB kept free for code, scratchpad and runtime"
+        ),
+        FINITE,
+    ] = HEADROOM
 
     @property
     def weight_dtype(self) -> QuantDtype | None:

@@ -48,11 +48,11 @@ from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, K
 from neuronforge.neuron.planner.plan import load_model_shape, smallest_for
 from neuronforge.neuron.planner.weight_memory import weight_memory
 from neuronforge.pipeline.evaluate.gsm8k import load_problems, score_problems
-from neuronforge.pipeline.evaluate.lm_eval_adapter import require_lm_eval, run_lm_eval
+from neuronforge.pipeline.evaluate.lm_eval_adapter import check_lm_eval_tasks, run_lm_eval
 from neuronforge.pipeline.evaluate.report import EvaluationReport, VariantResult, write_report
 from neuronforge.pipeline.quantize.api import QuantizeResult, QuantizeSettings, quantize
 from neuronforge.pipeline.quantize.api import options_from as quantize_options
-from neuronforge.pipeline.quantize.selection import SelectionRule
+from neuronforge.pipeline.quantize.selection import SelectionRule, missing_selection_value
 from neuronforge.pipeline.quantize.sensitivity import Sensitivity
 
 if TYPE_CHECKING:
@@ -139,6 +139,9 @@ class EvaluateOptions(pydantic.BaseModel):
             )
         if self.iters < 1:
             raise ValueError(f"iters must be >= 1 (got {self.iters}): evaluate tunes AutoRound variants")
+        problem = missing_selection_value(self.selection, self.topk, self.threshold)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -284,12 +287,13 @@ class Figures(TypedDict):
     flags: list[str]
 
 
-def compare(reference: Reference, logits: dict[str, torch.Tensor], *, quantized: bool) -> Figures:
-    """Perplexity, recovery, KL and agreement of one variant's logits against the reference."""
-    from neuronforge.neuron.numerics.emulate import perplexity_from_logits
+def compare(
+    reference: Reference, logits: dict[str, torch.Tensor], ppl: dict[str, float], *, quantized: bool
+) -> Figures:
+    """Recovery, KL and agreement of one variant's logits and perplexity (`perplexity_report`'s) against the
+    reference."""
     from neuronforge.pipeline.evaluate.metrics import divergence, recovery, sanity_flags
 
-    ppl = {t: perplexity_from_logits(logits[t], reference.windows[t]) for t in logits}
     measured = divergence(pair for t in logits for pair in zip(reference.logits[t], logits[t], strict=True))
     return {
         "perplexity": ppl,
@@ -376,7 +380,7 @@ def _prepare(options: EvaluateOptions) -> Prepared:
     tokenizer = load_tokenizer(source)
     problems = load_problems(options.gsm8k, options.task_limit) if options.gsm8k else None
     if options.lm_eval_tasks:
-        require_lm_eval()
+        check_lm_eval_tasks(options.lm_eval_tasks)
     texts = resolve_splits(options.text).evaluation
     windows = held_out_windows(tokenizer, texts, options.eval_seq_len, options.eval_tokens)
     model_shape = load_model_shape(source, name=str(options.model))
@@ -409,7 +413,7 @@ def _measure(
 ) -> tuple[VariantResult, Reference]:
     """One variant through the emulator: its logits on every window, compared with the reference (the first
     variant measured, bf16), plus task scores, weight memory and the smallest instance; (result, reference)."""
-    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_from_logits
+    from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated, perplexity_report
 
     t0 = time.perf_counter()
     windows = prepared.windows
@@ -436,13 +440,12 @@ def _measure(
     problems = prepared.problems
     accuracy = _task_score(emulated, prepared.tokenizer, problems, options, plan.label) if problems else None
     lm_eval_scores = _lm_eval_scores(emulated, prepared.tokenizer, options)
+    measured = perplexity_report(emulated, windows, logits=logits)
     if reference is None:
-        reference = Reference(
-            windows, logits, {t: perplexity_from_logits(logits[t], windows[t]) for t in logits}, accuracy
-        )
-    figures = compare(reference, logits, quantized=plan.key != "bf16")
-    if plan.kv_fp8 and emulated.kv_risk.over:
-        figures["flags"].append(emulated.kv_risk.describe())
+        reference = Reference(windows, logits, measured.perplexity, accuracy)
+    figures = compare(reference, logits, measured.perplexity, quantized=plan.key != "bf16")
+    if measured.kv_risk is not None and measured.kv_risk.over:
+        figures["flags"].append(measured.kv_risk.describe())
     memory = weight_memory(prepared.model_shape.shapes, spec.dtype, mtnc)
     instance = smallest_for(prepared.model_shape, spec.dtype, plan.kv_fp8, mtnc, seq_len=options.seq_len)
     result = VariantResult(
@@ -460,7 +463,7 @@ def _measure(
         instance_usd_per_hour=instance.price.ec2 if instance else None,
         task_accuracy=accuracy,
         task_recovery=_task_recovery(reference.task_accuracy, accuracy),
-        kv_out_of_range=emulated.kv_risk.fraction if plan.kv_fp8 else None,
+        kv_out_of_range=measured.kv_risk.fraction if measured.kv_risk is not None else None,
         lm_eval=lm_eval_scores,
         seconds=time.perf_counter() - t0,
         device=str(emulated.device),

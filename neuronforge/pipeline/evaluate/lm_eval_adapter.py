@@ -9,6 +9,8 @@ continuation is scored as decoded tokens, as on the device.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib.util
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -116,6 +118,39 @@ def require_lm_eval() -> None:
         raise NeuronforgeError("lm-evaluation-harness is not installed", "pip install 'neuronforge[eval]'")
 
 
+@functools.cache
+def task_manager() -> Any:
+    """lm-eval's index of its task files, built once per process (seconds): the check and every variant share it."""
+    require_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def check_lm_eval_tasks(tasks: list[str]) -> None:
+    """Refuse unknown task names and tasks whose data is not on this host before any variant is quantized (report
+    D27: hellaswag offline failed after the quantize runs). Loading the tasks is what lm-eval does first anyway: it
+    indexes its task files (seconds) and opens each dataset from the Hugging Face cache, offline (`force_offline`)."""
+    manager = task_manager()
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        close = {task: difflib.get_close_matches(task, manager.all_tasks, n=3) for task in unknown}
+        raise NeuronforgeError(
+            f"unknown lm-eval task(s) {', '.join(unknown)}"
+            + "".join(f" ({task}: did you mean {', '.join(near)}?)" for task, near in close.items() if near),
+            "pick names from `lm-eval ls tasks`",
+        )
+    try:
+        manager.load(tasks)
+    except Exception as exc:  # datasets' ConnectionError/FileNotFoundError, a task's own download code
+        raise NeuronforgeError(
+            f"the data of lm-eval task(s) {', '.join(tasks)} is not available on this host ({exc})",
+            'download it once where the Hugging Face Hub is reachable (`python -c "from lm_eval.tasks import '
+            f'TaskManager; TaskManager().load({tasks!r})"` caches it in ~/.cache/huggingface/datasets), or drop '
+            "--lm-eval-tasks",
+        ) from None
+
+
 def emulated_lm(model: LogitsModel, tokenizer: PreTrainedTokenizerBase, max_length: int = DEFAULT_MAX_LENGTH) -> Any:
     """An `lm_eval.api.model.LM` backed by the emulator (needs the `[eval]` extra)."""
     require_lm_eval()
@@ -142,7 +177,8 @@ def run_lm_eval(
     """Score one variant on lm-eval tasks; returns {task: {metric: value}} (numeric metrics only)."""
     from lm_eval import simple_evaluate
 
-    results = simple_evaluate(model=emulated_lm(model, tokenizer), tasks=tasks, limit=limit)["results"]
+    lm = emulated_lm(model, tokenizer)
+    results = simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=task_manager())["results"]
     return {
         task: {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         for task, metrics in results.items()

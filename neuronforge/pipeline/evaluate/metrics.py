@@ -1,7 +1,7 @@
 """Accuracy metrics of a quantized variant against the bf16 reference, computed from logits.
 
 All functions are pure: they take logits `[..., vocab]` in any float dtype (the emulator's are bf16) and compute
-in fp32, so the same forward pass feeds perplexity (`neuron.emulate.perplexity_from_logits`, the emulator's own),
+in fp32, so the same forward pass feeds perplexity (`neuron.numerics.emulate.perplexity_report`, the emulator's own),
 KL divergence and top-1 agreement without running twice.
 """
 

@@ -27,6 +27,7 @@ from neuronforge.assets.texts import calibration_samples, resolve_splits
 from neuronforge.core.atomic import atomic_write_json, atomic_write_text
 from neuronforge.core.devices import DeviceField, device_info, resolve_device, small_op_threads
 from neuronforge.core.knobs import (
+    FINITE,
     BatchSize,
     BudgetInstance,
     CalibSeqLen,
@@ -65,7 +66,7 @@ from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, choose_tp, model_fa
 from neuronforge.neuron.planner.plan import deployment_from, instance_budget
 from neuronforge.pipeline.quantize import grid_export
 from neuronforge.pipeline.quantize.plots import frontier_chart, sensitivity_chart
-from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection, select
+from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection, missing_selection_value, select
 from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity, analyze, find_blocks, forced_bf16
 from neuronforge.pipeline.quantize.target import (
     FRONTIER_JSON,
@@ -113,7 +114,7 @@ def check_target(
 
 
 # The accuracy target, declared once (RunConfig takes the same field).
-TargetKl = Annotated[float | None, pydantic.Field(gt=0, description=TARGET_KL_HELP)]
+TargetKl = Annotated[float | None, pydantic.Field(gt=0, description=TARGET_KL_HELP), FINITE]
 
 
 class QuantizeSettings(pydantic.BaseModel):
@@ -160,6 +161,13 @@ class QuantizeSettings(pydantic.BaseModel):
     @pydantic.model_validator(mode="after")
     def _target_chooses_the_blocks(self) -> QuantizeSettings:
         check_target(self.target_kl, self.selection, self.modules_to_not_convert, self.budget_instance)
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _selection_has_its_value(self) -> QuantizeSettings:
+        problem = missing_selection_value(self.selection, self.topk, self.threshold)
+        if problem and self.modules_to_not_convert is None:
+            raise ValueError(problem)
         return self
 
     @pydantic.model_validator(mode="after")

@@ -29,6 +29,16 @@ SELECTION_HELP = (
 )
 
 
+def missing_selection_value(rule: str, topk: int | None, threshold: float | None) -> str | None:
+    """What `rule` still needs, for the options models' validators (quantize, evaluate, run): a missing --topk or
+    --threshold is refused with the options, before the model loads (report D12), not after the sensitivities."""
+    if rule == "topk" and topk is None:
+        return "selection topk needs topk (how many blocks stay bf16), e.g. --topk 2"
+    if rule == "threshold" and threshold is None:
+        return "selection threshold needs threshold (a share of the total sensitivity in [0, 1]), e.g. --threshold 0.2"
+    return None
+
+
 def quantized_bytes(block: Block) -> int:
     return block.weights + 4 * block.rows
 

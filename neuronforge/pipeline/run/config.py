@@ -39,7 +39,7 @@ from neuronforge.core.utf8 import read_utf8, require_file
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.dtypes import ExportDtypeOption, KvOption
 from neuronforge.pipeline.quantize.api import TargetKl, check_target
-from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection
+from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection, missing_selection_value
 from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity
 
 DEFAULT_PRESET: PresetName = "cpu-demo"  # `make demo`'s budget
@@ -142,6 +142,13 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _target_chooses_the_blocks(self) -> RunConfig:
         check_target(self.target_kl, self.selection, self.modules_to_not_convert, self.budget_instance)
+        return self
+
+    @model_validator(mode="after")
+    def _selection_has_its_value(self) -> RunConfig:
+        problem = missing_selection_value(self.selection, self.topk, self.threshold)
+        if problem and self.modules_to_not_convert is None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

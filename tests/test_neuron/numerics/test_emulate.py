@@ -20,6 +20,7 @@ from neuronforge.neuron.numerics.emulate import (
     load_emulated,
     perplexity,
     perplexity_from_logits,
+    perplexity_report,
 )
 from neuronforge.neuron.numerics.kv_cache import fp8_roundtrip
 from neuronforge.neuron.numerics.qlinear import Bf16Linear, Fp32Gemm, NeuronQuantLinear
@@ -421,6 +422,20 @@ def test_perplexity_is_exp_mean_nll(tiny_llama_dir: Path) -> None:
     assert perplexity(emulated, windows, batch_size=2) == pytest.approx(math.exp(float(nll)), rel=1e-5)
     # One implementation: batching aside, it is the from-logits perplexity evaluate uses.
     assert perplexity(emulated, windows, batch_size=5) == perplexity_from_logits(emulated.logits(windows), windows)
+
+
+@torch.inference_mode()
+def test_the_report_from_logits_is_the_report_from_a_forward_pass(tiny_llama_dir: Path) -> None:
+    """Evaluate passes the logits it holds for the KL; `emulate` and the run stage run the forward pass. One
+    function builds both reports, and they are the same numbers, KV-cache risk included."""
+    spec = EmulationSpec(dtype="int8", kv="fp8")
+    windows = {"a": tokens(n=3, seq=16), "b": tokens(n=2, seq=12)}
+    forward = perplexity_report(load_emulated(tiny_llama_dir, spec), windows)
+    emulated = load_emulated(tiny_llama_dir, spec)
+    from_logits = perplexity_report(
+        emulated, windows, logits={t: emulated.device_logits(w) for t, w in windows.items()}
+    )
+    assert from_logits == forward and forward.kv_risk is not None and forward.tokens == {"a": 48, "b": 24}
 
 
 @pytest.mark.slow

@@ -159,17 +159,18 @@ def test_a_zeroed_layer_is_flagged_as_broken(tiny_llama_dir):
     windows = {"t": torch.randint(3, 512, (2, 48), generator=torch.Generator().manual_seed(1))}
     bf16 = load_emulated(tiny_llama_dir, EmulationSpec(fast_bf16=False))
     ref_logits = {"t": bf16.logits(windows["t"])}
-    reference = ev.Reference(windows, ref_logits, {"t": perplexity_from_logits(ref_logits["t"], windows["t"])})
+    ppl = {"t": perplexity_from_logits(ref_logits["t"], windows["t"])}
+    reference = ev.Reference(windows, ref_logits, ppl)
     broken = load_emulated(
         tiny_llama_dir, EmulationSpec(dtype="int8", modules_to_not_convert=("lm_head",), fast_bf16=False)
     )
-    healthy = ev.compare(reference, {"t": broken.logits(windows["t"])}, quantized=True)
+    healthy = ev.compare(reference, {"t": broken.logits(windows["t"])}, ppl, quantized=True)
     with torch.no_grad():
         broken.model.model.layers[0].mlp.down_proj.scale.zero_()
-    figures = ev.compare(reference, {"t": broken.logits(windows["t"])}, quantized=True)
+    figures = ev.compare(reference, {"t": broken.logits(windows["t"])}, ppl, quantized=True)
     assert figures["flags"] and figures["kl"] > healthy["kl"] * 10
     assert figures["agreement"] < healthy["agreement"]
-    unquantized = ev.compare(reference, ref_logits, quantized=True)
+    unquantized = ev.compare(reference, ref_logits, ppl, quantized=True)
     assert any("not quantized" in f for f in unquantized["flags"])
 
 
@@ -185,9 +186,10 @@ def test_compare_takes_one_window_of_logits_to_fp32_at_a_time():
     windows = {t: torch.randint(0, 97, (3, 8), generator=generator) for t in ("a", "b")}
     ref = {t: torch.randn(3, 8, 97, generator=generator).bfloat16() for t in windows}
     var = {t: (ref[t].float() + 0.3 * torch.randn(3, 8, 97, generator=generator)).bfloat16() for t in windows}
-    reference = ev.Reference(windows, ref, {t: perplexity_from_logits(ref[t], windows[t]) for t in windows})
+    ppl = {t: perplexity_from_logits(ref[t], windows[t]) for t in windows}
+    reference = ev.Reference(windows, ref, ppl)
     with made_shapes(torch.float32) as made:
-        figures = ev.compare(reference, var, quantized=True)
+        figures = ev.compare(reference, var, ppl, quantized=True)
     assert max(shape[0] for shape in made if len(shape) == 2 and shape[-1] == 97) == 8  # one window's positions
 
     whole_ref = torch.cat([ref[t].float().flatten(0, 1) for t in windows])  # every text at once

@@ -88,3 +88,30 @@ def test_trailing_context_spaces_move_to_the_continuation(emulated_and_tokenizer
     assert requests.split_pair("Answer: ", "yes") == requests.split_pair("Answer:", " yes")
     ctx, cont = requests.split_pair("", "hello")
     assert ctx == [requests.prefix_token_id] and cont
+
+
+def test_a_local_task_is_checked_and_scored_with_one_task_index(emulated_and_tokenizer, tmp_path, monkeypatch):
+    """`check_lm_eval_tasks` and `run_lm_eval` share lm-eval's task index: a local multiple-choice task (its data
+    a jsonl here, so no network) passes the check and is scored through lm-eval's own simple_evaluate."""
+    import json
+
+    from lm_eval.tasks import TaskManager
+
+    from neuronforge.pipeline.evaluate import lm_eval_adapter
+
+    rows = [{"query": "The king of Denmark", "choices": [" is dead", " banana"], "gold": 0}] * 2
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "nf_local.yaml").write_text(
+        "task: nf_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'rows.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{query}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: '{{gold}}'\n"
+        "metric_list:\n  - metric: acc\n"
+    )
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    monkeypatch.setattr(lm_eval_adapter, "task_manager", lambda: manager)
+    lm_eval_adapter.check_lm_eval_tasks(["nf_local"])
+    with pytest.raises(NeuronforgeError, match="unknown lm-eval task"):
+        lm_eval_adapter.check_lm_eval_tasks(["nf_locall"])
+    emulated, tok = emulated_and_tokenizer
+    scores = lm_eval_adapter.run_lm_eval(emulated, tok, ["nf_local"], limit=2)
+    assert 0.0 <= scores["nf_local"]["acc,none"] <= 1.0
