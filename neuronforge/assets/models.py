@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from neuronforge.assets.archives import SMOLLM2_WHEEL, RegistryArchive, extract_member
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
-from neuronforge.core.cache import cache_dir
+from neuronforge.core.cache import cache_dir, writable_cache
 from neuronforge.core.hashing import sha256_file
 from neuronforge.errors import NeuronforgeError
 from neuronforge.hf.config_compat import make_portable
@@ -67,6 +67,7 @@ def gguf_path(name: str) -> Path:
     spec = _spec(name)
     dest = cache_dir() / "gguf" / spec.gguf_name
     if not dest.exists() or sha256_file(dest) != spec.gguf_sha256:
+        writable_cache(dest.parent)
         extract_member(spec.archive, spec.gguf_member, dest)
         actual = sha256_file(dest)
         if actual != spec.gguf_sha256:
@@ -110,6 +111,7 @@ def fetch(name: str = "smollm2", *, force: bool = False) -> Path:
     if (final / PROVENANCE_FILE).exists() and not force:
         make_portable(final)  # caches written before neuronforge wrote portable configs
         return _validated_cache(name, final)
+    writable_cache(final.parent)  # before the slow conversion, not after it
     source = gguf_path(name)
     model, tokenizer = load_gguf(source)
     # (transformers types PreTrainedModel.to as functools.wraps(nn.Module.to), whose self mypy cannot bind)

@@ -2,13 +2,14 @@
 
 NeuronforgeError exits 2, and so does click's usage error (an unknown flag, a flag value of the wrong type),
 printed the same way instead of click's boxed usage text. An OSError that got past the checks (disk full, a
-read-only mount, a file removed underneath us) exits 2 with the OS's own words. Ctrl-C and SIGTERM exit
+read-only mount, a file removed underneath us) exits 2, its path and cause said by `errors.os_error`. Ctrl-C and SIGTERM exit
 128 + the signal number, after the interrupted step removed its temp folder. Messages are printed as plain
 text: a path or a YAML snippet holding `[...]` must never be read as rich markup.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -30,7 +31,7 @@ from neuronforge.assets.models import input_path
 from neuronforge.core.atomic import is_disk_full
 from neuronforge.core.outputs import check_output
 from neuronforge.core.progress import err_console
-from neuronforge.errors import Interrupted, NeuronforgeError, interrupt_message
+from neuronforge.errors import Interrupted, NeuronforgeError, current_dir_is_gone, interrupt_message, os_error
 
 console = Console()
 EXIT_USER_ERROR = 2
@@ -86,6 +87,8 @@ def _friendly_errors(fn: Callable[..., Any], interrupt: tuple[str, str] = LOCAL_
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if current_dir_is_gone():  # relative paths mean nothing, and torch cannot even load (report O12)
+                raise os_error(FileNotFoundError(errno.ENOENT, "No such file or directory"))
             return fn(*args, **kwargs)
         except NeuronforgeError as exc:
             print_error(exc.what, exc.fix)
@@ -103,11 +106,8 @@ def _friendly_errors(fn: Callable[..., Any], interrupt: tuple[str, str] = LOCAL_
                 raise typer.Exit(EXIT_USER_ERROR) from None
             if not isinstance(exc, OSError):
                 raise
-            where = f": {exc.filename}" if exc.filename else ""
-            print_error(
-                f"{exc.strerror or exc}{where}",
-                "check that path: its permissions, the free disk space, and that nothing else removed it",
-            )
+            error = os_error(exc)
+            print_error(error.what, error.fix)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper

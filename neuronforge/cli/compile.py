@@ -8,7 +8,7 @@ import typer
 
 from neuronforge.assets.models import resolve_model
 from neuronforge.cli.app import checked_out, console
-from neuronforge.cli.options import NotConvertOpt, OverwriteOpt, given, model_option
+from neuronforge.cli.options import NotConvertOpt, OverwriteOpt, given, model_option, parse_path, parse_path_text
 from neuronforge.core.outputs import output_dir
 from neuronforge.errors import validated
 from neuronforge.hf.not_convert import read_not_convert
@@ -21,8 +21,12 @@ C = CompileOptions
 
 
 def neuron_config_command(
-    model: str = typer.Option(..., "--model", help="Stage-1 output folder (or any HF folder of a supported family)."),
-    out: Path = typer.Option(..., "--out", help="Folder for neuron_config.json and modules_to_not_convert.json."),
+    model: str = typer.Option(
+        ..., "--model", parser=parse_path_text, help="Stage-1 output folder (or any HF folder of a supported family)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", parser=parse_path, help="Folder for neuron_config.json and modules_to_not_convert.json."
+    ),
     dtype: QuantDtype | None = model_option(N, "dtype"),
     not_convert: NotConvertOpt = None,
     tp_degree: int | None = model_option(N, "tp_degree"),
@@ -50,8 +54,8 @@ def neuron_config_command(
 
 
 def compile_command(
-    model: str = typer.Option(..., "--model", help=C.model_fields["model"].description),
-    out: Path = typer.Option(..., "--out", help=C.model_fields["out"].description),
+    model: str = typer.Option(..., "--model", parser=parse_path_text, help=C.model_fields["model"].description),
+    out: Path = typer.Option(..., "--out", parser=parse_path, help=C.model_fields["out"].description),
     dtype: QuantDtype | None = model_option(C, "dtype"),
     tp_degree: int | None = model_option(C, "tp_degree"),
     kv: KvDtype | None = model_option(C, "kv"),

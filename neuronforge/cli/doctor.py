@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuronforge.cli.app import console
-from neuronforge.cli.options import JsonOpt, model_option, preset_option
+from neuronforge.cli.options import JsonOpt, model_option, parse_path_text, preset_option
 from neuronforge.core.presets import apply_preset
 from neuronforge.doctor import as_json as checks_json
 from neuronforge.doctor import capabilities, diagnose
@@ -19,8 +19,10 @@ from neuronforge.pipeline.quantize.api import QuantizeSettings
 
 
 def doctor_command(
-    model: str = typer.Option("smollm2", "--model", help="model whose size to check disk and memory against"),
-    out: str = typer.Option("runs", "--out", help="where runs will write (disk check)"),
+    model: str = typer.Option(
+        "smollm2", "--model", parser=parse_path_text, help="model whose size to check disk and memory against"
+    ),
+    out: str = typer.Option("runs", "--out", parser=parse_path_text, help="where runs will write (disk check)"),
     as_json: JsonOpt = False,
     preset: str | None = preset_option(QuantizeSettings),
     nsamples: int | None = model_option(QuantizeSettings, "nsamples", default_text="from --preset"),

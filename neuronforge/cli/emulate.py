@@ -12,7 +12,7 @@ from rich.markup import escape
 from neuronforge.assets.models import fetch_or_resolve
 from neuronforge.assets.texts import held_out_windows, resolve_splits
 from neuronforge.cli.app import checked_out, console
-from neuronforge.cli.options import ModelOpt, NotConvertOpt, OverwriteOpt, TextOpt, given, model_option
+from neuronforge.cli.options import ModelOpt, NotConvertOpt, OverwriteOpt, TextOpt, given, model_option, parse_path
 from neuronforge.core.devices import DeviceRequest, capped_threads, device_info, resolve_device
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError, validated
@@ -106,7 +106,9 @@ def emulate_command(
 
 def quantize_nxd_command(
     model: ModelOpt = "smollm2",
-    out: Path = typer.Option(..., "--out", help="Folder to write (NxDI's quantized_checkpoints_path)."),
+    out: Path = typer.Option(
+        ..., "--out", parser=parse_path, help="Folder to write (NxDI's quantized_checkpoints_path)."
+    ),
     dtype: QuantDtype | None = model_option(NeuronConfigOptions, "dtype"),
     qtype: QuantType | None = model_option(NeuronConfigOptions, "qtype"),
     not_convert: NotConvertOpt = None,

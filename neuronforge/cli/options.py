@@ -13,13 +13,38 @@ One spelling per concept: `--tp-degree`, `--overwrite`, `--seq-len` (the compile
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from rich.markup import escape
 
+from neuronforge.core.knobs import not_empty_path
 from neuronforge.core.presets import presets_help
+
+
+def parse_path_text(value: str) -> str:
+    """Every path flag's parser: refuses '' (`core.knobs.not_empty_path`) before typer would turn it into '.'."""
+    try:
+        return str(not_empty_path(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def parse_path(value: str) -> Path:
+    """`parse_path_text` for a flag typed Path."""
+    return Path(parse_path_text(value))
+
+
+def _is_path(annotation: Any) -> bool:
+    """A field typed Path, `Path | None` or `core.knobs.LocalPath` (an Annotated Path)."""
+    return annotation is Path or any(_is_path(arg) for arg in get_args(annotation))
+
+
+def _is_path_text(info: FieldInfo) -> bool:
+    """A field typed `core.knobs.PathText`: a path kept as text (a model name or s3:// URI may stand for it)."""
+    return any(getattr(item, "func", None) is not_empty_path for item in info.metadata)
 
 
 def model_option(
@@ -35,15 +60,20 @@ def model_option(
         *(decls or (f"--{field.replace('_', '-')}",)),
         help=escape(text if text is not None else (info.description or "")),  # rich would eat "[eval]"
         show_default=default_text or False,
+        parser=parse_path if _is_path(info.annotation) else parse_path_text if _is_path_text(info) else None,
     )
 
 
-ModelOpt = Annotated[str, typer.Option("--model", help="Embedded model name ('smollm2') or a Hugging Face folder.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", help="Embedded model name ('smollm2') or a Hugging Face folder.", parser=parse_path_text),
+]
 NotConvertOpt = Annotated[
     Path | None,
     typer.Option(
         "--not-convert",
         help='JSON file of blocks kept in bf16: {"modules_to_not_convert": [...]} or a plain list.',
+        parser=parse_path,
     ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
@@ -60,7 +90,10 @@ def preset_option(model: Any) -> Any:
 
 
 TextOpt = Annotated[
-    Path | None, typer.Option("--text", help="Your .txt/.jsonl (calibration and held-out text); default: embedded.")
+    Path | None,
+    typer.Option(
+        "--text", help="Your .txt/.jsonl (calibration and held-out text); default: embedded.", parser=parse_path
+    ),
 ]
 RegionOpt = Annotated[
     str | None, typer.Option("--region", help="AWS region (default: $AWS_REGION / $AWS_DEFAULT_REGION).")

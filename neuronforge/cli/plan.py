@@ -10,7 +10,7 @@ import typer
 
 from neuronforge.assets.models import resolve_model
 from neuronforge.cli.app import console
-from neuronforge.cli.options import JsonOpt, NotConvertOpt, given, model_option
+from neuronforge.cli.options import JsonOpt, NotConvertOpt, given, model_option, parse_path_text
 from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype
 from neuronforge.neuron.nxdi.config import default_not_convert
 from neuronforge.neuron.planner.plan import (
@@ -27,7 +27,10 @@ PlanDtype = Literal["bf16", QuantDtype]
 
 def plan_command(
     model: str = typer.Option(
-        "smollm2", "--model", help="Embedded model name, a Hugging Face folder, or just its config.json (no weights)."
+        "smollm2",
+        "--model",
+        parser=parse_path_text,
+        help="Embedded model name, a Hugging Face folder, or just its config.json (no weights).",
     ),
     dtype: PlanDtype | None = model_option(Deployment, "dtype"),
     kv: KvDtype | None = model_option(Deployment, "kv"),

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from neuronforge.cli.app import checked_out, console
-from neuronforge.cli.options import NotConvertOpt, VerboseOpt, given, model_option, preset_option
+from neuronforge.cli.options import NotConvertOpt, VerboseOpt, given, model_option, parse_path, preset_option
 from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import LOG_FILE, third_party_log, third_party_logs
 from neuronforge.core.progress import err_console
@@ -25,7 +25,7 @@ PRESET_FILLED = "from --preset"
 
 
 def quantize_command(
-    out: Path = typer.Option(..., "--out", help=Q.model_fields["out"].description),
+    out: Path = typer.Option(..., "--out", parser=parse_path, help=Q.model_fields["out"].description),
     model: str | None = model_option(Q, "model"),
     dtype: ExportDtype | None = model_option(Q, "dtype"),
     preset: str | None = preset_option(Q),

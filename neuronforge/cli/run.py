@@ -6,6 +6,7 @@ so that only flags actually given override the config file.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuronforge.cli.app import App, console
-from neuronforge.cli.options import OverwriteOpt, VerboseOpt
+from neuronforge.cli.options import OverwriteOpt, VerboseOpt, parse_path_text
 from neuronforge.core.atomic import atomic_write_text
 from neuronforge.core.devices import DeviceRequest
 from neuronforge.core.logs import third_party_log, third_party_logs
@@ -47,6 +48,8 @@ def _print_event(event: StageEvent) -> None:
     elif event.status == "up to date":
         took = f"; it took {event.seconds:.1f} s when it ran" if event.seconds is not None else ""
         err_console.print(f"[green]ok {event.stage}[/] up to date: inputs unchanged, not run again{took}")
+    elif event.status == "warning":
+        err_console.print(f"[yellow]warning:[/] {message}")
     elif event.status == "skipped":
         err_console.print(f"[yellow]-- {event.stage}[/] skipped: {message}")
     else:
@@ -99,6 +102,7 @@ def run_command(
         None,
         "--config",
         "-c",
+        parser=parse_path_text,
         help="YAML/TOML config file (local or s3://); "
         "flags override its keys. Write one with `neuronforge config init`.",
     ),
@@ -152,7 +156,7 @@ def run_command(
     target = settings.run_dir()
     console.print(f"run directory: {target}{'' if is_s3(target) else f' ({Path(target).resolve()})'}")
     log_dir = storage.local_mirror(target) if is_s3(target) else Path(target)
-    existed = log_dir.exists()
+    existed = os.path.lexists(log_dir)  # (False for a name too long: run_pipeline's checks say so, naming --out)
     try:
         with third_party_logs(third_party_log(log_dir), verbose):
             outcome = run_pipeline(settings, listener=_print_event)
@@ -166,7 +170,7 @@ def run_command(
 def _drop_if_only_logs(folder: Path) -> None:
     """A run refused before any stage leaves no folder behind, even when a library logged while it checked."""
     logs = third_party_log(folder).parent
-    if folder.is_dir() and {p.name for p in folder.iterdir()} == {logs.name}:
+    if os.path.isdir(folder) and {p.name for p in folder.iterdir()} == {logs.name}:
         shutil.rmtree(folder)
 
 
@@ -175,7 +179,7 @@ config_cli = App(help="Write the run configuration file.")
 
 @config_cli.command("init")
 def config_init(
-    path: str = typer.Argument("neuronforge.yaml", help="where to write it ('-' prints it)"),
+    path: str = typer.Argument("neuronforge.yaml", parser=parse_path_text, help="where to write it ('-' prints it)"),
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the default run configuration as commented YAML (every key `neuronforge run` accepts)."""

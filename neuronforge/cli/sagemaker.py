@@ -28,6 +28,7 @@ from neuronforge.cli.options import (
     WaitOpt,
     given,
     model_option,
+    parse_path,
 )
 from neuronforge.core.aws import call, client
 from neuronforge.core.s3uri import S3Uri
@@ -91,7 +92,10 @@ sagemaker_cli = App(
 
 
 WheelOpt = typer.Option(
-    None, "--wheel", help="neuronforge wheel to ship to the job (default: build one from the running source)."
+    None,
+    "--wheel",
+    parser=parse_path,
+    help="neuronforge wheel to ship to the job (default: build one from the running source).",
 )
 InstallOpt = typer.Option(
     None, "--install", help="Install this pip spec in the job instead of shipping the running code (a release)."
@@ -450,7 +454,9 @@ def pipeline_command(
 
 
 def package_command(
-    out: Path = typer.Argument(..., help="Package directory to write (or an existing one to upload)."),
+    out: Path = typer.Argument(
+        ..., parser=parse_path, help="Package directory to write (or an existing one to upload)."
+    ),
     compiled: Path | None = model_option(P, "compiled"),
     checkpoint: Path | None = model_option(P, "checkpoint"),
     tokenizer: Path | None = model_option(P, "tokenizer"),

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, os_error
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
@@ -124,9 +124,7 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
         remove_leftovers(final.parent, final.name)
         tmp = new_partial_dir(final)
     except OSError as exc:
-        raise NeuronforgeError(
-            f"cannot create {final} ({exc.strerror})", "choose a writable location, or fix its permissions"
-        ) from None
+        raise os_error(exc, final) from None
     try:
         yield tmp
         if final.exists() or final.is_symlink():

@@ -4,13 +4,16 @@ An options model gives each knob its own default (quantize starts from the gpu p
 the type below, with its bounds and description, is the same everywhere; the CLI takes its help from the model
 field (cli/options.py `model_option`), so a knob's rules cannot drift between commands. The dtype vocabularies
 live in neuron/dtypes.py. Every float knob carries `FINITE` and every path given as text `PathText`
-(tests/test_cli/test_knobs.py walks every options model to check it).
+(tests/test_cli/test_knobs.py walks every options model to check it). Every path option refuses an empty
+string, once, in `not_empty_path` (`LocalPath`, `PathText`; the CLI's path flags parse with it:
+cli/options.py `parse_path`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidatorFunctionWrapHandler, WrapValidator
@@ -42,9 +45,22 @@ def _as_text(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
+EMPTY_PATH = "an empty path ('') is not a path: it would silently mean the current directory"
+
+
+def not_empty_path(value: Any) -> Any:
+    """Refuse '' (and blanks) as a path: Path('') is the current directory, so an empty YAML value or a `--text ''`
+    quietly pointed at the folder the user stood in and failed later about something else (report B15, C09, C20)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{EMPTY_PATH} (write . for that)")
+    return value
+
+
+# A local path (a folder or file the command reads or writes).
+LocalPath = Annotated[Path, BeforeValidator(not_empty_path)]
 # A field that takes a name, an s3:// URI or a local path, as text: a pathlib.Path (what nf.fetch_model returns)
-# is accepted too (report J04).
-PathText = Annotated[str, BeforeValidator(_as_text)]
+# is accepted too (report J04). (Annotated before-validators run last first: _as_text, then not_empty_path.)
+PathText = Annotated[str, BeforeValidator(not_empty_path), BeforeValidator(_as_text)]
 
 # Stage 1: calibration budget (core/presets.py holds the values a preset fills in).
 # At most 10,000 steps: 10x auto-round's own "best" recipe (1000; default 200, light 50: auto-round 0.16.1

@@ -32,7 +32,7 @@ from neuronforge.core.atomic import (
     tree_bytes,
 )
 from neuronforge.core.s3uri import SCHEME, is_s3
-from neuronforge.errors import NeuronforgeError
+from neuronforge.errors import NeuronforgeError, os_error
 
 RUN_MANIFEST = "manifest.json"  # what makes a folder a run directory (with the run's keys in it)
 RUN_LOCK = ".lock"
@@ -94,6 +94,19 @@ def check_apart(out: str | Path, inputs: Mapping[str, str | Path | None], flag: 
         )
 
 
+def check_no_dangling_link(out: str | Path, flag: str = "--out") -> None:
+    """`out`, or a folder above it, is not a symbolic link to nothing: creating the output would fail with a
+    misleading "File exists" after the inputs were checked (report O07), or create the link's target."""
+    path = Path(os.path.abspath(Path(out).expanduser()))
+    for part in (path, *path.parents):
+        if part.is_symlink() and not part.exists():
+            target = os.readlink(part)
+            raise NeuronforgeError(
+                f"{flag} {out}: {part} is a dangling symbolic link (to {target}, which does not exist)",
+                f"remove the link {part} or create {target}, or choose another {flag}",
+            )
+
+
 def check_writable(path: Path, flag: str = "--out") -> None:
     """`path` is (or can be created as) a folder this process may write in."""
     if path.exists() and not path.is_dir():
@@ -114,16 +127,21 @@ def check_output(
     out: Path, inputs: Mapping[str, str | Path | None], flag: str = "--out", *, overwrite: bool = False
 ) -> Path:
     """All checks for a standalone command's output folder; returns it as an absolute path."""
-    out = local_path(out)
-    check_apart(out, inputs, flag)
-    run_dir = enclosing_run_dir(out)
-    if run_dir is not None:
-        raise NeuronforgeError(
-            f"{flag} {out} is inside the run directory {run_dir}, whose folders `neuronforge run` manages",
-            f"choose a {flag} outside {run_dir}",
-        )
-    check_writable(out, flag)
-    check_replaceable(out, overwrite=overwrite, flag=flag)
+    given = out
+    try:
+        check_no_dangling_link(out, flag)
+        out = local_path(out)
+        check_apart(out, inputs, flag)
+        run_dir = enclosing_run_dir(out)
+        if run_dir is not None:
+            raise NeuronforgeError(
+                f"{flag} {out} is inside the run directory {run_dir}, whose folders `neuronforge run` manages",
+                f"choose a {flag} outside {run_dir}",
+            )
+        check_writable(out, flag)
+        check_replaceable(out, overwrite=overwrite, flag=flag)
+    except OSError as exc:  # a name too long, a deleted current directory, ...
+        raise os_error(exc, given, flag) from None
     return out
 
 
@@ -219,15 +237,22 @@ def output_dir(out: Path, *, overwrite: bool = False, flag: str = "--out") -> It
 
 def check_run_dir(out: Path, inputs: Mapping[str, str | Path | None]) -> Path:
     """`run --out`: new, empty, or already a run directory; never inside another one or one of the inputs."""
-    out = local_path(out)
-    check_apart(out, inputs)
-    outer = enclosing_run_dir(out.parent)
-    if outer is not None:
-        raise NeuronforgeError(f"--out {out} is inside the run directory {outer}", f"choose an --out outside {outer}")
-    check_writable(out)
-    if out.is_dir() and not is_run_dir(out) and any(p.name != RUN_LOCK for p in out.iterdir()):
-        raise NeuronforgeError(
-            f"--out {out} already holds files and is not a neuronforge run directory (it has no run manifest.json)",
-            "choose a new or empty folder for --out; neuronforge never writes into a folder it did not create",
-        )
+    given = out
+    try:
+        check_no_dangling_link(out)
+        out = local_path(out)
+        check_apart(out, inputs)
+        outer = enclosing_run_dir(out.parent)
+        if outer is not None:
+            raise NeuronforgeError(
+                f"--out {out} is inside the run directory {outer}", f"choose an --out outside {outer}"
+            )
+        check_writable(out)
+        if out.is_dir() and not is_run_dir(out) and any(p.name != RUN_LOCK for p in out.iterdir()):
+            raise NeuronforgeError(
+                f"--out {out} already holds files and is not a neuronforge run directory (it has no run manifest.json)",
+                "choose a new or empty folder for --out; neuronforge never writes into a folder it did not create",
+            )
+    except OSError as exc:  # a name too long, a deleted current directory, ...
+        raise os_error(exc, given, "--out") from None
     return out

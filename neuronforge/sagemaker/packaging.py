@@ -28,7 +28,7 @@ from neuronforge.core import s3uri
 from neuronforge.core.atomic import atomic_write_json, link_tree, tree_bytes
 from neuronforge.core.aws import call, uninterrupted
 from neuronforge.core.hashing import sha256_file
-from neuronforge.core.knobs import TpDegree
+from neuronforge.core.knobs import LocalPath, TpDegree
 from neuronforge.core.logs import LOG_DIR
 from neuronforge.core.outputs import OUTPUT_MARKER, check_apart, check_replaceable, output_dir
 from neuronforge.core.package_versions import installed_versions
@@ -206,10 +206,10 @@ class PackageOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    out: Path = Field(description="package directory to write")
-    compiled: Path = Field(description="`neuronforge compile` output directory")
-    checkpoint: Path = Field(description="`neuronforge quantize` output directory")
-    tokenizer: Path | None = Field(None, description="tokenizer folder if the checkpoint lacks one")
+    out: LocalPath = Field(description="package directory to write")
+    compiled: LocalPath = Field(description="`neuronforge compile` output directory")
+    checkpoint: LocalPath = Field(description="`neuronforge quantize` output directory")
+    tokenizer: LocalPath | None = Field(None, description="tokenizer folder if the checkpoint lacks one")
     tp_degree: TpDegree = Field(None, description="default: read from compiled/neuron_config.json")
     max_num_seqs: int = Field(1, ge=1, description="concurrent sequences the endpoint serves")
     overwrite: bool = Field(False, description="replace the output if it exists")

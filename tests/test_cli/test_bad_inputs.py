@@ -176,6 +176,17 @@ def _user_folders(tmp: Path, fx: Path) -> None:
     _write(tmp / "o-dl2" / "quantize" / "results.csv", "data")
 
 
+def _configs(tmp: Path, fx: Path) -> None:
+    """Config files with an empty path (report C09, C20) and a key given twice (C08)."""
+    _write(tmp / "c-out.yaml", 'out: ""\n')
+    _write(tmp / "c-text.yaml", 'text: ""\n')
+    _write(tmp / "c-dup.yaml", "iters: 1\nnsamples: 2\niters: 7\n")
+
+
+def _links(tmp: Path, fx: Path) -> None:
+    (tmp / "dang").symlink_to("nowhere")  # a dangling link (report O07)
+
+
 def _project(tmp: Path, fx: Path) -> None:
     """A project folder holding the user's model (report 4.10: `cd o-dl; run --model ./model --out .`)."""
     shutil.copytree(fx / "ok", tmp / "o-dl" / "model")
@@ -366,6 +377,35 @@ CASES = [
     Case("E27", "package pkg --compiled {fx}/comp --checkpoint {fx}/ok --tp-degree 0", "tp_degree: Input should be"),
     Case("E30b", "sagemaker quantize --model-s3 s3://b/m/ --output-s3 s3://b/o/ " + SM + Q_BAD, "calib_seq_len"),
     Case("E33", "sagemaker compile --checkpoint-s3 s3://b/c/ --output-s3 s3://b/o/ --tp-degree 0 " + SM, "tp_degree: "),
+    # round 2: paths33
+    Case("B15", "run --model {fx}/ok --out r --text {empty} " + " ".join(S), "text: an empty path ('')"),
+    Case(
+        "C09",
+        "run --config c-out.yaml --model {fx}/ok",
+        "from c-out.yaml and the command line: out: an empty path",
+        setup=_configs,
+    ),
+    Case(
+        "C20",
+        "run --config c-text.yaml --model {fx}/ok --out r",
+        "c-text.yaml and the command line: text: an empty",
+        setup=_configs,
+    ),
+    Case(
+        "C08",
+        "run --config c-dup.yaml --model {fx}/ok --out r --stages model",
+        "c-dup.yaml gives the key 'iters' twice",
+        setup=_configs,
+    ),
+    Case("O06", "run --model {fx}/ok --out " + "x" * 300 + " " + " ".join(S), "x is too long: a name in it is longer"),
+    Case("own-quantize-long-out", "quantize --model {fx}/ok --out " + "q" * 300, "is too long"),
+    Case(
+        "O07",
+        "run --model {fx}/ok --out dang --stages model",
+        "dang is a dangling symbolic link (to nowhere",
+        setup=_links,
+    ),
+    Case("own-quantize-dangling", "quantize --model {fx}/ok --out dang/q", "dangling symbolic link", setup=_links),
 ]
 
 
@@ -408,7 +448,7 @@ def test_bad_input_is_a_clean_error_and_changes_nothing(
     cwd = tmp_path / case.cwd
     monkeypatch.chdir(cwd)
     before = (_tree(fx), _tree(tmp_path))
-    argv = [part.format(fx=fx, tmp=tmp_path) for part in case.argv.split()]
+    argv = [part.format(fx=fx, tmp=tmp_path, empty="") for part in case.argv.split()]
     output = check_clean_error(CliRunner().invoke(app, argv))
     assert case.error in output
     assert (_tree(fx), _tree(tmp_path)) == before, "a failed command changed or left files"
@@ -457,6 +497,94 @@ def test_lm_eval_tasks_are_checked_before_any_variant_is_quantized(
 
 def _invoke(argv: list[str]) -> object:
     return CliRunner().invoke(app, argv)
+
+
+def test_a_deleted_current_directory_is_named(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """O12: run from a folder deleted underneath the shell said "No such file or directory" without a path (and
+    with absolute paths torch failed to load); every command now says what is wrong before it starts."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    for argv in (["run", "--model", str(fx / "ok"), "--out", "r", *S], ["model", "list"]):
+        output = check_clean_error(_invoke(argv))
+        assert "the current directory no longer exists" in output
+    assert _tree(tmp_path) == {}
+
+
+def test_an_unwritable_cache_names_neuronforge_cache(
+    locked_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K01: an empty cache nobody may write, and the embedded model must be fetched: the raw "Operation not
+    permitted: <cache>/downloads" with the generic fix became an error naming the variable and what to do."""
+    monkeypatch.setenv("NEURONFORGE_CACHE", str(locked_dir))
+    before = _tree(tmp_path)
+    output = check_clean_error(
+        _invoke(["emulate", "--model", "smollm2", "--eval-tokens", "64", "--eval-seq-len", "32"])
+    )
+    assert "error: NEURONFORGE_CACHE=" in output and "o-immut cannot be written" in output  # (the path may wrap)
+    assert "set NEURONFORGE_CACHE to a folder you can write" in output
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("case", "value", "error"),
+    [
+        ("K02", "{tmp}/cfile", "cfile is a file, not a folder"),
+        ("K09", "cache", "NEURONFORGE_CACHE=cache is a relative path: it would be a different cache in every folder"),
+    ],
+)
+def test_a_cache_that_is_a_file_or_relative_is_refused(
+    case: str, value: str, error: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K02: "Not a directory: cfile/downloads". K09: a relative NEURONFORGE_CACHE was a new cache in each folder;
+    it is refused (resolving it against one folder would still leave the next command's cache elsewhere)."""
+    _write(tmp_path / "cfile", "a file")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEURONFORGE_CACHE", value.format(tmp=tmp_path))
+    before = _tree(tmp_path)
+    for argv in (["model", "list"], ["model", "fetch", "smollm2"]):
+        output = check_clean_error(_invoke(argv))
+        assert "error: NEURONFORGE_CACHE=" in output and error in output
+    assert _tree(tmp_path) == before
+
+
+# Path flags typed str (they may name an embedded model or an s3:// URI), beside every flag typed Path.
+TEXT_PATHS = {("run", "config"), ("run", "model"), ("run", "out"), ("run", "text"), ("config init", "path")}
+
+
+def _path_flags() -> list[tuple[str, str]]:
+    """(command, flag or '' for an argument) for every path parameter of every command."""
+    import typer.main
+
+    found = []
+
+    def walk(command: object, path: str) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+        for param in getattr(command, "params", []):
+            annotation = str(param.type_descriptor.annotation)
+            if "Path" in annotation or (path, param.name) in TEXT_PATHS or param.name == "model":
+                found.append((path, param.opts[0] if param.param_type_name == "option" else ""))
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+@pytest.mark.parametrize(("command", "flag"), _path_flags(), ids=[" ".join(p).strip() for p in _path_flags()])
+def test_every_path_flag_refuses_an_empty_path(command: str, flag: str, tmp_path: Path) -> None:
+    """B15 for every command: '' became the current directory (Path('') is '.') and the error, if any, talked
+    about something else; each path flag now refuses it while parsing, before anything is read or written."""
+    _write(tmp_path / "mine.txt", "the user's")  # were '' taken as '.', no command could write here
+    before = _tree(tmp_path)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        output = check_clean_error(_invoke([*command.split(), *([flag] if flag else []), ""]))
+    finally:
+        os.chdir(cwd)
+    assert "an empty path ('')" in output
+    assert _tree(tmp_path) == before
 
 
 @pytest.fixture
@@ -530,6 +658,55 @@ def test_a_file_put_into_a_stage_folder_is_not_deleted_when_the_stage_runs_again
     (tmp_path / "r" / "quantize" / "NOTES.md").unlink()
     again = _invoke([*argv, "--selection", "none"])
     assert again.exit_code == 0 and "up to date" in again.output, again.output
+
+
+def test_a_stage_folder_replaced_by_a_link_or_a_file_is_refused(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """I02: r/quantize replaced by a symbolic link to a copy of it was followed and accepted as up to date.
+    I12: a stage folder replaced by a regular file was silently replaced (a `.…partial-*` folder left behind).
+    Both are refused before anything is written, and the run works again once the folder is back."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model,quantize", *S, "--no-autoround"]
+    first = _invoke([*argv, "--selection", "none"])
+    assert first.exit_code == 0, first.output
+    shutil.copytree(tmp_path / "r" / "quantize", tmp_path / "qcopy")
+    shutil.rmtree(tmp_path / "r" / "quantize")
+    (tmp_path / "r" / "quantize").symlink_to(tmp_path / "qcopy")
+    before = _tree(tmp_path)
+    output = check_clean_error(_invoke([*argv, "--selection", "none"]))
+    assert "r/quantize is a symbolic link" in output and "never follows or replaces a link" in output
+    assert _tree(tmp_path) == before
+    (tmp_path / "r" / "quantize").unlink()
+    shutil.move(tmp_path / "qcopy", tmp_path / "r" / "quantize")
+
+    shutil.rmtree(tmp_path / "r" / "model")
+    _write(tmp_path / "r" / "model", "a file in place of the stage folder")
+    before = _tree(tmp_path)
+    output = check_clean_error(_invoke([*argv, "--selection", "none"]))
+    assert "r/model is a file, not the stage folder this run made" in output
+    assert _tree(tmp_path) == before
+    (tmp_path / "r" / "model").unlink()
+    again = _invoke([*argv, "--selection", "none"])
+    assert again.exit_code == 0, again.output
+
+
+def test_a_run_directory_of_another_model_is_replaced_with_a_warning(
+    fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O13: `run --out r` where r holds another model's run replaced its results without a word. `run` has no
+    --overwrite (a run directory is meant to be re-used: what changed runs again), so it warns, naming both."""
+    monkeypatch.chdir(tmp_path)
+    first = _invoke(["run", "--model", str(fx / "ok"), "--out", "r", "--stages", "model"])
+    assert first.exit_code == 0, first.output
+    assert "warning:" not in first.output
+    second = _invoke(["run", "--model", str(fx / "m_nc"), "--out", "r", "--stages", "model"])
+    assert second.exit_code == 0, second.output
+    output = _flat(second.output)
+    assert "warning:" in output and "holds the results of another model" in output
+    assert "ok)" in output and "m_nc" in output.split("replace them", 1)[1]
+    same = _invoke(["run", "--model", str(fx / "m_nc"), "--out", "r", "--stages", "model"])
+    assert same.exit_code == 0 and "warning:" not in same.output, same.output
 
 
 def test_truncated_manifest_and_existing_config_file(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -211,6 +211,32 @@ def test_compile_defaults_are_the_sdk_and_instance_constants() -> None:
         assert CompileOptions(model="m", out="o").instance == DEFAULT_INSTANCE  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        (QuantizeOptions, "model"),
+        (QuantizeOptions, "out"),
+        (QuantizeOptions, "text"),
+        (EvaluateOptions, "out"),
+        (EvaluateOptions, "gsm8k"),
+        (CompileOptions, "model"),
+        (CompileOptions, "neuron_config"),
+        (PackageOptions, "compiled"),
+        (PackageOptions, "tokenizer"),
+        (RunConfig, "model"),
+        (RunConfig, "out"),
+        (RunConfig, "text"),
+    ],
+)
+def test_the_python_api_refuses_an_empty_path(model: type[BaseModel], field: str) -> None:
+    """B15/C09/C20 for `nf.*`: Path('') is the current directory, so '' was taken as '.' without a word."""
+    required = {"out": "o", "compiled": "c", "checkpoint": "k", "model": "m"}
+    values = {name: value for name, value in required.items() if name in model.model_fields}
+    model(**values)  # valid without the empty value
+    with pytest.raises(pydantic.ValidationError, match=r"an empty path \(''\)"):
+        model(**{**values, field: ""})
+
+
 # --- every float knob names NaN and infinity (report C14, D07, E03), declared once in core/knobs.py -----------
 
 

@@ -25,7 +25,7 @@ from typing import Any, cast
 from pydantic import AliasChoices, ConfigDict, Field
 
 from neuronforge.core.atomic import atomic_write_json
-from neuronforge.core.knobs import PathText, TpDegree
+from neuronforge.core.knobs import LocalPath, PathText, TpDegree
 from neuronforge.core.outputs import check_apart, check_replaceable, output_dir
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError, expect
@@ -70,10 +70,10 @@ class CompileOptions(NeuronConfigOptions):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     model: PathText = Field(description="stage-1 output folder (fake-quantized bf16 checkpoint)")
-    out: Path = Field(description="compiled folder to create (model.pt, presharded weights, ...)")
+    out: LocalPath = Field(description="compiled folder to create (model.pt, presharded weights, ...)")
     # `tp` was this field's name before 0.x: old configs still validate.
     tp_degree: TpDegree = Field(None, validation_alias=AliasChoices("tp_degree", "tp"))
-    neuron_config: Path | None = Field(
+    neuron_config: LocalPath | None = Field(
         None, description="a neuron_config.json from `neuron-config`; replaces the deployment fields"
     )
     smoke_prompt: str = "The capital of France is"

@@ -30,6 +30,7 @@ from neuronforge.core.knobs import (
     EvalSeqLen,
     EvalTokens,
     Iters,
+    LocalPath,
     MaxExtraMemory,
     Nsamples,
     PathText,
@@ -80,10 +81,12 @@ class EvaluateOptions(pydantic.BaseModel):
     default_preset: ClassVar[PresetName] = "cpu-fast"  # fills iters/nsamples/calib_seq_len left unset
 
     model: PathText = pydantic.Field("smollm2", description="embedded model name ('smollm2') or a Hugging Face folder")
-    out: Path = pydantic.Field(Path("eval"), description="folder for report.md/json/png and the variant checkpoints")
+    out: LocalPath = pydantic.Field(
+        Path("eval"), description="folder for report.md/json/png and the variant checkpoints"
+    )
     dtype: ExportDtypeOption = "int8"
     kv: KvOption = "fp8"
-    text: Path | None = pydantic.Field(
+    text: LocalPath | None = pydantic.Field(
         None, description=".txt/.jsonl split into calibration and held-out text; default: the embedded texts"
     )
     eval_tokens: EvalTokens = pydantic.Field(1024, validation_alias=pydantic.AliasChoices("eval_tokens", "max_tokens"))
@@ -110,7 +113,7 @@ class EvaluateOptions(pydantic.BaseModel):
     # the deployment the instance column and budget_instance assume (batch 1, like compile's default)
     seq_len: SeqLen = 1024
     # optional task accuracy
-    gsm8k: Path | None = pydantic.Field(
+    gsm8k: LocalPath | None = pydantic.Field(
         None, description="local GSM8K-style jsonl (question, answer '#### N') for task accuracy"
     )
     task_limit: int | None = pydantic.Field(None, ge=1, description="score only the first N problems")

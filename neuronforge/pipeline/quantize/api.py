@@ -32,6 +32,7 @@ from neuronforge.core.knobs import (
     BudgetInstance,
     CalibSeqLen,
     Iters,
+    LocalPath,
     MaxExtraMemory,
     Nsamples,
     PathText,
@@ -129,7 +130,7 @@ class QuantizeSettings(pydantic.BaseModel):
     iters: Iters = PRESETS["gpu"].iters  # >= 1 with autoround (checked below)
     nsamples: Nsamples = PRESETS["gpu"].nsamples
     calib_seq_len: CalibSeqLen = PRESETS["gpu"].calib_seq_len
-    text: Path | None = pydantic.Field(
+    text: LocalPath | None = pydantic.Field(
         None, description="your .txt/.jsonl (calibration and held-out text); default: the embedded texts"
     )
     sensitivity: Sensitivity = pydantic.Field("first_order", description=SENSITIVITY_HELP)
@@ -195,7 +196,7 @@ class QuantizeOptions(QuantizeSettings):
     """Folder to folder (`quantize`): the settings plus the input model and the output folder."""
 
     model: PathText = pydantic.Field("smollm2", description="embedded model name ('smollm2') or a Hugging Face folder")
-    out: Path = pydantic.Field(description="output folder to create (fails if it exists)")
+    out: LocalPath = pydantic.Field(description="output folder to create (fails if it exists)")
 
 
 class QuantizeResult(pydantic.BaseModel):

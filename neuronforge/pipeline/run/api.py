@@ -21,7 +21,7 @@ from neuronforge.pipeline.run import storage
 from neuronforge.pipeline.run.checks import check_inputs, check_mirror, check_output
 from neuronforge.pipeline.run.config import RunConfig
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest
-from neuronforge.pipeline.run.runner import Listener, Stage, run_stages
+from neuronforge.pipeline.run.runner import Listener, Stage, StageEvent, run_stages
 from neuronforge.pipeline.run.stages import STAGES, RunInputs
 from neuronforge.pipeline.run.summaries import SUMMARIES, EmulateSummary, EvaluateSummary, ModelSummary
 
@@ -67,6 +67,8 @@ def run_pipeline(
         storage.download(remote, run_dir, missing_ok=True)
         check_mirror(run_dir, remote)
 
+    _warn_if_another_model(run_dir, config.model, listener)
+
     def push(name: str) -> None:
         if remote is None:
             return
@@ -89,6 +91,25 @@ def run_pipeline(
             push(MANIFEST_FILE)  # let the other host see where this run stopped
         raise
     return RunOutcome(run_dir=run_dir, remote=remote, manifest=manifest)
+
+
+def _warn_if_another_model(run_dir: Path, model: str, listener: Listener) -> None:
+    """Re-using a run directory re-runs what changed, by design; but when the model changed, every result in it
+    is about to be replaced by another model's, which a re-used folder name hid (report O13): say so first."""
+    if not (run_dir / MANIFEST_FILE).is_file():
+        return
+    manifest = Manifest.load(run_dir)
+    previous = manifest.config.get("model")
+    if previous in (None, model) or not any(record.status == "done" for record in manifest.stages.values()):
+        return
+    listener(
+        StageEvent(
+            "model",
+            "warning",
+            f"{run_dir} holds the results of another model ({previous}); the stages that run now replace them "
+            f"with results for {model} (choose another --out to keep both)",
+        )
+    )
 
 
 @dataclass(frozen=True)

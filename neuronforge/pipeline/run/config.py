@@ -178,11 +178,31 @@ def _format_problems(exc: ValidationError, source: str) -> NeuronforgeError:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(f"unknown key '{key}'{hint}")
         else:
-            problems.append(f"{key}: {error['msg']}")
+            problems.append(f"{key}: {error['msg'].removeprefix('Value error, ')}")
     return NeuronforgeError(
         f"invalid run configuration from {source}: " + "; ".join(problems),
         "fix those keys; `neuronforge config init` writes every valid key with its default",
     )
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML keeps the last value
+    silently, so `iters: 1` ... `iters: 7` ran with 7 (report C08). TOML refuses duplicates itself."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -191,11 +211,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
     text = read_utf8(path)
     try:
         if path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
         elif path.suffix == ".toml":
             data = tomllib.loads(text)
         else:
             raise NeuronforgeError(f"unsupported config file type '{path.suffix}' ({path})", "use .yaml, .yml or .toml")
+    except _DuplicateKey as exc:
+        raise NeuronforgeError(
+            f"{path} gives the key '{exc.key}' twice (again on line {exc.line}); which value is meant is unclear",
+            f"keep one '{exc.key}:' line in {path}",
+        ) from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
         raise NeuronforgeError(f"{path} is not valid {path.suffix[1:].upper()}: {exc}", "fix the syntax") from exc
     if data is None:

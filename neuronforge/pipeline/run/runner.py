@@ -24,7 +24,7 @@ from neuronforge.core.atomic import atomic_dir, remove_leftovers
 from neuronforge.core.hashing import content_hash, fingerprint
 from neuronforge.core.outputs import RUN_LOCK, check_replaceable, mark_output, written_files
 from neuronforge.core.package_versions import package_versions
-from neuronforge.errors import NeuronforgeError, interrupt_message
+from neuronforge.errors import NeuronforgeError, interrupt_message, os_error
 from neuronforge.pipeline.run.manifest import MANIFEST_FILE, Manifest, StageRecord
 
 LOCK_FILE = RUN_LOCK
@@ -99,7 +99,7 @@ class Stage:
 @dataclass(frozen=True)
 class StageEvent:
     stage: str
-    status: str  # "up to date" | "running" | "done" | "failed" | "skipped"
+    status: str  # "up to date" | "running" | "done" | "failed" | "skipped" | "warning"
     message: str = ""
     seconds: float | None = None
 
@@ -190,6 +190,8 @@ def _check_before_start(stages: list[Stage], chosen: set[str], run_dir: Path) ->
     """Before anything is created or recorded: every chosen stage's inputs are chosen too or already finished
     here, and no chosen stage would replace a folder this run did not make."""
     manifest = Manifest.load(run_dir) if (run_dir / MANIFEST_FILE).is_file() else Manifest()
+    for stage in stages:
+        _check_stage_folder(run_dir / stage.name)
     for stage in (stage for stage in stages if stage.name in chosen):
         for dep in stage.needs:
             record = manifest.stages.get(dep)
@@ -199,6 +201,22 @@ def _check_before_start(stages: list[Stage], chosen: set[str], run_dir: Path) ->
                     f"add '{dep}' to --stages (or run without --stages)",
                 )
         _check_owned(run_dir / stage.name, manifest)
+
+
+def _check_stage_folder(folder: Path) -> None:
+    """A stage folder is a real folder: a link put in its place would be followed (its target hashed, and
+    accepted as up to date: report I02) and a file would be silently replaced (I12); neither is the run's."""
+    if folder.is_symlink():
+        raise NeuronforgeError(
+            f"{folder} is a symbolic link (to {os.readlink(folder)}), not the stage folder this run made; a run "
+            "never follows or replaces a link it did not make",
+            f"remove the link {folder} (the stage then runs again), or put a real copy of the folder there",
+        )
+    if folder.exists() and not folder.is_dir():
+        raise NeuronforgeError(
+            f"{folder} is a file, not the stage folder this run made; a run never replaces a file it did not write",
+            f"move {folder} out of {folder.parent} (the stage then runs again)",
+        )
 
 
 def _check_owned(folder: Path, manifest: Manifest) -> None:
@@ -231,10 +249,7 @@ def run_stages(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise NeuronforgeError(
-            f"cannot create the run directory {run_dir} ({exc.strerror})",
-            "choose a writable --out, or fix its permissions",
-        ) from None
+        raise os_error(exc, run_dir, "--out") from None
     with run_lock(run_dir):
         clean_partials(run_dir)
         manifest = Manifest.load(run_dir)
