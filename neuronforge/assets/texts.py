@@ -151,6 +151,11 @@ def load_local_texts(path: Path) -> dict[str, str]:
         raise NeuronforgeError(f"unsupported text file type '{path.suffix}' ({path})", "use .txt or .jsonl")
     if not docs:
         raise NeuronforgeError(f"{path} contains no text", "add some text to the file")
+    if not any(char.isprintable() and not char.isspace() for text in docs.values() for char in text):
+        raise NeuronforgeError(
+            f"{path} contains no printable text (only control characters and whitespace)",
+            "pass a file of real text (prose, code or dialogue like the model will serve)",
+        )
     return docs
 
 

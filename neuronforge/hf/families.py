@@ -31,7 +31,7 @@ User documentation, with the families x SDK x dtype table: docs/model-families.m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +170,63 @@ def family_problem(config: Mapping[str, Any]) -> tuple[str, str] | None:
             "set use_sliding_window to false in config.json (the published Qwen configs do)",
         )
     return None
+
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def declared_biases(config: Mapping[str, Any]) -> set[str]:
+    """The Linear biases ("self_attn.q_proj", ...) that this config makes both transformers and NxDI build: Qwen2's
+    q/k/v always, Llama's q/k/v/o with attention_bias and gate/up/down with mlp_bias (module docstring)."""
+    family = FAMILIES.get(str(config.get("model_type")))
+    if family is None:
+        return set()
+    declared = {f"self_attn.{name}" for name in ATTENTION_PROJECTIONS[:3]} if family.qkv_bias else set()
+    if family.reads_attention_bias and config.get("attention_bias"):
+        declared |= {f"self_attn.{name}" for name in ATTENTION_PROJECTIONS}
+    if family.reads_attention_bias and config.get("mlp_bias"):
+        declared |= {f"mlp.{name}" for name in MLP_PROJECTIONS}
+    return declared
+
+
+def undeclared_bias_problem(config: Mapping[str, Any], keys: Collection[str]) -> tuple[str, str] | None:
+    """(what, fix) when the checkpoint holds bias tensors its config.json does not declare.
+
+    Both sides drop such a tensor without a word: transformers' Llama builds its Linears with
+    bias=config.attention_bias / config.mlp_bias (transformers 5.23 models/llama/modeling_llama.py:158-160, 220-229)
+    and only logs unused checkpoint keys; NxDI's Llama builds q/k/v/o biases only from attention_bias
+    (NXDI8 models/llama/modeling_llama.py:1006-1007) and MLP biases from mlp_bias (:385). So quantize, emulate and the
+    device would all compute another model than the file's (report A36: a Qwen2 checkpoint relabelled llama)."""
+    declared = declared_biases(config)
+    undeclared = sorted(key for key in keys if key.endswith(".bias") and _bias_module(key) not in declared)
+    if not undeclared:
+        return None
+    model_type = config.get("model_type")
+    kinds = {_bias_module(key) for key in undeclared}
+    qkv = {f"self_attn.{name}" for name in ATTENTION_PROJECTIONS[:3]}
+    family = FAMILIES.get(str(model_type))
+    reads_bias = family is not None and family.reads_attention_bias
+    if qkv <= kinds and "self_attn.o_proj" not in kinds:
+        fix = "q/k/v biases without an o_proj bias are Qwen2's layout: if this is a Qwen2 model, set model_type to "
+        fix += '"qwen2" and architectures to ["Qwen2ForCausalLM"] in config.json'
+    elif reads_bias and kinds <= {f"self_attn.{name}" for name in ATTENTION_PROJECTIONS}:
+        fix = "set attention_bias: true in config.json (the model was trained with q/k/v/o biases)"
+    elif reads_bias and kinds <= {f"mlp.{name}" for name in MLP_PROJECTIONS}:
+        fix = "set mlp_bias: true in config.json (the model was trained with MLP biases)"
+    else:
+        fix = "use the config.json the model was trained with (its model_type decides which biases are built)"
+    what = (
+        f"the checkpoint holds {len(undeclared)} bias tensors that its '{model_type}' config.json does not declare "
+        f"({', '.join(undeclared[:3])}{', ...' if len(undeclared) > 3 else ''}): transformers and NxD Inference "
+        "would silently drop them and compute another model than the file's"
+    )
+    return what, fix
+
+
+def _bias_module(key: str) -> str:
+    """ "model.layers.0.self_attn.q_proj.bias" -> "self_attn.q_proj" (the two names before .bias)."""
+    return ".".join(key.split(".")[-3:-1])
 
 
 def check_family(config: Mapping[str, Any], where: str) -> Family:

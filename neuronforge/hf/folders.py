@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuronforge.core.bits import same_bits
 from neuronforge.core.memory import release_freed_tensors, trim_free_heap
+from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError, expect
-from neuronforge.hf.families import check_family
+from neuronforge.hf.families import check_family, undeclared_bias_problem
 from neuronforge.hf.headers import read_header
 
 if TYPE_CHECKING:
@@ -70,7 +72,10 @@ def validate_hf_folder(path: Path) -> Path:
         )
     check_family(config, str(path))  # before any weight is read (hf/families.py)
     check_config_values(path, config)
-    check_index(path, shard_headers(path))
+    shards = shard_headers(path)
+    check_index(path, shards)
+    if problem := undeclared_bias_problem(config, [key for keys in shards.values() for key in keys]):
+        raise NeuronforgeError(f"{path}: {problem[0]}", problem[1])  # report A36
     return path
 
 
@@ -108,21 +113,37 @@ def check_config_values(path: Path, config: dict[str, Any]) -> None:
             )
 
 
+# safetensors dtypes of real (unquantized) weights; anything else is an integer code, a bool or an fp8/fp4 code
+FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
+
+
 def shard_headers(path: Path) -> dict[str, dict[str, tuple[int, ...]]]:
     """shard file name -> {tensor key: shape}, from each *.safetensors header (safetensors checks each file is
-    complete: a truncated or padded shard is caught here, without reading any weights)."""
+    complete: a truncated or padded shard is caught here, without reading any weights). A tensor that is not
+    floating point is refused here too: an int8 one was cast to bf16 and quantized as if it were a real weight
+    (report A04)."""
     from safetensors import SafetensorError, safe_open
 
     shards: dict[str, dict[str, tuple[int, ...]]] = {}
     for shard in sorted(path.glob("*.safetensors")):
         try:
             with safe_open(shard, framework="numpy") as handle:
-                shards[shard.name] = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+                slices = {key: handle.get_slice(key) for key in handle.keys()}
+                shards[shard.name] = {key: tuple(piece.get_shape()) for key, piece in slices.items()}
+                coded = {key: piece.get_dtype() for key, piece in slices.items()}
         except (SafetensorError, OSError) as exc:
             raise NeuronforgeError(
                 f"{shard} is not a readable safetensors file ({exc}); it may be truncated or still downloading",
                 "copy or download the model again",
             ) from None
+        coded = {key: dtype for key, dtype in coded.items() if dtype not in FLOAT_DTYPES}
+        if coded:
+            key, dtype = next(iter(coded.items()))
+            raise NeuronforgeError(
+                f"{shard} holds {len(coded)} tensor(s) that are not floating point, e.g. {key} ({dtype}): the "
+                "checkpoint looks already quantized, and its codes would be read as if they were weights",
+                "give the original (unquantized) bf16, fp16 or fp32 checkpoint; neuronforge quantizes it itself",
+            )
     return shards
 
 
@@ -198,13 +219,19 @@ def differing_tensors(shard: Path, tensors: dict[str, torch.Tensor]) -> list[str
 def check_weights(path: Path) -> None:
     """The shards hold every weight the config describes, each with the shape the model class expects.
 
-    The expected shapes come from transformers' own model class built on the meta device (no memory).
+    The expected shapes come from transformers' own model class built on the meta device (no memory). Tensors the
+    class lacks: `check_unexpected`. A tied model's file may still hold its own lm_head.weight: transformers ties it
+    to the embedding, and so does NxD Inference (NXDI8 models/application_base.py:729-730 calls
+    update_state_dict_for_tied_weights, models/llama/modeling_llama.py:1568-1569: lm_head := embed_tokens), so the
+    emulation computes what the device will; a head that differs is only named, with a warning (report A19).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     force_offline()
-    found = header_shapes(path)
+    shards = shard_headers(path)
+    located = {key: shard for shard, shapes in shards.items() for key in shapes}
+    found = {key: shape for shapes in shards.values() for key, shape in shapes.items()}
     try:  # transformers' own validators (rope_scaling, head counts, types): their errors are no NeuronforgeError
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         with torch.device("meta"):
@@ -214,9 +241,11 @@ def check_weights(path: Path) -> None:
             f"{path}/config.json is invalid: transformers cannot build the model from it ({type(exc).__name__}: {exc})",
             "fix config.json (or re-export the model with save_pretrained)",
         ) from None
-    tied = set(getattr(skeleton, "_tied_weights_keys", None) or ()) if config.tie_word_embeddings else set()
+    tied_keys = getattr(skeleton, "_tied_weights_keys", None) or {}
+    tied = dict(tied_keys) if config.tie_word_embeddings and isinstance(tied_keys, dict) else {}
     fix = "re-export the model with save_pretrained, or fix config.json to match the weights"
-    for key, tensor in skeleton.state_dict().items():
+    expected = skeleton.state_dict()
+    for key, tensor in expected.items():
         want = tuple(tensor.shape)
         if key not in found:
             if key in tied:
@@ -224,6 +253,71 @@ def check_weights(path: Path) -> None:
             raise NeuronforgeError(f"{path} has no weight {key} (shape {want}) in its *.safetensors", fix)
         if found[key] != want:
             raise NeuronforgeError(f"{path}: weight {key} has shape {found[key]} but config.json implies {want}", fix)
+    check_unexpected(path, set(found) - set(expected), skeleton)
+    for head, source in tied.items():
+        if head in found and found[head] == found.get(source) and not _same_tensor(path, located, head, source):
+            warn_once(
+                f"{path}: config.json ties the output head to the embedding (tie_word_embeddings: true), but the "
+                f"checkpoint holds a {head} that differs from {source}; it is ignored, as transformers and NxD "
+                f"Inference ignore it. fix: set tie_word_embeddings to false in config.json if that head is meant"
+            )
+
+
+# Unexpected keys transformers itself drops as leftovers of older versions (modeling_utils.py:4919-4928 in 5.23.0):
+# per-layer RoPE frequency buffers (recomputed from config.json) and position_ids buffers.
+LEFTOVER_KEYS = re.compile(r"(^|\.)rotary_emb\.inv_freq$|(^|\.)position_ids$")
+
+
+def check_unexpected(path: Path, unexpected: set[str], skeleton: PreTrainedModel) -> None:
+    """Tensors the model class does not have. transformers drops them all and only logs it, and NxD Inference never
+    asks for them; our export copied them through (report A12). A leftover buffer that transformers knows to be
+    harmless (`ignored_on_load`) is named in one warning and left out of the export; any other tensor may be part
+    of the model's math (an adapter, a bias, another architecture's layer), so it is refused, named. Undeclared
+    Linear biases were refused earlier, with the config key to set (`validate_hf_folder`)."""
+    leftovers = sorted(key for key in unexpected if ignored_on_load(skeleton, key))
+    unknown = sorted(unexpected - set(leftovers))
+    if unknown:
+        raise NeuronforgeError(
+            f"{path} holds {len(unknown)} tensor(s) that a '{skeleton.config.model_type}' model does not have: "
+            f"{', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}; ignoring them would compute another "
+            "model than the checkpoint's",
+            "use the config.json the model was trained with (model_type, architectures), or remove those tensors "
+            "from the *.safetensors if they are not part of the model",
+        )
+    if leftovers:
+        warn_once(
+            f"{path}: {len(leftovers)} leftover buffer(s) are ignored ({', '.join(leftovers[:2])}"
+            f"{', ...' if len(leftovers) > 2 else ''}): transformers recomputes them from config.json"
+        )
+
+
+def ignored_on_load(model: Any, key: str) -> bool:
+    """Whether loading a checkpoint into `model` ignores its tensor `key`, in transformers as in NxD Inference: a
+    leftover buffer (LEFTOVER_KEYS, or a pattern the class lists itself), or a tied model's own copy of its head
+    (see `check_weights`). The export leaves these out: the checkpoint it writes holds only what is computed."""
+    patterns = getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    tied_head = isinstance(tied, dict) and key in tied and getattr(model.config, "tie_word_embeddings", False)
+    return bool(tied_head) or any(re.search(pattern, key) for pattern in (LEFTOVER_KEYS, *patterns))
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """One `warning:` line per message and process: run checks a folder before its stages and each stage loads it."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _same_tensor(path: Path, located: dict[str, str], key: str, other: str) -> bool:
+    """Whether tensors `key` and `other` (of one shape) hold the same values, read a map window of rows at a time."""
+    import torch
+
+    mine = row_blocks(path / located[key], key, torch.float32)
+    theirs = row_blocks(path / located[other], other, torch.float32)  # same shape, so the same blocks
+    return all(torch.equal(a, b) for (_, a), (_, b) in zip(mine, theirs, strict=True))
 
 
 def check_tokenizer(path: Path, tokenizer: PreTrainedTokenizerBase) -> None:

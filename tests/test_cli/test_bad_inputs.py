@@ -91,6 +91,7 @@ def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
         tensors = load_file(weights)
         tensors[key][3, 0] = value
         save_file(tensors, weights, metadata={"format": "pt"})
+    _checkpoint_content(ok, root, variant, load_file, save_file)
     shutil.copytree(make_compiled(root / "compiled"), root / "comp")
     _write(variant("m_nc") / "modules_to_not_convert.json", '{"modules_to_not_convert": ["lm_head"]}')
 
@@ -101,6 +102,8 @@ def fx(make_tiny_llama: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
     _write(root / "tx" / "notext.jsonl", '{"body": "x"}\n')
     _write(root / "tx" / "nonutf8.jsonl", json.dumps({"text": PROSE}).encode() + b"\n\xff\xfe\n")
     _write(root / "tx" / "medium.txt", PROSE * 6 + "\n\nThe end.\n")  # calibrates (32 tokens), cannot evaluate
+    _write(root / "tx" / "nul.txt", "\0" * 20000)  # B05: valid UTF-8
+    _write(root / "tx" / "control-only.txt", "\x01\x02\x1b \t\n" * 100)
     _write(root / "cfg" / "bad.yaml", "iters: 1\nstages: [model, quantize\n")
     _write(root / "cfg" / "tab.yaml", "iters: 1\n\tnsamples: 2\n")
     _write(root / "cfg" / "unknown.yaml", "iterations: 5\nfoo: bar\n")
@@ -130,6 +133,38 @@ CONFIG_DAMAGE: dict[str, dict[str, object]] = {
     "rope_bad": {"rope_scaling": {"rope_type": "nonsense", "factor": -1.0}},  # A17
     "no_model_type": {"model_type": DROP},  # A21
 }
+
+
+def _checkpoint_content(
+    ok: Path, root: Path, variant: Callable[[str], Path], load_file: Callable[..., dict], save_file: Callable[..., None]
+) -> None:
+    """Checkpoints whose tensors say something else than config.json (report A04, A12, A19, A36) and one with a
+    harmless leftover buffer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    down = "model.layers.0.mlp.down_proj.weight"
+    changes: dict[str, Callable[[dict[str, torch.Tensor]], object]] = {
+        "int8weights": lambda t: t.update({down: t[down].float().mul(100).round().clamp(-128, 127).to(torch.int8)}),
+        "extra_unknown_tensor": lambda t: t.update({"model.layers.0.mlp.extra.weight": torch.ones(4, 4)}),
+        "inv_freq": lambda t: t.update({"model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(8)}),
+        "tie_true_but_untied": lambda t: t.update({"lm_head.weight": -t["model.embed_tokens.weight"]}),
+    }
+    for name, change in changes.items():
+        weights = variant(name) / "model.safetensors"
+        tensors = load_file(weights)
+        change(tensors)
+        save_file(tensors, weights, metadata={"format": "pt"})
+    config = json.loads((ok / "config.json").read_text())
+    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    qwen = Qwen2Config(**{key: config[key] for key in sizes}, num_key_value_heads=2, max_position_embeddings=256)
+    Qwen2ForCausalLM(qwen).to(torch.bfloat16).save_pretrained(root / "qwen2")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ok / name, root / "qwen2" / name)
+    relabelled = Path(shutil.copytree(root / "qwen2", root / "qwen2_as_llama"))
+    config = json.loads((relabelled / "config.json").read_text())
+    config.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    _write(relabelled / "config.json", json.dumps(config))
 
 
 def _broken_shards(ok: Path, root: Path, load_file: Callable[..., dict], save_file: Callable[..., None]) -> None:
@@ -406,6 +441,21 @@ CASES = [
         setup=_links,
     ),
     Case("own-quantize-dangling", "quantize --model {fx}/ok --out dang/q", "dangling symbolic link", setup=_links),
+    # round 2: inputs33 (checkpoint content and text content; every command checks a model folder alike)
+    Case("A04", "run --model {fx}/int8weights --out r " + " ".join(S), "looks already quantized"),
+    Case("own-A04-plan", "plan --model {fx}/int8weights", "down_proj.weight (I8): the checkpoint looks already"),
+    Case("A12", "quantize --model {fx}/extra_unknown_tensor --out q --no-autoround", "model.layers.0.mlp.extra.weight"),
+    Case("own-A12-emulate", "emulate --model {fx}/extra_unknown_tensor", "a 'llama' model does not have"),
+    Case("A36", "run --model {fx}/qwen2_as_llama --out r " + " ".join(S), 'set model_type to "qwen2"'),
+    Case("own-A36-emulate", "emulate --model {fx}/qwen2_as_llama", "6 bias tensors that its 'llama' config.json"),
+    Case("own-A36-plan", "plan --model {fx}/qwen2_as_llama", "6 bias tensors that its 'llama' config.json"),
+    Case(
+        "own-A36-neuron-config",
+        "neuron-config --model {fx}/qwen2_as_llama --out c --sdk 2.31",
+        "6 bias tensors that its 'llama' config.json",
+    ),
+    Case("B05", "run --model {fx}/ok --out r --text {fx}/tx/nul.txt " + " ".join(S), "NUL character at line 1 (byte"),
+    Case("own-B05-control", "quantize --model {fx}/ok --out q --text {fx}/tx/control-only.txt", "no printable text"),
 ]
 
 
@@ -996,6 +1046,8 @@ def _api_cases(fx: Path, tmp: Path) -> dict[str, Callable[[], object]]:
         "own-emulate": lambda: nf.emulate("model", nf.EmulationSpec()),
         "own-evaluate": lambda: nf.evaluate("eval"),
         "own-compile": lambda: nf.compile({"model": "m"}),
+        "own-A04-api": lambda: nf.quantize(nf.QuantizeOptions(model=str(fx / "int8weights"), out=tmp / "q")),
+        "own-A36-api": lambda: nf.load_model_shape(fx / "qwen2_as_llama"),
     }
 
 
@@ -1012,6 +1064,8 @@ API_CASES = {
     "own-emulate": "nf.emulate takes a loaded model",
     "own-evaluate": "nf.evaluate takes a EvaluateOptions, got str",
     "own-compile": "nf.compile takes a CompileOptions, got dict",
+    "own-A04-api": "looks already quantized",
+    "own-A36-api": 'set model_type to "qwen2"',
 }
 
 
@@ -1217,3 +1271,40 @@ def test_an_unserved_family_is_refused_before_any_work(
         assert f"a '{model}' model is not supported" in output
         assert "llama (Llama 2/3.x), mistral (Mistral 7B), qwen2 (Qwen2, Qwen2.5), qwen3 (Qwen3 dense)" in output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("model", "warning"),
+    [
+        ("tie_true_but_untied", "holds a lm_head.weight that differs from model.embed_tokens.weight; it is ignored"),
+        ("inv_freq", "1 leftover buffer(s) are ignored (model.layers.0.self_attn.rotary_emb.inv_freq)"),
+    ],
+    ids=["A19", "own-leftover-buffer"],
+)
+def test_a_tensor_loading_ignores_is_named_once_and_left_out_of_the_export(
+    model: str, warning: str, fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tied model's own lm_head copy (transformers and NxDI tie it to the embedding) and a leftover RoPE buffer
+    are what every loader ignores: one `warning:` line says so (exit 0), and the export leaves them out, so the
+    next stage neither warns again nor ships them. On main both were silently copied into the checkpoint."""
+    from safetensors import safe_open
+
+    monkeypatch.chdir(tmp_path)
+    result = _invoke(["quantize", "--model", str(fx / model), "--out", "q", *S[:6], "--no-autoround"])
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]  # type: ignore[attr-defined]
+    assert len(warnings) == 1 and warning in warnings[0], warnings
+    with (
+        safe_open(tmp_path / "q" / "model.safetensors", framework="pt") as written,
+        safe_open(fx / "ok" / "model.safetensors", framework="pt") as source,
+    ):
+        assert sorted(written.keys()) == sorted(source.keys())
+
+
+def test_plan_checks_a_model_folder_as_run_does(fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """E05: plan shares run's folder check (family, config values, shards, tensors); a supported Qwen2 still plans."""
+    monkeypatch.chdir(tmp_path)
+    result = _invoke(["plan", "--model", str(fx / "qwen2")])
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert "Smallest inf2 instance that fits" in _flat(result.output)  # type: ignore[attr-defined]
+    assert "a 'gpt2' model is not supported" in check_clean_error(_invoke(["plan", "--model", str(fx / "gpt2")]))

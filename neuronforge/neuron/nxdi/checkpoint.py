@@ -71,6 +71,8 @@ def convert_shard(
     out: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         module = linear_name(key)
+        if tied_lm_head and key == "lm_head.weight":
+            continue  # the embedding's copy is written instead
         if module is None:
             out[_nxd_key(key)] = tensor
             if tied_lm_head and key == "model.embed_tokens.weight":
@@ -135,8 +137,9 @@ def write_quantized_checkpoint(
     check_replaceable(out_dir, overwrite=overwrite)
     source_map = weight_map(hf_dir)
     sources = sorted(set(source_map.values()))
-    # Tied models save no lm_head.weight; NxDI builds lm_head from the HF model, i.e. from the embedding.
-    tied = bool(read_config(hf_dir).get("tie_word_embeddings")) and "lm_head.weight" not in source_map
+    # NxDI builds a tied model's lm_head from the HF model, i.e. from the embedding: a lm_head.weight the file
+    # holds anyway is ignored, as transformers ignores it (hf/folders.py `check_weights`).
+    tied = bool(read_config(hf_dir).get("tie_word_embeddings"))
     names = _shard_names(len(sources))
     written_map: dict[str, str] = {}
     total_size = 0

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from neuronforge.core.knobs import FINITE, BatchSize, SeqLen
 from neuronforge.errors import NeuronforgeError, expect, validated
 from neuronforge.hf.families import check_family
-from neuronforge.hf.folders import check_config_values
+from neuronforge.hf.folders import check_config_values, validate_hf_folder
 from neuronforge.neuron.numerics.dtypes import KvOption, QuantDtype, QuantTypeOption
 from neuronforge.neuron.planner.instances import NEURON_INSTANCES, Price, instance_price, neuron_instance
 from neuronforge.neuron.planner.model_facts import ModelFacts, choose_tp
@@ -79,6 +79,9 @@ class ModelShape:
 def load_model_shape(path: Path, name: str | None = None) -> ModelShape:
     """A model folder (config.json, with or without *.safetensors) or a bare config.json file."""
     path = Path(path)
+    weights = path.is_dir() and any(path.glob("*.safetensors"))
+    if weights:  # the checks `run` makes of a model folder before any stage (family, config values, shards, tensors)
+        validate_hf_folder(path)
     config_file = path if path.is_file() else path / "config.json"
     try:
         config = json.loads(config_file.read_text())
@@ -92,7 +95,7 @@ def load_model_shape(path: Path, name: str | None = None) -> ModelShape:
         raise NeuronforgeError(f"{config_file} does not hold a JSON object", "pass the model's config.json")
     check_config_values(config_file.parent, config)  # heads 0 planned "fitting" tp degrees (report E01)
     shape = ModelShape.from_config(config, name or (path.stem if path.is_file() else path.name))
-    if path.is_dir() and any(path.glob("*.safetensors")):
+    if weights:
         return ModelShape(shape.name, shape.facts, shape.head_dim, checkpoint_shapes(path), True)
     return shape
 

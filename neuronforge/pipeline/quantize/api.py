@@ -53,6 +53,7 @@ from neuronforge.hf.folders import (
     check_tokenizer_object,
     differing_tensors,
     header_shapes,
+    ignored_on_load,
     load_model,
     load_tokenizer,
     map_windows,
@@ -282,7 +283,8 @@ def _export(
     already after AutoRound), turned into grid-exact bf16 and checked against the intended codes, in 1 MB row
     blocks, overwritten in place and written from there, so no second copy of the model builds up. Every other parameter is written from the model, cast
     to bf16 (NxDI's input dtype): the source's values, which `load_model` cast to bf16 and nothing since changed
-    (bf16 sources are copied bit for bit); what the model does not hold comes from the source shard. The written
+    (bf16 sources are copied bit for bit); what the model does not hold comes from the source shard, but for what
+    loading ignores (`ignored_on_load`: leftover buffers, a tied model's own head copy), which is left out. The written
     shard is read back and must equal what was checked, bit for bit; then its weights leave the model (which is
     consumed), so host RAM falls shard by shard and leaves room for the page cache of the shards still to be
     written. Extra memory: one map window of the source (`mapped_tensors`) and the few tensors the model lacks.
@@ -304,7 +306,10 @@ def _export(
     parameters = {name for name, _ in model.named_parameters()} - {f"{name}.weight" for name in from_source}
     check = ExportCheck(grid_export.Agreement(0, 0), grid_export.Agreement(0, 0) if autoround else None, {})
     total = 0
-    shards = shard_keys(src)
+    shards = {
+        shard: [key for key in keys if key in linears or not ignored_on_load(model, key)]
+        for shard, keys in shard_keys(src).items()
+    }
     for shard, keys in track(list(shards.items()), "grid-exact export, shard by shard"):
         start = time.perf_counter()
         with small_op_threads(device):
@@ -324,6 +329,8 @@ def _export(
     if index.exists():
         payload = json.loads(index.read_text())
         payload.setdefault("metadata", {})["total_size"] = total
+        written = {key for keys in shards.values() for key in keys}
+        payload["weight_map"] = {key: shard for key, shard in payload["weight_map"].items() if key in written}
         atomic_write_json(dst / index.name, payload)
     return check
 
@@ -349,7 +356,7 @@ def _shard_tensors(
     for key, source in mapped_tensors(file, map_windows(file, [key for key in keys if key not in tensors])):
         if key in linears:
             tensors[key] = _grid_exact(key, linears[key], source, dtype, device, check, autoround)
-        else:  # a tensor the model does not hold (a tied head saved anyway, a buffer)
+        else:  # a tensor the model does not hold (a Linear kept from the source, a buffer)
             tensors[key] = source.to(torch.bfloat16, copy=True) if source.is_floating_point() else source.clone()
     return tensors
 
