@@ -241,8 +241,7 @@ def check_weights(path: Path) -> None:
             f"{path}/config.json is invalid: transformers cannot build the model from it ({type(exc).__name__}: {exc})",
             "fix config.json (or re-export the model with save_pretrained)",
         ) from None
-    tied_keys = getattr(skeleton, "_tied_weights_keys", None) or {}
-    tied = dict(tied_keys) if config.tie_word_embeddings and isinstance(tied_keys, dict) else {}
+    tied = _tied_heads(skeleton) if config.tie_word_embeddings else {}
     fix = "re-export the model with save_pretrained, or fix config.json to match the weights"
     expected = skeleton.state_dict()
     for key, tensor in expected.items():
@@ -261,6 +260,13 @@ def check_weights(path: Path) -> None:
                 f"checkpoint holds a {head} that differs from {source}; it is ignored, as transformers and NxD "
                 f"Inference ignore it. fix: set tie_word_embeddings to false in config.json if that head is meant"
             )
+
+
+def _tied_heads(model: PreTrainedModel) -> dict[str, str]:
+    """Tied head key -> the key it is tied to: transformers 5 declares a dict, 4.x (the Neuron host's) a list of
+    heads tied to the input embedding."""
+    declared = getattr(model, "_tied_weights_keys", None) or {}
+    return dict(declared) if isinstance(declared, dict) else dict.fromkeys(declared, _input_embedding_key(model))
 
 
 # Unexpected keys transformers itself drops as leftovers of older versions (modeling_utils.py:4919-4928 in 5.23.0):

@@ -446,6 +446,7 @@ CASES = [
     Case("own-A04-plan", "plan --model {fx}/int8weights", "down_proj.weight (I8): the checkpoint looks already"),
     Case("A12", "quantize --model {fx}/extra_unknown_tensor --out q --no-autoround", "model.layers.0.mlp.extra.weight"),
     Case("own-A12-emulate", "emulate --model {fx}/extra_unknown_tensor", "a 'llama' model does not have"),
+    Case("own-A12-quantize-nxd", "quantize-nxd --model {fx}/extra_unknown_tensor --out n", "model does not have"),
     Case("A36", "run --model {fx}/qwen2_as_llama --out r " + " ".join(S), 'set model_type to "qwen2"'),
     Case("own-A36-emulate", "emulate --model {fx}/qwen2_as_llama", "6 bias tensors that its 'llama' config.json"),
     Case("own-A36-plan", "plan --model {fx}/qwen2_as_llama", "6 bias tensors that its 'llama' config.json"),

@@ -19,7 +19,14 @@ from safetensors.torch import save_file
 from neuronforge.core.atomic import atomic_write_json
 from neuronforge.core.outputs import check_apart, check_replaceable, output_dir
 from neuronforge.errors import NeuronforgeError
-from neuronforge.hf.folders import INDEX_NAME, SINGLE_NAME, read_config, validate_hf_folder, weight_map
+from neuronforge.hf.folders import (
+    INDEX_NAME,
+    SINGLE_NAME,
+    check_weights,
+    read_config,
+    validate_hf_folder,
+    weight_map,
+)
 from neuronforge.hf.not_convert import write_not_convert
 from neuronforge.neuron.numerics.grid import QUANT_DTYPES, QUANT_TYPES, quantize_weight
 from neuronforge.neuron.numerics.module_names import linear_name
@@ -131,6 +138,7 @@ def write_quantized_checkpoint(
     Like NxDI, per_tensor_symmetric ignores `modules_to_not_convert` here (see `per_tensor_list_ignored`).
     """
     hf_dir = validate_hf_folder(Path(hf_dir))
+    check_weights(hf_dir)  # every tensor is one the model has (or one NxDI ignores): nothing unknown is copied
     quant_dtype, quant_type = validate_options(dtype, qtype)
     out_dir = Path(out_dir)
     check_apart(out_dir, {"--model": hf_dir})

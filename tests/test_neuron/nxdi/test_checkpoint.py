@@ -78,6 +78,20 @@ def test_int8_layout_matches_nxdi(tiny_llama_dir: Path, tmp_path: Path) -> None:
     assert len(result.quantized) == 15 and result.kept == []
 
 
+def test_a_tied_model_s_own_head_copy_is_ignored_as_nxdi_ignores_it(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Report A19: with tie_word_embeddings NxDI's loader replaces lm_head.weight by the embedding
+    (application_base.py:729-730), so a distinct head the file holds anyway must not be quantized in its place."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = Path(shutil.copytree(tiny_llama_dir, tmp_path / "tied-with-head"))
+    src = hf_tensors(folder)
+    save_file({**src, "lm_head.weight": -src["model.embed_tokens.weight"]}, folder / "model.safetensors")
+    got = out_tensors(write_quantized_checkpoint(folder, tmp_path / "nxd", "int8").out_dir)
+    assert torch.equal(got["lm_head.weight"], torch_int8(src["model.embed_tokens.weight"])[0])
+
+
 def test_excluded_modules_stay_bf16(make_tiny_llama: Callable[..., Path], tmp_path: Path) -> None:
     folder = make_tiny_llama("tiny12", num_hidden_layers=12, hidden_size=32, intermediate_size=32)
     src = hf_tensors(folder)
@@ -172,9 +186,9 @@ def test_streams_one_shard_at_a_time(
     out = tmp_path / "nxd"
     write_quantized_checkpoint(model_dir, out, "int8")
 
-    # First the folder check reads each header (open -> close, no tensor loaded); then
-    # open(i) -> close(i) -> save(i), strictly in sequence: never two input shards in memory.
-    headers = [ev for f in src_files for ev in (("open", f), ("close", f))]
+    # First the folder checks read each header (open -> close, no tensor loaded: validate_hf_folder, then
+    # check_weights); then open(i) -> close(i) -> save(i), strictly in sequence: never two input shards in memory.
+    headers = [ev for f in src_files for ev in (("open", f), ("close", f))] * 2
     assert events == headers + [ev for f in src_files for ev in (("open", f), ("close", f), ("save", f))]
     index = json.loads((out / INDEX_NAME).read_text())
     assert sorted(set(index["weight_map"].values())) == src_files
