@@ -14,6 +14,7 @@ host can take. Not a test: numbers depend on the machine.
 
     python benchmarks/bench_scale.py                      # 0.3b and 1.2b: nxdi, nxd-math, quantize (RTN), emulate; 3 rounds
     python benchmarks/bench_scale.py --sizes 0.3b --stages nxdi,quantize,autoround --repeat 1
+    python benchmarks/bench_scale.py --sizes 1.2b --stages nxdi,quantize --load 0,2  # quiet, then beside 2 spinners
     python benchmarks/bench_scale.py --device cuda --stages nxdi,quantize,autoround,emulate --repeat 1  # GPU host
 
 Each stage's peak RSS is its own process's (VmHWM): `ru_maxrss` of a child started by a large driver process
@@ -26,6 +27,7 @@ Needs about 3x the largest checkpoint (2.4 GB for 1.2b) of free RAM and 10 GB of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # TinyLlama-like shapes; with SmolLM2's 49152-token vocabulary and an untied head: 0.33e9 and 1.17e9 parameters.
@@ -249,6 +252,9 @@ def main() -> None:
     parser.add_argument("--stages", default="nxdi,nxd-math,quantize,emulate", help=f"any of {','.join(STAGES)}")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all stages (medians are reported)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument(
+        "--load", default="0", help="busy background processes to measure beside, one pass per value (e.g. 0,2)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="quantize/emulate device")
     parser.add_argument("--run-stage", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -275,26 +281,52 @@ def main() -> None:
         return
 
     stages = args.stages.split(",")
+    everything = []
+    for load in [int(n) for n in args.load.split(",")]:
+        with busy_processes(load):
+            runs = measure_rounds(args.sizes.split(","), stages, args.repeat, args.device, load)
+        print(f"\n## background load: {load} busy process(es)")
+        report(runs, stages)
+        everything += runs
+    if args.json:
+        args.json.write_text(json.dumps(everything, indent=2))
+
+
+def measure_rounds(sizes: list[str], stages: list[str], repeat: int, device: str, load: int) -> list[dict]:
+    """Every stage of every size, `repeat` rounds, each stage in a fresh process (printed as they finish)."""
     runs = []
-    for size in args.sizes.split(","):
+    for size in sizes:
         folder = checkpoint(size)
         params = parameters(folder)
-        for round_ in range(1, args.repeat + 1):
+        for round_ in range(1, repeat + 1):
             with tempfile.TemporaryDirectory() as work:
                 for stage in stages:
-                    result = measure(stage, folder, Path(work), args.device)
-                    runs.append({"size": size, "params": params, "stage": stage, "round": round_, **result})
+                    result = measure(stage, folder, Path(work), device)
+                    runs.append({"size": size, "params": params, "stage": stage, "round": round_, "load": load})
+                    runs[-1].update(result)
                     r = runs[-1]
                     print(
-                        f"{size:>5} {params / 1e9:5.2f}e9 round {round_} {stage:<10} peak {r['peak_rss'] / GB:6.2f} GB "
+                        f"load {load} {size:>5} {params / 1e9:5.2f}e9 round {round_} {stage:<10} "
+                        f"peak {r['peak_rss'] / GB:6.2f} GB "
                         f"{r['peak_rss'] / params:5.2f} B/param ({above_imports(r):4.2f} above imports) "
                         f"{r['wall_s']:7.1f} s "
                         f"{r['wall_s'] / params * 1e9:7.1f} s/1e9 cpu {r['cpu_s']:7.1f} s",
                         flush=True,
                     )
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=2))
-    report(runs, stages)
+    return runs
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """`count` processes spinning on a CPU each while the stages run: "other work on the machine", reproducibly
+    (issue 31's target holds quiet or loaded)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def above_imports(run: dict) -> float:

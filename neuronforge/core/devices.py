@@ -13,6 +13,7 @@ import platform
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -196,6 +197,71 @@ def small_op_threads(device: torch.device) -> Iterator[None]:
         return
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# How long the CPUs' idle time is sampled before stage 1 picks its thread count (our process sleeps meanwhile).
+IDLE_SAMPLE_SECONDS = 0.1  # (10 ticks of each CPU at Linux's 100 Hz: a tenth of a CPU's resolution)
+
+
+def idle_cpus(seconds: float = IDLE_SAMPLE_SECONDS) -> float | None:
+    """How many of this process's CPUs other processes leave idle, averaged over `seconds` (/proc/stat's idle +
+    iowait share of each CPU in the affinity mask); None where there is no /proc/stat."""
+
+    def sample() -> dict[int, tuple[int, int]]:
+        cpus = os.sched_getaffinity(0)
+        rows = {}
+        with open("/proc/stat", encoding="ascii") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    ticks = [int(field) for field in fields[:8]]  # user nice system idle iowait irq softirq steal
+                    rows[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+        return rows
+
+    try:
+        first = sample()
+        time.sleep(seconds)
+        second = sample()
+    except (OSError, AttributeError, ValueError, IndexError):  # not Linux, or an unreadable /proc
+        return None
+    shared = first.keys() & second.keys()
+    idle = sum(second[cpu][0] - first[cpu][0] for cpu in shared)
+    total = sum(second[cpu][1] - first[cpu][1] for cpu in shared)
+    return len(shared) * idle / total if total > 0 else None
+
+
+def threads_left_free(current: int, idle: float | None) -> int:
+    """The intra-op threads that fit the CPUs other work leaves idle: at least one, never more than `current`
+    (so OMP_NUM_THREADS or torch.set_num_threads still cap it), `current` when the idle share is unknown."""
+    if idle is None:
+        return current
+    return max(1, min(current, int(idle + 0.5)))
+
+
+@contextmanager
+def threads_for_load(device: torch.device) -> Iterator[None]:
+    """On the CPU, stage 1's GEMM-heavy steps (the sensitivity's layers, AutoRound) run on as many intra-op threads
+    as other processes leave idle when it starts. An OpenMP op waits for all its threads, so a thread the OS has
+    parked behind another process stalls every op: the 1.17e9-parameter benchmark's sensitivity took 7.4 s with two
+    threads and 10.7 s with one on a quiet 2-core host, but 60.8 s with two and 23.8 s with one beside other work
+    (load average 5-6; docs/gpu.md, "Speed"). A GPU is left alone."""
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    threads = threads_left_free(before, idle_cpus() if before > 1 else None)
+    if threads < before:
+        err_console.print(
+            f"note: other processes keep {before - threads} of {before} CPUs busy; stage 1 runs on {threads} "
+            f"thread{'s' if threads > 1 else ''} so that no op waits for a thread the OS has parked"
+        )
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

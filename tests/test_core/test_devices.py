@@ -89,3 +89,46 @@ def test_driver_cuda_version_from_nvidia_smi() -> None:
     header = "| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4     |"
     assert devices.driver_cuda_version(header) == "12.4"
     assert devices.driver_cuda_version("no such line") is None
+
+
+@pytest.mark.parametrize(
+    ("current", "idle", "threads"),
+    [(2, 2.0, 2), (2, 1.6, 2), (2, 1.4, 1), (2, 0.0, 1), (8, 3.2, 3), (1, 4.0, 1), (4, None, 4)],
+)
+def test_threads_fit_the_idle_cpus(current: int, idle: float | None, threads: int) -> None:
+    """At least one, never more than torch's (or OMP_NUM_THREADS') count, torch's own when unknown."""
+    assert devices.threads_left_free(current, idle) == threads
+
+
+def test_busy_cpus_are_seen_as_busy() -> None:
+    """One spinning process per CPU of ours: the sample finds (almost) nothing idle; they are gone afterwards."""
+    import subprocess
+    import sys
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(devices.usable_cpus())]
+    try:
+        import time
+
+        time.sleep(0.3)  # (they start)
+        idle = devices.idle_cpus(0.5)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert idle is not None and 0 <= idle < 0.5 * devices.usable_cpus()
+
+
+def test_stage_1_runs_on_the_threads_other_work_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside other work the sensitivity and AutoRound run on fewer threads (said on stderr) and torch's count is
+    restored afterwards; on a GPU nothing changes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(devices, "idle_cpus", lambda seconds=0.1: 0.3)
+        with devices.threads_for_load(torch.device("cpu")):
+            inside = torch.get_num_threads()
+        with devices.threads_for_load(torch.device("meta")):
+            on_other_device = torch.get_num_threads()
+        assert (inside, on_other_device, torch.get_num_threads()) == (1, 2, 2)
+    finally:
+        torch.set_num_threads(before)

@@ -25,7 +25,7 @@ import pydantic
 from neuronforge.assets.models import input_path, resolve_model
 from neuronforge.assets.texts import calibration_samples, resolve_splits
 from neuronforge.core.atomic import atomic_write_json, atomic_write_text
-from neuronforge.core.devices import DeviceField, device_info, resolve_device, small_op_threads
+from neuronforge.core.devices import DeviceField, device_info, resolve_device, small_op_threads, threads_for_load
 from neuronforge.core.knobs import (
     FINITE,
     BatchSize,
@@ -457,7 +457,20 @@ def _select_and_tune(
     samples: list[torch.Tensor] | None,
     device: torch.device,
 ) -> _Tuned:
-    """Sensitivity -> selection -> AutoRound on NxD's grid: what both the in-memory and the folder path share."""
+    """Sensitivity -> selection -> AutoRound on NxD's grid: what both the in-memory and the folder path share,
+    on the CPU with the threads other work leaves idle (`threads_for_load`)."""
+    with threads_for_load(device):
+        return _tune(model, tokenizer, options, fits, samples, device)
+
+
+def _tune(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    options: QuantizeSettings,
+    fits: Callable[[Sequence[str]], bool] | None,
+    samples: list[torch.Tensor] | None,
+    device: torch.device,
+) -> _Tuned:
     from neuronforge.neuron.numerics.qlinear import quantizable_linears
 
     timings: dict[str, float] = {}

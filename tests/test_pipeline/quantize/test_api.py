@@ -731,3 +731,36 @@ def test_a_tuned_block_worse_than_rtn_on_unseen_calibration_windows_is_replaced_
             codes, scale = quantize_weight(tensor)
             rtn_codes, rtn_scale = quantize_weight(before[key])
             assert torch.equal(codes, rtn_codes) and torch.equal(scale, rtn_scale), key
+
+
+def test_the_sensitivity_and_autoround_run_on_the_threads_left_idle(tiny_llama_dir: Path, monkeypatch) -> None:
+    """`threads_for_load` wraps stage 1's tuning: with other work keeping the CPUs busy, the sensitivity and
+    AutoRound see one thread (a loaded 2-core host: 23.8 s instead of 60.8 s on the 1.17e9 benchmark)."""
+    from auto_round.algorithms.composer import AlgorithmComposer
+
+    import neuronforge.pipeline.quantize.api as quantize_module
+    from neuronforge.core import devices
+    from neuronforge.hf.folders import load_model, load_tokenizer
+    from neuronforge.pipeline.quantize.api import QuantizeSettings, quantize_model
+
+    seen: dict[str, int] = {}
+    analyze, compress_block = quantize_module.analyze, AlgorithmComposer.compress_block
+
+    def watched_analyze(*args: object, **kwargs: object) -> object:
+        seen["sensitivity"] = torch.get_num_threads()
+        return analyze(*args, **kwargs)
+
+    def watched_block(*args: object, **kwargs: object) -> object:
+        seen["autoround"] = torch.get_num_threads()
+        return compress_block(*args, **kwargs)
+
+    monkeypatch.setattr(quantize_module, "analyze", watched_analyze)
+    monkeypatch.setattr(AlgorithmComposer, "compress_block", watched_block)
+    monkeypatch.setattr(devices, "idle_cpus", lambda seconds=0.1: 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        quantize_model(load_model(tiny_llama_dir), load_tokenizer(tiny_llama_dir), QuantizeSettings(**FAST))
+        assert seen == {"sensitivity": 1, "autoround": 1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
