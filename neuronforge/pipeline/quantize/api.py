@@ -459,75 +459,64 @@ def _select_and_tune(
 ) -> _Tuned:
     """Sensitivity -> selection -> AutoRound on NxD's grid: what both the in-memory and the folder path share,
     on the CPU with the threads other work leaves idle (`threads_for_load`)."""
-    with threads_for_load(device):
-        return _tune(model, tokenizer, options, fits, samples, device)
-
-
-def _tune(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    options: QuantizeSettings,
-    fits: Callable[[Sequence[str]], bool] | None,
-    samples: list[torch.Tensor] | None,
-    device: torch.device,
-) -> _Tuned:
     from neuronforge.neuron.numerics.qlinear import quantizable_linears
 
-    timings: dict[str, float] = {}
-    if not [name for name in quantizable_linears(model) if name != "lm_head"]:
-        raise NeuronforgeError(
-            f"{getattr(model, 'name_or_path', '') or type(model).__name__} has no decoder Linear layers to quantize "
-            "(attention/MLP projections)",
-            "pass a checkpoint of a supported family (docs/model-families.md) with num_hidden_layers >= 1",
-        )
-    blocks = find_blocks(model, options.dtype)
-    if samples is None:
-        samples = calibration_samples(
-            tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
-        )
+    with threads_for_load(device):
+        timings: dict[str, float] = {}
+        if not [name for name in quantizable_linears(model) if name != "lm_head"]:
+            raise NeuronforgeError(
+                f"{getattr(model, 'name_or_path', '') or type(model).__name__} has no decoder Linear layers to quantize "
+                "(attention/MLP projections)",
+                "pass a checkpoint of a supported family (docs/model-families.md) with num_hidden_layers >= 1",
+            )
+        blocks = find_blocks(model, options.dtype)
+        if samples is None:
+            samples = calibration_samples(
+                tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
+            )
 
-    sensitivity = None
-    if options.modules_to_not_convert is not None:
-        kept = _explicit_kept(options.modules_to_not_convert, blocks)
-    else:
-        sensitivity = _analyze(model, samples, options, device)
-        timings["sensitivity"] = sensitivity.seconds
-        kept = select(
-            blocks,
-            sensitivity.scores,
-            "none" if options.target_kl is not None else options.selection,  # the target search chooses later
-            options.max_extra_memory,
-            options.topk,
-            options.threshold,
-            fits=fits,
-        ).kept
+        sensitivity = None
+        if options.modules_to_not_convert is not None:
+            kept = _explicit_kept(options.modules_to_not_convert, blocks)
+        else:
+            sensitivity = _analyze(model, samples, options, device)
+            timings["sensitivity"] = sensitivity.seconds
+            kept = select(
+                blocks,
+                sensitivity.scores,
+                "none" if options.target_kl is not None else options.selection,  # the target search chooses later
+                options.max_extra_memory,
+                options.topk,
+                options.threshold,
+                fits=fits,
+            ).kept
 
-    linears = quantizable_linears(model)
-    targets = [n for n in linears if block_of(n) not in kept]
-    untouched = list(targets)
-    choices: list[BlockChoice] = []
-    if options.autoround and targets:
-        from neuronforge.pipeline.quantize.autoround_nxd import check_windows, keep_bf16_layer_config, run_autoround
+        linears = quantizable_linears(model)
+        targets = [n for n in linears if block_of(n) not in kept]
+        untouched = list(targets)
+        choices: list[BlockChoice] = []
+        if options.autoround and targets:
+            from neuronforge.pipeline.quantize.autoround_nxd import check_windows, keep_bf16_layer_config, run_autoround
 
-        check = check_windows(options.nsamples)  # more windows of the same calibration text, never tuned on
-        windows = calibration_samples(
-            tokenizer, resolve_splits(options.text).calibration, options.nsamples + check, options.calib_seq_len
-        )
-        tuned = run_autoround(
-            model,
-            tokenizer,
-            windows,
-            options.dtype,
-            keep_bf16_layer_config(model, kept, block_of),
-            options.iters,
-            options.calib_seq_len,
-            targets,
-            minmax_tuning=options.minmax_tuning,
-            device=device,
-            check=check,
-        )
-        untouched, choices, timings["autoround"] = tuned.untouched, tuned.blocks, tuned.seconds
-    return _Tuned(kept, targets, untouched, sensitivity, timings, choices)
+            check = check_windows(options.nsamples)  # more windows of the same calibration text, never tuned on
+            windows = calibration_samples(
+                tokenizer, resolve_splits(options.text).calibration, options.nsamples + check, options.calib_seq_len
+            )
+            tuned = run_autoround(
+                model,
+                tokenizer,
+                windows,
+                options.dtype,
+                keep_bf16_layer_config(model, kept, block_of),
+                options.iters,
+                options.calib_seq_len,
+                targets,
+                minmax_tuning=options.minmax_tuning,
+                device=device,
+                check=check,
+            )
+            untouched, choices, timings["autoround"] = tuned.untouched, tuned.blocks, tuned.seconds
+        return _Tuned(kept, targets, untouched, sensitivity, timings, choices)
 
 
 def quantize_model(
