@@ -190,13 +190,20 @@ def small_op_threads(device: torch.device) -> Iterator[None]:
     """One intra-op thread on the CPU for loops of small (1 MB) elementwise ops: the grid export and the scores.
     With two threads each op pays an OpenMP barrier: on a loaded 2-core host one 14336 x 4096 export took 7-17 s
     with two threads and 1.0-1.3 s with one (docs/gpu.md, "Speed"). Elsewhere (GEMMs, a GPU) nothing changes."""
-    import torch
-
     if device.type != "cpu":
         yield
         return
+    with torch_threads(1):
+        yield
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` inside, restored after."""
+    import torch
+
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -261,11 +268,8 @@ def threads_for_load(device: torch.device) -> Iterator[None]:
             f"note: other processes keep {before - threads} of {before} CPUs busy; stage 1 runs on {threads} "
             f"thread{'s' if threads > 1 else ''} so that no op waits for a thread the OS has parked"
         )
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def usable_cpus() -> int:

@@ -94,6 +94,16 @@ def check_apart(out: str | Path, inputs: Mapping[str, str | Path | None], flag: 
         )
 
 
+@contextmanager
+def os_errors_named(out: str | Path, flag: str) -> Iterator[None]:
+    """An OSError from the checks of output `out` (a name too long, a deleted current directory, ...) as one error
+    naming `flag` and the path as given (`errors.os_error`)."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(exc, out, flag) from None
+
+
 def check_no_dangling_link(out: str | Path, flag: str = "--out") -> None:
     """`out`, or a folder above it, is not a symbolic link to nothing: creating the output would fail with a
     misleading "File exists" after the inputs were checked (report O07), or create the link's target."""
@@ -127,8 +137,7 @@ def check_output(
     out: Path, inputs: Mapping[str, str | Path | None], flag: str = "--out", *, overwrite: bool = False
 ) -> Path:
     """All checks for a standalone command's output folder; returns it as an absolute path."""
-    given = out
-    try:
+    with os_errors_named(out, flag):
         check_no_dangling_link(out, flag)
         out = local_path(out)
         check_apart(out, inputs, flag)
@@ -140,8 +149,6 @@ def check_output(
             )
         check_writable(out, flag)
         check_replaceable(out, overwrite=overwrite, flag=flag)
-    except OSError as exc:  # a name too long, a deleted current directory, ...
-        raise os_error(exc, given, flag) from None
     return out
 
 
@@ -237,8 +244,7 @@ def output_dir(out: Path, *, overwrite: bool = False, flag: str = "--out") -> It
 
 def check_run_dir(out: Path, inputs: Mapping[str, str | Path | None]) -> Path:
     """`run --out`: new, empty, or already a run directory; never inside another one or one of the inputs."""
-    given = out
-    try:
+    with os_errors_named(out, "--out"):
         check_no_dangling_link(out)
         out = local_path(out)
         check_apart(out, inputs)
@@ -253,6 +259,4 @@ def check_run_dir(out: Path, inputs: Mapping[str, str | Path | None]) -> Path:
                 f"--out {out} already holds files and is not a neuronforge run directory (it has no run manifest.json)",
                 "choose a new or empty folder for --out; neuronforge never writes into a folder it did not create",
             )
-    except OSError as exc:  # a name too long, a deleted current directory, ...
-        raise os_error(exc, given, "--out") from None
     return out
