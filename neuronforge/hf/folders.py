@@ -518,6 +518,22 @@ def load_model(
     return model
 
 
+def reload_weights(path: Path, model: PreTrainedModel, keys: Collection[str]) -> None:
+    """Put the parameters `keys` of `model` back to what `load_model` read from `path` (cast to each one's dtype),
+    a map window at a time: stage 1 ships RTN after all when its tuning lost (pipeline/quantize/autoround_check.py)."""
+    wanted = set(keys)
+    for shard, shard_names in shard_keys(path).items():
+        names = [key for key in shard_names if key in wanted]
+        for run in map_windows(path / shard, names, MAP_WINDOW_BYTES):
+            _copy_in(model, path / shard, run, model.get_parameter(run[0]).dtype)
+            wanted.difference_update(run)
+    if wanted:
+        raise NeuronforgeError(
+            f"{path} lacks the weights {sorted(wanted)[:3]} ({len(wanted)} in all)",
+            "re-save the whole model with save_pretrained",
+        )
+
+
 def _input_embedding_key(model: PreTrainedModel) -> str:
     embeddings = model.get_input_embeddings()
     return next(f"{name}.weight" for name, module in model.named_modules() if module is embeddings)

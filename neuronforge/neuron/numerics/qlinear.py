@@ -154,6 +154,17 @@ class NeuronQuantLinear(Fp32Gemm):
         kept = bias.detach().to(torch.bfloat16).clone() if bias is not None and dtype == "int8" else None
         return cls(codes, scale, kept, dtype, qtype, tp_degree)
 
+    def load_codes(self, codes: torch.Tensor, scale: torch.Tensor) -> None:
+        """Hold other codes and scales of the same shapes, on this layer's device; the fp32 operand copy made from
+        the old codes is dropped (a forward would otherwise still multiply by them)."""
+        if codes.shape != self.codes.shape or scale.shape != self.scale.shape or codes.dtype != self.codes.dtype:
+            raise ValueError(
+                f"codes {tuple(codes.shape)} {codes.dtype} / scale {tuple(scale.shape)} do not replace "
+                f"{tuple(self.codes.shape)} {self.codes.dtype} / {tuple(self.scale.shape)}"
+            )
+        self.codes, self.scale = codes.to(self.codes.device), scale.to(self.scale.device)
+        self._fp32 = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         compute = x.dtype
         # codes are exact in bf16; an fp32 GEMM rounded once to bf16 is what the PE array's fp32

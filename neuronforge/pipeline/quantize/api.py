@@ -58,15 +58,20 @@ from neuronforge.hf.folders import (
     load_tokenizer,
     map_windows,
     mapped_tensors,
+    reload_weights,
     shard_keys,
+    warn_once,
 )
 from neuronforge.hf.not_convert import write_not_convert
 from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
+from neuronforge.neuron.numerics.emulation_spec import EmulationSpec
 from neuronforge.neuron.numerics.module_names import block_of, canonical_blocks, checkpoint_linears
 from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, choose_tp, model_facts, normalize_instance
 from neuronforge.neuron.planner.plan import deployment_from, instance_budget
 from neuronforge.pipeline.quantize import grid_export
+from neuronforge.pipeline.quantize.autoround_check import compare_with_rtn
 from neuronforge.pipeline.quantize.plots import frontier_chart, sensitivity_chart
+from neuronforge.pipeline.quantize.scoring import SplitScorer, split_windows
 from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection, missing_selection_value, select
 from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity, analyze, find_blocks, forced_bf16
 from neuronforge.pipeline.quantize.target import (
@@ -583,15 +588,29 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     samples = calibration_samples(
         tokenizer, resolve_splits(options.text).calibration, options.nsamples, options.calib_seq_len
     )
-    # An accuracy target measures its reference and floor first: a target below the floor fails before any tuning.
-    search = _target_search(options, src, tokenizer) if options.target_kl is not None else None
+    # The bf16 reference on the validation/test text first (a whole model of its own, never beside the one to
+    # quantize): it judges AutoRound against RTN and an accuracy target's candidates. A target measures its floor
+    # here too, so one below the floor fails before any tuning.
+    tp_degree = options.tp_degree or choose_tp(model_facts(src), DEFAULT_INSTANCE)  # compile's default, as emulate
+    scorer = _split_scorer(options, src, tokenizer, tp_degree)
+    search = _target_search(options, scorer, src, tp_degree) if scorer and options.target_kl is not None else None
     # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
     model = load_model(src)
     reuse_freed_tensors()  # one model streamed through: layer-sized temporaries reuse the heap (core/memory.py)
-    load_seconds = time.perf_counter() - start - (search.seconds if search is not None else 0.0)
+    load_seconds = time.perf_counter() - start - (search.seconds if search else scorer.seconds if scorer else 0.0)
     tuned = _select_and_tune(model, tokenizer, options, fits, samples, device)
     timings = {"load": load_seconds, **tuned.timings}
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
+    model_choice = None
+    if scorer is not None and options.autoround and len(untouched) < len(targets):
+        model_choice = compare_with_rtn(
+            scorer, src, model, [n for n in targets if n not in untouched], _deployed_spec(options, kept, tp_degree)
+        )
+        timings["autoround_vs_rtn"] = model_choice.seconds
+        if model_choice.winner == "rtn":  # the targets as loaded: the export rounds them as NxD would
+            reload_weights(src, model, [f"{name}.weight" for name in targets])
+    shipped_tuning = options.autoround and len(untouched) < len(targets)
+    shipped_tuning &= model_choice is None or model_choice.winner == "autoround"
     frontier = None
     if search is not None:
         assert sensitivity is not None  # (target_kl excludes an explicit list)
@@ -605,9 +624,9 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     restored = [name for name in tuned.targets if name not in targets]  # tuned, then kept bf16 by the target
 
     with output_dir(out) as tmp:
-        # The naive figure describes AutoRound's stock export, so it is measured when AutoRound tuned the model
+        # The naive figure describes AutoRound's stock export, so it is measured when AutoRound's tuning ships
         # (on the RTN path it would only cost time: importing auto-round and two more passes over every weight).
-        check = _export(src, tmp, model, targets, options.dtype, options.autoround, device, from_source=restored)
+        check = _export(src, tmp, model, targets, options.dtype, shipped_tuning, device, from_source=restored)
         ours, naive, per_block = check.ours, check.naive, check.per_block
         grid_export.require_exact(ours, str(out))
         timings["export"], timings["verify"] = check.export_s, check.verify_s
@@ -639,11 +658,13 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             "rtn_layers": untouched,
             "autoround_vs_rtn": {
                 "definition": "per decoder block, relative squared error of its output against the bf16 block's on "
-                "calibration windows AutoRound did not tune on; the better of AutoRound's tuning and RTN is kept",
+                "calibration windows AutoRound did not tune on; the better of AutoRound's tuning and RTN is kept. "
+                "Then the whole model (whole_model): the better of the tuned model and RTN on the validation text",
                 "blocks": [
                     {"block": c.block, "autoround": c.autoround_error, "rtn": c.rtn_error, "kept": c.winner}
                     for c in tuned.blocks
                 ],
+                "whole_model": model_choice.to_json() if model_choice is not None else None,
             },
             "per_block_relative_error": {
                 b: (e["sq_err"] / e["sq_norm"]) ** 0.5 if e["sq_norm"] else 0.0 for b, e in per_block.items()
@@ -667,20 +688,43 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     )
 
 
-def _target_search(options: QuantizeSettings, src: Path, tokenizer: PreTrainedTokenizerBase) -> TargetSearch:
-    """The accuracy target's reference and floor, at the deployment's KV cache and tp degree (compile's default tp
-    for its default instance when none is given, as the emulate stage of `run` does)."""
+def _split_scorer(
+    options: QuantizeSettings, src: Path, tokenizer: PreTrainedTokenizerBase, tp_degree: int
+) -> SplitScorer | None:
+    """The judge of what stage 1 decides after tuning: None when nothing is decided (RTN without a target). A text too
+    short for it fails a target (it has nothing to measure on) and only warns with AutoRound (the per-block check,
+    on calibration windows, still decides)."""
+    if not options.autoround and options.target_kl is None:
+        return None
+    try:
+        windows = split_windows(tokenizer, options.text)
+    except NeuronforgeError as exc:
+        if options.target_kl is not None:
+            raise
+        warn_once(
+            f"{exc.what}; so AutoRound is compared with RTN per block only, not on the whole model (fix: {exc.fix})"
+        )
+        return None
+    return SplitScorer(src, windows, tp_degree)
+
+
+def _target_search(options: QuantizeSettings, scorer: SplitScorer, src: Path, tp_degree: int) -> TargetSearch:
+    """The accuracy target's floor, at the deployment's KV cache and tp degree."""
     assert options.target_kl is not None
     return TargetSearch(
+        scorer,
         src,
-        tokenizer,
-        options.text,
         options.target_kl,
         options.dtype,
         options.kv,
-        options.tp_degree or choose_tp(model_facts(src), DEFAULT_INSTANCE),
+        tp_degree,
         {"seq_len": options.seq_len, "batch_size": options.batch_size},
     )
+
+
+def _deployed_spec(options: QuantizeSettings, kept: Sequence[str], tp_degree: int) -> EmulationSpec:
+    """What the device computes for this checkpoint: its weight dtype and bf16 blocks, the KV cache, the tp degree."""
+    return EmulationSpec(dtype=options.dtype, kv=options.kv, modules_to_not_convert=tuple(kept), tp_degree=tp_degree)
 
 
 def _write_frontier(frontier: Frontier, folder: Path) -> dict[str, Any]:

@@ -4,8 +4,8 @@ Every candidate is measured, not predicted: the model is quantized once (every c
 candidate keeps a prefix of the sensitivity ranking in bf16 by swapping those blocks' Linears, in one emulated
 model of Neuron numerics (deployment's weight dtype, KV cache and tp degree), for the source model's bf16
 Linears; nothing is tuned again. KL is the mean per-token KL(bf16 reference || candidate) on a validation
-split; the chosen set is then scored once on a test split the search never saw. Both splits halve each
-held-out document (assets/texts.py `validation_test_splits`), so neither overlaps the calibration text.
+split; the chosen set is then scored once on a test split the search never saw (scoring.py: both halve each
+held-out document, so neither overlaps the calibration text).
 
 The search bisects the prefix length k of the ranking (blocks by sensitivity per extra byte, as the budget rule
 orders them): the all-quantized model first, then the middle of the open interval, knowing the all-bf16-weights
@@ -23,39 +23,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from neuronforge.assets.texts import evaluation_windows, resolve_splits, validation_test_splits
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype
 from neuronforge.neuron.numerics.module_names import block_of
 from neuronforge.neuron.planner.plan import load_model_shape, smallest_for
 from neuronforge.neuron.planner.weight_memory import weight_memory
+from neuronforge.pipeline.quantize.scoring import Scores, SplitScorer
 from neuronforge.pipeline.quantize.selection import extra_bytes, select
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
     from neuronforge.neuron.numerics.emulate import EmulatedModel, EmulationSpec
     from neuronforge.neuron.planner.plan import ModelShape
     from neuronforge.pipeline.quantize.sensitivity import Block
 
-WINDOW = 256  # tokens per scored window: the first half is prefill, the rest decodes through the KV cache
-SPLIT_TOKENS = 512  # tokens scored per text and split (validation, test): 2 windows
-BATCH = 4  # windows per forward pass
 FRONTIER_JSON = "frontier.json"
 FRONTIER_MD = "frontier.md"
 FRONTIER_PNG = "frontier.png"
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One model's figures against the bf16 reference on one split."""
-
-    kl: float
-    top1: float
-    ppl_recovery: float  # percent of the reference's perplexity kept (100 = no loss)
 
 
 @dataclass(frozen=True)
@@ -142,38 +129,23 @@ class TargetSearch:
 
     def __init__(
         self,
+        scorer: SplitScorer,
         source: Path,
-        tokenizer: PreTrainedTokenizerBase,
-        text: Path | None,
         target_kl: float,
         dtype: str,
         kv: str,
         tp_degree: int,
         deployment: dict[str, Any],
     ) -> None:
-        from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
+        from neuronforge.neuron.numerics.emulate import load_emulated
 
         start = time.perf_counter()
-        self.source, self.target_kl, self.dtype, self.kv, self.tp = source, target_kl, dtype, kv, tp_degree
+        self.scorer, self.target_kl, self.dtype, self.kv, self.tp = scorer, target_kl, dtype, kv, tp_degree
         self.deployment = deployment
         self.shape: ModelShape = load_model_shape(source)
-        validation, test = validation_test_splits(resolve_splits(text).evaluation)
-        try:
-            self.windows = {
-                split: {name: evaluation_windows(tokenizer, body, WINDOW, SPLIT_TOKENS) for name, body in texts.items()}
-                for split, texts in (("validation", validation), ("test", test))
-            }
-        except NeuronforgeError as exc:
-            raise NeuronforgeError(
-                f"--target-kl scores {WINDOW}-token windows on each half of the held-out text: {exc.what}",
-                "supply more text (--text): its last quarter is held out and halved into validation and test",
-            ) from None
-        reference = load_emulated(source, EmulationSpec(tp_degree=tp_degree))
-        self.reference = {split: self._logits(reference, w) for split, w in self.windows.items()}
-        del reference
         self.bf16: EmulatedModel = load_emulated(source, self._spec(None, ()))
-        self.floor = self._scores(self.bf16, "validation")
-        self.seconds = time.perf_counter() - start
+        self.floor = scorer.scores(self.bf16, "validation")
+        self.seconds = scorer.seconds + time.perf_counter() - start
         if target_kl < self.floor.kl:
             raise NeuronforgeError(
                 f"--target-kl {target_kl:g} is below the floor: with every weight in bf16 the {kv} KV cache alone "
@@ -191,29 +163,6 @@ class TargetSearch:
             modules_to_not_convert=tuple(kept),
             tp_degree=self.tp,
         )
-
-    @staticmethod
-    def _logits(emulated: EmulatedModel, windows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        import torch
-
-        return {
-            name: torch.cat([emulated.device_logits(batch).cpu() for batch in ids.split(BATCH)])
-            for name, ids in windows.items()
-        }
-
-    def _scores(self, emulated: EmulatedModel, split: str) -> Scores:
-        import torch
-
-        from neuronforge.neuron.numerics.emulate import perplexity_from_logits
-        from neuronforge.pipeline.evaluate.metrics import divergence, recovery
-
-        logits = self._logits(emulated, self.windows[split])
-        reference = self.reference[split]
-        measured = divergence(pair for name in logits for pair in zip(reference[name], logits[name], strict=True))
-        ids = torch.cat(list(self.windows[split].values()))
-        ppl_reference = perplexity_from_logits(torch.cat(list(reference.values())), ids)
-        ppl = perplexity_from_logits(torch.cat(list(logits.values())), ids)
-        return Scores(measured.kl, measured.agreement, recovery(ppl_reference, ppl, higher_is_better=False))
 
     def search(self, model: nn.Module, blocks: Sequence[Block], scores: dict[str, float]) -> Frontier:
         """Measure prefixes of the ranking on `model` (quantized in place, every choosable block; left untouched),
@@ -260,7 +209,7 @@ class TargetSearch:
                 else:
                     names = swapped({b.name for b in ranked[:prefix]})
                     try:
-                        measured[prefix] = point(prefix, self._scores(quantized, "validation"))
+                        measured[prefix] = point(prefix, self.scorer.scores(quantized, "validation"))
                     finally:
                         for name in names:
                             _replace(quantized.model, name, own[name])
@@ -276,18 +225,16 @@ class TargetSearch:
         frontier.chosen = cheapest_meeting(frontier.points)
         # The chosen set on text the search never read (and the floor there, for scale).
         names = swapped(set(frontier.chosen.kept))
-        frontier.test = self._scores(quantized, "test")
+        frontier.test = self.scorer.scores(quantized, "test")
         for name in names:
             _replace(quantized.model, name, own[name])
         budget = select(list(blocks), scores, "budget").kept  # (its default max_extra_memory)
         names = swapped(set(budget))
-        frontier.budget = point(-1, self._scores(quantized, "validation"), budget)
+        frontier.budget = point(-1, self.scorer.scores(quantized, "validation"), budget)
         for name in names:
             _replace(quantized.model, name, own[name])
-        frontier.floor_test = self._scores(self.bf16, "test")
-        frontier.tokens = {
-            split: {name: int(ids.numel()) for name, ids in windows.items()} for split, windows in self.windows.items()
-        }
+        frontier.floor_test = self.scorer.scores(self.bf16, "test")
+        frontier.tokens = self.scorer.tokens()
         frontier.seconds = self.seconds + time.perf_counter() - start
         return frontier
 

@@ -14,6 +14,7 @@ from neuronforge.cli import app
 from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.grid import quantize_weight
 from neuronforge.pipeline.quantize.api import options_from, quantize
+from neuronforge.pipeline.quantize.scoring import SplitScorer, split_windows
 from neuronforge.pipeline.quantize.target import TargetSearch, bisect_prefix
 
 FAST = dict(iters=2, nsamples=4, calib_seq_len=32)
@@ -75,9 +76,9 @@ def test_validation_and_test_halve_the_held_out_text_and_never_touch_calibration
 @pytest.fixture(autouse=True)
 def one_window_per_text(monkeypatch: pytest.MonkeyPatch) -> None:
     """One 256-token window per text and split (the default scores two): the tests' time stays small."""
-    from neuronforge.pipeline.quantize import target
+    from neuronforge.pipeline.quantize import scoring
 
-    monkeypatch.setattr(target, "SPLIT_TOKENS", target.WINDOW)
+    monkeypatch.setattr(scoring, "SPLIT_TOKENS", scoring.WINDOW)
 
 
 @pytest.fixture
@@ -85,7 +86,8 @@ def search_bf16_kv(tiny_llama_dir: Path) -> TargetSearch:
     """A target search on the tiny Llama with a bf16 KV cache (floor 0), target set per test."""
     from neuronforge.hf.folders import load_tokenizer
 
-    return TargetSearch(tiny_llama_dir, load_tokenizer(tiny_llama_dir), None, 1.0, "int8", "bf16", 1, {})
+    scorer = SplitScorer(tiny_llama_dir, split_windows(load_tokenizer(tiny_llama_dir), None), 1)
+    return TargetSearch(scorer, tiny_llama_dir, 1.0, "int8", "bf16", 1, {})
 
 
 def _search(search: TargetSearch, target: float, model_dir: Path):
@@ -203,7 +205,7 @@ def test_quantize_to_a_target_writes_the_chosen_set_and_its_frontier(tiny_llama_
     # Emulating the written checkpoint reproduces the search's own figure for the chosen set.
     tp = frontier["tp_degree"]
     assert tp == 2  # compile's default for the tiny model on inf2.xlarge (2 NeuronCores, 4 heads)
-    search = TargetSearch(tiny_llama_dir, load_tokenizer(tiny_llama_dir), None, 1.0, "int8", "fp8", tp, {})
+    scorer = SplitScorer(tiny_llama_dir, split_windows(load_tokenizer(tiny_llama_dir), None), tp)
     spec = EmulationSpec(dtype="int8", kv="fp8", modules_to_not_convert=tuple(chosen["kept"]), tp_degree=tp)
-    again = search._scores(load_emulated(out, spec), "validation")
+    again = scorer.scores(load_emulated(out, spec), "validation")
     assert again.kl == pytest.approx(chosen["validation"]["kl"], rel=1e-6, abs=1e-9)

@@ -1,0 +1,101 @@
+"""Stage 1's own accuracy measure: emulated models scored against the bf16 reference on the held-out splits.
+
+The decisions `quantize` makes after tuning (AutoRound or RTN for the whole model, which blocks an accuracy target
+keeps in bf16) are taken on a **validation** split and reported on a **test** split no decision ever reads. Both
+halve each held-out document (assets/texts.py `validation_test_splits`), so neither shares text with calibration.
+A score is the mean per-token KL(bf16 reference || candidate) in nats, top-1 agreement and perplexity recovery,
+through the emulator of Neuron numerics with the deployment's KV cache and tp degree.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from neuronforge.assets.texts import evaluation_windows, resolve_splits, validation_test_splits
+from neuronforge.errors import NeuronforgeError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from neuronforge.neuron.numerics.emulate import EmulatedModel
+
+WINDOW = 256  # tokens per scored window: the first half is prefill, the rest decodes through the KV cache
+SPLIT_TOKENS = 512  # tokens scored per text and split (validation, test): 2 windows
+BATCH = 4  # windows per forward pass
+Split = Literal["validation", "test"]
+SPLITS: tuple[Split, ...] = ("validation", "test")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's figures against the bf16 reference on one split."""
+
+    kl: float
+    top1: float
+    ppl_recovery: float  # percent of the reference's perplexity kept (100 = no loss)
+
+
+def split_windows(tokenizer: PreTrainedTokenizerBase, text: Path | None) -> dict[Split, dict[str, torch.Tensor]]:
+    """The validation and test windows of each held-out text (the head `SPLIT_TOKENS` of each half)."""
+    validation, test = validation_test_splits(resolve_splits(text).evaluation)
+    halves: dict[Split, dict[str, str]] = {"validation": validation, "test": test}
+    try:
+        return {
+            split: {name: evaluation_windows(tokenizer, body, WINDOW, SPLIT_TOKENS) for name, body in texts.items()}
+            for split, texts in halves.items()
+        }
+    except NeuronforgeError as exc:
+        raise NeuronforgeError(
+            f"stage 1 scores {WINDOW}-token windows on each half of the held-out text: {exc.what}",
+            "supply more text (--text): its last quarter is held out and halved into validation and test",
+        ) from None
+
+
+class SplitScorer:
+    """The bf16 reference's logits on the validation and test windows (bf16 weights and KV cache, the deployment's
+    tp degree), measured once, before the model to quantize is loaded: the reference is a whole bf16 model of its
+    own, so it is never in memory beside it."""
+
+    def __init__(self, source: Path, windows: dict[Split, dict[str, torch.Tensor]], tp_degree: int) -> None:
+        from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
+
+        start = time.perf_counter()
+        self.windows = windows
+        reference = load_emulated(source, EmulationSpec(tp_degree=tp_degree))
+        self.reference = {split: logits(reference, w) for split, w in windows.items()}
+        self.seconds = time.perf_counter() - start
+
+    def scores(self, emulated: EmulatedModel, split: Split) -> Scores:
+        import torch
+
+        from neuronforge.neuron.numerics.emulate import perplexity_from_logits
+        from neuronforge.pipeline.evaluate.metrics import divergence, recovery
+
+        measured_logits = logits(emulated, self.windows[split])
+        reference = self.reference[split]
+        measured = divergence(
+            pair for name in measured_logits for pair in zip(reference[name], measured_logits[name], strict=True)
+        )
+        ids = torch.cat(list(self.windows[split].values()))
+        ppl_reference = perplexity_from_logits(torch.cat(list(reference.values())), ids)
+        ppl = perplexity_from_logits(torch.cat(list(measured_logits.values())), ids)
+        return Scores(measured.kl, measured.agreement, recovery(ppl_reference, ppl, higher_is_better=False))
+
+    def tokens(self) -> dict[str, dict[str, int]]:
+        return {
+            split: {name: int(ids.numel()) for name, ids in windows.items()} for split, windows in self.windows.items()
+        }
+
+
+def logits(emulated: EmulatedModel, windows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each text's windows through `emulated`, `BATCH` at a time, as bf16 logits on the CPU."""
+    import torch
+
+    return {
+        name: torch.cat([emulated.device_logits(batch).cpu() for batch in ids.split(BATCH)])
+        for name, ids in windows.items()
+    }
