@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
@@ -340,6 +340,7 @@ class Checkpoints:
 
     paths: dict[str, Path]
     kept: dict[str, list[str]]
+    autoround_vs_rtn: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # QuantizeResult's, by variant
 
 
 def evaluate(options: EvaluateOptions, command: str = "") -> EvaluationReport:
@@ -398,6 +399,7 @@ def _variant_checkpoints(options: EvaluateOptions, prepared: Prepared, timings: 
         err_console.print(f"[bold cyan]>> variant {variant}[/]")
         result, reused = variant_checkpoint(variant, prepared.source, options, checkpoints.kept.get("rtn_selective"))
         checkpoints.paths[variant], checkpoints.kept[variant] = result.out_dir, result.modules_to_not_convert
+        checkpoints.autoround_vs_rtn[variant] = result.autoround_vs_rtn
         timings[f"variant {variant}" + (" (cached)" if reused else "")] = time.perf_counter() - t0
     return checkpoints
 
@@ -467,6 +469,7 @@ def _measure(
         lm_eval=lm_eval_scores,
         seconds=time.perf_counter() - t0,
         device=str(emulated.device),
+        autoround_vs_rtn=checkpoints.autoround_vs_rtn.get(plan.checkpoint) if plan.checkpoint else None,
         **figures,
     )
     return result, reference

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -45,6 +46,9 @@ class VariantResult(BaseModel):
     flags: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     device: str = ""  # where its emulation ran (`auto` may put a variant too large for the GPU on the CPU)
+    # AutoRound variants: the whole model as tuned and as RTN on the validation text, and which was written
+    # (QuantizeResult.autoround_vs_rtn)
+    autoround_vs_rtn: dict[str, Any] | None = None
 
     @property
     def mean_ppl_recovery(self) -> float:
@@ -78,6 +82,16 @@ def instance_label(v: VariantResult) -> str:
     if v.instance is None:
         return "none fits"
     return f"{v.instance.removeprefix('ml.')} (tp {v.instance_tp}, ${v.instance_usd_per_hour:.2f})"
+
+
+def autoround_vs_rtn_line(choice: dict[str, Any]) -> str:
+    """What the whole-model check decided, in words (stage 1 keeps the tuning only where it beats RTN)."""
+    tuned, rtn = choice["autoround"]["validation"]["kl"], choice["rtn"]["validation"]["kl"]
+    if choice["kept"] == "rtn":
+        return (
+            f"RTN's weights were written: the tuned model scored KL {tuned:.5f} vs RTN's {rtn:.5f} on validation text"
+        )
+    return f"AutoRound's tuning was written: KL {tuned:.5f} vs RTN's {rtn:.5f} on validation text"
 
 
 def render_markdown(report: EvaluationReport) -> str:
@@ -127,6 +141,9 @@ def render_markdown(report: EvaluationReport) -> str:
         lines.append(f"- task acc = exact-match accuracy on {report.task}; task recovery % = variant / bf16 x 100.")
     if report.kv == "fp8":
         lines.append("- fp8 KV: tokens after the prefill read past K/V through a direct cast to e4m3, as NxDI decodes.")
+    for v in report.variants:
+        if v.autoround_vs_rtn is not None:
+            lines.append(f"- {v.label}: {autoround_vs_rtn_line(v.autoround_vs_rtn)}")
     for v in report.flagged:
         lines.append(f"- **WARNING {v.label}**: {'; '.join(v.flags)}")
     lines += _lm_eval_table(report)

@@ -216,6 +216,9 @@ class QuantizeResult(pydantic.BaseModel):
     device: dict[str, Any] = pydantic.Field(default_factory=dict)  # core/devices.py `device_info`
     # With target_kl: the chosen point (validation and test KL, instance) and where the frontier was written.
     accuracy_target: dict[str, Any] | None = None
+    # With AutoRound: the whole model as tuned and as RTN on the validation/test text, and which one was written
+    # (autoround_check.py `ModelChoice.to_json`); None without AutoRound or with a held-out text too short to score.
+    autoround_vs_rtn: dict[str, Any] | None = None
 
 
 @dataclass
@@ -685,6 +688,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         timings=timings,
         device=report["device"],
         accuracy_target=accuracy_target,
+        autoround_vs_rtn=report["autoround_vs_rtn"]["whole_model"],
     )
 
 

@@ -69,6 +69,24 @@ def test_markdown_table_has_every_variant_and_column():
     assert "`neuronforge evaluate --model tiny`" in md
 
 
+def test_an_autoround_variant_says_which_weights_the_whole_model_check_wrote():
+    report = _report()
+
+    def choice(kept: str) -> dict:
+        figures = {"validation": {"kl": 0.0099}, "test": {"kl": 0.0101}}
+        return {"autoround": figures, "rtn": {**figures, "validation": {"kl": 0.0094}}, "kept": kept}
+
+    rtn_kept = _variant("autoround", "AutoRound int8", "int8", 21.0, autoround=True, autoround_vs_rtn=choice("rtn"))
+    tuned_kept = _variant(
+        "autoround_selective", "AutoRound int8 + selective", "int8", 21.0, autoround_vs_rtn=choice("autoround")
+    )
+    report.variants += [rtn_kept, tuned_kept]
+    md = render_markdown(report)
+    assert "- AutoRound int8: RTN's weights were written: the tuned model scored KL 0.00990 vs RTN's 0.00940" in md
+    assert "- AutoRound int8 + selective: AutoRound's tuning was written: KL 0.00990 vs RTN's 0.00940" in md
+    assert "- RTN int8:" not in md  # (no tuning, nothing decided)
+
+
 def test_without_task_scores_the_task_columns_are_left_out():
     report = _report()
     for v in report.variants:
