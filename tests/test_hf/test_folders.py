@@ -18,6 +18,7 @@ from neuronforge.hf.folders import (
     load_model,
     map_windows,
     mapped_tensors,
+    reload_weights,
     shard_keys,
 )
 
@@ -222,3 +223,24 @@ def test_one_non_finite_value_anywhere_is_named(dtype: torch.dtype, bad: float) 
     weight[517, 200] = bad
     with pytest.raises(NeuronforgeError, match="m.safetensors: weight w holds NaN or infinite"):
         finite(Path("m.safetensors"), "w", weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_reload_weights_puts_back_what_load_model_read_and_names_what_is_missing(
+    make_tiny_llama, tmp_path: Path, dtype: torch.dtype
+) -> None:
+    """Stage 1 ships RTN after all when its tuning lost: the tuned weights go back to the source's, from any shard."""
+    src = _sharded(make_tiny_llama, tmp_path, dtype)
+    model, loaded = load_model(src), load_model(src)
+    keys = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "lm_head.weight"]
+    assert len({shard for shard, names in shard_keys(src).items() for key in keys if key in names}) > 1
+    untouched = model.get_parameter("model.layers.0.mlp.up_proj.weight").detach().clone()
+    for key in [*keys, "model.layers.0.mlp.up_proj.weight"]:
+        model.get_parameter(key).data.mul_(1.5)
+    reload_weights(src, model, keys)
+    for key in keys:
+        assert torch.equal(model.get_parameter(key), loaded.get_parameter(key)), key
+        assert model.get_parameter(key).dtype == torch.bfloat16
+    assert torch.equal(model.get_parameter("model.layers.0.mlp.up_proj.weight"), untouched * 1.5)  # not asked for
+    with pytest.raises(NeuronforgeError, match=r"lacks the weights \['model.layers.9.mlp.up_proj.weight'\]"):
+        reload_weights(src, model, ["model.layers.9.mlp.up_proj.weight"])

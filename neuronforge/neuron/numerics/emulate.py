@@ -114,6 +114,13 @@ class EmulatedModel:
                 nll[window, rows.cpu()] = next_token_nll(head(states[rows]), targets[rows + 1]).cpu()
         return nll
 
+    def operands_per_call(self) -> None:
+        """Make each GEMM's fp32 operand per call instead of keeping it (4 bytes per parameter): for a model that
+        runs a few passes beside another one in memory (stage 1's AutoRound-vs-RTN check). Same numbers."""
+        for layer in self.model.modules():
+            if isinstance(layer, Fp32Gemm):
+                layer.keep_fp32, layer._fp32 = False, None
+
     def logits(self, input_ids: torch.Tensor, prefill_len: int | None = None) -> torch.Tensor:
         """`device_logits` as fp32 on the CPU."""
         return self.device_logits(input_ids, prefill_len).float().cpu()

@@ -603,6 +603,8 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     load_seconds = time.perf_counter() - start - (search.seconds if search else scorer.seconds if scorer else 0.0)
     tuned = _select_and_tune(model, tokenizer, options, fits, samples, device)
     timings = {"load": load_seconds, **tuned.timings}
+    if scorer is not None and search is None:  # (a target search's time includes its reference)
+        timings["reference"] = scorer.seconds
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
     model_choice = None
     if scorer is not None and options.autoround and len(untouched) < len(targets):

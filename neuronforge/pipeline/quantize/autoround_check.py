@@ -8,7 +8,8 @@ the validation split (scoring.py) with the deployment's KV cache and tp degree, 
 scored on the test split too, which no decision reads, so the report shows whether the choice held on unseen text.
 
 Cost: one emulated model beside the tuned one, no copy of it. The RTN model is loaded from the source folder a map
-window at a time (`load_emulated`, codes only: 1 byte per parameter for int8/fp8); the tuned model's scores come
+window at a time (`load_emulated`, codes only: 1 byte per parameter for int8/fp8, GEMM operands made per call, not
+kept in fp32); the tuned model's scores come
 from the same emulated model with the tuned Linears' codes put in place of RTN's. That is exact: every tuned
 weight is grid-exact, so NxD re-derives these very codes from the checkpoint, and everything else in a tuned model
 is the source's bf16 (auto-round changes nothing outside the tuned Linears).
@@ -73,6 +74,7 @@ def compare_with_rtn(
     assert spec.dtype is not None
     start = time.perf_counter()
     emulated = load_emulated(source, spec)
+    emulated.operands_per_call()  # (beside the tuned model: no fp32 copy of every weight)
     rtn = {split: scorer.scores(emulated, split) for split in SPLITS}
     with torch.no_grad():
         for name in tuned:

@@ -22,6 +22,7 @@ from neuronforge.neuron.numerics.emulate import (
     perplexity_from_logits,
     perplexity_report,
 )
+from neuronforge.neuron.numerics.grid import quantize_weight
 from neuronforge.neuron.numerics.kv_cache import fp8_roundtrip
 from neuronforge.neuron.numerics.qlinear import Bf16Linear, Fp32Gemm, NeuronQuantLinear
 
@@ -320,6 +321,9 @@ def test_fp32_weight_copies_are_kept_only_within_the_budget(tiny_llama_dir: Path
     per_call = load_emulated(tiny_llama_dir, spec)
     assert torch.equal(per_call.logits(tokens()), expected)  # same numbers
     assert all(m._fp32 is None for m in per_call.model.modules() if isinstance(m, Fp32Gemm))  # nothing kept
+    kept.operands_per_call()  # (a model scored a few times beside another: stage 1's AutoRound-vs-RTN check)
+    assert all(m._fp32 is None for m in layers)
+    assert torch.equal(kept.logits(tokens()), expected) and all(m._fp32 is None for m in layers)
 
 
 LAYERS: dict[str, Callable[[torch.nn.Linear], Fp32Gemm]] = {
@@ -516,3 +520,18 @@ def test_load_emulated_refuses_a_not_convert_name_that_keeps_nothing(tiny_llama_
     with pytest.raises(NeuronforgeError, match=r"\['model.layers.0.mlp'\] match no Linear layer"):
         load_emulated(tiny_llama_dir, EmulationSpec(dtype="int8", modules_to_not_convert=("model.layers.0.mlp",)))
     assert load_emulated(tiny_llama_dir, EmulationSpec(modules_to_not_convert=("model.layers.0.mlp",))).converted == []
+
+
+@torch.inference_mode()
+def test_a_layer_given_other_codes_computes_with_them() -> None:
+    """Stage 1 scores its tuned model by putting the tuned codes into RTN's emulated model: the kept fp32 operand of
+    the old codes must go, or the layer still multiplies by RTN's."""
+    linear = torch.nn.Linear(64, 48, bias=False, dtype=torch.bfloat16)  # (codes and scales only: a bias stays)
+    other = torch.nn.Linear(64, 48, bias=False, dtype=torch.bfloat16)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    layer = NeuronQuantLinear.from_linear(linear, "int8")
+    layer(x)  # (keeps the fp32 operand of linear's codes)
+    layer.load_codes(*quantize_weight(other.weight, "int8"))
+    assert torch.equal(layer(x), NeuronQuantLinear.from_linear(other, "int8")(x))
+    with pytest.raises(ValueError, match="do not replace"):
+        layer.load_codes(*quantize_weight(other.weight[:8], "int8"))
