@@ -21,10 +21,10 @@ FAST = dict(iters=2, nsamples=4, calib_seq_len=32)
 
 @pytest.fixture(autouse=True)
 def one_window_per_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One 256-token window per text and split (the default scores two): the tests' time stays small."""
+    """One 256-token window per text and split (the default scores four and two): the tests' time stays small."""
     from neuronforge.pipeline.quantize import scoring
 
-    monkeypatch.setattr(scoring, "SPLIT_TOKENS", scoring.WINDOW)
+    monkeypatch.setattr(scoring, "SPLIT_TOKENS", dict.fromkeys(scoring.SPLITS, scoring.WINDOW))
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -75,10 +75,10 @@ def test_validation_and_test_halve_the_held_out_text_and_never_touch_calibration
 
 @pytest.fixture(autouse=True)
 def one_window_per_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One 256-token window per text and split (the default scores two): the tests' time stays small."""
+    """One 256-token window per text and split (the default scores four and two): the tests' time stays small."""
     from neuronforge.pipeline.quantize import scoring
 
-    monkeypatch.setattr(scoring, "SPLIT_TOKENS", scoring.WINDOW)
+    monkeypatch.setattr(scoring, "SPLIT_TOKENS", dict.fromkeys(scoring.SPLITS, scoring.WINDOW))
 
 
 @pytest.fixture
