@@ -276,7 +276,12 @@ def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def perplexity_from_logits(logits: torch.Tensor, ids: torch.Tensor) -> float:
     """exp(mean next-token NLL) over every predicted position of every window (inf when it overflows)."""
-    return torch.exp(token_nll(logits, ids).double().mean()).item()
+    return perplexity_from_nll([token_nll(logits, ids)])
+
+
+def perplexity_from_nll(nll: list[torch.Tensor]) -> float:
+    """exp(mean) of every per-token NLL in `nll` (tensors of any shape, in order), in fp64."""
+    return torch.exp(torch.cat([part.flatten() for part in nll]).double().mean()).item()
 
 
 @torch.inference_mode()
@@ -286,8 +291,7 @@ def perplexity(
     """`perplexity_from_logits` over [n, s] windows, run `batch_size` windows at a time (`EmulatedModel.token_nll`)."""
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise NeuronforgeError(f"perplexity needs [n, s>=2] token windows, got shape {tuple(windows.shape)}")
-    nll = [emulated.token_nll(batch, prefill_len) for batch in windows.split(batch_size)]
-    return torch.exp(torch.cat(nll).double().mean()).item()
+    return perplexity_from_nll([emulated.token_nll(batch, prefill_len) for batch in windows.split(batch_size)])
 
 
 @dataclass(frozen=True)
