@@ -52,7 +52,7 @@ def frontier_chart(frontier: Frontier, path: Path) -> None:
     for p, xi in zip(points, x, strict=True):
         price = f" ${p.usd_per_hour:.2f}/h" if p.usd_per_hour is not None else ""
         ax.annotate(
-            f"{p.prefix} bf16{price}", (xi, p.validation.kl), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            f"{len(p.kept)} bf16{price}", (xi, p.validation.kl), fontsize=7, xytext=(4, 4), textcoords="offset points"
         )
     if frontier.chosen is not None:
         c = frontier.chosen

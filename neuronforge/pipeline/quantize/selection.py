@@ -14,7 +14,7 @@ on it, checked per NeuronCore by neuron/plan.py (weights, KV cache and host RAM,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +59,24 @@ def _ordered(kept: set[str], blocks: list[Block]) -> list[str]:
     return [b.name for b in blocks if b.name in kept]
 
 
+def by_value(blocks: Sequence[Block], scores: dict[str, float]) -> list[Block]:
+    """Choosable blocks by damage avoided per extra byte, highest first: the order the budget rule fills in."""
+    choosable = [b for b in blocks if not b.forced]
+    return sorted(choosable, key=lambda b: scores[b.name] / max(extra_bytes(b), 1), reverse=True)
+
+
+def fill_budget(blocks: Sequence[Block], scores: dict[str, float], budget: int) -> set[str]:
+    """The budget rule: best value first, skip what does not fit in `budget` extra bytes, keep filling with smaller
+    blocks (a block that avoids no damage is never kept). Forced blocks are not included."""
+    kept: set[str] = set()
+    spent = 0
+    for block in by_value(blocks, scores):
+        if scores[block.name] > 0 and spent + extra_bytes(block) <= budget:
+            kept.add(block.name)
+            spent += extra_bytes(block)
+    return kept
+
+
 def select(
     blocks: list[Block],
     scores: dict[str, float],
@@ -82,7 +100,7 @@ def select(
     budget: int | None = None
     if rule == "budget" and fits is not None:
         # Best damage avoided per extra byte first; skip a block that would no longer fit, try smaller ones.
-        for block in sorted(choosable, key=lambda b: scores[b.name] / max(extra_bytes(b), 1), reverse=True):
+        for block in by_value(blocks, scores):
             if scores[block.name] > 0 and fits(_ordered(kept | {block.name}, blocks)):
                 kept.add(block.name)
     elif rule == "budget":
@@ -92,12 +110,7 @@ def select(
                 "e.g. 0.10 allows 10% more weight memory than an all-quantized model",
             )
         budget = int(max_extra_memory * sum(quantized_bytes(b) for b in choosable))
-        spent = 0
-        # Best damage avoided per extra byte first; skip what does not fit, keep filling with smaller blocks.
-        for block in sorted(choosable, key=lambda b: scores[b.name] / max(extra_bytes(b), 1), reverse=True):
-            if scores[block.name] > 0 and spent + extra_bytes(block) <= budget:
-                kept.add(block.name)
-                spent += extra_bytes(block)
+        kept |= fill_budget(blocks, scores, budget)
     elif rule == "topk":
         if topk is None or topk < 0:
             raise NeuronforgeError(f"--topk must be an integer >= 0 with --selection topk, got {topk}", "e.g. --topk 2")

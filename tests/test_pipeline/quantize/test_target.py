@@ -15,7 +15,7 @@ from neuronforge.errors import NeuronforgeError
 from neuronforge.neuron.numerics.grid import quantize_weight
 from neuronforge.pipeline.quantize.api import options_from, quantize
 from neuronforge.pipeline.quantize.scoring import SplitScorer, split_windows
-from neuronforge.pipeline.quantize.target import TargetSearch, bisect_prefix
+from neuronforge.pipeline.quantize.target import TargetSearch, bisect_least
 
 FAST = dict(iters=2, nsamples=4, calib_seq_len=32)
 
@@ -28,19 +28,19 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("least", [0, 1, 5, 17, 60, 61])
-def test_bisection_finds_the_least_prefix_meeting_the_target_in_log_steps(least: int) -> None:
+def test_bisection_finds_the_least_budget_step_meeting_the_target_in_log_steps(least: int) -> None:
     probes: list[int] = []
 
     def meets(k: int) -> bool:
         probes.append(k)
         return k >= least
 
-    assert bisect_prefix(61, meets) == max(least, 0)
+    assert bisect_least(61, meets) == max(least, 0)
     assert probes[0] == 0 and len(probes) <= 1 + 6  # k = 0, then ceil(log2(61)) halvings
     assert len(set(probes)) == len(probes)  # nothing measured twice
 
 
-def test_bisection_returns_a_measured_meeting_prefix_when_kl_is_not_monotone() -> None:
+def test_bisection_returns_a_measured_meeting_step_when_kl_is_not_monotone() -> None:
     kl = [0.9, 0.2, 0.8, 0.7, 0.6, 0.1]  # keeping block 1 alone meets 0.3, the bisection does not look there
     measured: dict[int, float] = {}
 
@@ -48,7 +48,7 @@ def test_bisection_returns_a_measured_meeting_prefix_when_kl_is_not_monotone() -
         measured[k] = kl[k]
         return kl[k] <= 0.3
 
-    chosen = bisect_prefix(5, meets)
+    chosen = bisect_least(5, meets)
     assert kl[chosen] <= 0.3 and (chosen in measured or chosen == 5)  # 5: every block bf16, the floor's point
     assert 1 not in measured  # (not the least: the bisection trusts the trend)
 
@@ -105,28 +105,46 @@ def test_search_measures_each_candidate_and_keeps_the_cheapest_meeting_one(
     search_bf16_kv: TargetSearch, tiny_llama_dir: Path
 ) -> None:
     assert search_bf16_kv.floor.kl == 0.0  # bf16 weights, bf16 KV: the reference itself
-    everything = _search(search_bf16_kv, 1e-12, tiny_llama_dir)  # only all-bf16 meets it: every halving measured
-    kls = {p.prefix: p.validation.kl for p in everything.points}
-    count = len(everything.ranking)
-    assert count == 4 and everything.chosen is not None and everything.chosen.prefix == count
-    assert kls[0] > 0 and kls[count] == 0.0 and len(kls) <= 2 + 2
-    # A target between two measured points: the search stops at the least prefix meeting it.
-    middle = sorted(kls)[-2]
-    target = (kls[middle] + kls[sorted(kls)[-3]]) / 2 if kls[middle] < kls[sorted(kls)[-3]] else kls[middle]
+    everything = _search(search_bf16_kv, 1e-12, tiny_llama_dir)  # only all-bf16 meets it: the bisection runs out
+    points = sorted(everything.points, key=lambda p: p.extra_bytes)
+    assert len(everything.ranking) == 4 and everything.chosen is points[-1]
+    assert points[-1].origin == "floor" and points[-1].validation.kl == 0.0 and len(points[-1].kept) == 5
+    assert points[0].extra_bytes == 0 and points[0].validation.kl > 0  # the all-quantized model
+    assert len({frozenset(p.kept) for p in points}) == len(points)  # no set measured twice
+    assert len(points) <= 2 + 1 + 7  # default, all-quantized, floor, and log2(steps) halvings at most
+    # A target between two measured points: the cheapest set meeting it is chosen.
+    kls = sorted({p.validation.kl for p in points})
+    target = (kls[1] + kls[2]) / 2
     frontier = _search(search_bf16_kv, target, tiny_llama_dir)
     assert frontier.chosen is not None and frontier.chosen.validation.kl <= target
     meeting = [p for p in frontier.points if p.meets]
     assert frontier.chosen.weight_bytes == min(p.weight_bytes for p in meeting)
     assert all(p.meets == (p.validation.kl <= target) for p in frontier.points)
     assert frontier.test is not None and frontier.test.kl >= 0.0 and frontier.floor_test is not None
-    # The candidates' own figures: bytes grow with the prefix, and every point names an instance and a price.
-    ordered = sorted(frontier.points, key=lambda p: p.prefix)
-    assert [p.weight_bytes for p in ordered] == sorted(p.weight_bytes for p in ordered)
-    assert all(p.instance == "ml.inf2.xlarge" and p.usd_per_hour for p in ordered)
-    # The budget rule's default set, measured alike for comparison (not a candidate).
-    assert frontier.budget is not None and frontier.budget.prefix == -1 and "lm_head" in frontier.budget.kept
+    # The candidates' own figures: every point names an instance and a price.
+    assert all(p.instance == "ml.inf2.xlarge" and p.usd_per_hour for p in frontier.points)
     loose = _search(search_bf16_kv, 1.0, tiny_llama_dir)  # the all-quantized model meets it
-    assert loose.chosen is not None and loose.chosen.prefix == 0 and loose.chosen.kept == ["lm_head"]
+    assert loose.chosen is not None and loose.chosen.extra_bytes == 0 and loose.chosen.kept == ["lm_head"]
+
+
+def test_the_budget_default_is_a_candidate_so_a_target_it_meets_never_costs_more_bytes(
+    search_bf16_kv: TargetSearch, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default set (--max-extra-memory 0.10) is measured first and competes: at a target it meets, the chosen set
+    keeps at most its bytes (before, only prefixes of the ranking competed, and at SmolLM2's int8 KL 0.008 the least
+    meeting prefix kept 11.7 MiB where the default kept 10.1 MiB for a lower KL). On the tiny model 10% of the
+    weight bytes keeps no block, so the default here is a 60% budget."""
+    import functools
+
+    from neuronforge.pipeline.quantize import target
+
+    monkeypatch.setattr(target, "select", functools.partial(target.select, max_extra_memory=0.6))
+    default = _search(search_bf16_kv, 1e-12, tiny_llama_dir).budget
+    assert default is not None and default.origin == "budget default" and default.extra_bytes > 0
+    frontier = _search(search_bf16_kv, default.validation.kl, tiny_llama_dir)  # a target the default just meets
+    assert frontier.budget is not None and frontier.budget.meets and frontier.budget in frontier.points
+    assert frontier.chosen is not None and frontier.chosen.meets
+    assert frontier.chosen.extra_bytes <= frontier.budget.extra_bytes
 
 
 def test_a_target_below_the_floor_fails_before_any_tuning(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -186,7 +204,7 @@ def test_quantize_to_a_target_writes_the_chosen_set_and_its_frontier(tiny_llama_
     assert chosen["meets"] and chosen["validation"]["kl"] <= 0.02
     assert result.accuracy_target["test"] == frontier["chosen_test"] and frontier["search"]["measured"] >= 2
     assert {"kept", "weight_bytes", "validation", "instance", "usd_per_hour"} <= set(frontier["points"][0])
-    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG" and "(chosen)" in (out / "frontier.md").read_text()
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG" and "**chosen**" in (out / "frontier.md").read_text()
     report = json.loads((out / "quantization_report.json").read_text())
     assert report["accuracy_target"]["kept_blocks"] == len(chosen["kept"]) and report["grid_agreement"] == 1.0
 
