@@ -34,12 +34,17 @@ DISK_FACTOR = 3.0
 #   hidden + intermediate width; on top of plain rounding's fit at the benchmark's 64 tokens (2.24 B/param + 0.59 GB,
 #   `python benchmarks/bench_scale.py`). Measured at quantize's defaults (32 x 256 tokens, /usr/bin/time -v):
 #   2.21 GB at 0.33e9 parameters (20 layers, hidden 1024, intermediate 2816) and 5.22 GB at 1.17e9 (22, 2048, 5632);
-# - AutoRound holds the bf16 model with its embedding and the decoder block being tuned in fp32: 2.75 B/param +
-#   0.87 GB (`--stages autoround --repeat 1`).
-# Slopes rounded up, and 1 GB fixed in both for headroom: 2.69 and 5.71 GB for the two measured models.
+# - AutoRound holds the bf16 model with its embedding and the decoder block being tuned in fp32, and then its check
+#   against RTN (pipeline/quantize/autoround_check.py) holds the bf16 model beside RTN's emulated model (1 B/param of
+#   codes) and the bf16 reference's logits on the validation and test text (3 x (1024 + 512) tokens on the embedded
+#   texts, 2 bytes per vocabulary entry each) plus one text's logits of the model scored and a window's fp32 softmax:
+#   2.91 B/param + 1.56 GB at SmolLM2's 49152-token vocabulary (`--stages autoround --repeat 1`, 2.51 and 4.96 GB),
+#   of which about 0.7 GB are those logits.
+# Slopes rounded up, and 1 GB fixed in both for headroom: 2.77 and 5.26 GB for the two measured models.
 SENSITIVITY_BYTES_PER_PARAM = 2.3
 SENSITIVITY_BATCH_BYTES = 60  # per token of a batch, per unit of hidden + intermediate width
-AUTOROUND_BYTES_PER_PARAM = 2.8
+AUTOROUND_BYTES_PER_PARAM = 2.95
+SCORED_LOGIT_BYTES = 16 << 10  # per vocabulary entry: the reference's logits, one text's, a window's fp32 softmax
 BASELINE_BYTES = 1_000_000_000
 CALIBRATION = PRESETS["gpu"]  # quantize's default nsamples and calib_seq_len
 GIB = 1 << 30
@@ -200,6 +205,7 @@ class ModelShape:
     layers: int
     hidden: int
     intermediate: int
+    vocab: int  # the scored logits of AutoRound's check against RTN grow with it
 
 
 def stage1_peak(
@@ -211,7 +217,7 @@ def stage1_peak(
     layer_inputs = (shape.layers + 1) * first_order_windows(nsamples, seqlen) * seqlen * shape.hidden * 4
     batch = min(nsamples, SENSITIVITY_BATCH) * seqlen * (shape.hidden + shape.intermediate)
     sensitivity = int(shape.params * SENSITIVITY_BYTES_PER_PARAM) + layer_inputs + batch * SENSITIVITY_BATCH_BYTES
-    autoround = int(shape.params * AUTOROUND_BYTES_PER_PARAM)
+    autoround = int(shape.params * AUTOROUND_BYTES_PER_PARAM) + shape.vocab * SCORED_LOGIT_BYTES
     return BASELINE_BYTES + max(sensitivity, autoround), BASELINE_BYTES + sensitivity, layer_inputs
 
 
@@ -233,7 +239,7 @@ def check_memory(
         f"in the sensitivity analysis, {layer_inputs / GIB:.2f} GiB of it the layer inputs of "
         f"{CALIBRATION.nsamples} x {CALIBRATION.calib_seq_len} calibration tokens"
         if in_sensitivity
-        else "while AutoRound tunes"
+        else "while AutoRound tunes and is compared with RTN"
     )
     estimate = f"~{need / GIB:.1f} GiB at its peak, {where}"
     if total < need:
@@ -282,7 +288,7 @@ def check_model(model: str) -> tuple[Check | None, ModelShape | None]:
     params = sum(math.prod(shape) for shape in header_shapes(path).values())
     config = read_config(path)
     detail = f"{config.get('model_type')}, {config.get('num_hidden_layers')} layers, {params / 1e9:.3f}e9 parameters"
-    widths = (config.get(key) or 0 for key in ("num_hidden_layers", "hidden_size", "intermediate_size"))
+    widths = (config.get(key) or 0 for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size"))
     shape = ModelShape(params, *(int(width) for width in widths))
     return Check("Model", "ok", detail), shape
 
