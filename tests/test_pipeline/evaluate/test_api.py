@@ -69,8 +69,15 @@ def test_every_variant_is_measured_and_written(tiny_run):
     assert ref.weight_percent == 100.0 and ref.task_accuracy is not None
     for key in ("bf16_kv", "rtn", "autoround", "rtn_selective", "autoround_selective"):
         assert by_key[key].kl > 0.0, key  # every variant really differs from bf16
-    # tuned and untuned differ from each other, not only from bf16
-    assert by_key["autoround"].perplexity != by_key["rtn"].perplexity
+    # The tuned variant is the tuning only where the whole-model check kept it; where RTN won, it is RTN's checkpoint.
+    for tuned, untuned in (("autoround", "rtn"), ("autoround_selective", "rtn_selective")):
+        choice = by_key[tuned].autoround_vs_rtn
+        assert choice is not None and choice["kept"] in ("autoround", "rtn"), tuned
+        assert choice["autoround"]["validation"]["kl"] != choice["rtn"]["validation"]["kl"]  # (tuning changed codes)
+        same = by_key[tuned].perplexity == by_key[untuned].perplexity
+        assert same == (choice["kept"] == "rtn"), tuned
+        assert by_key[untuned].autoround_vs_rtn is None
+        assert f"- {by_key[tuned].label}: " in (out / "report.md").read_text()  # whose weights were written
     # tied lm_head always stays bf16; topk=1 keeps one more block, shared by both selective variants
     assert by_key["rtn"].modules_to_not_convert == by_key["autoround"].modules_to_not_convert == ["lm_head"]
     selective = by_key["rtn_selective"].modules_to_not_convert
