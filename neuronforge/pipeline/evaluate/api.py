@@ -66,8 +66,10 @@ if TYPE_CHECKING:
     from neuronforge.pipeline.quantize.api import QuantizeResult
 
 VARIANTS_DIR = "variants"
-# A cached variant checkpoint is reused only while these are unchanged.
+# A cached variant checkpoint is reused only while these are unchanged, and stage 1's revision: bumped when the
+# same options write other bytes within one neuronforge version (2: AutoRound checked against RTN on the whole model).
 VARIANT_PACKAGES = ("neuronforge", "torch", "transformers", "auto-round", "safetensors")
+STAGE1_REVISION = 2
 
 
 def _quantize_help(field: str) -> str | None:
@@ -227,7 +229,8 @@ def variant_checkpoint(
     (result, reused)."""
     variant_opts = _variant_options(options, variant, kept)
     key, _ = fingerprint(
-        {"model": source, "text": options.text, "options": variant_opts}, package_versions(VARIANT_PACKAGES)
+        {"model": source, "text": options.text, "options": variant_opts, "stage1": STAGE1_REVISION},
+        package_versions(VARIANT_PACKAGES),
     )
     folder = Path(options.out) / VARIANTS_DIR / f"{variant}-{key[:16]}"
     result_file = folder / "result.json"

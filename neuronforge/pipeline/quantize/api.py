@@ -87,6 +87,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from neuronforge.core.devices import DeviceRequest
     from neuronforge.pipeline.quantize.autoround_nxd import BlockChoice
     from neuronforge.pipeline.quantize.grid_export import Agreement
     from neuronforge.pipeline.quantize.sensitivity import Block, SensitivityResult
@@ -595,7 +596,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     # quantize): it judges AutoRound against RTN and an accuracy target's candidates. A target measures its floor
     # here too, so one below the floor fails before any tuning.
     tp_degree = options.tp_degree or choose_tp(model_facts(src), DEFAULT_INSTANCE)  # compile's default, as emulate
-    scorer = _split_scorer(options, src, tokenizer, tp_degree)
+    scorer = _split_scorer(options, src, tokenizer, tp_degree, _emulate_on(options, device))
     search = _target_search(options, scorer, src, tp_degree) if scorer and options.target_kl is not None else None
     # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
     model = load_model(src)
@@ -609,7 +610,12 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     model_choice = None
     if scorer is not None and options.autoround and len(untouched) < len(targets):
         model_choice = compare_with_rtn(
-            scorer, src, model, [n for n in targets if n not in untouched], _deployed_spec(options, kept, tp_degree)
+            scorer,
+            src,
+            model,
+            [n for n in targets if n not in untouched],
+            _deployed_spec(options, kept, tp_degree),
+            _emulate_on(options, device),
         )
         timings["autoround_vs_rtn"] = model_choice.seconds
         if model_choice.winner == "rtn":  # the targets as loaded: the export rounds them as NxD would
@@ -625,7 +631,8 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         kept = frontier.chosen.kept
         targets = [name for name in targets if block_of(name) not in kept]
         untouched = [name for name in untouched if name in targets]
-        del search  # its bf16 model and reference logits
+        del search  # its bf16 model
+    del scorer  # the reference's logits (0.45 GB at SmolLM2's vocabulary, 1.2 GB at Llama 3's): not through the export
     restored = [name for name in tuned.targets if name not in targets]  # tuned, then kept bf16 by the target
 
     with output_dir(out) as tmp:
@@ -658,9 +665,10 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
             "value_agreement_definition": "weights whose value on Neuron (NxD code x NxD scale) is within a relative "
             "2^-8 (bf16 precision) of the value the quantizer tuned",
             "naive_definition": "AutoRound's stock export (int: qmax 128, signed scale; fp8: +-448) in bf16, re-quantized "
-            "by NxD; measured when AutoRound tuned the model (null with --no-autoround)",
-            "autoround_tuned_layers": len(targets) - len(untouched) if options.autoround else 0,
-            "rtn_layers": untouched,
+            "by NxD; measured when AutoRound's tuning is written (null with --no-autoround or when RTN won)",
+            # (what the checkpoint holds: after RTN won the whole-model check, every target is RTN's)
+            "autoround_tuned_layers": len(targets) - len(untouched) if shipped_tuning else 0,
+            "rtn_layers": untouched if shipped_tuning else targets,
             "autoround_vs_rtn": {
                 "definition": "per decoder block, relative squared error of its output against the bf16 block's on "
                 "calibration windows AutoRound did not tune on; the better of AutoRound's tuning and RTN is kept. "
@@ -694,8 +702,18 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     )
 
 
+def _emulate_on(options: QuantizeSettings, device: torch.device) -> torch.device | DeviceRequest:
+    """Where stage 1's emulated models run: the CPU when the user asked for it, else `auto` (the GPU when the
+    converted model fits there, as the emulate stage places it), never a GPU it would not fit."""
+    return device if device.type == "cpu" else options.device
+
+
 def _split_scorer(
-    options: QuantizeSettings, src: Path, tokenizer: PreTrainedTokenizerBase, tp_degree: int
+    options: QuantizeSettings,
+    src: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tp_degree: int,
+    device: torch.device | DeviceRequest,
 ) -> SplitScorer | None:
     """The judge of what stage 1 decides after tuning: None when nothing is decided (RTN without a target). A text too
     short for it fails a target (it has nothing to measure on) and only warns with AutoRound (the per-block check,
@@ -711,7 +729,7 @@ def _split_scorer(
             f"{exc.what}; so AutoRound is compared with RTN per block only, not on the whole model (fix: {exc.fix})"
         )
         return None
-    return SplitScorer(src, windows, tp_degree)
+    return SplitScorer(src, windows, tp_degree, device)
 
 
 def _target_search(options: QuantizeSettings, scorer: SplitScorer, src: Path, tp_degree: int) -> TargetSearch:

@@ -28,8 +28,10 @@ from neuronforge.core.progress import err_console
 from neuronforge.pipeline.quantize.scoring import SPLITS, Scores, Split, SplitScorer
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel
 
+    from neuronforge.core.devices import DeviceRequest
     from neuronforge.neuron.numerics.emulation_spec import EmulationSpec
 
 Winner = Literal["autoround", "rtn"]
@@ -41,6 +43,7 @@ class ModelChoice:
 
     autoround: dict[Split, Scores]
     rtn: dict[Split, Scores]
+    kept_bf16: tuple[str, ...]  # the blocks both models keep in bf16 (with a target: the forced ones only)
     seconds: float
 
     @property
@@ -56,12 +59,18 @@ class ModelChoice:
             "autoround": {split: asdict(scores) for split, scores in self.autoround.items()},
             "rtn": {split: asdict(scores) for split, scores in self.rtn.items()},
             "kept": self.winner,
+            "modules_to_not_convert": list(self.kept_bf16),
             "seconds": round(self.seconds, 1),
         }
 
 
 def compare_with_rtn(
-    scorer: SplitScorer, source: Path, model: PreTrainedModel, tuned: Sequence[str], spec: EmulationSpec
+    scorer: SplitScorer,
+    source: Path,
+    model: PreTrainedModel,
+    tuned: Sequence[str],
+    spec: EmulationSpec,
+    device: torch.device | DeviceRequest = "auto",
 ) -> ModelChoice:
     """Score `source` rounded by RTN and `model` (its `tuned` Linears grid-exact, everything else the source's) with
     `spec`'s numerics (the weight dtype, the blocks kept bf16, the KV cache, the tp degree). `model` is not changed."""
@@ -73,7 +82,7 @@ def compare_with_rtn(
 
     assert spec.dtype is not None
     start = time.perf_counter()
-    emulated = load_emulated(source, spec)
+    emulated = load_emulated(source, spec, device)
     emulated.operands_per_call()  # (beside the tuned model: no fp32 copy of every weight)
     rtn = {split: scorer.scores(emulated, split) for split in SPLITS}
     with torch.no_grad():
@@ -83,7 +92,7 @@ def compare_with_rtn(
                 *quantize_weight(typing.cast(torch.nn.Linear, model.get_submodule(name)).weight, spec.dtype)
             )
     autoround = {split: scorer.scores(emulated, split) for split in SPLITS}
-    choice = ModelChoice(autoround, rtn, time.perf_counter() - start)
+    choice = ModelChoice(autoround, rtn, spec.modules_to_not_convert, time.perf_counter() - start)
     err_console.print(
         f"AutoRound vs RTN, whole model: validation KL {autoround['validation'].kl:.5f} vs "
         f"{rtn['validation'].kl:.5f} -> keeping {'AutoRound' if choice.winner == 'autoround' else 'RTN'} "

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+    from neuronforge.core.devices import DeviceRequest
     from neuronforge.neuron.numerics.emulate import EmulatedModel
 
 WINDOW = 256  # tokens per scored window: the first half is prefill, the rest decodes through the KV cache
@@ -66,12 +67,18 @@ class SplitScorer:
     tp degree), measured once, before the model to quantize is loaded: the reference is a whole bf16 model of its
     own, so it is never in memory beside it."""
 
-    def __init__(self, source: Path, windows: dict[Split, dict[str, torch.Tensor]], tp_degree: int) -> None:
+    def __init__(
+        self,
+        source: Path,
+        windows: dict[Split, dict[str, torch.Tensor]],
+        tp_degree: int,
+        device: torch.device | DeviceRequest = "auto",
+    ) -> None:
         from neuronforge.neuron.numerics.emulate import EmulationSpec, load_emulated
 
         start = time.perf_counter()
         self.windows = windows
-        reference = load_emulated(source, EmulationSpec(tp_degree=tp_degree))
+        reference = load_emulated(source, EmulationSpec(tp_degree=tp_degree), device)
         reference.operands_per_call()  # (a few passes: no fp32 copy of every weight)
         self.reference = {split: logits(reference, w) for split, w in windows.items()}
         self.perplexity = {split: _perplexity(self.reference[split], windows[split]) for split in windows}

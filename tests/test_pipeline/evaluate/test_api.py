@@ -136,6 +136,10 @@ def test_rerun_reuses_cached_variant_checkpoints(tiny_run, monkeypatch):
     # a different quantize option is a different cache key, so the variant is quantized again
     ev.variant_checkpoint("rtn_selective", Path(options.model), options.model_copy(update={"topk": 2}))
     assert len(calls) == 1 and len(list((options.out / "variants").glob("rtn_selective-*"))) == 2
+    # so is another stage-1 revision (same options, other bytes: a checkpoint made before AutoRound's whole-model check)
+    monkeypatch.setattr(ev, "STAGE1_REVISION", ev.STAGE1_REVISION - 1)
+    ev.variant_checkpoint("rtn_selective", Path(options.model), options)
+    assert len(calls) == 2 and len(list((options.out / "variants").glob("rtn_selective-*"))) == 3
 
 
 def test_evaluate_on_a_gpu(tiny_run, tmp_path, monkeypatch):

@@ -39,11 +39,11 @@ def _scores(kl: float) -> dict:
 
 
 def test_the_lower_validation_kl_wins_and_a_tie_keeps_autoround() -> None:
-    assert ModelChoice(_scores(0.010), _scores(0.009), 1.0).winner == "rtn"
-    assert ModelChoice(_scores(0.008), _scores(0.009), 1.0).winner == "autoround"
-    assert ModelChoice(_scores(0.009), _scores(0.009), 1.0).winner == "autoround"
+    assert ModelChoice(_scores(0.010), _scores(0.009), ("lm_head",), 1.0).winner == "rtn"
+    assert ModelChoice(_scores(0.008), _scores(0.009), ("lm_head",), 1.0).winner == "autoround"
+    assert ModelChoice(_scores(0.009), _scores(0.009), ("lm_head",), 1.0).winner == "autoround"
     # Only validation decides: the test split is reported, never read by the choice.
-    test_disagrees = ModelChoice({**_scores(0.008), "test": Scores(0.5, 0.1, 50.0)}, _scores(0.009), 1.0)
+    test_disagrees = ModelChoice({**_scores(0.008), "test": Scores(0.5, 0.1, 50.0)}, _scores(0.009), ("lm_head",), 1.0)
     assert test_disagrees.winner == "autoround"
 
 
@@ -75,6 +75,8 @@ def test_tuning_that_hurts_the_whole_model_ships_rtn(tiny_llama_dir: Path, tmp_p
     assert whole["autoround"]["validation"]["kl"] > whole["rtn"]["validation"]["kl"] > 0
     assert set(whole["autoround"]) == set(whole["rtn"]) == {"validation", "test"}
     assert report["grid_agreement"] == 1.0 and report["naive_agreement"] is None  # (the RTN path's export)
+    assert report["autoround_tuned_layers"] == 0 and len(report["rtn_layers"]) == 14  # (what the checkpoint holds)
+    assert whole["modules_to_not_convert"] == ["lm_head"]
     before, after = _tensors(tiny_llama_dir), _tensors(out)
     checked = 0
     for key, tensor in after.items():
