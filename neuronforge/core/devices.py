@@ -154,6 +154,12 @@ def placement(request: DeviceRequest, needed_bytes: int) -> torch.device:
     return torch.device("cpu")
 
 
+def emulation_device(resolved: torch.device, request: DeviceRequest) -> torch.device | DeviceRequest:
+    """Where a command puts an emulated model: its resolved device when that is the CPU, else the request itself, which
+    `placement` checks against each model's size as it loads (a model too large for the GPU then runs on the CPU)."""
+    return resolved if resolved.type == "cpu" else request
+
+
 def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 

@@ -22,7 +22,7 @@ import pydantic
 from neuronforge.assets.models import input_path, resolve_model
 from neuronforge.assets.texts import held_out_windows, resolve_splits
 from neuronforge.core.atomic import atomic_dir, atomic_write_json
-from neuronforge.core.devices import DeviceField, device_info, release, resolve_device
+from neuronforge.core.devices import DeviceField, device_info, emulation_device, release, resolve_device
 from neuronforge.core.hashing import fingerprint
 from neuronforge.core.knobs import (
     BudgetInstance,
@@ -432,7 +432,7 @@ def _measure(
     emulated = load_emulated(  # (on a GPU the request: each variant is placed by what fits now)
         checkpoints.paths[plan.checkpoint] if plan.checkpoint else prepared.source,
         spec,
-        device if device.type == "cpu" else options.device,
+        emulation_device(device, options.device),
     )
     windows_task = bar.add_task(f"  {plan.label}", total=sum(w.shape[0] for w in windows.values()))
     logits = {

@@ -25,7 +25,14 @@ import pydantic
 from neuronforge.assets.models import input_path, resolve_model
 from neuronforge.assets.texts import calibration_samples, resolve_splits
 from neuronforge.core.atomic import atomic_write_json, atomic_write_text
-from neuronforge.core.devices import DeviceField, device_info, resolve_device, small_op_threads, threads_for_load
+from neuronforge.core.devices import (
+    DeviceField,
+    device_info,
+    emulation_device,
+    resolve_device,
+    small_op_threads,
+    threads_for_load,
+)
 from neuronforge.core.knobs import (
     FINITE,
     BatchSize,
@@ -64,14 +71,13 @@ from neuronforge.hf.folders import (
 )
 from neuronforge.hf.not_convert import write_not_convert
 from neuronforge.neuron.numerics.dtypes import ExportDtype, ExportDtypeOption, KvOption
-from neuronforge.neuron.numerics.emulation_spec import EmulationSpec
 from neuronforge.neuron.numerics.module_names import block_of, canonical_blocks, checkpoint_linears
 from neuronforge.neuron.nxdi.config import DEFAULT_INSTANCE, choose_tp, model_facts, normalize_instance
 from neuronforge.neuron.planner.plan import deployment_from, instance_budget
 from neuronforge.pipeline.quantize import grid_export
 from neuronforge.pipeline.quantize.autoround_check import compare_with_rtn
 from neuronforge.pipeline.quantize.plots import frontier_chart, sensitivity_chart
-from neuronforge.pipeline.quantize.scoring import SplitScorer, split_windows
+from neuronforge.pipeline.quantize.scoring import SplitScorer, deployed_spec, split_windows
 from neuronforge.pipeline.quantize.selection import SELECTION_HELP, Selection, missing_selection_value, select
 from neuronforge.pipeline.quantize.sensitivity import SENSITIVITY_HELP, Sensitivity, analyze, find_blocks, forced_bf16
 from neuronforge.pipeline.quantize.target import (
@@ -596,7 +602,7 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     # quantize): it judges AutoRound against RTN and an accuracy target's candidates. A target measures its floor
     # here too, so one below the floor fails before any tuning.
     tp_degree = options.tp_degree or choose_tp(model_facts(src), DEFAULT_INSTANCE)  # compile's default, as emulate
-    scorer = _split_scorer(options, src, tokenizer, tp_degree, _emulate_on(options, device))
+    scorer = _split_scorer(options, src, tokenizer, tp_degree, emulation_device(device, options.device))
     search = _target_search(options, scorer, src, tp_degree) if scorer and options.target_kl is not None else None
     # Once, in bf16 (what NxDI reads): heavy steps upcast one block at a time on the accelerator.
     model = load_model(src)
@@ -608,20 +614,20 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         timings["reference"] = scorer.seconds
     kept, targets, untouched, sensitivity = tuned.kept, tuned.targets, tuned.untouched, tuned.sensitivity
     model_choice = None
-    if scorer is not None and options.autoround and len(untouched) < len(targets):
+    shipped_tuning = options.autoround and len(untouched) < len(targets)  # (AutoRound quantized some target)
+    if scorer is not None and shipped_tuning:
         model_choice = compare_with_rtn(
             scorer,
             src,
             model,
             [n for n in targets if n not in untouched],
-            _deployed_spec(options, kept, tp_degree),
-            _emulate_on(options, device),
+            deployed_spec(options.dtype, options.kv, kept, tp_degree),
+            emulation_device(device, options.device),
         )
         timings["autoround_vs_rtn"] = model_choice.seconds
         if model_choice.winner == "rtn":  # the targets as loaded: the export rounds them as NxD would
             reload_weights(src, model, [f"{name}.weight" for name in targets])
-    shipped_tuning = options.autoround and len(untouched) < len(targets)
-    shipped_tuning &= model_choice is None or model_choice.winner == "autoround"
+            shipped_tuning = False
     frontier = None
     if search is not None:
         assert sensitivity is not None  # (target_kl excludes an explicit list)
@@ -702,12 +708,6 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     )
 
 
-def _emulate_on(options: QuantizeSettings, device: torch.device) -> torch.device | DeviceRequest:
-    """Where stage 1's emulated models run: the CPU when the user asked for it, else `auto` (the GPU when the
-    converted model fits there, as the emulate stage places it), never a GPU it would not fit."""
-    return device if device.type == "cpu" else options.device
-
-
 def _split_scorer(
     options: QuantizeSettings,
     src: Path,
@@ -744,11 +744,6 @@ def _target_search(options: QuantizeSettings, scorer: SplitScorer, src: Path, tp
         tp_degree,
         {"seq_len": options.seq_len, "batch_size": options.batch_size},
     )
-
-
-def _deployed_spec(options: QuantizeSettings, kept: Sequence[str], tp_degree: int) -> EmulationSpec:
-    """What the device computes for this checkpoint: its weight dtype and bf16 blocks, the KV cache, the tp degree."""
-    return EmulationSpec(dtype=options.dtype, kv=options.kv, modules_to_not_convert=tuple(kept), tp_degree=tp_degree)
 
 
 def _write_frontier(frontier: Frontier, folder: Path) -> dict[str, Any]:

@@ -10,13 +10,15 @@ through the emulator of Neuron numerics with the deployment's KV cache and tp de
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from neuronforge.assets.texts import evaluation_windows, resolve_splits, validation_test_splits
 from neuronforge.errors import NeuronforgeError
+from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype
+from neuronforge.neuron.numerics.emulation_spec import EmulationSpec
 
 if TYPE_CHECKING:
     import torch
@@ -112,6 +114,17 @@ def _perplexity(logits_by_text: dict[str, torch.Tensor], windows: dict[str, torc
     from neuronforge.neuron.numerics.emulate import perplexity_from_nll, token_nll
 
     return perplexity_from_nll([token_nll(logits_by_text[name], ids) for name, ids in windows.items()])
+
+
+def deployed_spec(dtype: str | None, kv: str, kept: Sequence[str], tp_degree: int) -> EmulationSpec:
+    """What the device computes for a candidate: its weight dtype (None: bf16) and bf16 blocks, the deployment's KV
+    cache and tp degree."""
+    return EmulationSpec(
+        dtype=cast(QuantDtype | None, dtype),
+        kv=cast(KvDtype, kv),
+        modules_to_not_convert=tuple(kept),
+        tp_degree=tp_degree,
+    )
 
 
 def logits(emulated: EmulatedModel, windows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,18 +29,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 from neuronforge.core.progress import err_console
 from neuronforge.errors import NeuronforgeError
-from neuronforge.neuron.numerics.dtypes import KvDtype, QuantDtype
+from neuronforge.neuron.numerics.dtypes import QuantDtype
 from neuronforge.neuron.numerics.module_names import block_of
 from neuronforge.neuron.planner.plan import load_model_shape, smallest_for
 from neuronforge.neuron.planner.weight_memory import weight_memory
-from neuronforge.pipeline.quantize.scoring import Scores, Split, SplitScorer
+from neuronforge.pipeline.quantize.scoring import Scores, Split, SplitScorer, deployed_spec
 from neuronforge.pipeline.quantize.selection import by_value, extra_bytes, fill_budget, select
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel
 
-    from neuronforge.neuron.numerics.emulate import EmulatedModel, EmulationSpec
+    from neuronforge.neuron.numerics.emulate import EmulatedModel
     from neuronforge.neuron.planner.plan import ModelShape
     from neuronforge.pipeline.quantize.sensitivity import Block
 
@@ -141,7 +141,7 @@ class TargetSearch:
         self.scorer, self.target_kl, self.dtype, self.kv, self.tp = scorer, target_kl, dtype, kv, tp_degree
         self.deployment = deployment
         self.shape: ModelShape = load_model_shape(source)
-        self.bf16: EmulatedModel = load_emulated(source, self._spec(None, ()))
+        self.bf16: EmulatedModel = load_emulated(source, deployed_spec(None, kv, (), tp_degree))
         self.floor = scorer.scores(self.bf16, "validation")
         self.seconds = scorer.seconds + time.perf_counter() - start
         if target_kl < self.floor.kl:
@@ -151,16 +151,6 @@ class TargetSearch:
                 f"ask for --target-kl >= {self.floor.kl:.5f}"
                 + (", or deploy with --kv bf16 (no KV cache error, 2x the cache memory)" if kv == "fp8" else ""),
             )
-
-    def _spec(self, dtype: str | None, kept: Sequence[str]) -> EmulationSpec:
-        from neuronforge.neuron.numerics.emulate import EmulationSpec
-
-        return EmulationSpec(
-            dtype=cast(QuantDtype | None, dtype),
-            kv=cast(KvDtype, self.kv),
-            modules_to_not_convert=tuple(kept),
-            tp_degree=self.tp,
-        )
 
     def search(self, model: nn.Module, blocks: Sequence[Block], scores: dict[str, float]) -> Frontier:
         """Measure the budget rule's sets on `model` (quantized in place, every choosable block; left untouched): its
@@ -172,7 +162,9 @@ class TargetSearch:
         ranked = by_value(blocks, scores)
         frontier = Frontier(self.target_kl, self.kv, self.tp, self.floor, [b.name for b in ranked])
         quantized = emulate(
-            cast("PreTrainedModel", copy.deepcopy(model)), self._spec(self.dtype, forced), device=self.bf16.device
+            cast("PreTrainedModel", copy.deepcopy(model)),
+            deployed_spec(self.dtype, self.kv, forced, self.tp),
+            device=self.bf16.device,
         )
         own = {name: quantized.model.get_submodule(name) for name in quantized.converted}
         measured: dict[frozenset[str], Point] = {}

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from neuronforge.assets.models import EMBEDDED_MODELS, fetch_or_resolve
 from neuronforge.assets.texts import held_out_windows, resolve_splits
 from neuronforge.core.atomic import atomic_write_json, atomic_write_text, link_tree
-from neuronforge.core.devices import device_info, release, resolve_device
+from neuronforge.core.devices import device_info, emulation_device, release, resolve_device
 from neuronforge.hf.folders import load_tokenizer, read_config
 from neuronforge.neuron.host import neuron_unavailable
 from neuronforge.neuron.nxdi.compile import CompileOptions, compile_model
@@ -222,7 +222,7 @@ def _emulate_run(ctx: Running) -> StageResult:
     ran_on: dict[str, str] = {}
     for variant, (path, spec) in variants.items():
         release(device)  # the bf16 variant's cached GPU blocks count as free for the quantized one
-        emulated = load_emulated(path, spec, device if device.type == "cpu" else config.device)
+        emulated = load_emulated(path, spec, emulation_device(device, config.device))
         ran_on[variant] = str(emulated.device)
         reports[variant] = perplexity_report(emulated, windows, f"perplexity, {variant}")
         del emulated
